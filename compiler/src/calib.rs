@@ -1,0 +1,103 @@
+//! Calibration: runs the float model inside the sampler the device will run and records the output
+//! range of every tensor the int8 graph needs.
+use crate::import::FloatModel;
+use crate::quant::Range;
+use anyhow::Result;
+use dmq_runtime::format::SamplerConfig;
+use dmq_runtime::sampler::{self, Rng, SamplerKind};
+use std::collections::{HashMap, HashSet};
+use tract_onnx::prelude::*;
+
+pub struct Calibration {
+    pub ranges: HashMap<usize, Range>,
+    pub t_min: f32,
+    pub t_max: f32,
+    pub evaluations: usize,
+}
+
+fn observe(
+    ranges: &mut HashMap<usize, Range>,
+    wanted: &HashSet<usize>,
+    node: usize,
+    out: &TVec<TValue>,
+) {
+    if !wanted.contains(&node) {
+        return;
+    }
+    let Ok(v) = out[0].cast_to::<f32>() else {
+        return;
+    };
+    let Ok(view) = v.to_plain_array_view::<f32>() else {
+        return;
+    };
+    let s: Vec<f32> = view.iter().copied().collect();
+    let (lo, hi) = s
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            if x.is_finite() {
+                (a.min(x), b.max(x))
+            } else {
+                (a, b)
+            }
+        });
+    if lo > hi {
+        return;
+    }
+    let r = ranges.entry(node).or_insert(Range { min: lo, max: hi });
+    r.min = r.min.min(lo);
+    r.max = r.max.max(hi);
+}
+
+/// Runs `trajectories` float sampler runs from seeds `seed0..`, recording ranges of `stat_nodes`.
+pub fn calibrate(
+    float: &FloatModel,
+    cfg: &SamplerConfig,
+    kind: SamplerKind,
+    steps: u32,
+    trajectories: usize,
+    seed0: u64,
+    stat_nodes: &[usize],
+    progress: &indicatif::ProgressBar,
+) -> Result<Calibration> {
+    let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
+    let mut ranges = HashMap::new();
+    let n: usize = float.latent.shape.iter().product();
+    let mut evaluations = 0;
+    let (mut t_min, mut t_max) = (f32::INFINITY, f32::NEG_INFINITY);
+    for s in 0..trajectories {
+        let mut rng = Rng::new(seed0 + s as u64);
+        let mut x = vec![0f32; n];
+        rng.fill_gaussian(&mut x);
+        let mut buf = vec![0f32; n];
+        let res = sampler::sample(
+            cfg,
+            kind,
+            steps,
+            &mut x,
+            &mut buf,
+            &mut rng,
+            |xin, t, out| {
+                t_min = t_min.min(t);
+                t_max = t_max.max(t);
+                let y = float
+                    .run_observed(xin, t, |node, outs| {
+                        observe(&mut ranges, &wanted, node, outs)
+                    })
+                    .map_err(|_| {
+                        dmq_runtime::Error::Unsupported("float model evaluation failed")
+                    })?;
+                out.copy_from_slice(&y);
+                evaluations += 1;
+                progress.inc(1);
+                Ok(())
+            },
+        );
+        res.map_err(|e| anyhow::anyhow!("calibration trajectory {s}: {e}"))?;
+    }
+    Ok(Calibration {
+        ranges,
+        t_min,
+        t_max,
+        evaluations,
+    })
+}

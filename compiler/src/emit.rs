@@ -1,0 +1,312 @@
+//! Writes `.dmq` bytes: header, postcard metadata, postcard op records, blob.
+use crate::ir::{Program, TensorId};
+use crate::memplan::Plan;
+use crate::quant::{tref, Quantized};
+use anyhow::{anyhow, Result};
+use dmq_runtime::format::{
+    fnv1a64, Header, ModelMeta, Op, SamplerConfig, TRef, HEADER_LEN, MAJOR_VERSION, MINOR_VERSION,
+};
+
+fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<TRef> {
+    let mapv = |v: &heapless::Vec<TensorId, { dmq_runtime::format::MAX_CONCAT }>| {
+        let mut o = heapless::Vec::new();
+        for t in v {
+            let _ = o.push(f(*t));
+        }
+        o
+    };
+    match op.clone() {
+        Op::Quantize { input, output } => Op::Quantize {
+            input: f(input),
+            output: f(output),
+        },
+        Op::Dequantize { input, output } => Op::Dequantize {
+            input: f(input),
+            output: f(output),
+        },
+        Op::Conv2d {
+            input,
+            output,
+            weights,
+            bias,
+            requant,
+            time_bias,
+            time_scale,
+            kernel,
+            stride,
+            pad,
+            ..
+        } => Op::Conv2d {
+            input: f(input),
+            output: f(output),
+            weights,
+            bias,
+            requant,
+            time_bias: time_bias.map(f),
+            time_scale,
+            kernel,
+            stride,
+            pad,
+            scratch,
+        },
+        Op::Linear {
+            input,
+            output,
+            geom,
+            weights,
+            bias,
+            requant,
+        } => Op::Linear {
+            input: f(input),
+            output: f(output),
+            geom,
+            weights,
+            bias,
+            requant,
+        },
+        Op::MatMul {
+            a,
+            b,
+            output,
+            geom,
+            requant,
+        } => Op::MatMul {
+            a: f(a),
+            b: f(b),
+            output: f(output),
+            geom,
+            requant,
+        },
+        Op::Binary {
+            kind,
+            a,
+            b,
+            output,
+            mult_a,
+            mult_b,
+            shift,
+        } => Op::Binary {
+            kind,
+            a: f(a),
+            b: f(b),
+            output: f(output),
+            mult_a,
+            mult_b,
+            shift,
+        },
+        Op::Lut {
+            input,
+            output,
+            table,
+        } => Op::Lut {
+            input: f(input),
+            output: f(output),
+            table,
+        },
+        Op::GroupNorm {
+            input,
+            output,
+            groups,
+            eps,
+            affine,
+        } => Op::GroupNorm {
+            input: f(input),
+            output: f(output),
+            groups,
+            eps,
+            affine,
+        },
+        Op::Softmax {
+            input,
+            output,
+            axis,
+            exp_table,
+        } => Op::Softmax {
+            input: f(input),
+            output: f(output),
+            axis,
+            exp_table,
+        },
+        Op::Concat {
+            inputs,
+            output,
+            axis,
+            requant,
+        } => Op::Concat {
+            inputs: mapv(&inputs),
+            output: f(output),
+            axis,
+            requant,
+        },
+        Op::Reshape { input, output } => Op::Reshape {
+            input: f(input),
+            output: f(output),
+        },
+        Op::Transpose {
+            input,
+            output,
+            perm,
+        } => Op::Transpose {
+            input: f(input),
+            output: f(output),
+            perm,
+        },
+        Op::Slice {
+            input,
+            output,
+            axis,
+            start,
+        } => Op::Slice {
+            input: f(input),
+            output: f(output),
+            axis,
+            start,
+        },
+        Op::Broadcast { input, output } => Op::Broadcast {
+            input: f(input),
+            output: f(output),
+        },
+        Op::Upsample { input, output } => Op::Upsample {
+            input: f(input),
+            output: f(output),
+        },
+        Op::Const { output, data } => Op::Const {
+            output: f(output),
+            data,
+        },
+        Op::FUnary {
+            input,
+            output,
+            func,
+        } => Op::FUnary {
+            input: f(input),
+            output: f(output),
+            func,
+        },
+        Op::FBinary { a, b, output, func } => Op::FBinary {
+            a: f(a),
+            b: f(b),
+            output: f(output),
+            func,
+        },
+        Op::FLinear {
+            input,
+            output,
+            geom,
+            weights,
+            scales,
+            bias,
+        } => Op::FLinear {
+            input: f(input),
+            output: f(output),
+            geom,
+            weights,
+            scales,
+            bias,
+        },
+        Op::FConcat {
+            inputs,
+            output,
+            axis,
+        } => Op::FConcat {
+            inputs: mapv(&inputs),
+            output: f(output),
+            axis,
+        },
+    }
+}
+
+/// Serializes the model. `t_range` is the calibrated timestep range.
+pub fn emit(
+    p: &Program,
+    q: &Quantized,
+    plan: &Plan,
+    sampler: SamplerConfig,
+    t_range: (f32, f32),
+) -> Result<Vec<u8>> {
+    let f = |t: TensorId| tref(p, &q.params, &plan.offsets, t);
+    let latent = p.latent.ok_or_else(|| anyhow!("no latent input"))?;
+    let output = p.output.ok_or_else(|| anyhow!("no output"))?;
+    let name = |t: Option<TensorId>| {
+        let mut s = heapless::String::new();
+        if let Some(t) = t {
+            for ch in p.t(t).name.chars().take(64) {
+                if s.push(ch).is_err() {
+                    break;
+                }
+            }
+        }
+        s
+    };
+    let meta = ModelMeta {
+        latent_name: name(p.latent),
+        timestep_name: name(p.timestep),
+        output_name: name(p.output),
+        arena_bytes: plan.arena_bytes,
+        latent: f(latent),
+        timestep: p.timestep.map(f),
+        output: f(output),
+        sampler_state: plan.sampler_state,
+        t_min: t_range.0,
+        t_max: t_range.1,
+        sampler,
+    };
+    let meta_b = postcard::to_allocvec(&meta)?;
+    let mut ops_b = vec![];
+    for (i, op) in q.ops.iter().enumerate() {
+        let rec = map_op(op, &f, plan.scratch[i]);
+        ops_b.extend(postcard::to_allocvec(&rec)?);
+    }
+    let meta_off = HEADER_LEN;
+    let ops_off = meta_off + meta_b.len();
+    let blob_off = (ops_off + ops_b.len()).div_ceil(64) * 64;
+    let total = blob_off + q.blob.bytes.len();
+    let mut covered = meta_b.clone();
+    covered.extend_from_slice(&ops_b);
+    let header = Header {
+        major: MAJOR_VERSION,
+        minor: MINOR_VERSION,
+        meta: (meta_off as u32, meta_b.len() as u32),
+        ops: (ops_off as u32, ops_b.len() as u32),
+        n_ops: q.ops.len() as u32,
+        blob: (blob_off as u32, q.blob.bytes.len() as u32),
+        meta_checksum: fnv1a64(&covered),
+        blob_checksum: fnv1a64(&q.blob.bytes),
+        total_len: total as u32,
+    };
+    let mut out = vec![0u8; HEADER_LEN];
+    let mut h = [0u8; HEADER_LEN];
+    header.write(&mut h);
+    out.copy_from_slice(&h);
+    out.extend(covered);
+    out.resize(blob_off, 0);
+    out.extend_from_slice(&q.blob.bytes);
+    Ok(out)
+}
+
+/// Writes a file atomically (temporary file in the same folder, then rename): a failure never leaves
+/// a half-written output.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    let res = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}

@@ -1,0 +1,126 @@
+//! Quality, measured by running dmq-runtime itself on the host against the float model (tract).
+use crate::import::FloatModel;
+use crate::{CompileOptions, TimestepQuality};
+use anyhow::{anyhow, Result};
+use dmq_runtime::sampler::{self, Rng};
+use dmq_runtime::{Model, Session};
+
+pub fn sqnr_db(reference: &[f32], test: &[f32]) -> f64 {
+    let (mut s, mut e) = (0f64, 0f64);
+    for (&r, &t) in reference.iter().zip(test) {
+        s += (r as f64) * (r as f64);
+        e += (r as f64 - t as f64).powi(2);
+    }
+    if e == 0.0 {
+        return 200.0;
+    }
+    10.0 * (s / e).log10()
+}
+
+/// PSNR of two images in [-1, 1] (clamped), on the [0, 1] scale.
+pub fn psnr_db(a: &[f32], b: &[f32]) -> f64 {
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let (x, y) = (
+                (x.clamp(-1.0, 1.0) as f64 + 1.0) / 2.0,
+                (y.clamp(-1.0, 1.0) as f64 + 1.0) / 2.0,
+            );
+            (x - y).powi(2)
+        })
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        return 200.0;
+    }
+    10.0 * (1.0 / mse).log10()
+}
+
+/// An arena with the model's alignment.
+pub fn arena_for(model: &Model) -> Vec<u128> {
+    vec![0u128; model.arena_bytes().div_ceil(16)]
+}
+
+pub fn arena_bytes(a: &mut [u128]) -> &mut [u8] {
+    let n = a.len() * 16;
+    // u128 -> u8 view of the same memory
+    unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr() as *mut u8, n) }
+}
+
+/// Float DDIM trajectories from `seed0..`: the inputs the model sees at every step.
+pub fn float_trajectory_inputs(
+    float: &FloatModel,
+    model: &Model,
+    opts: &CompileOptions,
+    seed: u64,
+) -> Result<Vec<(f32, Vec<f32>, Vec<f32>)>> {
+    let cfg = model.meta().sampler.clone();
+    let n = model.latent_len();
+    let mut rng = Rng::new(seed);
+    let mut x = vec![0f32; n];
+    rng.fill_gaussian(&mut x);
+    let mut buf = vec![0f32; n];
+    let mut seen = vec![];
+    sampler::sample(
+        &cfg,
+        opts.sampler,
+        opts.steps,
+        &mut x,
+        &mut buf,
+        &mut rng,
+        |xin, t, out| {
+            let y = float
+                .run(xin, t)
+                .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
+            out.copy_from_slice(&y);
+            seen.push((t, xin.to_vec(), y));
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    Ok(seen)
+}
+
+/// SQNR per scheduled timestep (every step of the schedule), median over `opts.eval_samples` float
+/// trajectories started from seeds `seed0..`.
+pub fn sqnr_over_schedule(
+    float: &FloatModel,
+    model: &Model,
+    opts: &CompileOptions,
+    seed0: u64,
+) -> Result<Vec<TimestepQuality>> {
+    let mut arena = arena_for(model);
+    let mut sess = Session::new(model, arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
+    let n = model.latent_len();
+    let mut per_t: Vec<(f32, Vec<f64>)> = vec![];
+    let pb = crate::progress_bar(
+        (opts.eval_samples * opts.steps as usize) as u64,
+        "measuring",
+        opts.progress,
+    );
+    for s in 0..opts.eval_samples {
+        let traj = float_trajectory_inputs(float, model, opts, seed0 + s as u64)?;
+        for (i, (t, x, yf)) in traj.iter().enumerate() {
+            let mut yq = vec![0f32; n];
+            sess.run(x, *t, &mut yq).map_err(|e| anyhow!("{e}"))?;
+            if per_t.len() <= i {
+                per_t.push((*t, vec![]));
+            }
+            per_t[i].1.push(sqnr_db(yf, &yq));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    Ok(per_t
+        .into_iter()
+        .map(|(t, mut v)| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            TimestepQuality {
+                t,
+                sqnr_db: v[v.len() / 2],
+                min_db: v[0],
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,245 @@
+//! ONNX import through tract: load, pin input facts, declutter; a float runner with an observation hook.
+use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
+use tract_onnx::tract_hir::infer::Factoid;
+
+/// Names that identify the timestep / noise-level input when `--timestep-input` is not given.
+pub const TIMESTEP_NAMES: &[&str] = &[
+    "timestep",
+    "timesteps",
+    "t",
+    "time",
+    "sigma",
+    "sigmas",
+    "noise_level",
+    "c_noise",
+    "noise_labels",
+    "time_step",
+];
+
+#[derive(Debug, Clone)]
+pub struct InputDesc {
+    pub name: String,
+    pub index: usize,
+    pub shape: Vec<usize>,
+    pub dtype: DatumType,
+}
+
+/// A decluttered float model with its inputs identified.
+pub struct Imported {
+    pub model: TypedModel,
+    pub latent: InputDesc,
+    pub timestep: Option<InputDesc>,
+    pub output_shape: Vec<usize>,
+    pub output_name: String,
+}
+
+fn pinned_shape(fact: &InferenceFact) -> Option<Vec<usize>> {
+    let dims: Vec<usize> = fact
+        .shape
+        .dims()
+        .map(|d| match d.concretize() {
+            Some(TDim::Val(v)) if v >= 0 => v as usize,
+            _ => 1, // symbolic (batch) or unknown: batch 1
+        })
+        .collect();
+    if fact.shape.is_open() {
+        None
+    } else {
+        Some(dims)
+    }
+}
+
+/// Loads an ONNX file, identifies the latent and timestep inputs, pins batch 1 and declutters.
+pub fn import(path: &std::path::Path, timestep_input: Option<&str>) -> Result<Imported> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    import_bytes(&bytes, &path.display().to_string(), timestep_input)
+}
+
+/// [`import`] from bytes in memory; `label` names the model in messages.
+pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> Result<Imported> {
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
+    let n_in = model.input_outlets()?.len();
+    let mut inputs = vec![];
+    for i in 0..n_in {
+        let node = model.input_outlets()?[i].node;
+        let name = model.node(node).name.clone();
+        let fact = model.input_fact(i)?.clone();
+        let shape =
+            pinned_shape(&fact).with_context(|| format!("input {name:?} has an unknown rank"))?;
+        let dtype = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+        inputs.push(InputDesc {
+            name,
+            index: i,
+            shape,
+            dtype,
+        });
+    }
+    // Timestep: explicit name, else by name, else the single small float/int input.
+    let ts_idx = if let Some(n) = timestep_input {
+        Some(inputs.iter().position(|i| i.name == n).with_context(|| {
+            format!(
+                "--timestep-input {n:?}: the model has no such input (inputs: {})",
+                names(&inputs)
+            )
+        })?)
+    } else {
+        let by_name: Vec<usize> = inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| TIMESTEP_NAMES.contains(&i.name.to_lowercase().as_str()))
+            .map(|(k, _)| k)
+            .collect();
+        match by_name.len() {
+            1 => Some(by_name[0]),
+            0 => {
+                let small: Vec<usize> = inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.shape.iter().product::<usize>() <= 1)
+                    .map(|(k, _)| k)
+                    .collect();
+                match small.len() {
+                    0 => None,
+                    1 => Some(small[0]),
+                    _ => bail!(
+                        "cannot tell which input carries the timestep: candidates {}; pass --timestep-input NAME",
+                        small.iter().map(|&k| format!("{:?}", inputs[k].name)).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            }
+            _ => bail!(
+                "several inputs look like a timestep ({}); pass --timestep-input NAME",
+                by_name
+                    .iter()
+                    .map(|&k| format!("{:?}", inputs[k].name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    };
+    for inp in &inputs {
+        model.set_input_fact(
+            inp.index,
+            InferenceFact::dt_shape(inp.dtype, inp.shape.clone()),
+        )?;
+    }
+    let typed = model
+        .into_typed()
+        .map_err(|e| anyhow::anyhow!("type inference failed: {e:?}"))?;
+    let out_outlet = typed.output_outlets()?[0];
+    let out_fact = typed.outlet_fact(out_outlet)?;
+    let output_shape: Vec<usize> = out_fact
+        .shape
+        .as_concrete()
+        .context("output shape is not concrete after pinning the inputs")?
+        .to_vec();
+    let output_name = typed.node(out_outlet.node).name.clone();
+    let latent_candidates: Vec<usize> = inputs
+        .iter()
+        .enumerate()
+        .filter(|(k, i)| {
+            Some(*k) != ts_idx && i.dtype == f32::datum_type() && i.shape == output_shape
+        })
+        .map(|(k, _)| k)
+        .collect();
+    let Some(&latent_idx) = latent_candidates.first() else {
+        bail!("no float input has the output's shape {output_shape:?} (inputs: {}); dmq needs the latent input", names(&inputs))
+    };
+    if inputs.len() > 2 || (inputs.len() == 2 && ts_idx.is_none()) {
+        bail!(
+            "the model has inputs besides the latent and the timestep ({}); extra conditioning inputs are not supported yet",
+            names(&inputs)
+        );
+    }
+    let model = typed
+        .into_decluttered()
+        .map_err(|e| anyhow::anyhow!("decluttering failed: {e:?}"))?;
+    Ok(Imported {
+        model,
+        latent: inputs[latent_idx].clone(),
+        timestep: ts_idx.map(|k| inputs[k].clone()),
+        output_shape,
+        output_name,
+    })
+}
+
+fn names(inputs: &[InputDesc]) -> String {
+    inputs
+        .iter()
+        .map(|i| format!("{:?} {:?} {:?}", i.name, i.dtype, i.shape))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The float model, run by tract: the reference dmq is measured against.
+pub struct FloatModel {
+    plan: Arc<SimplePlan<TypedFact, Box<dyn TypedOp>>>,
+    pub latent: InputDesc,
+    pub timestep: Option<InputDesc>,
+}
+
+impl FloatModel {
+    pub fn new(imp: &Imported) -> Result<FloatModel> {
+        let plan = SimplePlan::new(imp.model.clone())?;
+        Ok(FloatModel {
+            plan,
+            latent: imp.latent.clone(),
+            timestep: imp.timestep.clone(),
+        })
+    }
+
+    fn inputs(&self, latent: &[f32], t: f32) -> Result<TVec<TValue>> {
+        let mut v: Vec<(usize, Tensor)> = vec![(
+            self.latent.index,
+            tract_ndarray::ArrayD::from_shape_vec(self.latent.shape.clone(), latent.to_vec())?
+                .into_tensor(),
+        )];
+        if let Some(ts) = &self.timestep {
+            let n: usize = ts.shape.iter().product();
+            let t = Tensor::from_shape(&ts.shape, &vec![t; n])?
+                .cast_to_dt(ts.dtype)?
+                .into_owned();
+            v.push((ts.index, t));
+        }
+        v.sort_by_key(|(i, _)| *i);
+        Ok(v.into_iter().map(|(_, t)| t.into_tvalue()).collect())
+    }
+
+    /// One evaluation: returns the output as f32.
+    pub fn run(&self, latent: &[f32], t: f32) -> Result<Vec<f32>> {
+        let mut state = SimpleState::new(&self.plan)?;
+        let out = state.run(self.inputs(latent, t)?)?;
+        Ok(out[0]
+            .cast_to::<f32>()?
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+
+    /// One evaluation that hands every node's outputs to `observe(node_id, outputs)`.
+    pub fn run_observed(
+        &self,
+        latent: &[f32],
+        t: f32,
+        mut observe: impl FnMut(usize, &TVec<TValue>),
+    ) -> Result<Vec<f32>> {
+        let mut state = SimpleState::new(&self.plan)?;
+        let out = state.run_plan_with_eval(self.inputs(latent, t)?, |ctx, st, node, input| {
+            let out = tract_onnx::tract_core::plan::eval(ctx, st, node, input)?;
+            observe(node.id, &out);
+            Ok::<_, anyhow::Error>(out)
+        })?;
+        Ok(out[0]
+            .cast_to::<f32>()?
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    }
+}

@@ -1,0 +1,312 @@
+//! dmq's compiler IR: ops over typed tensor ids, still holding float weights. Quantization turns it
+//! into runtime op records (`quant.rs`); the memory planner places its tensors (`memplan.rs`).
+use dmq_runtime::format::{BinaryKind, DType, LinearGeom, MatMulGeom, Op, UnaryFn};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(pub u32);
+
+/// A scalar function applied element-wise; chains of these become one 256-entry LUT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScalarFn {
+    Unary(UnaryFn),
+    AddC(f32),
+    MulC(f32),
+    /// c - x
+    RSubC(f32),
+    /// x / c is MulC(1/c); c / x:
+    RDivC(f32),
+    MaxC(f32),
+    MinC(f32),
+    PowC(f32),
+}
+
+impl ScalarFn {
+    pub fn apply(&self, x: f32) -> f32 {
+        match *self {
+            ScalarFn::Unary(f) => dmq_runtime::kernels::scalar::unary_f32(f, x),
+            ScalarFn::AddC(c) => x + c,
+            ScalarFn::MulC(c) => x * c,
+            ScalarFn::RSubC(c) => c - x,
+            ScalarFn::RDivC(c) => c / x,
+            ScalarFn::MaxC(c) => x.max(c),
+            ScalarFn::MinC(c) => x.min(c),
+            ScalarFn::PowC(c) => x.powf(c),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    /// tract node whose observed output range sets this tensor's quantization
+    pub stat: Option<usize>,
+    /// shares the quantization of another tensor (reshape, slice, transpose, upsample...)
+    pub alias: Option<TensorId>,
+    /// fixed quantization (softmax output)
+    pub fixed: Option<(f32, i32)>,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum IrOp {
+    Quantize {
+        input: TensorId,
+        output: TensorId,
+    },
+    Dequantize {
+        input: TensorId,
+        output: TensorId,
+    },
+    /// weights `[co][ci][kh][kw]`
+    Conv {
+        input: TensorId,
+        output: TensorId,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        time_bias: Option<TensorId>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 4],
+        node: String,
+    },
+    /// weights `[n][k]`; `float` = timestep path (FLinear)
+    Linear {
+        input: TensorId,
+        output: TensorId,
+        geom: LinearGeom,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        float: bool,
+        node: String,
+    },
+    MatMul {
+        a: TensorId,
+        b: TensorId,
+        output: TensorId,
+        geom: MatMulGeom,
+        post_scale: f32,
+    },
+    Binary {
+        kind: BinaryKind,
+        a: TensorId,
+        b: TensorId,
+        output: TensorId,
+    },
+    Lut {
+        input: TensorId,
+        output: TensorId,
+        chain: Vec<ScalarFn>,
+    },
+    GroupNorm {
+        input: TensorId,
+        output: TensorId,
+        groups: usize,
+        eps: f32,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+    },
+    Softmax {
+        input: TensorId,
+        output: TensorId,
+        axis: usize,
+    },
+    Concat {
+        inputs: Vec<TensorId>,
+        output: TensorId,
+        axis: usize,
+    },
+    Const {
+        output: TensorId,
+        values: Vec<f32>,
+    },
+    /// Ops that need no quantization decision (data movement, float timestep path).
+    Plain(Op<TensorId>),
+}
+
+impl IrOp {
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match self {
+            IrOp::Quantize { input, .. }
+            | IrOp::Dequantize { input, .. }
+            | IrOp::Linear { input, .. }
+            | IrOp::Lut { input, .. }
+            | IrOp::GroupNorm { input, .. }
+            | IrOp::Softmax { input, .. } => vec![*input],
+            IrOp::Conv {
+                input, time_bias, ..
+            } => std::iter::once(*input)
+                .chain(time_bias.iter().copied())
+                .collect(),
+            IrOp::MatMul { a, b, .. } | IrOp::Binary { a, b, .. } => vec![*a, *b],
+            IrOp::Concat { inputs, .. } => inputs.clone(),
+            IrOp::Const { .. } => vec![],
+            IrOp::Plain(op) => plain_inputs(op),
+        }
+    }
+    pub fn output(&self) -> TensorId {
+        match self {
+            IrOp::Quantize { output, .. }
+            | IrOp::Dequantize { output, .. }
+            | IrOp::Conv { output, .. }
+            | IrOp::Linear { output, .. }
+            | IrOp::MatMul { output, .. }
+            | IrOp::Binary { output, .. }
+            | IrOp::Lut { output, .. }
+            | IrOp::GroupNorm { output, .. }
+            | IrOp::Softmax { output, .. }
+            | IrOp::Concat { output, .. }
+            | IrOp::Const { output, .. } => *output,
+            IrOp::Plain(op) => plain_output(op),
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IrOp::Quantize { .. } => "Quantize",
+            IrOp::Dequantize { .. } => "Dequantize",
+            IrOp::Conv { .. } => "Conv2dInt8",
+            IrOp::Linear { float: false, .. } => "LinearInt8",
+            IrOp::Linear { float: true, .. } => "TimeLinearF32",
+            IrOp::MatMul { .. } => "MatMulInt8",
+            IrOp::Binary { .. } => "BinaryInt8",
+            IrOp::Lut { .. } => "LutInt8",
+            IrOp::GroupNorm { .. } => "GroupNormInt8",
+            IrOp::Softmax { .. } => "SoftmaxInt8",
+            IrOp::Concat { .. } => "ConcatInt8",
+            IrOp::Const { .. } => "Const",
+            IrOp::Plain(op) => plain_kind(op),
+        }
+    }
+}
+
+pub fn plain_inputs<T: Clone>(op: &Op<T>) -> Vec<T> {
+    match op {
+        Op::Quantize { input, .. }
+        | Op::Dequantize { input, .. }
+        | Op::Linear { input, .. }
+        | Op::Lut { input, .. }
+        | Op::GroupNorm { input, .. }
+        | Op::Softmax { input, .. }
+        | Op::Reshape { input, .. }
+        | Op::Transpose { input, .. }
+        | Op::Slice { input, .. }
+        | Op::Broadcast { input, .. }
+        | Op::Upsample { input, .. }
+        | Op::FUnary { input, .. }
+        | Op::FLinear { input, .. } => vec![input.clone()],
+        Op::Conv2d {
+            input, time_bias, ..
+        } => std::iter::once(input.clone())
+            .chain(time_bias.iter().cloned())
+            .collect(),
+        Op::MatMul { a, b, .. } | Op::Binary { a, b, .. } | Op::FBinary { a, b, .. } => {
+            vec![a.clone(), b.clone()]
+        }
+        Op::Concat { inputs, .. } | Op::FConcat { inputs, .. } => inputs.iter().cloned().collect(),
+        Op::Const { .. } => vec![],
+    }
+}
+
+pub fn plain_output<T: Clone>(op: &Op<T>) -> T {
+    match op {
+        Op::Quantize { output, .. }
+        | Op::Dequantize { output, .. }
+        | Op::Conv2d { output, .. }
+        | Op::Linear { output, .. }
+        | Op::MatMul { output, .. }
+        | Op::Binary { output, .. }
+        | Op::Lut { output, .. }
+        | Op::GroupNorm { output, .. }
+        | Op::Softmax { output, .. }
+        | Op::Concat { output, .. }
+        | Op::Reshape { output, .. }
+        | Op::Transpose { output, .. }
+        | Op::Slice { output, .. }
+        | Op::Broadcast { output, .. }
+        | Op::Upsample { output, .. }
+        | Op::Const { output, .. }
+        | Op::FUnary { output, .. }
+        | Op::FBinary { output, .. }
+        | Op::FLinear { output, .. }
+        | Op::FConcat { output, .. } => output.clone(),
+    }
+}
+
+pub fn plain_kind<T>(op: &Op<T>) -> &'static str {
+    match op {
+        Op::Quantize { .. } => "Quantize",
+        Op::Dequantize { .. } => "Dequantize",
+        Op::Conv2d { .. } => "Conv2dInt8",
+        Op::Linear { .. } => "LinearInt8",
+        Op::MatMul { .. } => "MatMulInt8",
+        Op::Binary { .. } => "BinaryInt8",
+        Op::Lut { .. } => "LutInt8",
+        Op::GroupNorm { .. } => "GroupNormInt8",
+        Op::Softmax { .. } => "SoftmaxInt8",
+        Op::Concat { .. } => "ConcatInt8",
+        Op::Reshape { .. } => "Reshape",
+        Op::Transpose { .. } => "Transpose",
+        Op::Slice { .. } => "Slice",
+        Op::Broadcast { .. } => "Broadcast",
+        Op::Upsample { .. } => "UpsampleNearest",
+        Op::Const { .. } => "Const",
+        Op::FUnary { .. } => "TimeUnaryF32",
+        Op::FBinary { .. } => "TimeBinaryF32",
+        Op::FLinear { .. } => "TimeLinearF32",
+        Op::FConcat { .. } => "TimeConcatF32",
+    }
+}
+
+/// The lowered program.
+#[derive(Debug, Clone, Default)]
+pub struct Program {
+    pub tensors: Vec<TensorInfo>,
+    pub ops: Vec<IrOp>,
+    pub latent: Option<TensorId>,
+    pub timestep: Option<TensorId>,
+    pub output: Option<TensorId>,
+}
+
+impl Program {
+    pub fn add_tensor(&mut self, t: TensorInfo) -> TensorId {
+        self.tensors.push(t);
+        TensorId(self.tensors.len() as u32 - 1)
+    }
+    pub fn t(&self, id: TensorId) -> &TensorInfo {
+        &self.tensors[id.0 as usize]
+    }
+    pub fn t_mut(&mut self, id: TensorId) -> &mut TensorInfo {
+        &mut self.tensors[id.0 as usize]
+    }
+    /// Index of the op producing `id`.
+    pub fn producer(&self, id: TensorId) -> Option<usize> {
+        self.ops.iter().rposition(|op| op.output() == id)
+    }
+    pub fn consumers(&self, id: TensorId) -> usize {
+        let mut n = self
+            .ops
+            .iter()
+            .filter(|op| op.inputs().contains(&id))
+            .count();
+        if self.output == Some(id) {
+            n += 1;
+        }
+        n
+    }
+    /// Follows aliases to the tensor that owns the quantization parameters.
+    pub fn quant_root(&self, mut id: TensorId) -> TensorId {
+        while let Some(a) = self.t(id).alias {
+            id = a;
+        }
+        id
+    }
+}

@@ -1,0 +1,247 @@
+//! dmqc: compiles an ONNX diffusion UNet into an integer `.dmq` model for dmq-runtime.
+//!
+//! Pipeline: [`import`] (tract-onnx, decluttered) -> [`lower`] (dmq IR) -> [`calib`] (the float model
+//! inside the deployed sampler) -> [`quant`] (int8 parameters, blob) -> [`memplan`] (arena) ->
+//! [`emit`] (`.dmq` bytes) -> [`eval`] (quality measured by running dmq-runtime on the host).
+pub mod calib;
+pub mod emit;
+pub mod eval;
+pub mod import;
+pub mod ir;
+pub mod lower;
+pub mod memplan;
+pub mod quant;
+
+use anyhow::{bail, Result};
+use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg};
+use dmq_runtime::SamplerKind;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub timestep_input: Option<String>,
+    pub sampler: SamplerKind,
+    pub prediction: Prediction,
+    pub steps: u32,
+    pub calib_samples: usize,
+    pub calib_seed: u64,
+    /// seeds used to measure quality (distinct from calibration seeds)
+    pub eval_samples: usize,
+    pub progress: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            timestep_input: None,
+            sampler: SamplerKind::Ddim,
+            prediction: Prediction::Epsilon,
+            steps: 50,
+            calib_samples: 16,
+            calib_seed: 0,
+            eval_samples: 8,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimestepQuality {
+    pub t: f32,
+    /// median over the evaluation inputs
+    pub sqnr_db: f64,
+    pub min_db: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub onnx_bytes: u64,
+    pub dmq_bytes: usize,
+    pub size_ratio: f64,
+    pub arena_bytes: u32,
+    pub arena_without_reuse: usize,
+    pub parameters: usize,
+    pub ops: BTreeMap<String, usize>,
+    pub sampler: String,
+    pub steps: u32,
+    pub calib_trajectories: usize,
+    pub calib_evaluations: usize,
+    pub calib_seconds: f64,
+    pub t_range: (f32, f32),
+    pub sqnr_per_timestep: Vec<TimestepQuality>,
+}
+
+pub struct Compiled {
+    pub bytes: Vec<u8>,
+    pub report: Report,
+}
+
+pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
+    SamplerConfig {
+        num_train_timesteps: 1000,
+        beta_start: 1e-4,
+        beta_end: 0.02,
+        prediction: opts.prediction,
+        default_sampler: match opts.sampler {
+            SamplerKind::Ddim => SamplerKindCfg::Ddim,
+            SamplerKind::Ddpm => SamplerKindCfg::Ddpm,
+        },
+        default_steps: opts.steps,
+    }
+}
+
+/// Formats lowering failures as one message listing each op type with its nodes.
+pub fn unsupported_message(list: &[lower::Unsupported]) -> String {
+    let mut by_op: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in list {
+        by_op
+            .entry(u.op.clone())
+            .or_default()
+            .push(format!("{} ({})", u.node, u.why));
+    }
+    let mut s = format!(
+        "the model uses {} construct(s) dmq cannot lower yet:\n",
+        list.len()
+    );
+    for (op, nodes) in by_op {
+        s += &format!("  op {op}: {}\n", nodes.join("; "));
+    }
+    s += "Re-export without these ops, or open an issue naming them.";
+    s
+}
+
+pub fn progress_bar(len: u64, msg: &str, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {pos}/{len} evals {elapsed_precise} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Compiles an ONNX model to `.dmq` bytes and measures its quality through the runtime.
+pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    compile_bytes(&bytes, &path.display().to_string(), opts)
+}
+
+/// [`compile`] from ONNX bytes in memory.
+pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<Compiled> {
+    let imp = import::import_bytes(onnx, label, opts.timestep_input.as_deref())?;
+    let lowered = match lower::lower(&imp) {
+        Ok(l) => l,
+        Err(list) => bail!("{}", unsupported_message(&list)),
+    };
+    let float = import::FloatModel::new(&imp)?;
+    let cfg = sampler_config(opts);
+    let pb = progress_bar(
+        (opts.calib_samples as u64) * opts.steps as u64,
+        "calibrating",
+        opts.progress,
+    );
+    let t0 = std::time::Instant::now();
+    let cal = calib::calibrate(
+        &float,
+        &cfg,
+        opts.sampler,
+        opts.steps,
+        opts.calib_samples,
+        opts.calib_seed,
+        &lowered.stat_nodes,
+        &pb,
+    )?;
+    pb.finish_and_clear();
+    let calib_seconds = t0.elapsed().as_secs_f64();
+    let q = quant::quantize(&lowered.program, &cal.ranges)?;
+    let plan = memplan::plan(&lowered.program, &q.ops, &q.scratch);
+    let bytes = emit::emit(
+        &lowered.program,
+        &q,
+        &plan,
+        cfg.clone(),
+        (cal.t_min, cal.t_max),
+    )?;
+    let model = dmq_runtime::Model::load(&bytes)
+        .map_err(|e| anyhow::anyhow!("internal error: emitted model does not validate: {e}"))?;
+    let sqnr = eval::sqnr_over_schedule(&float, &model, opts, 1_000_000)?;
+    let parameters = lowered
+        .program
+        .ops
+        .iter()
+        .map(|op| match op {
+            ir::IrOp::Conv { w, bias, .. } | ir::IrOp::Linear { w, bias, .. } => {
+                w.len() + bias.len()
+            }
+            ir::IrOp::GroupNorm { gamma, beta, .. } => gamma.len() + beta.len(),
+            _ => 0,
+        })
+        .sum();
+    let onnx_bytes = onnx.len() as u64;
+    let report = Report {
+        model: label.to_string(),
+        onnx_bytes,
+        dmq_bytes: bytes.len(),
+        size_ratio: bytes.len() as f64 / onnx_bytes as f64,
+        arena_bytes: plan.arena_bytes,
+        arena_without_reuse: plan.naive_bytes,
+        parameters,
+        ops: lower::op_histogram(&lowered.program)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        sampler: format!("{:?}", opts.sampler),
+        steps: opts.steps,
+        calib_trajectories: opts.calib_samples,
+        calib_evaluations: cal.evaluations,
+        calib_seconds,
+        t_range: (cal.t_min, cal.t_max),
+        sqnr_per_timestep: sqnr,
+    };
+    Ok(Compiled { bytes, report })
+}
+
+/// The summary table printed after compile.
+pub fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    s += &format!("dmqc: {}\n", r.model);
+    s += &format!(
+        "  ops           {}\n",
+        r.ops
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    s += &format!("  parameters    {}\n", r.parameters);
+    s += &format!(
+        "  size          {} bytes ({:.1}% of the ONNX file's {} bytes)\n",
+        r.dmq_bytes,
+        100.0 * r.size_ratio,
+        r.onnx_bytes
+    );
+    s += &format!(
+        "  arena         {} bytes (without reuse: {} bytes)\n",
+        r.arena_bytes, r.arena_without_reuse
+    );
+    s += &format!(
+        "  calibration   {} {} steps × {} trajectories = {} float evaluations in {:.1} s\n",
+        r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
+    );
+    s += "  SQNR of the int8 output against float (dB, median / worst over the evaluation inputs):\n";
+    s += "      t    median    worst\n";
+    for q in &r.sqnr_per_timestep {
+        s += &format!("  {:>5}  {:>8.2} {:>8.2}\n", q.t, q.sqnr_db, q.min_db);
+    }
+    s
+}

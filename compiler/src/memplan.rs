@@ -1,0 +1,104 @@
+//! Offline arena plan: every tensor gets an offset such that tensors alive at the same time never
+//! overlap (greedy by size, first fit), then the sampler state goes at the end.
+use crate::ir::{Program, TensorId};
+use dmq_runtime::format::{Op, ARENA_ALIGN};
+
+pub struct Plan {
+    pub offsets: Vec<u32>,
+    pub scratch: Vec<u32>,
+    pub sampler_state: u32,
+    pub arena_bytes: u32,
+    /// Sum of all tensor sizes (what a plan without reuse would need).
+    pub naive_bytes: usize,
+}
+
+fn align(x: usize) -> usize {
+    x.div_ceil(ARENA_ALIGN as usize) * ARENA_ALIGN as usize
+}
+
+pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize]) -> Plan {
+    let n_ops = ops.len();
+    let nt = p.tensors.len();
+    // lifetime [first, last] in op indices; inputs live from -1, the output to the end
+    let mut first = vec![i64::MAX; nt];
+    let mut last = vec![i64::MIN; nt];
+    for (i, op) in ops.iter().enumerate() {
+        let o = crate::ir::plain_output(op).0 as usize;
+        first[o] = first[o].min(i as i64);
+        last[o] = last[o].max(i as i64);
+        for t in crate::ir::plain_inputs(op) {
+            let t = t.0 as usize;
+            first[t] = first[t].min(i as i64);
+            last[t] = last[t].max(i as i64);
+        }
+    }
+    for t in [p.latent, p.timestep].into_iter().flatten() {
+        first[t.0 as usize] = -1;
+    }
+    if let Some(o) = p.output {
+        last[o.0 as usize] = n_ops as i64;
+    }
+    // items: tensors, then per-op scratch
+    struct Item {
+        size: usize,
+        first: i64,
+        last: i64,
+        off: usize,
+    }
+    let mut items: Vec<Item> = (0..nt)
+        .map(|t| Item {
+            size: if first[t] == i64::MAX {
+                0
+            } else {
+                p.tensors[t].bytes()
+            },
+            first: first[t],
+            last: last[t],
+            off: 0,
+        })
+        .collect();
+    for (i, &s) in scratch.iter().enumerate() {
+        items.push(Item {
+            size: s,
+            first: i as i64,
+            last: i as i64,
+            off: 0,
+        });
+    }
+    let naive_bytes: usize = items.iter().map(|i| align(i.size)).sum();
+    let mut order: Vec<usize> = (0..items.len()).filter(|&i| items[i].size > 0).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(items[i].size), i));
+    let mut placed: Vec<usize> = vec![];
+    let mut top = 0usize;
+    for &i in &order {
+        let mut busy: Vec<(usize, usize)> = placed
+            .iter()
+            .filter(|&&j| items[j].first <= items[i].last && items[i].first <= items[j].last)
+            .map(|&j| (items[j].off, items[j].off + align(items[j].size)))
+            .collect();
+        busy.sort();
+        let mut off = 0usize;
+        for (s, e) in busy {
+            if off + align(items[i].size) <= s {
+                break;
+            }
+            off = off.max(e);
+        }
+        items[i].off = off;
+        top = top.max(off + align(items[i].size));
+        placed.push(i);
+    }
+    let offsets = (0..nt).map(|t| items[t].off as u32).collect();
+    let scratch = (0..scratch.len())
+        .map(|i| items[nt + i].off as u32)
+        .collect();
+    let state = align(top);
+    let latent_bytes = p.latent.map(|l| p.t(l).bytes()).unwrap_or(0);
+    Plan {
+        offsets,
+        scratch,
+        sampler_state: state as u32,
+        arena_bytes: align(state + latent_bytes) as u32,
+        naive_bytes: naive_bytes + latent_bytes,
+    }
+}

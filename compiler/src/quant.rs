@@ -1,0 +1,436 @@
+//! Quantization: chooses int8 parameters from calibration ranges and turns IR ops into runtime
+//! records with their blob arrays (weights, biases with zero points folded, requantization tables, LUTs).
+use crate::ir::*;
+use anyhow::{anyhow, Result};
+use dmq_runtime::format::{BlobRef, DType, Op, Requant, TRef};
+use dmq_runtime::kernels::scalar::ConvDims;
+use std::collections::HashMap;
+
+/// Observed range of a tensor over calibration.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    pub min: f32,
+    pub max: f32,
+}
+
+/// Per-tensor asymmetric int8 parameters covering `[lo, hi]` (which is widened to include 0).
+pub fn affine_params(lo: f32, hi: f32) -> (f32, i32) {
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    let span = (hi - lo).max(1e-8);
+    let scale = span / 255.0;
+    let zero = (-128.0 - lo / scale).round().clamp(-128.0, 127.0) as i32;
+    (scale, zero)
+}
+
+/// Fixed-point form of a positive real multiplier: `mult / 2^shift` with `mult` in [2^30, 2^31).
+pub fn requant_of(real: f64) -> Requant {
+    if !(real > 0.0) || !real.is_finite() {
+        return Requant { mult: 0, shift: 1 };
+    }
+    let e = real.log2().floor() as i32;
+    let mut shift = 30 - e;
+    if shift > 62 {
+        let m = (real * 2f64.powi(62)).round();
+        return Requant {
+            mult: m.min(i32::MAX as f64) as i32,
+            shift: 62,
+        };
+    }
+    if shift < 1 {
+        return Requant {
+            mult: i32::MAX,
+            shift: 1,
+        };
+    }
+    let mut m = (real * 2f64.powi(shift)).round();
+    if m >= 2f64.powi(31) {
+        m /= 2.0;
+        shift -= 1;
+    }
+    Requant {
+        mult: m as i32,
+        shift: shift as u8,
+    }
+}
+
+/// A common shift for two multipliers (binary add/sub).
+pub fn requant_pair(ra: f64, rb: f64) -> (i32, i32, u8) {
+    let mx = ra.max(rb).max(1e-30);
+    let shift = (30 - mx.log2().floor() as i32).clamp(1, 62);
+    let f = 2f64.powi(shift);
+    let c = |r: f64| (r * f).round().clamp(0.0, i32::MAX as f64) as i32;
+    (c(ra), c(rb), shift as u8)
+}
+
+/// Builds the blob: 64-byte aligned arrays.
+#[derive(Default)]
+pub struct Blob {
+    pub bytes: Vec<u8>,
+}
+
+impl Blob {
+    pub fn push(&mut self, data: &[u8]) -> BlobRef {
+        while self.bytes.len() % 64 != 0 {
+            self.bytes.push(0);
+        }
+        let r = BlobRef {
+            offset: self.bytes.len() as u32,
+            len: data.len() as u32,
+        };
+        self.bytes.extend_from_slice(data);
+        r
+    }
+    pub fn push_i32(&mut self, v: &[i32]) -> BlobRef {
+        self.push(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+    pub fn push_f32(&mut self, v: &[f32]) -> BlobRef {
+        self.push(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+    pub fn push_i8(&mut self, v: &[i8]) -> BlobRef {
+        self.push(&v.iter().map(|&x| x as u8).collect::<Vec<u8>>())
+    }
+    pub fn push_requant(&mut self, v: &[Requant]) -> BlobRef {
+        self.push(
+            &v.iter()
+                .flat_map(|r| {
+                    r.mult
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain((r.shift as i32).to_le_bytes())
+                })
+                .collect::<Vec<u8>>(),
+        )
+    }
+}
+
+/// Symmetric per-row int8 weights in [-127, 127]: returns (codes, scales).
+pub fn quantize_rows(w: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
+    let k = if rows == 0 { 0 } else { w.len() / rows };
+    let mut q = vec![0i8; w.len()];
+    let mut scales = vec![0f32; rows];
+    for r in 0..rows {
+        let row = &w[r * k..(r + 1) * k];
+        let mx = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let s = if mx > 0.0 { mx / 127.0 } else { 1.0 };
+        scales[r] = s;
+        for (d, &v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
+            *d = (v / s).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (q, scales)
+}
+
+/// Chosen quantization of every tensor (int8: scale, zero; f32: 1, 0).
+pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<(f32, i32)>> {
+    let mut out = vec![(1.0f32, 0i32); p.tensors.len()];
+    for i in 0..p.tensors.len() {
+        let root = p.quant_root(TensorId(i as u32));
+        let t = p.t(root);
+        if t.dtype == DType::F32 {
+            continue;
+        }
+        out[i] = if let Some(f) = t.fixed {
+            f
+        } else if let Some(s) = t.stat {
+            let r = ranges
+                .get(&s)
+                .ok_or_else(|| anyhow!("no calibration range for tensor {}", t.name))?;
+            affine_params(r.min, r.max)
+        } else {
+            return Err(anyhow!("tensor {} has no quantization source", t.name));
+        };
+    }
+    Ok(out)
+}
+
+/// Output of quantization: runtime ops over tensor ids, scratch bytes per op, and the blob.
+pub struct Quantized {
+    pub ops: Vec<Op<TensorId>>,
+    pub scratch: Vec<usize>,
+    pub blob: Blob,
+    pub params: Vec<(f32, i32)>,
+}
+
+pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Quantized> {
+    let params = choose_params(p, ranges)?;
+    let mut blob = Blob::default();
+    let mut ops = vec![];
+    let mut scratch = vec![];
+    let q = |t: TensorId| params[t.0 as usize];
+    for op in &p.ops {
+        let mut scr = 0usize;
+        let rec = match op {
+            IrOp::Quantize { input, output } => Op::Quantize {
+                input: *input,
+                output: *output,
+            },
+            IrOp::Dequantize { input, output } => Op::Dequantize {
+                input: *input,
+                output: *output,
+            },
+            IrOp::Conv {
+                input,
+                output,
+                w,
+                bias,
+                time_bias,
+                kernel,
+                stride,
+                pad,
+                ..
+            } => {
+                let (sx, zx) = q(*input);
+                let (so, _) = q(*output);
+                let ish = &p.t(*input).shape;
+                let osh = &p.t(*output).shape;
+                let co = osh[1];
+                let (wq, ws) = quantize_rows(w, co);
+                let k = w.len() / co;
+                let mut bq = vec![0i32; co];
+                let mut rq = vec![];
+                let mut ts = vec![0f32; co];
+                for c in 0..co {
+                    let acc_scale = sx as f64 * ws[c] as f64;
+                    let wsum: i64 = wq[c * k..(c + 1) * k].iter().map(|&v| v as i64).sum();
+                    let b = (bias[c] as f64 / acc_scale).round() as i64 - zx as i64 * wsum;
+                    bq[c] = b.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                    rq.push(requant_of(acc_scale / so as f64));
+                    ts[c] = (1.0 / acc_scale) as f32;
+                }
+                let d = ConvDims {
+                    c: ish[1],
+                    h: ish[2],
+                    w: ish[3],
+                    co,
+                    kh: kernel[0],
+                    kw: kernel[1],
+                    sh: stride[0],
+                    sw: stride[1],
+                    pt: pad[0],
+                    pl: pad[1],
+                    oh: osh[2],
+                    ow: osh[3],
+                };
+                scr = dmq_runtime::exec::conv_scratch_bytes(&d, time_bias.is_some());
+                Op::Conv2d {
+                    input: *input,
+                    output: *output,
+                    weights: blob.push_i8(&wq),
+                    bias: blob.push_i32(&bq),
+                    requant: blob.push_requant(&rq),
+                    time_bias: *time_bias,
+                    time_scale: if time_bias.is_some() {
+                        blob.push_f32(&ts)
+                    } else {
+                        blob.push(&[])
+                    },
+                    kernel: [kernel[0] as u16, kernel[1] as u16],
+                    stride: [stride[0] as u16, stride[1] as u16],
+                    pad: [pad[0] as u16, pad[1] as u16, pad[2] as u16, pad[3] as u16],
+                    scratch: 0,
+                }
+            }
+            IrOp::Linear {
+                input,
+                output,
+                geom,
+                w,
+                bias,
+                float,
+                ..
+            } => {
+                let n = geom.n as usize;
+                let (wq, ws) = quantize_rows(w, n);
+                if *float {
+                    Op::FLinear {
+                        input: *input,
+                        output: *output,
+                        geom: geom.clone(),
+                        weights: blob.push_i8(&wq),
+                        scales: blob.push_f32(&ws),
+                        bias: blob.push_f32(bias),
+                    }
+                } else {
+                    let (sx, zx) = q(*input);
+                    let (so, _) = q(*output);
+                    let k = geom.k as usize;
+                    let mut bq = vec![0i32; n];
+                    let mut rq = vec![];
+                    for j in 0..n {
+                        let acc_scale = sx as f64 * ws[j] as f64;
+                        let wsum: i64 = wq[j * k..(j + 1) * k].iter().map(|&v| v as i64).sum();
+                        let b = (bias[j] as f64 / acc_scale).round() as i64 - zx as i64 * wsum;
+                        bq[j] = b.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                        rq.push(requant_of(acc_scale / so as f64));
+                    }
+                    Op::Linear {
+                        input: *input,
+                        output: *output,
+                        geom: geom.clone(),
+                        weights: blob.push_i8(&wq),
+                        bias: blob.push_i32(&bq),
+                        requant: blob.push_requant(&rq),
+                    }
+                }
+            }
+            IrOp::MatMul {
+                a,
+                b,
+                output,
+                geom,
+                post_scale,
+            } => {
+                let (sa, sb, so) = (q(*a).0 as f64, q(*b).0 as f64, q(*output).0 as f64);
+                Op::MatMul {
+                    a: *a,
+                    b: *b,
+                    output: *output,
+                    geom: geom.clone(),
+                    requant: requant_of(sa * sb * *post_scale as f64 / so),
+                }
+            }
+            IrOp::Binary { kind, a, b, output } => {
+                let (sa, sb, so) = (q(*a).0 as f64, q(*b).0 as f64, q(*output).0 as f64);
+                let (mult_a, mult_b, shift) = match kind {
+                    dmq_runtime::format::BinaryKind::Mul => {
+                        let r = requant_of(sa * sb / so);
+                        (r.mult, r.mult, r.shift)
+                    }
+                    _ => requant_pair(sa / so, sb / so),
+                };
+                Op::Binary {
+                    kind: *kind,
+                    a: *a,
+                    b: *b,
+                    output: *output,
+                    mult_a,
+                    mult_b,
+                    shift,
+                }
+            }
+            IrOp::Lut {
+                input,
+                output,
+                chain,
+            } => {
+                let (sx, zx) = q(*input);
+                let (so, zo) = q(*output);
+                let table: Vec<u8> = (-128i32..=127)
+                    .map(|c| {
+                        let mut v = sx * (c - zx) as f32;
+                        for f in chain {
+                            v = f.apply(v);
+                        }
+                        let qv = if v.is_nan() {
+                            zo as f32
+                        } else {
+                            (v / so).round() + zo as f32
+                        };
+                        qv.clamp(-128.0, 127.0) as i8 as u8
+                    })
+                    .collect();
+                Op::Lut {
+                    input: *input,
+                    output: *output,
+                    table: blob.push(&table),
+                }
+            }
+            IrOp::GroupNorm {
+                input,
+                output,
+                groups,
+                eps,
+                gamma,
+                beta,
+            } => {
+                let mut aff = gamma.clone();
+                aff.extend_from_slice(beta);
+                Op::GroupNorm {
+                    input: *input,
+                    output: *output,
+                    groups: *groups as u32,
+                    eps: *eps,
+                    affine: blob.push_f32(&aff),
+                }
+            }
+            IrOp::Softmax {
+                input,
+                output,
+                axis,
+            } => {
+                let (sx, _) = q(*input);
+                let table: Vec<i32> = (0..256)
+                    .map(|d| ((-(d as f64) * sx as f64).exp() * (1u64 << 20) as f64).round() as i32)
+                    .collect();
+                Op::Softmax {
+                    input: *input,
+                    output: *output,
+                    axis: *axis as u8,
+                    exp_table: blob.push_i32(&table),
+                }
+            }
+            IrOp::Concat {
+                inputs,
+                output,
+                axis,
+            } => {
+                let (so, _) = q(*output);
+                let mut ins = heapless::Vec::new();
+                let mut rq = heapless::Vec::new();
+                for t in inputs {
+                    let _ = ins.push(*t);
+                    let _ = rq.push(requant_of(q(*t).0 as f64 / so as f64));
+                }
+                Op::Concat {
+                    inputs: ins,
+                    output: *output,
+                    axis: *axis as u8,
+                    requant: rq,
+                }
+            }
+            IrOp::Const { output, values } => {
+                let t = p.t(*output);
+                let data = if t.dtype == DType::F32 {
+                    blob.push_f32(values)
+                } else {
+                    let (s, z) = q(*output);
+                    let v: Vec<i8> = values
+                        .iter()
+                        .map(|&v| ((v / s).round() + z as f32).clamp(-128.0, 127.0) as i8)
+                        .collect();
+                    blob.push_i8(&v)
+                };
+                Op::Const {
+                    output: *output,
+                    data,
+                }
+            }
+            IrOp::Plain(op) => op.clone(),
+        };
+        ops.push(rec);
+        scratch.push(scr);
+    }
+    Ok(Quantized {
+        ops,
+        scratch,
+        blob,
+        params,
+    })
+}
+
+/// Resolves tensor ids to arena references.
+pub fn tref(p: &Program, params: &[(f32, i32)], offsets: &[u32], id: TensorId) -> TRef {
+    let t = p.t(id);
+    let (scale, zero) = params[id.0 as usize];
+    let mut shape = heapless::Vec::new();
+    for &d in &t.shape {
+        let _ = shape.push(d as u32);
+    }
+    TRef {
+        offset: offsets[id.0 as usize],
+        dtype: t.dtype,
+        shape,
+        scale,
+        zero,
+    }
+}

@@ -1,0 +1,1229 @@
+//! Validation (once, at load) and execution of op records over a caller-owned arena.
+use crate::format::{BlobRef, DType, Model, Op, Requant, TRef, ARENA_ALIGN, MAX_RANK};
+use crate::kernels::{self, scalar, scalar::ConvDims, scalar::MatMulDims};
+use crate::{Error, Result};
+use core::ops::Range;
+
+const MODEL: u32 = u32::MAX;
+
+fn inv(op: u32, what: &'static str) -> Error {
+    Error::Invalid { op, what }
+}
+
+fn dims(t: &TRef) -> ([usize; MAX_RANK], usize) {
+    let mut d = [0usize; MAX_RANK];
+    for (i, &x) in t.shape.iter().enumerate() {
+        d[i] = x as usize;
+    }
+    (d, t.shape.len())
+}
+
+fn range(t: &TRef) -> Range<usize> {
+    t.offset as usize..t.offset as usize + t.bytes()
+}
+
+/// Checks a tensor reference against the arena: in bounds, aligned, sane quantization.
+fn check_tref(op: u32, t: &TRef, dtype: DType, arena: u32) -> Result<()> {
+    if t.dtype != dtype {
+        return Err(inv(op, "tensor has the wrong element type"));
+    }
+    let mut n: u64 = 1;
+    for &d in t.shape.iter() {
+        n = n
+            .checked_mul(d as u64)
+            .ok_or(inv(op, "tensor size overflows"))?;
+        if n > u32::MAX as u64 {
+            return Err(inv(op, "tensor too large"));
+        }
+    }
+    let end = (t.offset as u64)
+        .checked_add(n * dtype.size() as u64)
+        .ok_or(inv(op, "tensor offset overflows"))?;
+    if end > arena as u64 {
+        return Err(inv(op, "tensor outside the arena"));
+    }
+    if t.offset % ARENA_ALIGN != 0 {
+        return Err(inv(op, "tensor offset not aligned"));
+    }
+    if !(t.scale.is_finite() && t.scale > 0.0) {
+        return Err(inv(op, "quantization scale must be finite and positive"));
+    }
+    if dtype == DType::I8 && !(-128..=127).contains(&t.zero) {
+        return Err(inv(op, "zero point outside int8"));
+    }
+    Ok(())
+}
+
+fn check_blob(op: u32, b: &BlobRef, len: usize, blob: &[u8]) -> Result<()> {
+    if b.len as usize != len {
+        return Err(inv(op, "blob array has the wrong length"));
+    }
+    let end = (b.offset as u64) + b.len as u64;
+    if end > blob.len() as u64 {
+        return Err(inv(op, "blob array outside the blob"));
+    }
+    Ok(())
+}
+
+fn check_requant_table(op: u32, b: &BlobRef, n: usize, blob: &[u8]) -> Result<()> {
+    check_blob(op, b, n * 8, blob)?;
+    let t = &blob[b.offset as usize..(b.offset + b.len) as usize];
+    for i in 0..n {
+        let (m, s) = kernels::requant_entry(t, i);
+        if m < 0
+            || !(1..=62).contains(&(t[i * 8 + 4] as i32))
+            || s == 0
+            || t[i * 8 + 5..i * 8 + 8] != [0, 0, 0]
+        {
+            return Err(inv(op, "requantization entry out of range"));
+        }
+    }
+    Ok(())
+}
+
+fn check_requant(op: u32, r: &Requant) -> Result<()> {
+    if r.mult < 0 || !(1..=62).contains(&r.shift) {
+        return Err(inv(op, "requantization parameters out of range"));
+    }
+    Ok(())
+}
+
+fn disjoint(op: u32, out: &TRef, ins: &[&TRef]) -> Result<()> {
+    let o = range(out);
+    for i in ins {
+        let r = range(i);
+        if r.start < o.end && o.start < r.end && !r.is_empty() && !o.is_empty() {
+            return Err(inv(op, "output overlaps an input"));
+        }
+    }
+    Ok(())
+}
+
+fn same_numel(op: u32, a: &TRef, b: &TRef) -> Result<()> {
+    if a.numel() != b.numel() {
+        return Err(inv(op, "element counts differ"));
+    }
+    Ok(())
+}
+
+fn same_rank_broadcast(op: u32, inp: &TRef, out: &TRef) -> Result<()> {
+    if inp.shape.len() != out.shape.len() {
+        return Err(inv(op, "broadcast ranks differ"));
+    }
+    for (a, b) in inp.shape.iter().zip(out.shape.iter()) {
+        if *a != *b && *a != 1 {
+            return Err(inv(op, "input does not broadcast to the output"));
+        }
+    }
+    Ok(())
+}
+
+/// Arena scratch a conv needs: im2col matrix (unless pointwise), then the combined int32 bias,
+/// 4-aligned.
+pub fn conv_scratch_bytes(d: &ConvDims, time_bias: bool) -> usize {
+    let col = if d.is_pointwise() { 0 } else { d.k() * d.p() };
+    if time_bias {
+        col.div_ceil(4) * 4 + 4 * d.co
+    } else {
+        col
+    }
+}
+
+/// Geometry of a conv record (shared by validation, execution and the compiler).
+pub fn conv_dims(
+    op: u32,
+    input: &TRef,
+    output: &TRef,
+    kernel: [u16; 2],
+    stride: [u16; 2],
+    pad: [u16; 4],
+) -> Result<(usize, ConvDims)> {
+    if input.shape.len() != 4 || output.shape.len() != 4 || input.shape[0] != output.shape[0] {
+        return Err(inv(op, "conv tensors must be NCHW with equal batch"));
+    }
+    let (kh, kw) = (kernel[0] as usize, kernel[1] as usize);
+    let (sh, sw) = (stride[0] as usize, stride[1] as usize);
+    if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+        return Err(inv(op, "conv kernel and stride must be positive"));
+    }
+    let (h, w) = (input.shape[2] as usize, input.shape[3] as usize);
+    let ph = h + pad[0] as usize + pad[2] as usize;
+    let pw = w + pad[1] as usize + pad[3] as usize;
+    if ph < kh || pw < kw {
+        return Err(inv(op, "conv kernel larger than padded input"));
+    }
+    let d = ConvDims {
+        c: input.shape[1] as usize,
+        h,
+        w,
+        co: output.shape[1] as usize,
+        kh,
+        kw,
+        sh,
+        sw,
+        pt: pad[0] as usize,
+        pl: pad[1] as usize,
+        oh: (ph - kh) / sh + 1,
+        ow: (pw - kw) / sw + 1,
+    };
+    if d.oh != output.shape[2] as usize || d.ow != output.shape[3] as usize {
+        return Err(inv(op, "conv output shape does not match its geometry"));
+    }
+    Ok((input.shape[0] as usize, d))
+}
+
+/// Validates the whole model once. Called by [`Model::load`].
+pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
+    let m = &model.meta;
+    let arena = m.arena_bytes;
+    let blob = model.blob;
+    check_tref(MODEL, &m.latent, DType::F32, arena)?;
+    check_tref(MODEL, &m.output, DType::F32, arena)?;
+    if m.latent.numel() != m.output.numel() {
+        return Err(inv(MODEL, "latent and output sizes differ"));
+    }
+    if let Some(t) = &m.timestep {
+        check_tref(MODEL, t, DType::F32, arena)?;
+    }
+    let state_end = (m.sampler_state as u64) + 4 * m.latent.numel() as u64;
+    if state_end > arena as u64 || m.sampler_state % ARENA_ALIGN != 0 {
+        return Err(inv(MODEL, "sampler state outside the arena"));
+    }
+    if !(m.t_min.is_finite() && m.t_max.is_finite() && m.t_min <= m.t_max) {
+        return Err(inv(MODEL, "calibrated timestep range invalid"));
+    }
+    let s = &m.sampler;
+    if s.num_train_timesteps == 0
+        || s.num_train_timesteps > 100_000
+        || !(s.beta_start > 0.0 && s.beta_end < 1.0 && s.beta_start <= s.beta_end)
+    {
+        return Err(inv(MODEL, "noise schedule invalid"));
+    }
+    // Op tensors live below the sampler state, which ends the arena.
+    let ops_arena = m.sampler_state;
+    for t in [&m.latent, &m.output].into_iter().chain(m.timestep.iter()) {
+        check_tref(MODEL, t, t.dtype, ops_arena)?;
+    }
+    let mut rest = model.ops;
+    for i in 0..model.header.n_ops {
+        let (op, r) = postcard::take_from_bytes::<Op<TRef>>(rest).map_err(|_| Error::Metadata)?;
+        rest = r;
+        validate_op(i, &op, ops_arena, blob)?;
+    }
+    if !rest.is_empty() {
+        return Err(inv(MODEL, "trailing bytes after the op records"));
+    }
+    Ok(())
+}
+
+fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
+    use DType::{F32, I8};
+    match op {
+        Op::Quantize { input, output } => {
+            check_tref(i, input, F32, arena)?;
+            check_tref(i, output, I8, arena)?;
+            same_numel(i, input, output)?;
+            disjoint(i, output, &[input])
+        }
+        Op::Dequantize { input, output } => {
+            check_tref(i, input, I8, arena)?;
+            check_tref(i, output, F32, arena)?;
+            same_numel(i, input, output)?;
+            disjoint(i, output, &[input])
+        }
+        Op::Conv2d {
+            input,
+            output,
+            weights,
+            bias,
+            requant,
+            time_bias,
+            time_scale,
+            kernel,
+            stride,
+            pad,
+            scratch,
+        } => {
+            check_tref(i, input, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            disjoint(i, output, &[input])?;
+            let (_, d) = conv_dims(i, input, output, *kernel, *stride, *pad)?;
+            check_blob(i, weights, d.co * d.k(), blob)?;
+            check_blob(i, bias, d.co * 4, blob)?;
+            check_requant_table(i, requant, d.co, blob)?;
+            let mut ins: [&TRef; 2] = [input, input];
+            if let Some(tb) = time_bias {
+                check_tref(i, tb, F32, arena)?;
+                if tb.numel() != d.co {
+                    return Err(inv(
+                        i,
+                        "conv time bias must have one value per output channel",
+                    ));
+                }
+                check_blob(i, time_scale, d.co * 4, blob)?;
+                ins[1] = tb;
+            }
+            let bytes = conv_scratch_bytes(&d, time_bias.is_some());
+            if bytes > 0 {
+                let end = *scratch as u64 + bytes as u64;
+                if end > arena as u64 || *scratch % ARENA_ALIGN != 0 {
+                    return Err(inv(i, "conv scratch outside the arena"));
+                }
+                let s = *scratch as usize..end as usize;
+                for t in [output].into_iter().chain(ins) {
+                    let r = range(t);
+                    if r.start < s.end && s.start < r.end {
+                        return Err(inv(i, "conv scratch overlaps a tensor"));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Op::Const { output, data } => {
+            let dt = output.dtype;
+            check_tref(i, output, dt, arena)?;
+            check_blob(i, data, output.bytes(), blob)
+        }
+        Op::Linear {
+            input,
+            output,
+            geom,
+            weights,
+            bias,
+            requant,
+        } => {
+            check_tref(i, input, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            disjoint(i, output, &[input])?;
+            let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
+            if m > 0 && n > 0 && k > 0 {
+                let a_ext = (m - 1) as u64 * geom.a_strides[0] as u64
+                    + (k - 1) as u64 * geom.a_strides[1] as u64
+                    + 1;
+                let o_ext = (m - 1) as u64 * geom.o_strides[0] as u64
+                    + (n - 1) as u64 * geom.o_strides[1] as u64
+                    + 1;
+                if a_ext > input.numel() as u64 || o_ext > output.numel() as u64 {
+                    return Err(inv(i, "linear geometry outside its tensors"));
+                }
+            }
+            check_blob(i, weights, n * k, blob)?;
+            check_blob(i, bias, n * 4, blob)?;
+            check_requant_table(i, requant, n, blob)
+        }
+        Op::MatMul {
+            a,
+            b,
+            output,
+            geom,
+            requant,
+        } => {
+            check_tref(i, a, I8, arena)?;
+            check_tref(i, b, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            disjoint(i, output, &[a, b])?;
+            check_requant(i, requant)?;
+            let ext = |d: [u32; 4], s: [u32; 4]| -> u64 {
+                if d.iter().any(|&x| x == 0) {
+                    return 0;
+                }
+                (0..4).map(|j| (d[j] as u64 - 1) * s[j] as u64).sum::<u64>() + 1
+            };
+            let [b0, b1] = geom.batch;
+            if ext([b0, b1, geom.m, geom.k], geom.a_strides) > a.numel() as u64
+                || ext([b0, b1, geom.k, geom.n], geom.b_strides) > b.numel() as u64
+                || ext([b0, b1, geom.m, geom.n], geom.o_strides) > output.numel() as u64
+            {
+                return Err(inv(i, "matmul geometry outside its tensors"));
+            }
+            Ok(())
+        }
+        Op::Binary {
+            a,
+            b,
+            output,
+            shift,
+            mult_a,
+            mult_b,
+            ..
+        } => {
+            check_tref(i, a, I8, arena)?;
+            check_tref(i, b, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            disjoint(i, output, &[a, b])?;
+            same_rank_broadcast(i, a, output)?;
+            same_rank_broadcast(i, b, output)?;
+            check_requant(
+                i,
+                &Requant {
+                    mult: *mult_a,
+                    shift: *shift,
+                },
+            )?;
+            check_requant(
+                i,
+                &Requant {
+                    mult: *mult_b,
+                    shift: *shift,
+                },
+            )
+        }
+        Op::Lut {
+            input,
+            output,
+            table,
+        } => {
+            check_tref(i, input, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            same_numel(i, input, output)?;
+            check_blob(i, table, 256, blob)
+        }
+        Op::GroupNorm {
+            input,
+            output,
+            groups,
+            eps,
+            affine,
+        } => {
+            check_tref(i, input, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            disjoint(i, output, &[input])?;
+            if input.shape != output.shape || input.shape.len() < 2 {
+                return Err(inv(i, "groupnorm shapes"));
+            }
+            let c = input.shape[1];
+            if *groups == 0 || c % groups != 0 || !(eps.is_finite() && *eps >= 0.0) {
+                return Err(inv(i, "groupnorm groups or eps"));
+            }
+            check_blob(i, affine, c as usize * 8, blob)
+        }
+        Op::Softmax {
+            input,
+            output,
+            axis,
+            exp_table,
+        } => {
+            check_tref(i, input, I8, arena)?;
+            check_tref(i, output, I8, arena)?;
+            disjoint(i, output, &[input])?;
+            if input.shape != output.shape || *axis as usize >= input.shape.len() {
+                return Err(inv(i, "softmax shapes or axis"));
+            }
+            check_blob(i, exp_table, 1024, blob)
+        }
+        Op::Concat {
+            inputs,
+            output,
+            axis,
+            requant,
+        } => {
+            check_tref(i, output, I8, arena)?;
+            if inputs.len() != requant.len() || inputs.is_empty() {
+                return Err(inv(i, "concat inputs and requant tables differ"));
+            }
+            let mut total = 0u64;
+            for (t, r) in inputs.iter().zip(requant.iter()) {
+                check_tref(i, t, I8, arena)?;
+                check_requant(i, r)?;
+                disjoint(i, output, &[t])?;
+                total += concat_check(i, t, output, *axis)?;
+            }
+            if total != output.shape[*axis as usize] as u64 {
+                return Err(inv(i, "concat sizes do not add up"));
+            }
+            Ok(())
+        }
+        Op::FConcat {
+            inputs,
+            output,
+            axis,
+        } => {
+            check_tref(i, output, F32, arena)?;
+            if inputs.is_empty() {
+                return Err(inv(i, "concat without inputs"));
+            }
+            let mut total = 0u64;
+            for t in inputs.iter() {
+                check_tref(i, t, F32, arena)?;
+                disjoint(i, output, &[t])?;
+                total += concat_check(i, t, output, *axis)?;
+            }
+            if total != output.shape[*axis as usize] as u64 {
+                return Err(inv(i, "concat sizes do not add up"));
+            }
+            Ok(())
+        }
+        Op::Reshape { input, output } => {
+            let dt = input.dtype;
+            check_tref(i, input, dt, arena)?;
+            check_tref(i, output, dt, arena)?;
+            same_numel(i, input, output)?;
+            disjoint(i, output, &[input])
+        }
+        Op::Transpose {
+            input,
+            output,
+            perm,
+        } => {
+            let dt = input.dtype;
+            check_tref(i, input, dt, arena)?;
+            check_tref(i, output, dt, arena)?;
+            disjoint(i, output, &[input])?;
+            let r = input.shape.len();
+            if perm.len() != r || output.shape.len() != r {
+                return Err(inv(i, "transpose rank"));
+            }
+            let mut seen = [false; MAX_RANK];
+            for (o, &p) in perm.iter().enumerate() {
+                let p = p as usize;
+                if p >= r || seen[p] || output.shape[o] != input.shape[p] {
+                    return Err(inv(i, "transpose permutation"));
+                }
+                seen[p] = true;
+            }
+            Ok(())
+        }
+        Op::Slice {
+            input,
+            output,
+            axis,
+            start,
+        } => {
+            let dt = input.dtype;
+            check_tref(i, input, dt, arena)?;
+            check_tref(i, output, dt, arena)?;
+            disjoint(i, output, &[input])?;
+            let a = *axis as usize;
+            if input.shape.len() != output.shape.len() || a >= input.shape.len() {
+                return Err(inv(i, "slice rank or axis"));
+            }
+            for d in 0..input.shape.len() {
+                let ok = if d == a {
+                    *start as u64 + output.shape[d] as u64 <= input.shape[d] as u64
+                } else {
+                    input.shape[d] == output.shape[d]
+                };
+                if !ok {
+                    return Err(inv(i, "slice bounds"));
+                }
+            }
+            Ok(())
+        }
+        Op::Broadcast { input, output } => {
+            let dt = input.dtype;
+            check_tref(i, input, dt, arena)?;
+            check_tref(i, output, dt, arena)?;
+            disjoint(i, output, &[input])?;
+            same_rank_broadcast(i, input, output)
+        }
+        Op::Upsample { input, output } => {
+            let dt = input.dtype;
+            check_tref(i, input, dt, arena)?;
+            check_tref(i, output, dt, arena)?;
+            disjoint(i, output, &[input])?;
+            if input.shape.len() != output.shape.len() {
+                return Err(inv(i, "upsample rank"));
+            }
+            for (a, b) in input.shape.iter().zip(output.shape.iter()) {
+                if *a == 0 || b % a != 0 {
+                    return Err(inv(i, "upsample factors must be integers"));
+                }
+            }
+            Ok(())
+        }
+        Op::FUnary { input, output, .. } => {
+            check_tref(i, input, F32, arena)?;
+            check_tref(i, output, F32, arena)?;
+            same_numel(i, input, output)
+        }
+        Op::FBinary { a, b, output, .. } => {
+            check_tref(i, a, F32, arena)?;
+            check_tref(i, b, F32, arena)?;
+            check_tref(i, output, F32, arena)?;
+            disjoint(i, output, &[a, b])?;
+            same_rank_broadcast(i, a, output)?;
+            same_rank_broadcast(i, b, output)
+        }
+        Op::FLinear {
+            input,
+            output,
+            geom,
+            weights,
+            scales,
+            bias,
+        } => {
+            check_tref(i, input, F32, arena)?;
+            check_tref(i, output, F32, arena)?;
+            disjoint(i, output, &[input])?;
+            let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
+            if m > 0 && n > 0 && k > 0 {
+                let a_ext = (m - 1) as u64 * geom.a_strides[0] as u64
+                    + (k - 1) as u64 * geom.a_strides[1] as u64
+                    + 1;
+                let o_ext = (m - 1) as u64 * geom.o_strides[0] as u64
+                    + (n - 1) as u64 * geom.o_strides[1] as u64
+                    + 1;
+                if a_ext > input.numel() as u64 || o_ext > output.numel() as u64 {
+                    return Err(inv(i, "linear geometry outside its tensors"));
+                }
+            }
+            check_blob(i, weights, n * k, blob)?;
+            check_blob(i, scales, n * 4, blob)?;
+            check_blob(i, bias, n * 4, blob)
+        }
+    }
+}
+
+fn concat_check(i: u32, t: &TRef, output: &TRef, axis: u8) -> Result<u64> {
+    let a = axis as usize;
+    if t.shape.len() != output.shape.len() || a >= t.shape.len() {
+        return Err(inv(i, "concat rank or axis"));
+    }
+    for d in 0..t.shape.len() {
+        if d != a && t.shape[d] != output.shape[d] {
+            return Err(inv(i, "concat shapes"));
+        }
+    }
+    Ok(t.shape[a] as u64)
+}
+
+/// The arena split for one op: up to two mutable regions (output, scratch), the rest readable.
+struct Io<'a> {
+    pieces: [(usize, &'a [u8]); 3],
+}
+
+impl<'a> Io<'a> {
+    fn get(&self, r: Range<usize>) -> Result<&'a [u8]> {
+        for (start, p) in self.pieces.iter() {
+            if r.start >= *start && r.end <= start + p.len() {
+                return Ok(&p[r.start - start..r.end - start]);
+            }
+        }
+        Err(Error::Invalid {
+            op: MODEL,
+            what: "input overlaps the output or leaves the arena",
+        })
+    }
+    fn i8(&self, t: &TRef) -> Result<&'a [i8]> {
+        Ok(bytemuck::cast_slice(self.get(range(t))?))
+    }
+    fn f32(&self, t: &TRef) -> Result<&'a [f32]> {
+        bytemuck::try_cast_slice(self.get(range(t))?)
+            .map_err(|_| Error::Arena { needed: 0, got: 0 })
+    }
+}
+
+fn carve<'a>(
+    arena: &'a mut [u8],
+    a: Range<usize>,
+    b: Option<Range<usize>>,
+) -> Result<(&'a mut [u8], Option<&'a mut [u8]>, Io<'a>)> {
+    let bad = Error::Invalid {
+        op: MODEL,
+        what: "tensor outside the arena",
+    };
+    if a.end > arena.len() || a.start > a.end {
+        return Err(bad);
+    }
+    match b {
+        None => {
+            let (p0, rest) = arena.split_at_mut(a.start);
+            let (m0, p1) = rest.split_at_mut(a.end - a.start);
+            Ok((
+                m0,
+                None,
+                Io {
+                    pieces: [(0, p0), (a.end, p1), (0, &[])],
+                },
+            ))
+        }
+        Some(b) => {
+            if b.end > arena.len() || b.start > b.end || (b.start < a.end && a.start < b.end) {
+                return Err(bad);
+            }
+            let swap = b.start < a.start;
+            let (first, second) = if swap {
+                (b.clone(), a.clone())
+            } else {
+                (a.clone(), b.clone())
+            };
+            let (p0, rest) = arena.split_at_mut(first.start);
+            let (m0, rest) = rest.split_at_mut(first.end - first.start);
+            let (p1, rest) = rest.split_at_mut(second.start - first.end);
+            let (m1, p2) = rest.split_at_mut(second.end - second.start);
+            let io = Io {
+                pieces: [(0, p0), (first.end, p1), (second.end, p2)],
+            };
+            if swap {
+                Ok((m1, Some(m0), io))
+            } else {
+                Ok((m0, Some(m1), io))
+            }
+        }
+    }
+}
+
+fn out_i8(o: &mut [u8]) -> &mut [i8] {
+    bytemuck::cast_slice_mut(o)
+}
+
+fn out_f32(o: &mut [u8]) -> Result<&mut [f32]> {
+    bytemuck::try_cast_slice_mut(o).map_err(|_| Error::Arena { needed: 0, got: 0 })
+}
+
+fn blob_slice<'b>(blob: &'b [u8], b: &BlobRef) -> Result<&'b [u8]> {
+    crate::format::section(blob, (b.offset, b.len))
+}
+
+/// Runs one op. Every access is checked; a validated model never fails here.
+pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
+    match op {
+        Op::Quantize { input, output } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            scalar::quantize(io.f32(input)?, output.scale, output.zero, out_i8(o))
+        }
+        Op::Dequantize { input, output } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            scalar::dequantize(io.i8(input)?, input.scale, input.zero, out_f32(o)?)
+        }
+        Op::Conv2d {
+            input,
+            output,
+            weights,
+            bias,
+            requant,
+            time_bias,
+            time_scale,
+            kernel,
+            stride,
+            pad,
+            scratch,
+        } => {
+            let (n, d) = conv_dims(0, input, output, *kernel, *stride, *pad)?;
+            let bytes = conv_scratch_bytes(&d, time_bias.is_some());
+            let sr = if bytes > 0 {
+                Some(*scratch as usize..*scratch as usize + bytes)
+            } else {
+                None
+            };
+            let (o, s, io) = carve(arena, range(output), sr)?;
+            let x = io.i8(input)?;
+            let o = out_i8(o);
+            let mut empty: [u8; 0] = [];
+            let s = s.unwrap_or(&mut empty[..]);
+            let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
+            let (mut bias, rq) = (blob_slice(blob, bias)?, blob_slice(blob, requant)?);
+            let (isz, osz) = (d.c * d.h * d.w, d.co * d.p());
+            if x.len() != n * isz || o.len() != n * osz {
+                return Err(Error::BufferLength {
+                    expected: n * isz,
+                    got: x.len(),
+                });
+            }
+            let col_bytes = bytes - if time_bias.is_some() { 4 * d.co } else { 0 };
+            let (col, bias_buf) = s.split_at_mut(col_bytes.min(s.len()));
+            if let Some(tb) = time_bias {
+                let tb = io.f32(tb)?;
+                let ts = blob_slice(blob, time_scale)?;
+                kernels::check_len(4 * d.co, bias_buf.len())?;
+                kernels::check_len(d.co, tb.len())?;
+                kernels::check_len(4 * d.co, ts.len())?;
+                for c in 0..d.co {
+                    let add =
+                        libm::rintf(tb[c] * kernels::le_f32(ts, c)).clamp(-1.0e9, 1.0e9) as i32;
+                    let v = kernels::le_i32(bias, c).wrapping_add(add);
+                    bias_buf[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                }
+                bias = bias_buf;
+            }
+            let zx = input.zero.clamp(-128, 127) as i8;
+            for b in 0..n {
+                scalar::conv2d(
+                    &x[b * isz..(b + 1) * isz],
+                    &d,
+                    zx,
+                    w,
+                    bias,
+                    rq,
+                    output.zero,
+                    out_i8(col),
+                    &mut o[b * osz..(b + 1) * osz],
+                )?;
+            }
+            Ok(())
+        }
+        Op::Const { output, data } => {
+            let (o, _, _) = carve(arena, range(output), None)?;
+            let d = blob_slice(blob, data)?;
+            kernels::check_len(o.len(), d.len())?;
+            o.copy_from_slice(d);
+            Ok(())
+        }
+        Op::Linear {
+            input,
+            output,
+            geom,
+            weights,
+            bias,
+            requant,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
+            scalar::linear(
+                io.i8(input)?,
+                geom.m as usize,
+                geom.n as usize,
+                geom.k as usize,
+                [geom.a_strides[0] as usize, geom.a_strides[1] as usize],
+                [geom.o_strides[0] as usize, geom.o_strides[1] as usize],
+                w,
+                blob_slice(blob, bias)?,
+                blob_slice(blob, requant)?,
+                output.zero,
+                out_i8(o),
+            )
+        }
+        Op::MatMul {
+            a,
+            b,
+            output,
+            geom,
+            requant,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let u = |s: [u32; 4]| [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize];
+            let d = MatMulDims {
+                batch: [geom.batch[0] as usize, geom.batch[1] as usize],
+                m: geom.m as usize,
+                n: geom.n as usize,
+                k: geom.k as usize,
+                a_s: u(geom.a_strides),
+                b_s: u(geom.b_strides),
+                o_s: u(geom.o_strides),
+            };
+            scalar::matmul(
+                io.i8(a)?,
+                a.zero,
+                io.i8(b)?,
+                b.zero,
+                &d,
+                requant.mult,
+                requant.shift,
+                output.zero,
+                out_i8(o),
+            )
+        }
+        Op::Binary {
+            kind,
+            a,
+            b,
+            output,
+            mult_a,
+            mult_b,
+            shift,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (od, r) = dims(output);
+            let (ad, _) = dims(a);
+            let (bd, _) = dims(b);
+            let sa = kernels::broadcast_strides(&ad[..r], &od[..r])?;
+            let sb = kernels::broadcast_strides(&bd[..r], &od[..r])?;
+            let so = kernels::contiguous_strides(&od[..r]);
+            scalar::binary(
+                *kind,
+                io.i8(a)?,
+                a.zero,
+                &sa,
+                io.i8(b)?,
+                b.zero,
+                &sb,
+                &od[..r],
+                &so,
+                *mult_a,
+                *mult_b,
+                *shift,
+                output.zero,
+                out_i8(o),
+            )
+        }
+        Op::Lut {
+            input,
+            output,
+            table,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            scalar::lut(io.i8(input)?, blob_slice(blob, table)?, out_i8(o))
+        }
+        Op::GroupNorm {
+            input,
+            output,
+            groups,
+            eps,
+            affine,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (d, r) = dims(input);
+            if r < 2 {
+                return Err(Error::Unsupported("groupnorm rank"));
+            }
+            let s: usize = d[2..r].iter().product();
+            scalar::group_norm(
+                io.i8(input)?,
+                d[0],
+                d[1],
+                s,
+                *groups as usize,
+                input.zero,
+                input.scale,
+                *eps,
+                blob_slice(blob, affine)?,
+                output.scale,
+                output.zero,
+                out_i8(o),
+            )
+        }
+        Op::Softmax {
+            input,
+            output,
+            axis,
+            exp_table,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (d, r) = dims(input);
+            let a = (*axis as usize).min(r.saturating_sub(1));
+            let outer: usize = d[..a].iter().product();
+            let inner: usize = d[a + 1..r].iter().product();
+            scalar::softmax(
+                io.i8(input)?,
+                outer,
+                d[a],
+                inner,
+                blob_slice(blob, exp_table)?,
+                out_i8(o),
+            )
+        }
+        Op::Concat {
+            inputs,
+            output,
+            axis,
+            requant,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let o = out_i8(o);
+            let (od, r) = dims(output);
+            let so = kernels::contiguous_strides(&od[..r]);
+            let a = *axis as usize;
+            let mut at = 0usize;
+            for (t, rq) in inputs.iter().zip(requant.iter()) {
+                let (td, _) = dims(t);
+                let st = kernels::contiguous_strides(&td[..r]);
+                let (z, zo, m, s) = (
+                    t.zero as i64,
+                    output.zero as i64,
+                    rq.mult as i64,
+                    rq.shift.clamp(1, 62),
+                );
+                scalar::strided_map(
+                    io.i8(t)?,
+                    &td[..r],
+                    &st,
+                    0,
+                    o,
+                    &so,
+                    at * so[a.min(MAX_RANK - 1)],
+                    |v: i8| {
+                        (kernels::round_shift((v as i64 - z) * m, s) + zo).clamp(-128, 127) as i8
+                    },
+                )?;
+                at += td[a.min(MAX_RANK - 1)];
+            }
+            Ok(())
+        }
+        Op::FConcat {
+            inputs,
+            output,
+            axis,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let o = out_f32(o)?;
+            let (od, r) = dims(output);
+            let so = kernels::contiguous_strides(&od[..r]);
+            let a = (*axis as usize).min(MAX_RANK - 1);
+            let mut at = 0usize;
+            for t in inputs.iter() {
+                let (td, _) = dims(t);
+                let st = kernels::contiguous_strides(&td[..r]);
+                scalar::strided_map(io.f32(t)?, &td[..r], &st, 0, o, &so, at * so[a], |v: f32| v)?;
+                at += td[a];
+            }
+            Ok(())
+        }
+        Op::Reshape { input, output } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let x = io.get(range(input))?;
+            if x.len() != o.len() {
+                return Err(Error::BufferLength {
+                    expected: o.len(),
+                    got: x.len(),
+                });
+            }
+            o.copy_from_slice(x);
+            Ok(())
+        }
+        Op::Transpose {
+            input,
+            output,
+            perm,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (id, r) = dims(input);
+            let (od, _) = dims(output);
+            let si = kernels::contiguous_strides(&id[..r]);
+            let mut sp = [0usize; MAX_RANK];
+            for (k, &p) in perm.iter().enumerate().take(r) {
+                sp[k] = si[(p as usize).min(MAX_RANK - 1)];
+            }
+            let so = kernels::contiguous_strides(&od[..r]);
+            gather(input.dtype, &io, input, o, &od[..r], &sp, 0, &so)
+        }
+        Op::Slice {
+            input,
+            output,
+            axis,
+            start,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (id, r) = dims(input);
+            let (od, _) = dims(output);
+            let si = kernels::contiguous_strides(&id[..r]);
+            let so = kernels::contiguous_strides(&od[..r]);
+            let base = (*start as usize).saturating_mul(si[(*axis as usize).min(MAX_RANK - 1)]);
+            gather(input.dtype, &io, input, o, &od[..r], &si, base, &so)
+        }
+        Op::Broadcast { input, output } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (id, r) = dims(input);
+            let (od, _) = dims(output);
+            let si = kernels::broadcast_strides(&id[..r], &od[..r])?;
+            let so = kernels::contiguous_strides(&od[..r]);
+            gather(input.dtype, &io, input, o, &od[..r], &si, 0, &so)
+        }
+        Op::Upsample { input, output } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (id, r) = dims(input);
+            let (od, _) = dims(output);
+            match input.dtype {
+                DType::I8 => scalar::upsample(io.i8(input)?, &id[..r], out_i8(o), &od[..r]),
+                DType::F32 => scalar::upsample(io.f32(input)?, &id[..r], out_f32(o)?, &od[..r]),
+            }
+        }
+        Op::FUnary {
+            input,
+            output,
+            func,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let x = io.f32(input)?;
+            let o = out_f32(o)?;
+            kernels::check_len(x.len(), o.len())?;
+            for (d, &v) in o.iter_mut().zip(x) {
+                *d = scalar::unary_f32(*func, v);
+            }
+            Ok(())
+        }
+        Op::FBinary { a, b, output, func } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let (od, r) = dims(output);
+            let (ad, _) = dims(a);
+            let (bd, _) = dims(b);
+            let sa = kernels::broadcast_strides(&ad[..r], &od[..r])?;
+            let sb = kernels::broadcast_strides(&bd[..r], &od[..r])?;
+            let so = kernels::contiguous_strides(&od[..r]);
+            let (x, y, o) = (io.f32(a)?, io.f32(b)?, out_f32(o)?);
+            let shape = &od[..r];
+            if kernels::extent(shape, &sa, 0) > x.len()
+                || kernels::extent(shape, &sb, 0) > y.len()
+                || kernels::extent(shape, &so, 0) > o.len()
+            {
+                return Err(Error::BufferLength {
+                    expected: 0,
+                    got: 0,
+                });
+            }
+            kernels::walk(shape, [&sa, &sb, &so], [0, 0, 0], |[i, j, k]| {
+                o[k] = scalar::binary_f32(*func, x[i], y[j])
+            });
+            Ok(())
+        }
+        Op::FLinear {
+            input,
+            output,
+            geom,
+            weights,
+            scales,
+            bias,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
+            scalar::linear_f32(
+                io.f32(input)?,
+                geom.m as usize,
+                geom.n as usize,
+                geom.k as usize,
+                [geom.a_strides[0] as usize, geom.a_strides[1] as usize],
+                [geom.o_strides[0] as usize, geom.o_strides[1] as usize],
+                w,
+                blob_slice(blob, scales)?,
+                blob_slice(blob, bias)?,
+                out_f32(o)?,
+            )
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    dt: DType,
+    io: &Io<'_>,
+    input: &TRef,
+    o: &mut [u8],
+    shape: &[usize],
+    si: &[usize; MAX_RANK],
+    base: usize,
+    so: &[usize; MAX_RANK],
+) -> Result<()> {
+    match dt {
+        DType::I8 => {
+            scalar::strided_map(io.i8(input)?, shape, si, base, out_i8(o), so, 0, |v: i8| v)
+        }
+        DType::F32 => scalar::strided_map(
+            io.f32(input)?,
+            shape,
+            si,
+            base,
+            out_f32(o)?,
+            so,
+            0,
+            |v: f32| v,
+        ),
+    }
+}
+
+/// An executable pairing of a validated model and a caller-owned arena.
+pub struct Session<'m, 'a, 'r> {
+    model: &'m Model<'a>,
+    /// Where the op tensors live.
+    arena: &'r mut [u8],
+    /// The sampler's f32 scratch (latent-sized), carved from the end of the arena.
+    state: &'r mut [f32],
+}
+
+impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
+    /// Checks the arena (size from the file, 16-byte alignment) once.
+    pub fn new(model: &'m Model<'a>, arena: &'r mut [u8]) -> Result<Self> {
+        let needed = model.meta.arena_bytes;
+        if arena.len() < needed as usize || (arena.as_ptr() as usize) % ARENA_ALIGN as usize != 0 {
+            return Err(Error::Arena {
+                needed,
+                got: arena.len(),
+            });
+        }
+        let split = model.meta.sampler_state as usize;
+        let n = model.meta.latent.numel();
+        let (ops, rest) = arena.split_at_mut(split);
+        let state = rest
+            .get_mut(..n * 4)
+            .ok_or(Error::Arena { needed, got: split })?;
+        let state =
+            bytemuck::try_cast_slice_mut(state).map_err(|_| Error::Arena { needed, got: split })?;
+        Ok(Session {
+            model,
+            arena: ops,
+            state,
+        })
+    }
+
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
+    }
+
+    /// One evaluation of the denoiser: `out = model(latent, t)`. No allocation; never panics.
+    pub fn run(&mut self, latent: &[f32], t: f32, out: &mut [f32]) -> Result<()> {
+        run_with(
+            self.model,
+            &self.model.meta,
+            self.arena,
+            self.model.blob,
+            latent,
+            t,
+            out,
+        )
+    }
+
+    /// Runs the op records on whatever the arena holds; `observe(index, op)` is called after each
+    /// (for profiling).
+    pub fn run_ops(&mut self, mut observe: impl FnMut(u32, &Op<TRef>)) -> Result<()> {
+        let blob = self.model.blob;
+        for (i, op) in self.model.ops().enumerate() {
+            let op = op?;
+            run_op(&op, self.arena, blob).map_err(|e| match e {
+                Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
+                e => e,
+            })?;
+            observe(i as u32, &op);
+        }
+        Ok(())
+    }
+
+    /// Runs a whole sampler on the device: `x` holds the initial noise on entry and the sample on exit.
+    /// Timesteps come from the model's schedule (see [`crate::sampler::timesteps`]).
+    pub fn sample(
+        &mut self,
+        kind: crate::SamplerKind,
+        steps: u32,
+        x: &mut [f32],
+        rng: &mut crate::sampler::Rng,
+    ) -> Result<()> {
+        let cfg = self.model.meta.sampler.clone();
+        let meta = self.model.meta.clone();
+        let blob = self.model.blob;
+        let model = self.model;
+        let arena = &mut *self.arena;
+        crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
+            run_with(model, &meta, arena, blob, xin, t, eps)
+        })
+    }
+}
+
+fn run_with(
+    model: &Model<'_>,
+    meta: &crate::format::ModelMeta,
+    arena: &mut [u8],
+    blob: &[u8],
+    latent: &[f32],
+    t: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    kernels::check_len(meta.latent.numel(), latent.len())?;
+    kernels::check_len(meta.output.numel(), out.len())?;
+    region(arena, &meta.latent)?.copy_from_slice(latent);
+    if let Some(ts) = &meta.timestep {
+        region(arena, ts)?.fill(t);
+    }
+    for (i, op) in model.ops().enumerate() {
+        let op = op?;
+        run_op(&op, arena, blob).map_err(|e| match e {
+            Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
+            e => e,
+        })?;
+    }
+    out.copy_from_slice(region(arena, &meta.output)?);
+    Ok(())
+}
+
+fn region<'x>(arena: &'x mut [u8], t: &TRef) -> Result<&'x mut [f32]> {
+    let b = arena
+        .get_mut(range(t))
+        .ok_or(Error::Arena { needed: 0, got: 0 })?;
+    out_f32(b)
+}

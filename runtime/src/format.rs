@@ -1,0 +1,530 @@
+//! The `.dmq` file format.
+//!
+//! ```text
+//! offset 0   header (64 bytes, little endian, parsed by hand)
+//!            magic "DMQMODEL" | major u16 | minor u16 | flags u32
+//!            meta_off u32 | meta_len u32 | ops_off u32 | ops_len u32 | n_ops u32
+//!            blob_off u32 | blob_len u32 | meta+ops checksum u64 | blob checksum u64 | total_len u32
+//! meta       postcard [`ModelMeta`]: arena size, model inputs/outputs, sampler configuration
+//! ops        `n_ops` postcard [`Op`] records, back to back, in execution order. Each record carries the
+//!            arena placement, shape and quantization of every tensor it touches, so execution needs no
+//!            tensor table and no allocation.
+//! blob       raw little-endian arrays (int8 weights, int32 biases, requantization tables, LUTs), each
+//!            64-byte aligned; op records refer to them by [`BlobRef`]. Large arrays never go through
+//!            postcard, whose varints would break alignment.
+//! ```
+//! Checksums are FNV-1a 64. Every index, size and offset is validated once by [`Model::load`].
+use crate::{Error, Result};
+use heapless::Vec as HVec;
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 8] = *b"DMQMODEL";
+pub const MAJOR_VERSION: u16 = 1;
+pub const MINOR_VERSION: u16 = 0;
+pub const HEADER_LEN: usize = 64;
+/// Highest tensor rank the format carries.
+pub const MAX_RANK: usize = 6;
+/// Most inputs a concat may have.
+pub const MAX_CONCAT: usize = 8;
+/// Alignment of every arena tensor (bytes).
+pub const ARENA_ALIGN: u32 = 16;
+
+pub type Shape = HVec<u32, MAX_RANK>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DType {
+    I8,
+    F32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 => 1,
+            DType::F32 => 4,
+        }
+    }
+}
+
+/// Where a tensor lives in the arena and what its int8 codes mean: real = scale * (q - zero).
+/// For f32 tensors `scale`/`zero` are unused (1, 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TRef {
+    pub offset: u32,
+    pub dtype: DType,
+    pub shape: Shape,
+    pub scale: f32,
+    pub zero: i32,
+}
+
+impl TRef {
+    /// Number of elements (saturating: validation rejects anything that does not fit the arena).
+    pub fn numel(&self) -> usize {
+        self.shape
+            .iter()
+            .fold(1usize, |a, &d| a.saturating_mul(d as usize))
+    }
+    pub fn bytes(&self) -> usize {
+        self.numel().saturating_mul(self.dtype.size())
+    }
+}
+
+/// A byte range inside the blob section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Fixed-point requantization: `q = clamp(((acc * mult + 2^(shift-1)) >> shift) + zero)`, i.e. a real
+/// multiplier of `mult / 2^shift`. Per-channel tables in the blob store (mult i32, shift i32) pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requant {
+    pub mult: i32,
+    pub shift: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryKind {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// Float functions of the timestep path (evaluated once per step in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnaryFn {
+    Sin,
+    Cos,
+    Exp,
+    Ln,
+    Sqrt,
+    Rsqrt,
+    Recip,
+    Neg,
+    Abs,
+    Square,
+    Silu,
+    Sigmoid,
+    Tanh,
+    Erf,
+    Gelu,
+    Identity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryFn {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+/// `out[m, n] = sum_k A[m, k] * B[k, n]` with arbitrary element strides, over up to two batch axes.
+/// Used for activation x activation products (attention) with per-tensor requantization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatMulGeom {
+    pub batch: [u32; 2],
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    /// strides of A: batch0, batch1, m, k
+    pub a_strides: [u32; 4],
+    /// strides of B: batch0, batch1, k, n
+    pub b_strides: [u32; 4],
+    /// strides of the output: batch0, batch1, m, n
+    pub o_strides: [u32; 4],
+}
+
+/// Geometry of a product with constant weights `W[n, k]` (a 1x1 conv or a linear layer):
+/// `out[m, n] = sum_k A[m, k] * W[n, k] + bias[n]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearGeom {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    /// strides of A: m, k
+    pub a_strides: [u32; 2],
+    /// strides of the output: m, n
+    pub o_strides: [u32; 2],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op<T> {
+    /// f32 -> int8 with the output's scale and zero point (round half to even).
+    Quantize { input: T, output: T },
+    /// int8 -> f32.
+    Dequantize { input: T, output: T },
+    /// NCHW int8 convolution (batch 1 per call, looped over N), per-output-channel int8 weights
+    /// `[co][ci*kh*kw]`, int32 bias with the input zero point folded in, per-channel requantization.
+    /// `time_bias` is an optional f32 `[co]` tensor from the timestep path, added to the int32 bias as
+    /// `rint(time_bias[c] * time_scale[c])` once per call (the time projection of a ResBlock, which
+    /// tract folds into the conv bias). `scratch` is arena space for im2col (`k*p` bytes unless the
+    /// conv is pointwise) followed by `4*co` bytes for the combined bias when `time_bias` is present.
+    Conv2d {
+        input: T,
+        output: T,
+        weights: BlobRef,
+        bias: BlobRef,
+        requant: BlobRef,
+        time_bias: Option<T>,
+        time_scale: BlobRef,
+        kernel: [u16; 2],
+        stride: [u16; 2],
+        /// top, left, bottom, right
+        pad: [u16; 4],
+        scratch: u32,
+    },
+    /// Product with constant int8 weights `[n][k]`, int32 bias (zero point folded), per-n requant.
+    Linear {
+        input: T,
+        output: T,
+        geom: LinearGeom,
+        weights: BlobRef,
+        bias: BlobRef,
+        requant: BlobRef,
+    },
+    /// int8 x int8 product of two activations, per-tensor requantization.
+    MatMul {
+        a: T,
+        b: T,
+        output: T,
+        geom: MatMulGeom,
+        requant: Requant,
+    },
+    /// Element-wise with broadcasting (all three refs have the same rank; input dims are 1 or equal).
+    /// Add/Sub: `out = z + ((ma*(a-za) ± mb*(b-zb)) >> shift)`; Mul: `out = z + ((ma*(a-za)*(b-zb)) >> shift)`.
+    Binary {
+        kind: BinaryKind,
+        a: T,
+        b: T,
+        output: T,
+        mult_a: i32,
+        mult_b: i32,
+        shift: u8,
+    },
+    /// 256-entry table: `out = table[in + 128]` (any unary function, or a constant operand folded in).
+    Lut { input: T, output: T, table: BlobRef },
+    /// GroupNorm over NC... (channel axis 1): exact integer statistics per group, then a per-channel
+    /// affine in fixed point. `affine` holds gamma[C] then beta[C] as f32.
+    GroupNorm {
+        input: T,
+        output: T,
+        groups: u32,
+        eps: f32,
+        affine: BlobRef,
+    },
+    /// Softmax along `axis`; `exp_table[d] = round(2^20 * exp(-d * scale_in))`, 256 u32. Output codes
+    /// have scale 1/255 and zero point -128.
+    Softmax {
+        input: T,
+        output: T,
+        axis: u8,
+        exp_table: BlobRef,
+    },
+    /// Concat along `axis`, each input requantized to the output's parameters.
+    Concat {
+        inputs: HVec<T, MAX_CONCAT>,
+        output: T,
+        axis: u8,
+        requant: HVec<Requant, MAX_CONCAT>,
+    },
+    /// Reshape (same element count and order), int8 or f32; the quantization is unchanged.
+    Reshape { input: T, output: T },
+    /// Axis permutation: `out.shape[i] = in.shape[perm[i]]`.
+    Transpose {
+        input: T,
+        output: T,
+        perm: HVec<u8, MAX_RANK>,
+    },
+    /// Contiguous slice `[start, start + out_len)` along `axis`.
+    Slice {
+        input: T,
+        output: T,
+        axis: u8,
+        start: u32,
+    },
+    /// Broadcast to the output shape (input dims are 1 or equal).
+    Broadcast { input: T, output: T },
+    /// Nearest-neighbour upsampling by integer factors: `out[i] = in[i / (out_dim / in_dim)]` per axis.
+    Upsample { input: T, output: T },
+    /// Copies a constant (int8 codes or f32 values) from the blob into the arena.
+    Const { output: T, data: BlobRef },
+    /// f32 unary function (timestep path).
+    FUnary { input: T, output: T, func: UnaryFn },
+    /// f32 binary function with broadcasting (timestep path).
+    FBinary {
+        a: T,
+        b: T,
+        output: T,
+        func: BinaryFn,
+    },
+    /// f32 product with int8 per-n weights: `out = (sum_k a*wq[n,k]) * scale[n] + bias[n]` (timestep path).
+    /// `scales` and `bias` are f32 arrays of length n.
+    FLinear {
+        input: T,
+        output: T,
+        geom: LinearGeom,
+        weights: BlobRef,
+        scales: BlobRef,
+        bias: BlobRef,
+    },
+    /// f32 concat along `axis` (timestep path).
+    FConcat {
+        inputs: HVec<T, MAX_CONCAT>,
+        output: T,
+        axis: u8,
+    },
+}
+
+/// Noise schedule and sampler configuration carried by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplerConfig {
+    pub num_train_timesteps: u32,
+    pub beta_start: f32,
+    pub beta_end: f32,
+    pub prediction: Prediction,
+    pub default_sampler: SamplerKindCfg,
+    pub default_steps: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Prediction {
+    Epsilon,
+    V,
+    Sample,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SamplerKindCfg {
+    Ddim,
+    Ddpm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// ONNX names of the latent input, the timestep input and the output.
+    pub latent_name: heapless::String<64>,
+    pub timestep_name: heapless::String<64>,
+    pub output_name: heapless::String<64>,
+    /// Bytes the caller must provide as arena (16-byte aligned).
+    pub arena_bytes: u32,
+    /// f32 latent input (the input whose shape equals the output's).
+    pub latent: TRef,
+    /// f32 timestep input, filled with the timestep value before each evaluation (if the model has one).
+    pub timestep: Option<TRef>,
+    /// f32 model output.
+    pub output: TRef,
+    /// f32 scratch for the sampler state (current latent) — as many elements as the latent.
+    pub sampler_state: u32,
+    /// Range of timesteps the model was calibrated for.
+    pub t_min: f32,
+    pub t_max: f32,
+    pub sampler: SamplerConfig,
+}
+
+/// FNV-1a 64-bit hash, used as the file's checksums.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn rd_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn rd_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn rd_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The parsed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub major: u16,
+    pub minor: u16,
+    pub meta: (u32, u32),
+    pub ops: (u32, u32),
+    pub n_ops: u32,
+    pub blob: (u32, u32),
+    pub meta_checksum: u64,
+    pub blob_checksum: u64,
+    pub total_len: u32,
+}
+
+impl Header {
+    pub fn parse(bytes: &[u8]) -> Result<Header> {
+        if bytes.len() < 8 {
+            return Err(if MAGIC.starts_with(bytes) {
+                Error::Truncated
+            } else {
+                Error::BadMagic
+            });
+        }
+        if bytes[..8] != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        let h = Header {
+            major: rd_u16(bytes, 8),
+            minor: rd_u16(bytes, 10),
+            meta: (rd_u32(bytes, 16), rd_u32(bytes, 20)),
+            ops: (rd_u32(bytes, 24), rd_u32(bytes, 28)),
+            n_ops: rd_u32(bytes, 32),
+            blob: (rd_u32(bytes, 36), rd_u32(bytes, 40)),
+            meta_checksum: rd_u64(bytes, 44),
+            blob_checksum: rd_u64(bytes, 52),
+            total_len: rd_u32(bytes, 60),
+        };
+        if h.major != MAJOR_VERSION {
+            return Err(Error::UnsupportedVersion {
+                major: h.major,
+                minor: h.minor,
+            });
+        }
+        if (bytes.len() as u64) < h.total_len as u64 {
+            return Err(Error::Truncated);
+        }
+        Ok(h)
+    }
+
+    pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
+        out[..8].copy_from_slice(&MAGIC);
+        out[8..10].copy_from_slice(&self.major.to_le_bytes());
+        out[10..12].copy_from_slice(&self.minor.to_le_bytes());
+        out[12..16].copy_from_slice(&0u32.to_le_bytes());
+        out[16..20].copy_from_slice(&self.meta.0.to_le_bytes());
+        out[20..24].copy_from_slice(&self.meta.1.to_le_bytes());
+        out[24..28].copy_from_slice(&self.ops.0.to_le_bytes());
+        out[28..32].copy_from_slice(&self.ops.1.to_le_bytes());
+        out[32..36].copy_from_slice(&self.n_ops.to_le_bytes());
+        out[36..40].copy_from_slice(&self.blob.0.to_le_bytes());
+        out[40..44].copy_from_slice(&self.blob.1.to_le_bytes());
+        out[44..52].copy_from_slice(&self.meta_checksum.to_le_bytes());
+        out[52..60].copy_from_slice(&self.blob_checksum.to_le_bytes());
+        out[60..64].copy_from_slice(&self.total_len.to_le_bytes());
+    }
+}
+
+/// Slices `bytes[off..off+len]` with checked arithmetic.
+pub(crate) fn section(bytes: &[u8], (off, len): (u32, u32)) -> Result<&[u8]> {
+    let end = (off as usize)
+        .checked_add(len as usize)
+        .ok_or(Error::Truncated)?;
+    bytes.get(off as usize..end).ok_or(Error::Truncated)
+}
+
+/// A validated model. It borrows the file bytes (e.g. from `include_bytes!`) and can only be obtained
+/// from [`Model::load`], which checks every record once.
+#[derive(Debug, Clone)]
+pub struct Model<'a> {
+    pub(crate) header: Header,
+    pub(crate) meta: ModelMeta,
+    pub(crate) ops: &'a [u8],
+    pub(crate) blob: &'a [u8],
+}
+
+impl<'a> Model<'a> {
+    /// Parses and validates a `.dmq` file. Never panics; every failure is an [`Error`].
+    pub fn load(bytes: &'a [u8]) -> Result<Model<'a>> {
+        let header = Header::parse(bytes)?;
+        let meta_b = section(bytes, header.meta)?;
+        let ops = section(bytes, header.ops)?;
+        let blob = section(bytes, header.blob)?;
+        // The checksum covers meta and ops, which must be adjacent.
+        let meta_end = header.meta.0 as u64 + header.meta.1 as u64;
+        if meta_end != header.ops.0 as u64 {
+            return Err(Error::Invalid {
+                op: u32::MAX,
+                what: "ops section must follow the metadata",
+            });
+        }
+        let covered = section(
+            bytes,
+            (header.meta.0, header.meta.1.saturating_add(header.ops.1)),
+        )?;
+        if fnv1a64(covered) != header.meta_checksum {
+            return Err(Error::ChecksumMismatch {
+                section: "metadata",
+            });
+        }
+        if fnv1a64(blob) != header.blob_checksum {
+            return Err(Error::ChecksumMismatch { section: "blob" });
+        }
+        let meta: ModelMeta = postcard::from_bytes(meta_b).map_err(|_| Error::Metadata)?;
+        let model = Model {
+            header,
+            meta,
+            ops,
+            blob,
+        };
+        crate::exec::validate(&model)?;
+        Ok(model)
+    }
+
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    pub fn arena_bytes(&self) -> usize {
+        self.meta.arena_bytes as usize
+    }
+    pub fn n_ops(&self) -> u32 {
+        self.header.n_ops
+    }
+    pub fn blob(&self) -> &'a [u8] {
+        self.blob
+    }
+    /// Number of latent elements (the model's input and output size).
+    pub fn latent_len(&self) -> usize {
+        self.meta.latent.numel()
+    }
+
+    /// Iterates the op records in execution order.
+    pub fn ops(&self) -> OpIter<'a> {
+        OpIter {
+            rest: self.ops,
+            left: self.header.n_ops,
+        }
+    }
+}
+
+/// Decodes op records one after another (no allocation).
+pub struct OpIter<'a> {
+    rest: &'a [u8],
+    left: u32,
+}
+
+impl<'a> Iterator for OpIter<'a> {
+    type Item = Result<Op<TRef>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        match postcard::take_from_bytes::<Op<TRef>>(self.rest) {
+            Ok((op, rest)) => {
+                self.rest = rest;
+                Some(Ok(op))
+            }
+            Err(_) => {
+                self.left = 0;
+                Some(Err(Error::Metadata))
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Kernels. They know nothing about graphs or files: plain slices and dimensions in, slices out.
+//! Every kernel checks that its slices have exactly the lengths its dimensions imply and returns an
+//! error otherwise, so no input can make it index out of bounds.
+//!
+//! `scalar` is the specification; SIMD back-ends must match it bit for bit.
+pub mod scalar;
+
+use crate::format::MAX_RANK;
+use crate::{Error, Result};
+
+/// The one rounding rule of dmq: `(v + 2^(shift-1)) >> shift` (round half up), `1 <= shift <= 62`.
+#[inline(always)]
+pub fn round_shift(v: i64, shift: u8) -> i64 {
+    (v + (1i64 << (shift - 1))) >> shift
+}
+
+/// Requantizes an accumulator: `clamp(round_shift(acc * mult, shift) + zero, -128, 127)`.
+#[inline(always)]
+pub fn requant(acc: i64, mult: i32, shift: u8, zero: i32) -> i8 {
+    let v = round_shift(acc * mult as i64, shift) + zero as i64;
+    v.clamp(-128, 127) as i8
+}
+
+/// Reads the `i`-th little-endian (mult i32, shift i32) pair of a per-channel requantization table.
+#[inline(always)]
+pub fn requant_entry(table: &[u8], i: usize) -> (i32, u8) {
+    let e = &table[i * 8..i * 8 + 8];
+    let m = i32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+    let s = i32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+    (m, s as u8)
+}
+
+#[inline(always)]
+pub fn le_i32(b: &[u8], i: usize) -> i32 {
+    i32::from_le_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]])
+}
+
+#[inline(always)]
+pub fn le_f32(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]])
+}
+
+/// Checks `slice_len == expected` for kernel entry.
+#[inline]
+pub fn check_len(expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::BufferLength { expected, got })
+    }
+}
+
+/// Element strides of a contiguous row-major tensor.
+pub fn contiguous_strides(shape: &[usize]) -> [usize; MAX_RANK] {
+    let mut s = [0usize; MAX_RANK];
+    let mut acc = 1usize;
+    for i in (0..shape.len().min(MAX_RANK)).rev() {
+        s[i] = acc;
+        acc = acc.saturating_mul(shape[i]);
+    }
+    s
+}
+
+/// Strides that read a tensor of shape `inp` broadcast to `out` (same rank; dims 1 or equal).
+pub fn broadcast_strides(inp: &[usize], out: &[usize]) -> Result<[usize; MAX_RANK]> {
+    if inp.len() != out.len() || inp.len() > MAX_RANK {
+        return Err(Error::Unsupported("broadcast rank mismatch"));
+    }
+    let mut s = contiguous_strides(inp);
+    for i in 0..inp.len() {
+        if inp[i] == 1 && out[i] != 1 {
+            s[i] = 0;
+        } else if inp[i] != out[i] {
+            return Err(Error::Unsupported("broadcast dims mismatch"));
+        }
+    }
+    Ok(s)
+}
+
+/// Visits every index of `shape` in row-major order, passing the element offsets of `K` operands
+/// with the given strides. The caller guarantees (and checks) that every offset is in bounds.
+pub fn walk<const K: usize>(
+    shape: &[usize],
+    strides: [&[usize; MAX_RANK]; K],
+    base: [usize; K],
+    mut f: impl FnMut([usize; K]),
+) {
+    let rank = shape.len();
+    if shape.iter().any(|&d| d == 0) {
+        return;
+    }
+    if rank == 0 {
+        f(base);
+        return;
+    }
+    let mut idx = [0usize; MAX_RANK];
+    let mut offs = base;
+    let last = rank - 1;
+    loop {
+        let mut o = offs;
+        for _ in 0..shape[last] {
+            f(o);
+            for k in 0..K {
+                o[k] += strides[k][last];
+            }
+        }
+        // odometer over the outer axes
+        let mut ax = last;
+        loop {
+            if ax == 0 {
+                return;
+            }
+            ax -= 1;
+            idx[ax] += 1;
+            for k in 0..K {
+                offs[k] += strides[k][ax];
+            }
+            if idx[ax] < shape[ax] {
+                break;
+            }
+            for k in 0..K {
+                offs[k] -= strides[k][ax] * shape[ax];
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+/// Largest offset reachable by [`walk`] over `shape` with `strides` plus one (0 for an empty shape).
+pub fn extent(shape: &[usize], strides: &[usize; MAX_RANK], base: usize) -> usize {
+    if shape.iter().any(|&d| d == 0) {
+        return 0;
+    }
+    let mut e = base;
+    for (i, &d) in shape.iter().enumerate() {
+        e = e.saturating_add((d - 1).saturating_mul(strides[i]));
+    }
+    e.saturating_add(1)
+}

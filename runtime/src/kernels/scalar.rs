@@ -1,0 +1,583 @@
+//! Scalar reference kernels: the specification every SIMD kernel must reproduce bit for bit.
+use super::{check_len, le_f32, le_i32, requant, requant_entry, round_shift, walk};
+use crate::format::{BinaryFn, BinaryKind, UnaryFn, MAX_RANK};
+use crate::{Error, Result};
+
+/// Geometry of an NCHW convolution for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvDims {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    /// top, left
+    pub pt: usize,
+    pub pl: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvDims {
+    /// True when the input itself is the im2col matrix (1x1, stride 1, no padding).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+    pub fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    pub fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// im2col: `col[(ci*kh + ky)*kw + kx][oy*ow + ox] = x[ci][oy*sh + ky - pt][ox*sw + kx - pl]`, or the
+/// input zero point where that falls in the padding.
+pub fn im2col(x: &[i8], d: &ConvDims, zx: i8, col: &mut [i8]) -> Result<()> {
+    check_len(d.c * d.h * d.w, x.len())?;
+    let p = d.p();
+    if col.len() < d.k() * p {
+        return Err(Error::BufferLength {
+            expected: d.k() * p,
+            got: col.len(),
+        });
+    }
+    let mut row = 0usize;
+    for ci in 0..d.c {
+        let plane = &x[ci * d.h * d.w..(ci + 1) * d.h * d.w];
+        for ky in 0..d.kh {
+            for kx in 0..d.kw {
+                let dst = &mut col[row * p..(row + 1) * p];
+                for oy in 0..d.oh {
+                    let iy = (oy * d.sh + ky) as isize - d.pt as isize;
+                    let drow = &mut dst[oy * d.ow..(oy + 1) * d.ow];
+                    if iy < 0 || iy >= d.h as isize {
+                        drow.fill(zx);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * d.w..(iy as usize + 1) * d.w];
+                    for (ox, v) in drow.iter_mut().enumerate() {
+                        let ix = (ox * d.sw + kx) as isize - d.pl as isize;
+                        *v = if ix < 0 || ix >= d.w as isize {
+                            zx
+                        } else {
+                            src[ix as usize]
+                        };
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The conv/linear GEMM: `out[m][p] = requant_m(bias[m] + sum_k w[m][k] * col[k][p])` with `w` `[m][k]`
+/// row-major and `col` `[k][p]` row-major. Accumulation wraps in i32 (exact for any real model;
+/// defined for hostile ones).
+pub fn gemm_wk_kp(
+    w: &[i8],
+    col: &[i8],
+    m: usize,
+    k: usize,
+    p: usize,
+    bias: &[u8],
+    rq: &[u8],
+    zo: i32,
+    out: &mut [i8],
+) -> Result<()> {
+    check_len(m * k, w.len())?;
+    check_len(m * p, out.len())?;
+    check_len(m * 4, bias.len())?;
+    check_len(m * 8, rq.len())?;
+    if col.len() < k * p {
+        return Err(Error::BufferLength {
+            expected: k * p,
+            got: col.len(),
+        });
+    }
+    const TILE: usize = 64;
+    let mut acc = [0i32; TILE];
+    for mi in 0..m {
+        let wrow = &w[mi * k..(mi + 1) * k];
+        let b = le_i32(bias, mi);
+        let (mult, shift) = requant_entry(rq, mi);
+        let shift = shift.clamp(1, 62);
+        let orow = &mut out[mi * p..(mi + 1) * p];
+        let mut p0 = 0;
+        while p0 < p {
+            let n = TILE.min(p - p0);
+            let acc = &mut acc[..n];
+            acc.fill(b);
+            for (ki, &wv) in wrow.iter().enumerate() {
+                let wv = wv as i32;
+                let crow = &col[ki * p + p0..ki * p + p0 + n];
+                for (a, &c) in acc.iter_mut().zip(crow) {
+                    *a = a.wrapping_add(wv * c as i32);
+                }
+            }
+            for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
+                *o = requant(a as i64, mult, shift, zo);
+            }
+            p0 += n;
+        }
+    }
+    Ok(())
+}
+
+/// Convolution of one NCHW image. `scratch` holds the im2col matrix unless the conv is pointwise.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d(
+    x: &[i8],
+    d: &ConvDims,
+    zx: i8,
+    w: &[i8],
+    bias: &[u8],
+    rq: &[u8],
+    zo: i32,
+    scratch: &mut [i8],
+    out: &mut [i8],
+) -> Result<()> {
+    if d.is_pointwise() {
+        gemm_wk_kp(w, x, d.co, d.k(), d.p(), bias, rq, zo, out)
+    } else {
+        let need = d.k() * d.p();
+        let got = scratch.len();
+        let col = scratch.get_mut(..need).ok_or(Error::BufferLength {
+            expected: need,
+            got,
+        })?;
+        im2col(x, d, zx, col)?;
+        gemm_wk_kp(w, col, d.co, d.k(), d.p(), bias, rq, zo, out)
+    }
+}
+
+/// Strided product with constant weights: `out[m*os0 + n*os1] = requant_n(bias[n] + sum_k a[m*as0 + k*as1] * w[n][k])`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    a: &[i8],
+    m: usize,
+    n: usize,
+    k: usize,
+    a_s: [usize; 2],
+    o_s: [usize; 2],
+    w: &[i8],
+    bias: &[u8],
+    rq: &[u8],
+    zo: i32,
+    out: &mut [i8],
+) -> Result<()> {
+    check_len(n * k, w.len())?;
+    check_len(n * 4, bias.len())?;
+    check_len(n * 8, rq.len())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let a_ext = (m - 1) * a_s[0] + k.saturating_sub(1) * a_s[1] + 1;
+    let o_ext = (m - 1) * o_s[0] + (n - 1) * o_s[1] + 1;
+    if a_ext > a.len() || o_ext > out.len() {
+        return Err(Error::BufferLength {
+            expected: a_ext.max(o_ext),
+            got: a.len().min(out.len()),
+        });
+    }
+    for ni in 0..n {
+        let wrow = &w[ni * k..(ni + 1) * k];
+        let b = le_i32(bias, ni);
+        let (mult, shift) = requant_entry(rq, ni);
+        let shift = shift.clamp(1, 62);
+        for mi in 0..m {
+            let mut acc = b;
+            let base = mi * a_s[0];
+            for (ki, &wv) in wrow.iter().enumerate() {
+                acc = acc.wrapping_add(wv as i32 * a[base + ki * a_s[1]] as i32);
+            }
+            out[mi * o_s[0] + ni * o_s[1]] = requant(acc as i64, mult, shift, zo);
+        }
+    }
+    Ok(())
+}
+
+/// Geometry of [`matmul`]: batch sizes, m, n, k, and element strides (batch0, batch1, row, col).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatMulDims {
+    pub batch: [usize; 2],
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_s: [usize; 4],
+    pub b_s: [usize; 4],
+    pub o_s: [usize; 4],
+}
+
+fn ext4(d: [usize; 4], s: [usize; 4]) -> usize {
+    if d.iter().any(|&x| x == 0) {
+        return 0;
+    }
+    (0..4).map(|i| (d[i] - 1) * s[i]).sum::<usize>() + 1
+}
+
+/// Activation x activation product: `out = requant(sum_k (a - za)(b - zb))`, per-tensor requantization.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    a: &[i8],
+    za: i32,
+    b: &[i8],
+    zb: i32,
+    d: &MatMulDims,
+    mult: i32,
+    shift: u8,
+    zo: i32,
+    out: &mut [i8],
+) -> Result<()> {
+    let [b0, b1] = d.batch;
+    if ext4([b0, b1, d.m, d.k], d.a_s) > a.len()
+        || ext4([b0, b1, d.k, d.n], d.b_s) > b.len()
+        || ext4([b0, b1, d.m, d.n], d.o_s) > out.len()
+    {
+        return Err(Error::BufferLength {
+            expected: 0,
+            got: 0,
+        });
+    }
+    let shift = shift.clamp(1, 62);
+    for i0 in 0..b0 {
+        for i1 in 0..b1 {
+            let ab = i0 * d.a_s[0] + i1 * d.a_s[1];
+            let bb = i0 * d.b_s[0] + i1 * d.b_s[1];
+            let ob = i0 * d.o_s[0] + i1 * d.o_s[1];
+            for mi in 0..d.m {
+                for ni in 0..d.n {
+                    let mut acc: i32 = 0;
+                    for ki in 0..d.k {
+                        let x = a[ab + mi * d.a_s[2] + ki * d.a_s[3]] as i32 - za;
+                        let y = b[bb + ki * d.b_s[2] + ni * d.b_s[3]] as i32 - zb;
+                        acc = acc.wrapping_add(x.wrapping_mul(y));
+                    }
+                    out[ob + mi * d.o_s[2] + ni * d.o_s[3]] = requant(acc as i64, mult, shift, zo);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Element-wise binary op with broadcasting strides (computed by the caller, checked here).
+#[allow(clippy::too_many_arguments)]
+pub fn binary(
+    kind: BinaryKind,
+    a: &[i8],
+    za: i32,
+    sa: &[usize; MAX_RANK],
+    b: &[i8],
+    zb: i32,
+    sb: &[usize; MAX_RANK],
+    shape: &[usize],
+    so: &[usize; MAX_RANK],
+    mult_a: i32,
+    mult_b: i32,
+    shift: u8,
+    zo: i32,
+    out: &mut [i8],
+) -> Result<()> {
+    if super::extent(shape, sa, 0) > a.len()
+        || super::extent(shape, sb, 0) > b.len()
+        || super::extent(shape, so, 0) > out.len()
+    {
+        return Err(Error::BufferLength {
+            expected: 0,
+            got: 0,
+        });
+    }
+    let shift = shift.clamp(1, 62);
+    let (ma, mb) = (mult_a as i64, mult_b as i64);
+    walk(shape, [sa, sb, so], [0, 0, 0], |[ia, ib, io]| {
+        let x = a[ia] as i64 - za as i64;
+        let y = b[ib] as i64 - zb as i64;
+        let v = match kind {
+            BinaryKind::Add => ma * x + mb * y,
+            BinaryKind::Sub => ma * x - mb * y,
+            BinaryKind::Mul => ma * x * y,
+        };
+        out[io] = (round_shift(v, shift) + zo as i64).clamp(-128, 127) as i8;
+    });
+    Ok(())
+}
+
+/// `out[i] = table[x[i] + 128]`.
+pub fn lut(x: &[i8], table: &[u8], out: &mut [i8]) -> Result<()> {
+    check_len(256, table.len())?;
+    check_len(x.len(), out.len())?;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = table[(v as i32 + 128) as usize] as i8;
+    }
+    Ok(())
+}
+
+/// Fixed-point fraction bits of the GroupNorm per-channel affine.
+pub const GN_FRAC_BITS: u8 = 16;
+
+/// GroupNorm of `[n][c][s]` int8 codes. Statistics are exact integer sums per group; the per-channel
+/// affine `q_out = zo + a_c*(q - zx) + b_c` is evaluated in f32 once per channel and applied per element
+/// in 16-bit fixed point.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm(
+    x: &[i8],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    zx: i32,
+    sx: f32,
+    eps: f32,
+    affine: &[u8],
+    so: f32,
+    zo: i32,
+    out: &mut [i8],
+) -> Result<()> {
+    check_len(n * c * s, x.len())?;
+    check_len(x.len(), out.len())?;
+    check_len(c * 8, affine.len())?;
+    if groups == 0 || c % groups != 0 {
+        return Err(Error::Unsupported("groups must divide channels"));
+    }
+    let cg = c / groups;
+    let count = (cg * s) as i64;
+    if count == 0 {
+        return Ok(());
+    }
+    let one = (1i64 << GN_FRAC_BITS) as f32;
+    for ni in 0..n {
+        for g in 0..groups {
+            let start = (ni * c + g * cg) * s;
+            let xs = &x[start..start + cg * s];
+            let (mut sum, mut sumsq) = (0i64, 0i64);
+            for &v in xs {
+                let d = v as i64 - zx as i64;
+                sum += d;
+                sumsq += d * d;
+            }
+            // exact numerator of the variance in code units: (n*sumsq - sum^2) / n^2
+            let var_q = (count * sumsq - sum * sum) as f32 / (count as f32 * count as f32);
+            let mean_q = sum as f32 / count as f32;
+            let rstd = 1.0 / libm::sqrtf(var_q * sx * sx + eps);
+            for cc in 0..cg {
+                let ch = g * cg + cc;
+                let gamma = le_f32(affine, ch);
+                let beta = le_f32(affine, c + ch);
+                let a = gamma * rstd * sx / so;
+                let b = (beta - gamma * rstd * sx * mean_q) / so + zo as f32;
+                let am = libm::rintf(a * one).clamp(-1.0e12, 1.0e12) as i64;
+                let bm = libm::rintf(b * one).clamp(-1.0e15, 1.0e15) as i64;
+                let o = start + cc * s;
+                for (dst, &v) in out[o..o + s].iter_mut().zip(&x[o..o + s]) {
+                    let d = v as i64 - zx as i64;
+                    *dst = round_shift(d * am + bm, GN_FRAC_BITS).clamp(-128, 127) as i8;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Softmax along an axis decomposed as `[outer][len][inner]`. Integer only: `e = exp_table[max - q]`
+/// (u32, 2^20 = 1), `q_out = round(255 * e / sum) - 128`.
+pub fn softmax(
+    x: &[i8],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    exp_table: &[u8],
+    out: &mut [i8],
+) -> Result<()> {
+    check_len(outer * len * inner, x.len())?;
+    check_len(x.len(), out.len())?;
+    check_len(256 * 4, exp_table.len())?;
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mut mx = i8::MIN;
+            for j in 0..len {
+                mx = mx.max(x[at(j)]);
+            }
+            let mut sum: u64 = 0;
+            for j in 0..len {
+                sum += le_i32(exp_table, (mx as i32 - x[at(j)] as i32) as usize) as u32 as u64;
+            }
+            let sum = sum.max(1);
+            for j in 0..len {
+                let e = le_i32(exp_table, (mx as i32 - x[at(j)] as i32) as usize) as u32 as u64;
+                let q = (e * 510 + sum) / (2 * sum); // round(255 * e / sum)
+                out[at(j)] = (q.min(255) as i32 - 128) as i8;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gather with strides: `out[walk order] = map(x[offsets])`.
+pub fn strided_map<T: Copy, U>(
+    x: &[T],
+    shape: &[usize],
+    sx: &[usize; MAX_RANK],
+    bx: usize,
+    out: &mut [U],
+    so: &[usize; MAX_RANK],
+    bo: usize,
+    f: impl Fn(T) -> U,
+) -> Result<()> {
+    if super::extent(shape, sx, bx) > x.len() || super::extent(shape, so, bo) > out.len() {
+        return Err(Error::BufferLength {
+            expected: 0,
+            got: 0,
+        });
+    }
+    walk(shape, [sx, so], [bx, bo], |[i, o]| out[o] = f(x[i]));
+    Ok(())
+}
+
+/// Nearest upsampling by integer factors `out_shape[d] / in_shape[d]`.
+pub fn upsample<T: Copy>(
+    x: &[T],
+    in_shape: &[usize],
+    out: &mut [T],
+    out_shape: &[usize],
+) -> Result<()> {
+    let rank = in_shape.len();
+    if rank != out_shape.len() || rank > MAX_RANK || rank == 0 {
+        return Err(Error::Unsupported("upsample rank"));
+    }
+    check_len(in_shape.iter().product(), x.len())?;
+    check_len(out_shape.iter().product(), out.len())?;
+    let mut f = [1usize; MAX_RANK];
+    for d in 0..rank {
+        if in_shape[d] == 0 || out_shape[d] % in_shape[d] != 0 {
+            return Err(Error::Unsupported("upsample factor"));
+        }
+        f[d] = out_shape[d] / in_shape[d];
+    }
+    let si = super::contiguous_strides(in_shape);
+    let mut idx = [0usize; MAX_RANK];
+    for o in out.iter_mut() {
+        let mut off = 0;
+        for d in 0..rank {
+            off += (idx[d] / f[d]) * si[d];
+        }
+        *o = x[off];
+        let mut d = rank;
+        while d > 0 {
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < out_shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(())
+}
+
+/// f32 -> int8: `clamp(rint(x / scale) + zero)`, round half to even.
+pub fn quantize(x: &[f32], scale: f32, zero: i32, out: &mut [i8]) -> Result<()> {
+    check_len(x.len(), out.len())?;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let q = libm::rintf(v / scale);
+        let q = if q.is_nan() { 0.0 } else { q };
+        *o = (q.clamp(-1.0e6, 1.0e6) as i32 + zero).clamp(-128, 127) as i8;
+    }
+    Ok(())
+}
+
+pub fn dequantize(x: &[i8], scale: f32, zero: i32, out: &mut [f32]) -> Result<()> {
+    check_len(x.len(), out.len())?;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v as i32 - zero) as f32 * scale;
+    }
+    Ok(())
+}
+
+pub fn unary_f32(func: UnaryFn, v: f32) -> f32 {
+    match func {
+        UnaryFn::Sin => libm::sinf(v),
+        UnaryFn::Cos => libm::cosf(v),
+        UnaryFn::Exp => libm::expf(v),
+        UnaryFn::Ln => libm::logf(v),
+        UnaryFn::Sqrt => libm::sqrtf(v),
+        UnaryFn::Rsqrt => 1.0 / libm::sqrtf(v),
+        UnaryFn::Recip => 1.0 / v,
+        UnaryFn::Neg => -v,
+        UnaryFn::Abs => libm::fabsf(v),
+        UnaryFn::Square => v * v,
+        UnaryFn::Silu => v / (1.0 + libm::expf(-v)),
+        UnaryFn::Sigmoid => 1.0 / (1.0 + libm::expf(-v)),
+        UnaryFn::Tanh => libm::tanhf(v),
+        UnaryFn::Erf => libm::erff(v),
+        UnaryFn::Gelu => 0.5 * v * (1.0 + libm::erff(v * core::f32::consts::FRAC_1_SQRT_2)),
+        UnaryFn::Identity => v,
+    }
+}
+
+pub fn binary_f32(func: BinaryFn, a: f32, b: f32) -> f32 {
+    match func {
+        BinaryFn::Add => a + b,
+        BinaryFn::Sub => a - b,
+        BinaryFn::Mul => a * b,
+        BinaryFn::Div => a / b,
+        BinaryFn::Max => a.max(b),
+        BinaryFn::Min => a.min(b),
+        BinaryFn::Pow => libm::powf(a, b),
+    }
+}
+
+/// f32 strided product with int8 per-n weights (timestep path):
+/// `out[m, n] = (sum_k a[m, k] * wq[n, k]) * scale[n] + bias[n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_f32(
+    a: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a_s: [usize; 2],
+    o_s: [usize; 2],
+    w: &[i8],
+    scales: &[u8],
+    bias: &[u8],
+    out: &mut [f32],
+) -> Result<()> {
+    check_len(n * k, w.len())?;
+    check_len(n * 4, scales.len())?;
+    check_len(n * 4, bias.len())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let a_ext = (m - 1) * a_s[0] + k.saturating_sub(1) * a_s[1] + 1;
+    let o_ext = (m - 1) * o_s[0] + (n - 1) * o_s[1] + 1;
+    if a_ext > a.len() || o_ext > out.len() {
+        return Err(Error::BufferLength {
+            expected: a_ext.max(o_ext),
+            got: a.len().min(out.len()),
+        });
+    }
+    for ni in 0..n {
+        let wrow = &w[ni * k..(ni + 1) * k];
+        let (s, b) = (le_f32(scales, ni), le_f32(bias, ni));
+        for mi in 0..m {
+            let mut acc = 0.0f32;
+            for (ki, &wv) in wrow.iter().enumerate() {
+                acc += wv as f32 * a[mi * a_s[0] + ki * a_s[1]];
+            }
+            out[mi * o_s[0] + ni * o_s[1]] = acc * s + b;
+        }
+    }
+    Ok(())
+}
