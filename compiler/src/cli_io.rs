@@ -10,7 +10,10 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .with_context(|| format!("{} is not an npy file", path.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let descr = npy.dtype().descr();
-    let data: Vec<f32> = match descr.trim_start_matches(['<', '|', '=']) {
+    let data: Vec<f32> = match descr
+        .trim_matches(['\'', '"'])
+        .trim_start_matches(['<', '|', '='])
+    {
         "f4" => npy.into_vec::<f32>()?,
         "f8" => npy
             .into_vec::<f64>()?

@@ -124,3 +124,68 @@ pub fn sqnr_over_schedule(
         })
         .collect())
 }
+
+/// Per-op SQNR of every int8 tensor against the float model's value of the same tensor, for one input.
+/// Runs the runtime op by op; the basis of sensitivity analysis.
+pub fn per_layer_sqnr(
+    float: &FloatModel,
+    program: &crate::ir::Program,
+    bytes: &[u8],
+    latent: &[f32],
+    t: f32,
+) -> Result<Vec<(usize, String, String, f64)>> {
+    use tract_onnx::prelude::*;
+    let model = Model::load(bytes).map_err(|e| anyhow!("{e}"))?;
+    let mut values: std::collections::HashMap<usize, Vec<f32>> = Default::default();
+    float.run_observed(latent, t, |node, outs: &TVec<TValue>| {
+        if let Ok(v) = outs[0].cast_to::<f32>() {
+            if let Ok(view) = v.to_plain_array_view::<f32>() {
+                values.insert(node, view.iter().copied().collect());
+            }
+        }
+    })?;
+    let mut arena = arena_for(&model);
+    let a = arena_bytes(&mut arena);
+    let meta = model.meta().clone();
+    let lat = meta.latent.offset as usize;
+    a[lat..lat + 4 * latent.len()].copy_from_slice(bytemuck_f32(latent));
+    if let Some(ts) = &meta.timestep {
+        let o = ts.offset as usize;
+        for i in 0..ts.numel() {
+            a[o + 4 * i..o + 4 * i + 4].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+    let mut rows = vec![];
+    for (i, op) in model.ops().enumerate() {
+        let op = op.map_err(|e| anyhow!("{e}"))?;
+        dmq_runtime::exec::run_op(&op, a, model.blob()).map_err(|e| anyhow!("op {i}: {e}"))?;
+        let out = crate::ir::plain_output(&op);
+        let id = program.ops[i].output();
+        let info = program.t(id);
+        if out.dtype != dmq_runtime::format::DType::I8 {
+            continue;
+        }
+        let Some(stat) = info.stat else { continue };
+        let Some(reference) = values.get(&stat) else {
+            continue;
+        };
+        let o = out.offset as usize;
+        let q: Vec<f32> = a[o..o + out.numel()]
+            .iter()
+            .map(|&b| (b as i8 as i32 - out.zero) as f32 * out.scale)
+            .collect();
+        if q.len() == reference.len() {
+            rows.push((
+                i,
+                program.ops[i].kind().to_string(),
+                info.name.clone(),
+                sqnr_db(reference, &q),
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
+}

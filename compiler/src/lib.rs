@@ -77,6 +77,7 @@ pub struct Report {
 pub struct Compiled {
     pub bytes: Vec<u8>,
     pub report: Report,
+    pub program: ir::Program,
 }
 
 pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
@@ -174,6 +175,16 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     )?;
     let model = dmq_runtime::Model::load(&bytes)
         .map_err(|e| anyhow::anyhow!("internal error: emitted model does not validate: {e}"))?;
+    if std::env::var_os("DMQ_DEBUG_LAYERS").is_some() {
+        let traj = eval::float_trajectory_inputs(&float, &model, opts, 1_000_000)?;
+        for (t, x, _) in traj.iter().take(1) {
+            for (i, kind, name, db) in
+                eval::per_layer_sqnr(&float, &lowered.program, &bytes, x, *t)?
+            {
+                eprintln!("t={t} op {i:4} {kind:<16} {db:8.2} dB  {name}");
+            }
+        }
+    }
     let sqnr = eval::sqnr_over_schedule(&float, &model, opts, 1_000_000)?;
     let parameters = lowered
         .program
@@ -208,7 +219,11 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         t_range: (cal.t_min, cal.t_max),
         sqnr_per_timestep: sqnr,
     };
-    Ok(Compiled { bytes, report })
+    Ok(Compiled {
+        bytes,
+        report,
+        program: lowered.program,
+    })
 }
 
 /// The summary table printed after compile.

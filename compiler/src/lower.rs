@@ -34,6 +34,9 @@ pub struct Unsupported {
 
 struct GroupNormMatch {
     x: OutletId,
+    /// when the match ends at the RmsNorm (no affine; tract moved element-wise ops before the reshape
+    /// back), the grouped shape `[N, G, R]` its output has
+    grouped_shape: Option<Vec<usize>>,
     groups: usize,
     eps: f32,
     gamma: Option<Vec<f32>>,
@@ -137,21 +140,22 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
         if inv.len() != 1 || (inv[0] * gshape[2] as f32 - 1.0).abs() > 1e-4 {
             continue;
         }
-        let Some(r2_id) = single_succ(model, node.id) else {
-            continue;
-        };
-        let r2 = model.node(r2_id);
-        if r2.op_as::<AxisOp>().is_none() || shape_of(model, r2_id.into())? != xshape {
-            continue;
-        }
         if xshape.len() < 2 || xshape[1] % gshape[1] != 0 {
             continue;
         }
         let c = xshape[1];
-        let mut members = vec![r1.id, red.id, mean.id, sub.id, node.id, r2_id];
-        let mut root = r2_id;
+        let r2_id = single_succ(model, node.id).filter(|&r2| {
+            model.node(r2).op_as::<AxisOp>().is_some()
+                && shape_of(model, r2.into())
+                    .map(|s| s == xshape)
+                    .unwrap_or(false)
+        });
+        let ends_at_norm = r2_id.is_none();
+        let mut members = vec![r1.id, red.id, mean.id, sub.id, node.id];
+        members.extend(r2_id);
+        let mut root = r2_id.unwrap_or(node.id);
         let (mut gamma, mut beta) = (None, None);
-        if let Some(m) = single_succ(model, root) {
+        if let Some(m) = single_succ(model, root).filter(|_| !ends_at_norm) {
             let mn = model.node(m);
             if mn.op.name() == "Mul" {
                 if let Some(g) =
@@ -163,7 +167,7 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
                 }
             }
         }
-        if let Some(a) = single_succ(model, root) {
+        if let Some(a) = single_succ(model, root).filter(|_| !ends_at_norm) {
             let an = model.node(a);
             if an.op.name() == "Add" {
                 if let Some(b) =
@@ -194,6 +198,7 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             root,
             Role::GroupNorm(GroupNormMatch {
                 x,
+                grouped_shape: ends_at_norm.then(|| gshape.clone()),
                 groups: gshape[1],
                 eps,
                 gamma,
@@ -556,9 +561,21 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
                         gamma: g.gamma.clone().unwrap_or(vec![1.0; c]),
                         beta: g.beta.clone().unwrap_or(vec![0.0; c]),
                     });
+                    let out = match &g.grouped_shape {
+                        Some(gs) => {
+                            let r = cx.alias(&format!("{}.grouped", node.name), gs.clone(), out);
+                            cx.prog.ops.push(IrOp::Plain(Op::Reshape {
+                                input: out,
+                                output: r,
+                            }));
+                            r
+                        }
+                        None => out,
+                    };
                     cx.vals.insert(outlet, Val::Main(out));
                 }
-                _ => cx.unsupported(node, "GroupNorm on the timestep path"),
+                Some(_) => cx.unsupported(node, "GroupNorm on the timestep path"),
+                None => {}
             }
             continue;
         }
@@ -568,7 +585,7 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
             .map(|i| cx.vals.get(i).cloned())
             .collect();
         if ins.iter().any(|v| v.is_none()) {
-            cx.unsupported(node, "an input of this node could not be lowered");
+            // downstream of a node already reported: only root causes are listed
             continue;
         }
         let ins: Vec<Val> = ins.into_iter().map(|v| v.unwrap()).collect();

@@ -403,33 +403,64 @@ fn tref_str(t: &TRef) -> String {
     }
 }
 
+/// Prints to stdout, ending quietly when the reader has gone (`dmqc inspect m.dmq | head`).
+fn emit_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 fn cmd_inspect(path: &Path) -> Result<()> {
+    let text = inspect_text(path)?;
+    emit_stdout(&text)
+}
+
+macro_rules! outln {
+    ($buf:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($buf, $($arg)*);
+    }};
+}
+
+fn inspect_text(path: &Path) -> Result<String> {
+    let mut o = String::new();
     let bytes = load(path)?;
     let model = open_model(&bytes)?;
     let h = model.header();
     let m = model.meta();
-    println!(
+    outln!(
+        o,
         "{}: dmq format {}.{}, {} bytes",
         path.display(),
         h.major,
         h.minor,
         bytes.len()
     );
-    println!(
+    outln!(
+        o,
         "  metadata {} B, op records {} B ({} ops), blob {} B",
-        h.meta.1, h.ops.1, h.n_ops, h.blob.1
+        h.meta.1,
+        h.ops.1,
+        h.n_ops,
+        h.blob.1
     );
-    println!(
+    outln!(
+        o,
         "  arena {} bytes (sampler state at {})",
-        m.arena_bytes, m.sampler_state
+        m.arena_bytes,
+        m.sampler_state
     );
-    println!(
+    outln!(
+        o,
         "  latent  {:?} {}",
         m.latent_name.as_str(),
         tref_str(&m.latent)
     );
     if let Some(t) = &m.timestep {
-        println!(
+        outln!(
+            o,
             "  timestep {:?} {}  calibrated for t in [{}, {}]",
             m.timestep_name.as_str(),
             tref_str(t),
@@ -437,12 +468,14 @@ fn cmd_inspect(path: &Path) -> Result<()> {
             m.t_max
         );
     }
-    println!(
+    outln!(
+        o,
         "  output  {:?} {}",
         m.output_name.as_str(),
         tref_str(&m.output)
     );
-    println!(
+    outln!(
+        o,
         "  sampler {:?}, {} steps, {:?} prediction, {} training steps, linear betas {}..{}",
         m.sampler.default_sampler,
         m.sampler.default_steps,
@@ -451,7 +484,7 @@ fn cmd_inspect(path: &Path) -> Result<()> {
         m.sampler.beta_start,
         m.sampler.beta_end
     );
-    println!("  ops:");
+    outln!(o, "  ops:");
     for (i, op) in model.ops().enumerate() {
         let op = op.map_err(|e| anyhow!("{e}"))?;
         let ins: Vec<String> = dmq_compiler::ir::plain_inputs(&op)
@@ -485,7 +518,8 @@ fn cmd_inspect(path: &Path) -> Result<()> {
             Op::FBinary { func, .. } => format!(" {func:?}"),
             _ => String::new(),
         };
-        println!(
+        outln!(
+            o,
             "  {i:4} {:<16} {} -> {}{}",
             dmq_compiler::ir::plain_kind(&op),
             ins.join(", "),
@@ -493,7 +527,7 @@ fn cmd_inspect(path: &Path) -> Result<()> {
             extra
         );
     }
-    Ok(())
+    Ok(o)
 }
 
 fn cmd_demo(dir: &Path, seeds: u64) -> Result<()> {

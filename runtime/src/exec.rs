@@ -152,6 +152,12 @@ pub fn conv_dims(
     if ph < kh || pw < kw {
         return Err(inv(op, "conv kernel larger than padded input"));
     }
+    // sizes derived from the geometry must stay small (hostile files): k * p and co * k below 2^32
+    let k = input.shape[1] as u128 * kh as u128 * kw as u128;
+    let p = ((ph - kh) / sh + 1) as u128 * ((pw - kw) / sw + 1) as u128;
+    if k * p > u32::MAX as u128 || k * output.shape[1] as u128 > u32::MAX as u128 {
+        return Err(inv(op, "conv geometry too large"));
+    }
     let d = ConvDims {
         c: input.shape[1] as usize,
         h,
@@ -295,18 +301,8 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             check_tref(i, input, I8, arena)?;
             check_tref(i, output, I8, arena)?;
             disjoint(i, output, &[input])?;
-            let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
-            if m > 0 && n > 0 && k > 0 {
-                let a_ext = (m - 1) as u64 * geom.a_strides[0] as u64
-                    + (k - 1) as u64 * geom.a_strides[1] as u64
-                    + 1;
-                let o_ext = (m - 1) as u64 * geom.o_strides[0] as u64
-                    + (n - 1) as u64 * geom.o_strides[1] as u64
-                    + 1;
-                if a_ext > input.numel() as u64 || o_ext > output.numel() as u64 {
-                    return Err(inv(i, "linear geometry outside its tensors"));
-                }
-            }
+            let (n, k) = (geom.n as usize, geom.k as usize);
+            check_linear_geom(i, geom, input, output)?;
             check_blob(i, weights, n * k, blob)?;
             check_blob(i, bias, n * 4, blob)?;
             check_requant_table(i, requant, n, blob)
@@ -323,16 +319,19 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             check_tref(i, output, I8, arena)?;
             disjoint(i, output, &[a, b])?;
             check_requant(i, requant)?;
-            let ext = |d: [u32; 4], s: [u32; 4]| -> u64 {
+            let ext = |d: [u32; 4], s: [u32; 4]| -> u128 {
                 if d.iter().any(|&x| x == 0) {
                     return 0;
                 }
-                (0..4).map(|j| (d[j] as u64 - 1) * s[j] as u64).sum::<u64>() + 1
+                (0..4)
+                    .map(|j| (d[j] as u128 - 1) * s[j] as u128)
+                    .sum::<u128>()
+                    + 1
             };
             let [b0, b1] = geom.batch;
-            if ext([b0, b1, geom.m, geom.k], geom.a_strides) > a.numel() as u64
-                || ext([b0, b1, geom.k, geom.n], geom.b_strides) > b.numel() as u64
-                || ext([b0, b1, geom.m, geom.n], geom.o_strides) > output.numel() as u64
+            if ext([b0, b1, geom.m, geom.k], geom.a_strides) > a.numel() as u128
+                || ext([b0, b1, geom.k, geom.n], geom.b_strides) > b.numel() as u128
+                || ext([b0, b1, geom.m, geom.n], geom.o_strides) > output.numel() as u128
             {
                 return Err(inv(i, "matmul geometry outside its tensors"));
             }
@@ -555,23 +554,33 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             check_tref(i, input, F32, arena)?;
             check_tref(i, output, F32, arena)?;
             disjoint(i, output, &[input])?;
-            let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
-            if m > 0 && n > 0 && k > 0 {
-                let a_ext = (m - 1) as u64 * geom.a_strides[0] as u64
-                    + (k - 1) as u64 * geom.a_strides[1] as u64
-                    + 1;
-                let o_ext = (m - 1) as u64 * geom.o_strides[0] as u64
-                    + (n - 1) as u64 * geom.o_strides[1] as u64
-                    + 1;
-                if a_ext > input.numel() as u64 || o_ext > output.numel() as u64 {
-                    return Err(inv(i, "linear geometry outside its tensors"));
-                }
-            }
+            let (n, k) = (geom.n as usize, geom.k as usize);
+            check_linear_geom(i, geom, input, output)?;
             check_blob(i, weights, n * k, blob)?;
             check_blob(i, scales, n * 4, blob)?;
             check_blob(i, bias, n * 4, blob)
         }
     }
+}
+
+fn check_linear_geom(
+    i: u32,
+    geom: &crate::format::LinearGeom,
+    input: &TRef,
+    output: &TRef,
+) -> Result<()> {
+    let (m, n, k) = (geom.m as u128, geom.n as u128, geom.k as u128);
+    if m > 0 && n > 0 && k > 0 {
+        let a_ext = (m - 1) * geom.a_strides[0] as u128 + (k - 1) * geom.a_strides[1] as u128 + 1;
+        let o_ext = (m - 1) * geom.o_strides[0] as u128 + (n - 1) * geom.o_strides[1] as u128 + 1;
+        if a_ext > input.numel() as u128 || o_ext > output.numel() as u128 {
+            return Err(inv(i, "linear geometry outside its tensors"));
+        }
+    }
+    if n * k > u32::MAX as u128 {
+        return Err(inv(i, "linear weights too large"));
+    }
+    Ok(())
 }
 
 fn concat_check(i: u32, t: &TRef, output: &TRef, axis: u8) -> Result<u64> {

@@ -183,8 +183,8 @@ pub fn linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let a_ext = (m - 1) * a_s[0] + k.saturating_sub(1) * a_s[1] + 1;
-    let o_ext = (m - 1) * o_s[0] + (n - 1) * o_s[1] + 1;
+    let a_ext = super::extent(&[m, k], &pad2(a_s), 0);
+    let o_ext = super::extent(&[m, n], &pad2(o_s), 0);
     if a_ext > a.len() || o_ext > out.len() {
         return Err(Error::BufferLength {
             expected: a_ext.max(o_ext),
@@ -221,10 +221,15 @@ pub struct MatMulDims {
 }
 
 fn ext4(d: [usize; 4], s: [usize; 4]) -> usize {
-    if d.iter().any(|&x| x == 0) {
-        return 0;
-    }
-    (0..4).map(|i| (d[i] - 1) * s[i]).sum::<usize>() + 1
+    let mut st = [0usize; MAX_RANK];
+    st[..4].copy_from_slice(&s);
+    super::extent(&d, &st, 0)
+}
+
+fn pad2(s: [usize; 2]) -> [usize; MAX_RANK] {
+    let mut st = [0usize; MAX_RANK];
+    st[..2].copy_from_slice(&s);
+    st
 }
 
 /// Activation x activation product: `out = requant(sum_k (a - za)(b - zb))`, per-tensor requantization.
@@ -352,7 +357,7 @@ pub fn group_norm(
         return Err(Error::Unsupported("groups must divide channels"));
     }
     let cg = c / groups;
-    let count = (cg * s) as i64;
+    let count = (cg * s) as i64; // <= x.len(), checked above
     if count == 0 {
         return Ok(());
     }
@@ -368,7 +373,8 @@ pub fn group_norm(
                 sumsq += d * d;
             }
             // exact numerator of the variance in code units: (n*sumsq - sum^2) / n^2
-            let var_q = (count * sumsq - sum * sum) as f32 / (count as f32 * count as f32);
+            let num = count as i128 * sumsq as i128 - sum as i128 * sum as i128;
+            let var_q = num as f32 / (count as f32 * count as f32);
             let mean_q = sum as f32 / count as f32;
             let rstd = 1.0 / libm::sqrtf(var_q * sx * sx + eps);
             for cc in 0..cg {
@@ -560,8 +566,8 @@ pub fn linear_f32(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let a_ext = (m - 1) * a_s[0] + k.saturating_sub(1) * a_s[1] + 1;
-    let o_ext = (m - 1) * o_s[0] + (n - 1) * o_s[1] + 1;
+    let a_ext = super::extent(&[m, k], &pad2(a_s), 0);
+    let o_ext = super::extent(&[m, n], &pad2(o_s), 0);
     if a_ext > a.len() || o_ext > out.len() {
         return Err(Error::BufferLength {
             expected: a_ext.max(o_ext),

@@ -1,0 +1,183 @@
+//! The dmqc command line: the contract other tools rely on, and its error messages.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dmqc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dmqc"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dmqc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let o = cmd.output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+fn write_npy_f32(path: &Path, shape: &[u64], data: &[f32]) {
+    // minimal npy v1.0 writer for the test inputs
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        shape.iter().map(|d| format!("{d},")).collect::<String>()
+    );
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((h.len() as u16).to_le_bytes());
+    b.extend(h);
+    for v in data {
+        b.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn compile_run_sample_inspect() {
+    let d = tmp("flow");
+    let dmq = d.join("tiny.dmq");
+    let report = d.join("r.json");
+    let (ok, out, err) = run(dmqc()
+        .args(["compile"])
+        .arg(fixture("tiny_unet.onnx"))
+        .arg("-o")
+        .arg(&dmq)
+        .args([
+            "--steps",
+            "5",
+            "--calib-samples",
+            "2",
+            "--eval-samples",
+            "1",
+            "--report",
+        ])
+        .arg(&report));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("SQNR") && out.contains("arena"),
+        "summary missing: {out}"
+    );
+    assert!(std::fs::read_to_string(&report)
+        .unwrap()
+        .contains("sqnr_per_timestep"));
+    // run: accepts a timestep between scheduled values
+    let x = d.join("x.npy");
+    let t = d.join("t.npy");
+    write_npy_f32(
+        &x,
+        &[1, 2, 8, 8],
+        &(0..128)
+            .map(|i| (i as f32 / 64.0) - 1.0)
+            .collect::<Vec<_>>(),
+    );
+    write_npy_f32(&t, &[1], &[333.5]);
+    let outdir = d.join("out");
+    let (ok, _, err) = run(dmqc()
+        .arg("run")
+        .arg(&dmq)
+        .arg("--input")
+        .arg(format!("sample={}", x.display()))
+        .arg("--input")
+        .arg(format!("timestep={}", t.display()))
+        .arg("-o")
+        .arg(&outdir));
+    assert!(ok, "{err}");
+    let y = std::fs::read(outdir.join("_conv_out_Conv.npy")).unwrap();
+    assert!(y.starts_with(b"\x93NUMPY") && y.len() > 128 * 4);
+    // sample: PNG and npy, deterministic for a seed
+    for ext in ["png", "npy"] {
+        let (ok, _, err) = run(dmqc()
+            .arg("sample")
+            .arg(&dmq)
+            .args(["--seed", "3", "--steps", "4", "-o"])
+            .arg(d.join(format!("s.{ext}"))));
+        assert!(ok, "{err}");
+    }
+    let a = std::fs::read(d.join("s.npy")).unwrap();
+    run(dmqc()
+        .arg("sample")
+        .arg(&dmq)
+        .args(["--seed", "3", "--steps", "4", "-o"])
+        .arg(d.join("s2.npy")));
+    assert_eq!(a, std::fs::read(d.join("s2.npy")).unwrap());
+    let (ok, out, _) = run(dmqc().arg("inspect").arg(&dmq));
+    assert!(
+        ok && out.contains("Conv2dInt8") && out.contains("GroupNormInt8") && out.contains("arena"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unsupported_op_names_node_and_op_and_writes_nothing() {
+    let d = tmp("unsup");
+    let out = d.join("u.dmq");
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("unsupported_reducemax.onnx"))
+        .arg("-o")
+        .arg(&out));
+    assert!(!ok);
+    assert!(
+        err.contains("Reduce<Max>") && err.contains("/ReduceMax"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed compile left an output file");
+    assert_eq!(
+        std::fs::read_dir(&d).unwrap().count(),
+        0,
+        "temporary files left behind"
+    );
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let d = tmp("bad");
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("not_onnx.onnx"))
+        .arg("-o")
+        .arg(d.join("x.dmq")));
+    assert!(!ok && err.contains("not a loadable ONNX model"), "{err}");
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(d.join("missing.onnx"))
+        .arg("-o")
+        .arg(d.join("x.dmq")));
+    assert!(!ok && err.contains("missing.onnx"), "{err}");
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("tiny_unet.onnx"))
+        .arg("-o")
+        .arg(d.join("x.dmq"))
+        .args(["--timestep-input", "nope"]));
+    assert!(
+        !ok && err.contains("nope") && err.contains("timestep"),
+        "{err}"
+    );
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("tiny_unet.onnx"))
+        .arg("-o")
+        .arg(d.join("x.dmq"))
+        .args(["--weight-bits", "4"]));
+    assert!(!ok && err.contains("not supported yet"), "{err}");
+    let (ok, _, err) = run(dmqc().arg("inspect").arg(fixture("not_onnx.onnx")));
+    assert!(!ok && err.contains("bad magic"), "{err}");
+    assert!(!d.join("x.dmq").exists());
+}

@@ -1,0 +1,84 @@
+//! The bundled digits UNet end to end: compile, measure int8 against float through the runtime, sample.
+mod common;
+use dmq_compiler::{eval, import, CompileOptions};
+use dmq_runtime::sampler::Rng;
+use dmq_runtime::{Model, SamplerKind, Session};
+
+#[test]
+fn bundled_model_w8a8_quality_size_and_determinism() {
+    let onnx = std::fs::read(common::bundled()).unwrap();
+    let opts = CompileOptions {
+        progress: false,
+        eval_samples: 8,
+        ..Default::default()
+    };
+    let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
+    let r = &c.report;
+    // size: int8 weights + tables must stay under 30% of the float ONNX
+    assert!(
+        r.size_ratio <= 0.30,
+        "dmq is {:.1}% of the ONNX",
+        100.0 * r.size_ratio
+    );
+    // noise-prediction SQNR (median over 8 float-DDIM inputs) >= 25 dB at every checked t >= 200
+    assert_eq!(r.sqnr_per_timestep.len(), 50);
+    for q in &r.sqnr_per_timestep {
+        println!(
+            "t={:4} sqnr median {:.2} dB worst {:.2} dB",
+            q.t, q.sqnr_db, q.min_db
+        );
+        if q.t >= 200.0 {
+            assert!(q.sqnr_db >= 25.0, "SQNR {:.2} dB at t={}", q.sqnr_db, q.t);
+        }
+    }
+    // final DDIM-50 sample: int8 vs float from the same seed
+    let model = Model::load(&c.bytes).unwrap();
+    let imp = import::import_bytes(&onnx, "bundled", None).unwrap();
+    let float = import::FloatModel::new(&imp).unwrap();
+    let cfg = model.meta().sampler.clone();
+    let n = model.latent_len();
+    let mut arena = eval::arena_for(&model);
+    let mut sess = Session::new(&model, eval::arena_bytes(&mut arena)).unwrap();
+    let mut psnrs = vec![];
+    for seed in 0..8u64 {
+        let mut xf = vec![0f32; n];
+        Rng::new(seed).fill_gaussian(&mut xf);
+        let mut xq = xf.clone();
+        let mut buf = vec![0f32; n];
+        dmq_runtime::sampler::sample(
+            &cfg,
+            SamplerKind::Ddim,
+            50,
+            &mut xf,
+            &mut buf,
+            &mut Rng::new(seed),
+            |x, t, out| {
+                out.copy_from_slice(&float.run(x, t).unwrap());
+                Ok(())
+            },
+        )
+        .unwrap();
+        sess.sample(SamplerKind::Ddim, 50, &mut xq, &mut Rng::new(seed))
+            .unwrap();
+        psnrs.push(eval::psnr_db(&xf, &xq));
+    }
+    let mean = psnrs.iter().sum::<f64>() / psnrs.len() as f64;
+    println!("final-sample PSNR per seed {psnrs:?}, mean {mean:.2} dB");
+    assert!(mean >= 22.0, "mean PSNR {mean:.2} dB");
+    // determinism: the same seed gives the same bytes, DDIM and DDPM
+    for kind in [SamplerKind::Ddim, SamplerKind::Ddpm] {
+        let run = |sess: &mut Session| {
+            let mut x = vec![0f32; n];
+            let mut rng = Rng::new(42);
+            rng.fill_gaussian(&mut x);
+            sess.sample(kind, 20, &mut x, &mut rng).unwrap();
+            x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+        };
+        let a = run(&mut sess);
+        let b = run(&mut sess);
+        assert_eq!(a, b, "{kind:?} sampling is not deterministic");
+        let mut arena2 = eval::arena_for(&model);
+        let mut sess2 = Session::new(&model, eval::arena_bytes(&mut arena2)).unwrap();
+        assert_eq!(a, run(&mut sess2), "{kind:?}: a fresh session differs");
+    }
+}
