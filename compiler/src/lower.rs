@@ -860,7 +860,7 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
         let Some(x) = main(&ins[0]) else {
             bail!("unary input")
         };
-        return Ok(Val::Main(push_lut(cx, node, x, ScalarFn::Unary(f))));
+        return Ok(Val::Main(push_lut(cx, node, 0, x, ScalarFn::Unary(f))));
     }
     if ["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"].contains(&opname.as_str())
         && ins.len() == 2
@@ -871,9 +871,9 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
 }
 
 /// Appends `f` to a LUT chain: extends the producer's chain when it is a LUT used only here.
-fn push_lut(cx: &mut Ctx, node: &TypedNode, x: TensorId, f: ScalarFn) -> TensorId {
+fn push_lut(cx: &mut Ctx, node: &TypedNode, slot: usize, x: TensorId, f: ScalarFn) -> TensorId {
     if let Some(p) = cx.prog.producer(x) {
-        if cx.prog.consumers(x) == 1 {
+        if only_used_here(cx, node, slot, x) {
             if let IrOp::Lut { chain, .. } = &mut cx.prog.ops[p] {
                 chain.push(f);
                 cx.prog.t_mut(x).stat = Some(node.id);
@@ -891,20 +891,33 @@ fn push_lut(cx: &mut Ctx, node: &TypedNode, x: TensorId, f: ScalarFn) -> TensorI
     out
 }
 
-/// Walks back from `x` through single-use reshapes to a product op (Conv/Linear/MatMul) used only there.
+/// True when `x` (input `slot` of `node`) feeds only `node`: one successor in tract's graph and no
+/// IR consumer yet (`node` itself is being lowered).
+fn only_used_here(cx: &Ctx, node: &TypedNode, slot: usize, x: TensorId) -> bool {
+    let outlet = node.inputs[slot];
+    cx.model.node(outlet.node).outputs[outlet.slot]
+        .successors
+        .len()
+        == 1
+        && cx.prog.consumers(x) == 0
+        && cx.prog.output != Some(x)
+}
+
+/// Walks back from `x` (used only by the node being lowered) through single-use reshapes to a product
+/// op (Conv/Linear/MatMul). Returns the op index and the tensors on the way.
 fn product_behind(cx: &Ctx, mut x: TensorId) -> Option<(usize, Vec<TensorId>)> {
     let mut path = vec![x];
     loop {
-        if cx.prog.consumers(x) != 1 {
-            return None;
-        }
         let p = cx.prog.producer(x)?;
         match &cx.prog.ops[p] {
-            IrOp::Conv { .. } | IrOp::Linear { float: false, .. } | IrOp::MatMul { .. } => {
+            IrOp::Conv { .. } | IrOp::Linear { .. } | IrOp::MatMul { .. } => {
                 return Some((p, path))
             }
             IrOp::Plain(Op::Reshape { input, .. }) => {
                 x = *input;
+                if cx.prog.consumers(x) != 1 {
+                    return None;
+                }
                 path.push(x);
             }
             _ => return None,
@@ -913,7 +926,17 @@ fn product_behind(cx: &Ctx, mut x: TensorId) -> Option<(usize, Vec<TensorId>)> {
 }
 
 /// Tries to fold `x + c` (c constant) into the bias of the product that made `x`.
-fn fold_bias(cx: &mut Ctx, node: &TypedNode, x: TensorId, c: &Tensor, sign: f32) -> Result<bool> {
+fn fold_bias(
+    cx: &mut Ctx,
+    node: &TypedNode,
+    slot: usize,
+    x: TensorId,
+    c: &Tensor,
+    sign: f32,
+) -> Result<bool> {
+    if !only_used_here(cx, node, slot, x) {
+        return Ok(false);
+    }
     let Some((p, path)) = product_behind(cx, x) else {
         return Ok(false);
     };
@@ -969,6 +992,7 @@ fn lower_binary_main(
     match (&ins[0], &ins[1]) {
         (Val::Main(x), Val::Const(c)) | (Val::Const(c), Val::Main(x)) => {
             let const_first = matches!(ins[0], Val::Const(_));
+            let slot = if const_first { 1 } else { 0 };
             let cv = f32s(c)?;
             if cv.len() == 1 {
                 let c0 = cv[0];
@@ -986,7 +1010,7 @@ fn lower_binary_main(
                 };
                 // a positive scale right after an activation product folds into its requantization
                 if let ScalarFn::MulC(s) = f {
-                    if s > 0.0 {
+                    if s > 0.0 && only_used_here(cx, node, slot, *x) {
                         if let Some((p, path)) = product_behind(cx, *x) {
                             if let IrOp::MatMul { post_scale, .. } = &mut cx.prog.ops[p] {
                                 *post_scale *= s;
@@ -997,10 +1021,17 @@ fn lower_binary_main(
                         }
                     }
                 }
-                return Ok(Val::Main(push_lut(cx, node, *x, f)));
+                return Ok(Val::Main(push_lut(cx, node, slot, *x, f)));
             }
             if (opname == "Add" || (opname == "Sub" && !const_first))
-                && fold_bias(cx, node, *x, c, if opname == "Add" { 1.0 } else { -1.0 })?
+                && fold_bias(
+                    cx,
+                    node,
+                    slot,
+                    *x,
+                    c,
+                    if opname == "Add" { 1.0 } else { -1.0 },
+                )?
             {
                 return Ok(Val::Main(*x));
             }
@@ -1229,6 +1260,20 @@ fn lower_time(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
         _ => None,
     };
     if let (Some(func), 2) = (bf, ins.len()) {
+        // a constant bias after a timestep-path linear folds into it
+        if let (BinaryFn::Add | BinaryFn::Sub, Val::Time(x), Val::Const(c)) =
+            (func, &ins[0], &ins[1])
+        {
+            let sign = if func == BinaryFn::Add { 1.0 } else { -1.0 };
+            if fold_bias(cx, node, 0, *x, c, sign)? {
+                return Ok(Val::Time(*x));
+            }
+        }
+        if let (BinaryFn::Add, Val::Const(c), Val::Time(x)) = (func, &ins[0], &ins[1]) {
+            if fold_bias(cx, node, 1, *x, c, 1.0)? {
+                return Ok(Val::Time(*x));
+            }
+        }
         let rank = oshape.len();
         let mut t = |v: &Val, k: usize| -> Result<TensorId> {
             Ok(match v {
