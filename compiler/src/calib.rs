@@ -9,10 +9,53 @@ use std::collections::{HashMap, HashSet};
 use tract_onnx::prelude::*;
 
 pub struct Calibration {
-    pub ranges: HashMap<usize, Range>,
+    /// ranges per sampling step (index in sampling order), per tract node
+    pub per_step: Vec<HashMap<usize, Range>>,
+    /// the timestep of each sampling step
+    pub timesteps: Vec<f32>,
     pub t_min: f32,
     pub t_max: f32,
     pub evaluations: usize,
+}
+
+/// Union of ranges over the given steps.
+pub fn union(per_step: &[HashMap<usize, Range>], steps: &[usize]) -> HashMap<usize, Range> {
+    let mut out: HashMap<usize, Range> = HashMap::new();
+    for &s in steps {
+        for (&node, r) in &per_step[s] {
+            let e = out.entry(node).or_insert(*r);
+            e.min = e.min.min(r.min);
+            e.max = e.max.max(r.max);
+        }
+    }
+    out
+}
+
+/// Groups sampling steps into `groups` buckets of neighbouring timesteps. Returns, in ascending `t`,
+/// each bucket's steps and the upper bound that separates it from the next (midpoint between them).
+pub fn buckets(timesteps: &[f32], groups: usize) -> Vec<(Vec<usize>, Option<f32>)> {
+    let mut order: Vec<usize> = (0..timesteps.len()).collect();
+    order.sort_by(|&a, &b| timesteps[a].partial_cmp(&timesteps[b]).unwrap());
+    let g = groups.clamp(1, order.len().max(1));
+    let mut out = vec![];
+    for k in 0..g {
+        let (lo, hi) = (k * order.len() / g, (k + 1) * order.len() / g);
+        out.push((order[lo..hi].to_vec(), None));
+    }
+    for k in 0..g.saturating_sub(1) {
+        let top = out[k]
+            .0
+            .iter()
+            .map(|&s| timesteps[s])
+            .fold(f32::MIN, f32::max);
+        let next = out[k + 1]
+            .0
+            .iter()
+            .map(|&s| timesteps[s])
+            .fold(f32::MAX, f32::min);
+        out[k].1 = Some((top + next) / 2.0);
+    }
+    out
 }
 
 fn observe(
@@ -60,7 +103,8 @@ pub fn calibrate(
     progress: &indicatif::ProgressBar,
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
-    let mut ranges = HashMap::new();
+    let mut per_step: Vec<HashMap<usize, Range>> = vec![HashMap::new(); steps as usize];
+    let mut timesteps = vec![0f32; steps as usize];
     let n: usize = float.latent.shape.iter().product();
     let mut evaluations = 0;
     let (mut t_min, mut t_max) = (f32::INFINITY, f32::NEG_INFINITY);
@@ -69,6 +113,7 @@ pub fn calibrate(
         let mut x = vec![0f32; n];
         rng.fill_gaussian(&mut x);
         let mut buf = vec![0f32; n];
+        let mut step = 0usize;
         let res = sampler::sample(
             cfg,
             kind,
@@ -79,10 +124,12 @@ pub fn calibrate(
             |xin, t, out| {
                 t_min = t_min.min(t);
                 t_max = t_max.max(t);
+                let i = step.min(per_step.len() - 1);
+                step += 1;
+                timesteps[i] = t;
+                let ranges = &mut per_step[i];
                 let y = float
-                    .run_observed(xin, t, |node, outs| {
-                        observe(&mut ranges, &wanted, node, outs)
-                    })
+                    .run_observed(xin, t, |node, outs| observe(ranges, &wanted, node, outs))
                     .map_err(|_| {
                         dmq_runtime::Error::Unsupported("float model evaluation failed")
                     })?;
@@ -95,7 +142,8 @@ pub fn calibrate(
         res.map_err(|e| anyhow::anyhow!("calibration trajectory {s}: {e}"))?;
     }
     Ok(Calibration {
-        ranges,
+        per_step,
+        timesteps,
         t_min,
         t_max,
         evaluations,

@@ -1,7 +1,7 @@
 //! Writes `.dmq` bytes: header, postcard metadata, postcard op records, blob.
 use crate::ir::{Program, TensorId};
 use crate::memplan::Plan;
-use crate::quant::{tref, Quantized};
+use crate::quant::{tref, Blob, Quantized};
 use anyhow::{anyhow, Result};
 use dmq_runtime::format::{
     fnv1a64, Header, ModelMeta, Op, SamplerConfig, TRef, HEADER_LEN, MAJOR_VERSION, MINOR_VERSION,
@@ -217,14 +217,18 @@ fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<
 }
 
 /// Serializes the model. `t_range` is the calibrated timestep range.
+/// Serializes the model: one op stream per timestep bucket (`streams`, ascending t, each with the
+/// upper bound that separates it from the next). `t_range` is the calibrated timestep range.
 pub fn emit(
     p: &Program,
-    q: &Quantized,
+    streams: &[(Quantized, Option<f32>)],
+    blob: &Blob,
     plan: &Plan,
     sampler: SamplerConfig,
     t_range: (f32, f32),
 ) -> Result<Vec<u8>> {
-    let f = |t: TensorId| tref(p, &q.params, &plan.offsets, t);
+    let q0 = &streams.first().ok_or_else(|| anyhow!("no op stream"))?.0;
+    let f = |t: TensorId| tref(p, &q0.params, &plan.offsets, t);
     let latent = p.latent.ok_or_else(|| anyhow!("no latent input"))?;
     let output = p.output.ok_or_else(|| anyhow!("no output"))?;
     let name = |t: Option<TensorId>| {
@@ -247,20 +251,41 @@ pub fn emit(
         timestep: p.timestep.map(f),
         output: f(output),
         sampler_state: plan.sampler_state,
+        stream_offsets: heapless::Vec::new(),
+        ops_per_stream: 0,
+        bucket_upper: heapless::Vec::new(),
         t_min: t_range.0,
         t_max: t_range.1,
         sampler,
     };
-    let meta_b = postcard::to_allocvec(&meta)?;
     let mut ops_b = vec![];
-    for (i, op) in q.ops.iter().enumerate() {
-        let rec = map_op(op, &f, plan.scratch[i]);
-        ops_b.extend(postcard::to_allocvec(&rec)?);
+    let mut offsets = heapless::Vec::<u32, { dmq_runtime::format::MAX_STREAMS }>::new();
+    let mut uppers = heapless::Vec::<f32, { dmq_runtime::format::MAX_STREAMS }>::new();
+    for (q, upper) in streams {
+        offsets
+            .push(ops_b.len() as u32)
+            .map_err(|_| anyhow!("too many timestep buckets"))?;
+        if let Some(u) = upper {
+            uppers
+                .push(*u)
+                .map_err(|_| anyhow!("too many timestep buckets"))?;
+        }
+        let fq = |t: TensorId| tref(p, &q.params, &plan.offsets, t);
+        for (i, op) in q.ops.iter().enumerate() {
+            let rec = map_op(op, &fq, plan.scratch[i]);
+            ops_b.extend(postcard::to_allocvec(&rec)?);
+        }
     }
+    let mut meta = meta;
+    meta.stream_offsets = offsets;
+    meta.bucket_upper = uppers;
+    meta.ops_per_stream = q0.ops.len() as u32;
+    let meta_b = postcard::to_allocvec(&meta)?;
+    let n_ops = (q0.ops.len() * streams.len()) as u32;
     let meta_off = HEADER_LEN;
     let ops_off = meta_off + meta_b.len();
     let blob_off = (ops_off + ops_b.len()).div_ceil(64) * 64;
-    let total = blob_off + q.blob.bytes.len();
+    let total = blob_off + blob.bytes.len();
     let mut covered = meta_b.clone();
     covered.extend_from_slice(&ops_b);
     let header = Header {
@@ -268,10 +293,10 @@ pub fn emit(
         minor: MINOR_VERSION,
         meta: (meta_off as u32, meta_b.len() as u32),
         ops: (ops_off as u32, ops_b.len() as u32),
-        n_ops: q.ops.len() as u32,
-        blob: (blob_off as u32, q.blob.bytes.len() as u32),
+        n_ops,
+        blob: (blob_off as u32, blob.bytes.len() as u32),
         meta_checksum: fnv1a64(&covered),
-        blob_checksum: fnv1a64(&q.blob.bytes),
+        blob_checksum: fnv1a64(&blob.bytes),
         total_len: total as u32,
     };
     let mut out = vec![0u8; HEADER_LEN];
@@ -280,7 +305,7 @@ pub fn emit(
     out.copy_from_slice(&h);
     out.extend(covered);
     out.resize(blob_off, 0);
-    out.extend_from_slice(&q.blob.bytes);
+    out.extend_from_slice(&blob.bytes);
     Ok(out)
 }
 

@@ -117,6 +117,7 @@ pub fn sqnr_over_schedule(
         .map(|(t, mut v)| {
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
             TimestepQuality {
+                baseline_db: None,
                 t,
                 sqnr_db: v[v.len() / 2],
                 min_db: v[0],

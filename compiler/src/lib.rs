@@ -27,6 +27,10 @@ pub struct CompileOptions {
     pub steps: u32,
     pub calib_samples: usize,
     pub calib_seed: u64,
+    /// timestep buckets with their own activation parameters (1 = one set for all steps)
+    pub timestep_groups: usize,
+    /// also measure the plain min-max, one-range baseline
+    pub baseline: bool,
     /// seeds used to measure quality (distinct from calibration seeds)
     pub eval_samples: usize,
     pub progress: bool,
@@ -41,6 +45,8 @@ impl Default for CompileOptions {
             steps: 50,
             calib_samples: 16,
             calib_seed: 0,
+            timestep_groups: 3,
+            baseline: true,
             eval_samples: 8,
             progress: true,
         }
@@ -53,6 +59,8 @@ pub struct TimestepQuality {
     /// median over the evaluation inputs
     pub sqnr_db: f64,
     pub min_db: f64,
+    /// the plain min-max, one-range baseline at the same inputs (median)
+    pub baseline_db: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,7 +79,11 @@ pub struct Report {
     pub calib_evaluations: usize,
     pub calib_seconds: f64,
     pub t_range: (f32, f32),
+    pub timestep_groups: usize,
     pub sqnr_per_timestep: Vec<TimestepQuality>,
+    pub sqnr_mean_db: f64,
+    pub sqnr_worst_db: f64,
+    pub baseline_bytes: Option<usize>,
 }
 
 pub struct Compiled {
@@ -164,20 +176,43 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     )?;
     pb.finish_and_clear();
     let calib_seconds = t0.elapsed().as_secs_f64();
-    let q = quant::quantize(&lowered.program, &cal.ranges)?;
-    let plan = memplan::plan(&lowered.program, &q.ops, &q.scratch);
-    let bytes = emit::emit(
-        &lowered.program,
-        &q,
-        &plan,
-        cfg.clone(),
-        (cal.t_min, cal.t_max),
-    )?;
+    // One op stream per timestep bucket, sharing weights through the blob; the arena plan is the same.
+    let build = |groups: usize| -> Result<(Vec<u8>, memplan::Plan)> {
+        let mut blob = quant::Blob::default();
+        let mut streams = vec![];
+        for (steps, upper) in calib::buckets(&cal.timesteps, groups) {
+            let ranges = calib::union(&cal.per_step, &steps);
+            streams.push((
+                quant::quantize(&lowered.program, &ranges, &mut blob)?,
+                upper,
+            ));
+        }
+        let plan = memplan::plan(&lowered.program, &streams[0].0.ops, &streams[0].0.scratch);
+        let bytes = emit::emit(
+            &lowered.program,
+            &streams,
+            &blob,
+            &plan,
+            cfg.clone(),
+            (cal.t_min, cal.t_max),
+        )?;
+        Ok((bytes, plan))
+    };
+    let (bytes, plan) = build(opts.timestep_groups)?;
     let model = dmq_runtime::Model::load(&bytes)
         .map_err(|e| anyhow::anyhow!("internal error: emitted model does not validate: {e}"))?;
+    let baseline_bytes = if opts.baseline && opts.timestep_groups != 1 {
+        Some(build(1)?.0)
+    } else {
+        None
+    };
     if std::env::var_os("DMQ_DEBUG_LAYERS").is_some() {
         let traj = eval::float_trajectory_inputs(&float, &model, opts, 1_000_000)?;
-        for (t, x, _) in traj.iter().take(1) {
+        let pick: usize = std::env::var("DMQ_DEBUG_LAYERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        for (t, x, _) in traj.iter().skip(pick).take(1) {
             for (i, kind, name, db) in
                 eval::per_layer_sqnr(&float, &lowered.program, &bytes, x, *t)?
             {
@@ -185,7 +220,17 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
             }
         }
     }
-    let sqnr = eval::sqnr_over_schedule(&float, &model, opts, 1_000_000)?;
+    let mut sqnr = eval::sqnr_over_schedule(&float, &model, opts, 1_000_000)?;
+    if let Some(b) = &baseline_bytes {
+        let bm = dmq_runtime::Model::load(b)
+            .map_err(|e| anyhow::anyhow!("internal error: baseline does not validate: {e}"))?;
+        let base = eval::sqnr_over_schedule(&float, &bm, opts, 1_000_000)?;
+        for (q, b) in sqnr.iter_mut().zip(base) {
+            q.baseline_db = Some(b.sqnr_db);
+        }
+    }
+    let sqnr_mean_db = sqnr.iter().map(|q| q.sqnr_db).sum::<f64>() / sqnr.len().max(1) as f64;
+    let sqnr_worst_db = sqnr.iter().map(|q| q.sqnr_db).fold(f64::INFINITY, f64::min);
     let parameters = lowered
         .program
         .ops
@@ -217,7 +262,11 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         calib_evaluations: cal.evaluations,
         calib_seconds,
         t_range: (cal.t_min, cal.t_max),
+        timestep_groups: opts.timestep_groups,
         sqnr_per_timestep: sqnr,
+        sqnr_mean_db,
+        sqnr_worst_db,
+        baseline_bytes: baseline_bytes.as_ref().map(|b| b.len()),
     };
     Ok(Compiled {
         bytes,
@@ -253,10 +302,21 @@ pub fn summary(r: &Report) -> String {
         "  calibration   {} {} steps × {} trajectories = {} float evaluations in {:.1} s\n",
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
-    s += "  SQNR of the int8 output against float (dB, median / worst over the evaluation inputs):\n";
-    s += "      t    median    worst\n";
+    s += &format!(
+        "  SQNR of the int8 output against float through the runtime (dB; {} timestep bucket(s); median and worst\n  over the evaluation inputs; baseline = plain min-max with one range for all steps):\n",
+        r.timestep_groups
+    );
+    s += "      t    median    worst  baseline\n";
     for q in &r.sqnr_per_timestep {
-        s += &format!("  {:>5}  {:>8.2} {:>8.2}\n", q.t, q.sqnr_db, q.min_db);
+        let b = q
+            .baseline_db
+            .map(|b| format!("{b:>9.2}"))
+            .unwrap_or_else(|| "        -".into());
+        s += &format!("  {:>5}  {:>8.2} {:>8.2} {}\n", q.t, q.sqnr_db, q.min_db, b);
     }
+    s += &format!(
+        "  mean {:.2} dB, worst timestep {:.2} dB\n",
+        r.sqnr_mean_db, r.sqnr_worst_db
+    );
     s
 }

@@ -38,50 +38,59 @@ enum PredictionArg {
     Sample,
 }
 
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// ONNX model (inputs: latent + timestep, output: the prediction)
+    model: PathBuf,
+    /// Output .dmq file
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    /// Input carrying the timestep or sigma (default: detected by name)
+    #[arg(long)]
+    timestep_input: Option<String>,
+    /// Sampler to calibrate with (the one the device will run)
+    #[arg(long, value_enum, default_value = "ddim")]
+    sampler: SamplerArg,
+    /// What the model predicts
+    #[arg(long, value_enum, default_value = "epsilon")]
+    prediction: PredictionArg,
+    /// Sampling steps
+    #[arg(long, default_value_t = 50)]
+    steps: u32,
+    /// Explicit timestep/sigma values the device will use (comma separated)
+    #[arg(long, value_delimiter = ',')]
+    timesteps: Option<Vec<f32>>,
+    /// Values for other inputs during calibration: NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
+    #[arg(long)]
+    calib: Vec<String>,
+    /// Number of calibration trajectories
+    #[arg(long, default_value_t = 16)]
+    calib_samples: usize,
+    /// Timestep buckets, each with its own activation parameters (1 = one set for all steps)
+    #[arg(long, default_value_t = CompileOptions::default().timestep_groups)]
+    timestep_groups: usize,
+    /// Weight bits (8; 4 arrives later)
+    #[arg(long, default_value_t = 8)]
+    weight_bits: u32,
+    /// Activation bits (8; 16 arrives with layer protection)
+    #[arg(long, default_value_t = 8)]
+    act_bits: u32,
+    /// Write the compile report as JSON
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Number of float trajectories used to measure SQNR
+    #[arg(long, default_value_t = 8)]
+    eval_samples: usize,
+    /// Skip measuring the plain min-max one-range baseline
+    #[arg(long)]
+    no_baseline: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Compile an ONNX UNet to .dmq: calibrate on the sampler's own trajectories, quantize to int8,
     /// plan the arena, and measure the quality by running the runtime against the float model.
-    Compile {
-        /// ONNX model (inputs: latent + timestep, output: the prediction)
-        model: PathBuf,
-        /// Output .dmq file
-        #[arg(short = 'o', long)]
-        output: PathBuf,
-        /// Input carrying the timestep or sigma (default: detected by name)
-        #[arg(long)]
-        timestep_input: Option<String>,
-        /// Sampler to calibrate with (the one the device will run)
-        #[arg(long, value_enum, default_value = "ddim")]
-        sampler: SamplerArg,
-        /// What the model predicts
-        #[arg(long, value_enum, default_value = "epsilon")]
-        prediction: PredictionArg,
-        /// Sampling steps
-        #[arg(long, default_value_t = 50)]
-        steps: u32,
-        /// Explicit timestep/sigma values the device will use (comma separated)
-        #[arg(long, value_delimiter = ',')]
-        timesteps: Option<Vec<f32>>,
-        /// Values for other inputs during calibration: NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
-        #[arg(long)]
-        calib: Vec<String>,
-        /// Number of calibration trajectories
-        #[arg(long, default_value_t = 16)]
-        calib_samples: usize,
-        /// Weight bits (8; 4 arrives with timestep-aware PTQ)
-        #[arg(long, default_value_t = 8)]
-        weight_bits: u32,
-        /// Activation bits (8; 16 arrives with layer protection)
-        #[arg(long, default_value_t = 8)]
-        act_bits: u32,
-        /// Write the compile report as JSON
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Number of float trajectories used to measure SQNR
-        #[arg(long, default_value_t = 8)]
-        eval_samples: usize,
-    },
+    Compile(CompileArgs),
     /// One evaluation of a .dmq model through the runtime; writes DIR/<output name>.npy as float32.
     Run {
         model: PathBuf,
@@ -123,35 +132,7 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Compile {
-            model,
-            output,
-            timestep_input,
-            sampler,
-            prediction,
-            steps,
-            timesteps,
-            calib,
-            calib_samples,
-            weight_bits,
-            act_bits,
-            report,
-            eval_samples,
-        } => cmd_compile(
-            model,
-            output,
-            timestep_input,
-            sampler,
-            prediction,
-            steps,
-            timesteps,
-            calib,
-            calib_samples,
-            weight_bits,
-            act_bits,
-            report,
-            eval_samples,
-        ),
+        Cmd::Compile(args) => cmd_compile(args),
         Cmd::Run {
             model,
             inputs,
@@ -183,22 +164,24 @@ fn sampler_kind(s: SamplerArg) -> Result<SamplerKind> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_compile(
-    model: PathBuf,
-    output: PathBuf,
-    timestep_input: Option<String>,
-    sampler: SamplerArg,
-    prediction: PredictionArg,
-    steps: u32,
-    timesteps: Option<Vec<f32>>,
-    calib: Vec<String>,
-    calib_samples: usize,
-    weight_bits: u32,
-    act_bits: u32,
-    report: Option<PathBuf>,
-    eval_samples: usize,
-) -> Result<()> {
+fn cmd_compile(args: CompileArgs) -> Result<()> {
+    let CompileArgs {
+        model,
+        output,
+        timestep_input,
+        sampler,
+        prediction,
+        steps,
+        timesteps,
+        calib,
+        calib_samples,
+        timestep_groups,
+        weight_bits,
+        act_bits,
+        report,
+        eval_samples,
+        no_baseline,
+    } = args;
     if weight_bits != 8 {
         bail!("--weight-bits {weight_bits} is not supported yet: this version quantizes weights to 8 bits");
     }
@@ -225,6 +208,8 @@ fn cmd_compile(
         steps,
         calib_samples: calib_samples.max(1),
         eval_samples: eval_samples.max(1),
+        timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
+        baseline: !no_baseline,
         ..Default::default()
     };
     let c = dmq_compiler::compile(&model, &opts)?;

@@ -62,14 +62,18 @@ pub fn requant_pair(ra: f64, rb: f64) -> (i32, i32, u8) {
     (c(ra), c(rb), shift as u8)
 }
 
-/// Builds the blob: 64-byte aligned arrays.
+/// Builds the blob: 64-byte aligned arrays, each stored once (timestep buckets share their weights).
 #[derive(Default)]
 pub struct Blob {
     pub bytes: Vec<u8>,
+    seen: HashMap<Vec<u8>, BlobRef>,
 }
 
 impl Blob {
     pub fn push(&mut self, data: &[u8]) -> BlobRef {
+        if let Some(r) = self.seen.get(data) {
+            return *r;
+        }
         while self.bytes.len() % 64 != 0 {
             self.bytes.push(0);
         }
@@ -78,6 +82,7 @@ impl Blob {
             len: data.len() as u32,
         };
         self.bytes.extend_from_slice(data);
+        self.seen.insert(data.to_vec(), r);
         r
     }
     pub fn push_i32(&mut self, v: &[i32]) -> BlobRef {
@@ -143,17 +148,16 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
     Ok(out)
 }
 
-/// Output of quantization: runtime ops over tensor ids, scratch bytes per op, and the blob.
+/// Output of quantization for one timestep bucket: runtime ops over tensor ids, scratch bytes per op,
+/// and the chosen tensor parameters. Arrays go to the shared blob.
 pub struct Quantized {
     pub ops: Vec<Op<TensorId>>,
     pub scratch: Vec<usize>,
-    pub blob: Blob,
     pub params: Vec<(f32, i32)>,
 }
 
-pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Quantized> {
+pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) -> Result<Quantized> {
     let params = choose_params(p, ranges)?;
-    let mut blob = Blob::default();
     let mut ops = vec![];
     let mut scratch = vec![];
     let q = |t: TensorId| params[t.0 as usize];
@@ -413,7 +417,6 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Quantized
     Ok(Quantized {
         ops,
         scratch,
-        blob,
         params,
     })
 }

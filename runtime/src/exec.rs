@@ -210,13 +210,39 @@ pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
     for t in [&m.latent, &m.output].into_iter().chain(m.timestep.iter()) {
         check_tref(MODEL, t, t.dtype, ops_arena)?;
     }
-    let mut rest = model.ops;
-    for i in 0..model.header.n_ops {
-        let (op, r) = postcard::take_from_bytes::<Op<TRef>>(rest).map_err(|_| Error::Metadata)?;
-        rest = r;
-        validate_op(i, &op, ops_arena, blob)?;
+    let streams = m.stream_offsets.len();
+    if streams == 0 || m.bucket_upper.len() + 1 != streams {
+        return Err(inv(MODEL, "timestep buckets and op streams do not match"));
     }
-    if !rest.is_empty() {
+    if (streams as u64) * m.ops_per_stream as u64 != model.header.n_ops as u64 {
+        return Err(inv(MODEL, "op count is not streams x ops per stream"));
+    }
+    for w in m.bucket_upper.windows(2) {
+        if !(w[0] < w[1]) {
+            return Err(inv(MODEL, "bucket bounds must ascend"));
+        }
+    }
+    if m.bucket_upper.iter().any(|b| !b.is_finite()) {
+        return Err(inv(MODEL, "bucket bound not finite"));
+    }
+    let mut expected = 0usize;
+    let mut i = 0u32;
+    for k in 0..streams {
+        if m.stream_offsets[k] as usize != expected {
+            return Err(inv(MODEL, "op streams are not contiguous"));
+        }
+        let mut rest = model.ops.get(expected..).ok_or(Error::Truncated)?;
+        let before = rest.len();
+        for _ in 0..m.ops_per_stream {
+            let (op, r) =
+                postcard::take_from_bytes::<Op<TRef>>(rest).map_err(|_| Error::Metadata)?;
+            rest = r;
+            validate_op(i, &op, ops_arena, blob)?;
+            i += 1;
+        }
+        expected += before - rest.len();
+    }
+    if expected != model.ops.len() {
         return Err(inv(MODEL, "trailing bytes after the op records"));
     }
     Ok(())
@@ -1171,9 +1197,13 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
 
     /// Runs the op records on whatever the arena holds; `observe(index, op)` is called after each
     /// (for profiling).
-    pub fn run_ops(&mut self, mut observe: impl FnMut(u32, &Op<TRef>)) -> Result<()> {
+    pub fn run_ops(
+        &mut self,
+        stream: usize,
+        mut observe: impl FnMut(u32, &Op<TRef>),
+    ) -> Result<()> {
         let blob = self.model.blob;
-        for (i, op) in self.model.ops().enumerate() {
+        for (i, op) in self.model.stream_ops(stream).enumerate() {
             let op = op?;
             run_op(&op, self.arena, blob).map_err(|e| match e {
                 Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
@@ -1219,7 +1249,7 @@ fn run_with(
     if let Some(ts) = &meta.timestep {
         region(arena, ts)?.fill(t);
     }
-    for (i, op) in model.ops().enumerate() {
+    for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
         let op = op?;
         run_op(&op, arena, blob).map_err(|e| match e {
             Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },

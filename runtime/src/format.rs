@@ -24,6 +24,8 @@ pub const MINOR_VERSION: u16 = 0;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.
 pub const MAX_RANK: usize = 6;
+/// Most timestep buckets (op streams) a model may have.
+pub const MAX_STREAMS: usize = 64;
 /// Most inputs a concat may have.
 pub const MAX_CONCAT: usize = 8;
 /// Alignment of every arena tensor (bytes).
@@ -320,6 +322,15 @@ pub struct ModelMeta {
     pub output: TRef,
     /// f32 scratch for the sampler state (current latent) — as many elements as the latent.
     pub sampler_state: u32,
+    /// Op-record streams, one per timestep bucket: byte offsets into the ops section. Every stream has
+    /// `ops_per_stream` records over the same tensors and arena; they differ only in quantization
+    /// parameters (calibrated on that bucket's steps).
+    pub stream_offsets: HVec<u32, MAX_STREAMS>,
+    pub ops_per_stream: u32,
+    /// Upper timestep bound of every bucket but the last (ascending): `t` runs stream `i` for the first
+    /// `i` with `t <= bucket_upper[i]`, else the last stream. Bounds are midpoints between the scheduled
+    /// timesteps of neighbouring buckets, so an off-schedule `t` takes its nearest bucket.
+    pub bucket_upper: HVec<f32, MAX_STREAMS>,
     /// Range of timesteps the model was calibrated for.
     pub t_min: f32,
     pub t_max: f32,
@@ -494,12 +505,31 @@ impl<'a> Model<'a> {
         self.meta.latent.numel()
     }
 
-    /// Iterates the op records in execution order.
-    pub fn ops(&self) -> OpIter<'a> {
+    /// Number of timestep buckets (op streams).
+    pub fn streams(&self) -> usize {
+        self.meta.stream_offsets.len()
+    }
+
+    /// The bucket (op stream) that runs timestep `t`.
+    pub fn stream_for(&self, t: f32) -> usize {
+        let b = &self.meta.bucket_upper;
+        b.iter().position(|&u| t <= u).unwrap_or(b.len())
+    }
+
+    /// Iterates the op records of stream `k` in execution order (stream 0 if `k` is out of range).
+    pub fn stream_ops(&self, k: usize) -> OpIter<'a> {
+        let offs = &self.meta.stream_offsets;
+        let off = offs.get(k).or(offs.first()).copied().unwrap_or(0) as usize;
         OpIter {
-            rest: self.ops,
-            left: self.header.n_ops,
+            rest: self.ops.get(off..).unwrap_or(&[]),
+            left: self.meta.ops_per_stream,
         }
+    }
+
+    /// Iterates the op records of the first stream (every stream has the same ops over the same
+    /// tensors; only quantization parameters differ).
+    pub fn ops(&self) -> OpIter<'a> {
+        self.stream_ops(0)
     }
 }
 

@@ -31,6 +31,25 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
             assert!(q.sqnr_db >= 25.0, "SQNR {:.2} dB at t={}", q.sqnr_db, q.t);
         }
     }
+    // timestep-aware ranges beat one min-max range on average, and the file has one stream per bucket
+    let base_mean = r
+        .sqnr_per_timestep
+        .iter()
+        .map(|q| q.baseline_db.unwrap())
+        .sum::<f64>()
+        / 50.0;
+    println!(
+        "mean SQNR {:.2} dB, one-range min-max baseline {:.2} dB",
+        r.sqnr_mean_db, base_mean
+    );
+    assert!(
+        r.sqnr_mean_db > base_mean,
+        "buckets do not beat the baseline"
+    );
+    assert_eq!(
+        Model::load(&c.bytes).unwrap().streams(),
+        opts.timestep_groups
+    );
     // final DDIM-50 sample: int8 vs float from the same seed
     let model = Model::load(&c.bytes).unwrap();
     let imp = import::import_bytes(&onnx, "bundled", None).unwrap();
@@ -63,6 +82,17 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
         psnrs.push(eval::psnr_db(&xf, &xq));
     }
     let mean = psnrs.iter().sum::<f64>() / psnrs.len() as f64;
+    // a timestep between scheduled values (and between buckets) still works
+    let traj = eval::float_trajectory_inputs(&float, &model, &opts, 77).unwrap();
+    for (t, x, _) in traj.iter().filter(|(t, _, _)| [641.0, 321.0].contains(t)) {
+        let off = t - 7.5;
+        let yf = float.run(x, off).unwrap();
+        let mut yq = vec![0f32; n];
+        sess.run(x, off, &mut yq).unwrap();
+        let db = eval::sqnr_db(&yf, &yq);
+        println!("off-schedule t={off}: {db:.2} dB");
+        assert!(db >= 25.0, "off-schedule t={off}: {db:.2} dB");
+    }
     println!("final-sample PSNR per seed {psnrs:?}, mean {mean:.2} dB");
     assert!(mean >= 22.0, "mean PSNR {mean:.2} dB");
     // determinism: the same seed gives the same bytes, DDIM and DDPM
