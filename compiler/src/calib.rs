@@ -31,7 +31,105 @@ pub fn union(per_step: &[HashMap<usize, Range>], steps: &[usize]) -> HashMap<usi
     out
 }
 
-/// Groups sampling steps into `groups` buckets of neighbouring timesteps. Returns, in ascending `t`,
+/// Groups sampling steps into `groups` buckets of neighbouring timesteps, choosing the boundaries
+/// that lose the fewest bits: a step quantized with its bucket's union range instead of its own loses
+/// `log2(union width / own width)` bits per tensor. Dynamic programming over contiguous segments (in
+/// ascending t) minimises the total over every tensor and step. Returns the same shape as [`buckets`].
+pub fn buckets_by_ranges(
+    per_step: &[HashMap<usize, Range>],
+    timesteps: &[f32],
+    groups: usize,
+) -> Vec<(Vec<usize>, Option<f32>)> {
+    let s = timesteps.len();
+    let g = groups.clamp(1, s.max(1));
+    if g <= 1 || s <= 1 {
+        return buckets(timesteps, g);
+    }
+    let mut order: Vec<usize> = (0..s).collect();
+    order.sort_by(|&a, &b| timesteps[a].partial_cmp(&timesteps[b]).unwrap());
+    let mut nodes: Vec<usize> = per_step.iter().flat_map(|m| m.keys().copied()).collect();
+    nodes.sort();
+    nodes.dedup();
+    // widths (ranges include 0, as the quantizer does)
+    let lo = |st: usize, n: usize| {
+        per_step[order[st]]
+            .get(&n)
+            .map(|r| r.min.min(0.0))
+            .unwrap_or(0.0)
+    };
+    let hi = |st: usize, n: usize| {
+        per_step[order[st]]
+            .get(&n)
+            .map(|r| r.max.max(0.0))
+            .unwrap_or(0.0)
+    };
+    let w = |l: f32, h: f32| ((h - l) as f64).max(1e-12);
+    // cost[i][j]: bits lost by steps i..=j sharing one range
+    let mut cost = vec![vec![0f64; s]; s];
+    for i in 0..s {
+        let mut ul: Vec<f32> = nodes.iter().map(|&n| lo(i, n)).collect();
+        let mut uh: Vec<f32> = nodes.iter().map(|&n| hi(i, n)).collect();
+        let mut own_log_sum = vec![0f64; nodes.len()];
+        for j in i..s {
+            let mut c = 0.0;
+            for (k, &n) in nodes.iter().enumerate() {
+                ul[k] = ul[k].min(lo(j, n));
+                uh[k] = uh[k].max(hi(j, n));
+                own_log_sum[k] += w(lo(j, n), hi(j, n)).log2();
+                c += (j - i + 1) as f64 * w(ul[k], uh[k]).log2() - own_log_sum[k];
+            }
+            cost[i][j] = c;
+        }
+    }
+    // best[k][j]: minimal cost of splitting steps 0..=j into k+1 segments; cut[k][j]: start of the last
+    let inf = f64::INFINITY;
+    let mut best = vec![vec![inf; s]; g];
+    let mut cut = vec![vec![0usize; s]; g];
+    for j in 0..s {
+        best[0][j] = cost[0][j];
+    }
+    for k in 1..g {
+        for j in k..s {
+            for i in k..=j {
+                let c = best[k - 1][i - 1] + cost[i][j];
+                if c < best[k][j] {
+                    best[k][j] = c;
+                    cut[k][j] = i;
+                }
+            }
+        }
+    }
+    let mut segs = vec![];
+    let mut j = s - 1;
+    for k in (0..g).rev() {
+        let i = if k == 0 { 0 } else { cut[k][j] };
+        segs.push((i, j));
+        if k > 0 {
+            j = i - 1;
+        }
+    }
+    segs.reverse();
+    let mut out: Vec<(Vec<usize>, Option<f32>)> = segs
+        .iter()
+        .map(|&(i, j)| (order[i..=j].to_vec(), None))
+        .collect();
+    for k in 0..out.len().saturating_sub(1) {
+        let top = out[k]
+            .0
+            .iter()
+            .map(|&st| timesteps[st])
+            .fold(f32::MIN, f32::max);
+        let next = out[k + 1]
+            .0
+            .iter()
+            .map(|&st| timesteps[st])
+            .fold(f32::MAX, f32::min);
+        out[k].1 = Some((top + next) / 2.0);
+    }
+    out
+}
+
+/// Groups sampling steps into `groups` buckets of neighbouring timesteps with equal step counts. Returns, in ascending `t`,
 /// each bucket's steps and the upper bound that separates it from the next (midpoint between them).
 pub fn buckets(timesteps: &[f32], groups: usize) -> Vec<(Vec<usize>, Option<f32>)> {
     let mut order: Vec<usize> = (0..timesteps.len()).collect();

@@ -10,6 +10,7 @@ pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod memplan;
+pub mod protect;
 pub mod quant;
 
 use anyhow::{bail, Result};
@@ -31,6 +32,8 @@ pub struct CompileOptions {
     pub timestep_groups: usize,
     /// also measure the plain min-max, one-range baseline
     pub baseline: bool,
+    /// int16 protection of sensitive tensors
+    pub protect: Protect,
     /// seeds used to measure quality (distinct from calibration seeds)
     pub eval_samples: usize,
     pub progress: bool,
@@ -47,10 +50,20 @@ impl Default for CompileOptions {
             calib_seed: 0,
             timestep_groups: 3,
             baseline: true,
+            protect: Protect::Auto(6),
             eval_samples: 8,
             progress: true,
         }
     }
+}
+
+/// Which tensors get int16 activations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Protect {
+    None,
+    /// the `k` most sensitive tensors, measured through the runtime
+    Auto(usize),
+    Names(Vec<String>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +97,10 @@ pub struct Report {
     pub sqnr_mean_db: f64,
     pub sqnr_worst_db: f64,
     pub baseline_bytes: Option<usize>,
+    /// tensors with int16 activations, and what they cost
+    pub protected: Vec<String>,
+    pub arena_bytes_unprotected: u32,
+    pub sensitivity: Vec<protect::Sensitivity>,
 }
 
 pub struct Compiled {
@@ -177,19 +194,16 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     pb.finish_and_clear();
     let calib_seconds = t0.elapsed().as_secs_f64();
     // One op stream per timestep bucket, sharing weights through the blob; the arena plan is the same.
-    let build = |groups: usize| -> Result<(Vec<u8>, memplan::Plan)> {
+    let build = |program: &ir::Program, groups: usize| -> Result<(Vec<u8>, memplan::Plan)> {
         let mut blob = quant::Blob::default();
         let mut streams = vec![];
-        for (steps, upper) in calib::buckets(&cal.timesteps, groups) {
+        for (steps, upper) in calib::buckets_by_ranges(&cal.per_step, &cal.timesteps, groups) {
             let ranges = calib::union(&cal.per_step, &steps);
-            streams.push((
-                quant::quantize(&lowered.program, &ranges, &mut blob)?,
-                upper,
-            ));
+            streams.push((quant::quantize(program, &ranges, &mut blob)?, upper));
         }
-        let plan = memplan::plan(&lowered.program, &streams[0].0.ops, &streams[0].0.scratch);
+        let plan = memplan::plan(program, &streams[0].0.ops, &streams[0].0.scratch);
         let bytes = emit::emit(
-            &lowered.program,
+            program,
             &streams,
             &blob,
             &plan,
@@ -198,11 +212,45 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         )?;
         Ok((bytes, plan))
     };
-    let (bytes, plan) = build(opts.timestep_groups)?;
+    // The plain baseline: one min-max range for all steps, every activation int8.
+    let (unprotected, unprotected_plan) = build(&lowered.program, 1)?;
+    // int16 protection of the most sensitive tensors, measured through the runtime
+    let mut program = lowered.program.clone();
+    let mut sensitivity = vec![];
+    let chosen = match &opts.protect {
+        Protect::None => vec![],
+        Protect::Names(names) => protect::by_names(&program, names)?,
+        Protect::Auto(k) => {
+            let m0 = dmq_runtime::Model::load(&unprotected)
+                .map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
+            let s = opts.steps as usize;
+            let mut picks = vec![
+                s - 1,
+                s.saturating_sub(2),
+                s.saturating_sub(4),
+                s * 4 / 5,
+                s / 2,
+                0,
+            ];
+            picks.sort();
+            picks.dedup();
+            let mut inputs = vec![];
+            for seed in 0..2 {
+                let traj = eval::float_trajectory_inputs(&float, &m0, opts, 2_000_000 + seed)?;
+                inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
+            }
+            let (c, ranking) = protect::auto(&program, *k, &inputs, |p| Ok(build(p, 1)?.0))?;
+            sensitivity = ranking;
+            c
+        }
+    };
+    protect::apply(&mut program, &chosen);
+    let protected: Vec<String> = chosen.iter().map(|&t| program.t(t).name.clone()).collect();
+    let (bytes, plan) = build(&program, opts.timestep_groups)?;
     let model = dmq_runtime::Model::load(&bytes)
         .map_err(|e| anyhow::anyhow!("internal error: emitted model does not validate: {e}"))?;
-    let baseline_bytes = if opts.baseline && opts.timestep_groups != 1 {
-        Some(build(1)?.0)
+    let baseline_bytes = if opts.baseline {
+        Some(unprotected)
     } else {
         None
     };
@@ -213,9 +261,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         for (t, x, _) in traj.iter().skip(pick).take(1) {
-            for (i, kind, name, db) in
-                eval::per_layer_sqnr(&float, &lowered.program, &bytes, x, *t)?
-            {
+            for (i, kind, name, db) in eval::per_layer_sqnr(&float, &program, &bytes, x, *t)? {
                 eprintln!("t={t} op {i:4} {kind:<16} {db:8.2} dB  {name}");
             }
         }
@@ -267,6 +313,9 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         sqnr_mean_db,
         sqnr_worst_db,
         baseline_bytes: baseline_bytes.as_ref().map(|b| b.len()),
+        protected,
+        arena_bytes_unprotected: unprotected_plan.arena_bytes,
+        sensitivity,
     };
     Ok(Compiled {
         bytes,
@@ -288,6 +337,15 @@ pub fn summary(r: &Report) -> String {
             .join("  ")
     );
     s += &format!("  parameters    {}\n", r.parameters);
+    if !r.protected.is_empty() {
+        s += &format!(
+            "  int16         {} protected tensor(s): {} (arena {} -> {} bytes)\n",
+            r.protected.len(),
+            r.protected.join(", "),
+            r.arena_bytes_unprotected,
+            r.arena_bytes
+        );
+    }
     s += &format!(
         "  size          {} bytes ({:.1}% of the ONNX file's {} bytes)\n",
         r.dmq_bytes,

@@ -377,8 +377,13 @@ fn write_sample(out: &Path, meta: &dmq_runtime::format::ModelMeta, x: &[f32]) ->
 fn tref_str(t: &TRef) -> String {
     let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
     match t.dtype {
-        dmq_runtime::format::DType::I8 => format!(
-            "i8[{}]@{} s={:.3e} z={}",
+        dmq_runtime::format::DType::I8 | dmq_runtime::format::DType::I16 => format!(
+            "{}[{}]@{} s={:.3e} z={}",
+            if t.dtype == dmq_runtime::format::DType::I8 {
+                "i8"
+            } else {
+                "i16"
+            },
             shape.join("x"),
             t.offset,
             t.scale,

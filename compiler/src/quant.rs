@@ -22,6 +22,18 @@ pub fn affine_params(lo: f32, hi: f32) -> (f32, i32) {
     (scale, zero)
 }
 
+/// Asymmetric parameters covering `[lo, hi]` (widened to include 0) for the code range of `dtype`.
+pub fn affine_params_for(dtype: DType, lo: f32, hi: f32) -> (f32, i32) {
+    let (cmin, cmax) = dtype.code_range();
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    let span = (hi - lo).max(1e-8);
+    let scale = span / (cmax - cmin) as f32;
+    let zero = (cmin as f32 - lo / scale)
+        .round()
+        .clamp(cmin as f32, cmax as f32) as i32;
+    (scale, zero)
+}
+
 /// Fixed-point form of a positive real multiplier: `mult / 2^shift` with `mult` in [2^30, 2^31).
 pub fn requant_of(real: f64) -> Requant {
     if !(real > 0.0) || !real.is_finite() {
@@ -140,7 +152,7 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
             let r = ranges
                 .get(&s)
                 .ok_or_else(|| anyhow!("no calibration range for tensor {}", t.name))?;
-            affine_params(r.min, r.max)
+            affine_params_for(t.dtype, r.min, r.max)
         } else {
             return Err(anyhow!("tensor {} has no quantization source", t.name));
         };
@@ -215,7 +227,11 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) ->
                     oh: osh[2],
                     ow: osh[3],
                 };
-                scr = dmq_runtime::exec::conv_scratch_bytes(&d, time_bias.is_some());
+                scr = dmq_runtime::exec::conv_scratch_bytes(
+                    &d,
+                    time_bias.is_some(),
+                    p.t(*input).dtype.size(),
+                );
                 Op::Conv2d {
                     input: *input,
                     output: *output,
@@ -319,20 +335,36 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) ->
             } => {
                 let (sx, zx) = q(*input);
                 let (so, zo) = q(*output);
-                let table: Vec<u8> = (-128i32..=127)
-                    .map(|c| {
-                        let mut v = sx * (c - zx) as f32;
-                        for f in chain {
-                            v = f.apply(v);
-                        }
-                        let qv = if v.is_nan() {
-                            zo as f32
-                        } else {
-                            (v / so).round() + zo as f32
-                        };
-                        qv.clamp(-128.0, 127.0) as i8 as u8
-                    })
-                    .collect();
+                let (din, dout) = (p.t(*input).dtype, p.t(*output).dtype);
+                let (omin, omax) = dout.code_range();
+                let f = |c: i32| -> f64 {
+                    let mut v = sx * (c - zx) as f32;
+                    for f in chain {
+                        v = f.apply(v);
+                    }
+                    if v.is_nan() {
+                        zo as f64
+                    } else {
+                        v as f64 / so as f64 + zo as f64
+                    }
+                };
+                let table: Vec<u8> = match din {
+                    DType::I16 => (0..=256)
+                        .flat_map(|k| {
+                            let v = (f(k * 256 - 32768).clamp(omin as f64, omax as f64) * 256.0)
+                                .round() as i32;
+                            v.to_le_bytes()
+                        })
+                        .collect(),
+                    _ if dout == DType::I16 => (-128i32..=127)
+                        .flat_map(|c| {
+                            (f(c).round().clamp(omin as f64, omax as f64) as i16).to_le_bytes()
+                        })
+                        .collect(),
+                    _ => (-128i32..=127)
+                        .map(|c| f(c).round().clamp(-128.0, 127.0) as i8 as u8)
+                        .collect(),
+                };
                 Op::Lut {
                     input: *input,
                     output: *output,

@@ -48,10 +48,28 @@ fn check_tref(op: u32, t: &TRef, dtype: DType, arena: u32) -> Result<()> {
     if !(t.scale.is_finite() && t.scale > 0.0) {
         return Err(inv(op, "quantization scale must be finite and positive"));
     }
-    if dtype == DType::I8 && !(-128..=127).contains(&t.zero) {
-        return Err(inv(op, "zero point outside int8"));
+    let (lo, hi) = dtype.code_range();
+    if dtype.is_int() && !(lo..=hi).contains(&t.zero) {
+        return Err(inv(op, "zero point outside the code range"));
     }
     Ok(())
+}
+
+/// An int8 or int16 (protected) activation.
+fn check_int(op: u32, t: &TRef, arena: u32) -> Result<()> {
+    if !t.dtype.is_int() {
+        return Err(inv(op, "tensor must be int8 or int16"));
+    }
+    check_tref(op, t, t.dtype, arena)
+}
+
+/// Table bytes of a LUT for the given input and output types.
+pub fn lut_bytes(input: DType, output: DType) -> usize {
+    match (input, output) {
+        (DType::I16, _) => 257 * 4,
+        (_, DType::I16) => 512,
+        _ => 256,
+    }
 }
 
 fn check_blob(op: u32, b: &BlobRef, len: usize, blob: &[u8]) -> Result<()> {
@@ -120,8 +138,12 @@ fn same_rank_broadcast(op: u32, inp: &TRef, out: &TRef) -> Result<()> {
 
 /// Arena scratch a conv needs: im2col matrix (unless pointwise), then the combined int32 bias,
 /// 4-aligned.
-pub fn conv_scratch_bytes(d: &ConvDims, time_bias: bool) -> usize {
-    let col = if d.is_pointwise() { 0 } else { d.k() * d.p() };
+pub fn conv_scratch_bytes(d: &ConvDims, time_bias: bool, elem: usize) -> usize {
+    let col = if d.is_pointwise() {
+        0
+    } else {
+        d.k() * d.p() * elem
+    };
     if time_bias {
         col.div_ceil(4) * 4 + 4 * d.co
     } else {
@@ -253,12 +275,12 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
     match op {
         Op::Quantize { input, output } => {
             check_tref(i, input, F32, arena)?;
-            check_tref(i, output, I8, arena)?;
+            check_int(i, output, arena)?;
             same_numel(i, input, output)?;
             disjoint(i, output, &[input])
         }
         Op::Dequantize { input, output } => {
-            check_tref(i, input, I8, arena)?;
+            check_int(i, input, arena)?;
             check_tref(i, output, F32, arena)?;
             same_numel(i, input, output)?;
             disjoint(i, output, &[input])
@@ -276,8 +298,8 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             pad,
             scratch,
         } => {
-            check_tref(i, input, I8, arena)?;
-            check_tref(i, output, I8, arena)?;
+            check_int(i, input, arena)?;
+            check_int(i, output, arena)?;
             disjoint(i, output, &[input])?;
             let (_, d) = conv_dims(i, input, output, *kernel, *stride, *pad)?;
             check_blob(i, weights, d.co * d.k(), blob)?;
@@ -295,7 +317,7 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
                 check_blob(i, time_scale, d.co * 4, blob)?;
                 ins[1] = tb;
             }
-            let bytes = conv_scratch_bytes(&d, time_bias.is_some());
+            let bytes = conv_scratch_bytes(&d, time_bias.is_some(), input.dtype.size());
             if bytes > 0 {
                 let end = *scratch as u64 + bytes as u64;
                 if end > arena as u64 || *scratch % ARENA_ALIGN != 0 {
@@ -324,8 +346,8 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             bias,
             requant,
         } => {
-            check_tref(i, input, I8, arena)?;
-            check_tref(i, output, I8, arena)?;
+            check_int(i, input, arena)?;
+            check_int(i, output, arena)?;
             disjoint(i, output, &[input])?;
             let (n, k) = (geom.n as usize, geom.k as usize);
             check_linear_geom(i, geom, input, output)?;
@@ -372,9 +394,9 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             mult_b,
             ..
         } => {
-            check_tref(i, a, I8, arena)?;
-            check_tref(i, b, I8, arena)?;
-            check_tref(i, output, I8, arena)?;
+            check_int(i, a, arena)?;
+            check_int(i, b, arena)?;
+            check_int(i, output, arena)?;
             disjoint(i, output, &[a, b])?;
             same_rank_broadcast(i, a, output)?;
             same_rank_broadcast(i, b, output)?;
@@ -398,10 +420,10 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             output,
             table,
         } => {
-            check_tref(i, input, I8, arena)?;
-            check_tref(i, output, I8, arena)?;
+            check_int(i, input, arena)?;
+            check_int(i, output, arena)?;
             same_numel(i, input, output)?;
-            check_blob(i, table, 256, blob)
+            check_blob(i, table, lut_bytes(input.dtype, output.dtype), blob)
         }
         Op::GroupNorm {
             input,
@@ -410,8 +432,8 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             eps,
             affine,
         } => {
-            check_tref(i, input, I8, arena)?;
-            check_tref(i, output, I8, arena)?;
+            check_int(i, input, arena)?;
+            check_int(i, output, arena)?;
             disjoint(i, output, &[input])?;
             if input.shape != output.shape || input.shape.len() < 2 {
                 return Err(inv(i, "groupnorm shapes"));
@@ -442,13 +464,13 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             axis,
             requant,
         } => {
-            check_tref(i, output, I8, arena)?;
+            check_int(i, output, arena)?;
             if inputs.len() != requant.len() || inputs.is_empty() {
                 return Err(inv(i, "concat inputs and requant tables differ"));
             }
             let mut total = 0u64;
             for (t, r) in inputs.iter().zip(requant.iter()) {
-                check_tref(i, t, I8, arena)?;
+                check_int(i, t, arena)?;
                 check_requant(i, r)?;
                 disjoint(i, output, &[t])?;
                 total += concat_check(i, t, output, *axis)?;
@@ -711,15 +733,137 @@ fn blob_slice<'b>(blob: &'b [u8], b: &BlobRef) -> Result<&'b [u8]> {
 }
 
 /// Runs one op. Every access is checked; a validated model never fails here.
+/// Integer activation views (int8, or int16 for protected tensors).
+enum Ints<'a> {
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+}
+
+enum IntsMut<'a> {
+    I8(&'a mut [i8]),
+    I16(&'a mut [i16]),
+}
+
+impl<'a> Io<'a> {
+    fn ints(&self, t: &TRef) -> Result<Ints<'a>> {
+        let b = self.get(range(t))?;
+        match t.dtype {
+            DType::I8 => Ok(Ints::I8(bytemuck::cast_slice(b))),
+            DType::I16 => Ok(Ints::I16(
+                bytemuck::try_cast_slice(b).map_err(|_| Error::Arena { needed: 0, got: 0 })?,
+            )),
+            DType::F32 => Err(Error::Invalid {
+                op: MODEL,
+                what: "expected an integer tensor",
+            }),
+        }
+    }
+}
+
+fn out_ints(o: &mut [u8], dt: DType) -> Result<IntsMut<'_>> {
+    match dt {
+        DType::I8 => Ok(IntsMut::I8(bytemuck::cast_slice_mut(o))),
+        DType::I16 => Ok(IntsMut::I16(
+            bytemuck::try_cast_slice_mut(o).map_err(|_| Error::Arena { needed: 0, got: 0 })?,
+        )),
+        DType::F32 => Err(Error::Invalid {
+            op: MODEL,
+            what: "expected an integer tensor",
+        }),
+    }
+}
+
+/// Runs `$body` with `$x` bound to the typed input slice and `$y` to the typed output slice.
+macro_rules! with_io {
+    ($a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            (Ints::I8($x), IntsMut::I8($y)) => $body,
+            (Ints::I8($x), IntsMut::I16($y)) => $body,
+            (Ints::I16($x), IntsMut::I8($y)) => $body,
+            (Ints::I16($x), IntsMut::I16($y)) => $body,
+        }
+    };
+}
+
+macro_rules! with_in {
+    ($a:expr, |$x:ident| $body:expr) => {
+        match $a {
+            Ints::I8($x) => $body,
+            Ints::I16($x) => $body,
+        }
+    };
+}
+
+macro_rules! with_out {
+    ($a:expr, |$y:ident| $body:expr) => {
+        match $a {
+            IntsMut::I8($y) => $body,
+            IntsMut::I16($y) => $body,
+        }
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_typed<T: scalar::Code, U: scalar::Code>(
+    x: &[T],
+    o: &mut [U],
+    col: &mut [u8],
+    n: usize,
+    d: &ConvDims,
+    zx: i32,
+    w: &[i8],
+    bias: &[u8],
+    rq: &[u8],
+    zo: i32,
+) -> Result<()> {
+    let (isz, osz) = (d.c * d.h * d.w, d.co * d.p());
+    if x.len() != n * isz || o.len() != n * osz {
+        return Err(Error::BufferLength {
+            expected: n * isz,
+            got: x.len(),
+        });
+    }
+    let col: &mut [T] =
+        bytemuck::try_cast_slice_mut(col).map_err(|_| Error::Arena { needed: 0, got: 0 })?;
+    let zx = T::sat(zx as i64);
+    for b in 0..n {
+        scalar::conv2d(
+            &x[b * isz..(b + 1) * isz],
+            d,
+            zx,
+            w,
+            bias,
+            rq,
+            zo,
+            col,
+            &mut o[b * osz..(b + 1) * osz],
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs one op. Every access is checked; a validated model never fails here.
 pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
     match op {
         Op::Quantize { input, output } => {
             let (o, _, io) = carve(arena, range(output), None)?;
-            scalar::quantize(io.f32(input)?, output.scale, output.zero, out_i8(o))
+            let x = io.f32(input)?;
+            with_out!(out_ints(o, output.dtype)?, |y| scalar::quantize(
+                x,
+                output.scale,
+                output.zero,
+                y
+            ))
         }
         Op::Dequantize { input, output } => {
             let (o, _, io) = carve(arena, range(output), None)?;
-            scalar::dequantize(io.i8(input)?, input.scale, input.zero, out_f32(o)?)
+            let y = out_f32(o)?;
+            with_in!(io.ints(input)?, |x| scalar::dequantize(
+                x,
+                input.scale,
+                input.zero,
+                y
+            ))
         }
         Op::Conv2d {
             input,
@@ -735,26 +879,17 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             scratch,
         } => {
             let (n, d) = conv_dims(0, input, output, *kernel, *stride, *pad)?;
-            let bytes = conv_scratch_bytes(&d, time_bias.is_some());
+            let bytes = conv_scratch_bytes(&d, time_bias.is_some(), input.dtype.size());
             let sr = if bytes > 0 {
                 Some(*scratch as usize..*scratch as usize + bytes)
             } else {
                 None
             };
             let (o, s, io) = carve(arena, range(output), sr)?;
-            let x = io.i8(input)?;
-            let o = out_i8(o);
             let mut empty: [u8; 0] = [];
             let s = s.unwrap_or(&mut empty[..]);
             let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
             let (mut bias, rq) = (blob_slice(blob, bias)?, blob_slice(blob, requant)?);
-            let (isz, osz) = (d.c * d.h * d.w, d.co * d.p());
-            if x.len() != n * isz || o.len() != n * osz {
-                return Err(Error::BufferLength {
-                    expected: n * isz,
-                    got: x.len(),
-                });
-            }
             let col_bytes = bytes - if time_bias.is_some() { 4 * d.co } else { 0 };
             let (col, bias_buf) = s.split_at_mut(col_bytes.min(s.len()));
             if let Some(tb) = time_bias {
@@ -771,21 +906,9 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
                 }
                 bias = bias_buf;
             }
-            let zx = input.zero.clamp(-128, 127) as i8;
-            for b in 0..n {
-                scalar::conv2d(
-                    &x[b * isz..(b + 1) * isz],
-                    &d,
-                    zx,
-                    w,
-                    bias,
-                    rq,
-                    output.zero,
-                    out_i8(col),
-                    &mut o[b * osz..(b + 1) * osz],
-                )?;
-            }
-            Ok(())
+            with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
+                conv_typed(x, y, col, n, &d, input.zero, w, bias, rq, output.zero)
+            })
         }
         Op::Const { output, data } => {
             let (o, _, _) = carve(arena, range(output), None)?;
@@ -804,19 +927,13 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
         } => {
             let (o, _, io) = carve(arena, range(output), None)?;
             let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
-            scalar::linear(
-                io.i8(input)?,
-                geom.m as usize,
-                geom.n as usize,
-                geom.k as usize,
-                [geom.a_strides[0] as usize, geom.a_strides[1] as usize],
-                [geom.o_strides[0] as usize, geom.o_strides[1] as usize],
-                w,
-                blob_slice(blob, bias)?,
-                blob_slice(blob, requant)?,
-                output.zero,
-                out_i8(o),
-            )
+            let (bias, rq) = (blob_slice(blob, bias)?, blob_slice(blob, requant)?);
+            let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
+            let a_s = [geom.a_strides[0] as usize, geom.a_strides[1] as usize];
+            let o_s = [geom.o_strides[0] as usize, geom.o_strides[1] as usize];
+            with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
+                scalar::linear(x, m, n, k, a_s, o_s, w, bias, rq, output.zero, y)
+            })
         }
         Op::MatMul {
             a,
@@ -864,22 +981,26 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             let sa = kernels::broadcast_strides(&ad[..r], &od[..r])?;
             let sb = kernels::broadcast_strides(&bd[..r], &od[..r])?;
             let so = kernels::contiguous_strides(&od[..r]);
-            scalar::binary(
-                *kind,
-                io.i8(a)?,
-                a.zero,
-                &sa,
-                io.i8(b)?,
-                b.zero,
-                &sb,
-                &od[..r],
-                &so,
-                *mult_a,
-                *mult_b,
-                *shift,
-                output.zero,
-                out_i8(o),
-            )
+            let yb = io.ints(b)?;
+            with_io!(io.ints(a)?, out_ints(o, output.dtype)?, |x, y| with_in!(
+                yb,
+                |z| scalar::binary(
+                    *kind,
+                    x,
+                    a.zero,
+                    &sa,
+                    z,
+                    b.zero,
+                    &sb,
+                    &od[..r],
+                    &so,
+                    *mult_a,
+                    *mult_b,
+                    *shift,
+                    output.zero,
+                    y
+                )
+            ))
         }
         Op::Lut {
             input,
@@ -887,7 +1008,13 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             table,
         } => {
             let (o, _, io) = carve(arena, range(output), None)?;
-            scalar::lut(io.i8(input)?, blob_slice(blob, table)?, out_i8(o))
+            let t = blob_slice(blob, table)?;
+            match (io.ints(input)?, out_ints(o, output.dtype)?) {
+                (Ints::I8(x), IntsMut::I8(y)) => scalar::lut(x, t, y),
+                (Ints::I8(x), IntsMut::I16(y)) => scalar::lut_8_16(x, t, y),
+                (Ints::I16(x), IntsMut::I8(y)) => scalar::lut_16(x, t, y),
+                (Ints::I16(x), IntsMut::I16(y)) => scalar::lut_16(x, t, y),
+            }
         }
         Op::GroupNorm {
             input,
@@ -902,20 +1029,23 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
                 return Err(Error::Unsupported("groupnorm rank"));
             }
             let s: usize = d[2..r].iter().product();
-            scalar::group_norm(
-                io.i8(input)?,
-                d[0],
-                d[1],
-                s,
-                *groups as usize,
-                input.zero,
-                input.scale,
-                *eps,
-                blob_slice(blob, affine)?,
-                output.scale,
-                output.zero,
-                out_i8(o),
-            )
+            let aff = blob_slice(blob, affine)?;
+            with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
+                scalar::group_norm(
+                    x,
+                    d[0],
+                    d[1],
+                    s,
+                    *groups as usize,
+                    input.zero,
+                    input.scale,
+                    *eps,
+                    aff,
+                    output.scale,
+                    output.zero,
+                    y,
+                )
+            })
         }
         Op::Softmax {
             input,
@@ -944,10 +1074,10 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             requant,
         } => {
             let (o, _, io) = carve(arena, range(output), None)?;
-            let o = out_i8(o);
+            let mut o = out_ints(o, output.dtype)?;
             let (od, r) = dims(output);
             let so = kernels::contiguous_strides(&od[..r]);
-            let a = *axis as usize;
+            let a = (*axis as usize).min(MAX_RANK - 1);
             let mut at = 0usize;
             for (t, rq) in inputs.iter().zip(requant.iter()) {
                 let (td, _) = dims(t);
@@ -958,19 +1088,23 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
                     rq.mult as i64,
                     rq.shift.clamp(1, 62),
                 );
-                scalar::strided_map(
-                    io.i8(t)?,
+                let base = at * so[a];
+                let xin = io.ints(t)?;
+                with_io!(xin, &mut o, |x, y| scalar::strided_map(
+                    x,
                     &td[..r],
                     &st,
                     0,
-                    o,
+                    y,
                     &so,
-                    at * so[a.min(MAX_RANK - 1)],
-                    |v: i8| {
-                        (kernels::round_shift((v as i64 - z) * m, s) + zo).clamp(-128, 127) as i8
-                    },
-                )?;
-                at += td[a.min(MAX_RANK - 1)];
+                    base,
+                    |v| {
+                        scalar::Code::sat(
+                            kernels::round_shift((scalar::Code::get(v) as i64 - z) * m, s) + zo,
+                        )
+                    }
+                ))?;
+                at += td[a];
             }
             Ok(())
         }
@@ -1049,6 +1183,13 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             let (od, _) = dims(output);
             match input.dtype {
                 DType::I8 => scalar::upsample(io.i8(input)?, &id[..r], out_i8(o), &od[..r]),
+                DType::I16 => {
+                    let x: &[i16] = bytemuck::try_cast_slice(io.get(range(input))?)
+                        .map_err(|_| Error::Arena { needed: 0, got: 0 })?;
+                    let y: &mut [i16] = bytemuck::try_cast_slice_mut(o)
+                        .map_err(|_| Error::Arena { needed: 0, got: 0 })?;
+                    scalar::upsample(x, &id[..r], y, &od[..r])
+                }
                 DType::F32 => scalar::upsample(io.f32(input)?, &id[..r], out_f32(o)?, &od[..r]),
             }
         }
@@ -1130,6 +1271,13 @@ fn gather(
     match dt {
         DType::I8 => {
             scalar::strided_map(io.i8(input)?, shape, si, base, out_i8(o), so, 0, |v: i8| v)
+        }
+        DType::I16 => {
+            let x: &[i16] = bytemuck::try_cast_slice(io.get(range(input))?)
+                .map_err(|_| Error::Arena { needed: 0, got: 0 })?;
+            let y: &mut [i16] =
+                bytemuck::try_cast_slice_mut(o).map_err(|_| Error::Arena { needed: 0, got: 0 })?;
+            scalar::strided_map(x, shape, si, base, y, so, 0, |v: i16| v)
         }
         DType::F32 => scalar::strided_map(
             io.f32(input)?,

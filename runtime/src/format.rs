@@ -37,13 +37,26 @@ pub type Shape = HVec<u32, MAX_RANK>;
 pub enum DType {
     I8,
     F32,
+    /// 16-bit codes for protected (sensitive) tensors.
+    I16,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::I8 => 1,
+            DType::I16 => 2,
             DType::F32 => 4,
+        }
+    }
+    pub fn is_int(self) -> bool {
+        matches!(self, DType::I8 | DType::I16)
+    }
+    /// Code range of an integer type.
+    pub fn code_range(self) -> (i32, i32) {
+        match self {
+            DType::I16 => (-32768, 32767),
+            _ => (-128, 127),
         }
     }
 }
@@ -208,7 +221,11 @@ pub enum Op<T> {
         mult_b: i32,
         shift: u8,
     },
-    /// 256-entry table: `out = table[in + 128]` (any unary function, or a constant operand folded in).
+    /// Any unary function (or a constant operand folded in) as a table. int8 input: 256 entries,
+    /// `out = table[in + 128]`, stored as int8 (int8 output) or little-endian i16 (int16 output).
+    /// int16 input: 257 i32 entries `T[k]` = 256 x output code at input `256k - 32768`, linearly
+    /// interpolated: `out = round_shift(T[i]*(256-f) + T[i+1]*f, 16)` with `i, f` the high and low
+    /// bytes of `in + 32768`.
     Lut { input: T, output: T, table: BlobRef },
     /// GroupNorm over NC... (channel axis 1): exact integer statistics per group, then a per-channel
     /// affine in fixed point. `affine` holds gamma[C] then beta[C] as f32.

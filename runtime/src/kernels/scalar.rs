@@ -3,6 +3,47 @@ use super::{check_len, le_f32, le_i32, requant, requant_entry, round_shift, walk
 use crate::format::{BinaryFn, BinaryKind, UnaryFn, MAX_RANK};
 use crate::{Error, Result};
 
+/// An integer activation code: int8, or int16 for protected tensors.
+pub trait Code: Copy + Default + bytemuck::Pod + 'static {
+    const MIN: i32;
+    const MAX: i32;
+    fn get(self) -> i32;
+    fn sat(v: i64) -> Self;
+}
+
+impl Code for i8 {
+    const MIN: i32 = -128;
+    const MAX: i32 = 127;
+    #[inline(always)]
+    fn get(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn sat(v: i64) -> Self {
+        v.clamp(-128, 127) as i8
+    }
+}
+
+impl Code for i16 {
+    const MIN: i32 = -32768;
+    const MAX: i32 = 32767;
+    #[inline(always)]
+    fn get(self) -> i32 {
+        self as i32
+    }
+    #[inline(always)]
+    fn sat(v: i64) -> Self {
+        v.clamp(-32768, 32767) as i16
+    }
+}
+
+/// Requantizes to any code type: `sat(round_shift(acc * mult, shift) + zero)`, exact in i128.
+#[inline(always)]
+pub fn requant_to<U: Code>(acc: i64, mult: i32, shift: u8, zero: i32) -> U {
+    let v = (acc as i128 * mult as i128 + (1i128 << (shift - 1))) >> shift;
+    U::sat(v.clamp(i64::MIN as i128, i64::MAX as i128) as i64 + zero as i64)
+}
+
 /// Geometry of an NCHW convolution for one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvDims {
@@ -43,7 +84,7 @@ impl ConvDims {
 
 /// im2col: `col[(ci*kh + ky)*kw + kx][oy*ow + ox] = x[ci][oy*sh + ky - pt][ox*sw + kx - pl]`, or the
 /// input zero point where that falls in the padding.
-pub fn im2col(x: &[i8], d: &ConvDims, zx: i8, col: &mut [i8]) -> Result<()> {
+pub fn im2col<T: Code>(x: &[T], d: &ConvDims, zx: T, col: &mut [T]) -> Result<()> {
     check_len(d.c * d.h * d.w, x.len())?;
     let p = d.p();
     if col.len() < d.k() * p {
@@ -83,18 +124,19 @@ pub fn im2col(x: &[i8], d: &ConvDims, zx: i8, col: &mut [i8]) -> Result<()> {
 }
 
 /// The conv/linear GEMM: `out[m][p] = requant_m(bias[m] + sum_k w[m][k] * col[k][p])` with `w` `[m][k]`
-/// row-major and `col` `[k][p]` row-major. Accumulation wraps in i32 (exact for any real model;
-/// defined for hostile ones).
-pub fn gemm_wk_kp(
+/// row-major and `col` `[k][p]` row-major. With int8 inputs the accumulation wraps in i32 (exact for
+/// any real model; defined for hostile ones); with int16 inputs it is exact in i64.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_wk_kp<T: Code, U: Code>(
     w: &[i8],
-    col: &[i8],
+    col: &[T],
     m: usize,
     k: usize,
     p: usize,
     bias: &[u8],
     rq: &[u8],
     zo: i32,
-    out: &mut [i8],
+    out: &mut [U],
 ) -> Result<()> {
     check_len(m * k, w.len())?;
     check_len(m * p, out.len())?;
@@ -107,7 +149,9 @@ pub fn gemm_wk_kp(
         });
     }
     const TILE: usize = 64;
-    let mut acc = [0i32; TILE];
+    let mut acc32 = [0i32; TILE];
+    let mut acc64 = [0i64; TILE];
+    let narrow = T::MAX <= 127;
     for mi in 0..m {
         let wrow = &w[mi * k..(mi + 1) * k];
         let b = le_i32(bias, mi);
@@ -117,17 +161,32 @@ pub fn gemm_wk_kp(
         let mut p0 = 0;
         while p0 < p {
             let n = TILE.min(p - p0);
-            let acc = &mut acc[..n];
-            acc.fill(b);
-            for (ki, &wv) in wrow.iter().enumerate() {
-                let wv = wv as i32;
-                let crow = &col[ki * p + p0..ki * p + p0 + n];
-                for (a, &c) in acc.iter_mut().zip(crow) {
-                    *a = a.wrapping_add(wv * c as i32);
+            if narrow {
+                let acc = &mut acc32[..n];
+                acc.fill(b);
+                for (ki, &wv) in wrow.iter().enumerate() {
+                    let wv = wv as i32;
+                    let crow = &col[ki * p + p0..ki * p + p0 + n];
+                    for (a, &c) in acc.iter_mut().zip(crow) {
+                        *a = a.wrapping_add(wv * c.get());
+                    }
                 }
-            }
-            for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
-                *o = requant(a as i64, mult, shift, zo);
+                for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
+                    *o = requant_to(a as i64, mult, shift, zo);
+                }
+            } else {
+                let acc = &mut acc64[..n];
+                acc.fill(b as i64);
+                for (ki, &wv) in wrow.iter().enumerate() {
+                    let wv = wv as i64;
+                    let crow = &col[ki * p + p0..ki * p + p0 + n];
+                    for (a, &c) in acc.iter_mut().zip(crow) {
+                        *a += wv * c.get() as i64;
+                    }
+                }
+                for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
+                    *o = requant_to(a, mult, shift, zo);
+                }
             }
             p0 += n;
         }
@@ -137,16 +196,16 @@ pub fn gemm_wk_kp(
 
 /// Convolution of one NCHW image. `scratch` holds the im2col matrix unless the conv is pointwise.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d(
-    x: &[i8],
+pub fn conv2d<T: Code, U: Code>(
+    x: &[T],
     d: &ConvDims,
-    zx: i8,
+    zx: T,
     w: &[i8],
     bias: &[u8],
     rq: &[u8],
     zo: i32,
-    scratch: &mut [i8],
-    out: &mut [i8],
+    scratch: &mut [T],
+    out: &mut [U],
 ) -> Result<()> {
     if d.is_pointwise() {
         gemm_wk_kp(w, x, d.co, d.k(), d.p(), bias, rq, zo, out)
@@ -164,8 +223,8 @@ pub fn conv2d(
 
 /// Strided product with constant weights: `out[m*os0 + n*os1] = requant_n(bias[n] + sum_k a[m*as0 + k*as1] * w[n][k])`.
 #[allow(clippy::too_many_arguments)]
-pub fn linear(
-    a: &[i8],
+pub fn linear<T: Code, U: Code>(
+    a: &[T],
     m: usize,
     n: usize,
     k: usize,
@@ -175,7 +234,7 @@ pub fn linear(
     bias: &[u8],
     rq: &[u8],
     zo: i32,
-    out: &mut [i8],
+    out: &mut [U],
 ) -> Result<()> {
     check_len(n * k, w.len())?;
     check_len(n * 4, bias.len())?;
@@ -197,12 +256,21 @@ pub fn linear(
         let (mult, shift) = requant_entry(rq, ni);
         let shift = shift.clamp(1, 62);
         for mi in 0..m {
-            let mut acc = b;
             let base = mi * a_s[0];
-            for (ki, &wv) in wrow.iter().enumerate() {
-                acc = acc.wrapping_add(wv as i32 * a[base + ki * a_s[1]] as i32);
-            }
-            out[mi * o_s[0] + ni * o_s[1]] = requant(acc as i64, mult, shift, zo);
+            let acc = if T::MAX <= 127 {
+                let mut acc = b;
+                for (ki, &wv) in wrow.iter().enumerate() {
+                    acc = acc.wrapping_add(wv as i32 * a[base + ki * a_s[1]].get());
+                }
+                acc as i64
+            } else {
+                let mut acc = b as i64;
+                for (ki, &wv) in wrow.iter().enumerate() {
+                    acc += wv as i64 * a[base + ki * a_s[1]].get() as i64;
+                }
+                acc
+            };
+            out[mi * o_s[0] + ni * o_s[1]] = requant_to(acc, mult, shift, zo);
         }
     }
     Ok(())
@@ -279,12 +347,12 @@ pub fn matmul(
 
 /// Element-wise binary op with broadcasting strides (computed by the caller, checked here).
 #[allow(clippy::too_many_arguments)]
-pub fn binary(
+pub fn binary<A: Code, B: Code, U: Code>(
     kind: BinaryKind,
-    a: &[i8],
+    a: &[A],
     za: i32,
     sa: &[usize; MAX_RANK],
-    b: &[i8],
+    b: &[B],
     zb: i32,
     sb: &[usize; MAX_RANK],
     shape: &[usize],
@@ -293,7 +361,7 @@ pub fn binary(
     mult_b: i32,
     shift: u8,
     zo: i32,
-    out: &mut [i8],
+    out: &mut [U],
 ) -> Result<()> {
     if super::extent(shape, sa, 0) > a.len()
         || super::extent(shape, sb, 0) > b.len()
@@ -307,15 +375,40 @@ pub fn binary(
     let shift = shift.clamp(1, 62);
     let (ma, mb) = (mult_a as i64, mult_b as i64);
     walk(shape, [sa, sb, so], [0, 0, 0], |[ia, ib, io]| {
-        let x = a[ia] as i64 - za as i64;
-        let y = b[ib] as i64 - zb as i64;
+        let x = a[ia].get() as i64 - za as i64;
+        let y = b[ib].get() as i64 - zb as i64;
         let v = match kind {
-            BinaryKind::Add => ma * x + mb * y,
-            BinaryKind::Sub => ma * x - mb * y,
-            BinaryKind::Mul => ma * x * y,
+            BinaryKind::Add => ma as i128 * x as i128 + mb as i128 * y as i128,
+            BinaryKind::Sub => ma as i128 * x as i128 - mb as i128 * y as i128,
+            BinaryKind::Mul => ma as i128 * x as i128 * y as i128,
         };
-        out[io] = (round_shift(v, shift) + zo as i64).clamp(-128, 127) as i8;
+        let r = (v + (1i128 << (shift - 1))) >> shift;
+        out[io] = U::sat(r.clamp(i64::MIN as i128 / 2, i64::MAX as i128 / 2) as i64 + zo as i64);
     });
+    Ok(())
+}
+
+/// int8 -> int16 table: `out[i] = table_i16[x[i] + 128]` (512 bytes, little endian).
+pub fn lut_8_16(x: &[i8], table: &[u8], out: &mut [i16]) -> Result<()> {
+    check_len(512, table.len())?;
+    check_len(x.len(), out.len())?;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let i = (v as i32 + 128) as usize * 2;
+        *o = i16::from_le_bytes([table[i], table[i + 1]]);
+    }
+    Ok(())
+}
+
+/// int16 input: 257-point table (i32, output codes x 256), linear interpolation.
+pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
+    check_len(257 * 4, table.len())?;
+    check_len(x.len(), out.len())?;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let u = (v as i32 + 32768) as usize;
+        let (i, f) = (u >> 8, (u & 255) as i64);
+        let v = le_i32(table, i) as i64 * (256 - f) + le_i32(table, i + 1) as i64 * f;
+        *o = U::sat(round_shift(v, 16));
+    }
     Ok(())
 }
 
@@ -336,8 +429,8 @@ pub const GN_FRAC_BITS: u8 = 16;
 /// affine `q_out = zo + a_c*(q - zx) + b_c` is evaluated in f32 once per channel and applied per element
 /// in 16-bit fixed point.
 #[allow(clippy::too_many_arguments)]
-pub fn group_norm(
-    x: &[i8],
+pub fn group_norm<T: Code, U: Code>(
+    x: &[T],
     n: usize,
     c: usize,
     s: usize,
@@ -348,7 +441,7 @@ pub fn group_norm(
     affine: &[u8],
     so: f32,
     zo: i32,
-    out: &mut [i8],
+    out: &mut [U],
 ) -> Result<()> {
     check_len(n * c * s, x.len())?;
     check_len(x.len(), out.len())?;
@@ -368,7 +461,7 @@ pub fn group_norm(
             let xs = &x[start..start + cg * s];
             let (mut sum, mut sumsq) = (0i64, 0i64);
             for &v in xs {
-                let d = v as i64 - zx as i64;
+                let d = v.get() as i64 - zx as i64;
                 sum += d;
                 sumsq += d * d;
             }
@@ -387,8 +480,10 @@ pub fn group_norm(
                 let bm = libm::rintf(b * one).clamp(-1.0e15, 1.0e15) as i64;
                 let o = start + cc * s;
                 for (dst, &v) in out[o..o + s].iter_mut().zip(&x[o..o + s]) {
-                    let d = v as i64 - zx as i64;
-                    *dst = round_shift(d * am + bm, GN_FRAC_BITS).clamp(-128, 127) as i8;
+                    let d = v.get() as i128 - zx as i128;
+                    let r = (d * am as i128 + bm as i128 + (1i128 << (GN_FRAC_BITS - 1)))
+                        >> GN_FRAC_BITS;
+                    *dst = U::sat(r.clamp(-(1i128 << 40), 1i128 << 40) as i64);
                 }
             }
         }
@@ -494,20 +589,20 @@ pub fn upsample<T: Copy>(
 }
 
 /// f32 -> int8: `clamp(rint(x / scale) + zero)`, round half to even.
-pub fn quantize(x: &[f32], scale: f32, zero: i32, out: &mut [i8]) -> Result<()> {
+pub fn quantize<U: Code>(x: &[f32], scale: f32, zero: i32, out: &mut [U]) -> Result<()> {
     check_len(x.len(), out.len())?;
     for (o, &v) in out.iter_mut().zip(x) {
         let q = libm::rintf(v / scale);
         let q = if q.is_nan() { 0.0 } else { q };
-        *o = (q.clamp(-1.0e6, 1.0e6) as i32 + zero).clamp(-128, 127) as i8;
+        *o = U::sat(q.clamp(-1.0e6, 1.0e6) as i64 + zero as i64);
     }
     Ok(())
 }
 
-pub fn dequantize(x: &[i8], scale: f32, zero: i32, out: &mut [f32]) -> Result<()> {
+pub fn dequantize<T: Code>(x: &[T], scale: f32, zero: i32, out: &mut [f32]) -> Result<()> {
     check_len(x.len(), out.len())?;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v as i32 - zero) as f32 * scale;
+        *o = (v.get() - zero) as f32 * scale;
     }
     Ok(())
 }

@@ -1,0 +1,142 @@
+//! Sensitivity-driven protection: int16 activations for the few tensors whose int8 quantization costs
+//! the output the most. Sensitivity is measured through the runtime itself: each candidate is
+//! protected alone, the model is rebuilt, and the output error over a few float-trajectory inputs
+//! (weighted towards small t, where int8 collapses) is compared with the unprotected model.
+use crate::ir::*;
+use anyhow::{anyhow, Result};
+use dmq_runtime::format::{DType, Op};
+use dmq_runtime::{Model, Session};
+
+/// Whether an op can read or write an int16 tensor.
+fn supports_i16(op: &IrOp) -> bool {
+    !matches!(
+        op,
+        IrOp::MatMul { .. }
+            | IrOp::Softmax { .. }
+            | IrOp::Const { .. }
+            | IrOp::Linear { float: true, .. }
+            | IrOp::Plain(
+                Op::FUnary { .. } | Op::FBinary { .. } | Op::FConcat { .. } | Op::FLinear { .. }
+            )
+    )
+}
+
+/// The tensors sharing `root`'s quantization (itself and its aliases).
+fn group(p: &Program, root: TensorId) -> Vec<TensorId> {
+    (0..p.tensors.len() as u32)
+        .map(TensorId)
+        .filter(|&t| p.quant_root(t) == root)
+        .collect()
+}
+
+/// Int8 tensors (quantization roots) that every touching op can take at 16 bits.
+pub fn candidates(p: &Program) -> Vec<TensorId> {
+    let mut out = vec![];
+    for i in 0..p.tensors.len() as u32 {
+        let id = TensorId(i);
+        let t = p.t(id);
+        if t.dtype != DType::I8 || t.alias.is_some() || t.fixed.is_some() {
+            continue;
+        }
+        let g = group(p, id);
+        let ok = p.ops.iter().all(|op| {
+            let touches = g.contains(&op.output()) || op.inputs().iter().any(|x| g.contains(x));
+            !touches || supports_i16(op)
+        });
+        if ok {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// Makes the given roots (and their aliases) int16.
+pub fn apply(p: &mut Program, roots: &[TensorId]) {
+    for &r in roots {
+        for t in group(p, r) {
+            p.t_mut(t).dtype = DType::I16;
+        }
+    }
+}
+
+/// Mean relative squared error of the model's output over `inputs` (t, x, float output).
+pub fn output_error(bytes: &[u8], inputs: &[(f32, Vec<f32>, Vec<f32>)]) -> Result<f64> {
+    let model = Model::load(bytes).map_err(|e| anyhow!("{e}"))?;
+    let mut arena = crate::eval::arena_for(&model);
+    let mut sess =
+        Session::new(&model, crate::eval::arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
+    let mut total = 0.0;
+    for (t, x, yf) in inputs {
+        let mut y = vec![0f32; yf.len()];
+        sess.run(x, *t, &mut y).map_err(|e| anyhow!("{e}"))?;
+        let (s, e) = yf.iter().zip(&y).fold((0f64, 0f64), |(s, e), (&a, &b)| {
+            (s + (a as f64).powi(2), e + (a as f64 - b as f64).powi(2))
+        });
+        total += e / s.max(1e-30);
+    }
+    Ok(total / inputs.len().max(1) as f64)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sensitivity {
+    pub tensor: String,
+    /// output error without protection / with only this tensor protected
+    pub error_ratio: f64,
+}
+
+/// Ranks candidates by how much protecting each alone reduces the output error; returns the best
+/// `budget` (those that help) and the whole ranking.
+pub fn auto(
+    p: &Program,
+    budget: usize,
+    inputs: &[(f32, Vec<f32>, Vec<f32>)],
+    build: impl Fn(&Program) -> Result<Vec<u8>>,
+) -> Result<(Vec<TensorId>, Vec<Sensitivity>)> {
+    let base = output_error(&build(p)?, inputs)?;
+    let mut ranked = vec![];
+    for c in candidates(p) {
+        let mut q = p.clone();
+        apply(&mut q, &[c]);
+        let e = output_error(&build(&q)?, inputs)?;
+        ranked.push((c, base / e.max(1e-30)));
+    }
+    ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let chosen: Vec<TensorId> = ranked
+        .iter()
+        .filter(|(_, r)| *r > 1.02)
+        .take(budget)
+        .map(|(c, _)| *c)
+        .collect();
+    let report = ranked
+        .iter()
+        .map(|(c, r)| Sensitivity {
+            tensor: p.t(*c).name.clone(),
+            error_ratio: *r,
+        })
+        .collect();
+    Ok((chosen, report))
+}
+
+/// Resolves tensor names given with `--protect NAME,...` (ONNX/tract node names of int8 tensors).
+pub fn by_names(p: &Program, names: &[String]) -> Result<Vec<TensorId>> {
+    let cands = candidates(p);
+    names
+        .iter()
+        .map(|n| {
+            cands
+                .iter()
+                .copied()
+                .find(|&c| p.t(c).name == *n)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--protect {n:?}: no protectable int8 tensor of that name (candidates: {})",
+                        cands
+                            .iter()
+                            .map(|&c| p.t(c).name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        })
+        .collect()
+}
