@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-cross.sh
 bash scripts/check-nostd.sh
 mkdir -p target
-cargo test --workspace --release 2>&1 | tee target/test-output.log
+cargo test --workspace --release --no-fail-fast 2>&1 | tee target/test-output.log
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' target/test-output.log

@@ -27,6 +27,7 @@ fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<
         Op::Conv2d {
             input,
             output,
+            weight_bits,
             weights,
             bias,
             requant,
@@ -39,6 +40,7 @@ fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<
         } => Op::Conv2d {
             input: f(input),
             output: f(output),
+            weight_bits,
             weights,
             bias,
             requant,
@@ -53,12 +55,14 @@ fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<
             input,
             output,
             geom,
+            weight_bits,
             weights,
             bias,
             requant,
         } => Op::Linear {
             input: f(input),
             output: f(output),
+            weight_bits,
             geom,
             weights,
             bias,

@@ -34,6 +34,8 @@ pub struct CompileOptions {
     pub baseline: bool,
     /// int16 protection of sensitive tensors
     pub protect: Protect,
+    /// 8 or 4 (products touching protected tensors keep 8-bit weights)
+    pub weight_bits: u8,
     /// seeds used to measure quality (distinct from calibration seeds)
     pub eval_samples: usize,
     pub progress: bool,
@@ -51,6 +53,7 @@ impl Default for CompileOptions {
             timestep_groups: 3,
             baseline: true,
             protect: Protect::Auto(6),
+            weight_bits: 8,
             eval_samples: 8,
             progress: true,
         }
@@ -93,6 +96,7 @@ pub struct Report {
     pub calib_seconds: f64,
     pub t_range: (f32, f32),
     pub timestep_groups: usize,
+    pub weight_bits: u8,
     pub sqnr_per_timestep: Vec<TimestepQuality>,
     pub sqnr_mean_db: f64,
     pub sqnr_worst_db: f64,
@@ -199,7 +203,10 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         let mut streams = vec![];
         for (steps, upper) in calib::buckets_by_ranges(&cal.per_step, &cal.timesteps, groups) {
             let ranges = calib::union(&cal.per_step, &steps);
-            streams.push((quant::quantize(program, &ranges, &mut blob)?, upper));
+            streams.push((
+                quant::quantize(program, &ranges, &mut blob, opts.weight_bits)?,
+                upper,
+            ));
         }
         let plan = memplan::plan(program, &streams[0].0.ops, &streams[0].0.scratch);
         let bytes = emit::emit(
@@ -309,6 +316,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         calib_seconds,
         t_range: (cal.t_min, cal.t_max),
         timestep_groups: opts.timestep_groups,
+        weight_bits: opts.weight_bits,
         sqnr_per_timestep: sqnr,
         sqnr_mean_db,
         sqnr_worst_db,

@@ -69,7 +69,7 @@ struct CompileArgs {
     /// Timestep buckets, each with its own activation parameters (1 = one set for all steps)
     #[arg(long, default_value_t = CompileOptions::default().timestep_groups)]
     timestep_groups: usize,
-    /// Weight bits (8; 4 arrives later)
+    /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
     #[arg(long, default_value_t = 8)]
     weight_bits: u32,
     /// Activation bits (8; 16 arrives with layer protection)
@@ -182,8 +182,8 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         eval_samples,
         no_baseline,
     } = args;
-    if weight_bits != 8 {
-        bail!("--weight-bits {weight_bits} is not supported yet: this version quantizes weights to 8 bits");
+    if weight_bits != 8 && weight_bits != 4 {
+        bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
     }
     if act_bits != 8 {
         bail!("--act-bits {act_bits} is not supported yet: this version quantizes activations to 8 bits");
@@ -209,6 +209,7 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         calib_samples: calib_samples.max(1),
         eval_samples: eval_samples.max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
+        weight_bits: weight_bits as u8,
         baseline: !no_baseline,
         ..Default::default()
     };

@@ -122,19 +122,66 @@ impl Blob {
 
 /// Symmetric per-row int8 weights in [-127, 127]: returns (codes, scales).
 pub fn quantize_rows(w: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
+    quantize_rows_bits(w, rows, 8)
+}
+
+/// Symmetric per-row weights in `[-qmax, qmax]` (127 for 8 bits, 7 for 4 bits). The scale of each row
+/// is chosen by a grid search over clipping ratios minimising the squared rounding + clipping error
+/// (plain min-max is the ratio 1.0, always a candidate).
+pub fn quantize_rows_bits(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32>) {
+    let qmax = if bits == 4 { 7.0f32 } else { 127.0 };
     let k = if rows == 0 { 0 } else { w.len() / rows };
     let mut q = vec![0i8; w.len()];
     let mut scales = vec![0f32; rows];
     for r in 0..rows {
         let row = &w[r * k..(r + 1) * k];
         let mx = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
-        let s = if mx > 0.0 { mx / 127.0 } else { 1.0 };
+        if mx == 0.0 {
+            scales[r] = 1.0;
+            continue;
+        }
+        let err = |s: f32| -> f64 {
+            row.iter()
+                .map(|&v| ((v - (v / s).round().clamp(-qmax, qmax) * s) as f64).powi(2))
+                .sum()
+        };
+        let mut best = (err(mx / qmax), mx / qmax);
+        for i in 1..=25 {
+            let s = mx * (1.0 - 0.02 * i as f32) / qmax;
+            let e = err(s);
+            if e < best.0 {
+                best = (e, s);
+            }
+        }
+        let s = best.1;
         scales[r] = s;
         for (d, &v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
-            *d = (v / s).round().clamp(-127.0, 127.0) as i8;
+            *d = (v / s).round().clamp(-qmax, qmax) as i8;
         }
     }
     (q, scales)
+}
+
+fn push_weights(blob: &mut Blob, codes: &[i8], rows: usize, bits: u8) -> BlobRef {
+    if bits == 4 {
+        let k = if rows == 0 { 0 } else { codes.len() / rows };
+        blob.push(&pack4(codes, rows, k))
+    } else {
+        blob.push_i8(codes)
+    }
+}
+
+/// Packs `[rows][k]` codes in [-8, 7] two per byte, low nibble first, each row padded to a byte.
+pub fn pack4(codes: &[i8], rows: usize, k: usize) -> Vec<u8> {
+    let kb = k.div_ceil(2);
+    let mut out = vec![0u8; rows * kb];
+    for r in 0..rows {
+        for j in 0..k {
+            let nib = (codes[r * k + j] as u8) & 0x0f;
+            out[r * kb + j / 2] |= if j % 2 == 0 { nib } else { nib << 4 };
+        }
+    }
+    out
 }
 
 /// Chosen quantization of every tensor (int8: scale, zero; f32: 1, 0).
@@ -168,11 +215,25 @@ pub struct Quantized {
     pub params: Vec<(f32, i32)>,
 }
 
-pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) -> Result<Quantized> {
+/// Quantizes the program for one set of ranges. `weight_bits` is 8 or 4; with 4, products that touch
+/// an int16 (protected) tensor keep 8-bit weights.
+pub fn quantize(
+    p: &Program,
+    ranges: &HashMap<usize, Range>,
+    blob: &mut Blob,
+    weight_bits: u8,
+) -> Result<Quantized> {
     let params = choose_params(p, ranges)?;
     let mut ops = vec![];
     let mut scratch = vec![];
     let q = |t: TensorId| params[t.0 as usize];
+    let bits_for = |a: TensorId, b: TensorId| -> u8 {
+        if weight_bits == 4 && p.t(a).dtype == DType::I8 && p.t(b).dtype == DType::I8 {
+            4
+        } else {
+            8
+        }
+    };
     for op in &p.ops {
         let mut scr = 0usize;
         let rec = match op {
@@ -200,7 +261,8 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) ->
                 let ish = &p.t(*input).shape;
                 let osh = &p.t(*output).shape;
                 let co = osh[1];
-                let (wq, ws) = quantize_rows(w, co);
+                let bits = bits_for(*input, *output);
+                let (wq, ws) = quantize_rows_bits(w, co, bits);
                 let k = w.len() / co;
                 let mut bq = vec![0i32; co];
                 let mut rq = vec![];
@@ -235,7 +297,8 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) ->
                 Op::Conv2d {
                     input: *input,
                     output: *output,
-                    weights: blob.push_i8(&wq),
+                    weight_bits: bits,
+                    weights: push_weights(blob, &wq, co, bits),
                     bias: blob.push_i32(&bq),
                     requant: blob.push_requant(&rq),
                     time_bias: *time_bias,
@@ -260,7 +323,8 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) ->
                 ..
             } => {
                 let n = geom.n as usize;
-                let (wq, ws) = quantize_rows(w, n);
+                let bits = if *float { 8 } else { bits_for(*input, *output) };
+                let (wq, ws) = quantize_rows_bits(w, n, bits);
                 if *float {
                     Op::FLinear {
                         input: *input,
@@ -287,7 +351,8 @@ pub fn quantize(p: &Program, ranges: &HashMap<usize, Range>, blob: &mut Blob) ->
                         input: *input,
                         output: *output,
                         geom: geom.clone(),
-                        weights: blob.push_i8(&wq),
+                        weight_bits: bits,
+                        weights: push_weights(blob, &wq, n, bits),
                         bias: blob.push_i32(&bq),
                         requant: blob.push_requant(&rq),
                     }

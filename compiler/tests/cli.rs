@@ -175,8 +175,8 @@ fn bad_inputs_give_clear_errors() {
         .arg(fixture("tiny_unet.onnx"))
         .arg("-o")
         .arg(d.join("x.dmq"))
-        .args(["--weight-bits", "4"]));
-    assert!(!ok && err.contains("not supported yet"), "{err}");
+        .args(["--weight-bits", "3"]));
+    assert!(!ok && err.contains("use 8 or 4"), "{err}");
     let (ok, _, err) = run(dmqc().arg("inspect").arg(fixture("not_onnx.onnx")));
     assert!(!ok && err.contains("bad magic"), "{err}");
     assert!(!d.join("x.dmq").exists());

@@ -55,6 +55,14 @@ fn check_tref(op: u32, t: &TRef, dtype: DType, arena: u32) -> Result<()> {
     Ok(())
 }
 
+fn check_bits(op: u32, bits: u8) -> Result<()> {
+    if bits == 8 || bits == 4 {
+        Ok(())
+    } else {
+        Err(inv(op, "weights must be 8 or 4 bits"))
+    }
+}
+
 /// An int8 or int16 (protected) activation.
 fn check_int(op: u32, t: &TRef, arena: u32) -> Result<()> {
     if !t.dtype.is_int() {
@@ -288,6 +296,7 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
         Op::Conv2d {
             input,
             output,
+            weight_bits,
             weights,
             bias,
             requant,
@@ -302,7 +311,13 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             check_int(i, output, arena)?;
             disjoint(i, output, &[input])?;
             let (_, d) = conv_dims(i, input, output, *kernel, *stride, *pad)?;
-            check_blob(i, weights, d.co * d.k(), blob)?;
+            check_bits(i, *weight_bits)?;
+            check_blob(
+                i,
+                weights,
+                scalar::weight_bytes(*weight_bits, d.co, d.k()),
+                blob,
+            )?;
             check_blob(i, bias, d.co * 4, blob)?;
             check_requant_table(i, requant, d.co, blob)?;
             let mut ins: [&TRef; 2] = [input, input];
@@ -342,6 +357,7 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             input,
             output,
             geom,
+            weight_bits,
             weights,
             bias,
             requant,
@@ -351,7 +367,8 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             disjoint(i, output, &[input])?;
             let (n, k) = (geom.n as usize, geom.k as usize);
             check_linear_geom(i, geom, input, output)?;
-            check_blob(i, weights, n * k, blob)?;
+            check_bits(i, *weight_bits)?;
+            check_blob(i, weights, scalar::weight_bytes(*weight_bits, n, k), blob)?;
             check_blob(i, bias, n * 4, blob)?;
             check_requant_table(i, requant, n, blob)
         }
@@ -811,7 +828,7 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
     n: usize,
     d: &ConvDims,
     zx: i32,
-    w: &[i8],
+    w: scalar::Weights<'_>,
     bias: &[u8],
     rq: &[u8],
     zo: i32,
@@ -868,6 +885,7 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
         Op::Conv2d {
             input,
             output,
+            weight_bits,
             weights,
             bias,
             requant,
@@ -888,7 +906,7 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             let (o, s, io) = carve(arena, range(output), sr)?;
             let mut empty: [u8; 0] = [];
             let s = s.unwrap_or(&mut empty[..]);
-            let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
+            let w = scalar::Weights::from_blob(*weight_bits, blob_slice(blob, weights)?);
             let (mut bias, rq) = (blob_slice(blob, bias)?, blob_slice(blob, requant)?);
             let col_bytes = bytes - if time_bias.is_some() { 4 * d.co } else { 0 };
             let (col, bias_buf) = s.split_at_mut(col_bytes.min(s.len()));
@@ -921,12 +939,13 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
             input,
             output,
             geom,
+            weight_bits,
             weights,
             bias,
             requant,
         } => {
             let (o, _, io) = carve(arena, range(output), None)?;
-            let w: &[i8] = bytemuck::cast_slice(blob_slice(blob, weights)?);
+            let w = scalar::Weights::from_blob(*weight_bits, blob_slice(blob, weights)?);
             let (bias, rq) = (blob_slice(blob, bias)?, blob_slice(blob, requant)?);
             let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
             let a_s = [geom.a_strides[0] as usize, geom.a_strides[1] as usize];

@@ -182,6 +182,9 @@ pub enum Op<T> {
     Conv2d {
         input: T,
         output: T,
+        /// 8: one int8 per weight; 4: two per byte (low nibble first), each row padded to a byte,
+        /// codes in [-8, 7] sign-extended
+        weight_bits: u8,
         weights: BlobRef,
         bias: BlobRef,
         requant: BlobRef,
@@ -198,6 +201,7 @@ pub enum Op<T> {
         input: T,
         output: T,
         geom: LinearGeom,
+        weight_bits: u8,
         weights: BlobRef,
         bias: BlobRef,
         requant: BlobRef,

@@ -112,3 +112,39 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
         assert_eq!(a, run(&mut sess2), "{kind:?}: a fresh session differs");
     }
 }
+
+#[test]
+fn bundled_model_w4a8() {
+    let onnx = std::fs::read(common::bundled()).unwrap();
+    let opts = CompileOptions {
+        progress: false,
+        eval_samples: 8,
+        weight_bits: 4,
+        baseline: false,
+        ..Default::default()
+    };
+    let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
+    let r = &c.report;
+    println!(
+        "W4A8: {} bytes ({:.1}%), mean {:.2} dB",
+        r.dmq_bytes,
+        100.0 * r.size_ratio,
+        r.sqnr_mean_db
+    );
+    assert!(
+        r.size_ratio <= 0.22,
+        "W4 file is {:.1}% of the ONNX",
+        100.0 * r.size_ratio
+    );
+    for q in &r.sqnr_per_timestep {
+        println!("W4A8 t={:4} {:.2} dB", q.t, q.sqnr_db);
+        if q.t >= 21.0 {
+            assert!(
+                q.sqnr_db >= 20.0,
+                "W4A8 SQNR {:.2} dB at t={}",
+                q.sqnr_db,
+                q.t
+            );
+        }
+    }
+}

@@ -138,7 +138,7 @@ fn conv2d_matches_float_reference() {
             &x,
             &d,
             zx as i8,
-            &wq,
+            scalar::Weights::I8(&wq),
             &i32s(&bq),
             &rq_table(&rq),
             zo,
@@ -201,7 +201,7 @@ fn linear_matches_float_reference_in_both_layouts() {
             k,
             a_s,
             o_s,
-            &wq,
+            scalar::Weights::I8(&wq),
             &i32s(&bq),
             &rq_table(&rq),
             zo,
@@ -519,10 +519,10 @@ fn kernels_reject_wrong_lengths_instead_of_panicking() {
     let mut out = vec![0i8; 32];
     let mut scratch = vec![0i8; 10]; // too small
     assert!(scalar::conv2d(
-        &[0; 32],
+        &[0i8; 32],
         &d,
         0,
-        &[0; 36],
+        scalar::Weights::I8(&[0; 36]),
         &[0; 8],
         &[0; 16],
         0,
@@ -532,4 +532,107 @@ fn kernels_reject_wrong_lengths_instead_of_panicking() {
     .is_err());
     assert!(scalar::lut(&[0; 4], &[0; 10], &mut [0; 4]).is_err());
     assert!(scalar::softmax(&[0; 4], 1, 5, 1, &[0; 1024], &mut [0; 4]).is_err());
+}
+
+#[test]
+fn four_bit_weights_equal_the_same_codes_as_int8() {
+    use dmq_compiler::quant::pack4;
+    use dmq_runtime::kernels::scalar::Weights;
+    let mut rng = Rng::new(9);
+    for case in 0..8 {
+        let (c, h, w, co) = (1 + case % 3, 5, 4 + case % 3, 2 + case % 4);
+        let k = [1usize, 3][case % 2];
+        let d = ConvDims {
+            c,
+            h,
+            w,
+            co,
+            kh: k,
+            kw: k,
+            sh: 1,
+            sw: 1,
+            pt: k / 2,
+            pl: k / 2,
+            oh: h,
+            ow: w,
+        };
+        let kk = c * k * k;
+        let codes: Vec<i8> = (0..co * kk)
+            .map(|_| ((rng.next_u64() % 16) as i32 - 8) as i8)
+            .collect();
+        let packed = pack4(&codes, co, kk);
+        let x = codes_of(&mut rng, c * h * w);
+        let bias: Vec<u8> = (0..co)
+            .flat_map(|_| ((rng.next_u64() % 2000) as i32 - 1000).to_le_bytes())
+            .collect();
+        let rq = rq_table(&vec![requant_of(0.01); co]);
+        let mut s8 = vec![0i8; kk * h * w];
+        let mut s4 = vec![0i8; kk * h * w];
+        let (mut o8, mut o4) = (vec![0i8; co * h * w], vec![0i8; co * h * w]);
+        scalar::conv2d(
+            &x,
+            &d,
+            3,
+            Weights::I8(&codes),
+            &bias,
+            &rq,
+            -5,
+            &mut s8,
+            &mut o8,
+        )
+        .unwrap();
+        scalar::conv2d(
+            &x,
+            &d,
+            3,
+            Weights::I4(&packed),
+            &bias,
+            &rq,
+            -5,
+            &mut s4,
+            &mut o4,
+        )
+        .unwrap();
+        assert_eq!(o8, o4, "conv case {case}");
+        // linear, both layouts
+        let (m, n) = (h * w, co);
+        let (mut l8, mut l4) = (vec![0i8; m * n], vec![0i8; m * n]);
+        let xa = &x[..m * kk.min(c * h * w / m.max(1)).max(1)];
+        let kl = xa.len() / m;
+        let codes_l: Vec<i8> = codes.iter().copied().cycle().take(n * kl).collect();
+        let packed_l = pack4(&codes_l, n, kl);
+        scalar::linear(
+            xa,
+            m,
+            n,
+            kl,
+            [kl, 1],
+            [n, 1],
+            Weights::I8(&codes_l),
+            &bias,
+            &rq,
+            0,
+            &mut l8,
+        )
+        .unwrap();
+        scalar::linear(
+            xa,
+            m,
+            n,
+            kl,
+            [kl, 1],
+            [n, 1],
+            Weights::I4(&packed_l),
+            &bias,
+            &rq,
+            0,
+            &mut l4,
+        )
+        .unwrap();
+        assert_eq!(l8, l4, "linear case {case}");
+    }
+}
+
+fn codes_of(rng: &mut Rng, n: usize) -> Vec<i8> {
+    codes(rng, n)
 }

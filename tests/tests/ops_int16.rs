@@ -79,7 +79,7 @@ fn conv_with_int16_input_and_output_matches_float() {
         &x,
         &d,
         zx as i16,
-        &wq,
+        scalar::Weights::I8(&wq),
         &bias,
         &rq,
         zo,

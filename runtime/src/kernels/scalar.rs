@@ -44,6 +44,85 @@ pub fn requant_to<U: Code>(acc: i64, mult: i32, shift: u8, zero: i32) -> U {
     U::sat(v.clamp(i64::MIN as i128, i64::MAX as i128) as i64 + zero as i64)
 }
 
+/// Constant weights `[rows][k]`: int8, or 4-bit packed two per byte (low nibble first, rows padded
+/// to whole bytes). Kernels read them in chunks of at most [`W_CHUNK`], unpacking 4-bit codes on the
+/// fly, so both widths accumulate in the same order.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    I8(&'a [i8]),
+    I4(&'a [u8]),
+}
+
+pub const W_CHUNK: usize = 64;
+
+/// Bytes of a `[rows][k]` weight matrix at `bits` per weight.
+pub fn weight_bytes(bits: u8, rows: usize, k: usize) -> usize {
+    if bits == 4 {
+        rows * k.div_ceil(2)
+    } else {
+        rows * k
+    }
+}
+
+impl<'a> Weights<'a> {
+    pub fn from_blob(bits: u8, b: &'a [u8]) -> Weights<'a> {
+        if bits == 4 {
+            Weights::I4(b)
+        } else {
+            Weights::I8(bytemuck::cast_slice(b))
+        }
+    }
+    fn check(&self, rows: usize, k: usize) -> Result<()> {
+        match self {
+            Weights::I8(w) => check_len(rows * k, w.len()),
+            Weights::I4(w) => check_len(rows * k.div_ceil(2), w.len()),
+        }
+    }
+    /// Weights `k0..k0+n` of `row` (`n <= W_CHUNK`).
+    #[inline(always)]
+    pub fn chunk<'b>(
+        &self,
+        row: usize,
+        k: usize,
+        k0: usize,
+        n: usize,
+        buf: &'b mut [i8; W_CHUNK],
+    ) -> &'b [i8]
+    where
+        'a: 'b,
+    {
+        match *self {
+            Weights::I8(w) => &w[row * k + k0..row * k + k0 + n],
+            Weights::I4(w) => {
+                let base = row * k.div_ceil(2);
+                for (j, d) in buf[..n].iter_mut().enumerate() {
+                    let e = k0 + j;
+                    let byte = w[base + e / 2];
+                    let nib = if e % 2 == 0 { byte << 4 } else { byte & 0xf0 };
+                    *d = (nib as i8) >> 4;
+                }
+                &buf[..n]
+            }
+        }
+    }
+    /// Sum of a row's weights (used by tests and the compiler's zero-point folding).
+    pub fn row_sum(&self, row: usize, k: usize) -> i64 {
+        let mut buf = [0i8; W_CHUNK];
+        let mut s = 0i64;
+        let mut k0 = 0;
+        while k0 < k {
+            let n = W_CHUNK.min(k - k0);
+            s += self
+                .chunk(row, k, k0, n, &mut buf)
+                .iter()
+                .map(|&v| v as i64)
+                .sum::<i64>();
+            k0 += n;
+        }
+        s
+    }
+}
+
 /// Geometry of an NCHW convolution for one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvDims {
@@ -128,7 +207,7 @@ pub fn im2col<T: Code>(x: &[T], d: &ConvDims, zx: T, col: &mut [T]) -> Result<()
 /// any real model; defined for hostile ones); with int16 inputs it is exact in i64.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_wk_kp<T: Code, U: Code>(
-    w: &[i8],
+    w: Weights<'_>,
     col: &[T],
     m: usize,
     k: usize,
@@ -138,7 +217,7 @@ pub fn gemm_wk_kp<T: Code, U: Code>(
     zo: i32,
     out: &mut [U],
 ) -> Result<()> {
-    check_len(m * k, w.len())?;
+    w.check(m, k)?;
     check_len(m * p, out.len())?;
     check_len(m * 4, bias.len())?;
     check_len(m * 8, rq.len())?;
@@ -151,9 +230,9 @@ pub fn gemm_wk_kp<T: Code, U: Code>(
     const TILE: usize = 64;
     let mut acc32 = [0i32; TILE];
     let mut acc64 = [0i64; TILE];
+    let mut wbuf = [0i8; W_CHUNK];
     let narrow = T::MAX <= 127;
     for mi in 0..m {
-        let wrow = &w[mi * k..(mi + 1) * k];
         let b = le_i32(bias, mi);
         let (mult, shift) = requant_entry(rq, mi);
         let shift = shift.clamp(1, 62);
@@ -164,12 +243,18 @@ pub fn gemm_wk_kp<T: Code, U: Code>(
             if narrow {
                 let acc = &mut acc32[..n];
                 acc.fill(b);
-                for (ki, &wv) in wrow.iter().enumerate() {
-                    let wv = wv as i32;
-                    let crow = &col[ki * p + p0..ki * p + p0 + n];
-                    for (a, &c) in acc.iter_mut().zip(crow) {
-                        *a = a.wrapping_add(wv * c.get());
+                let mut k0 = 0;
+                while k0 < k {
+                    let kn = W_CHUNK.min(k - k0);
+                    for (j, &wv) in w.chunk(mi, k, k0, kn, &mut wbuf).iter().enumerate() {
+                        let wv = wv as i32;
+                        let ki = k0 + j;
+                        let crow = &col[ki * p + p0..ki * p + p0 + n];
+                        for (a, &c) in acc.iter_mut().zip(crow) {
+                            *a = a.wrapping_add(wv * c.get());
+                        }
                     }
+                    k0 += kn;
                 }
                 for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
                     *o = requant_to(a as i64, mult, shift, zo);
@@ -177,12 +262,18 @@ pub fn gemm_wk_kp<T: Code, U: Code>(
             } else {
                 let acc = &mut acc64[..n];
                 acc.fill(b as i64);
-                for (ki, &wv) in wrow.iter().enumerate() {
-                    let wv = wv as i64;
-                    let crow = &col[ki * p + p0..ki * p + p0 + n];
-                    for (a, &c) in acc.iter_mut().zip(crow) {
-                        *a += wv * c.get() as i64;
+                let mut k0 = 0;
+                while k0 < k {
+                    let kn = W_CHUNK.min(k - k0);
+                    for (j, &wv) in w.chunk(mi, k, k0, kn, &mut wbuf).iter().enumerate() {
+                        let wv = wv as i64;
+                        let ki = k0 + j;
+                        let crow = &col[ki * p + p0..ki * p + p0 + n];
+                        for (a, &c) in acc.iter_mut().zip(crow) {
+                            *a += wv * c.get() as i64;
+                        }
                     }
+                    k0 += kn;
                 }
                 for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
                     *o = requant_to(a, mult, shift, zo);
@@ -200,7 +291,7 @@ pub fn conv2d<T: Code, U: Code>(
     x: &[T],
     d: &ConvDims,
     zx: T,
-    w: &[i8],
+    w: Weights<'_>,
     bias: &[u8],
     rq: &[u8],
     zo: i32,
@@ -230,13 +321,13 @@ pub fn linear<T: Code, U: Code>(
     k: usize,
     a_s: [usize; 2],
     o_s: [usize; 2],
-    w: &[i8],
+    w: Weights<'_>,
     bias: &[u8],
     rq: &[u8],
     zo: i32,
     out: &mut [U],
 ) -> Result<()> {
-    check_len(n * k, w.len())?;
+    w.check(n, k)?;
     check_len(n * 4, bias.len())?;
     check_len(n * 8, rq.len())?;
     if m == 0 || n == 0 {
@@ -250,27 +341,43 @@ pub fn linear<T: Code, U: Code>(
             got: a.len().min(out.len()),
         });
     }
+    const TILE: usize = 64;
+    let mut acc = [0i64; TILE];
+    let mut wbuf = [0i8; W_CHUNK];
+    let narrow = T::MAX <= 127;
     for ni in 0..n {
-        let wrow = &w[ni * k..(ni + 1) * k];
         let b = le_i32(bias, ni);
         let (mult, shift) = requant_entry(rq, ni);
         let shift = shift.clamp(1, 62);
-        for mi in 0..m {
-            let base = mi * a_s[0];
-            let acc = if T::MAX <= 127 {
-                let mut acc = b;
-                for (ki, &wv) in wrow.iter().enumerate() {
-                    acc = acc.wrapping_add(wv as i32 * a[base + ki * a_s[1]].get());
+        let mut m0 = 0;
+        while m0 < m {
+            let mn = TILE.min(m - m0);
+            acc[..mn].fill(b as i64);
+            let mut k0 = 0;
+            while k0 < k {
+                let kn = W_CHUNK.min(k - k0);
+                let wc = w.chunk(ni, k, k0, kn, &mut wbuf);
+                for (t, a_acc) in acc[..mn].iter_mut().enumerate() {
+                    let base = (m0 + t) * a_s[0] + k0 * a_s[1];
+                    if narrow {
+                        // int8: wrapping i32 accumulation, as the GEMM
+                        let mut s = *a_acc as i32;
+                        for (j, &wv) in wc.iter().enumerate() {
+                            s = s.wrapping_add(wv as i32 * a[base + j * a_s[1]].get());
+                        }
+                        *a_acc = s as i64;
+                    } else {
+                        for (j, &wv) in wc.iter().enumerate() {
+                            *a_acc += wv as i64 * a[base + j * a_s[1]].get() as i64;
+                        }
+                    }
                 }
-                acc as i64
-            } else {
-                let mut acc = b as i64;
-                for (ki, &wv) in wrow.iter().enumerate() {
-                    acc += wv as i64 * a[base + ki * a_s[1]].get() as i64;
-                }
-                acc
-            };
-            out[mi * o_s[0] + ni * o_s[1]] = requant_to(acc, mult, shift, zo);
+                k0 += kn;
+            }
+            for (t, &v) in acc[..mn].iter().enumerate() {
+                out[(m0 + t) * o_s[0] + ni * o_s[1]] = requant_to(v, mult, shift, zo);
+            }
+            m0 += mn;
         }
     }
     Ok(())
