@@ -10,6 +10,7 @@ pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod memplan;
+pub mod plot;
 pub mod protect;
 pub mod quant;
 

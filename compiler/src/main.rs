@@ -116,6 +116,23 @@ enum Cmd {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// Measure .dmq models against the float ONNX model through the runtime: SQNR of the output at
+    /// every scheduled timestep (median over float-trajectory inputs), as a table and optionally a plot.
+    Eval {
+        /// the float ONNX model
+        onnx: PathBuf,
+        /// one or more .dmq models compiled from it
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+        /// write SQNR against timestep as a PNG
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// float trajectories to take inputs from
+        #[arg(long, default_value_t = 8)]
+        samples: usize,
+        #[arg(long)]
+        timestep_input: Option<String>,
+    },
     /// Print the graph, quantization parameters, sizes and arena of a .dmq model.
     Inspect { model: PathBuf },
     /// Compile the bundled model, draw samples with float and int8 from the same seeds, and write a
@@ -147,6 +164,13 @@ fn main() {
             output,
         } => cmd_sample(&model, seed, noise.as_deref(), steps, sampler, &output),
         Cmd::Inspect { model } => cmd_inspect(&model),
+        Cmd::Eval {
+            onnx,
+            models,
+            plot,
+            samples,
+            timestep_input,
+        } => cmd_eval(&onnx, &models, plot.as_deref(), samples, timestep_input),
         Cmd::Demo { output, seeds } => cmd_demo(&output, seeds),
     };
     if let Err(e) = res {
@@ -521,44 +545,136 @@ fn inspect_text(path: &Path) -> Result<String> {
     Ok(o)
 }
 
+fn label_of(p: &Path) -> String {
+    p.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string()
+}
+
+fn write_plot(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f32, f64)>)],
+    t_max: f32,
+) -> Result<()> {
+    let img = dmq_compiler::plot::sqnr_plot(title, series, t_max);
+    let mut bytes = vec![];
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    dmq_compiler::emit::write_atomic(path, &bytes)
+}
+
+fn cmd_eval(
+    onnx: &Path,
+    models: &[PathBuf],
+    plot: Option<&Path>,
+    samples: usize,
+    timestep_input: Option<String>,
+) -> Result<()> {
+    let imp = import::import(onnx, timestep_input.as_deref())?;
+    let float = import::FloatModel::new(&imp)?;
+    let mut series = vec![];
+    let mut t_max = 1.0f32;
+    for path in models {
+        let bytes = load(path)?;
+        let model = open_model(&bytes)?;
+        let meta = model.meta();
+        let opts = CompileOptions {
+            steps: meta.sampler.default_steps,
+            sampler: match meta.sampler.default_sampler {
+                dmq_runtime::format::SamplerKindCfg::Ddim => SamplerKind::Ddim,
+                dmq_runtime::format::SamplerKindCfg::Ddpm => SamplerKind::Ddpm,
+            },
+            eval_samples: samples.max(1),
+            ..Default::default()
+        };
+        let q = eval::sqnr_over_schedule(&float, &model, &opts, 1_000_000)?;
+        t_max = t_max.max(q.iter().map(|x| x.t).fold(0.0, f32::max));
+        series.push((
+            label_of(path),
+            q.iter().map(|x| (x.t, x.sqnr_db)).collect::<Vec<_>>(),
+        ));
+    }
+    let mut out = String::from(
+        "SQNR against the float model through the runtime (dB, median over inputs)\n      t",
+    );
+    for (name, _) in &series {
+        out += &format!(" {name:>12}");
+    }
+    out += "\n";
+    for i in 0..series[0].1.len() {
+        out += &format!("  {:>5}", series[0].1[i].0);
+        for (_, pts) in &series {
+            out += &pts
+                .get(i)
+                .map(|p| format!(" {:>12.2}", p.1))
+                .unwrap_or_default();
+        }
+        out += "\n";
+    }
+    for (name, pts) in &series {
+        let mean = pts.iter().map(|p| p.1).sum::<f64>() / pts.len().max(1) as f64;
+        let worst = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        out += &format!("{name}: mean {mean:.2} dB, worst {worst:.2} dB\n");
+    }
+    emit_stdout(&out)?;
+    if let Some(p) = plot {
+        let t_max = ((t_max / 100.0).ceil() * 100.0).max(1.0);
+        write_plot(p, "SQNR VS FLOAT", &series, t_max)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
 fn cmd_demo(dir: &Path, seeds: u64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let opts = CompileOptions::default();
     println!(
         "dmq demo: compiling the bundled digits UNet (models/digits_unet.onnx, {} bytes)",
         BUNDLED_ONNX.len()
     );
-    let c = dmq_compiler::compile_bytes(BUNDLED_ONNX, "models/digits_unet.onnx", &opts)?;
-    print!("{}", dmq_compiler::summary(&c.report));
-    let dmq_path = dir.join("digits_unet.dmq");
-    dmq_compiler::emit::write_atomic(&dmq_path, &c.bytes)?;
-    let model = open_model(&c.bytes)?;
+    let opts8 = CompileOptions::default();
+    let opts4 = CompileOptions {
+        weight_bits: 4,
+        baseline: false,
+        ..Default::default()
+    };
+    let c8 = dmq_compiler::compile_bytes(BUNDLED_ONNX, "models/digits_unet.onnx", &opts8)?;
+    print!("W8A8 {}", dmq_compiler::summary(&c8.report));
+    let c4 = dmq_compiler::compile_bytes(BUNDLED_ONNX, "models/digits_unet.onnx", &opts4)?;
+    print!("W4A8 {}", dmq_compiler::summary(&c4.report));
+    let p8 = dir.join("digits_unet_w8a8.dmq");
+    let p4 = dir.join("digits_unet_w4a8.dmq");
+    dmq_compiler::emit::write_atomic(&p8, &c8.bytes)?;
+    dmq_compiler::emit::write_atomic(&p4, &c4.bytes)?;
+    let (m8, m4) = (open_model(&c8.bytes)?, open_model(&c4.bytes)?);
     let imp = import::import_bytes(BUNDLED_ONNX, "bundled", None)?;
     let float = import::FloatModel::new(&imp)?;
-    let meta = model.meta().clone();
+    let meta = m8.meta().clone();
     let cfg = meta.sampler.clone();
-    let n = model.latent_len();
+    let steps = opts8.steps;
+    let n = m8.latent_len();
     let (h, w) = image_hw(&meta);
-    let mut arena = eval::arena_for(&model);
-    let mut sess =
-        Session::new(&model, eval::arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
-    let (mut frow, mut qrow, mut psnrs) = (vec![], vec![], vec![]);
-    let pb = dmq_compiler::progress_bar(seeds * 2 * opts.steps as u64, "sampling", true);
-    let t_int8 = std::time::Instant::now();
+    let (mut a8, mut a4) = (eval::arena_for(&m8), eval::arena_for(&m4));
+    let mut s8 = Session::new(&m8, eval::arena_bytes(&mut a8)).map_err(|e| anyhow!("{e}"))?;
+    let mut s4 = Session::new(&m4, eval::arena_bytes(&mut a4)).map_err(|e| anyhow!("{e}"))?;
+    let (mut rows, mut psnr8, mut psnr4) = ([vec![], vec![], vec![]], vec![], vec![]);
+    let pb = dmq_compiler::progress_bar(seeds * 3 * steps as u64, "sampling", true);
     let mut int8_secs = 0.0;
-    for s in 0..seeds {
+    for seed in 0..seeds {
         let mut noise = vec![0f32; n];
-        Rng::new(s).fill_gaussian(&mut noise);
+        Rng::new(seed).fill_gaussian(&mut noise);
         let mut xf = noise.clone();
         let mut buf = vec![0f32; n];
-        let mut rng = Rng::new(s);
         dmq_runtime::sampler::sample(
             &cfg,
             SamplerKind::Ddim,
-            opts.steps,
+            steps,
             &mut xf,
             &mut buf,
-            &mut rng,
+            &mut Rng::new(seed),
             |x, t, out| {
                 pb.inc(1);
                 let y = float
@@ -569,34 +685,71 @@ fn cmd_demo(dir: &Path, seeds: u64) -> Result<()> {
             },
         )
         .map_err(|e| anyhow!("{e}"))?;
-        let mut xq = noise.clone();
+        let (mut x8, mut x4) = (noise.clone(), noise.clone());
         let t0 = std::time::Instant::now();
-        sess.sample(SamplerKind::Ddim, opts.steps, &mut xq, &mut Rng::new(s))
+        s8.sample(SamplerKind::Ddim, steps, &mut x8, &mut Rng::new(seed))
             .map_err(|e| anyhow!("{e}"))?;
         int8_secs += t0.elapsed().as_secs_f64();
-        pb.inc(opts.steps as u64);
-        psnrs.push(eval::psnr_db(&xf, &xq));
-        frow.push(xf[..h * w].to_vec());
-        qrow.push(xq[..h * w].to_vec());
+        s4.sample(SamplerKind::Ddim, steps, &mut x4, &mut Rng::new(seed))
+            .map_err(|e| anyhow!("{e}"))?;
+        pb.inc(2 * steps as u64);
+        psnr8.push(eval::psnr_db(&xf, &x8));
+        psnr4.push(eval::psnr_db(&xf, &x4));
+        rows[0].push(xf[..h * w].to_vec());
+        rows[1].push(x8[..h * w].to_vec());
+        rows[2].push(x4[..h * w].to_vec());
     }
     pb.finish_and_clear();
-    let _ = t_int8;
-    let mean_psnr = psnrs.iter().sum::<f64>() / psnrs.len().max(1) as f64;
-    let png = dir.join("samples_float_vs_int8.png");
-    cli_io::write_grid(&png, &[frow, qrow], h, w, 4)?;
-    let mut report = serde_json::to_value(&c.report)?;
-    report["final_sample_psnr_db"] =
-        serde_json::json!({ "seeds": seeds, "mean": mean_psnr, "per_seed": psnrs });
-    report["int8_sampling_seconds_per_image_host"] =
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let png = dir.join("samples_float_w8a8_w4a8.png");
+    cli_io::write_grid(&png, &rows, h, w, 4)?;
+    let plot = dir.join("sqnr_vs_timestep.png");
+    let pts = |r: &dmq_compiler::Report| {
+        r.sqnr_per_timestep
+            .iter()
+            .map(|q| (q.t, q.sqnr_db))
+            .collect::<Vec<_>>()
+    };
+    let base: Vec<(f32, f64)> = c8
+        .report
+        .sqnr_per_timestep
+        .iter()
+        .filter_map(|q| q.baseline_db.map(|b| (q.t, b)))
+        .collect();
+    write_plot(
+        &plot,
+        "DIGITS UNET  INT VS FLOAT",
+        &[
+            ("W8A8".into(), pts(&c8.report)),
+            ("W4A8".into(), pts(&c4.report)),
+            ("W8A8 ONE RANGE".into(), base),
+        ],
+        1000.0,
+    )?;
+    let mut report = serde_json::json!({ "w8a8": c8.report, "w4a8": c4.report });
+    report["final_sample_psnr_db"] = serde_json::json!({
+        "seeds": seeds,
+        "w8a8": { "mean": mean(&psnr8), "min": min(&psnr8), "per_seed": psnr8 },
+        "w4a8": { "mean": mean(&psnr4), "min": min(&psnr4), "per_seed": psnr4 },
+    });
+    report["w8a8_sampling_seconds_per_image_host"] =
         serde_json::json!(int8_secs / seeds.max(1) as f64);
     let rpath = dir.join("report.json");
     dmq_compiler::emit::write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
-    println!("final DDIM-{} sample PSNR int8 vs float over {seeds} seeds: mean {mean_psnr:.2} dB (min {:.2})", opts.steps, psnrs.iter().cloned().fold(f64::INFINITY, f64::min));
     println!(
-        "wrote {} (top row float, bottom row int8, same seeds)",
+        "final DDIM-{steps} sample PSNR against float over {seeds} seeds: W8A8 mean {:.2} dB (min {:.2}), W4A8 mean {:.2} dB (min {:.2})",
+        mean(&psnr8),
+        min(&psnr8),
+        mean(&psnr4),
+        min(&psnr4)
+    );
+    println!(
+        "wrote {} (rows: float, W8A8, W4A8; same seeds)",
         png.display()
     );
-    println!("wrote {}", dmq_path.display());
+    println!("wrote {}", plot.display());
+    println!("wrote {} and {}", p8.display(), p4.display());
     println!("wrote {}", rpath.display());
     Ok(())
 }

@@ -116,6 +116,18 @@ fn compile_run_sample_inspect() {
         .args(["--seed", "3", "--steps", "4", "-o"])
         .arg(d.join("s2.npy")));
     assert_eq!(a, std::fs::read(d.join("s2.npy")).unwrap());
+    let plot = d.join("sqnr.png");
+    let (ok, out, err) = run(dmqc()
+        .arg("eval")
+        .arg(fixture("tiny_unet.onnx"))
+        .arg(&dmq)
+        .args(["--samples", "1", "--plot"])
+        .arg(&plot));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("mean") && std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"),
+        "{out}"
+    );
     let (ok, out, _) = run(dmqc().arg("inspect").arg(&dmq));
     assert!(
         ok && out.contains("Conv2dInt8") && out.contains("GroupNormInt8") && out.contains("arena"),
