@@ -68,6 +68,8 @@ pub enum Protect {
     /// the `k` most sensitive tensors, measured through the runtime
     Auto(usize),
     Names(Vec<String>),
+    /// every tensor that can be int16 (`--act-bits 16`)
+    All,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,6 +230,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     let chosen = match &opts.protect {
         Protect::None => vec![],
         Protect::Names(names) => protect::by_names(&program, names)?,
+        Protect::All => protect::candidates(&program),
         Protect::Auto(k) => {
             let m0 = dmq_runtime::Model::load(&unprotected)
                 .map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
@@ -350,7 +353,15 @@ pub fn summary(r: &Report) -> String {
         s += &format!(
             "  int16         {} protected tensor(s): {} (arena {} -> {} bytes)\n",
             r.protected.len(),
-            r.protected.join(", "),
+            if r.protected.len() > 8 {
+                format!(
+                    "{}, … ({} more)",
+                    r.protected[..8].join(", "),
+                    r.protected.len() - 8
+                )
+            } else {
+                r.protected.join(", ")
+            },
             r.arena_bytes_unprotected,
             r.arena_bytes
         );

@@ -69,10 +69,17 @@ struct CompileArgs {
     /// Timestep buckets, each with its own activation parameters (1 = one set for all steps)
     #[arg(long, default_value_t = CompileOptions::default().timestep_groups)]
     timestep_groups: usize,
+    /// int16 activations for sensitive tensors: auto (measured through the runtime), none, or
+    /// comma-separated tensor names (see `dmqc inspect`)
+    #[arg(long, default_value = "auto")]
+    protect: String,
+    /// How many tensors `--protect auto` may make int16
+    #[arg(long, default_value_t = 6)]
+    protect_budget: usize,
     /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
     #[arg(long, default_value_t = 8)]
     weight_bits: u32,
-    /// Activation bits (8; 16 arrives with layer protection)
+    /// Activation bits: 8, or 16 (every tensor that can be int16 is; attention products stay int8)
     #[arg(long, default_value_t = 8)]
     act_bits: u32,
     /// Write the compile report as JSON
@@ -205,12 +212,14 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         report,
         eval_samples,
         no_baseline,
+        protect,
+        protect_budget,
     } = args;
     if weight_bits != 8 && weight_bits != 4 {
         bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
     }
-    if act_bits != 8 {
-        bail!("--act-bits {act_bits} is not supported yet: this version quantizes activations to 8 bits");
+    if act_bits != 8 && act_bits != 16 {
+        bail!("--act-bits {act_bits} is not supported: use 8 or 16");
     }
     if timesteps.is_some() {
         bail!("--timesteps is not supported yet: use --steps with the DDIM/DDPM spacing");
@@ -234,6 +243,18 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         eval_samples: eval_samples.max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
         weight_bits: weight_bits as u8,
+        protect: match protect.as_str() {
+            _ if act_bits == 16 => dmq_compiler::Protect::All,
+            "auto" => dmq_compiler::Protect::Auto(protect_budget),
+            "none" => dmq_compiler::Protect::None,
+            names => dmq_compiler::Protect::Names(
+                names
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            ),
+        },
         baseline: !no_baseline,
         ..Default::default()
     };
