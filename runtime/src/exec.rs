@@ -822,6 +822,7 @@ macro_rules! with_out {
 
 #[allow(clippy::too_many_arguments)]
 fn conv_typed<T: scalar::Code, U: scalar::Code>(
+    tier: kernels::Tier,
     x: &[T],
     o: &mut [U],
     col: &mut [u8],
@@ -839,6 +840,36 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
             expected: n * isz,
             got: x.len(),
         });
+    }
+    // SIMD tiers: int8 input, int8 weights, an im2col in scratch -> dot products over k
+    if let (true, scalar::Weights::I8(w8), false) = (
+        tier != kernels::Tier::Scalar && T::MAX <= 127,
+        w,
+        d.is_pointwise(),
+    ) {
+        let col8: &mut [i8] = bytemuck::cast_slice_mut(col);
+        let x8: &[i8] = bytemuck::cast_slice(x);
+        for b in 0..n {
+            scalar::im2col_t(
+                &x8[b * isz..(b + 1) * isz],
+                d,
+                zx.clamp(-128, 127) as i8,
+                col8,
+            )?;
+            scalar::gemm_dot(
+                tier,
+                w8,
+                col8,
+                d.co,
+                d.k(),
+                d.p(),
+                bias,
+                rq,
+                zo,
+                &mut o[b * osz..(b + 1) * osz],
+            )?;
+        }
+        return Ok(());
     }
     let col: &mut [T] =
         bytemuck::try_cast_slice_mut(col).map_err(|_| Error::Arena { needed: 0, got: 0 })?;
@@ -859,8 +890,19 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
     Ok(())
 }
 
-/// Runs one op. Every access is checked; a validated model never fails here.
+/// Runs one op with the scalar reference kernels. Every access is checked; a validated model never
+/// fails here.
 pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
+    run_op_with(kernels::Tier::Scalar, op, arena, blob)
+}
+
+/// Runs one op with the kernels of `tier` (bit-identical to [`run_op`]).
+pub fn run_op_with(
+    tier: kernels::Tier,
+    op: &Op<TRef>,
+    arena: &mut [u8],
+    blob: &[u8],
+) -> Result<()> {
     match op {
         Op::Quantize { input, output } => {
             let (o, _, io) = carve(arena, range(output), None)?;
@@ -925,7 +967,7 @@ pub fn run_op(op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
                 bias = bias_buf;
             }
             with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
-                conv_typed(x, y, col, n, &d, input.zero, w, bias, rq, output.zero)
+                conv_typed(tier, x, y, col, n, &d, input.zero, w, bias, rq, output.zero)
             })
         }
         Op::Const { output, data } => {
@@ -1318,6 +1360,8 @@ pub struct Session<'m, 'a, 'r> {
     arena: &'r mut [u8],
     /// The sampler's f32 scratch (latent-sized), carved from the end of the arena.
     state: &'r mut [f32],
+    /// Kernel tier, detected from the CPU.
+    tier: kernels::Tier,
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
@@ -1342,6 +1386,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             model,
             arena: ops,
             state,
+            tier: kernels::Tier::detect(),
         })
     }
 
@@ -1349,9 +1394,35 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         self.model
     }
 
+    /// The kernel tier this session runs.
+    pub fn tier(&self) -> kernels::Tier {
+        self.tier
+    }
+
+    /// Runs with another tier (if this CPU supports it; otherwise keeps the detected one). Every tier
+    /// gives the same bits.
+    pub fn with_tier(mut self, tier: kernels::Tier) -> Self {
+        if tier.supported() {
+            self.tier = tier;
+        }
+        self
+    }
+
+    /// Writes the inputs into the arena without running (for [`Session::run_ops`]).
+    pub fn prepare(&mut self, latent: &[f32], t: f32) -> Result<()> {
+        let meta = &self.model.meta;
+        kernels::check_len(meta.latent.numel(), latent.len())?;
+        region(self.arena, &meta.latent)?.copy_from_slice(latent);
+        if let Some(ts) = &meta.timestep {
+            region(self.arena, ts)?.fill(t);
+        }
+        Ok(())
+    }
+
     /// One evaluation of the denoiser: `out = model(latent, t)`. No allocation; never panics.
     pub fn run(&mut self, latent: &[f32], t: f32, out: &mut [f32]) -> Result<()> {
         run_with(
+            self.tier,
             self.model,
             &self.model.meta,
             self.arena,
@@ -1372,7 +1443,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let blob = self.model.blob;
         for (i, op) in self.model.stream_ops(stream).enumerate() {
             let op = op?;
-            run_op(&op, self.arena, blob).map_err(|e| match e {
+            run_op_with(self.tier, &op, self.arena, blob).map_err(|e| match e {
                 Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
                 e => e,
             })?;
@@ -1395,13 +1466,16 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let blob = self.model.blob;
         let model = self.model;
         let arena = &mut *self.arena;
+        let tier = self.tier;
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
-            run_with(model, &meta, arena, blob, xin, t, eps)
+            run_with(tier, model, &meta, arena, blob, xin, t, eps)
         })
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_with(
+    tier: kernels::Tier,
     model: &Model<'_>,
     meta: &crate::format::ModelMeta,
     arena: &mut [u8],
@@ -1418,7 +1492,7 @@ fn run_with(
     }
     for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
         let op = op?;
-        run_op(&op, arena, blob).map_err(|e| match e {
+        run_op_with(tier, &op, arena, blob).map_err(|e| match e {
             Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
             e => e,
         })?;

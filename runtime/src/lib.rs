@@ -5,7 +5,7 @@
 //! ([`Model::arena_bytes`]). Tensors between ops are int8 (per-tensor scale and zero point); convolutions
 //! and matrix products multiply int8 by int8 into int32 and requantize with one fixed-point scheme
 //! ([`kernels::requant`]) used identically by every kernel.
-#![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod exec;

@@ -3,7 +3,76 @@
 //! error otherwise, so no input can make it index out of bounds.
 //!
 //! `scalar` is the specification; SIMD back-ends must match it bit for bit.
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
+
+/// Which kernels run. Chosen once per session from the CPU's features; every tier computes exactly
+/// what the scalar reference computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Scalar,
+    /// Armv8.0 NEON (Cortex-A72: Raspberry Pi 4)
+    Neon,
+    /// NEON + dot product instructions (Cortex-A76/A78: Raspberry Pi 5, Jetson Orin)
+    NeonDot,
+}
+
+impl Tier {
+    /// The best tier this CPU supports (Linux: HWCAP via std; bare metal: the ID_AA64ISAR0_EL1
+    /// register). A CPU without dotprod never gets `NeonDot`.
+    pub fn detect() -> Tier {
+        #[cfg(all(target_arch = "aarch64", feature = "std"))]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                Tier::NeonDot
+            } else {
+                Tier::Neon
+            }
+        }
+        #[cfg(all(target_arch = "aarch64", not(feature = "std")))]
+        {
+            let isar0: u64;
+            // SAFETY: reading an ID register has no side effects (EL1 and above; Linux emulates it at EL0).
+            unsafe {
+                core::arch::asm!("mrs {0}, ID_AA64ISAR0_EL1", out(reg) isar0, options(nomem, nostack, preserves_flags))
+            };
+            if (isar0 >> 44) & 0xf >= 1 {
+                Tier::NeonDot
+            } else {
+                Tier::Neon
+            }
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        {
+            Tier::Scalar
+        }
+    }
+
+    /// Whether this CPU can run `self` (forcing a tier it lacks falls back to detection).
+    pub fn supported(self) -> bool {
+        match self {
+            Tier::Scalar => true,
+            Tier::Neon => cfg!(target_arch = "aarch64"),
+            Tier::NeonDot => Tier::detect() == Tier::NeonDot,
+        }
+    }
+}
+
+/// `sum_k a[k] * b[k]` in wrapping i32 with the given tier (the dot product of the SIMD conv path).
+#[inline]
+pub fn dot_i8(tier: Tier, a: &[i8], b: &[i8]) -> i32 {
+    match tier {
+        #[cfg(target_arch = "aarch64")]
+        Tier::NeonDot => neon::dot_i8_sdot(a, b),
+        #[cfg(target_arch = "aarch64")]
+        Tier::Neon => neon::dot_i8_neon(a, b),
+        _ => a
+            .iter()
+            .zip(b)
+            .fold(0i32, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32)),
+    }
+}
 
 use crate::format::MAX_RANK;
 use crate::{Error, Result};

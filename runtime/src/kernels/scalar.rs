@@ -202,6 +202,78 @@ pub fn im2col<T: Code>(x: &[T], d: &ConvDims, zx: T, col: &mut [T]) -> Result<()
     Ok(())
 }
 
+/// Transposed im2col for the SIMD tiers: `col_t[p][k]` holds what `col[k][p]` holds in [`im2col`].
+pub fn im2col_t<T: Code>(x: &[T], d: &ConvDims, zx: T, col: &mut [T]) -> Result<()> {
+    check_len(d.c * d.h * d.w, x.len())?;
+    let (k, p) = (d.k(), d.p());
+    if col.len() < k * p {
+        return Err(Error::BufferLength {
+            expected: k * p,
+            got: col.len(),
+        });
+    }
+    for oy in 0..d.oh {
+        for ox in 0..d.ow {
+            let row = &mut col[(oy * d.ow + ox) * k..(oy * d.ow + ox + 1) * k];
+            let mut ki = 0;
+            for ci in 0..d.c {
+                for ky in 0..d.kh {
+                    let iy = (oy * d.sh + ky) as isize - d.pt as isize;
+                    for kx in 0..d.kw {
+                        let ix = (ox * d.sw + kx) as isize - d.pl as isize;
+                        row[ki] = if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                            zx
+                        } else {
+                            x[(ci * d.h + iy as usize) * d.w + ix as usize]
+                        };
+                        ki += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The conv GEMM as dot products over the transposed im2col (`col_t[p][k]`), int8 inputs and int8
+/// weights: `out[m][p] = requant_m(bias[m] + dot(w[m], col_t[p]))`, the dot product computed by the
+/// given tier. Equal to [`gemm_wk_kp`] bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_dot<U: Code>(
+    tier: super::Tier,
+    w: &[i8],
+    col_t: &[i8],
+    m: usize,
+    k: usize,
+    p: usize,
+    bias: &[u8],
+    rq: &[u8],
+    zo: i32,
+    out: &mut [U],
+) -> Result<()> {
+    check_len(m * k, w.len())?;
+    check_len(m * p, out.len())?;
+    check_len(m * 4, bias.len())?;
+    check_len(m * 8, rq.len())?;
+    if col_t.len() < k * p {
+        return Err(Error::BufferLength {
+            expected: k * p,
+            got: col_t.len(),
+        });
+    }
+    for mi in 0..m {
+        let wrow = &w[mi * k..(mi + 1) * k];
+        let b = le_i32(bias, mi);
+        let (mult, shift) = requant_entry(rq, mi);
+        let shift = shift.clamp(1, 62);
+        for (pi, o) in out[mi * p..(mi + 1) * p].iter_mut().enumerate() {
+            let acc = b.wrapping_add(super::dot_i8(tier, wrow, &col_t[pi * k..(pi + 1) * k]));
+            *o = requant_to(acc as i64, mult, shift, zo);
+        }
+    }
+    Ok(())
+}
+
 /// The conv/linear GEMM: `out[m][p] = requant_m(bias[m] + sum_k w[m][k] * col[k][p])` with `w` `[m][k]`
 /// row-major and `col` `[k][p]` row-major. With int8 inputs the accumulation wraps in i32 (exact for
 /// any real model; defined for hostile ones); with int16 inputs it is exact in i64.

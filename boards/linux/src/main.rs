@@ -1,0 +1,529 @@
+//! `dmq-board`: runs `.dmq` models on a Linux board (Raspberry Pi 4/5, Jetson) with dmq-runtime.
+//! No ONNX, no Python, no float model on the device. Dependencies: the runtime only (std), so it
+//! cross-builds with nothing but a linker.
+//!
+//! ```text
+//! dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR
+//! dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] -o OUT.npy|OUT.pgm [--checksum]
+//! dmq-board bench MODEL.dmq [--runs N]
+//! dmq-board selftest [--cases N]     every SIMD tier this CPU has against the scalar kernels
+//! dmq-board info
+//! ```
+use dmq_runtime::format::{fnv1a64, DType, ModelMeta, Op, TRef};
+use dmq_runtime::kernels::Tier;
+use dmq_runtime::sampler::Rng;
+use dmq_runtime::{Model, SamplerKind, Session};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+type Res<T> = Result<T, String>;
+
+fn usage() -> String {
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] [-o OUT.npy|OUT.pgm] [--checksum]\n  dmq-board bench MODEL.dmq [--runs N]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(|s| s.as_str()) {
+        Some("run") => cmd_run(&args[1..]),
+        Some("sample") => cmd_sample(&args[1..]),
+        Some("bench") => cmd_bench(&args[1..]),
+        Some("selftest") => cmd_selftest(&args[1..]),
+        Some("info") => {
+            println!("kernel tier: {:?}", Tier::detect());
+            Ok(())
+        }
+        _ => Err(usage()),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Flag values: `--name value` pairs and positional arguments.
+struct Args {
+    pos: Vec<String>,
+    flags: Vec<(String, Option<String>)>,
+}
+
+fn parse(args: &[String], switches: &[&str]) -> Args {
+    let mut a = Args {
+        pos: vec![],
+        flags: vec![],
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let s = &args[i];
+        if let Some(name) = s
+            .strip_prefix("--")
+            .or_else(|| s.strip_prefix('-').filter(|n| n.len() == 1))
+        {
+            if switches.contains(&name) {
+                a.flags.push((name.to_string(), None));
+            } else {
+                a.flags.push((name.to_string(), args.get(i + 1).cloned()));
+                i += 1;
+            }
+        } else {
+            a.pos.push(s.clone());
+        }
+        i += 1;
+    }
+    a
+}
+
+impl Args {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.flags
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.as_deref())
+            .collect()
+    }
+    fn has(&self, name: &str) -> bool {
+        self.flags.iter().any(|(n, _)| n == name)
+    }
+    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Res<T> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: not a number: {v}")),
+        }
+    }
+}
+
+fn load(path: &str) -> Res<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))
+}
+
+/// An arena with the 16-byte alignment the runtime requires.
+fn arena(model: &Model) -> Vec<u128> {
+    vec![0u128; model.arena_bytes().div_ceil(16)]
+}
+
+fn bytes_mut(a: &mut [u128]) -> &mut [u8] {
+    let n = a.len() * 16;
+    // SAFETY: u128 storage viewed as bytes; same allocation, length in bytes.
+    unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr() as *mut u8, n) }
+}
+
+/// The checksum line `dmq-board sample --checksum` and the bare-metal image print: FNV-1a 64 of the
+/// sample's f32 little-endian bytes.
+pub fn checksum(x: &[f32]) -> String {
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    format!("{:016x}", fnv1a64(&bytes))
+}
+
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Res<()> {
+    let dims: String = shape.iter().map(|d| format!("{d},")).collect();
+    let mut h =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}").into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((h.len() as u16).to_le_bytes());
+    b.extend(h);
+    for v in data {
+        b.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, b).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Minimal npy reader (little-endian f4, f8, i8, i4; C order).
+fn read_npy(path: &str) -> Res<Vec<f32>> {
+    let b = load(path)?;
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err(format!("{path}: not an npy file"));
+    }
+    let (hl, off) = if b[6] == 1 {
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
+    };
+    let header = String::from_utf8_lossy(b.get(off..off + hl).ok_or(format!("{path}: truncated"))?)
+        .to_string();
+    let data = &b[off + hl..];
+    if header.contains("True") {
+        return Err(format!("{path}: Fortran order is not supported"));
+    }
+    let conv = |size: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<f32> {
+        data.chunks_exact(size).map(f).collect()
+    };
+    if header.contains("<f4") {
+        Ok(conv(4, &|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+    } else if header.contains("<f8") {
+        Ok(conv(8, &|c| {
+            f64::from_le_bytes(c.try_into().unwrap()) as f32
+        }))
+    } else if header.contains("<i8") {
+        Ok(conv(8, &|c| {
+            i64::from_le_bytes(c.try_into().unwrap()) as f32
+        }))
+    } else if header.contains("<i4") {
+        Ok(conv(4, &|c| {
+            i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32
+        }))
+    } else {
+        Err(format!("{path}: unsupported npy dtype (use float32)"))
+    }
+}
+
+fn shape(t: &TRef) -> Vec<usize> {
+    t.shape.iter().map(|&d| d as usize).collect()
+}
+
+fn cmd_run(args: &[String]) -> Res<()> {
+    let a = parse(args, &[]);
+    let path = a.pos.first().ok_or_else(usage)?;
+    let bytes = load(path)?;
+    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let meta: ModelMeta = model.meta().clone();
+    let (mut latent, mut t) = (None, vec![0.0f32]);
+    for spec in a.all("input") {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or(format!("--input expects NAME=FILE.npy, got {spec}"))?;
+        if name == meta.latent_name.as_str() {
+            latent = Some(read_npy(file)?);
+        } else if name == meta.timestep_name.as_str() && meta.timestep.is_some() {
+            t = read_npy(file)?;
+        } else {
+            return Err(format!("the model has no input named {name:?}"));
+        }
+    }
+    let x = latent.ok_or(format!("missing --input {}=FILE.npy", meta.latent_name))?;
+    let per = model.latent_len();
+    if x.is_empty() || x.len() % per != 0 {
+        return Err(format!(
+            "latent has {} values, not a multiple of {per}",
+            x.len()
+        ));
+    }
+    let mut ar = arena(&model);
+    let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    let mut out = vec![0f32; x.len()];
+    for b in 0..x.len() / per {
+        let tv = if t.len() == 1 {
+            t[0]
+        } else {
+            *t.get(b).ok_or("fewer timesteps than batch entries")?
+        };
+        sess.run(
+            &x[b * per..(b + 1) * per],
+            tv,
+            &mut out[b * per..(b + 1) * per],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let dir = PathBuf::from(a.get("o").or(a.get("output")).ok_or("missing -o DIR")?);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let name: String = meta
+        .output_name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "_-.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut sh = shape(&meta.latent);
+    sh[0] *= x.len() / per;
+    let file = dir.join(format!("{name}.npy"));
+    write_npy(&file, &sh, &out)?;
+    println!("wrote {}", file.display());
+    Ok(())
+}
+
+fn sampler_of(a: &Args, model: &Model) -> Res<SamplerKind> {
+    Ok(match a.get("sampler") {
+        Some("ddim") => SamplerKind::Ddim,
+        Some("ddpm") => SamplerKind::Ddpm,
+        Some(s) => return Err(format!("--sampler {s}: use ddim or ddpm")),
+        None => match model.meta().sampler.default_sampler {
+            dmq_runtime::format::SamplerKindCfg::Ddim => SamplerKind::Ddim,
+            dmq_runtime::format::SamplerKindCfg::Ddpm => SamplerKind::Ddpm,
+        },
+    })
+}
+
+fn cmd_sample(args: &[String]) -> Res<()> {
+    let a = parse(args, &["checksum"]);
+    let path = a.pos.first().ok_or_else(usage)?;
+    let bytes = load(path)?;
+    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let seed: u64 = a.num("seed", 0)?;
+    let steps: u32 = a.num("steps", model.meta().sampler.default_steps)?;
+    let kind = sampler_of(&a, &model)?;
+    let mut ar = arena(&model);
+    let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    let mut x = vec![0f32; model.latent_len()];
+    let mut rng = Rng::new(seed);
+    rng.fill_gaussian(&mut x);
+    let t0 = Instant::now();
+    sess.sample(kind, steps, &mut x, &mut rng)
+        .map_err(|e| e.to_string())?;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "sampled {steps} steps in {:.3} s ({:.2} ms/step, kernel tier {:?})",
+        secs,
+        1e3 * secs / steps as f64,
+        sess.tier()
+    );
+    if let Some(out) = a.get("o").or(a.get("output")) {
+        let meta = model.meta();
+        if out.ends_with(".npy") {
+            write_npy(Path::new(out), &shape(&meta.latent), &x)?;
+        } else if out.ends_with(".pgm") || out.ends_with(".png") {
+            // PGM: the board keeps to std; convert with any image tool
+            let s = shape(&meta.latent);
+            let (h, w) = (s[s.len() - 2], s[s.len() - 1]);
+            let mut b = format!("P5\n{w} {h}\n255\n").into_bytes();
+            b.extend(
+                x[..h * w]
+                    .iter()
+                    .map(|v| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8),
+            );
+            let out = if out.ends_with(".png") {
+                out.trim_end_matches(".png").to_string() + ".pgm"
+            } else {
+                out.to_string()
+            };
+            std::fs::write(&out, b).map_err(|e| e.to_string())?;
+            println!("wrote {out}");
+        } else {
+            return Err("-o must end in .npy or .pgm".into());
+        }
+    }
+    if a.has("checksum") {
+        println!("checksum: {}", checksum(&x));
+    }
+    Ok(())
+}
+
+/// Property test on the device: random conv shapes and values, every tier this CPU supports against
+/// the scalar reference, bit for bit.
+fn cmd_selftest(args: &[String]) -> Res<()> {
+    use dmq_runtime::kernels::scalar::{self, ConvDims, Weights};
+    let a = parse(args, &[]);
+    let cases: usize = a.num("cases", 300)?;
+    let best = Tier::detect();
+    let tiers: Vec<Tier> = [Tier::Neon, Tier::NeonDot]
+        .into_iter()
+        .filter(|t| t.supported() && (*t != Tier::NeonDot || best == Tier::NeonDot))
+        .collect();
+    let mut rng = Rng::new(2024);
+    let r8 = |rng: &mut Rng| (rng.next_u64() >> 56) as u8 as i8;
+    let mut checked = 0usize;
+    for case in 0..cases {
+        let u = |rng: &mut Rng, n: u64| (rng.next_u64() % n) as usize;
+        let (c, h, w, co) = (
+            1 + u(&mut rng, 24),
+            1 + u(&mut rng, 12),
+            1 + u(&mut rng, 12),
+            1 + u(&mut rng, 9),
+        );
+        let k = [1usize, 2, 3, 5][u(&mut rng, 4)];
+        let st = 1 + u(&mut rng, 2);
+        let p = u(&mut rng, 3).min(k.saturating_sub(1));
+        if h + 2 * p < k || w + 2 * p < k {
+            continue;
+        }
+        let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+        let d = ConvDims {
+            c,
+            h,
+            w,
+            co,
+            kh: k,
+            kw: k,
+            sh: st,
+            sw: st,
+            pt: p,
+            pl: p,
+            oh,
+            ow,
+        };
+        let x: Vec<i8> = (0..c * h * w).map(|_| r8(&mut rng)).collect();
+        let wt: Vec<i8> = (0..co * d.k()).map(|_| r8(&mut rng).max(-127)).collect();
+        let bias: Vec<u8> = (0..co)
+            .flat_map(|_| ((rng.next_u64() % 200_001) as i32 - 100_000).to_le_bytes())
+            .collect();
+        let rq: Vec<u8> = (0..co)
+            .flat_map(|_| {
+                (1_073_741_824i32 + (rng.next_u64() % 1_000_000_000) as i32)
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain((31 + (rng.next_u64() % 12) as i32).to_le_bytes())
+            })
+            .collect();
+        let (zx, zo) = (r8(&mut rng), (rng.next_u64() % 256) as i32 - 128);
+        let mut col = vec![0i8; d.k() * d.p()];
+        let mut want = vec![0i8; co * d.p()];
+        scalar::conv2d(
+            &x,
+            &d,
+            zx,
+            Weights::I8(&wt),
+            &bias,
+            &rq,
+            zo,
+            &mut col,
+            &mut want,
+        )
+        .map_err(|e| e.to_string())?;
+        for &t in &tiers {
+            let mut got = vec![0i8; co * d.p()];
+            scalar::im2col_t(&x, &d, zx, &mut col).map_err(|e| e.to_string())?;
+            scalar::gemm_dot(t, &wt, &col, co, d.k(), d.p(), &bias, &rq, zo, &mut got)
+                .map_err(|e| e.to_string())?;
+            if got != want {
+                return Err(format!(
+                    "selftest: tier {t:?} differs from the scalar kernel on case {case} {d:?}"
+                ));
+            }
+            checked += 1;
+        }
+        // long dot products (k up to 5000) with extreme values
+        let n = u(&mut rng, 5000);
+        let va: Vec<i8> = (0..n)
+            .map(|i| {
+                if case % 3 == 0 {
+                    if i % 2 == 0 {
+                        -127
+                    } else {
+                        127
+                    }
+                } else {
+                    r8(&mut rng).max(-127)
+                }
+            })
+            .collect();
+        let vb: Vec<i8> = (0..n)
+            .map(|i| {
+                if case % 3 == 0 {
+                    if i % 2 == 0 {
+                        -128
+                    } else {
+                        127
+                    }
+                } else {
+                    r8(&mut rng)
+                }
+            })
+            .collect();
+        let want = dmq_runtime::kernels::dot_i8(Tier::Scalar, &va, &vb);
+        for &t in &tiers {
+            if dmq_runtime::kernels::dot_i8(t, &va, &vb) != want {
+                return Err(format!(
+                    "selftest: tier {t:?} dot product differs (n = {n})"
+                ));
+            }
+        }
+    }
+    println!("selftest: {checked} conv cases bit-identical to the scalar kernel on tiers {tiers:?} (detected {best:?})");
+    Ok(())
+}
+
+fn op_name(op: &Op<TRef>) -> &'static str {
+    match op {
+        Op::Quantize { .. } => "Quantize",
+        Op::Dequantize { .. } => "Dequantize",
+        Op::Conv2d { .. } => "Conv2d",
+        Op::Linear { .. } => "Linear",
+        Op::MatMul { .. } => "MatMul",
+        Op::Binary { .. } => "Binary",
+        Op::Lut { .. } => "Lut",
+        Op::GroupNorm { .. } => "GroupNorm",
+        Op::Softmax { .. } => "Softmax",
+        Op::Concat { .. } => "Concat",
+        Op::Reshape { .. } => "Reshape",
+        Op::Transpose { .. } => "Transpose",
+        Op::Slice { .. } => "Slice",
+        Op::Broadcast { .. } => "Broadcast",
+        Op::Upsample { .. } => "Upsample",
+        Op::Const { .. } => "Const",
+        Op::FUnary { .. } | Op::FBinary { .. } | Op::FLinear { .. } | Op::FConcat { .. } => {
+            "TimePath"
+        }
+    }
+}
+
+fn cmd_bench(args: &[String]) -> Res<()> {
+    let a = parse(args, &[]);
+    let path = a.pos.first().ok_or_else(usage)?;
+    let bytes = load(path)?;
+    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let runs: usize = a.num("runs", 20)?;
+    let mut ar = arena(&model);
+    let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    let n = model.latent_len();
+    let mut x = vec![0f32; n];
+    Rng::new(1).fill_gaussian(&mut x);
+    let mut out = vec![0f32; n];
+    sess.run(&x, 500.0, &mut out).map_err(|e| e.to_string())?; // warm-up
+    let mut times = vec![];
+    for i in 0..runs.max(1) {
+        let t = 1.0 + (i as f32 * 977.0) % 980.0;
+        let t0 = Instant::now();
+        sess.run(&x, t, &mut out).map_err(|e| e.to_string())?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "model {path}: {} bytes, arena {} bytes, {} ops x {} timestep bucket(s)",
+        bytes.len(),
+        model.arena_bytes(),
+        model.meta().ops_per_stream,
+        model.streams()
+    );
+    println!("kernel tier {:?}", sess.tier());
+    println!(
+        "latency per denoising step over {} runs: median {:.3} ms, min {:.3} ms, max {:.3} ms",
+        times.len(),
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+    // per-op profile (one evaluation, stream of t = 500)
+    let mut prof: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
+    let mut last = Instant::now();
+    sess.prepare(&x, 500.0).map_err(|e| e.to_string())?;
+    sess.run_ops(model.stream_for(500.0), |_, op| {
+        let now = Instant::now();
+        let e = prof.entry(op_name(op)).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += (now - last).as_secs_f64() * 1e3;
+        last = now;
+    })
+    .map_err(|e| e.to_string())?;
+    let total: f64 = prof.values().map(|v| v.1).sum();
+    println!("per-op profile (one step):");
+    let mut rows: Vec<_> = prof.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
+    for (name, (count, ms)) in rows {
+        println!(
+            "  {name:<12} x{count:<4} {ms:8.3} ms  {:5.1}%",
+            100.0 * ms / total.max(1e-12)
+        );
+    }
+    let int16 = model
+        .ops()
+        .filter_map(|o| o.ok())
+        .filter(|o| matches!(o, Op::Conv2d { input, .. } if input.dtype == DType::I16))
+        .count();
+    println!("int16-input convs: {int16}; peak memory = arena {} bytes + model bytes {} (no heap use in run)", model.arena_bytes(), bytes.len());
+    Ok(())
+}

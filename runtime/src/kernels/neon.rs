@@ -1,0 +1,178 @@
+//! AArch64 kernels. Both tiers compute the conv GEMM as dot products over a transposed im2col
+//! (`colT[p][k]`, k contiguous), so weights and inputs stream through 16-byte vectors:
+//! - `Neon` (Armv8.0, e.g. Cortex-A72 / Raspberry Pi 4): SMULL/SMULL2 into i16 products (exact: weights
+//!   are in [-127, 127]), SADALP into i32 lanes;
+//! - `NeonDot` (Armv8.2 dotprod, Cortex-A76/A78: Pi 5, Jetson Orin): SDOT, written with `asm!` because
+//!   the intrinsics are not stable; only ever called after detection.
+//!
+//! The scalar kernel accumulates in wrapping i32; wrapping addition is associative and commutative, so
+//! any order of the same products gives the same bits. Each tier therefore equals the scalar kernel bit
+//! for bit (tests in this module compare them on random shapes).
+use core::arch::aarch64::*;
+
+/// `sum_k a[k] * b[k]` in wrapping i32, Armv8.0 NEON.
+#[inline]
+pub fn dot_i8_neon(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let mut k = 0;
+    let mut total: i32 = 0;
+    // SAFETY: loads stay within `a[..n]` and `b[..n]` (k + 16 <= n); NEON is baseline on aarch64.
+    unsafe {
+        let mut acc = vdupq_n_s32(0);
+        while k + 16 <= n {
+            let va = vld1q_s8(a.as_ptr().add(k));
+            let vb = vld1q_s8(b.as_ptr().add(k));
+            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(va), vget_low_s8(vb)));
+            acc = vpadalq_s16(acc, vmull_high_s8(va, vb));
+            k += 16;
+        }
+        total = total.wrapping_add(vaddvq_s32(acc));
+    }
+    while k < n {
+        total = total.wrapping_add(a[k] as i32 * b[k] as i32);
+        k += 1;
+    }
+    total
+}
+
+/// `sum_k a[k] * b[k]` in wrapping i32 with SDOT. Only call when the CPU has dotprod.
+#[inline]
+pub fn dot_i8_sdot(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let mut k = 0;
+    let mut total: i32 = 0;
+    // SAFETY: loads stay within `a[..n]`, `b[..n]`; the caller checked the dotprod feature.
+    unsafe {
+        let mut acc = vdupq_n_s32(0);
+        while k + 16 <= n {
+            let va = vld1q_s8(a.as_ptr().add(k));
+            let vb = vld1q_s8(b.as_ptr().add(k));
+            core::arch::asm!(
+                ".arch_extension dotprod",
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) va,
+                b = in(vreg) vb,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            k += 16;
+        }
+        total = total.wrapping_add(vaddvq_s32(acc));
+    }
+    while k < n {
+        total = total.wrapping_add(a[k] as i32 * b[k] as i32);
+        k += 1;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rnd(state: &mut u64) -> i8 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state >> 24) as u8 as i8
+    }
+
+    fn scalar(a: &[i8], b: &[i8]) -> i32 {
+        a.iter()
+            .zip(b)
+            .fold(0i32, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32))
+    }
+
+    #[test]
+    fn neon_dot_equals_scalar() {
+        let mut s = 0x1234_5678_9abc_def1u64;
+        for len in (0..300).chain([1023, 4096, 9999]) {
+            let a: Vec<i8> = (0..len).map(|_| rnd(&mut s).max(-127)).collect();
+            let b: Vec<i8> = (0..len).map(|_| rnd(&mut s)).collect();
+            assert_eq!(dot_i8_neon(&a, &b), scalar(&a, &b), "len {len}");
+        }
+    }
+
+    #[test]
+    fn conv_tiers_equal_the_scalar_kernel() {
+        use crate::kernels::scalar::{self, ConvDims, Weights};
+        use crate::kernels::Tier;
+        let mut s = 0x5555_aaaa_1234_4321u64;
+        let tiers: &[Tier] = if Tier::detect() == Tier::NeonDot {
+            &[Tier::Neon, Tier::NeonDot]
+        } else {
+            &[Tier::Neon]
+        };
+        for case in 0..40usize {
+            let (c, h, w, co) = (1 + case % 5, 3 + case % 7, 2 + case % 9, 1 + case % 6);
+            let (k, st) = ([1usize, 3, 3, 5][case % 4], 1 + case % 2);
+            let p = if k == 1 { 0 } else { (case / 3) % 3 };
+            if h + 2 * p < k || w + 2 * p < k {
+                continue;
+            }
+            let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+            let d = ConvDims {
+                c,
+                h,
+                w,
+                co,
+                kh: k,
+                kw: k,
+                sh: st,
+                sw: st,
+                pt: p,
+                pl: p,
+                oh,
+                ow,
+            };
+            let x: Vec<i8> = (0..c * h * w).map(|_| rnd(&mut s)).collect();
+            let wt: Vec<i8> = (0..co * d.k()).map(|_| rnd(&mut s).max(-127)).collect();
+            let bias: Vec<u8> = (0..co)
+                .flat_map(|_| ((rnd(&mut s) as i32) * 1000).to_le_bytes())
+                .collect();
+            let rq: Vec<u8> = (0..co)
+                .flat_map(|i| {
+                    (1_100_000_000i32 + i as i32)
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(40i32.to_le_bytes())
+                })
+                .collect();
+            let zx = rnd(&mut s);
+            let mut col = vec![0i8; d.k() * d.p()];
+            let mut want = vec![0i8; co * d.p()];
+            scalar::conv2d(
+                &x,
+                &d,
+                zx,
+                Weights::I8(&wt),
+                &bias,
+                &rq,
+                3,
+                &mut col,
+                &mut want,
+            )
+            .unwrap();
+            for &t in tiers {
+                let mut got = vec![0i8; co * d.p()];
+                scalar::im2col_t(&x, &d, zx, &mut col).unwrap();
+                scalar::gemm_dot(t, &wt, &col, co, d.k(), d.p(), &bias, &rq, 3, &mut got).unwrap();
+                assert_eq!(got, want, "{t:?} case {case} {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sdot_equals_scalar_when_available() {
+        if !std::arch::is_aarch64_feature_detected!("dotprod") {
+            eprintln!("no dotprod on this CPU: SDOT tier not exercised");
+            return;
+        }
+        let mut s = 0x0fed_cba9_8765_4321u64;
+        for len in (0..300).chain([1023, 4096, 9999]) {
+            let a: Vec<i8> = (0..len).map(|_| rnd(&mut s).max(-127)).collect();
+            let b: Vec<i8> = (0..len).map(|_| rnd(&mut s)).collect();
+            assert_eq!(dot_i8_sdot(&a, &b), scalar(&a, &b), "len {len}");
+        }
+    }
+}
