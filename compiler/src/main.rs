@@ -1,6 +1,13 @@
 //! `dmqc`: compile ONNX diffusion UNets to integer `.dmq` models and run them with dmq-runtime.
 mod cli_io;
 
+macro_rules! outln {
+    ($buf:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($buf, $($arg)*);
+    }};
+}
+
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dmq_compiler::{eval, import, CompileOptions};
@@ -29,6 +36,16 @@ enum SamplerArg {
     Ddpm,
     Euler,
     Consistency,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Board {
+    /// Raspberry Pi 4: Cortex-A72, 1.5 GHz, NEON (no dotprod)
+    Pi4,
+    /// Raspberry Pi 5: Cortex-A76, 2.4 GHz, NEON + dotprod
+    Pi5,
+    /// Jetson Orin: Cortex-A78AE, 2.2 GHz, NEON + dotprod
+    Orin,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,7 +158,12 @@ enum Cmd {
         timestep_input: Option<String>,
     },
     /// Print the graph, quantization parameters, sizes and arena of a .dmq model.
-    Inspect { model: PathBuf },
+    Inspect {
+        model: PathBuf,
+        /// also print multiply-accumulates per step and an estimated latency on a board
+        #[arg(long, value_enum)]
+        target: Option<Board>,
+    },
     /// Compile the bundled model, draw samples with float and int8 from the same seeds, and write a
     /// side-by-side PNG, the .dmq and a report.
     Demo {
@@ -170,7 +192,7 @@ fn main() {
             sampler,
             output,
         } => cmd_sample(&model, seed, noise.as_deref(), steps, sampler, &output),
-        Cmd::Inspect { model } => cmd_inspect(&model),
+        Cmd::Inspect { model, target } => cmd_inspect(&model, target),
         Cmd::Eval {
             onnx,
             models,
@@ -448,16 +470,73 @@ fn emit_stdout(text: &str) -> Result<()> {
     }
 }
 
-fn cmd_inspect(path: &Path) -> Result<()> {
-    let text = inspect_text(path)?;
+fn cmd_inspect(path: &Path, target: Option<Board>) -> Result<()> {
+    let mut text = inspect_text(path)?;
+    if let Some(b) = target {
+        text += &estimate_text(path, b)?;
+    }
     emit_stdout(&text)
 }
 
-macro_rules! outln {
-    ($buf:expr, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($buf, $($arg)*);
-    }};
+/// Multiply-accumulates of one denoising step (convs, linears, attention products).
+fn macs_per_step(model: &Model) -> Result<(u64, u64, u64)> {
+    let (mut conv, mut lin, mut mm) = (0u64, 0u64, 0u64);
+    for op in model.ops() {
+        match op.map_err(|e| anyhow!("{e}"))? {
+            Op::Conv2d {
+                input,
+                output,
+                kernel,
+                ..
+            } => {
+                let o = &output.shape;
+                conv += (o[0] * o[1] * o[2] * o[3]) as u64
+                    * (input.shape[1] * kernel[0] as u32 * kernel[1] as u32) as u64;
+            }
+            Op::Linear { geom, .. } => lin += geom.m as u64 * geom.n as u64 * geom.k as u64,
+            Op::MatMul { geom, .. } => {
+                mm += geom.batch[0] as u64
+                    * geom.batch[1] as u64
+                    * geom.m as u64
+                    * geom.n as u64
+                    * geom.k as u64
+            }
+            _ => {}
+        }
+    }
+    Ok((conv, lin, mm))
+}
+
+fn estimate_text(path: &Path, board: Board) -> Result<String> {
+    let bytes = load(path)?;
+    let model = open_model(&bytes)?;
+    let (conv, lin, mm) = macs_per_step(&model)?;
+    let total = conv + lin + mm;
+    // (name, core, GHz, int8 MAC/cycle/core at peak for the tier dmq uses there)
+    let (name, core, ghz, peak) = match board {
+        Board::Pi4 => ("Raspberry Pi 4", "Cortex-A72, NEON tier", 1.5, 8.0),
+        Board::Pi5 => ("Raspberry Pi 5", "Cortex-A76, dotprod tier", 2.4, 32.0),
+        Board::Orin => ("Jetson Orin", "Cortex-A78AE, dotprod tier", 2.2, 32.0),
+    };
+    let mut o = String::new();
+    outln!(o, "  per denoising step: {:.2} M multiply-accumulates (convs {:.2} M, linears {:.2} M, attention {:.2} M)", total as f64 / 1e6, conv as f64 / 1e6, lin as f64 / 1e6, mm as f64 / 1e6);
+    outln!(o, "  ESTIMATE for {name} ({core}, {ghz} GHz, one core, peak {peak} int8 MAC/cycle) — not a measurement:");
+    for eff in [0.10, 0.25] {
+        let secs = total as f64 / (ghz * 1e9 * peak * eff);
+        outln!(
+            o,
+            "    at {:>3.0}% of peak: {:.2} ms per step, {:.0} ms for 50 steps",
+            eff * 100.0,
+            secs * 1e3,
+            secs * 50e3
+        );
+    }
+    outln!(
+        o,
+        "  measure on the board with: dmq-board bench {}",
+        path.display()
+    );
+    Ok(o)
 }
 
 fn inspect_text(path: &Path) -> Result<String> {

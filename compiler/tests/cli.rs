@@ -128,6 +128,11 @@ fn compile_run_sample_inspect() {
         out.contains("mean") && std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"),
         "{out}"
     );
+    let (ok, out, _) = run(dmqc().arg("inspect").arg(&dmq).args(["--target", "pi4"]));
+    assert!(
+        ok && out.contains("multiply-accumulates") && out.contains("ESTIMATE"),
+        "{out}"
+    );
     let (ok, out, _) = run(dmqc().arg("inspect").arg(&dmq));
     assert!(
         ok && out.contains("Conv2dInt8") && out.contains("GroupNormInt8") && out.contains("arena"),

@@ -23,6 +23,14 @@ fn usage() -> String {
 }
 
 fn main() {
+    // end quietly when stdout is closed early (`dmq-board bench m.dmq | head`)
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info)
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(|s| s.as_str()) {
         Some("run") => cmd_run(&args[1..]),
