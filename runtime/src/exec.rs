@@ -992,6 +992,27 @@ pub fn run_op_with(
             let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
             let a_s = [geom.a_strides[0] as usize, geom.a_strides[1] as usize];
             let o_s = [geom.o_strides[0] as usize, geom.o_strides[1] as usize];
+            // SIMD tiers: int8 rows that are k-contiguous, int8 weights -> dot products
+            if let (true, Ints::I8(x), scalar::Weights::I8(w8)) = (
+                tier != kernels::Tier::Scalar && a_s[1] == 1,
+                io.ints(input)?,
+                w,
+            ) {
+                return with_out!(out_ints(o, output.dtype)?, |y| scalar::linear_dot(
+                    tier,
+                    x,
+                    m,
+                    n,
+                    k,
+                    a_s[0],
+                    o_s,
+                    w8,
+                    bias,
+                    rq,
+                    output.zero,
+                    y
+                ));
+            }
             with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
                 scalar::linear(x, m, n, k, a_s, o_s, w, bias, rq, output.zero, y)
             })

@@ -404,6 +404,48 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
             }
             checked += 1;
         }
+        // linear with k-contiguous rows (attention projections)
+        let (m, nn, kk) = (
+            1 + u(&mut rng, 40),
+            1 + u(&mut rng, 20),
+            1 + u(&mut rng, 200),
+        );
+        let la: Vec<i8> = (0..m * kk).map(|_| r8(&mut rng)).collect();
+        let lw: Vec<i8> = (0..nn * kk).map(|_| r8(&mut rng).max(-127)).collect();
+        let lb: Vec<u8> = (0..nn)
+            .flat_map(|_| ((rng.next_u64() % 20_001) as i32 - 10_000).to_le_bytes())
+            .collect();
+        let lrq: Vec<u8> = (0..nn)
+            .flat_map(|_| {
+                (1_500_000_000i32)
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain(38i32.to_le_bytes())
+            })
+            .collect();
+        let mut lwant = vec![0i8; m * nn];
+        scalar::linear(
+            &la,
+            m,
+            nn,
+            kk,
+            [kk, 1],
+            [nn, 1],
+            Weights::I8(&lw),
+            &lb,
+            &lrq,
+            zo,
+            &mut lwant,
+        )
+        .map_err(|e| e.to_string())?;
+        for &t in &tiers {
+            let mut got = vec![0i8; m * nn];
+            scalar::linear_dot(t, &la, m, nn, kk, kk, [nn, 1], &lw, &lb, &lrq, zo, &mut got)
+                .map_err(|e| e.to_string())?;
+            if got != lwant {
+                return Err(format!("selftest: tier {t:?} linear differs from the scalar kernel (m {m}, n {nn}, k {kk})"));
+            }
+        }
         // long dot products (k up to 5000) with extreme values
         let n = u(&mut rng, 5000);
         let va: Vec<i8> = (0..n)

@@ -274,6 +274,50 @@ pub fn gemm_dot<U: Code>(
     Ok(())
 }
 
+/// [`linear`] for int8 inputs whose rows are k-contiguous (`a_s[1] == 1`) and int8 weights, with the
+/// dot products computed by `tier`. Equal to [`linear`] bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dot<U: Code>(
+    tier: super::Tier,
+    a: &[i8],
+    m: usize,
+    n: usize,
+    k: usize,
+    a_s0: usize,
+    o_s: [usize; 2],
+    w: &[i8],
+    bias: &[u8],
+    rq: &[u8],
+    zo: i32,
+    out: &mut [U],
+) -> Result<()> {
+    check_len(n * k, w.len())?;
+    check_len(n * 4, bias.len())?;
+    check_len(n * 8, rq.len())?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let a_ext = super::extent(&[m, k], &pad2([a_s0, 1]), 0);
+    let o_ext = super::extent(&[m, n], &pad2(o_s), 0);
+    if a_ext > a.len() || o_ext > out.len() {
+        return Err(Error::BufferLength {
+            expected: a_ext.max(o_ext),
+            got: a.len().min(out.len()),
+        });
+    }
+    for ni in 0..n {
+        let wrow = &w[ni * k..(ni + 1) * k];
+        let b = le_i32(bias, ni);
+        let (mult, shift) = requant_entry(rq, ni);
+        let shift = shift.clamp(1, 62);
+        for mi in 0..m {
+            let acc = b.wrapping_add(super::dot_i8(tier, wrow, &a[mi * a_s0..mi * a_s0 + k]));
+            out[mi * o_s[0] + ni * o_s[1]] = requant_to(acc as i64, mult, shift, zo);
+        }
+    }
+    Ok(())
+}
+
 /// The conv/linear GEMM: `out[m][p] = requant_m(bias[m] + sum_k w[m][k] * col[k][p])` with `w` `[m][k]`
 /// row-major and `col` `[k][p]` row-major. With int8 inputs the accumulation wraps in i32 (exact for
 /// any real model; defined for hostile ones); with int16 inputs it is exact in i64.
