@@ -274,6 +274,16 @@ pub fn gemm_dot<U: Code>(
     Ok(())
 }
 
+/// `acc + sum_j w[j] * a[base + j*stride]` with the accumulator semantics of `A`.
+#[inline(always)]
+fn dot_acc<T: Code, A: Accum>(acc: A, w: &[i8], a: &[T], base: usize, stride: usize) -> i64 {
+    let mut s = acc;
+    for (j, &wv) in w.iter().enumerate() {
+        s = s.mac(wv, a[base + j * stride].get());
+    }
+    s.value()
+}
+
 /// [`linear`] for int8 inputs whose rows are k-contiguous (`a_s[1] == 1`) and int8 weights, with the
 /// dot products computed by `tier`. Equal to [`linear`] bit for bit.
 #[allow(clippy::too_many_arguments)]
@@ -318,6 +328,85 @@ pub fn linear_dot<U: Code>(
     Ok(())
 }
 
+/// The accumulator of a product: wrapping i32 for int8 inputs (the specification; SIMD tiers may
+/// reorder it freely because wrapping addition is associative), exact i64 for int16 inputs.
+pub trait Accum: Copy {
+    fn from_bias(b: i32) -> Self;
+    fn mac(self, w: i8, x: i32) -> Self;
+    fn value(self) -> i64;
+}
+
+impl Accum for i32 {
+    #[inline(always)]
+    fn from_bias(b: i32) -> Self {
+        b
+    }
+    #[inline(always)]
+    fn mac(self, w: i8, x: i32) -> Self {
+        self.wrapping_add(w as i32 * x)
+    }
+    #[inline(always)]
+    fn value(self) -> i64 {
+        self as i64
+    }
+}
+
+impl Accum for i64 {
+    #[inline(always)]
+    fn from_bias(b: i32) -> Self {
+        b as i64
+    }
+    #[inline(always)]
+    fn mac(self, w: i8, x: i32) -> Self {
+        self + w as i64 * x as i64
+    }
+    #[inline(always)]
+    fn value(self) -> i64 {
+        self
+    }
+}
+
+/// One output row of [`gemm_wk_kp`], tiled over p.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_row<T: Code, U: Code, A: Accum>(
+    w: Weights<'_>,
+    col: &[T],
+    mi: usize,
+    k: usize,
+    p: usize,
+    b: i32,
+    mult: i32,
+    shift: u8,
+    zo: i32,
+    orow: &mut [U],
+    wbuf: &mut [i8; W_CHUNK],
+) {
+    const TILE: usize = 64;
+    let mut acc = [A::from_bias(b); TILE];
+    let mut p0 = 0;
+    while p0 < p {
+        let n = TILE.min(p - p0);
+        let acc = &mut acc[..n];
+        acc.fill(A::from_bias(b));
+        let mut k0 = 0;
+        while k0 < k {
+            let kn = W_CHUNK.min(k - k0);
+            for (j, &wv) in w.chunk(mi, k, k0, kn, wbuf).iter().enumerate() {
+                let ki = k0 + j;
+                for (a, &c) in acc.iter_mut().zip(&col[ki * p + p0..ki * p + p0 + n]) {
+                    *a = a.mac(wv, c.get());
+                }
+            }
+            k0 += kn;
+        }
+        for (o, a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
+            *o = requant_to(a.value(), mult, shift, zo);
+        }
+        p0 += n;
+    }
+}
+
 /// The conv/linear GEMM: `out[m][p] = requant_m(bias[m] + sum_k w[m][k] * col[k][p])` with `w` `[m][k]`
 /// row-major and `col` `[k][p]` row-major. With int8 inputs the accumulation wraps in i32 (exact for
 /// any real model; defined for hostile ones); with int16 inputs it is exact in i64.
@@ -343,59 +432,39 @@ pub fn gemm_wk_kp<T: Code, U: Code>(
             got: col.len(),
         });
     }
-    const TILE: usize = 64;
-    let mut acc32 = [0i32; TILE];
-    let mut acc64 = [0i64; TILE];
     let mut wbuf = [0i8; W_CHUNK];
-    let narrow = T::MAX <= 127;
     for mi in 0..m {
         let b = le_i32(bias, mi);
         let (mult, shift) = requant_entry(rq, mi);
-        let shift = shift.clamp(1, 62);
         let orow = &mut out[mi * p..(mi + 1) * p];
-        let mut p0 = 0;
-        while p0 < p {
-            let n = TILE.min(p - p0);
-            if narrow {
-                let acc = &mut acc32[..n];
-                acc.fill(b);
-                let mut k0 = 0;
-                while k0 < k {
-                    let kn = W_CHUNK.min(k - k0);
-                    for (j, &wv) in w.chunk(mi, k, k0, kn, &mut wbuf).iter().enumerate() {
-                        let wv = wv as i32;
-                        let ki = k0 + j;
-                        let crow = &col[ki * p + p0..ki * p + p0 + n];
-                        for (a, &c) in acc.iter_mut().zip(crow) {
-                            *a = a.wrapping_add(wv * c.get());
-                        }
-                    }
-                    k0 += kn;
-                }
-                for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
-                    *o = requant_to(a as i64, mult, shift, zo);
-                }
-            } else {
-                let acc = &mut acc64[..n];
-                acc.fill(b as i64);
-                let mut k0 = 0;
-                while k0 < k {
-                    let kn = W_CHUNK.min(k - k0);
-                    for (j, &wv) in w.chunk(mi, k, k0, kn, &mut wbuf).iter().enumerate() {
-                        let wv = wv as i64;
-                        let ki = k0 + j;
-                        let crow = &col[ki * p + p0..ki * p + p0 + n];
-                        for (a, &c) in acc.iter_mut().zip(crow) {
-                            *a += wv * c.get() as i64;
-                        }
-                    }
-                    k0 += kn;
-                }
-                for (o, &a) in orow[p0..p0 + n].iter_mut().zip(acc.iter()) {
-                    *o = requant_to(a, mult, shift, zo);
-                }
-            }
-            p0 += n;
+        if T::MAX <= 127 {
+            gemm_row::<T, U, i32>(
+                w,
+                col,
+                mi,
+                k,
+                p,
+                b,
+                mult,
+                shift.clamp(1, 62),
+                zo,
+                orow,
+                &mut wbuf,
+            );
+        } else {
+            gemm_row::<T, U, i64>(
+                w,
+                col,
+                mi,
+                k,
+                p,
+                b,
+                mult,
+                shift.clamp(1, 62),
+                zo,
+                orow,
+                &mut wbuf,
+            );
         }
     }
     Ok(())
@@ -475,18 +544,11 @@ pub fn linear<T: Code, U: Code>(
                 let wc = w.chunk(ni, k, k0, kn, &mut wbuf);
                 for (t, a_acc) in acc[..mn].iter_mut().enumerate() {
                     let base = (m0 + t) * a_s[0] + k0 * a_s[1];
-                    if narrow {
-                        // int8: wrapping i32 accumulation, as the GEMM
-                        let mut s = *a_acc as i32;
-                        for (j, &wv) in wc.iter().enumerate() {
-                            s = s.wrapping_add(wv as i32 * a[base + j * a_s[1]].get());
-                        }
-                        *a_acc = s as i64;
+                    *a_acc = if narrow {
+                        dot_acc::<T, i32>(*a_acc as i32, wc, a, base, a_s[1]) as i64
                     } else {
-                        for (j, &wv) in wc.iter().enumerate() {
-                            *a_acc += wv as i64 * a[base + j * a_s[1]].get() as i64;
-                        }
-                    }
+                        dot_acc::<T, i64>(*a_acc, wc, a, base, a_s[1])
+                    };
                 }
                 k0 += kn;
             }
