@@ -13,9 +13,34 @@ pub struct Calibration {
     pub per_step: Vec<HashMap<usize, Range>>,
     /// the timestep of each sampling step
     pub timesteps: Vec<f32>,
+    /// steps calibrated on forward-process probes because the trajectories had drifted
+    pub probed_steps: usize,
     pub t_min: f32,
     pub t_max: f32,
     pub evaluations: usize,
+}
+
+/// Whether latents `x` at timestep `t` have drifted more than 3x (in RMS) from the forward process
+/// `sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)`; if so, a forward-process sample to use instead.
+pub fn drift_probe(cfg: &SamplerConfig, t: f32, x: &[f32], seed: u64) -> Option<Vec<f32>> {
+    let a = sampler::alpha_cumprod(cfg, t as i64);
+    let expected = (a * 0.25 + (1.0 - a)).sqrt();
+    let seen =
+        (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64).sqrt();
+    if seen <= 3.0 * expected && seen >= expected / 3.0 {
+        return None;
+    }
+    Some(forward_sample(cfg, t, x.len(), seed))
+}
+
+/// `sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)`, `eps ~ N(0, 1)`.
+pub fn forward_sample(cfg: &SamplerConfig, t: f32, n: usize, seed: u64) -> Vec<f32> {
+    let a = sampler::alpha_cumprod(cfg, t as i64);
+    let (sa, s1a) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| sa * 0.5 * rng.gaussian() + s1a * rng.gaussian())
+        .collect()
 }
 
 /// Union of ranges over the given steps.
@@ -203,6 +228,9 @@ pub fn calibrate(
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
     let mut per_step: Vec<HashMap<usize, Range>> = vec![HashMap::new(); steps as usize];
     let mut timesteps = vec![0f32; steps as usize];
+    let mut traj_sq = vec![0f64; steps as usize];
+    let mut traj_count = vec![0usize; steps as usize];
+    let mut probed_steps = 0usize;
     let n: usize = float.latent.shape.iter().product();
     let mut evaluations = 0;
     let (mut t_min, mut t_max) = (f32::INFINITY, f32::NEG_INFINITY);
@@ -226,6 +254,9 @@ pub fn calibrate(
                 step += 1;
                 timesteps[i] = t;
                 let ranges = &mut per_step[i];
+                traj_sq[i] += xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
+                    / xin.len().max(1) as f64;
+                traj_count[i] += 1;
                 let y = float
                     .run_observed(xin, t, |node, outs| observe(ranges, &wanted, node, outs))
                     .map_err(|_| {
@@ -239,8 +270,37 @@ pub fn calibrate(
         );
         res.map_err(|e| anyhow::anyhow!("calibration trajectory {s}: {e}"))?;
     }
+    // Forward-process probes: x_t = sqrt(a)·x0 + sqrt(1-a)·eps with x0 ~ N(0, 0.5²) (normalised data's
+    // scale), the latents other tools feed a denoiser. Where a model's own trajectories have drifted far
+    // from that (RMS off by more than 3x, as with untrained or weakly trained models), they do not
+    // represent the inputs the model will see and that step is calibrated on the probes instead.
+    let probes = (trajectories / 4).max(2);
+    for (i, &t) in timesteps.clone().iter().enumerate() {
+        let a = sampler::alpha_cumprod(cfg, t as i64);
+        let expected = (a * 0.25 + (1.0 - a)).sqrt();
+        let seen = (traj_sq[i] / traj_count[i].max(1) as f64).sqrt();
+        if seen <= 3.0 * expected && seen >= expected / 3.0 {
+            continue;
+        }
+        let mut probe_ranges = HashMap::new();
+        for j in 0..probes {
+            let x = forward_sample(
+                cfg,
+                t,
+                n,
+                seed0 ^ 0x5eed_0000 ^ ((i as u64) << 16) ^ j as u64,
+            );
+            float.run_observed(&x, t, |node, outs| {
+                observe(&mut probe_ranges, &wanted, node, outs)
+            })?;
+            evaluations += 1;
+        }
+        per_step[i] = probe_ranges;
+        probed_steps += 1;
+    }
     Ok(Calibration {
         per_step,
+        probed_steps,
         timesteps,
         t_min,
         t_max,

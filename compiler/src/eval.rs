@@ -102,6 +102,21 @@ pub fn sqnr_over_schedule(
     for s in 0..opts.eval_samples {
         let traj = float_trajectory_inputs(float, model, opts, seed0 + s as u64)?;
         for (i, (t, x, yf)) in traj.iter().enumerate() {
+            // where the trajectory has drifted away from the forward process (see calib), measure on a
+            // forward-process sample instead, as calibration did
+            let (x, yf) = match crate::calib::drift_probe(
+                &model.meta().sampler,
+                *t,
+                x,
+                seed0 ^ ((s as u64) << 20) ^ i as u64,
+            ) {
+                Some(p) => {
+                    let y = float.run(&p, *t)?;
+                    (p, y)
+                }
+                None => (x.clone(), yf.clone()),
+            };
+            let (x, yf) = (&x, &yf);
             let mut yq = vec![0f32; n];
             sess.run(x, *t, &mut yq).map_err(|e| anyhow!("{e}"))?;
             if per_t.len() <= i {

@@ -97,6 +97,8 @@ pub struct Report {
     pub calib_trajectories: usize,
     pub calib_evaluations: usize,
     pub calib_seconds: f64,
+    /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
+    pub calib_probed_steps: usize,
     pub t_range: (f32, f32),
     pub timestep_groups: usize,
     pub weight_bits: u8,
@@ -318,6 +320,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         calib_trajectories: opts.calib_samples,
         calib_evaluations: cal.evaluations,
         calib_seconds,
+        calib_probed_steps: cal.probed_steps,
         t_range: (cal.t_min, cal.t_max),
         timestep_groups: opts.timestep_groups,
         weight_bits: opts.weight_bits,
@@ -349,6 +352,12 @@ pub fn summary(r: &Report) -> String {
             .join("  ")
     );
     s += &format!("  parameters    {}\n", r.parameters);
+    if r.calib_probed_steps > 0 {
+        s += &format!(
+            "  note          the model's own trajectories drifted far from N(0,1)-scale latents at {} of {} steps;\n                those steps were calibrated on forward-process samples instead\n",
+            r.calib_probed_steps, r.steps
+        );
+    }
     if !r.protected.is_empty() {
         s += &format!(
             "  int16         {} protected tensor(s): {} (arena {} -> {} bytes)\n",
