@@ -198,3 +198,60 @@ fn bad_inputs_give_clear_errors() {
     assert!(!ok && err.contains("bad magic"), "{err}");
     assert!(!d.join("x.dmq").exists());
 }
+
+fn read_npy_f32(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.starts_with(b"\x93NUMPY"));
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    b[10 + hl..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn diffusers_unet2d_export_matches_onnx_runtime() {
+    // A random-weight diffusers UNet2DModel (self-attention, int64 timestep, symbolic batch) compiled
+    // with default flags; `dmqc run` on an N(0,1) latent against ONNX Runtime's float output.
+    let d = tmp("diffusers");
+    let dmq = d.join("d.dmq");
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("diffusers_unet2d.onnx"))
+        .arg("-o")
+        .arg(&dmq)
+        .args(["--calib-samples", "4", "--eval-samples", "1"]));
+    assert!(ok, "{err}");
+    for t in [50, 500, 950] {
+        let out = d.join(format!("o{t}"));
+        let (ok, _, err) = run(dmqc()
+            .arg("run")
+            .arg(&dmq)
+            .arg("--input")
+            .arg(format!("sample={}", fixture("diffusers_x.npy").display()))
+            .arg("--input")
+            .arg(format!(
+                "timestep={}",
+                fixture(&format!("diffusers_t{t}.npy")).display()
+            ))
+            .arg("-o")
+            .arg(&out));
+        assert!(ok, "{err}");
+        let y = read_npy_f32(
+            &std::fs::read_dir(&out)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path(),
+        );
+        let r = read_npy_f32(&fixture(&format!("diffusers_ref_t{t}.npy")));
+        assert_eq!(y.len(), r.len());
+        let (s, e) = r.iter().zip(&y).fold((0f64, 0f64), |(s, e), (&a, &b)| {
+            (s + (a as f64).powi(2), e + (a as f64 - b as f64).powi(2))
+        });
+        let db = 10.0 * (s / e).log10();
+        println!("diffusers UNet2DModel t={t}: {db:.2} dB against ONNX Runtime");
+        assert!(db >= 18.0, "t={t}: {db:.2} dB against ONNX Runtime");
+    }
+}
