@@ -23,14 +23,15 @@ pub struct Calibration {
 /// Whether latents `x` at timestep `t` have drifted more than 3x (in RMS) from the forward process
 /// `sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)`; if so, a forward-process sample to use instead.
 pub fn drift_probe(cfg: &SamplerConfig, t: f32, x: &[f32], seed: u64) -> Option<Vec<f32>> {
+    let ms = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64;
+    drifted(cfg, t, ms.sqrt()).then(|| forward_sample(cfg, t, x.len(), seed))
+}
+
+/// Whether latents of RMS `rms` at timestep `t` are more than 3x away from the forward process's RMS.
+fn drifted(cfg: &SamplerConfig, t: f32, rms: f64) -> bool {
     let a = sampler::alpha_cumprod(cfg, t as i64);
     let expected = (a * 0.25 + (1.0 - a)).sqrt();
-    let seen =
-        (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64).sqrt();
-    if seen <= 3.0 * expected && seen >= expected / 3.0 {
-        return None;
-    }
-    Some(forward_sample(cfg, t, x.len(), seed))
+    rms > 3.0 * expected || rms < expected / 3.0
 }
 
 /// `sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)`, `eps ~ N(0, 1)`.
@@ -134,20 +135,29 @@ pub fn buckets_by_ranges(
         }
     }
     segs.reverse();
-    let mut out: Vec<(Vec<usize>, Option<f32>)> = segs
+    let out: Vec<(Vec<usize>, Option<f32>)> = segs
         .iter()
         .map(|&(i, j)| (order[i..=j].to_vec(), None))
         .collect();
+    with_bounds(out, timesteps)
+}
+
+/// Sets each bucket's upper bound: the midpoint between its highest timestep and the next bucket's
+/// lowest (buckets in ascending t).
+fn with_bounds(
+    mut out: Vec<(Vec<usize>, Option<f32>)>,
+    timesteps: &[f32],
+) -> Vec<(Vec<usize>, Option<f32>)> {
     for k in 0..out.len().saturating_sub(1) {
         let top = out[k]
             .0
             .iter()
-            .map(|&st| timesteps[st])
+            .map(|&s| timesteps[s])
             .fold(f32::MIN, f32::max);
         let next = out[k + 1]
             .0
             .iter()
-            .map(|&st| timesteps[st])
+            .map(|&s| timesteps[s])
             .fold(f32::MAX, f32::min);
         out[k].1 = Some((top + next) / 2.0);
     }
@@ -165,20 +175,7 @@ pub fn buckets(timesteps: &[f32], groups: usize) -> Vec<(Vec<usize>, Option<f32>
         let (lo, hi) = (k * order.len() / g, (k + 1) * order.len() / g);
         out.push((order[lo..hi].to_vec(), None));
     }
-    for k in 0..g.saturating_sub(1) {
-        let top = out[k]
-            .0
-            .iter()
-            .map(|&s| timesteps[s])
-            .fold(f32::MIN, f32::max);
-        let next = out[k + 1]
-            .0
-            .iter()
-            .map(|&s| timesteps[s])
-            .fold(f32::MAX, f32::min);
-        out[k].1 = Some((top + next) / 2.0);
-    }
-    out
+    with_bounds(out, timesteps)
 }
 
 fn observe(
@@ -276,10 +273,7 @@ pub fn calibrate(
     // represent the inputs the model will see and that step is calibrated on the probes instead.
     let probes = (trajectories / 4).max(2);
     for (i, &t) in timesteps.clone().iter().enumerate() {
-        let a = sampler::alpha_cumprod(cfg, t as i64);
-        let expected = (a * 0.25 + (1.0 - a)).sqrt();
-        let seen = (traj_sq[i] / traj_count[i].max(1) as f64).sqrt();
-        if seen <= 3.0 * expected && seen >= expected / 3.0 {
+        if !drifted(cfg, t, (traj_sq[i] / traj_count[i].max(1) as f64).sqrt()) {
             continue;
         }
         let mut probe_ranges = HashMap::new();

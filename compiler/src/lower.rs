@@ -637,10 +637,6 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
     })
 }
 
-fn axis_op_shape(cx: &Ctx, node: &TypedNode) -> Result<Vec<usize>> {
-    shape_of(cx.model, node.id.into())
-}
-
 /// Data-movement ops shared by both paths: the output aliases the input's quantization.
 fn lower_movement(cx: &mut Ctx, node: &TypedNode, x: TensorId) -> Result<Option<TensorId>> {
     let oshape = shape_of(cx.model, node.id.into())?;
@@ -1292,7 +1288,6 @@ fn lower_time(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
         }));
         return Ok(Val::Time(out));
     }
-    let _ = axis_op_shape;
     bail!("no lowering for this op on the timestep path")
 }
 

@@ -120,11 +120,6 @@ impl Blob {
     }
 }
 
-/// Symmetric per-row int8 weights in [-127, 127]: returns (codes, scales).
-pub fn quantize_rows(w: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
-    quantize_rows_bits(w, rows, 8)
-}
-
 /// Symmetric per-row weights in `[-qmax, qmax]` (127 for 8 bits, 7 for 4 bits). The scale of each row
 /// is chosen by a grid search over clipping ratios minimising the squared rounding + clipping error
 /// (plain min-max is the ratio 1.0, always a candidate).
