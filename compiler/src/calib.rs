@@ -11,6 +11,8 @@ use tract_onnx::prelude::*;
 pub struct Calibration {
     /// ranges per sampling step (index in sampling order), per tract node
     pub per_step: Vec<HashMap<usize, Range>>,
+    /// a strided subsample of every observed tensor's values, per step and node (for range search)
+    pub samples: Vec<HashMap<usize, Vec<f32>>>,
     /// the timestep of each sampling step
     pub timesteps: Vec<f32>,
     /// steps calibrated on forward-process probes because the trajectories had drifted
@@ -49,7 +51,7 @@ pub fn union(per_step: &[HashMap<usize, Range>], steps: &[usize]) -> HashMap<usi
     let mut out: HashMap<usize, Range> = HashMap::new();
     for &s in steps {
         for (&node, r) in &per_step[s] {
-            let e = out.entry(node).or_insert(*r);
+            let e = out.entry(node).or_insert(Range::new(r.min, r.max));
             e.min = e.min.min(r.min);
             e.max = e.max.max(r.max);
         }
@@ -144,7 +146,7 @@ pub fn buckets_by_ranges(
 
 /// Sets each bucket's upper bound: the midpoint between its highest timestep and the next bucket's
 /// lowest (buckets in ascending t).
-fn with_bounds(
+pub fn with_bounds(
     mut out: Vec<(Vec<usize>, Option<f32>)>,
     timesteps: &[f32],
 ) -> Vec<(Vec<usize>, Option<f32>)> {
@@ -178,8 +180,76 @@ pub fn buckets(timesteps: &[f32], groups: usize) -> Vec<(Vec<usize>, Option<f32>
     with_bounds(out, timesteps)
 }
 
+/// Values kept per observed tensor and evaluation for the range search.
+const SAMPLES_PER_EVAL: usize = 128;
+
+/// Every `len / k`-th value, starting at an offset that moves with `salt` so that repeated
+/// evaluations see different positions.
+fn subsample(v: &[f32], k: usize, salt: usize) -> impl Iterator<Item = f32> + '_ {
+    let stride = (v.len() / k).max(1);
+    let start = if stride > 1 {
+        (salt.wrapping_mul(7919)) % stride
+    } else {
+        0
+    };
+    v.iter().skip(start).step_by(stride).take(k).copied()
+}
+
+/// Error-minimising int8 clipping of each node's bucket range: shrinks `[min, max]` towards 0 by a
+/// factor `a` (a grid from 1 down to 0.2) and keeps the factor whose quantize-dequantize error
+/// `sum |x - q(x)|^p` over the calibration samples of the bucket's steps is smallest. Sets `clip`.
+pub fn refine(
+    ranges: &mut HashMap<usize, Range>,
+    samples: &[HashMap<usize, Vec<f32>>],
+    steps: &[usize],
+    p: f64,
+) {
+    for (node, r) in ranges.iter_mut() {
+        let all: Vec<&Vec<f32>> = steps
+            .iter()
+            .filter_map(|&s| samples.get(s).and_then(|m| m.get(node)))
+            .collect();
+        let n: usize = all.iter().map(|v| v.len()).sum();
+        // at most ~16k values per search
+        let keep = (n / 16384).max(1);
+        let vals: Vec<f32> = all
+            .iter()
+            .flat_map(|v| v.iter().copied())
+            .step_by(keep)
+            .collect();
+        if vals.is_empty() {
+            continue;
+        }
+        let err = |a: f32| -> f64 {
+            let (scale, zero) = crate::quant::affine_params(r.min * a, r.max * a);
+            vals.iter()
+                .map(|&x| {
+                    let q = ((x / scale).round() + zero as f32).clamp(-128.0, 127.0);
+                    let d = (x - (q - zero as f32) * scale).abs() as f64;
+                    if p == 2.0 {
+                        d * d
+                    } else {
+                        d.powf(p)
+                    }
+                })
+                .sum()
+        };
+        let mut best = (1.0f32, err(1.0));
+        for i in 1..=80 {
+            let a = 1.0 - i as f32 * 0.01;
+            let e = err(a);
+            if e < best.1 {
+                best = (a, e);
+            }
+        }
+        r.clip = Some((r.min * best.0, r.max * best.0));
+    }
+}
+
 fn observe(
     ranges: &mut HashMap<usize, Range>,
+    samples: &mut HashMap<usize, Vec<f32>>,
+    salt: usize,
     wanted: &HashSet<usize>,
     node: usize,
     out: &TVec<TValue>,
@@ -206,9 +276,13 @@ fn observe(
     if lo > hi {
         return;
     }
-    let r = ranges.entry(node).or_insert(Range { min: lo, max: hi });
+    let r = ranges.entry(node).or_insert(Range::new(lo, hi));
     r.min = r.min.min(lo);
     r.max = r.max.max(hi);
+    samples
+        .entry(node)
+        .or_default()
+        .extend(subsample(&s, SAMPLES_PER_EVAL, salt).filter(|x| x.is_finite()));
 }
 
 /// Runs `trajectories` float sampler runs from seeds `seed0..`, recording ranges of `stat_nodes`.
@@ -224,6 +298,7 @@ pub fn calibrate(
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
     let mut per_step: Vec<HashMap<usize, Range>> = vec![HashMap::new(); steps as usize];
+    let mut samples: Vec<HashMap<usize, Vec<f32>>> = vec![HashMap::new(); steps as usize];
     let mut timesteps = vec![0f32; steps as usize];
     let mut traj_sq = vec![0f64; steps as usize];
     let mut traj_count = vec![0usize; steps as usize];
@@ -251,11 +326,15 @@ pub fn calibrate(
                 step += 1;
                 timesteps[i] = t;
                 let ranges = &mut per_step[i];
+                let smp = &mut samples[i];
+                let salt = evaluations;
                 traj_sq[i] += xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
                     / xin.len().max(1) as f64;
                 traj_count[i] += 1;
                 let y = float
-                    .run_observed(xin, t, |node, outs| observe(ranges, &wanted, node, outs))
+                    .run_observed(xin, t, |node, outs| {
+                        observe(ranges, smp, salt, &wanted, node, outs)
+                    })
                     .map_err(|_| {
                         dmq_runtime::Error::Unsupported("float model evaluation failed")
                     })?;
@@ -277,6 +356,7 @@ pub fn calibrate(
             continue;
         }
         let mut probe_ranges = HashMap::new();
+        let mut probe_samples = HashMap::new();
         for j in 0..probes {
             let x = forward_sample(
                 cfg,
@@ -285,15 +365,24 @@ pub fn calibrate(
                 seed0 ^ 0x5eed_0000 ^ ((i as u64) << 16) ^ j as u64,
             );
             float.run_observed(&x, t, |node, outs| {
-                observe(&mut probe_ranges, &wanted, node, outs)
+                observe(
+                    &mut probe_ranges,
+                    &mut probe_samples,
+                    evaluations,
+                    &wanted,
+                    node,
+                    outs,
+                )
             })?;
             evaluations += 1;
         }
         per_step[i] = probe_ranges;
+        samples[i] = probe_samples;
         probed_steps += 1;
     }
     Ok(Calibration {
         per_step,
+        samples,
         probed_steps,
         timesteps,
         t_min,

@@ -232,7 +232,7 @@ pub fn emit(
     t_range: (f32, f32),
 ) -> Result<Vec<u8>> {
     let q0 = &streams.first().ok_or_else(|| anyhow!("no op stream"))?.0;
-    let f = |t: TensorId| tref(p, &q0.params, &plan.offsets, t);
+    let f = |t: TensorId| tref(p, q0, &plan.offsets, t);
     let latent = p.latent.ok_or_else(|| anyhow!("no latent input"))?;
     let output = p.output.ok_or_else(|| anyhow!("no output"))?;
     let name = |t: Option<TensorId>| {
@@ -274,7 +274,7 @@ pub fn emit(
                 .push(*u)
                 .map_err(|_| anyhow!("too many timestep buckets"))?;
         }
-        let fq = |t: TensorId| tref(p, &q.params, &plan.offsets, t);
+        let fq = |t: TensorId| tref(p, q, &plan.offsets, t);
         for (i, op) in q.ops.iter().enumerate() {
             let rec = map_op(op, &fq, plan.scratch[i]);
             ops_b.extend(postcard::to_allocvec(&rec)?);

@@ -172,23 +172,32 @@ pub fn per_layer_sqnr(
         }
     }
     let mut rows = vec![];
-    for (i, op) in model.ops().enumerate() {
+    for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
         let op = op.map_err(|e| anyhow!("{e}"))?;
         dmq_runtime::exec::run_op(&op, a, model.blob()).map_err(|e| anyhow!("op {i}: {e}"))?;
         let out = crate::ir::plain_output(&op);
         let id = program.ops[i].output();
         let info = program.t(id);
-        if out.dtype != dmq_runtime::format::DType::I8 {
-            continue;
-        }
+        let (width, signed16) = match out.dtype {
+            dmq_runtime::format::DType::I8 => (1, false),
+            dmq_runtime::format::DType::I16 => (2, true),
+            _ => continue,
+        };
         let Some(stat) = info.stat else { continue };
         let Some(reference) = values.get(&stat) else {
             continue;
         };
         let o = out.offset as usize;
-        let q: Vec<f32> = a[o..o + out.numel()]
-            .iter()
-            .map(|&b| (b as i8 as i32 - out.zero) as f32 * out.scale)
+        let q: Vec<f32> = a[o..o + width * out.numel()]
+            .chunks_exact(width)
+            .map(|b| {
+                let v = if signed16 {
+                    i16::from_le_bytes([b[0], b[1]]) as i32
+                } else {
+                    b[0] as i8 as i32
+                };
+                (v - out.zero) as f32 * out.scale
+            })
             .collect();
         if q.len() == reference.len() {
             rows.push((

@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg};
 use dmq_runtime::SamplerKind;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -40,6 +40,12 @@ pub struct CompileOptions {
     /// seeds used to measure quality (distinct from calibration seeds)
     pub eval_samples: usize,
     pub progress: bool,
+    /// exponent of the activation range search (`sum |x - q(x)|^p` over calibration samples);
+    /// 0 = plain min-max
+    pub range_p: f64,
+    /// with `Protect::Auto`: steps whose measured SQNR stays below this (dB) run with every tensor
+    /// that can be int16 at 16 bits, in buckets of their own; 0 = off
+    pub floor_db: f64,
 }
 
 impl Default for CompileOptions {
@@ -57,6 +63,19 @@ impl Default for CompileOptions {
             weight_bits: 8,
             eval_samples: 8,
             progress: true,
+            range_p: 2.0,
+            floor_db: 27.0,
+        }
+    }
+}
+
+impl CompileOptions {
+    /// The default quality floor: 27 dB with 8-bit weights, 20 dB with 4-bit.
+    pub fn default_floor_db(weight_bits: u8) -> f64 {
+        if weight_bits == 4 {
+            20.0
+        } else {
+            27.0
         }
     }
 }
@@ -70,6 +89,14 @@ pub enum Protect {
     Names(Vec<String>),
     /// every tensor that can be int16 (`--act-bits 16`)
     All,
+}
+
+/// A timestep bucket: the upper timestep bound separating it from the next, its
+/// ranges, and whether it runs the quality-floor program (every int16-capable tensor at 16 bits).
+struct Bucket {
+    upper: Option<f32>,
+    ranges: HashMap<usize, quant::Range>,
+    floor: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +137,12 @@ pub struct Report {
     pub protected: Vec<String>,
     pub arena_bytes_unprotected: u32,
     pub sensitivity: Vec<protect::Sensitivity>,
+    /// the quality floor (dB) and the steps below it with int8 activations: (t, SQNR measured then);
+    /// those steps run buckets in which every tensor that can be int16 is
+    pub floor_db: f64,
+    pub floor_steps: Vec<(f32, f64)>,
+    /// op streams in the file (timestep buckets, including floor buckets)
+    pub streams: usize,
 }
 
 pub struct Compiled {
@@ -202,20 +235,62 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     )?;
     pb.finish_and_clear();
     let calib_seconds = t0.elapsed().as_secs_f64();
-    // One op stream per timestep bucket, sharing weights through the blob; the arena plan is the same.
-    let build = |program: &ir::Program, groups: usize| -> Result<(Vec<u8>, memplan::Plan)> {
+    // Ranges per timestep bucket: the plain baseline takes one min-max range over all steps; the
+    // chosen configuration takes `timestep_groups` buckets with error-minimising int8 clipping.
+    let ranges_of = |steps: &[usize], refine: bool| {
+        let mut ranges = calib::union(&cal.per_step, steps);
+        if refine && opts.range_p > 0.0 {
+            calib::refine(&mut ranges, &cal.samples, steps, opts.range_p);
+        }
+        ranges
+    };
+    let all_steps: Vec<usize> = (0..cal.timesteps.len()).collect();
+    let baseline_buckets = vec![Bucket {
+        upper: None,
+        ranges: ranges_of(&all_steps, false),
+        floor: false,
+    }];
+    let mut buckets: Vec<Bucket> =
+        calib::buckets_by_ranges(&cal.per_step, &cal.timesteps, opts.timestep_groups)
+            .into_iter()
+            .map(|(steps, upper)| Bucket {
+                ranges: ranges_of(&steps, true),
+                upper,
+                floor: false,
+            })
+            .collect();
+    // One op stream per timestep bucket, sharing weights through the blob. `floor_program` serves the
+    // buckets below the quality floor. The arena plan covers the widest element type of every tensor
+    // and the largest scratch of every op over the streams.
+    let build = |main: &ir::Program,
+                 floor_program: Option<(&ir::Program, &[ir::TensorId])>,
+                 buckets: &[Bucket],
+                 keep8: &[ir::TensorId]|
+     -> Result<(Vec<u8>, memplan::Plan)> {
         let mut blob = quant::Blob::default();
         let mut streams = vec![];
-        for (steps, upper) in calib::buckets_by_ranges(&cal.per_step, &cal.timesteps, groups) {
-            let ranges = calib::union(&cal.per_step, &steps);
+        let mut wide = main.clone();
+        for b in buckets {
+            let (p, keep8) = match (b.floor, floor_program) {
+                (true, Some(f)) => f,
+                _ => (main, keep8),
+            };
+            for (w, t) in wide.tensors.iter_mut().zip(&p.tensors) {
+                if t.dtype.size() > w.dtype.size() {
+                    w.dtype = t.dtype;
+                }
+            }
             streams.push((
-                quant::quantize(program, &ranges, &mut blob, opts.weight_bits)?,
-                upper,
+                quant::quantize(p, &b.ranges, &mut blob, opts.weight_bits, keep8)?,
+                b.upper,
             ));
         }
-        let plan = memplan::plan(program, &streams[0].0.ops, &streams[0].0.scratch);
+        let scratch: Vec<usize> = (0..streams[0].0.scratch.len())
+            .map(|i| streams.iter().map(|s| s.0.scratch[i]).max().unwrap_or(0))
+            .collect();
+        let plan = memplan::plan(&wide, &streams[0].0.ops, &scratch);
         let bytes = emit::emit(
-            program,
+            main,
             &streams,
             &blob,
             &plan,
@@ -225,7 +300,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         Ok((bytes, plan))
     };
     // The plain baseline: one min-max range for all steps, every activation int8.
-    let (unprotected, unprotected_plan) = build(&lowered.program, 1)?;
+    let (unprotected, unprotected_plan) = build(&lowered.program, None, &baseline_buckets, &[])?;
     // int16 protection of the most sensitive tensors, measured through the runtime
     let mut program = lowered.program.clone();
     let mut sensitivity = vec![];
@@ -252,14 +327,118 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
                 let traj = eval::float_trajectory_inputs(&float, &m0, opts, 2_000_000 + seed)?;
                 inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
             }
-            let (c, ranking) = protect::auto(&program, *k, &inputs, |p| Ok(build(p, 1)?.0))?;
+            let (c, ranking) = protect::auto(&program, *k, &inputs, |p| {
+                Ok(build(p, None, &buckets, &[])?.0)
+            })?;
             sensitivity = ranking;
             c
         }
     };
     protect::apply(&mut program, &chosen);
     let protected: Vec<String> = chosen.iter().map(|&t| program.t(t).name.clone()).collect();
-    let (bytes, plan) = build(&program, opts.timestep_groups)?;
+    let (mut bytes, mut plan) = build(&program, None, &buckets, &chosen)?;
+    // Quality floor: steps whose output SQNR (worst of two seeds unused elsewhere) stays below
+    // `floor_db` get buckets of their own in which every tensor that can be int16 is.
+    let mut floor_before = vec![];
+    if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
+        let m =
+            dmq_runtime::Model::load(&bytes).map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
+        let probe_opts = CompileOptions {
+            eval_samples: 2,
+            progress: false,
+            ..opts.clone()
+        };
+        let q = eval::sqnr_over_schedule(&float, &m, &probe_opts, 3_000_000)?;
+        let weak: Vec<bool> = q.iter().map(|q| q.min_db < opts.floor_db).collect();
+        if weak.iter().any(|&w| w) && weak.len() == cal.timesteps.len() {
+            floor_before = q
+                .iter()
+                .filter(|q| q.min_db < opts.floor_db)
+                .map(|q| (q.t, q.min_db))
+                .collect();
+            let mut f = program.clone();
+            protect::apply(&mut f, &protect::candidates(&program));
+            let floor_program = Some(f);
+            // floor buckets: runs of weak steps neighbouring in t; the other steps share the
+            // remaining buckets (so the file keeps `timestep_groups` streams where it can)
+            let mut order: Vec<usize> = (0..weak.len()).collect();
+            order.sort_by(|&a, &b| cal.timesteps[a].partial_cmp(&cal.timesteps[b]).unwrap());
+            let runs: Vec<Vec<usize>> = order
+                .chunk_by(|&a, &b| weak[a] == weak[b])
+                .filter(|r| weak[r[0]])
+                .map(|r| r.to_vec())
+                .collect();
+            let strong: Vec<usize> = order.iter().copied().filter(|&i| !weak[i]).collect();
+            let mut split: Vec<(Vec<usize>, Option<f32>)> =
+                runs.into_iter().map(|r| (r, None)).collect();
+            if !strong.is_empty() {
+                let g = opts.timestep_groups.saturating_sub(split.len()).max(1);
+                let sub_ranges: Vec<_> = strong.iter().map(|&i| cal.per_step[i].clone()).collect();
+                let sub_t: Vec<f32> = strong.iter().map(|&i| cal.timesteps[i]).collect();
+                for (steps, _) in calib::buckets_by_ranges(&sub_ranges, &sub_t, g) {
+                    split.push((steps.iter().map(|&k| strong[k]).collect(), None));
+                }
+            }
+            split.sort_by(|a, b| {
+                cal.timesteps[a.0[0]]
+                    .partial_cmp(&cal.timesteps[b.0[0]])
+                    .unwrap()
+            });
+            buckets = calib::with_bounds(split, &cal.timesteps)
+                .into_iter()
+                .map(|(steps, upper)| Bucket {
+                    ranges: ranges_of(&steps, true),
+                    floor: weak[steps[0]],
+                    upper,
+                })
+                .collect();
+            // with 4-bit weights, the floor buckets also give 8-bit weights to the layers that need
+            // them most (measured on the weak steps), until those steps reach the floor
+            let floor_keep8: Vec<ir::TensorId> = if opts.weight_bits == 4 {
+                let f = floor_program.as_ref().unwrap();
+                let floor_buckets: Vec<&Bucket> = buckets.iter().filter(|b| b.floor).collect();
+                let mut inputs = vec![];
+                for seed in 0..2 {
+                    let traj = eval::float_trajectory_inputs(&float, &m, opts, 3_000_000 + seed)?;
+                    inputs.extend(
+                        traj.into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| weak[*i])
+                            .map(|(_, x)| x),
+                    );
+                }
+                // one stream per floor bucket, as a model of its own
+                let single = |keep8: &[ir::TensorId]| -> Result<Vec<u8>> {
+                    let n = floor_buckets.len();
+                    let bs: Vec<Bucket> = floor_buckets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| Bucket {
+                            upper: if i + 1 < n { b.upper } else { None },
+                            ranges: b.ranges.clone(),
+                            floor: false,
+                        })
+                        .collect();
+                    Ok(build(f, None, &bs, keep8)?.0)
+                };
+                protect::floor_weights(
+                    f,
+                    &chosen,
+                    10f64.powf(-(opts.floor_db + 1.0) / 10.0),
+                    &inputs,
+                    single,
+                )?
+            } else {
+                chosen.clone()
+            };
+            (bytes, plan) = build(
+                &program,
+                floor_program.as_ref().map(|f| (f, &floor_keep8[..])),
+                &buckets,
+                &chosen,
+            )?;
+        }
+    }
     let model = dmq_runtime::Model::load(&bytes)
         .map_err(|e| anyhow::anyhow!("internal error: emitted model does not validate: {e}"))?;
     let baseline_bytes = if opts.baseline {
@@ -331,6 +510,9 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         protected,
         arena_bytes_unprotected: unprotected_plan.arena_bytes,
         sensitivity,
+        floor_db: opts.floor_db,
+        floor_steps: floor_before,
+        streams: buckets.len(),
     };
     Ok(Compiled {
         bytes,
@@ -373,6 +555,18 @@ pub fn summary(r: &Report) -> String {
             },
             r.arena_bytes_unprotected,
             r.arena_bytes
+        );
+    }
+    if !r.floor_steps.is_empty() {
+        s += &format!(
+            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                every int16-capable tensor at 16 bits ({} op streams in all)\n",
+            r.floor_db,
+            r.floor_steps
+                .iter()
+                .map(|(t, db)| format!("{t} ({db:.1} dB)"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.streams
         );
     }
     s += &format!(

@@ -55,6 +55,12 @@ enum PredictionArg {
     Sample,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ActRangeArg {
+    Mse,
+    Minmax,
+}
+
 #[derive(clap::Args)]
 struct CompileArgs {
     /// ONNX model (inputs: latent + timestep, output: the prediction)
@@ -99,6 +105,15 @@ struct CompileArgs {
     /// Activation bits: 8, or 16 (every tensor that can be int16 is; attention products stay int8)
     #[arg(long, default_value_t = 8)]
     act_bits: u32,
+    /// Quality floor in dB (with --protect auto): steps whose measured SQNR stays below it run in
+    /// buckets of their own with every int16-capable tensor at 16 bits. Default: 27 with 8-bit
+    /// weights, 20 with 4-bit; 0 turns it off
+    #[arg(long)]
+    floor_db: Option<f64>,
+    /// Activation ranges: mse (clipping that minimises the squared quantization error over the
+    /// calibration samples, per bucket) or minmax
+    #[arg(long, value_enum, default_value = "mse")]
+    act_range: ActRangeArg,
     /// Write the compile report as JSON
     #[arg(long)]
     report: Option<PathBuf>,
@@ -236,6 +251,8 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         no_baseline,
         protect,
         protect_budget,
+        floor_db,
+        act_range,
     } = args;
     if weight_bits != 8 && weight_bits != 4 {
         bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
@@ -278,6 +295,11 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
             ),
         },
         baseline: !no_baseline,
+        floor_db: floor_db.unwrap_or(CompileOptions::default_floor_db(weight_bits as u8)),
+        range_p: match act_range {
+            ActRangeArg::Mse => 2.0,
+            ActRangeArg::Minmax => 0.0,
+        },
         ..Default::default()
     };
     let c = dmq_compiler::compile(&model, &opts)?;
@@ -738,6 +760,7 @@ fn cmd_demo(dir: &Path, seeds: u64) -> Result<()> {
     let opts8 = CompileOptions::default();
     let opts4 = CompileOptions {
         weight_bits: 4,
+        floor_db: CompileOptions::default_floor_db(4),
         baseline: false,
         ..Default::default()
     };

@@ -140,3 +140,59 @@ pub fn by_names(p: &Program, names: &[String]) -> Result<Vec<TensorId>> {
         })
         .collect()
 }
+
+/// 8-bit weights for the quality floor when the body is 4-bit: greedily adds, one layer per round,
+/// the weight layer whose 8-bit weights lower the output error on `inputs` (the weak steps) the most
+/// per extra byte, until the error reaches `target_err` or no layer helps. Returns the output tensors
+/// (quantization roots) whose producing products keep 8-bit weights, starting from `keep8`.
+pub fn floor_weights(
+    p: &Program,
+    keep8: &[TensorId],
+    target_err: f64,
+    inputs: &[(f32, Vec<f32>, Vec<f32>)],
+    build: impl Fn(&[TensorId]) -> Result<Vec<u8>>,
+) -> Result<Vec<TensorId>> {
+    let mut set = keep8.to_vec();
+    let mut err = output_error(&build(&set)?, inputs)?;
+    let mut pool: Vec<(TensorId, usize)> = vec![];
+    for op in &p.ops {
+        if let IrOp::Conv { output, w, .. }
+        | IrOp::Linear {
+            output,
+            w,
+            float: false,
+            ..
+        } = op
+        {
+            let root = p.quant_root(*output);
+            if !set.contains(&root) && !pool.iter().any(|(r, _)| *r == root) {
+                pool.push((root, w.len()));
+            }
+        }
+    }
+    while err > target_err && !pool.is_empty() {
+        let mut best: Option<(usize, f64, f64)> = None;
+        for (i, &(root, n)) in pool.iter().enumerate() {
+            let mut s = set.clone();
+            s.push(root);
+            let e = output_error(&build(&s)?, inputs)?;
+            // error reduction (dB) per extra weight byte
+            let gain = 10.0 * (err / e.max(1e-30)).log10() / (n as f64 / 2.0);
+            if gain > 0.0 && best.is_none_or(|b| gain > b.2) {
+                best = Some((i, e, gain));
+            }
+        }
+        let Some((i, e, _)) = best else { break };
+        let (root, _) = pool.remove(i);
+        set.push(root);
+        err = e;
+        if std::env::var_os("DMQ_DEBUG_PROTECT").is_some() {
+            eprintln!(
+                "floor weights: + {} -> {:.2} dB",
+                p.t(root).name,
+                -10.0 * err.log10()
+            );
+        }
+    }
+    Ok(set)
+}

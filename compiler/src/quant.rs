@@ -11,6 +11,18 @@ use std::collections::HashMap;
 pub struct Range {
     pub min: f32,
     pub max: f32,
+    /// the error-minimising clipped range for int8 codes (see `calib::refine`); min-max when `None`
+    pub clip: Option<(f32, f32)>,
+}
+
+impl Range {
+    pub fn new(min: f32, max: f32) -> Range {
+        Range {
+            min,
+            max,
+            clip: None,
+        }
+    }
 }
 
 /// Per-tensor asymmetric int8 parameters covering `[lo, hi]` (which is widened to include 0).
@@ -194,7 +206,10 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
             let r = ranges
                 .get(&s)
                 .ok_or_else(|| anyhow!("no calibration range for tensor {}", t.name))?;
-            affine_params_for(t.dtype, r.min, r.max)
+            match (t.dtype, r.clip) {
+                (DType::I8, Some((lo, hi))) => affine_params_for(t.dtype, lo, hi),
+                _ => affine_params_for(t.dtype, r.min, r.max),
+            }
         } else {
             return Err(anyhow!("tensor {} has no quantization source", t.name));
         };
@@ -208,22 +223,28 @@ pub struct Quantized {
     pub ops: Vec<Op<TensorId>>,
     pub scratch: Vec<usize>,
     pub params: Vec<(f32, i32)>,
+    /// the element type of every tensor in this stream (streams may protect different tensors)
+    pub dtypes: Vec<DType>,
 }
 
 /// Quantizes the program for one set of ranges. `weight_bits` is 8 or 4; with 4, products that touch
-/// an int16 (protected) tensor keep 8-bit weights.
+/// a tensor of `keep8` (quantization roots: the sensitivity-protected tensors) keep 8-bit weights.
 pub fn quantize(
     p: &Program,
     ranges: &HashMap<usize, Range>,
     blob: &mut Blob,
     weight_bits: u8,
+    keep8: &[TensorId],
 ) -> Result<Quantized> {
     let params = choose_params(p, ranges)?;
     let mut ops = vec![];
     let mut scratch = vec![];
     let q = |t: TensorId| params[t.0 as usize];
     let bits_for = |a: TensorId, b: TensorId| -> u8 {
-        if weight_bits == 4 && p.t(a).dtype == DType::I8 && p.t(b).dtype == DType::I8 {
+        if weight_bits == 4
+            && !keep8.contains(&p.quant_root(a))
+            && !keep8.contains(&p.quant_root(b))
+        {
             4
         } else {
             8
@@ -510,20 +531,21 @@ pub fn quantize(
         ops,
         scratch,
         params,
+        dtypes: p.tensors.iter().map(|t| t.dtype).collect(),
     })
 }
 
 /// Resolves tensor ids to arena references.
-pub fn tref(p: &Program, params: &[(f32, i32)], offsets: &[u32], id: TensorId) -> TRef {
+pub fn tref(p: &Program, q: &Quantized, offsets: &[u32], id: TensorId) -> TRef {
     let t = p.t(id);
-    let (scale, zero) = params[id.0 as usize];
+    let (scale, zero) = q.params[id.0 as usize];
     let mut shape = heapless::Vec::new();
     for &d in &t.shape {
         let _ = shape.push(d as u32);
     }
     TRef {
         offset: offsets[id.0 as usize],
-        dtype: t.dtype,
+        dtype: q.dtypes[id.0 as usize],
         shape,
         scale,
         zero,
