@@ -23,23 +23,46 @@ pub struct Calibration {
 }
 
 /// Whether latents `x` at timestep `t` have drifted more than 3x (in RMS) from the forward process
-/// `sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)`; if so, a forward-process sample to use instead.
-pub fn drift_probe(cfg: &SamplerConfig, t: f32, x: &[f32], seed: u64) -> Option<Vec<f32>> {
+/// `sqrt(a)·x0 + sqrt(1-a)·eps` (or `x0 + sigma·eps` for sigma-conditioned samplers) with
+/// `x0 ~ N(0, 0.5²)`; if so, a forward-process sample to use instead.
+pub fn drift_probe(
+    cfg: &SamplerConfig,
+    kind: SamplerKind,
+    t: f32,
+    x: &[f32],
+    seed: u64,
+) -> Option<Vec<f32>> {
     let ms = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64;
-    drifted(cfg, t, ms.sqrt()).then(|| forward_sample(cfg, t, x.len(), seed))
+    drifted(cfg, kind, t, ms.sqrt()).then(|| forward_sample(cfg, kind, t, x.len(), seed))
+}
+
+/// The forward process's signal and noise coefficients at `t`.
+fn coefficients(cfg: &SamplerConfig, kind: SamplerKind, t: f32) -> (f64, f64) {
+    if kind.sigma_conditioned() {
+        (1.0, t as f64)
+    } else {
+        let a = sampler::alpha_cumprod(cfg, t as i64);
+        (a.sqrt(), (1.0 - a).sqrt())
+    }
 }
 
 /// Whether latents of RMS `rms` at timestep `t` are more than 3x away from the forward process's RMS.
-fn drifted(cfg: &SamplerConfig, t: f32, rms: f64) -> bool {
-    let a = sampler::alpha_cumprod(cfg, t as i64);
-    let expected = (a * 0.25 + (1.0 - a)).sqrt();
+fn drifted(cfg: &SamplerConfig, kind: SamplerKind, t: f32, rms: f64) -> bool {
+    let (s, n) = coefficients(cfg, kind, t);
+    let expected = (s * s * 0.25 + n * n).sqrt();
     rms > 3.0 * expected || rms < expected / 3.0
 }
 
-/// `sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)`, `eps ~ N(0, 1)`.
-pub fn forward_sample(cfg: &SamplerConfig, t: f32, n: usize, seed: u64) -> Vec<f32> {
-    let a = sampler::alpha_cumprod(cfg, t as i64);
-    let (sa, s1a) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
+/// `sqrt(a)·x0 + sqrt(1-a)·eps` (or `x0 + sigma·eps`) with `x0 ~ N(0, 0.5²)`, `eps ~ N(0, 1)`.
+pub fn forward_sample(
+    cfg: &SamplerConfig,
+    kind: SamplerKind,
+    t: f32,
+    n: usize,
+    seed: u64,
+) -> Vec<f32> {
+    let (sa, s1a) = coefficients(cfg, kind, t);
+    let (sa, s1a) = (sa as f32, s1a as f32);
     let mut rng = Rng::new(seed);
     (0..n)
         .map(|_| sa * 0.5 * rng.gaussian() + s1a * rng.gaussian())
@@ -294,6 +317,7 @@ pub fn calibrate(
     trajectories: usize,
     seed0: u64,
     stat_nodes: &[usize],
+    merge_probes: bool,
     progress: &indicatif::ProgressBar,
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
@@ -349,10 +373,17 @@ pub fn calibrate(
     // Forward-process probes: x_t = sqrt(a)·x0 + sqrt(1-a)·eps with x0 ~ N(0, 0.5²) (normalised data's
     // scale), the latents other tools feed a denoiser. Where a model's own trajectories have drifted far
     // from that (RMS off by more than 3x, as with untrained or weakly trained models), they do not
-    // represent the inputs the model will see and that step is calibrated on the probes instead.
+    // represent the inputs the model will see and that step is calibrated on the probes instead;
+    // elsewhere (with `merge_probes`) the probes widen the trajectories' ranges and samples.
     let probes = (trajectories / 4).max(2);
     for (i, &t) in timesteps.clone().iter().enumerate() {
-        if !drifted(cfg, t, (traj_sq[i] / traj_count[i].max(1) as f64).sqrt()) {
+        let drift = drifted(
+            cfg,
+            kind,
+            t,
+            (traj_sq[i] / traj_count[i].max(1) as f64).sqrt(),
+        );
+        if !drift && !merge_probes {
             continue;
         }
         let mut probe_ranges = HashMap::new();
@@ -360,6 +391,7 @@ pub fn calibrate(
         for j in 0..probes {
             let x = forward_sample(
                 cfg,
+                kind,
                 t,
                 n,
                 seed0 ^ 0x5eed_0000 ^ ((i as u64) << 16) ^ j as u64,
@@ -376,9 +408,20 @@ pub fn calibrate(
             })?;
             evaluations += 1;
         }
-        per_step[i] = probe_ranges;
-        samples[i] = probe_samples;
-        probed_steps += 1;
+        if drift {
+            per_step[i] = probe_ranges;
+            samples[i] = probe_samples;
+            probed_steps += 1;
+        } else {
+            for (node, r) in probe_ranges {
+                let e = per_step[i].entry(node).or_insert(r);
+                e.min = e.min.min(r.min);
+                e.max = e.max.max(r.max);
+            }
+            for (node, v) in probe_samples {
+                samples[i].entry(node).or_default().extend(v);
+            }
+        }
     }
     Ok(Calibration {
         per_step,

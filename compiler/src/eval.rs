@@ -106,6 +106,7 @@ pub fn sqnr_over_schedule(
             // forward-process sample instead, as calibration did
             let (x, yf) = match crate::calib::drift_probe(
                 &model.meta().sampler,
+                opts.sampler,
                 *t,
                 x,
                 seed0 ^ ((s as u64) << 20) ^ i as u64,

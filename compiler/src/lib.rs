@@ -15,7 +15,7 @@ pub mod protect;
 pub mod quant;
 
 use anyhow::{bail, Result};
-use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg};
+use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg, MAX_SCHEDULE};
 use dmq_runtime::SamplerKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +40,11 @@ pub struct CompileOptions {
     /// seeds used to measure quality (distinct from calibration seeds)
     pub eval_samples: usize,
     pub progress: bool,
+    /// explicit timesteps or sigmas in sampling order (`--timesteps`); `steps` must equal its length
+    pub timesteps: Option<Vec<f32>>,
+    /// the Karras sigma range of the sigma-conditioned samplers
+    pub sigma_min: f32,
+    pub sigma_max: f32,
     /// exponent of the activation range search (`sum |x - q(x)|^p` over calibration samples);
     /// 0 = plain min-max
     pub range_p: f64,
@@ -63,6 +68,9 @@ impl Default for CompileOptions {
             weight_bits: 8,
             eval_samples: 8,
             progress: true,
+            timesteps: None,
+            sigma_min: 0.002,
+            sigma_max: 80.0,
             range_p: 2.0,
             floor_db: 27.0,
         }
@@ -160,8 +168,20 @@ pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
         default_sampler: match opts.sampler {
             SamplerKind::Ddim => SamplerKindCfg::Ddim,
             SamplerKind::Ddpm => SamplerKindCfg::Ddpm,
+            SamplerKind::Euler => SamplerKindCfg::Euler,
+            SamplerKind::Consistency => SamplerKindCfg::Consistency,
         },
         default_steps: opts.steps,
+        sigma_min: opts.sigma_min,
+        sigma_max: opts.sigma_max,
+        rho: 7.0,
+        schedule: opts
+            .timesteps
+            .iter()
+            .flatten()
+            .copied()
+            .take(MAX_SCHEDULE)
+            .collect(),
     }
 }
 
@@ -231,6 +251,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         opts.calib_samples,
         opts.calib_seed,
         &lowered.stat_nodes,
+        opts.sampler.sigma_conditioned(),
         &pb,
     )?;
     pb.finish_and_clear();
@@ -521,6 +542,16 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     })
 }
 
+/// A timestep (integer) or sigma (4 significant digits) for tables.
+pub fn fmt_t(t: f32) -> String {
+    if t == t.round() && t.abs() < 1e6 {
+        format!("{t}")
+    } else {
+        let digits = (3 - t.abs().log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{t:.digits$}")
+    }
+}
+
 /// The summary table printed after compile.
 pub fn summary(r: &Report) -> String {
     let mut s = String::new();
@@ -587,13 +618,19 @@ pub fn summary(r: &Report) -> String {
         "  SQNR of the int8 output against float through the runtime (dB; {} timestep bucket(s); median and worst\n  over the evaluation inputs; baseline = plain min-max with one range for all steps):\n",
         r.timestep_groups
     );
-    s += "      t    median    worst  baseline\n";
+    s += "        t    median    worst  baseline\n";
     for q in &r.sqnr_per_timestep {
         let b = q
             .baseline_db
             .map(|b| format!("{b:>9.2}"))
             .unwrap_or_else(|| "        -".into());
-        s += &format!("  {:>5}  {:>8.2} {:>8.2} {}\n", q.t, q.sqnr_db, q.min_db, b);
+        s += &format!(
+            "  {:>7}  {:>8.2} {:>8.2} {}\n",
+            fmt_t(q.t),
+            q.sqnr_db,
+            q.min_db,
+            b
+        );
     }
     s += &format!(
         "  mean {:.2} dB, worst timestep {:.2} dB\n",

@@ -415,11 +415,13 @@ impl<'a> Ctx<'a> {
             return q;
         }
         let info = self.prog.t(t).clone();
+        // a reshaped time-path value is observed where it was computed
+        let stat = info.stat.or(self.prog.t(self.prog.quant_root(t)).stat);
         let q = self.tensor(
             &format!("{}.q", info.name),
             info.shape.clone(),
             DType::I8,
-            info.stat,
+            stat,
         );
         self.prog.ops.push(IrOp::Quantize {
             input: t,

@@ -77,12 +77,20 @@ struct CompileArgs {
     /// What the model predicts
     #[arg(long, value_enum, default_value = "epsilon")]
     prediction: PredictionArg,
-    /// Sampling steps
-    #[arg(long, default_value_t = 50)]
-    steps: u32,
-    /// Explicit timestep/sigma values the device will use (comma separated)
+    /// Sampling steps (default: 50; 1 for consistency; the count of --timesteps when given).
+    /// Euler and consistency space sigmas as Karras et al. do (rho 7, --sigma-min..--sigma-max)
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Explicit timestep (DDIM/DDPM) or sigma (Euler, consistency) values the device will use, in
+    /// sampling order (comma separated), e.g. --sampler consistency --timesteps 80,24.4,5.84
     #[arg(long, value_delimiter = ',')]
     timesteps: Option<Vec<f32>>,
+    /// Smallest sigma of the Karras schedule (also the consistency models' sigma_min)
+    #[arg(long, default_value_t = 0.002)]
+    sigma_min: f32,
+    /// Largest sigma of the Karras schedule (the initial noise level of Euler and consistency)
+    #[arg(long, default_value_t = 80.0)]
+    sigma_max: f32,
     /// Values for other inputs during calibration: NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
     #[arg(long)]
     calib: Vec<String>,
@@ -227,8 +235,8 @@ fn sampler_kind(s: SamplerArg) -> Result<SamplerKind> {
     match s {
         SamplerArg::Ddim => Ok(SamplerKind::Ddim),
         SamplerArg::Ddpm => Ok(SamplerKind::Ddpm),
-        SamplerArg::Euler => bail!("--sampler euler is not supported yet (Euler/EDM samplers arrive with timestep-aware PTQ)"),
-        SamplerArg::Consistency => bail!("--sampler consistency is not supported yet (consistency models arrive with timestep-aware PTQ)"),
+        SamplerArg::Euler => Ok(SamplerKind::Euler),
+        SamplerArg::Consistency => Ok(SamplerKind::Consistency),
     }
 }
 
@@ -241,6 +249,8 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         prediction,
         steps,
         timesteps,
+        sigma_min,
+        sigma_max,
         calib,
         calib_samples,
         timestep_groups,
@@ -260,9 +270,39 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
     if act_bits != 8 && act_bits != 16 {
         bail!("--act-bits {act_bits} is not supported: use 8 or 16");
     }
-    if timesteps.is_some() {
-        bail!("--timesteps is not supported yet: use --steps with the DDIM/DDPM spacing");
+    let kind = sampler_kind(sampler)?;
+    if let Some(ts) = &timesteps {
+        let max = dmq_runtime::format::MAX_SCHEDULE;
+        if ts.is_empty() || ts.len() > max {
+            bail!("--timesteps takes 1 to {max} values");
+        }
+        if ts.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            bail!("--timesteps values must be finite and >= 0");
+        }
+        if ts.windows(2).any(|w| w[1] >= w[0]) {
+            bail!("--timesteps must descend (sampling order: noisiest first)");
+        }
+        if !kind.sigma_conditioned() && ts.iter().any(|&v| v >= 1000.0) {
+            bail!("--timesteps for ddim/ddpm are training timesteps below 1000");
+        }
+        if let Some(s) = steps {
+            if s as usize != ts.len() {
+                bail!(
+                    "--steps {s} disagrees with the {} values of --timesteps",
+                    ts.len()
+                );
+            }
+        }
     }
+    if !(sigma_min > 0.0 && sigma_min <= sigma_max && sigma_max < 1.0e6) {
+        bail!("--sigma-min/--sigma-max must satisfy 0 < min <= max");
+    }
+    let steps = match (&timesteps, steps) {
+        (Some(ts), _) => ts.len() as u32,
+        (None, Some(s)) => s,
+        (None, None) if kind == SamplerKind::Consistency => 1,
+        (None, None) => 50,
+    };
     if !calib.is_empty() {
         bail!("--calib is not supported yet: this version compiles models whose only inputs are the latent and the timestep");
     }
@@ -271,7 +311,10 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
     }
     let opts = CompileOptions {
         timestep_input,
-        sampler: sampler_kind(sampler)?,
+        sampler: kind,
+        timesteps,
+        sigma_min,
+        sigma_max,
         prediction: match prediction {
             PredictionArg::Epsilon => Prediction::Epsilon,
             PredictionArg::V => Prediction::V,
@@ -423,10 +466,7 @@ fn cmd_sample(
     let meta = model.meta().clone();
     let kind = match sampler {
         Some(s) => sampler_kind(s)?,
-        None => match meta.sampler.default_sampler {
-            dmq_runtime::format::SamplerKindCfg::Ddim => SamplerKind::Ddim,
-            dmq_runtime::format::SamplerKindCfg::Ddpm => SamplerKind::Ddpm,
-        },
+        None => meta.sampler.default_sampler.into(),
     };
     let steps = steps.unwrap_or(meta.sampler.default_steps);
     let n = model.latent_len();
@@ -706,10 +746,9 @@ fn cmd_eval(
         let meta = model.meta();
         let opts = CompileOptions {
             steps: meta.sampler.default_steps,
-            sampler: match meta.sampler.default_sampler {
-                dmq_runtime::format::SamplerKindCfg::Ddim => SamplerKind::Ddim,
-                dmq_runtime::format::SamplerKindCfg::Ddpm => SamplerKind::Ddpm,
-            },
+            sampler: meta.sampler.default_sampler.into(),
+            timesteps: (!meta.sampler.schedule.is_empty())
+                .then(|| meta.sampler.schedule.iter().copied().collect()),
             eval_samples: samples.max(1),
             ..Default::default()
         };
@@ -721,14 +760,14 @@ fn cmd_eval(
         ));
     }
     let mut out = String::from(
-        "SQNR against the float model through the runtime (dB, median over inputs)\n      t",
+        "SQNR against the float model through the runtime (dB, median over inputs)\n        t",
     );
     for (name, _) in &series {
         out += &format!(" {name:>12}");
     }
     out += "\n";
     for i in 0..series[0].1.len() {
-        out += &format!("  {:>5}", series[0].1[i].0);
+        out += &format!("  {:>7}", dmq_compiler::fmt_t(series[0].1[i].0));
         for (_, pts) in &series {
             out += &pts
                 .get(i)

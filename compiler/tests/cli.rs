@@ -209,31 +209,34 @@ fn read_npy_f32(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn diffusers_unet2d_export_matches_onnx_runtime() {
-    // A random-weight diffusers UNet2DModel (self-attention, int64 timestep, symbolic batch) compiled
-    // with default flags; `dmqc run` on an N(0,1) latent against ONNX Runtime's float output.
-    let d = tmp("diffusers");
-    let dmq = d.join("d.dmq");
+/// Compiles `onnx` with `flags`, runs `dmqc run` on each (latent file, timestep file, ONNX Runtime
+/// reference) and returns the SQNR against the reference in dB per case.
+fn sqnr_against_onnx_runtime(
+    label: &str,
+    onnx: &str,
+    flags: &[&str],
+    inputs: (&str, &str),
+    cases: &[(&str, &str, &str)],
+) -> Vec<f64> {
+    let d = tmp(label);
+    let dmq = d.join("m.dmq");
     let (ok, _, err) = run(dmqc()
         .arg("compile")
-        .arg(fixture("diffusers_unet2d.onnx"))
+        .arg(fixture(onnx))
         .arg("-o")
         .arg(&dmq)
-        .args(["--calib-samples", "4", "--eval-samples", "1"]));
+        .args(flags));
     assert!(ok, "{err}");
-    for t in [50, 500, 950] {
-        let out = d.join(format!("o{t}"));
+    let mut out_db = vec![];
+    for (k, (x, t, reference)) in cases.iter().enumerate() {
+        let out = d.join(format!("o{k}"));
         let (ok, _, err) = run(dmqc()
             .arg("run")
             .arg(&dmq)
             .arg("--input")
-            .arg(format!("sample={}", fixture("diffusers_x.npy").display()))
+            .arg(format!("{}={}", inputs.0, fixture(x).display()))
             .arg("--input")
-            .arg(format!(
-                "timestep={}",
-                fixture(&format!("diffusers_t{t}.npy")).display()
-            ))
+            .arg(format!("{}={}", inputs.1, fixture(t).display()))
             .arg("-o")
             .arg(&out));
         assert!(ok, "{err}");
@@ -245,13 +248,90 @@ fn diffusers_unet2d_export_matches_onnx_runtime() {
                 .unwrap()
                 .path(),
         );
-        let r = read_npy_f32(&fixture(&format!("diffusers_ref_t{t}.npy")));
+        let r = read_npy_f32(&fixture(reference));
         assert_eq!(y.len(), r.len());
         let (s, e) = r.iter().zip(&y).fold((0f64, 0f64), |(s, e), (&a, &b)| {
             (s + (a as f64).powi(2), e + (a as f64 - b as f64).powi(2))
         });
         let db = 10.0 * (s / e).log10();
-        println!("diffusers UNet2DModel t={t}: {db:.2} dB against ONNX Runtime");
-        assert!(db >= 18.0, "t={t}: {db:.2} dB against ONNX Runtime");
+        println!("{label} case {t}: {db:.2} dB against ONNX Runtime");
+        out_db.push(db);
+    }
+    out_db
+}
+
+#[test]
+fn diffusers_unet2d_export_matches_onnx_runtime() {
+    // A random-weight diffusers UNet2DModel (self-attention, int64 timestep, symbolic batch) compiled
+    // with default flags; `dmqc run` on an N(0,1) latent against ONNX Runtime's float output.
+    let dbs = sqnr_against_onnx_runtime(
+        "diffusers",
+        "diffusers_unet2d.onnx",
+        &["--calib-samples", "4", "--eval-samples", "1"],
+        ("sample", "timestep"),
+        &[
+            (
+                "diffusers_x.npy",
+                "diffusers_t50.npy",
+                "diffusers_ref_t50.npy",
+            ),
+            (
+                "diffusers_x.npy",
+                "diffusers_t500.npy",
+                "diffusers_ref_t500.npy",
+            ),
+            (
+                "diffusers_x.npy",
+                "diffusers_t950.npy",
+                "diffusers_ref_t950.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}
+
+#[test]
+fn consistency_unet_with_in_graph_preconditioning_matches_onnx_runtime() {
+    // A random-weight consistency-style UNet (diffusers UNet2DModel with self-attention inside
+    // c_in/c_skip/c_out/c_noise computed from `sigma` in the graph), calibrated on the consistency
+    // multistep sampler at sigma = 80, 2, 0.05; `dmqc run` at those sigmas against ONNX Runtime.
+    let dbs = sqnr_against_onnx_runtime(
+        "consistency",
+        "consistency_unet.onnx",
+        &[
+            "--sampler",
+            "consistency",
+            "--prediction",
+            "sample",
+            "--timesteps",
+            "80,2,0.05",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "2",
+        ],
+        ("x", "sigma"),
+        &[
+            (
+                "consistency_x_s80.npy",
+                "consistency_sigma_s80.npy",
+                "consistency_ref_s80.npy",
+            ),
+            (
+                "consistency_x_s2.npy",
+                "consistency_sigma_s2.npy",
+                "consistency_ref_s2.npy",
+            ),
+            (
+                "consistency_x_s0.05.npy",
+                "consistency_sigma_s0.05.npy",
+                "consistency_ref_s0.05.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
     }
 }

@@ -235,6 +235,15 @@ pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
     {
         return Err(inv(MODEL, "noise schedule invalid"));
     }
+    if !(s.sigma_min > 0.0
+        && s.sigma_min <= s.sigma_max
+        && s.sigma_max < 1.0e6
+        && s.rho > 0.0
+        && s.rho < 100.0)
+        || s.schedule.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+    {
+        return Err(inv(MODEL, "sigma schedule invalid"));
+    }
     // Op tensors live below the sampler state, which ends the arena.
     let ops_arena = m.sampler_state;
     for t in [&m.latent, &m.output].into_iter().chain(m.timestep.iter()) {

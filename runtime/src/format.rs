@@ -19,13 +19,15 @@ use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
-pub const MAJOR_VERSION: u16 = 1;
+pub const MAJOR_VERSION: u16 = 2;
 pub const MINOR_VERSION: u16 = 0;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.
 pub const MAX_RANK: usize = 6;
 /// Most timestep buckets (op streams) a model may have.
 pub const MAX_STREAMS: usize = 64;
+/// Longest explicit timestep/sigma schedule a model can carry.
+pub const MAX_SCHEDULE: usize = 128;
 /// Most inputs a concat may have.
 pub const MAX_CONCAT: usize = 8;
 /// Alignment of every arena tensor (bytes).
@@ -312,6 +314,15 @@ pub struct SamplerConfig {
     pub prediction: Prediction,
     pub default_sampler: SamplerKindCfg,
     pub default_steps: u32,
+    /// Karras sigma schedule of the sigma-conditioned samplers (Euler/EDM, consistency):
+    /// `sigma_i = (max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho`; `sigma_min` is also the
+    /// consistency models' smallest noise level
+    pub sigma_min: f32,
+    pub sigma_max: f32,
+    pub rho: f32,
+    /// explicit timesteps (DDIM/DDPM) or sigmas (Euler, consistency) in sampling order, used when a
+    /// run asks for exactly this many steps (`dmqc compile --timesteps`); empty: computed spacing
+    pub schedule: HVec<f32, MAX_SCHEDULE>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +336,8 @@ pub enum Prediction {
 pub enum SamplerKindCfg {
     Ddim,
     Ddpm,
+    Euler,
+    Consistency,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
-//! Samplers that run on the device: DDIM (eta = 0) and DDPM, their timestep spacing, the noise
-//! schedule, a PRNG and Gaussian noise. All arithmetic is IEEE f32/f64 with `libm`, so the host and a
-//! board produce the same bytes.
+//! Samplers that run on the device: DDIM (eta = 0) and DDPM over the linear beta schedule, and the
+//! sigma-conditioned Euler (Karras et al.'s EDM, deterministic) and consistency multistep samplers;
+//! their timestep/sigma schedules, a PRNG and Gaussian noise. All arithmetic is IEEE f32/f64 with
+//! `libm`, so the host and a board produce the same bytes.
 use crate::format::{Prediction, SamplerConfig};
 use crate::{Error, Result};
 
@@ -8,6 +9,18 @@ use crate::{Error, Result};
 pub enum SamplerKind {
     Ddim,
     Ddpm,
+    /// Euler steps of the probability-flow ODE in sigma (EDM): `x += (x - D)/sigma * (sigma' - sigma)`
+    Euler,
+    /// Consistency multistep: denoise, re-noise to the next sigma, denoise
+    Consistency,
+}
+
+impl SamplerKind {
+    /// Whether the model is conditioned on a noise level sigma (`x = x0 + sigma * eps`) rather than a
+    /// DDPM timestep.
+    pub fn sigma_conditioned(self) -> bool {
+        matches!(self, SamplerKind::Euler | SamplerKind::Consistency)
+    }
 }
 
 /// A denoiser evaluation: `eps_or_pred = model(x, t)`.
@@ -49,6 +62,56 @@ pub fn timestep(cfg: &SamplerConfig, steps: u32, i: u32) -> i64 {
 pub fn step_ratio(cfg: &SamplerConfig, steps: u32) -> i64 {
     let n = cfg.num_train_timesteps as i64;
     n / (steps as i64).clamp(1, n)
+}
+
+/// The `i`-th of `steps` Karras sigmas (`rho`-spaced from `sigma_max` down to `sigma_min`).
+pub fn karras_sigma(cfg: &SamplerConfig, steps: u32, i: u32) -> f64 {
+    let (lo, hi, rho) = (cfg.sigma_min as f64, cfg.sigma_max as f64, cfg.rho as f64);
+    if steps <= 1 {
+        return hi;
+    }
+    let f = i as f64 / (steps - 1) as f64;
+    let (a, b) = (libm::pow(hi, 1.0 / rho), libm::pow(lo, 1.0 / rho));
+    libm::pow(a + f * (b - a), rho)
+}
+
+/// The conditioning value (timestep or sigma) of step `i` of `steps`, in sampling order; `i == steps`
+/// gives the end of the trajectory (timestep -1, i.e. alpha 1, or sigma 0). The model's explicit
+/// schedule is used when it has exactly `steps` entries.
+pub fn schedule_value(cfg: &SamplerConfig, kind: SamplerKind, steps: u32, i: u32) -> f64 {
+    let explicit = cfg.schedule.len() == steps as usize && steps > 0;
+    if i >= steps {
+        return if kind.sigma_conditioned() { 0.0 } else { -1.0 };
+    }
+    if explicit {
+        let v = cfg.schedule[i as usize] as f64;
+        return if kind.sigma_conditioned() {
+            v
+        } else {
+            libm::round(v)
+        };
+    }
+    if kind.sigma_conditioned() {
+        karras_sigma(cfg, steps, i)
+    } else {
+        timestep(cfg, steps, i) as f64
+    }
+}
+
+/// The value after step `i`: the next scheduled one; with the computed DDIM/DDPM spacing, `ratio`
+/// training steps below (negative past the last, i.e. alpha 1).
+fn next_value(cfg: &SamplerConfig, kind: SamplerKind, steps: u32, i: u32, c: f64) -> f64 {
+    let explicit = cfg.schedule.len() == steps as usize;
+    if kind.sigma_conditioned() || explicit {
+        schedule_value(cfg, kind, steps, i + 1)
+    } else {
+        let n = c - step_ratio(cfg, steps) as f64;
+        if n < 0.0 {
+            -1.0
+        } else {
+            n
+        }
+    }
 }
 
 /// SplitMix64: small, fast and identical everywhere.
@@ -94,7 +157,7 @@ impl Rng {
     }
 }
 
-/// Splits a model prediction into (x0, eps) for the given parameterization.
+/// Splits a model prediction into (x0, eps) for the given parameterization (DDPM-style models).
 fn x0_eps(pred: Prediction, x: f32, out: f32, a: f64) -> (f64, f64) {
     let (sa, s1a) = (libm::sqrt(a), libm::sqrt(1.0 - a));
     let (x, o) = (x as f64, out as f64);
@@ -105,7 +168,17 @@ fn x0_eps(pred: Prediction, x: f32, out: f32, a: f64) -> (f64, f64) {
     }
 }
 
-/// Runs `steps` denoising steps. `x` holds the initial noise on entry and the sample on exit; `buf` is a
+/// The denoised sample `D(x, sigma)` of a sigma-conditioned model (`x = x0 + sigma * eps`).
+fn denoised(pred: Prediction, x: f32, out: f32, sigma: f64) -> f64 {
+    match pred {
+        Prediction::Sample => out as f64,
+        // eps (and, for lack of a VP scaling, v) read as the noise direction
+        Prediction::Epsilon | Prediction::V => x as f64 - sigma * out as f64,
+    }
+}
+
+/// Runs `steps` denoising steps. `x` holds standard-normal initial noise on entry (the
+/// sigma-conditioned samplers scale it by the first sigma) and the sample on exit; `buf` is a
 /// latent-sized scratch buffer for the model output.
 pub fn sample(
     cfg: &SamplerConfig,
@@ -116,7 +189,12 @@ pub fn sample(
     rng: &mut Rng,
     mut denoise: impl FnMut(&[f32], f32, &mut [f32]) -> Result<()>,
 ) -> Result<()> {
-    if steps == 0 || steps > cfg.num_train_timesteps {
+    let limit = if kind.sigma_conditioned() {
+        crate::format::MAX_SCHEDULE as u32 * 8
+    } else {
+        cfg.num_train_timesteps
+    };
+    if steps == 0 || steps > limit {
         return Err(Error::Unsupported(
             "steps must be between 1 and the number of training timesteps",
         ));
@@ -127,14 +205,27 @@ pub fn sample(
             got: buf.len(),
         });
     }
-    let ratio = step_ratio(cfg, steps);
+    if kind.sigma_conditioned() {
+        if cfg.prediction == Prediction::V {
+            return Err(Error::Unsupported(
+                "the sigma-conditioned samplers take epsilon or sample predictions",
+            ));
+        }
+        let s0 = schedule_value(cfg, kind, steps, 0);
+        for v in x.iter_mut() {
+            *v = (*v as f64 * s0) as f32;
+        }
+    }
     for i in 0..steps {
-        let t = timestep(cfg, steps, i);
-        denoise(x, t as f32, buf)?;
-        let a = alpha_cumprod(cfg, t);
-        let a_prev = alpha_cumprod(cfg, t - ratio);
+        let c = schedule_value(cfg, kind, steps, i);
+        let next = next_value(cfg, kind, steps, i, c);
+        denoise(x, c as f32, buf)?;
         match kind {
             SamplerKind::Ddim => {
+                let (a, a_prev) = (
+                    alpha_cumprod(cfg, c as i64),
+                    alpha_cumprod(cfg, next as i64),
+                );
                 let (sp, s1p) = (libm::sqrt(a_prev), libm::sqrt(1.0 - a_prev));
                 for (xv, &o) in x.iter_mut().zip(buf.iter()) {
                     let (x0, eps) = x0_eps(cfg.prediction, *xv, o, a);
@@ -142,6 +233,10 @@ pub fn sample(
                 }
             }
             SamplerKind::Ddpm => {
+                let (a, a_prev) = (
+                    alpha_cumprod(cfg, c as i64),
+                    alpha_cumprod(cfg, next as i64),
+                );
                 let beta_t = 1.0 - a;
                 let cur_alpha = a / a_prev;
                 let cur_beta = 1.0 - cur_alpha;
@@ -149,7 +244,7 @@ pub fn sample(
                 let ct = libm::sqrt(cur_alpha) * (1.0 - a_prev) / beta_t;
                 let var = ((1.0 - a_prev) / (1.0 - a) * cur_beta).max(1e-20);
                 let sd = libm::sqrt(var);
-                let last = t - ratio < 0;
+                let last = next < 0.0;
                 for (xv, &o) in x.iter_mut().zip(buf.iter()) {
                     let (x0, _) = x0_eps(cfg.prediction, *xv, o, a);
                     let mut v = c0 * x0 + ct * *xv as f64;
@@ -159,7 +254,183 @@ pub fn sample(
                     *xv = v as f32;
                 }
             }
+            SamplerKind::Euler => {
+                let dt = next - c;
+                for (xv, &o) in x.iter_mut().zip(buf.iter()) {
+                    let d0 = denoised(cfg.prediction, *xv, o, c);
+                    let deriv = if c > 0.0 { (*xv as f64 - d0) / c } else { 0.0 };
+                    *xv = (*xv as f64 + deriv * dt) as f32;
+                }
+            }
+            SamplerKind::Consistency => {
+                // the denoised sample, re-noised to the next sigma unless this was the last step
+                let last = i + 1 == steps;
+                let smin = cfg.sigma_min as f64;
+                let sd = libm::sqrt((next * next - smin * smin).max(0.0));
+                for (xv, &o) in x.iter_mut().zip(buf.iter()) {
+                    let mut v = denoised(cfg.prediction, *xv, o, c);
+                    if !last {
+                        v += sd * rng.gaussian() as f64;
+                    }
+                    *xv = v as f32;
+                }
+            }
         }
     }
     Ok(())
+}
+
+impl From<crate::format::SamplerKindCfg> for SamplerKind {
+    fn from(k: crate::format::SamplerKindCfg) -> SamplerKind {
+        use crate::format::SamplerKindCfg as C;
+        match k {
+            C::Ddim => SamplerKind::Ddim,
+            C::Ddpm => SamplerKind::Ddpm,
+            C::Euler => SamplerKind::Euler,
+            C::Consistency => SamplerKind::Consistency,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::SamplerKindCfg;
+
+    fn cfg(pred: Prediction) -> SamplerConfig {
+        SamplerConfig {
+            num_train_timesteps: 1000,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            prediction: pred,
+            default_sampler: SamplerKindCfg::Ddim,
+            default_steps: 50,
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            rho: 7.0,
+            schedule: heapless::Vec::new(),
+        }
+    }
+
+    /// The exact denoiser of data ~ N(0, sd²): D(x, sigma) = x sd² / (sigma² + sd²).
+    fn gaussian_denoiser(x: &[f32], s: f32, out: &mut [f32]) -> Result<()> {
+        let sd2 = 0.25f64;
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = (v as f64 * sd2 / (s as f64 * s as f64 + sd2)) as f32;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn karras_schedule_ends_and_descends() {
+        let c = cfg(Prediction::Sample);
+        assert!((karras_sigma(&c, 18, 0) - 80.0).abs() < 1e-9);
+        assert!((karras_sigma(&c, 18, 17) - 0.002).abs() < 1e-9);
+        for i in 0..17 {
+            assert!(karras_sigma(&c, 18, i + 1) < karras_sigma(&c, 18, i));
+        }
+    }
+
+    #[test]
+    fn euler_follows_the_probability_flow_of_gaussian_data() {
+        // For N(0, sd²) data the ODE solution is x(s) = x(smax) sqrt(s² + sd²) / sqrt(smax² + sd²).
+        let c = cfg(Prediction::Sample);
+        let z = [1.3f32, -0.4, 2.0];
+        let mut x = z;
+        let mut buf = [0f32; 3];
+        sample(
+            &c,
+            SamplerKind::Euler,
+            400,
+            &mut x,
+            &mut buf,
+            &mut Rng::new(0),
+            gaussian_denoiser,
+        )
+        .unwrap();
+        let k = (0.002f64 * 0.002 + 0.25).sqrt() / (80.0f64 * 80.0 + 0.25).sqrt();
+        for (xv, zv) in x.iter().zip(z) {
+            let want = zv as f64 * 80.0 * k;
+            assert!(
+                (*xv as f64 - want).abs() < 0.01 * want.abs(),
+                "{xv} vs {want}"
+            );
+        }
+        // epsilon prediction of the same denoiser gives the same trajectory
+        let ce = cfg(Prediction::Epsilon);
+        let mut xe = z;
+        sample(
+            &ce,
+            SamplerKind::Euler,
+            400,
+            &mut xe,
+            &mut buf,
+            &mut Rng::new(0),
+            |x, s, out| {
+                gaussian_denoiser(x, s, out)?;
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = (v - *o) / s; // eps = (x - D) / sigma
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        for (a, b) in x.iter().zip(&xe) {
+            assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn consistency_denoises_renoises_and_denoises() {
+        // explicit sigmas [80, 2]: x1 = D(80 z); x2 = x1 + sqrt(2² - smin²) n; result D(x2, 2)
+        let mut c = cfg(Prediction::Sample);
+        c.schedule = [80.0f32, 2.0].into_iter().collect();
+        let z = [0.7f32, -1.1];
+        let mut x = z;
+        let mut buf = [0f32; 2];
+        let mut seen = heapless::Vec::<f32, 4>::new();
+        sample(
+            &c,
+            SamplerKind::Consistency,
+            2,
+            &mut x,
+            &mut buf,
+            &mut Rng::new(5),
+            |x, s, out| {
+                let _ = seen.push(s);
+                gaussian_denoiser(x, s, out)
+            },
+        )
+        .unwrap();
+        assert_eq!(&seen[..], &[80.0, 2.0]);
+        let mut rng = Rng::new(5);
+        let (d80, d2) = (0.25 / (6400.0 + 0.25), 0.25 / (4.0 + 0.25));
+        let sd = (4.0f64 - 0.002 * 0.002).sqrt();
+        for (xv, zv) in x.iter().zip(z) {
+            let x1 = ((zv as f64 * 80.0) as f32 as f64 * d80) as f32 as f64;
+            let x2 = (x1 + sd * rng.gaussian() as f64) as f32 as f64;
+            let want = x2 * d2;
+            assert!((*xv as f64 - want).abs() < 1e-5, "{xv} vs {want}");
+        }
+    }
+
+    #[test]
+    fn explicit_ddim_schedule_equal_to_the_spacing_gives_the_same_bytes() {
+        let computed = cfg(Prediction::Epsilon);
+        let mut explicit = cfg(Prediction::Epsilon);
+        explicit.schedule = (0..10).map(|i| timestep(&computed, 10, i) as f32).collect();
+        let eps = |x: &[f32], t: f32, out: &mut [f32]| -> Result<()> {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = 0.3 * v + t * 1e-4;
+            }
+            Ok(())
+        };
+        for kind in [SamplerKind::Ddim, SamplerKind::Ddpm] {
+            let (mut a, mut b) = ([0.5f32, -0.2, 1.0], [0.5f32, -0.2, 1.0]);
+            let mut buf = [0f32; 3];
+            sample(&computed, kind, 10, &mut a, &mut buf, &mut Rng::new(1), eps).unwrap();
+            sample(&explicit, kind, 10, &mut b, &mut buf, &mut Rng::new(1), eps).unwrap();
+            assert_eq!(a, b, "{kind:?}");
+        }
+    }
 }

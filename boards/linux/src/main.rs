@@ -259,11 +259,14 @@ fn sampler_of(a: &Args, model: &Model) -> Res<SamplerKind> {
     Ok(match a.get("sampler") {
         Some("ddim") => SamplerKind::Ddim,
         Some("ddpm") => SamplerKind::Ddpm,
-        Some(s) => return Err(format!("--sampler {s}: use ddim or ddpm")),
-        None => match model.meta().sampler.default_sampler {
-            dmq_runtime::format::SamplerKindCfg::Ddim => SamplerKind::Ddim,
-            dmq_runtime::format::SamplerKindCfg::Ddpm => SamplerKind::Ddpm,
-        },
+        Some("euler") => SamplerKind::Euler,
+        Some("consistency") => SamplerKind::Consistency,
+        Some(s) => {
+            return Err(format!(
+                "--sampler {s}: use ddim, ddpm, euler or consistency"
+            ))
+        }
+        None => model.meta().sampler.default_sampler.into(),
     })
 }
 
