@@ -318,6 +318,7 @@ pub fn calibrate(
     seed0: u64,
     stat_nodes: &[usize],
     merge_probes: bool,
+    extras: &dyn Fn(u64) -> Result<Vec<Vec<f32>>>,
     progress: &indicatif::ProgressBar,
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
@@ -331,6 +332,7 @@ pub fn calibrate(
     let mut evaluations = 0;
     let (mut t_min, mut t_max) = (f32::INFINITY, f32::NEG_INFINITY);
     for s in 0..trajectories {
+        float.set_extras(extras(seed0 + s as u64)?)?;
         let mut rng = Rng::new(seed0 + s as u64);
         let mut x = vec![0f32; n];
         rng.fill_gaussian(&mut x);

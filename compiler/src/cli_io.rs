@@ -58,7 +58,7 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 }
 
 fn crate_emit_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    dmq_compiler::emit::write_atomic(path, bytes)
+    crate::emit::write_atomic(path, bytes)
 }
 
 /// Renders images (each `h x w`, values in [-1, 1], first channel) as a grid of rows, each cell scaled

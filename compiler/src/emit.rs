@@ -253,6 +253,17 @@ pub fn emit(
         arena_bytes: plan.arena_bytes,
         latent: f(latent),
         timestep: p.timestep.map(f),
+        extra_inputs: p
+            .extras
+            .iter()
+            .map(|(n, t)| dmq_runtime::format::ExtraInput {
+                name: {
+                    let _ = n;
+                    name(Some(*t))
+                },
+                tensor: f(*t),
+            })
+            .collect(),
         output: f(output),
         sampler_state: plan.sampler_state,
         stream_offsets: heapless::Vec::new(),

@@ -48,13 +48,33 @@ pub fn arena_bytes(a: &mut [u128]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(a.as_mut_ptr() as *mut u8, n) }
 }
 
-/// Float DDIM trajectories from `seed0..`: the inputs the model sees at every step.
+/// One measured input: timestep, latent, the float model's output, and the extra inputs' values.
+pub type Probe = (f32, Vec<f32>, Vec<f32>, std::rc::Rc<Vec<Vec<f32>>>);
+
+/// A session over `arena` with the probe's extra inputs set.
+pub fn session_for<'m, 'a, 'r>(
+    model: &'m Model<'a>,
+    arena: &'r mut [u8],
+    extras: &'r [Vec<f32>],
+) -> Result<Session<'m, 'a, 'r>> {
+    let mut sess = Session::new(model, arena).map_err(|e| anyhow!("{e}"))?;
+    for (e, v) in model.meta().extra_inputs.iter().zip(extras) {
+        sess.set_input(e.name.as_str(), v)
+            .map_err(|err| anyhow!("input {:?}: {err}", e.name.as_str()))?;
+    }
+    Ok(sess)
+}
+
+/// A float sampler trajectory from `seed` (the deployed sampler): the inputs the model sees at every
+/// step. The extra inputs take the values [`crate::extras_for`] draws for the seed.
 pub fn float_trajectory_inputs(
     float: &FloatModel,
     model: &Model,
     opts: &CompileOptions,
     seed: u64,
-) -> Result<Vec<(f32, Vec<f32>, Vec<f32>)>> {
+) -> Result<Vec<Probe>> {
+    let extras = std::rc::Rc::new(crate::extras_for(float, opts, seed)?);
+    float.set_extras((*extras).clone())?;
     let cfg = model.meta().sampler.clone();
     let n = model.latent_len();
     let mut rng = Rng::new(seed);
@@ -74,7 +94,7 @@ pub fn float_trajectory_inputs(
                 .run(xin, t)
                 .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
             out.copy_from_slice(&y);
-            seen.push((t, xin.to_vec(), y));
+            seen.push((t, xin.to_vec(), y, extras.clone()));
             Ok(())
         },
     )
@@ -91,7 +111,6 @@ pub fn sqnr_over_schedule(
     seed0: u64,
 ) -> Result<Vec<TimestepQuality>> {
     let mut arena = arena_for(model);
-    let mut sess = Session::new(model, arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
     let n = model.latent_len();
     let mut per_t: Vec<(f32, Vec<f64>)> = vec![];
     let pb = crate::progress_bar(
@@ -101,7 +120,9 @@ pub fn sqnr_over_schedule(
     );
     for s in 0..opts.eval_samples {
         let traj = float_trajectory_inputs(float, model, opts, seed0 + s as u64)?;
-        for (i, (t, x, yf)) in traj.iter().enumerate() {
+        let extras = traj.first().map(|p| p.3.clone()).unwrap_or_default();
+        let mut sess = session_for(model, arena_bytes(&mut arena), &extras)?;
+        for (i, (t, x, yf, _)) in traj.iter().enumerate() {
             // where the trajectory has drifted away from the forward process (see calib), measure on a
             // forward-process sample instead, as calibration did
             let (x, yf) = match crate::calib::drift_probe(
@@ -150,6 +171,7 @@ pub fn per_layer_sqnr(
     bytes: &[u8],
     latent: &[f32],
     t: f32,
+    extras: &[Vec<f32>],
 ) -> Result<Vec<(usize, String, String, f64)>> {
     use tract_onnx::prelude::*;
     let model = Model::load(bytes).map_err(|e| anyhow!("{e}"))?;
@@ -171,6 +193,10 @@ pub fn per_layer_sqnr(
         for i in 0..ts.numel() {
             a[o + 4 * i..o + 4 * i + 4].copy_from_slice(&t.to_le_bytes());
         }
+    }
+    for (e, v) in meta.extra_inputs.iter().zip(extras) {
+        let o = e.tensor.offset as usize;
+        a[o..o + 4 * v.len()].copy_from_slice(bytemuck_f32(v));
     }
     let mut rows = vec![];
     for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {

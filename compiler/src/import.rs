@@ -32,6 +32,8 @@ pub struct Imported {
     pub model: TypedModel,
     pub latent: InputDesc,
     pub timestep: Option<InputDesc>,
+    /// float inputs besides the latent and the timestep (conditions, embeddings)
+    pub extras: Vec<InputDesc>,
     pub output_shape: Vec<usize>,
     pub output_name: String,
 }
@@ -150,10 +152,24 @@ pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> 
     let Some(&latent_idx) = latent_candidates.first() else {
         bail!("no float input has the output's shape {output_shape:?} (inputs: {}); dmq needs the latent input", names(&inputs))
     };
-    if inputs.len() > 2 || (inputs.len() == 2 && ts_idx.is_none()) {
+    let extras: Vec<InputDesc> = inputs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| *k != latent_idx && Some(*k) != ts_idx)
+        .map(|(_, i)| i.clone())
+        .collect();
+    if let Some(i) = extras.iter().find(|i| i.dtype != f32::datum_type()) {
         bail!(
-            "the model has inputs besides the latent and the timestep ({}); extra conditioning inputs are not supported yet",
-            names(&inputs)
+            "input {:?} is {:?}: dmq takes float inputs besides the timestep (class labels and other integer inputs are not supported yet)",
+            i.name,
+            i.dtype
+        );
+    }
+    if extras.len() > dmq_runtime::format::MAX_EXTRA_INPUTS {
+        bail!(
+            "the model has {} inputs besides the latent and the timestep; dmq supports {}",
+            extras.len(),
+            dmq_runtime::format::MAX_EXTRA_INPUTS
         );
     }
     let model = typed
@@ -163,6 +179,7 @@ pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> 
         model,
         latent: inputs[latent_idx].clone(),
         timestep: ts_idx.map(|k| inputs[k].clone()),
+        extras,
         output_shape,
         output_name,
     })
@@ -181,6 +198,9 @@ pub struct FloatModel {
     plan: Arc<SimplePlan<TypedFact, Box<dyn TypedOp>>>,
     pub latent: InputDesc,
     pub timestep: Option<InputDesc>,
+    pub extras: Vec<InputDesc>,
+    /// the values the extra inputs take in the next evaluations (see [`FloatModel::set_extras`])
+    extra_values: std::sync::Mutex<Vec<Vec<f32>>>,
 }
 
 impl FloatModel {
@@ -190,7 +210,26 @@ impl FloatModel {
             plan,
             latent: imp.latent.clone(),
             timestep: imp.timestep.clone(),
+            extras: imp.extras.clone(),
+            extra_values: std::sync::Mutex::new(
+                imp.extras
+                    .iter()
+                    .map(|e| vec![0.0; e.shape.iter().product()])
+                    .collect(),
+            ),
         })
+    }
+
+    /// Sets the extra inputs' values (in the order of [`FloatModel::extras`]).
+    pub fn set_extras(&self, values: Vec<Vec<f32>>) -> Result<()> {
+        for (e, v) in self.extras.iter().zip(&values) {
+            let n: usize = e.shape.iter().product();
+            if v.len() != n {
+                bail!("input {:?} takes {n} values, got {}", e.name, v.len());
+            }
+        }
+        *self.extra_values.lock().unwrap() = values;
+        Ok(())
     }
 
     fn inputs(&self, latent: &[f32], t: f32) -> Result<TVec<TValue>> {
@@ -205,6 +244,13 @@ impl FloatModel {
                 .cast_to_dt(ts.dtype)?
                 .into_owned();
             v.push((ts.index, t));
+        }
+        let values = self.extra_values.lock().unwrap();
+        for (e, vals) in self.extras.iter().zip(values.iter()) {
+            v.push((
+                e.index,
+                tract_ndarray::ArrayD::from_shape_vec(e.shape.clone(), vals.clone())?.into_tensor(),
+            ));
         }
         v.sort_by_key(|(i, _)| *i);
         Ok(v.into_iter().map(|(_, t)| t.into_tvalue()).collect())

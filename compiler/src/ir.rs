@@ -273,6 +273,8 @@ pub struct Program {
     pub ops: Vec<IrOp>,
     pub latent: Option<TensorId>,
     pub timestep: Option<TensorId>,
+    /// f32 extra inputs (ONNX name, tensor) in the order of the import
+    pub extras: Vec<(String, TensorId)>,
     pub output: Option<TensorId>,
 }
 

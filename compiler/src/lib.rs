@@ -4,6 +4,7 @@
 //! inside the deployed sampler) -> [`quant`] (int8 parameters, blob) -> [`memplan`] (arena) ->
 //! [`emit`] (`.dmq` bytes) -> [`eval`] (quality measured by running dmq-runtime on the host).
 pub mod calib;
+pub mod cli_io;
 pub mod emit;
 pub mod eval;
 pub mod import;
@@ -42,6 +43,8 @@ pub struct CompileOptions {
     pub progress: bool,
     /// explicit timesteps or sigmas in sampling order (`--timesteps`); `steps` must equal its length
     pub timesteps: Option<Vec<f32>>,
+    /// how extra inputs are drawn (`--calib`)
+    pub calib_inputs: Vec<(String, CalibSpec)>,
     /// the Karras sigma range of the sigma-conditioned samplers
     pub sigma_min: f32,
     pub sigma_max: f32,
@@ -69,6 +72,7 @@ impl Default for CompileOptions {
             eval_samples: 8,
             progress: true,
             timesteps: None,
+            calib_inputs: vec![],
             sigma_min: 0.002,
             sigma_max: 80.0,
             range_p: 2.0,
@@ -86,6 +90,105 @@ impl CompileOptions {
             27.0
         }
     }
+}
+
+/// How an extra model input (a condition, an embedding) is drawn during calibration and measurement
+/// (`--calib NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalibSpec {
+    Uniform(f32, f32),
+    Normal(f32, f32),
+    /// one input's values, or several stacked (a row is chosen per trajectory)
+    Values(Vec<f32>),
+}
+
+/// Parses `NAME=uniform:A,B`, `NAME=normal:M,S` or `NAME=npy:FILE`.
+pub fn parse_calib(s: &str) -> Result<(String, CalibSpec)> {
+    let (name, spec) = s.split_once('=').ok_or_else(|| {
+        anyhow::anyhow!(
+            "--calib {s:?}: expected NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE"
+        )
+    })?;
+    let (kind, arg) = spec
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--calib {s:?}: expected KIND:ARGS after '='"))?;
+    let two = |arg: &str| -> Result<(f32, f32)> {
+        let v: Vec<f32> = arg
+            .split(',')
+            .map(|x| x.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--calib {s:?}: {e}"))?;
+        match v[..] {
+            [a, b] if a.is_finite() && b.is_finite() => Ok((a, b)),
+            _ => bail!("--calib {s:?}: expected two finite numbers"),
+        }
+    };
+    let spec = match kind {
+        "uniform" => {
+            let (a, b) = two(arg)?;
+            CalibSpec::Uniform(a.min(b), a.max(b))
+        }
+        "normal" => {
+            let (m, sd) = two(arg)?;
+            CalibSpec::Normal(m, sd.abs())
+        }
+        "npy" => {
+            let (_, v) = crate::cli_io::read_npy(Path::new(arg))?;
+            if v.iter().any(|x| !x.is_finite()) {
+                bail!("--calib {s:?}: the file holds non-finite values");
+            }
+            CalibSpec::Values(v)
+        }
+        k => bail!("--calib {s:?}: unknown kind {k:?} (uniform, normal or npy)"),
+    };
+    Ok((name.to_string(), spec))
+}
+
+/// The extra inputs' values for the trajectory with `seed`, drawn as `opts.calib_inputs` says.
+pub fn extras_for(
+    float: &import::FloatModel,
+    opts: &CompileOptions,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    let mut rng = dmq_runtime::sampler::Rng::new(seed ^ 0xe47a_c0de);
+    float
+        .extras
+        .iter()
+        .map(|e| {
+            let n: usize = e.shape.iter().product();
+            let spec = opts
+                .calib_inputs
+                .iter()
+                .find(|(name, _)| *name == e.name)
+                .map(|s| &s.1)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the model input {:?} {:?} needs values: pass --calib {}=uniform:A,B | normal:M,S | npy:FILE",
+                        e.name,
+                        e.shape,
+                        e.name
+                    )
+                })?;
+            Ok(match spec {
+                CalibSpec::Uniform(a, b) => (0..n)
+                    .map(|_| a + (b - a) * rng.uniform() as f32)
+                    .collect(),
+                CalibSpec::Normal(m, sd) => (0..n).map(|_| m + sd * rng.gaussian()).collect(),
+                CalibSpec::Values(v) => {
+                    if v.is_empty() || v.len() % n != 0 {
+                        bail!(
+                            "--calib {}: the file has {} values, the input takes {n} (or a multiple)",
+                            e.name,
+                            v.len()
+                        );
+                    }
+                    let rows = v.len() / n;
+                    let r = (seed as usize) % rows;
+                    v[r * n..(r + 1) * n].to_vec()
+                }
+            })
+        })
+        .collect()
 }
 
 /// Which tensors get int16 activations.
@@ -252,6 +355,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         opts.calib_seed,
         &lowered.stat_nodes,
         opts.sampler.sigma_conditioned(),
+        &|seed| extras_for(&float, opts, seed),
         &pb,
     )?;
     pb.finish_and_clear();
@@ -473,8 +577,10 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        for (t, x, _) in traj.iter().skip(pick).take(1) {
-            for (i, kind, name, db) in eval::per_layer_sqnr(&float, &program, &bytes, x, *t)? {
+        for (t, x, _, extras) in traj.iter().skip(pick).take(1) {
+            for (i, kind, name, db) in
+                eval::per_layer_sqnr(&float, &program, &bytes, x, *t, extras)?
+            {
                 eprintln!("t={t} op {i:4} {kind:<16} {db:8.2} dB  {name}");
             }
         }
@@ -548,7 +654,8 @@ pub fn fmt_t(t: f32) -> String {
         format!("{t}")
     } else {
         let digits = (3 - t.abs().log10().floor() as i32).clamp(0, 6) as usize;
-        format!("{t:.digits$}")
+        let s = format!("{t:.digits$}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 

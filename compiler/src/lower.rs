@@ -542,10 +542,25 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
                     output: q,
                 });
                 cx.vals.insert(outlet, Val::Main(q));
-            } else {
+            } else if imp.timestep.as_ref().map(|t| t.index) == Some(ix) {
                 let f = cx.tensor(&node.name, shape, DType::F32, Some(id));
                 cx.prog.timestep = Some(f);
                 cx.vals.insert(outlet, Val::Time(f));
+            } else if shape.iter().product::<usize>() <= 64 {
+                // a scalar condition: part of the f32 time path
+                let f = cx.tensor(&node.name, shape, DType::F32, Some(id));
+                cx.prog.extras.push((node.name.clone(), f));
+                cx.vals.insert(outlet, Val::Time(f));
+            } else {
+                // an embedding (e.g. encoder_hidden_states): quantized on entry like the latent
+                let f = cx.tensor(&node.name, shape.clone(), DType::F32, None);
+                let q = cx.tensor(&format!("{}.q", node.name), shape, DType::I8, Some(id));
+                cx.prog.extras.push((node.name.clone(), f));
+                cx.prog.ops.push(IrOp::Quantize {
+                    input: f,
+                    output: q,
+                });
+                cx.vals.insert(outlet, Val::Main(q));
             }
             continue;
         }

@@ -1,5 +1,5 @@
 //! `dmqc`: compile ONNX diffusion UNets to integer `.dmq` models and run them with dmq-runtime.
-mod cli_io;
+use dmq_compiler::cli_io;
 
 macro_rules! outln {
     ($buf:expr, $($arg:tt)*) => {{
@@ -160,6 +160,9 @@ enum Cmd {
         steps: Option<u32>,
         #[arg(long, value_enum)]
         sampler: Option<SamplerArg>,
+        /// NAME=FILE.npy for each extra model input (a condition or an embedding)
+        #[arg(long = "input")]
+        inputs: Vec<String>,
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
@@ -213,8 +216,17 @@ fn main() {
             noise,
             steps,
             sampler,
+            inputs,
             output,
-        } => cmd_sample(&model, seed, noise.as_deref(), steps, sampler, &output),
+        } => cmd_sample(
+            &model,
+            seed,
+            noise.as_deref(),
+            steps,
+            sampler,
+            &inputs,
+            &output,
+        ),
         Cmd::Inspect { model, target } => cmd_inspect(&model, target),
         Cmd::Eval {
             onnx,
@@ -303,9 +315,10 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         (None, None) if kind == SamplerKind::Consistency => 1,
         (None, None) => 50,
     };
-    if !calib.is_empty() {
-        bail!("--calib is not supported yet: this version compiles models whose only inputs are the latent and the timestep");
-    }
+    let calib_inputs = calib
+        .iter()
+        .map(|c| dmq_compiler::parse_calib(c))
+        .collect::<Result<Vec<_>>>()?;
     if steps == 0 || steps > 1000 {
         bail!("--steps must be between 1 and 1000");
     }
@@ -313,6 +326,7 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         timestep_input,
         sampler: kind,
         timesteps,
+        calib_inputs,
         sigma_min,
         sigma_max,
         prediction: match prediction {
@@ -368,10 +382,15 @@ fn cmd_run(path: &Path, inputs: &[String], out_dir: &Path) -> Result<()> {
     let model = open_model(&bytes)?;
     let meta = model.meta().clone();
     let (mut latent, mut ts): (Option<(Vec<usize>, Vec<f32>)>, Option<Vec<f32>>) = (None, None);
+    let mut extra_specs = vec![];
     for spec in inputs {
         let (name, file) = spec
             .split_once('=')
             .ok_or_else(|| anyhow!("--input expects NAME=FILE.npy, got {spec:?}"))?;
+        if meta.extra_inputs.iter().any(|e| e.name.as_str() == name) {
+            extra_specs.push(spec.clone());
+            continue;
+        }
         let (shape, data) = cli_io::read_npy(Path::new(file))?;
         if name == meta.latent_name.as_str() {
             latent = Some((shape, data));
@@ -382,6 +401,7 @@ fn cmd_run(path: &Path, inputs: &[String], out_dir: &Path) -> Result<()> {
             if meta.timestep.is_some() {
                 names.push(meta.timestep_name.to_string());
             }
+            names.extend(meta.extra_inputs.iter().map(|e| e.name.to_string()));
             bail!(
                 "the model has no input named {name:?} (inputs: {})",
                 names.join(", ")
@@ -406,9 +426,9 @@ fn cmd_run(path: &Path, inputs: &[String], out_dir: &Path) -> Result<()> {
         }
         (_, t) => t.unwrap_or(vec![0.0]),
     };
+    let extras = extra_inputs(&meta, &extra_specs)?;
     let mut arena = eval::arena_for(&model);
-    let mut sess =
-        Session::new(&model, eval::arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
+    let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?;
     let mut out = vec![0f32; data.len()];
     for b in 0..batch {
         let t = if ts.len() == 1 { ts[0] } else { ts[b] };
@@ -453,12 +473,41 @@ fn image_hw(meta: &dmq_runtime::format::ModelMeta) -> (usize, usize) {
     }
 }
 
+/// Values of the model's extra inputs from `NAME=FILE.npy` arguments, in the model's order.
+fn extra_inputs(meta: &dmq_runtime::format::ModelMeta, inputs: &[String]) -> Result<Vec<Vec<f32>>> {
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; meta.extra_inputs.len()];
+    for spec in inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--input expects NAME=FILE.npy, got {spec:?}"))?;
+        let k = meta
+            .extra_inputs
+            .iter()
+            .position(|e| e.name.as_str() == name)
+            .ok_or_else(|| anyhow!("the model has no extra input named {name:?}"))?;
+        let (_, data) = cli_io::read_npy(Path::new(file))?;
+        if data.len() != meta.extra_inputs[k].tensor.numel() {
+            bail!(
+                "input {name} has {} values, the model takes {}",
+                data.len(),
+                meta.extra_inputs[k].tensor.numel()
+            );
+        }
+        out[k] = Some(data);
+    }
+    out.into_iter()
+        .zip(&meta.extra_inputs)
+        .map(|(v, e)| v.ok_or_else(|| anyhow!("missing --input {}=FILE.npy", e.name)))
+        .collect()
+}
+
 fn cmd_sample(
     path: &Path,
     seed: u64,
     noise: Option<&Path>,
     steps: Option<u32>,
     sampler: Option<SamplerArg>,
+    inputs: &[String],
     out: &Path,
 ) -> Result<()> {
     let bytes = load(path)?;
@@ -482,9 +531,9 @@ fn cmd_sample(
         }
         None => rng.fill_gaussian(&mut x),
     }
+    let extras = extra_inputs(&meta, inputs)?;
     let mut arena = eval::arena_for(&model);
-    let mut sess =
-        Session::new(&model, eval::arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
+    let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?;
     sess.sample(kind, steps, &mut x, &mut rng)
         .map_err(|e| anyhow!("{e}"))?;
     write_sample(out, &meta, &x)

@@ -32,7 +32,11 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize]) -> Plan {
             last[t] = last[t].max(i as i64);
         }
     }
-    for t in [p.latent, p.timestep].into_iter().flatten() {
+    for t in [p.latent, p.timestep]
+        .into_iter()
+        .flatten()
+        .chain(p.extras.iter().map(|e| e.1))
+    {
         first[t.0 as usize] = -1;
     }
     if let Some(o) = p.output {

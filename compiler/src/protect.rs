@@ -2,10 +2,11 @@
 //! the output the most. Sensitivity is measured through the runtime itself: each candidate is
 //! protected alone, the model is rebuilt, and the output error over a few float-trajectory inputs
 //! (weighted towards small t, where int8 collapses) is compared with the unprotected model.
+use crate::eval::Probe;
 use crate::ir::*;
 use anyhow::{anyhow, Result};
 use dmq_runtime::format::{DType, Op};
-use dmq_runtime::{Model, Session};
+use dmq_runtime::Model;
 
 /// Whether an op can read or write an int16 tensor.
 fn supports_i16(op: &IrOp) -> bool {
@@ -59,14 +60,14 @@ pub fn apply(p: &mut Program, roots: &[TensorId]) {
     }
 }
 
-/// Mean relative squared error of the model's output over `inputs` (t, x, float output).
-pub fn output_error(bytes: &[u8], inputs: &[(f32, Vec<f32>, Vec<f32>)]) -> Result<f64> {
+/// Mean relative squared error of the model's output over `inputs` (t, x, float output, extras).
+pub fn output_error(bytes: &[u8], inputs: &[Probe]) -> Result<f64> {
     let model = Model::load(bytes).map_err(|e| anyhow!("{e}"))?;
     let mut arena = crate::eval::arena_for(&model);
-    let mut sess =
-        Session::new(&model, crate::eval::arena_bytes(&mut arena)).map_err(|e| anyhow!("{e}"))?;
     let mut total = 0.0;
-    for (t, x, yf) in inputs {
+    for (t, x, yf, extras) in inputs {
+        let mut sess =
+            crate::eval::session_for(&model, crate::eval::arena_bytes(&mut arena), extras)?;
         let mut y = vec![0f32; yf.len()];
         sess.run(x, *t, &mut y).map_err(|e| anyhow!("{e}"))?;
         let (s, e) = yf.iter().zip(&y).fold((0f64, 0f64), |(s, e), (&a, &b)| {
@@ -89,7 +90,7 @@ pub struct Sensitivity {
 pub fn auto(
     p: &Program,
     budget: usize,
-    inputs: &[(f32, Vec<f32>, Vec<f32>)],
+    inputs: &[Probe],
     build: impl Fn(&Program) -> Result<Vec<u8>>,
 ) -> Result<(Vec<TensorId>, Vec<Sensitivity>)> {
     let base = output_error(&build(p)?, inputs)?;
@@ -149,7 +150,7 @@ pub fn floor_weights(
     p: &Program,
     keep8: &[TensorId],
     target_err: f64,
-    inputs: &[(f32, Vec<f32>, Vec<f32>)],
+    inputs: &[Probe],
     build: impl Fn(&[TensorId]) -> Result<Vec<u8>>,
 ) -> Result<Vec<TensorId>> {
     let mut set = keep8.to_vec();

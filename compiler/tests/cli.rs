@@ -216,6 +216,7 @@ fn sqnr_against_onnx_runtime(
     onnx: &str,
     flags: &[&str],
     inputs: (&str, &str),
+    fixed_inputs: &[(&str, &str)],
     cases: &[(&str, &str, &str)],
 ) -> Vec<f64> {
     let d = tmp(label);
@@ -237,6 +238,12 @@ fn sqnr_against_onnx_runtime(
             .arg(format!("{}={}", inputs.0, fixture(x).display()))
             .arg("--input")
             .arg(format!("{}={}", inputs.1, fixture(t).display()))
+            .args(fixed_inputs.iter().flat_map(|(n, f)| {
+                [
+                    "--input".to_string(),
+                    format!("{n}={}", fixture(f).display()),
+                ]
+            }))
             .arg("-o")
             .arg(&out));
         assert!(ok, "{err}");
@@ -269,6 +276,7 @@ fn diffusers_unet2d_export_matches_onnx_runtime() {
         "diffusers_unet2d.onnx",
         &["--calib-samples", "4", "--eval-samples", "1"],
         ("sample", "timestep"),
+        &[],
         &[
             (
                 "diffusers_x.npy",
@@ -313,6 +321,7 @@ fn consistency_unet_with_in_graph_preconditioning_matches_onnx_runtime() {
             "2",
         ],
         ("x", "sigma"),
+        &[],
         &[
             (
                 "consistency_x_s80.npy",
@@ -334,4 +343,61 @@ fn consistency_unet_with_in_graph_preconditioning_matches_onnx_runtime() {
     for db in dbs {
         assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
     }
+}
+
+#[test]
+fn extra_condition_input_is_drawn_by_calib_and_given_at_run_time() {
+    // The consistency fixture with a float condition `cond` shifting c_noise: calibrated with
+    // `--calib cond=uniform:0,1`, run with `--input cond=0.3` against ONNX Runtime at the same value.
+    let dbs = sqnr_against_onnx_runtime(
+        "consistency-cond",
+        "consistency_cond_unet.onnx",
+        &[
+            "--sampler",
+            "consistency",
+            "--prediction",
+            "sample",
+            "--timesteps",
+            "80,2,0.05",
+            "--calib",
+            "cond=uniform:0,1",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "2",
+        ],
+        ("x", "sigma"),
+        &[("cond", "consistency_cond.npy")],
+        &[
+            (
+                "consistency_x_s80.npy",
+                "consistency_sigma_s80.npy",
+                "consistency_cond_ref_s80.npy",
+            ),
+            (
+                "consistency_x_s2.npy",
+                "consistency_sigma_s2.npy",
+                "consistency_cond_ref_s2.npy",
+            ),
+            (
+                "consistency_x_s0.05.npy",
+                "consistency_sigma_s0.05.npy",
+                "consistency_cond_ref_s0.05.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+    // without --calib for the extra input, compile names the input and the flag
+    let d = tmp("consistency-cond-missing");
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("consistency_cond_unet.onnx"))
+        .arg("-o")
+        .arg(d.join("m.dmq"))
+        .args(["--sampler", "consistency", "--prediction", "sample"]));
+    assert!(!ok);
+    assert!(err.contains("cond") && err.contains("--calib"), "{err}");
+    assert!(!d.join("m.dmq").exists());
 }

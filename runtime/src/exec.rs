@@ -246,8 +246,15 @@ pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
     }
     // Op tensors live below the sampler state, which ends the arena.
     let ops_arena = m.sampler_state;
-    for t in [&m.latent, &m.output].into_iter().chain(m.timestep.iter()) {
+    for t in [&m.latent, &m.output]
+        .into_iter()
+        .chain(m.timestep.iter())
+        .chain(m.extra_inputs.iter().map(|e| &e.tensor))
+    {
         check_tref(MODEL, t, t.dtype, ops_arena)?;
+    }
+    if m.extra_inputs.iter().any(|e| e.tensor.dtype != DType::F32) {
+        return Err(inv(MODEL, "extra inputs must be f32"));
     }
     let streams = m.stream_offsets.len();
     if streams == 0 || m.bucket_upper.len() + 1 != streams {
@@ -1392,6 +1399,8 @@ pub struct Session<'m, 'a, 'r> {
     state: &'r mut [f32],
     /// Kernel tier, detected from the CPU.
     tier: kernels::Tier,
+    /// Values of the model's extra inputs (see [`Session::set_input`]).
+    extras: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
@@ -1417,7 +1426,23 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             arena: ops,
             state,
             tier: kernels::Tier::detect(),
+            extras: [None; crate::format::MAX_EXTRA_INPUTS],
         })
+    }
+
+    /// Sets the values of an extra model input (a condition or an embedding) by its ONNX name; they
+    /// are copied into the arena before every evaluation, so one call serves a whole generation.
+    pub fn set_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
+        let inputs = &self.model.meta.extra_inputs;
+        let k = inputs
+            .iter()
+            .position(|e| e.name.as_str() == name)
+            .ok_or(Error::Unsupported(
+                "the model has no extra input of that name",
+            ))?;
+        kernels::check_len(inputs[k].tensor.numel(), values.len())?;
+        self.extras[k] = Some(values);
+        Ok(())
     }
 
     pub fn model(&self) -> &'m Model<'a> {
@@ -1457,6 +1482,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             &self.model.meta,
             self.arena,
             self.model.blob,
+            &self.extras,
             latent,
             t,
             out,
@@ -1497,8 +1523,9 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let model = self.model;
         let arena = &mut *self.arena;
         let tier = self.tier;
+        let extras = self.extras;
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
-            run_with(tier, model, &meta, arena, blob, xin, t, eps)
+            run_with(tier, model, &meta, arena, blob, &extras, xin, t, eps)
         })
     }
 }
@@ -1510,10 +1537,19 @@ fn run_with(
     meta: &crate::format::ModelMeta,
     arena: &mut [u8],
     blob: &[u8],
+    extras: &[Option<&[f32]>],
     latent: &[f32],
     t: f32,
     out: &mut [f32],
 ) -> Result<()> {
+    for (k, e) in meta.extra_inputs.iter().enumerate() {
+        let v = extras.get(k).copied().flatten().ok_or(Error::Unsupported(
+            "an extra model input is not set (Session::set_input)",
+        ))?;
+        let r = region(arena, &e.tensor)?;
+        kernels::check_len(r.len(), v.len())?;
+        r.copy_from_slice(v);
+    }
     kernels::check_len(meta.latent.numel(), latent.len())?;
     kernels::check_len(meta.output.numel(), out.len())?;
     region(arena, &meta.latent)?.copy_from_slice(latent);

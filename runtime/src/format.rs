@@ -28,6 +28,8 @@ pub const MAX_RANK: usize = 6;
 pub const MAX_STREAMS: usize = 64;
 /// Longest explicit timestep/sigma schedule a model can carry.
 pub const MAX_SCHEDULE: usize = 128;
+/// Inputs a model may have besides the latent and the timestep.
+pub const MAX_EXTRA_INPUTS: usize = 4;
 /// Most inputs a concat may have.
 pub const MAX_CONCAT: usize = 8;
 /// Alignment of every arena tensor (bytes).
@@ -340,6 +342,13 @@ pub enum SamplerKindCfg {
     Consistency,
 }
 
+/// A model input besides the latent and the timestep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtraInput {
+    pub name: heapless::String<64>,
+    pub tensor: TRef,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
     /// ONNX names of the latent input, the timestep input and the output.
@@ -352,6 +361,9 @@ pub struct ModelMeta {
     pub latent: TRef,
     /// f32 timestep input, filled with the timestep value before each evaluation (if the model has one).
     pub timestep: Option<TRef>,
+    /// Further f32 inputs (scalar conditions, text embeddings), set once per generation with
+    /// `Session::set_input` and copied in before each evaluation.
+    pub extra_inputs: HVec<ExtraInput, MAX_EXTRA_INPUTS>,
     /// f32 model output.
     pub output: TRef,
     /// f32 scratch for the sampler state (current latent) — as many elements as the latent.
