@@ -241,6 +241,10 @@ pub struct Report {
     pub timestep_groups: usize,
     pub weight_bits: u8,
     pub sqnr_per_timestep: Vec<TimestepQuality>,
+    /// float trajectories measured per timestep (fewer than asked for on large models)
+    pub eval_samples: usize,
+    /// multiply-accumulates of one evaluation
+    pub macs_per_eval: u64,
     pub sqnr_mean_db: f64,
     pub sqnr_worst_db: f64,
     pub baseline_bytes: Option<usize>,
@@ -286,6 +290,44 @@ pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
             .take(MAX_SCHEDULE)
             .collect(),
     }
+}
+
+/// Multiply-accumulates of one model evaluation.
+pub fn macs_per_eval(model: &dmq_runtime::Model) -> u64 {
+    let (c, l, m) = macs_by_kind(model);
+    c + l + m
+}
+
+/// Multiply-accumulates of one model evaluation: (convs, linears, attention products).
+pub fn macs_by_kind(model: &dmq_runtime::Model) -> (u64, u64, u64) {
+    use dmq_runtime::format::Op;
+    let mut total = (0u64, 0u64, 0u64);
+    for op in model.ops().flatten() {
+        match op {
+            Op::Conv2d {
+                input,
+                output,
+                kernel,
+                ..
+            } => {
+                let o = &output.shape;
+                let per_out = input.shape.get(1).copied().unwrap_or(0) as u64
+                    * kernel[0] as u64
+                    * kernel[1] as u64;
+                total.0 += o.iter().map(|&d| d as u64).product::<u64>() * per_out
+            }
+            Op::Linear { geom, .. } => total.1 += geom.m as u64 * geom.n as u64 * geom.k as u64,
+            Op::MatMul { geom, .. } => {
+                total.2 += geom.batch[0] as u64
+                    * geom.batch[1] as u64
+                    * geom.m as u64
+                    * geom.n as u64
+                    * geom.k as u64
+            }
+            _ => {}
+        }
+    }
+    total
 }
 
 /// Formats lowering failures as one message listing each op type with its nodes.
@@ -426,6 +468,21 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
     };
     // The plain baseline: one min-max range for all steps, every activation int8.
     let (unprotected, unprotected_plan) = build(&lowered.program, None, &baseline_buckets, &[])?;
+    // Measurement scales with the model: each phase (sensitivity, final SQNR) gets about 60 G
+    // multiply-accumulates of runtime evaluations (seconds on a desktop core), at least a few.
+    let macs = macs_per_eval(
+        &dmq_runtime::Model::load(&unprotected)
+            .map_err(|e| anyhow::anyhow!("internal error: {e}"))?,
+    )
+    .max(1);
+    let max_evals = ((60e9 / macs as f64) as usize).max(40);
+    let eval_samples = opts
+        .eval_samples
+        .min((max_evals / (2 * opts.steps as usize).max(1)).max(2));
+    let opts = &CompileOptions {
+        eval_samples,
+        ..opts.clone()
+    };
     // int16 protection of the most sensitive tensors, measured through the runtime
     let mut program = lowered.program.clone();
     let mut sensitivity = vec![];
@@ -452,7 +509,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
                 let traj = eval::float_trajectory_inputs(&float, &m0, opts, 2_000_000 + seed)?;
                 inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
             }
-            let (c, ranking) = protect::auto(&program, *k, &inputs, |p| {
+            let (c, ranking) = protect::auto(&program, *k, &inputs, max_evals, |p| {
                 Ok(build(p, None, &buckets, &[])?.0)
             })?;
             sensitivity = ranking;
@@ -631,6 +688,8 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
         timestep_groups: opts.timestep_groups,
         weight_bits: opts.weight_bits,
         sqnr_per_timestep: sqnr,
+        eval_samples: opts.eval_samples,
+        macs_per_eval: macs,
         sqnr_mean_db,
         sqnr_worst_db,
         baseline_bytes: baseline_bytes.as_ref().map(|b| b.len()),
@@ -671,7 +730,11 @@ pub fn summary(r: &Report) -> String {
             .collect::<Vec<_>>()
             .join("  ")
     );
-    s += &format!("  parameters    {}\n", r.parameters);
+    s += &format!(
+        "  parameters    {} ({:.2} G multiply-accumulates per evaluation)\n",
+        r.parameters,
+        r.macs_per_eval as f64 / 1e9
+    );
     if r.calib_probed_steps > 0 {
         s += &format!(
             "  note          the model's own trajectories drifted far from N(0,1)-scale latents at {} of {} steps;\n                those steps were calibrated on forward-process samples instead\n",
@@ -722,8 +785,8 @@ pub fn summary(r: &Report) -> String {
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
     s += &format!(
-        "  SQNR of the int8 output against float through the runtime (dB; {} timestep bucket(s); median and worst\n  over the evaluation inputs; baseline = plain min-max with one range for all steps):\n",
-        r.timestep_groups
+        "  SQNR of the int8 output against float through the runtime (dB; {} op stream(s); median and worst\n  over {} float-trajectory inputs per timestep; baseline = plain min-max with one range for all steps):\n",
+        r.streams, r.eval_samples
     );
     s += "        t    median    worst  baseline\n";
     for q in &r.sqnr_per_timestep {

@@ -589,39 +589,10 @@ fn cmd_inspect(path: &Path, target: Option<Board>) -> Result<()> {
     emit_stdout(&text)
 }
 
-/// Multiply-accumulates of one denoising step (convs, linears, attention products).
-fn macs_per_step(model: &Model) -> Result<(u64, u64, u64)> {
-    let (mut conv, mut lin, mut mm) = (0u64, 0u64, 0u64);
-    for op in model.ops() {
-        match op.map_err(|e| anyhow!("{e}"))? {
-            Op::Conv2d {
-                input,
-                output,
-                kernel,
-                ..
-            } => {
-                let o = &output.shape;
-                conv += (o[0] * o[1] * o[2] * o[3]) as u64
-                    * (input.shape[1] * kernel[0] as u32 * kernel[1] as u32) as u64;
-            }
-            Op::Linear { geom, .. } => lin += geom.m as u64 * geom.n as u64 * geom.k as u64,
-            Op::MatMul { geom, .. } => {
-                mm += geom.batch[0] as u64
-                    * geom.batch[1] as u64
-                    * geom.m as u64
-                    * geom.n as u64
-                    * geom.k as u64
-            }
-            _ => {}
-        }
-    }
-    Ok((conv, lin, mm))
-}
-
 fn estimate_text(path: &Path, board: Board) -> Result<String> {
     let bytes = load(path)?;
     let model = open_model(&bytes)?;
-    let (conv, lin, mm) = macs_per_step(&model)?;
+    let (conv, lin, mm) = dmq_compiler::macs_by_kind(&model);
     let total = conv + lin + mm;
     // (name, core, GHz, int8 MAC/cycle/core at peak for the tier dmq uses there)
     let (name, core, ghz, peak) = match board {

@@ -86,16 +86,32 @@ pub struct Sensitivity {
 }
 
 /// Ranks candidates by how much protecting each alone reduces the output error; returns the best
-/// `budget` (those that help) and the whole ranking.
+/// `budget` (those that help) and the whole ranking. When measuring every candidate on every input
+/// would exceed `max_evals` model evaluations, a first pass measures all candidates on the last input
+/// alone (the smallest t, where int8 is weakest) and only the best `4 * budget` go on to the full set.
 pub fn auto(
     p: &Program,
     budget: usize,
     inputs: &[Probe],
+    max_evals: usize,
     build: impl Fn(&Program) -> Result<Vec<u8>>,
 ) -> Result<(Vec<TensorId>, Vec<Sensitivity>)> {
+    let mut cands = candidates(p);
+    if (cands.len() + 1) * inputs.len() > max_evals && inputs.len() > 1 && !cands.is_empty() {
+        let last = &inputs[inputs.len() - 1..];
+        let base = output_error(&build(p)?, last)?;
+        let mut first = vec![];
+        for &c in &cands {
+            let mut q = p.clone();
+            apply(&mut q, &[c]);
+            first.push((c, base / output_error(&build(&q)?, last)?.max(1e-30)));
+        }
+        first.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+        cands = first.iter().take(4 * budget.max(1)).map(|c| c.0).collect();
+    }
     let base = output_error(&build(p)?, inputs)?;
     let mut ranked = vec![];
-    for c in candidates(p) {
+    for c in cands {
         let mut q = p.clone();
         apply(&mut q, &[c]);
         let e = output_error(&build(&q)?, inputs)?;

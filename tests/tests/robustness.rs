@@ -152,3 +152,37 @@ fn wrong_buffer_lengths_are_errors() {
         .sample(SamplerKind::Ddim, 0, &mut vec![0.0; n], &mut Rng::new(0))
         .is_err());
 }
+
+#[test]
+fn every_kernel_tier_of_this_cpu_gives_the_scalar_bits() {
+    // Whole-model check of the SIMD conv/linear path (transposed im2col + dot products) against the
+    // scalar reference: AVX2 on an x86 host (the aarch64 tiers are checked by `dmq-board selftest`).
+    use dmq_runtime::kernels::Tier;
+    let bytes = common::tiny_dmq();
+    let model = Model::load(bytes).unwrap();
+    let n = model.latent_len();
+    let mut x = vec![0f32; n];
+    Rng::new(3).fill_gaussian(&mut x);
+    let run = |tier: Tier, t: f32| {
+        let mut a = arena(model.arena_bytes());
+        let mut sess = Session::new(&model, bytes_of(&mut a))
+            .unwrap()
+            .with_tier(tier);
+        let mut y = vec![0f32; n];
+        sess.run(&x, t, &mut y).unwrap();
+        (sess.tier(), y)
+    };
+    for t in [1.0, 500.0, 999.0] {
+        let (_, reference) = run(Tier::Scalar, t);
+        for tier in [Tier::Avx2, Tier::Neon, Tier::NeonDot] {
+            let (used, y) = run(tier, t);
+            if used == tier {
+                assert_eq!(
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    reference.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{tier:?} at t={t}"
+                );
+            }
+        }
+    }
+}

@@ -6,6 +6,8 @@
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 /// Which kernels run. Chosen once per session from the CPU's features; every tier computes exactly
 /// what the scalar reference computes.
@@ -16,6 +18,8 @@ pub enum Tier {
     Neon,
     /// NEON + dot product instructions (Cortex-A76/A78: Raspberry Pi 5, Jetson Orin)
     NeonDot,
+    /// x86-64 AVX2 (the host `dmqc` measures on; detected with std only)
+    Avx2,
 }
 
 impl Tier {
@@ -43,7 +47,15 @@ impl Tier {
                 Tier::Neon
             }
         }
-        #[cfg(not(target_arch = "aarch64"))]
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                Tier::Avx2
+            } else {
+                Tier::Scalar
+            }
+        }
+        #[cfg(not(any(target_arch = "aarch64", all(target_arch = "x86_64", feature = "std"))))]
         {
             Tier::Scalar
         }
@@ -55,6 +67,7 @@ impl Tier {
             Tier::Scalar => true,
             Tier::Neon => cfg!(target_arch = "aarch64"),
             Tier::NeonDot => Tier::detect() == Tier::NeonDot,
+            Tier::Avx2 => Tier::detect() == Tier::Avx2,
         }
     }
 }
@@ -67,6 +80,8 @@ pub fn dot_i8(tier: Tier, a: &[i8], b: &[i8]) -> i32 {
         Tier::NeonDot => neon::dot_i8_sdot(a, b),
         #[cfg(target_arch = "aarch64")]
         Tier::Neon => neon::dot_i8_neon(a, b),
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => x86::dot_i8_avx2(a, b),
         _ => a
             .iter()
             .zip(b)
