@@ -98,7 +98,10 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
     let mean = psnrs.iter().sum::<f64>() / psnrs.len() as f64;
     // a timestep between scheduled values (and between buckets) still works
     let traj = eval::float_trajectory_inputs(&float, &model, &opts, 77).unwrap();
-    for (t, x, _) in traj.iter().filter(|(t, _, _)| [641.0, 321.0].contains(t)) {
+    for (t, x, _, _) in traj
+        .iter()
+        .filter(|(t, _, _, _)| [641.0, 321.0].contains(t))
+    {
         let off = t - 7.5;
         let yf = float.run(x, off).unwrap();
         let mut yq = vec![0f32; n];

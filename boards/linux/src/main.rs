@@ -191,6 +191,29 @@ fn shape(t: &TRef) -> Vec<usize> {
     t.shape.iter().map(|&d| d as usize).collect()
 }
 
+/// Values of the model's extra inputs (conditions, embeddings) from `--input NAME=FILE.npy`.
+fn extra_inputs(a: &Args, meta: &ModelMeta) -> Res<Vec<Vec<f32>>> {
+    let mut out = vec![];
+    for e in &meta.extra_inputs {
+        let file = a
+            .all("input")
+            .into_iter()
+            .find_map(|s| s.split_once('=').filter(|(n, _)| *n == e.name.as_str()))
+            .map(|(_, f)| f)
+            .ok_or(format!("missing --input {}=FILE.npy", e.name))?;
+        out.push(read_npy(file)?);
+    }
+    Ok(out)
+}
+
+fn set_extras<'r>(sess: &mut Session<'_, '_, 'r>, meta: &ModelMeta, v: &'r [Vec<f32>]) -> Res<()> {
+    for (e, vals) in meta.extra_inputs.iter().zip(v) {
+        sess.set_input(e.name.as_str(), vals)
+            .map_err(|err| format!("input {}: {err}", e.name))?;
+    }
+    Ok(())
+}
+
 fn cmd_run(args: &[String]) -> Res<()> {
     let a = parse(args, &[]);
     let path = a.pos.first().ok_or_else(usage)?;
@@ -206,10 +229,11 @@ fn cmd_run(args: &[String]) -> Res<()> {
             latent = Some(read_npy(file)?);
         } else if name == meta.timestep_name.as_str() && meta.timestep.is_some() {
             t = read_npy(file)?;
-        } else {
+        } else if !meta.extra_inputs.iter().any(|e| e.name.as_str() == name) {
             return Err(format!("the model has no input named {name:?}"));
         }
     }
+    let extras = extra_inputs(&a, &meta)?;
     let x = latent.ok_or(format!("missing --input {}=FILE.npy", meta.latent_name))?;
     let per = model.latent_len();
     if x.is_empty() || x.len() % per != 0 {
@@ -220,6 +244,7 @@ fn cmd_run(args: &[String]) -> Res<()> {
     }
     let mut ar = arena(&model);
     let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    set_extras(&mut sess, &meta, &extras)?;
     let mut out = vec![0f32; x.len()];
     for b in 0..x.len() / per {
         let tv = if t.len() == 1 {
@@ -278,8 +303,11 @@ fn cmd_sample(args: &[String]) -> Res<()> {
     let seed: u64 = a.num("seed", 0)?;
     let steps: u32 = a.num("steps", model.meta().sampler.default_steps)?;
     let kind = sampler_of(&a, &model)?;
+    let meta = model.meta().clone();
+    let extras = extra_inputs(&a, &meta)?;
     let mut ar = arena(&model);
     let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    set_extras(&mut sess, &meta, &extras)?;
     let mut x = vec![0f32; model.latent_len()];
     let mut rng = Rng::new(seed);
     rng.fill_gaussian(&mut x);
