@@ -113,12 +113,14 @@ fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<
             groups,
             eps,
             affine,
+            in_scales,
         } => Op::GroupNorm {
             input: f(input),
             output: f(output),
             groups,
             eps,
             affine,
+            in_scales,
         },
         Op::Softmax {
             input,

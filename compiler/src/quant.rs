@@ -217,6 +217,74 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
     Ok(out)
 }
 
+/// Concats along channels (rank 4, int8) whose only readers are GroupNorms and channel slices that
+/// cut out exactly one part: their parts can keep their own scales (a decoder's skip concat, whose
+/// parts come from different depths). Returns the concat outputs and, per part-slice, (slice output,
+/// part index).
+pub fn split_concats(p: &Program) -> (Vec<TensorId>, Vec<(TensorId, TensorId, usize)>) {
+    let mut out = vec![];
+    let mut slices = vec![];
+    for op in &p.ops {
+        let IrOp::Concat {
+            inputs,
+            output,
+            axis,
+        } = op
+        else {
+            continue;
+        };
+        let t = p.t(*output);
+        if *axis != 1 || t.shape.len() != 4 || t.dtype != DType::I8 || inputs.len() < 2 {
+            continue;
+        }
+        // part boundaries along channels
+        let mut starts = vec![];
+        let mut at = 0usize;
+        for t in inputs {
+            starts.push((at, p.t(*t).shape[1]));
+            at += p.t(*t).shape[1];
+        }
+        let mut ok = true;
+        let mut mine = vec![];
+        for o in &p.ops {
+            if !o.inputs().contains(output) {
+                continue;
+            }
+            match o {
+                IrOp::GroupNorm { .. } => {}
+                IrOp::Plain(Op::Slice {
+                    output: so,
+                    axis: 1,
+                    start,
+                    ..
+                }) => {
+                    let width = p.t(*so).shape.get(1).copied().unwrap_or(0);
+                    match starts
+                        .iter()
+                        .position(|&(s, w)| s == *start as usize && w == width)
+                    {
+                        Some(k) => mine.push((*so, *output, k)),
+                        None => ok = false,
+                    }
+                }
+                _ => ok = false,
+            }
+        }
+        // no other alias of the concat (reshapes and the like would see the nominal scale)
+        let aliases = p
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.alias == Some(*output))
+            .count();
+        if ok && aliases == mine.len() {
+            out.push(*output);
+            slices.extend(mine);
+        }
+    }
+    (out, slices)
+}
+
 /// Output of quantization for one timestep bucket: runtime ops over tensor ids, scratch bytes per op,
 /// and the chosen tensor parameters. Arrays go to the shared blob.
 pub struct Quantized {
@@ -236,7 +304,65 @@ pub fn quantize(
     weight_bits: u8,
     keep8: &[TensorId],
 ) -> Result<Quantized> {
-    let params = choose_params(p, ranges)?;
+    let mut params = choose_params(p, ranges)?;
+    // Split skip concats: each part keeps its own (symmetric) scale; the consuming GroupNorms read
+    // the channel scales.
+    let (split, part_slices) = split_concats(p);
+    let mut channel_scales: HashMap<TensorId, Vec<f32>> = HashMap::new();
+    let mut part_scales: HashMap<TensorId, Vec<f32>> = HashMap::new();
+    for op in &p.ops {
+        if let IrOp::Concat { inputs, output, .. } = op {
+            if !split.contains(output) {
+                continue;
+            }
+            let mut scales = vec![];
+            // bits lost per channel: sharing the concat's range vs each part's own symmetric range
+            let (mut lost_shared, mut lost_split) = (0f64, 0f64);
+            let (so, _) = params[output.0 as usize];
+            for &t in inputs {
+                let (s, z) = params[t.0 as usize];
+                let (lo, hi) = p.t(t).dtype.code_range();
+                let r = ((lo as f32 - z as f32) * s)
+                    .abs()
+                    .max((hi as f32 - z as f32) * s);
+                let seg = (r / 127.0).max(1e-12);
+                let c = p.t(t).shape[1] as f64;
+                let own = ((hi - lo) as f64 * s as f64).max(1e-12);
+                lost_shared += c * (255.0 * so as f64 / own).max(1.0).log2();
+                lost_split += c * (254.0 * seg as f64 / own).max(1.0).log2();
+                scales.extend(std::iter::repeat_n(seg, p.t(t).shape[1]));
+            }
+            if lost_split >= lost_shared {
+                continue;
+            }
+            let nominal = scales.iter().copied().fold(0f32, f32::max);
+            params[output.0 as usize] = (nominal, 0);
+            channel_scales.insert(*output, scales);
+            let mut per_part = vec![];
+            let mut at = 0;
+            for &t in inputs {
+                per_part.push(channel_scales[output][at]);
+                at += p.t(t).shape[1];
+            }
+            part_scales.insert(*output, per_part);
+        }
+    }
+    // a slice cutting out one part (and whatever aliases it) reads that part's scale
+    for i in 0..p.tensors.len() {
+        let mut cur = TensorId(i as u32);
+        loop {
+            if let Some(&(_, concat, k)) = part_slices.iter().find(|s| s.0 == cur) {
+                if let Some(ps) = part_scales.get(&concat) {
+                    params[i] = (ps[k], 0);
+                }
+                break;
+            }
+            match p.t(cur).alias {
+                Some(a) => cur = a,
+                None => break,
+            }
+        }
+    }
     let mut ops = vec![];
     let mut scratch = vec![];
     let q = |t: TensorId| params[t.0 as usize];
@@ -468,6 +594,7 @@ pub fn quantize(
                     groups: *groups as u32,
                     eps: *eps,
                     affine: blob.push_f32(&aff),
+                    in_scales: channel_scales.get(input).map(|s| blob.push_f32(s)),
                 }
             }
             IrOp::Softmax {
@@ -494,9 +621,16 @@ pub fn quantize(
                 let (so, _) = q(*output);
                 let mut ins = heapless::Vec::new();
                 let mut rq = heapless::Vec::new();
+                let mut at = 0usize;
                 for t in inputs {
                     let _ = ins.push(*t);
-                    let _ = rq.push(requant_of(q(*t).0 as f64 / so as f64));
+                    // a split concat requantizes each part to its own scale
+                    let s_out = channel_scales
+                        .get(output)
+                        .and_then(|s| s.get(at).copied())
+                        .unwrap_or(so);
+                    at += p.t(*t).shape.get(1).copied().unwrap_or(0);
+                    let _ = rq.push(requant_of(q(*t).0 as f64 / s_out as f64));
                 }
                 Op::Concat {
                     inputs: ins,

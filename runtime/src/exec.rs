@@ -464,6 +464,7 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             groups,
             eps,
             affine,
+            in_scales,
         } => {
             check_int(i, input, arena)?;
             check_int(i, output, arena)?;
@@ -474,6 +475,9 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             let c = input.shape[1];
             if *groups == 0 || c % groups != 0 || !(eps.is_finite() && *eps >= 0.0) {
                 return Err(inv(i, "groupnorm groups or eps"));
+            }
+            if let Some(sc) = in_scales {
+                check_blob(i, sc, c as usize * 4, blob)?;
             }
             check_blob(i, affine, c as usize * 8, blob)
         }
@@ -1120,6 +1124,7 @@ pub fn run_op_with(
             groups,
             eps,
             affine,
+            in_scales,
         } => {
             let (o, _, io) = carve(arena, range(output), None)?;
             let (d, r) = dims(input);
@@ -1128,6 +1133,10 @@ pub fn run_op_with(
             }
             let s: usize = d[2..r].iter().product();
             let aff = blob_slice(blob, affine)?;
+            let sc = match in_scales {
+                Some(b) => Some(blob_slice(blob, b)?),
+                None => None,
+            };
             with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
                 scalar::group_norm(
                     x,
@@ -1137,6 +1146,7 @@ pub fn run_op_with(
                     *groups as usize,
                     input.zero,
                     input.scale,
+                    sc,
                     *eps,
                     aff,
                     output.scale,

@@ -243,6 +243,9 @@ pub enum Op<T> {
         groups: u32,
         eps: f32,
         affine: BlobRef,
+        /// f32 scale of every input channel, when the input is a split concat whose parts keep their
+        /// own scales (zero point 0); `input.scale` for all channels otherwise
+        in_scales: Option<BlobRef>,
     },
     /// Softmax along `axis`; `exp_table[d] = round(2^20 * exp(-d * scale_in))`, 256 u32. Output codes
     /// have scale 1/255 and zero point -128.

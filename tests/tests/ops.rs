@@ -338,25 +338,33 @@ fn lut_silu_matches_float_reference() {
 
 #[test]
 fn group_norm_matches_float_reference() {
+    // cases 6..12: a split concat's input, every channel with its own scale and zero point 0
     let mut rng = Rng::new(5);
-    for case in 0..6 {
+    for case in 0..12 {
+        let split = case >= 6;
         let (groups, cg, s) = (1 + case % 3, 1 + case % 4, 7 + case * 3);
         let c = groups * cg;
         let x = codes(&mut rng, c * s);
-        let (sx, zx) = (uni(&mut rng, 0.01, 0.1), (rng.next_u64() % 60) as i32 - 30);
+        let (sx, mut zx) = (uni(&mut rng, 0.01, 0.1), (rng.next_u64() % 60) as i32 - 30);
+        let scl: Vec<f32> = (0..c)
+            .map(|_| if split { uni(&mut rng, 0.01, 0.1) } else { sx })
+            .collect();
+        if split {
+            zx = 0;
+        }
         let gamma: Vec<f32> = (0..c).map(|_| uni(&mut rng, 0.5, 1.5)).collect();
         let beta: Vec<f32> = (0..c).map(|_| uni(&mut rng, -0.5, 0.5)).collect();
         let eps = 1e-5f32;
         let mut real = vec![0f32; c * s];
         for g in 0..groups {
             let vals: Vec<f64> = (g * cg * s..(g + 1) * cg * s)
-                .map(|i| (sx * (x[i] as i32 - zx) as f32) as f64)
+                .map(|i| (scl[i / s] * (x[i] as i32 - zx) as f32) as f64)
                 .collect();
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
             let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
             for i in g * cg * s..(g + 1) * cg * s {
                 let ch = i / s;
-                real[i] = (((sx * (x[i] as i32 - zx) as f32) as f64 - mean)
+                real[i] = (((scl[ch] * (x[i] as i32 - zx) as f32) as f64 - mean)
                     / (var + eps as f64).sqrt()
                     * gamma[ch] as f64
                     + beta[ch] as f64) as f32;
@@ -375,6 +383,7 @@ fn group_norm_matches_float_reference() {
             groups,
             zx,
             sx,
+            split.then(|| f32s(&scl)).as_deref(),
             eps,
             &f32s(&aff),
             so,

@@ -168,7 +168,10 @@ fn group_norm_int16_in_int8_out_matches_float() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     let mut out = vec![0i8; c * s];
-    scalar::group_norm(&x, 1, c, s, groups, zx, sx, 1e-5, &aff, so, zo, &mut out).unwrap();
+    scalar::group_norm(
+        &x, 1, c, s, groups, zx, sx, None, 1e-5, &aff, so, zo, &mut out,
+    )
+    .unwrap();
     let worst = out
         .iter()
         .zip(&real)
