@@ -54,17 +54,31 @@ fn pinned_shape(fact: &InferenceFact) -> Option<Vec<usize>> {
     }
 }
 
-/// Loads an ONNX file, identifies the latent and timestep inputs, pins batch 1 and declutters.
+/// Loads an ONNX file (with external data next to it, as the dynamo exporter writes), identifies the
+/// latent and timestep inputs, pins batch 1 and declutters.
 pub fn import(path: &std::path::Path, timestep_input: Option<&str>) -> Result<Imported> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    import_bytes(&bytes, &path.display().to_string(), timestep_input)
+    std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let label = path.display().to_string();
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
+    import_model(model, &label, timestep_input)
 }
 
-/// [`import`] from bytes in memory; `label` names the model in messages.
+/// [`import`] from bytes in memory (no external data); `label` names the model in messages.
 pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> Result<Imported> {
-    let mut model = tract_onnx::onnx()
+    let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
+    import_model(model, label, timestep_input)
+}
+
+fn import_model(
+    mut model: InferenceModel,
+    label: &str,
+    timestep_input: Option<&str>,
+) -> Result<Imported> {
+    let _ = label;
     let n_in = model.input_outlets()?.len();
     let mut inputs = vec![];
     for i in 0..n_in {

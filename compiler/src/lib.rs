@@ -75,7 +75,7 @@ impl Default for CompileOptions {
             calib_inputs: vec![],
             sigma_min: 0.002,
             sigma_max: 80.0,
-            range_p: 2.0,
+            range_p: 0.0,
             floor_db: 27.0,
         }
     }
@@ -368,14 +368,27 @@ pub fn progress_bar(len: u64, msg: &str, enabled: bool) -> indicatif::ProgressBa
 
 /// Compiles an ONNX model to `.dmq` bytes and measures its quality through the runtime.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
-    let bytes =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    compile_bytes(&bytes, &path.display().to_string(), opts)
+    let imp = import::import(path, opts.timestep_input.as_deref())?;
+    // the float model's size: the file and the external data the dynamo exporter writes beside it
+    let mut size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut data = path.as_os_str().to_owned();
+    data.push(".data");
+    size += std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    compile_imported(imp, size, &path.display().to_string(), opts)
 }
 
 /// [`compile`] from ONNX bytes in memory.
 pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<Compiled> {
     let imp = import::import_bytes(onnx, label, opts.timestep_input.as_deref())?;
+    compile_imported(imp, onnx.len() as u64, label, opts)
+}
+
+fn compile_imported(
+    imp: import::Imported,
+    onnx_bytes: u64,
+    label: &str,
+    opts: &CompileOptions,
+) -> Result<Compiled> {
     let lowered = match lower::lower(&imp) {
         Ok(l) => l,
         Err(list) => bail!("{}", unsupported_message(&list)),
@@ -606,7 +619,7 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
                 protect::floor_weights(
                     f,
                     &chosen,
-                    10f64.powf(-(opts.floor_db + 1.0) / 10.0),
+                    10f64.powf(-(opts.floor_db + 2.0) / 10.0),
                     &inputs,
                     single,
                 )?
@@ -665,7 +678,6 @@ pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<
             _ => 0,
         })
         .sum();
-    let onnx_bytes = onnx.len() as u64;
     let report = Report {
         model: label.to_string(),
         onnx_bytes,

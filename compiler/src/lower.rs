@@ -41,6 +41,9 @@ struct GroupNormMatch {
     eps: f32,
     gamma: Option<Vec<f32>>,
     beta: Option<Vec<f32>>,
+    /// a LayerNorm over the last axis (x, mean and RmsNorm without reshapes): run as a GroupNorm of
+    /// one group over `[tokens, C, 1]`
+    layer_norm: bool,
 }
 
 enum Role {
@@ -100,6 +103,15 @@ fn per_channel(t: &Tensor, c: usize, rank: usize) -> Option<Vec<f32>> {
     Some(if v.len() == 1 { vec![v[0]; c] } else { v })
 }
 
+/// A constant holding one value per element of the last axis (size `c`), all other axes 1.
+fn per_last(t: &Tensor, c: usize) -> Option<Vec<f32>> {
+    let sh = t.shape();
+    if sh.is_empty() || sh[sh.len() - 1] != c || sh[..sh.len() - 1].iter().any(|&d| d != 1) {
+        return None;
+    }
+    f32s(t).ok()
+}
+
 /// Finds GroupNorm patterns: x -> Reshape [N,G,R] -> (Sum over R) * 1/R -> Sub -> RmsNorm(axis 2)
 /// -> Reshape back -> [Mul gamma] -> [Add beta].
 fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
@@ -114,9 +126,6 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
         }
         let r1 = model.node(sub.inputs[0].node);
         let mean = model.node(sub.inputs[1].node);
-        let Some(AxisOp::Reshape(..)) = r1.op_as::<AxisOp>() else {
-            continue;
-        };
         if mean.op.name() != "Mul" {
             continue;
         }
@@ -124,7 +133,78 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
         let Some(reduce) = red.op_as::<Reduce>() else {
             continue;
         };
-        if !matches!(reduce.reducer, Reducer::Sum) || red.inputs[0].node != r1.id {
+        if !matches!(reduce.reducer, Reducer::Sum) {
+            continue;
+        }
+        let grouped = matches!(r1.op_as::<AxisOp>(), Some(AxisOp::Reshape(..)))
+            && red.inputs[0].node == r1.id
+            && shape_of(model, r1.id.into())?.len() == 3
+            && rms.axis == 2
+            && reduce.axes.as_slice() == [2];
+        if !grouped {
+            // LayerNorm: x - mean(x) over the last axis, normalised over the same axis
+            if red.inputs[0] != sub.inputs[0] {
+                continue;
+            }
+            let x = sub.inputs[0];
+            let xshape = shape_of(model, x)?;
+            let last = xshape.len().saturating_sub(1);
+            if xshape.len() < 2 || rms.axis != last || reduce.axes.as_slice() != [last] {
+                continue;
+            }
+            let c = xshape[last];
+            let Some(inv) = const_of(model, mean.inputs[1]) else {
+                continue;
+            };
+            let inv = f32s(&inv)?;
+            if inv.len() != 1 || (inv[0] * c as f32 - 1.0).abs() > 1e-4 {
+                continue;
+            }
+            let mut members = vec![red.id, mean.id, sub.id, node.id];
+            let mut root = node.id;
+            let (mut gamma, mut beta) = (None, None);
+            for (op_name, slot) in [("Mul", &mut gamma), ("Add", &mut beta)] {
+                if let Some(m) = single_succ(model, root) {
+                    let mn = model.node(m);
+                    if mn.op.name() == op_name {
+                        if let Some(v) = const_of(model, mn.inputs[1]).and_then(|t| per_last(&t, c))
+                        {
+                            *slot = Some(v);
+                            root = m;
+                            members.push(m);
+                        }
+                    }
+                }
+            }
+            let set: HashSet<usize> = members.iter().copied().collect();
+            let closed = members.iter().filter(|&&m| m != root).all(|&m| {
+                model.node(m).outputs[0]
+                    .successors
+                    .iter()
+                    .all(|s| set.contains(&s.node))
+            });
+            if !closed {
+                continue;
+            }
+            let eps = f32s(&rms.eps)?[0];
+            for m in members {
+                roles.insert(m, Role::Skip);
+            }
+            roles.insert(
+                root,
+                Role::GroupNorm(GroupNormMatch {
+                    x,
+                    grouped_shape: None,
+                    groups: 1,
+                    eps,
+                    gamma,
+                    beta,
+                    layer_norm: true,
+                }),
+            );
+            continue;
+        }
+        if red.inputs[0].node != r1.id {
             continue;
         }
         let gshape = shape_of(model, r1.id.into())?;
@@ -203,6 +283,7 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
                 eps,
                 gamma,
                 beta,
+                layer_norm: false,
             }),
         );
     }
@@ -566,6 +647,37 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
         }
         if let Some(Role::GroupNorm(g)) = roles.get(&id) {
             match cx.vals.get(&g.x).cloned() {
+                Some(Val::Main(x)) if g.layer_norm => {
+                    // [.., C] -> [tokens, C, 1], one group per token, back to [.., C]
+                    let shape = cx.prog.t(x).shape.clone();
+                    let c = *shape.last().unwrap_or(&1);
+                    let tokens = shape.iter().product::<usize>() / c.max(1);
+                    let xin = cx.alias(&format!("{}.tokens", node.name), vec![tokens, c, 1], x);
+                    cx.prog.ops.push(IrOp::Plain(Op::Reshape {
+                        input: x,
+                        output: xin,
+                    }));
+                    let normed = cx.tensor(
+                        &format!("{}.ln", node.name),
+                        vec![tokens, c, 1],
+                        DType::I8,
+                        Some(id),
+                    );
+                    cx.prog.ops.push(IrOp::GroupNorm {
+                        input: xin,
+                        output: normed,
+                        groups: 1,
+                        eps: g.eps,
+                        gamma: g.gamma.clone().unwrap_or(vec![1.0; c]),
+                        beta: g.beta.clone().unwrap_or(vec![0.0; c]),
+                    });
+                    let out = cx.alias(&node.name, shape, normed);
+                    cx.prog.ops.push(IrOp::Plain(Op::Reshape {
+                        input: normed,
+                        output: out,
+                    }));
+                    cx.vals.insert(outlet, Val::Main(out));
+                }
                 Some(Val::Main(x)) => {
                     let shape = cx.prog.t(x).shape.clone();
                     let c = shape[1];

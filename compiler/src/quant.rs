@@ -86,7 +86,7 @@ pub fn requant_pair(ra: f64, rb: f64) -> (i32, i32, u8) {
     (c(ra), c(rb), shift as u8)
 }
 
-/// Builds the blob: 64-byte aligned arrays, each stored once (timestep buckets share their weights).
+/// Builds the blob: 16-byte aligned arrays (kernels read them bytewise; 16 keeps weight rows vector-friendly), each stored once (timestep buckets share their weights).
 #[derive(Default)]
 pub struct Blob {
     pub bytes: Vec<u8>,
@@ -98,7 +98,7 @@ impl Blob {
         if let Some(r) = self.seen.get(data) {
             return *r;
         }
-        while self.bytes.len() % 64 != 0 {
+        while self.bytes.len() % 16 != 0 {
             self.bytes.push(0);
         }
         let r = BlobRef {

@@ -401,3 +401,76 @@ fn extra_condition_input_is_drawn_by_calib_and_given_at_run_time() {
     assert!(err.contains("cond") && err.contains("--calib"), "{err}");
     assert!(!d.join("m.dmq").exists());
 }
+
+#[test]
+fn unet2d_condition_model_with_cross_attention_matches_onnx_runtime() {
+    // A random-weight diffusers UNet2DConditionModel: cross-attention transformer blocks (LayerNorm,
+    // GEGLU), `encoder_hidden_states` as an extra input drawn N(0,1) for calibration; `dmqc run` with one
+    // fixed embedding against ONNX Runtime at t = 50/500/950.
+    let dbs = sqnr_against_onnx_runtime(
+        "condition",
+        "unet2d_condition.onnx",
+        &[
+            "--calib",
+            "encoder_hidden_states=normal:0,1",
+            "--calib-samples",
+            "4",
+            "--eval-samples",
+            "1",
+        ],
+        ("sample", "timestep"),
+        &[("encoder_hidden_states", "condition_text.npy")],
+        &[
+            (
+                "condition_x.npy",
+                "condition_t50.npy",
+                "condition_ref_t50.npy",
+            ),
+            (
+                "condition_x.npy",
+                "condition_t500.npy",
+                "condition_ref_t500.npy",
+            ),
+            (
+                "condition_x.npy",
+                "condition_t950.npy",
+                "condition_ref_t950.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}
+
+#[test]
+fn diffusers_unet2d_dynamo_export_with_external_data_matches_onnx_runtime() {
+    // The same UNet2DModel through the dynamo exporter (opset 18, weights in a .onnx.data file).
+    let dbs = sqnr_against_onnx_runtime(
+        "diffusers-dynamo",
+        "diffusers_unet2d_dynamo.onnx",
+        &["--calib-samples", "4", "--eval-samples", "1"],
+        ("sample", "timestep"),
+        &[],
+        &[
+            (
+                "diffusers_x.npy",
+                "diffusers_t50.npy",
+                "diffusers_dynamo_ref_t50.npy",
+            ),
+            (
+                "diffusers_x.npy",
+                "diffusers_t500.npy",
+                "diffusers_dynamo_ref_t500.npy",
+            ),
+            (
+                "diffusers_x.npy",
+                "diffusers_t950.npy",
+                "diffusers_dynamo_ref_t950.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}

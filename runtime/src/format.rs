@@ -9,9 +9,9 @@
 //! ops        `n_ops` postcard [`Op`] records, back to back, in execution order. Each record carries the
 //!            arena placement, shape and quantization of every tensor it touches, so execution needs no
 //!            tensor table and no allocation.
-//! blob       raw little-endian arrays (int8 weights, int32 biases, requantization tables, LUTs), each
-//!            64-byte aligned; op records refer to them by [`BlobRef`]. Large arrays never go through
-//!            postcard, whose varints would break alignment.
+//! blob       raw little-endian arrays (int8 weights, int32 biases, requantization tables, LUTs), the
+//!            section 64-byte aligned in the file and each array at a 16-byte offset in it; op records
+//!            refer to them by [`BlobRef`]. Large arrays never go through postcard.
 //! ```
 //! Checksums are FNV-1a 64. Every index, size and offset is validated once by [`Model::load`].
 use crate::{Error, Result};

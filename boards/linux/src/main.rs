@@ -19,7 +19,7 @@ use std::time::Instant;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] [-o OUT.npy|OUT.pgm] [--checksum]\n  dmq-board bench MODEL.dmq [--runs N]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum]\n  dmq-board bench MODEL.dmq [--runs N]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
