@@ -210,6 +210,19 @@ fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<
             scales,
             bias,
         },
+        Op::FGather {
+            index,
+            output,
+            table,
+            rows,
+            cols,
+        } => Op::FGather {
+            index: f(index),
+            output: f(output),
+            table,
+            rows,
+            cols,
+        },
         Op::FConcat {
             inputs,
             output,

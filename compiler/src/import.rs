@@ -172,9 +172,12 @@ fn import_model(
         .filter(|(k, _)| *k != latent_idx && Some(*k) != ts_idx)
         .map(|(_, i)| i.clone())
         .collect();
-    if let Some(i) = extras.iter().find(|i| i.dtype != f32::datum_type()) {
+    if let Some(i) = extras
+        .iter()
+        .find(|i| !(i.dtype.is_float() || i.dtype.is_integer()))
+    {
         bail!(
-            "input {:?} is {:?}: dmq takes float inputs besides the timestep (class labels and other integer inputs are not supported yet)",
+            "input {:?} is {:?}: dmq takes float or integer inputs",
             i.name,
             i.dtype
         );
@@ -261,10 +264,18 @@ impl FloatModel {
         }
         let values = self.extra_values.lock().unwrap();
         for (e, vals) in self.extras.iter().zip(values.iter()) {
-            v.push((
-                e.index,
-                tract_ndarray::ArrayD::from_shape_vec(e.shape.clone(), vals.clone())?.into_tensor(),
-            ));
+            // integer inputs (class labels) take the rounded values
+            let t = tract_ndarray::ArrayD::from_shape_vec(
+                e.shape.clone(),
+                vals.iter().map(|v| v.round()).collect::<Vec<f32>>(),
+            )?
+            .into_tensor();
+            let t = if e.dtype.is_integer() {
+                t.cast_to_dt(e.dtype)?.into_owned()
+            } else {
+                tract_ndarray::ArrayD::from_shape_vec(e.shape.clone(), vals.clone())?.into_tensor()
+            };
+            v.push((e.index, t));
         }
         v.sort_by_key(|(i, _)| *i);
         Ok(v.into_iter().map(|(_, t)| t.into_tvalue()).collect())

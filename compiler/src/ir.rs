@@ -129,6 +129,14 @@ pub enum IrOp {
         output: TensorId,
         values: Vec<f32>,
     },
+    /// f32 embedding lookup on the timestep path (class labels): rows of `table` (`rows x cols`)
+    Gather {
+        index: TensorId,
+        output: TensorId,
+        table: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
     /// Ops that need no quantization decision (data movement, float timestep path).
     Plain(Op<TensorId>),
 }
@@ -149,6 +157,7 @@ impl IrOp {
                 .collect(),
             IrOp::MatMul { a, b, .. } | IrOp::Binary { a, b, .. } => vec![*a, *b],
             IrOp::Concat { inputs, .. } => inputs.clone(),
+            IrOp::Gather { index, .. } => vec![*index],
             IrOp::Const { .. } => vec![],
             IrOp::Plain(op) => plain_inputs(op),
         }
@@ -165,6 +174,7 @@ impl IrOp {
             | IrOp::GroupNorm { output, .. }
             | IrOp::Softmax { output, .. }
             | IrOp::Concat { output, .. }
+            | IrOp::Gather { output, .. }
             | IrOp::Const { output, .. } => *output,
             IrOp::Plain(op) => plain_output(op),
         }
@@ -183,6 +193,7 @@ impl IrOp {
             IrOp::Softmax { .. } => "SoftmaxInt8",
             IrOp::Concat { .. } => "ConcatInt8",
             IrOp::Const { .. } => "Const",
+            IrOp::Gather { .. } => "TimeGatherF32",
             IrOp::Plain(op) => plain_kind(op),
         }
     }
@@ -203,6 +214,7 @@ pub fn plain_inputs<T: Clone>(op: &Op<T>) -> Vec<T> {
         | Op::Upsample { input, .. }
         | Op::FUnary { input, .. }
         | Op::FLinear { input, .. } => vec![input.clone()],
+        Op::FGather { index, .. } => vec![index.clone()],
         Op::Conv2d {
             input, time_bias, ..
         } => std::iter::once(input.clone())
@@ -237,6 +249,7 @@ pub fn plain_output<T: Clone>(op: &Op<T>) -> T {
         | Op::FUnary { output, .. }
         | Op::FBinary { output, .. }
         | Op::FLinear { output, .. }
+        | Op::FGather { output, .. }
         | Op::FConcat { output, .. } => output.clone(),
     }
 }
@@ -263,6 +276,7 @@ pub fn plain_kind<T>(op: &Op<T>) -> &'static str {
         Op::FBinary { .. } => "TimeBinaryF32",
         Op::FLinear { .. } => "TimeLinearF32",
         Op::FConcat { .. } => "TimeConcatF32",
+        Op::FGather { .. } => "TimeGatherF32",
     }
 }
 

@@ -169,7 +169,7 @@ pub fn extras_for(
                         e.name
                     )
                 })?;
-            Ok(match spec {
+            let v: Vec<f32> = match spec {
                 CalibSpec::Uniform(a, b) => (0..n)
                     .map(|_| a + (b - a) * rng.uniform() as f32)
                     .collect(),
@@ -186,6 +186,12 @@ pub fn extras_for(
                     let r = (seed as usize) % rows;
                     v[r * n..(r + 1) * n].to_vec()
                 }
+            };
+            // integer inputs (class labels) take whole numbers
+            Ok(if e.dtype.is_integer() {
+                v.iter().map(|x| x.round()).collect()
+            } else {
+                v
             })
         })
         .collect()

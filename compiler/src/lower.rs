@@ -103,6 +103,51 @@ fn per_channel(t: &Tensor, c: usize, rank: usize) -> Option<Vec<f32>> {
     Some(if v.len() == 1 { vec![v[0]; c] } else { v })
 }
 
+/// Extends a norm pattern ending at `root` by its single successor when that is `op` with a constant
+/// second operand `per` accepts (the affine's gamma or beta); returns the values.
+fn take_affine(
+    model: &Model,
+    root: &mut usize,
+    members: &mut Vec<usize>,
+    op: &str,
+    per: impl Fn(&Tensor) -> Option<Vec<f32>>,
+) -> Option<Vec<f32>> {
+    let m = single_succ(model, *root)?;
+    let mn = model.node(m);
+    if mn.op.name() != op {
+        return None;
+    }
+    let v = const_of(model, mn.inputs[1]).and_then(|t| per(&t))?;
+    *root = m;
+    members.push(m);
+    Some(v)
+}
+
+/// Records a matched norm when every intermediate is consumed inside the pattern: its nodes are
+/// skipped and `root` lowers to the norm.
+fn claim(
+    model: &Model,
+    roles: &mut HashMap<usize, Role>,
+    members: Vec<usize>,
+    root: usize,
+    m: GroupNormMatch,
+) {
+    let set: HashSet<usize> = members.iter().copied().collect();
+    let closed = members.iter().filter(|&&n| n != root).all(|&n| {
+        model.node(n).outputs[0]
+            .successors
+            .iter()
+            .all(|s| set.contains(&s.node))
+    });
+    if !closed {
+        return;
+    }
+    for n in members {
+        roles.insert(n, Role::Skip);
+    }
+    roles.insert(root, Role::GroupNorm(m));
+}
+
 /// A constant holding one value per element of the last axis (size `c`), all other axes 1.
 fn per_last(t: &Tensor, c: usize) -> Option<Vec<f32>> {
     let sh = t.shape();
@@ -162,46 +207,18 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             }
             let mut members = vec![red.id, mean.id, sub.id, node.id];
             let mut root = node.id;
-            let (mut gamma, mut beta) = (None, None);
-            for (op_name, slot) in [("Mul", &mut gamma), ("Add", &mut beta)] {
-                if let Some(m) = single_succ(model, root) {
-                    let mn = model.node(m);
-                    if mn.op.name() == op_name {
-                        if let Some(v) = const_of(model, mn.inputs[1]).and_then(|t| per_last(&t, c))
-                        {
-                            *slot = Some(v);
-                            root = m;
-                            members.push(m);
-                        }
-                    }
-                }
-            }
-            let set: HashSet<usize> = members.iter().copied().collect();
-            let closed = members.iter().filter(|&&m| m != root).all(|&m| {
-                model.node(m).outputs[0]
-                    .successors
-                    .iter()
-                    .all(|s| set.contains(&s.node))
-            });
-            if !closed {
-                continue;
-            }
-            let eps = f32s(&rms.eps)?[0];
-            for m in members {
-                roles.insert(m, Role::Skip);
-            }
-            roles.insert(
-                root,
-                Role::GroupNorm(GroupNormMatch {
-                    x,
-                    grouped_shape: None,
-                    groups: 1,
-                    eps,
-                    gamma,
-                    beta,
-                    layer_norm: true,
-                }),
-            );
+            let gamma = take_affine(model, &mut root, &mut members, "Mul", |t| per_last(t, c));
+            let beta = take_affine(model, &mut root, &mut members, "Add", |t| per_last(t, c));
+            let m = GroupNormMatch {
+                x,
+                grouped_shape: None,
+                groups: 1,
+                eps: f32s(&rms.eps)?[0],
+                gamma,
+                beta,
+                layer_norm: true,
+            };
+            claim(model, &mut roles, members, root, m);
             continue;
         }
         if red.inputs[0].node != r1.id {
@@ -235,57 +252,25 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
         members.extend(r2_id);
         let mut root = r2_id.unwrap_or(node.id);
         let (mut gamma, mut beta) = (None, None);
-        if let Some(m) = single_succ(model, root).filter(|_| !ends_at_norm) {
-            let mn = model.node(m);
-            if mn.op.name() == "Mul" {
-                if let Some(g) =
-                    const_of(model, mn.inputs[1]).and_then(|t| per_channel(&t, c, xshape.len()))
-                {
-                    gamma = Some(g);
-                    root = m;
-                    members.push(m);
-                }
-            }
+        if !ends_at_norm {
+            let rank = xshape.len();
+            gamma = take_affine(model, &mut root, &mut members, "Mul", |t| {
+                per_channel(t, c, rank)
+            });
+            beta = take_affine(model, &mut root, &mut members, "Add", |t| {
+                per_channel(t, c, rank)
+            });
         }
-        if let Some(a) = single_succ(model, root).filter(|_| !ends_at_norm) {
-            let an = model.node(a);
-            if an.op.name() == "Add" {
-                if let Some(b) =
-                    const_of(model, an.inputs[1]).and_then(|t| per_channel(&t, c, xshape.len()))
-                {
-                    beta = Some(b);
-                    root = a;
-                    members.push(a);
-                }
-            }
-        }
-        // every intermediate must be consumed inside the pattern
-        let set: HashSet<usize> = members.iter().copied().collect();
-        let closed = members.iter().filter(|&&m| m != root).all(|&m| {
-            model.node(m).outputs[0]
-                .successors
-                .iter()
-                .all(|s| set.contains(&s.node))
-        });
-        if !closed {
-            continue;
-        }
-        let eps = f32s(&rms.eps)?[0];
-        for m in members {
-            roles.insert(m, Role::Skip);
-        }
-        roles.insert(
-            root,
-            Role::GroupNorm(GroupNormMatch {
-                x,
-                grouped_shape: ends_at_norm.then(|| gshape.clone()),
-                groups: gshape[1],
-                eps,
-                gamma,
-                beta,
-                layer_norm: false,
-            }),
-        );
+        let m = GroupNormMatch {
+            x,
+            grouped_shape: ends_at_norm.then(|| gshape.clone()),
+            groups: gshape[1],
+            eps: f32s(&rms.eps)?[0],
+            gamma,
+            beta,
+            layer_norm: false,
+        };
+        claim(model, &mut roles, members, root, m);
     }
     Ok(roles)
 }
@@ -1352,6 +1337,28 @@ fn lower_time(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
             (Val::Const(w), Val::Time(b)) => lower_linear(cx, node, *b, w, &p, true, true),
             _ => bail!("product of two timestep-dependent tensors"),
         };
+    }
+    if node.op.name() == "Gather" && ins.len() == 2 {
+        // an embedding table indexed by a timestep-path value (class labels)
+        if let (Val::Const(table), Val::Time(index)) = (&ins[0], &ins[1]) {
+            let ts = table.shape().to_vec();
+            let axis_ok = node
+                .op_as::<tract_onnx::tract_core::ops::array::Gather>()
+                .map(|g| g.axis == 0)
+                .unwrap_or(false);
+            if ts.len() == 2 && axis_ok {
+                let out = cx.tensor(&name, oshape, DType::F32, Some(node.id));
+                cx.prog.ops.push(IrOp::Gather {
+                    index: *index,
+                    output: out,
+                    table: f32s(table)?,
+                    rows: ts[0],
+                    cols: ts[1],
+                });
+                return Ok(Val::Time(out));
+            }
+        }
+        bail!("only a constant 2-D table indexed along axis 0 (an embedding) is supported");
     }
     if let Some(cat) = node.op_as::<TypedConcat>() {
         if ins.len() > MAX_CONCAT {

@@ -88,7 +88,8 @@ pub struct Sensitivity {
 /// Ranks candidates by how much protecting each alone reduces the output error; returns the best
 /// `budget` (those that help) and the whole ranking. When measuring every candidate on every input
 /// would exceed `max_evals` model evaluations, a first pass measures all candidates on the last input
-/// alone (the smallest t, where int8 is weakest) and only the best `4 * budget` go on to the full set.
+/// alone (the smallest t, where int8 is weakest) and only the best `4 * budget` go on to the full set;
+/// with more candidates than `max_evals`, only those nearest the network's input and output are tried.
 pub fn auto(
     p: &Program,
     budget: usize,
@@ -97,6 +98,14 @@ pub fn auto(
     build: impl Fn(&Program) -> Result<Vec<u8>>,
 ) -> Result<(Vec<TensorId>, Vec<Sensitivity>)> {
     let mut cands = candidates(p);
+    if cands.len() + 1 > max_evals {
+        // too many to measure even once each: the input and output ends of the network, where the
+        // sensitive tensors of diffusion UNets sit (the model input, the first block, the last layers)
+        let h = (max_evals / 2).max(1);
+        let tail = cands.split_off(cands.len().saturating_sub(h));
+        cands.truncate(h);
+        cands.extend(tail);
+    }
     if (cands.len() + 1) * inputs.len() > max_evals && inputs.len() > 1 && !cands.is_empty() {
         let last = &inputs[inputs.len() - 1..];
         let base = output_error(&build(p)?, last)?;

@@ -656,6 +656,19 @@ pub fn quantize(
                     data,
                 }
             }
+            IrOp::Gather {
+                index,
+                output,
+                table,
+                rows,
+                cols,
+            } => Op::FGather {
+                index: *index,
+                output: *output,
+                table: blob.push_f32(table),
+                rows: *rows as u32,
+                cols: *cols as u32,
+            },
             IrOp::Plain(op) => op.clone(),
         };
         ops.push(rec);

@@ -474,3 +474,31 @@ fn diffusers_unet2d_dynamo_export_with_external_data_matches_onnx_runtime() {
         assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
     }
 }
+
+#[test]
+fn class_conditional_unet_takes_labels_through_an_embedding() {
+    // A random-weight class-conditional UNet2DModel: int64 `class_labels` through an embedding table
+    // (a Gather on the timestep path), calibrated over labels 0..9, run with label 3.
+    let dbs = sqnr_against_onnx_runtime(
+        "class",
+        "unet2d_class.onnx",
+        &[
+            "--calib",
+            "class_labels=uniform:0,9",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "1",
+        ],
+        ("sample", "timestep"),
+        &[("class_labels", "class_label3.npy")],
+        &[
+            ("class_x.npy", "diffusers_t50.npy", "class_ref_t50.npy"),
+            ("class_x.npy", "diffusers_t500.npy", "class_ref_t500.npy"),
+            ("class_x.npy", "diffusers_t950.npy", "class_ref_t950.npy"),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}

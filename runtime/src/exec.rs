@@ -517,6 +517,21 @@ fn validate_op(i: u32, op: &Op<TRef>, arena: u32, blob: &[u8]) -> Result<()> {
             }
             Ok(())
         }
+        Op::FGather {
+            index,
+            output,
+            table,
+            rows,
+            cols,
+        } => {
+            check_tref(i, index, F32, arena)?;
+            check_tref(i, output, F32, arena)?;
+            disjoint(i, output, &[index])?;
+            if *rows == 0 || output.numel() as u64 != index.numel() as u64 * *cols as u64 {
+                return Err(inv(i, "gather shapes"));
+            }
+            check_blob(i, table, *rows as usize * *cols as usize * 4, blob)
+        }
         Op::FConcat {
             inputs,
             output,
@@ -1213,6 +1228,34 @@ pub fn run_op_with(
                     }
                 ))?;
                 at += td[a];
+            }
+            Ok(())
+        }
+        Op::FGather {
+            index,
+            output,
+            table,
+            rows,
+            cols,
+        } => {
+            let (o, _, io) = carve(arena, range(output), None)?;
+            let o = out_f32(o)?;
+            let idx = io.f32(index)?;
+            let tab = blob_slice(blob, table)?;
+            let (rows, cols) = (*rows as usize, *cols as usize);
+            kernels::check_len(idx.len() * cols, o.len())?;
+            kernels::check_len(rows * cols * 4, tab.len())?;
+            for (k, &v) in idx.iter().enumerate() {
+                let r = libm::rintf(v);
+                if !(r >= 0.0 && (r as usize) < rows) {
+                    return Err(Error::Unsupported(
+                        "gather index (class label) out of range",
+                    ));
+                }
+                let r = r as usize;
+                for c in 0..cols {
+                    o[k * cols + c] = kernels::le_f32(tab, r * cols + c);
+                }
             }
             Ok(())
         }

@@ -302,6 +302,15 @@ pub enum Op<T> {
         scales: BlobRef,
         bias: BlobRef,
     },
+    /// f32 rows picked from a table by an index tensor holding whole numbers (a class-label embedding on
+    /// the timestep path): `output[i, :] = table[round(index[i]), :]`, `rows x cols` f32.
+    FGather {
+        index: T,
+        output: T,
+        table: BlobRef,
+        rows: u32,
+        cols: u32,
+    },
     /// f32 concat along `axis` (timestep path).
     FConcat {
         inputs: HVec<T, MAX_CONCAT>,

@@ -536,9 +536,11 @@ fn op_name(op: &Op<TRef>) -> &'static str {
         Op::Broadcast { .. } => "Broadcast",
         Op::Upsample { .. } => "Upsample",
         Op::Const { .. } => "Const",
-        Op::FUnary { .. } | Op::FBinary { .. } | Op::FLinear { .. } | Op::FConcat { .. } => {
-            "TimePath"
-        }
+        Op::FUnary { .. }
+        | Op::FBinary { .. }
+        | Op::FLinear { .. }
+        | Op::FConcat { .. }
+        | Op::FGather { .. } => "TimePath",
     }
 }
 

@@ -82,11 +82,16 @@ pub fn dot_i8(tier: Tier, a: &[i8], b: &[i8]) -> i32 {
         Tier::Neon => neon::dot_i8_neon(a, b),
         #[cfg(target_arch = "x86_64")]
         Tier::Avx2 => x86::dot_i8_avx2(a, b),
-        _ => a
-            .iter()
-            .zip(b)
-            .fold(0i32, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32)),
+        _ => dot_scalar(a, b, 0),
     }
+}
+
+/// `acc + sum_k a[k] * b[k]` in wrapping i32: the scalar dot product (and the SIMD tiers' tails).
+#[inline]
+pub fn dot_scalar(a: &[i8], b: &[i8], acc: i32) -> i32 {
+    a.iter()
+        .zip(b)
+        .fold(acc, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32))
 }
 
 use crate::format::MAX_RANK;

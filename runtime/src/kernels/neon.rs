@@ -28,11 +28,7 @@ pub fn dot_i8_neon(a: &[i8], b: &[i8]) -> i32 {
         }
         total = total.wrapping_add(vaddvq_s32(acc));
     }
-    while k < n {
-        total = total.wrapping_add(a[k] as i32 * b[k] as i32);
-        k += 1;
-    }
-    total
+    super::dot_scalar(&a[k..n], &b[k..n], total)
 }
 
 /// `sum_k a[k] * b[k]` in wrapping i32 with SDOT. Only call when the CPU has dotprod.
@@ -59,11 +55,7 @@ pub fn dot_i8_sdot(a: &[i8], b: &[i8]) -> i32 {
         }
         total = total.wrapping_add(vaddvq_s32(acc));
     }
-    while k < n {
-        total = total.wrapping_add(a[k] as i32 * b[k] as i32);
-        k += 1;
-    }
-    total
+    super::dot_scalar(&a[k..n], &b[k..n], total)
 }
 
 #[cfg(test)]

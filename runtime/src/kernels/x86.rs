@@ -28,12 +28,8 @@ unsafe fn dot_i8_avx2_inner(a: &[i8], b: &[i8]) -> i32 {
     let mut lanes = [0i32; 8];
     // SAFETY: `lanes` is 32 bytes.
     unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc) };
-    let mut total = lanes.iter().fold(0i32, |s, &v| s.wrapping_add(v));
-    while k < n {
-        total = total.wrapping_add(a[k] as i32 * b[k] as i32);
-        k += 1;
-    }
-    total
+    let total = lanes.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+    super::dot_scalar(&a[k..n], &b[k..n], total)
 }
 
 #[cfg(test)]
