@@ -280,6 +280,7 @@ pub fn emit(
             })
             .collect(),
         output: f(output),
+        time_table: None,
         sampler_state: plan.sampler_state,
         stream_offsets: heapless::Vec::new(),
         ops_per_stream: 0,
@@ -336,6 +337,80 @@ pub fn emit(
     out.extend(covered);
     out.resize(blob_off, 0);
     out.extend_from_slice(&blob.bytes);
+    Ok(out)
+}
+
+/// The timestep path folded for the scheduled timesteps (see `dmq_runtime::format::TimeTable`).
+pub struct TimeTableData {
+    pub timesteps: Vec<f32>,
+    /// one row per timestep
+    pub values: Vec<f32>,
+    pub row: u32,
+    pub skip: Vec<u8>,
+    /// (op index in a stream, start in a row)
+    pub outputs: Vec<(u32, u32)>,
+}
+
+/// Adds a time table to an emitted model: its arrays go to the end of the blob, the metadata records
+/// them, and the header and checksums are rewritten.
+pub fn with_time_table(bytes: &[u8], t: &TimeTableData) -> Result<Vec<u8>> {
+    use dmq_runtime::format::{BlobRef, TimeOut, TimeTable};
+    let h = Header::parse(bytes).map_err(|e| anyhow!("{e}"))?;
+    let get = |(o, l): (u32, u32)| {
+        bytes
+            .get(o as usize..o as usize + l as usize)
+            .ok_or_else(|| anyhow!("internal error: section outside the file"))
+    };
+    let mut meta: ModelMeta = postcard::from_bytes(get(h.meta)?)?;
+    let ops_b = get(h.ops)?.to_vec();
+    let mut blob = get(h.blob)?.to_vec();
+    let mut push = |data: Vec<u8>| {
+        while blob.len() % 16 != 0 {
+            blob.push(0);
+        }
+        let r = BlobRef {
+            offset: blob.len() as u32,
+            len: data.len() as u32,
+        };
+        blob.extend(data);
+        r
+    };
+    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut outputs = heapless::Vec::new();
+    for &(op, at) in &t.outputs {
+        outputs
+            .push(TimeOut { op, at })
+            .map_err(|_| anyhow!("the time path has too many outputs to fold"))?;
+    }
+    meta.time_table = Some(TimeTable {
+        timesteps: push(f32b(&t.timesteps)),
+        values: push(f32b(&t.values)),
+        row: t.row,
+        skip: push(t.skip.clone()),
+        outputs,
+    });
+    let meta_b = postcard::to_allocvec(&meta)?;
+    let meta_off = HEADER_LEN;
+    let ops_off = meta_off + meta_b.len();
+    let blob_off = (ops_off + ops_b.len()).div_ceil(64) * 64;
+    let mut covered = meta_b.clone();
+    covered.extend_from_slice(&ops_b);
+    let header = Header {
+        meta: (meta_off as u32, meta_b.len() as u32),
+        ops: (ops_off as u32, ops_b.len() as u32),
+        blob: (blob_off as u32, blob.len() as u32),
+        meta_checksum: fnv1a64(&covered),
+        blob_checksum: fnv1a64(&blob),
+        total_len: (blob_off + blob.len()) as u32,
+        ..h
+    };
+    let mut out = vec![0u8; HEADER_LEN];
+    let mut hb = [0u8; HEADER_LEN];
+    header.write(&mut hb);
+    out.copy_from_slice(&hb);
+    out.extend(covered);
+    out.resize(blob_off, 0);
+    out.extend_from_slice(&blob);
     Ok(out)
 }
 

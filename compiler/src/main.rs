@@ -123,6 +123,12 @@ struct CompileArgs {
     /// bundled model, but lower final-sample PSNR, so not the default)
     #[arg(long, value_enum, default_value = "minmax")]
     act_range: ActRangeArg,
+    /// Fold the timestep path (sinusoidal embedding, time MLP, per-block projections, in-graph
+    /// preconditioning) into per-step tables for the scheduled timesteps: the device then runs no f32
+    /// time-path op on those steps (for cores without an FPU); other timesteps still evaluate it.
+    /// Costs `steps x time-path outputs x 4` bytes (64 KB on the bundled model)
+    #[arg(long)]
+    fold_time_path: bool,
     /// Write the compile report as JSON
     #[arg(long)]
     report: Option<PathBuf>,
@@ -276,6 +282,7 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         protect_budget,
         floor_db,
         act_range,
+        fold_time_path,
     } = args;
     if weight_bits != 8 && weight_bits != 4 {
         bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
@@ -328,6 +335,7 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         sampler: kind,
         timesteps,
         calib_inputs,
+        fold_time_path,
         sigma_min,
         sigma_max,
         prediction: match prediction {

@@ -256,6 +256,27 @@ pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
     if m.extra_inputs.iter().any(|e| e.tensor.dtype != DType::F32) {
         return Err(inv(MODEL, "extra inputs must be f32"));
     }
+    if let Some(tt) = &m.time_table {
+        let blob = model.blob;
+        let n = blob_slice(blob, &tt.timesteps)
+            .map_err(|_| inv(MODEL, "time table outside the blob"))?
+            .len();
+        let values =
+            blob_slice(blob, &tt.values).map_err(|_| inv(MODEL, "time table outside the blob"))?;
+        let skip =
+            blob_slice(blob, &tt.skip).map_err(|_| inv(MODEL, "time table outside the blob"))?;
+        if n % 4 != 0 || values.len() as u64 != (n / 4) as u64 * tt.row as u64 * 4 {
+            return Err(inv(MODEL, "time table sizes"));
+        }
+        if skip.len() as u64 != m.ops_per_stream as u64 {
+            return Err(inv(MODEL, "time table skip list"));
+        }
+        for o in tt.outputs.iter() {
+            if o.op >= m.ops_per_stream || skip[o.op as usize] != 1 || o.at > tt.row {
+                return Err(inv(MODEL, "time table output"));
+            }
+        }
+    }
     let streams = m.stream_offsets.len();
     if streams == 0 || m.bucket_upper.len() + 1 != streams {
         return Err(inv(MODEL, "timestep buckets and op streams do not match"));
@@ -1609,8 +1630,32 @@ fn run_with(
     if let Some(ts) = &meta.timestep {
         region(arena, ts)?.fill(t);
     }
+    // the folded time path, if `t` is a scheduled timestep
+    let folded = meta.time_table.as_ref().and_then(|tt| {
+        let ts = blob_slice(blob, &tt.timesteps).ok()?;
+        let k = (0..ts.len() / 4).find(|&k| kernels::le_f32(ts, k).to_bits() == t.to_bits())?;
+        Some((tt, k))
+    });
     for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
         let op = op?;
+        if let Some((tt, k)) = folded {
+            let skip = blob_slice(blob, &tt.skip)?;
+            if skip.get(i).copied() == Some(1) {
+                if let Some(o) = tt.outputs.iter().find(|o| o.op as usize == i) {
+                    let values = blob_slice(blob, &tt.values)?;
+                    let out = op_output(&op);
+                    let dst = region(arena, out)?;
+                    let start = k * tt.row as usize + o.at as usize;
+                    let src = values
+                        .get(start * 4..(start + dst.len()) * 4)
+                        .ok_or(Error::Unsupported("time table row too short"))?;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = kernels::le_f32(src, j);
+                    }
+                }
+                continue;
+            }
+        }
         run_op_with(tier, &op, arena, blob).map_err(|e| match e {
             Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
             e => e,
@@ -1618,6 +1663,33 @@ fn run_with(
     }
     out.copy_from_slice(region(arena, &meta.output)?);
     Ok(())
+}
+
+/// The tensor an op writes.
+fn op_output(op: &Op<TRef>) -> &TRef {
+    match op {
+        Op::Quantize { output, .. }
+        | Op::Dequantize { output, .. }
+        | Op::Conv2d { output, .. }
+        | Op::Linear { output, .. }
+        | Op::MatMul { output, .. }
+        | Op::Binary { output, .. }
+        | Op::Lut { output, .. }
+        | Op::GroupNorm { output, .. }
+        | Op::Softmax { output, .. }
+        | Op::Concat { output, .. }
+        | Op::Reshape { output, .. }
+        | Op::Transpose { output, .. }
+        | Op::Slice { output, .. }
+        | Op::Broadcast { output, .. }
+        | Op::Upsample { output, .. }
+        | Op::Const { output, .. }
+        | Op::FUnary { output, .. }
+        | Op::FBinary { output, .. }
+        | Op::FLinear { output, .. }
+        | Op::FGather { output, .. }
+        | Op::FConcat { output, .. } => output,
+    }
 }
 
 fn region<'x>(arena: &'x mut [u8], t: &TRef) -> Result<&'x mut [f32]> {

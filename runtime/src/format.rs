@@ -354,6 +354,33 @@ pub enum SamplerKindCfg {
     Consistency,
 }
 
+/// Longest list of timestep-path outputs a [`TimeTable`] can fill.
+pub const MAX_TIME_OUTPUTS: usize = 128;
+
+/// Per-step values of the timestep path, folded at compile time for the scheduled timesteps. When a
+/// run's timestep equals one of `timesteps` (bit for bit), the ops marked 1 in `skip` (one byte per op
+/// of a stream; the time path, identical in every stream) are not executed and each listed output takes
+/// its values from that step's row of `values` instead; any other timestep runs the f32 time path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeTable {
+    /// f32 per scheduled timestep
+    pub timesteps: BlobRef,
+    /// f32, `row` per scheduled timestep
+    pub values: BlobRef,
+    pub row: u32,
+    /// u8 per op of a stream
+    pub skip: BlobRef,
+    pub outputs: HVec<TimeOut, MAX_TIME_OUTPUTS>,
+}
+
+/// A time-path op whose output comes from the table: the op's index in a stream and where its values
+/// start in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TimeOut {
+    pub op: u32,
+    pub at: u32,
+}
+
 /// A model input besides the latent and the timestep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExtraInput {
@@ -376,6 +403,8 @@ pub struct ModelMeta {
     /// Further f32 inputs (scalar conditions, text embeddings), set once per generation with
     /// `Session::set_input` and copied in before each evaluation.
     pub extra_inputs: HVec<ExtraInput, MAX_EXTRA_INPUTS>,
+    /// The timestep path folded for the scheduled timesteps (absent when it depends on extra inputs).
+    pub time_table: Option<TimeTable>,
     /// f32 model output.
     pub output: TRef,
     /// f32 scratch for the sampler state (current latent) — as many elements as the latent.

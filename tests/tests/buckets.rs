@@ -46,3 +46,55 @@ fn runtime_picks_the_bucket_of_any_timestep() {
     assert_eq!(model.stream_for(-5.0), 0);
     assert_eq!(model.stream_for(1e9), streams - 1);
 }
+
+#[test]
+fn folded_time_path_gives_the_same_samples_as_evaluating_it() {
+    // --fold-time-path stores the time path's outputs per scheduled timestep; sampling on the schedule
+    // must give the bytes the run-time evaluation gives, and an off-schedule timestep still runs.
+    use dmq_compiler::CompileOptions;
+    use dmq_runtime::sampler::Rng;
+    use dmq_runtime::{SamplerKind, Session};
+    let compile = |fold: bool| {
+        let opts = CompileOptions {
+            steps: 5,
+            calib_samples: 2,
+            eval_samples: 1,
+            progress: false,
+            baseline: false,
+            fold_time_path: fold,
+            ..Default::default()
+        };
+        dmq_compiler::compile(&common::fixture("tiny_unet.onnx"), &opts)
+            .unwrap()
+            .bytes
+    };
+    let (plain, folded) = (compile(false), compile(true));
+    let (mp, mf) = (Model::load(&plain).unwrap(), Model::load(&folded).unwrap());
+    assert!(mp.meta().time_table.is_none());
+    let tt = mf.meta().time_table.as_ref().expect("a time table");
+    assert!(tt.row > 0 && !tt.outputs.is_empty());
+    let n = mp.latent_len();
+    let sample = |m: &Model| {
+        let mut arena = vec![0u128; m.arena_bytes().div_ceil(16)];
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(arena.as_mut_ptr() as *mut u8, arena.len() * 16)
+        };
+        let mut sess = Session::new(m, bytes).unwrap();
+        let mut x = vec![0f32; n];
+        Rng::new(9).fill_gaussian(&mut x);
+        sess.sample(SamplerKind::Ddim, 5, &mut x, &mut Rng::new(9))
+            .unwrap();
+        let mut y = vec![0f32; n];
+        sess.run(&x, 433.5, &mut y).unwrap();
+        (x, y)
+    };
+    let (a, b) = (sample(&mp), sample(&mf));
+    assert_eq!(
+        a.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        b.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        b.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
