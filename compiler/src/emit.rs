@@ -311,24 +311,29 @@ pub fn emit(
     meta.stream_offsets = offsets;
     meta.bucket_upper = uppers;
     meta.ops_per_stream = q0.ops.len() as u32;
-    let meta_b = postcard::to_allocvec(&meta)?;
     let n_ops = (q0.ops.len() * streams.len()) as u32;
+    assemble(&meta, &ops_b, &blob.bytes, n_ops)
+}
+
+/// Lays out a `.dmq` file: header, postcard metadata and op records (checksummed together), then the
+/// 64-byte aligned blob.
+fn assemble(meta: &ModelMeta, ops_b: &[u8], blob: &[u8], n_ops: u32) -> Result<Vec<u8>> {
+    let meta_b = postcard::to_allocvec(meta)?;
     let meta_off = HEADER_LEN;
     let ops_off = meta_off + meta_b.len();
     let blob_off = (ops_off + ops_b.len()).div_ceil(64) * 64;
-    let total = blob_off + blob.bytes.len();
     let mut covered = meta_b.clone();
-    covered.extend_from_slice(&ops_b);
+    covered.extend_from_slice(ops_b);
     let header = Header {
         major: MAJOR_VERSION,
         minor: MINOR_VERSION,
         meta: (meta_off as u32, meta_b.len() as u32),
         ops: (ops_off as u32, ops_b.len() as u32),
         n_ops,
-        blob: (blob_off as u32, blob.bytes.len() as u32),
+        blob: (blob_off as u32, blob.len() as u32),
         meta_checksum: fnv1a64(&covered),
-        blob_checksum: fnv1a64(&blob.bytes),
-        total_len: total as u32,
+        blob_checksum: fnv1a64(blob),
+        total_len: (blob_off + blob.len()) as u32,
     };
     let mut out = vec![0u8; HEADER_LEN];
     let mut h = [0u8; HEADER_LEN];
@@ -336,7 +341,7 @@ pub fn emit(
     out.copy_from_slice(&h);
     out.extend(covered);
     out.resize(blob_off, 0);
-    out.extend_from_slice(&blob.bytes);
+    out.extend_from_slice(blob);
     Ok(out)
 }
 
@@ -389,29 +394,7 @@ pub fn with_time_table(bytes: &[u8], t: &TimeTableData) -> Result<Vec<u8>> {
         skip: push(t.skip.clone()),
         outputs,
     });
-    let meta_b = postcard::to_allocvec(&meta)?;
-    let meta_off = HEADER_LEN;
-    let ops_off = meta_off + meta_b.len();
-    let blob_off = (ops_off + ops_b.len()).div_ceil(64) * 64;
-    let mut covered = meta_b.clone();
-    covered.extend_from_slice(&ops_b);
-    let header = Header {
-        meta: (meta_off as u32, meta_b.len() as u32),
-        ops: (ops_off as u32, ops_b.len() as u32),
-        blob: (blob_off as u32, blob.len() as u32),
-        meta_checksum: fnv1a64(&covered),
-        blob_checksum: fnv1a64(&blob),
-        total_len: (blob_off + blob.len()) as u32,
-        ..h
-    };
-    let mut out = vec![0u8; HEADER_LEN];
-    let mut hb = [0u8; HEADER_LEN];
-    header.write(&mut hb);
-    out.copy_from_slice(&hb);
-    out.extend(covered);
-    out.resize(blob_off, 0);
-    out.extend_from_slice(&blob);
-    Ok(out)
+    assemble(&meta, &ops_b, &blob, h.n_ops)
 }
 
 /// Writes a file atomically (temporary file in the same folder, then rename): a failure never leaves

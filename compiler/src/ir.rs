@@ -229,29 +229,7 @@ pub fn plain_inputs<T: Clone>(op: &Op<T>) -> Vec<T> {
 }
 
 pub fn plain_output<T: Clone>(op: &Op<T>) -> T {
-    match op {
-        Op::Quantize { output, .. }
-        | Op::Dequantize { output, .. }
-        | Op::Conv2d { output, .. }
-        | Op::Linear { output, .. }
-        | Op::MatMul { output, .. }
-        | Op::Binary { output, .. }
-        | Op::Lut { output, .. }
-        | Op::GroupNorm { output, .. }
-        | Op::Softmax { output, .. }
-        | Op::Concat { output, .. }
-        | Op::Reshape { output, .. }
-        | Op::Transpose { output, .. }
-        | Op::Slice { output, .. }
-        | Op::Broadcast { output, .. }
-        | Op::Upsample { output, .. }
-        | Op::Const { output, .. }
-        | Op::FUnary { output, .. }
-        | Op::FBinary { output, .. }
-        | Op::FLinear { output, .. }
-        | Op::FGather { output, .. }
-        | Op::FConcat { output, .. } => output.clone(),
-    }
+    op.output().clone()
 }
 
 pub fn plain_kind<T>(op: &Op<T>) -> &'static str {

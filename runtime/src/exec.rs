@@ -1643,7 +1643,7 @@ fn run_with(
             if skip.get(i).copied() == Some(1) {
                 if let Some(o) = tt.outputs.iter().find(|o| o.op as usize == i) {
                     let values = blob_slice(blob, &tt.values)?;
-                    let out = op_output(&op);
+                    let out = op.output();
                     let dst = region(arena, out)?;
                     let start = k * tt.row as usize + o.at as usize;
                     let src = values
@@ -1663,33 +1663,6 @@ fn run_with(
     }
     out.copy_from_slice(region(arena, &meta.output)?);
     Ok(())
-}
-
-/// The tensor an op writes.
-fn op_output(op: &Op<TRef>) -> &TRef {
-    match op {
-        Op::Quantize { output, .. }
-        | Op::Dequantize { output, .. }
-        | Op::Conv2d { output, .. }
-        | Op::Linear { output, .. }
-        | Op::MatMul { output, .. }
-        | Op::Binary { output, .. }
-        | Op::Lut { output, .. }
-        | Op::GroupNorm { output, .. }
-        | Op::Softmax { output, .. }
-        | Op::Concat { output, .. }
-        | Op::Reshape { output, .. }
-        | Op::Transpose { output, .. }
-        | Op::Slice { output, .. }
-        | Op::Broadcast { output, .. }
-        | Op::Upsample { output, .. }
-        | Op::Const { output, .. }
-        | Op::FUnary { output, .. }
-        | Op::FBinary { output, .. }
-        | Op::FLinear { output, .. }
-        | Op::FGather { output, .. }
-        | Op::FConcat { output, .. } => output,
-    }
 }
 
 fn region<'x>(arena: &'x mut [u8], t: &TRef) -> Result<&'x mut [f32]> {

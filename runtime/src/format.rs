@@ -319,6 +319,35 @@ pub enum Op<T> {
     },
 }
 
+impl<T> Op<T> {
+    /// The tensor the op writes.
+    pub fn output(&self) -> &T {
+        match self {
+            Op::Quantize { output, .. }
+            | Op::Dequantize { output, .. }
+            | Op::Conv2d { output, .. }
+            | Op::Linear { output, .. }
+            | Op::MatMul { output, .. }
+            | Op::Binary { output, .. }
+            | Op::Lut { output, .. }
+            | Op::GroupNorm { output, .. }
+            | Op::Softmax { output, .. }
+            | Op::Concat { output, .. }
+            | Op::Reshape { output, .. }
+            | Op::Transpose { output, .. }
+            | Op::Slice { output, .. }
+            | Op::Broadcast { output, .. }
+            | Op::Upsample { output, .. }
+            | Op::Const { output, .. }
+            | Op::FUnary { output, .. }
+            | Op::FBinary { output, .. }
+            | Op::FLinear { output, .. }
+            | Op::FGather { output, .. }
+            | Op::FConcat { output, .. } => output,
+        }
+    }
+}
+
 /// Noise schedule and sampler configuration carried by the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplerConfig {
