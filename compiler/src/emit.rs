@@ -271,11 +271,8 @@ pub fn emit(
         extra_inputs: p
             .extras
             .iter()
-            .map(|(n, t)| dmq_runtime::format::ExtraInput {
-                name: {
-                    let _ = n;
-                    name(Some(*t))
-                },
+            .map(|(_, t)| dmq_runtime::format::ExtraInput {
+                name: name(Some(*t)),
                 tensor: f(*t),
             })
             .collect(),

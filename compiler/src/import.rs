@@ -62,7 +62,7 @@ pub fn import(path: &std::path::Path, timestep_input: Option<&str>) -> Result<Im
     let model = tract_onnx::onnx()
         .model_for_path(path)
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
-    import_model(model, &label, timestep_input)
+    import_model(model, timestep_input)
 }
 
 /// [`import`] from bytes in memory (no external data); `label` names the model in messages.
@@ -70,15 +70,10 @@ pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> 
     let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
-    import_model(model, label, timestep_input)
+    import_model(model, timestep_input)
 }
 
-fn import_model(
-    mut model: InferenceModel,
-    label: &str,
-    timestep_input: Option<&str>,
-) -> Result<Imported> {
-    let _ = label;
+fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Result<Imported> {
     let n_in = model.input_outlets()?.len();
     let mut inputs = vec![];
     for i in 0..n_in {
@@ -264,17 +259,11 @@ impl FloatModel {
         }
         let values = self.extra_values.lock().unwrap();
         for (e, vals) in self.extras.iter().zip(values.iter()) {
-            // integer inputs (class labels) take the rounded values
-            let t = tract_ndarray::ArrayD::from_shape_vec(
-                e.shape.clone(),
-                vals.iter().map(|v| v.round()).collect::<Vec<f32>>(),
-            )?
-            .into_tensor();
-            let t = if e.dtype.is_integer() {
-                t.cast_to_dt(e.dtype)?.into_owned()
-            } else {
-                tract_ndarray::ArrayD::from_shape_vec(e.shape.clone(), vals.clone())?.into_tensor()
-            };
+            // integer inputs (class labels) get whole numbers from `extras_for`
+            let t = tract_ndarray::ArrayD::from_shape_vec(e.shape.clone(), vals.clone())?
+                .into_tensor()
+                .cast_to_dt(e.dtype)?
+                .into_owned();
             v.push((e.index, t));
         }
         v.sort_by_key(|(i, _)| *i);

@@ -1,5 +1,7 @@
 //! The dmqc command line: the contract other tools rely on, and its error messages.
-use std::path::{Path, PathBuf};
+use dmq_compiler::cli_io::{read_npy, write_npy};
+use dmq_compiler::eval::sqnr_db;
+use std::path::PathBuf;
 use std::process::Command;
 
 fn dmqc() -> Command {
@@ -26,26 +28,6 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).into(),
         String::from_utf8_lossy(&o.stderr).into(),
     )
-}
-
-fn write_npy_f32(path: &Path, shape: &[u64], data: &[f32]) {
-    // minimal npy v1.0 writer for the test inputs
-    let header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
-        shape.iter().map(|d| format!("{d},")).collect::<String>()
-    );
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((h.len() as u16).to_le_bytes());
-    b.extend(h);
-    for v in data {
-        b.extend(v.to_le_bytes());
-    }
-    std::fs::write(path, b).unwrap();
 }
 
 #[test]
@@ -79,14 +61,15 @@ fn compile_run_sample_inspect() {
     // run: accepts a timestep between scheduled values
     let x = d.join("x.npy");
     let t = d.join("t.npy");
-    write_npy_f32(
+    write_npy(
         &x,
         &[1, 2, 8, 8],
         &(0..128)
             .map(|i| (i as f32 / 64.0) - 1.0)
             .collect::<Vec<_>>(),
-    );
-    write_npy_f32(&t, &[1], &[333.5]);
+    )
+    .unwrap();
+    write_npy(&t, &[1], &[333.5]).unwrap();
     let outdir = d.join("out");
     let (ok, _, err) = run(dmqc()
         .arg("run")
@@ -199,16 +182,6 @@ fn bad_inputs_give_clear_errors() {
     assert!(!d.join("x.dmq").exists());
 }
 
-fn read_npy_f32(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap();
-    assert!(b.starts_with(b"\x93NUMPY"));
-    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
-    b[10 + hl..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 /// Compiles `onnx` with `flags`, runs `dmqc run` on each (latent file, timestep file, ONNX Runtime
 /// reference) and returns the SQNR against the reference in dB per case.
 fn sqnr_against_onnx_runtime(
@@ -247,20 +220,18 @@ fn sqnr_against_onnx_runtime(
             .arg("-o")
             .arg(&out));
         assert!(ok, "{err}");
-        let y = read_npy_f32(
+        let (_, y) = read_npy(
             &std::fs::read_dir(&out)
                 .unwrap()
                 .next()
                 .unwrap()
                 .unwrap()
                 .path(),
-        );
-        let r = read_npy_f32(&fixture(reference));
+        )
+        .unwrap();
+        let (_, r) = read_npy(&fixture(reference)).unwrap();
         assert_eq!(y.len(), r.len());
-        let (s, e) = r.iter().zip(&y).fold((0f64, 0f64), |(s, e), (&a, &b)| {
-            (s + (a as f64).powi(2), e + (a as f64 - b as f64).powi(2))
-        });
-        let db = 10.0 * (s / e).log10();
+        let db = sqnr_db(&r, &y);
         println!("{label} case {t}: {db:.2} dB against ONNX Runtime");
         out_db.push(db);
     }

@@ -1631,18 +1631,28 @@ fn run_with(
         region(arena, ts)?.fill(t);
     }
     // the folded time path, if `t` is a scheduled timestep
-    let folded = meta.time_table.as_ref().and_then(|tt| {
-        let ts = blob_slice(blob, &tt.timesteps).ok()?;
-        let k = (0..ts.len() / 4).find(|&k| kernels::le_f32(ts, k).to_bits() == t.to_bits())?;
-        Some((tt, k))
-    });
+    let folded = match &meta.time_table {
+        Some(tt) => {
+            let ts = blob_slice(blob, &tt.timesteps)?;
+            (0..ts.len() / 4)
+                .find(|&k| kernels::le_f32(ts, k).to_bits() == t.to_bits())
+                .map(|k| -> Result<_> {
+                    Ok((
+                        tt,
+                        k,
+                        blob_slice(blob, &tt.skip)?,
+                        blob_slice(blob, &tt.values)?,
+                    ))
+                })
+                .transpose()?
+        }
+        None => None,
+    };
     for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
         let op = op?;
-        if let Some((tt, k)) = folded {
-            let skip = blob_slice(blob, &tt.skip)?;
+        if let Some((tt, k, skip, values)) = folded {
             if skip.get(i).copied() == Some(1) {
                 if let Some(o) = tt.outputs.iter().find(|o| o.op as usize == i) {
-                    let values = blob_slice(blob, &tt.values)?;
                     let out = op.output();
                     let dst = region(arena, out)?;
                     let start = k * tt.row as usize + o.at as usize;
