@@ -682,9 +682,8 @@ fn compile_imported(
                 .filter(|q| q.min_db < opts.floor_db)
                 .map(|q| (q.t, q.min_db))
                 .collect();
-            let mut f = program.clone();
-            protect::apply(&mut f, &protect::candidates(&program));
-            let floor_program = Some(f);
+            let mut floor_program = program.clone();
+            protect::apply(&mut floor_program, &protect::candidates(&program));
             // floor buckets: runs of weak steps neighbouring in t; the other steps share the
             // remaining buckets (so the file keeps `timestep_groups` streams where it can)
             let mut order: Vec<usize> = (0..weak.len()).collect();
@@ -721,7 +720,7 @@ fn compile_imported(
             // with 4-bit weights, the floor buckets also give 8-bit weights to the layers that need
             // them most (measured on the weak steps), until those steps reach the floor
             let floor_keep8: Vec<ir::TensorId> = if opts.weight_bits == 4 {
-                let f = floor_program.as_ref().unwrap();
+                let f = &floor_program;
                 let floor_buckets: Vec<&Bucket> = buckets.iter().filter(|b| b.floor).collect();
                 let mut inputs = vec![];
                 for seed in 0..2 {
@@ -759,7 +758,7 @@ fn compile_imported(
             };
             (bytes, plan) = build(
                 &program,
-                floor_program.as_ref().map(|f| (f, &floor_keep8[..])),
+                Some((&floor_program, &floor_keep8[..])),
                 &buckets,
                 &chosen,
             )?;
