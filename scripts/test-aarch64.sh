@@ -2,7 +2,8 @@
 # ARM tests without a board: cross-builds dmq-runtime's tests and dmq-board for aarch64 Linux with
 # Debian's rustc, runs them under qemu as a Raspberry Pi 4 core (cortex-a72: NEON, no dotprod) and a
 # Pi 5 / Jetson Orin class core (cortex-a76: NEON + dotprod), and checks that sampling the bundled model
-# gives the same bytes (checksum) as the x86 host. A Pi 4 core that executed SDOT would die with SIGILL.
+# gives the same bytes (checksum) as the x86 host, both as a Linux binary and as the bare-metal qemu virt image
+# (boards/qemu-virt). A Pi 4 core that executed SDOT would die with SIGILL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-cross.sh
@@ -41,5 +42,13 @@ for cpu in cortex-a72 cortex-a76; do
     cortex-a76) [ "$tier" = "kernel tier NeonDot" ] || { echo "FAIL: cortex-a76 must run the NeonDot tier"; status=1; } ;;
   esac
 done
-[ $status -eq 0 ] && echo "aarch64: byte-identical to the host on cortex-a72 (Neon) and cortex-a76 (NeonDot)"
+# bare metal: the same model embedded in the qemu virt image (no std, no allocator), both cores
+unset RUSTC CARGO_TARGET_DIR
+for cpu in cortex-a72 cortex-a76; do
+  out=$(DMQ_QEMU_TIMEOUT=600 bash boards/qemu-virt/run.sh "$MODEL" --seed 7 --steps 12 --cpu $cpu 2>&1) || { echo "FAIL: bare-metal image on $cpu"; echo "$out"; status=1; continue; }
+  sum=$(echo "$out" | grep '^checksum:' || true)
+  echo "bare metal (qemu virt, $cpu): $sum ($(echo "$out" | grep -o 'kernel tier [A-Za-z]*'); $(echo "$out" | grep '^cycles per step' | cut -d';' -f1))"
+  [ "$sum" = "$host" ] || { echo "FAIL: bare-metal $cpu output differs from the host"; echo "$out"; status=1; }
+done
+[ $status -eq 0 ] && echo "aarch64: byte-identical to the host on cortex-a72 (Neon) and cortex-a76 (NeonDot), Linux and bare metal"
 exit $status

@@ -1591,6 +1591,20 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         x: &mut [f32],
         rng: &mut crate::sampler::Rng,
     ) -> Result<()> {
+        self.sample_observed(kind, steps, x, rng, |_| {})
+    }
+
+    /// [`Session::sample`] that calls `mark(i)` when step `i` begins (before its model evaluation)
+    /// and `mark(steps)` after the last step, so `mark(i + 1) - mark(i)` brackets step `i`: its
+    /// evaluation and its sampler update. For latency harnesses; the sample is the same.
+    pub fn sample_observed(
+        &mut self,
+        kind: crate::SamplerKind,
+        steps: u32,
+        x: &mut [f32],
+        rng: &mut crate::sampler::Rng,
+        mut mark: impl FnMut(u32),
+    ) -> Result<()> {
         let cfg = self.model.meta.sampler.clone();
         let meta = self.model.meta.clone();
         let blob = self.model.blob;
@@ -1598,9 +1612,14 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let arena = &mut *self.arena;
         let tier = self.tier;
         let extras = self.extras;
+        let mut step = 0u32;
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
+            mark(step);
+            step += 1;
             run_with(tier, model, &meta, arena, blob, &extras, xin, t, eps)
-        })
+        })?;
+        mark(steps);
+        Ok(())
     }
 }
 

@@ -463,6 +463,19 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The sample checksum every board prints (`checksum: <16 hex digits>`): FNV-1a 64 of the samples'
+/// f32 little-endian bytes, computed without a byte buffer.
+pub fn sample_checksum(x: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in x {
+        for b in v.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 fn rd_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }

@@ -9,7 +9,7 @@
 //! dmq-board selftest [--cases N]     every SIMD tier this CPU has against the scalar kernels
 //! dmq-board info
 //! ```
-use dmq_runtime::format::{fnv1a64, DType, ModelMeta, Op, TRef};
+use dmq_runtime::format::{sample_checksum, DType, ModelMeta, Op, TRef};
 use dmq_runtime::kernels::Tier;
 use dmq_runtime::sampler::Rng;
 use dmq_runtime::{Model, SamplerKind, Session};
@@ -127,8 +127,7 @@ fn bytes_mut(a: &mut [u128]) -> &mut [u8] {
 /// The checksum line `dmq-board sample --checksum` and the bare-metal image print: FNV-1a 64 of the
 /// sample's f32 little-endian bytes.
 pub fn checksum(x: &[f32]) -> String {
-    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    format!("{:016x}", fnv1a64(&bytes))
+    format!("{:016x}", sample_checksum(x))
 }
 
 fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Res<()> {
