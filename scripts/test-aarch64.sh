@@ -31,7 +31,9 @@ echo "aarch64 dmq-board: $sdots SDOT instruction(s) (dotprod tier) beside the Ar
 status=0
 for cpu in cortex-a72 cortex-a76; do
   # SIMD tiers against the scalar kernels on random shapes, on the emulated core (dmq-board selftest:
-  # libtest's harness spins under this qemu-user, so the property test lives in the board binary)
+  # this qemu-user never runs a second guest thread -- even spawn + join hangs -- so libtest's harness
+  # cannot run here, the property test lives in the board binary, and `--threads` is checked on the
+  # host: tests/tests/bundled_model.rs)
   timeout 600 $QEMU -cpu $cpu "$BOARD" selftest --cases 300 || { echo "FAIL: selftest on $cpu"; status=1; }
   out=$($QEMU -cpu $cpu "$BOARD" sample "$MODEL" --seed 7 --steps 12 --checksum 2>"$CROSS_DIR/$cpu.log" | grep '^checksum:') || { echo "FAIL: dmq-board died on $cpu"; cat "$CROSS_DIR/$cpu.log"; status=1; continue; }
   tier=$(grep -o 'kernel tier [A-Za-z]*' "$CROSS_DIR/$cpu.log")
@@ -50,5 +52,6 @@ for cpu in cortex-a72 cortex-a76; do
   echo "bare metal (qemu virt, $cpu): $sum ($(echo "$out" | grep -o 'kernel tier [A-Za-z]*'); $(echo "$out" | grep '^cycles per step' | cut -d';' -f1))"
   [ "$sum" = "$host" ] || { echo "FAIL: bare-metal $cpu output differs from the host"; echo "$out"; status=1; }
 done
+bash scripts/kernel-evidence.sh "$BOARD" || status=1
 [ $status -eq 0 ] && echo "aarch64: byte-identical to the host on cortex-a72 (Neon) and cortex-a76 (NeonDot), Linux and bare metal"
 exit $status

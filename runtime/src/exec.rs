@@ -876,9 +876,18 @@ macro_rules! with_out {
     };
 }
 
+/// Entries `r0..r0 + nr` of a per-row table with `size` bytes per entry (bias, requantization).
+fn row_entries(b: &[u8], r0: usize, nr: usize, size: usize) -> Result<&[u8]> {
+    b.get(r0 * size..(r0 + nr) * size)
+        .ok_or(Error::BufferLength {
+            expected: (r0 + nr) * size,
+            got: b.len(),
+        })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn conv_typed<T: scalar::Code, U: scalar::Code>(
-    tier: kernels::Tier,
+    ex: kernels::Exec,
     x: &[T],
     o: &mut [U],
     col: &mut [u8],
@@ -899,30 +908,83 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
     }
     // SIMD tiers: int8 input, int8 weights, an im2col in scratch -> dot products over k
     if let (true, scalar::Weights::I8(w8), false) = (
-        tier != kernels::Tier::Scalar && T::MAX <= 127,
+        ex.tier != kernels::Tier::Scalar && T::MAX <= 127,
         w,
         d.is_pointwise(),
     ) {
+        let (k, p) = (d.k(), d.p());
+
+        let got = col.len();
         let col8: &mut [i8] = bytemuck::cast_slice_mut(col);
         let x8: &[i8] = bytemuck::cast_slice(x);
+        let col8 = col8.get_mut(..k * p).ok_or(Error::BufferLength {
+            expected: k * p,
+            got,
+        })?;
         for b in 0..n {
-            scalar::im2col_t(
-                &x8[b * isz..(b + 1) * isz],
-                d,
-                zx.clamp(-128, 127) as i8,
-                col8,
-            )?;
-            scalar::gemm_dot(
-                tier,
-                w8,
-                col8,
+            let xb = &x8[b * isz..(b + 1) * isz];
+            let zx8 = zx.clamp(-128, 127) as i8;
+            // pixel ranges of the transposed im2col on the worker threads too (a copy: weighed as
+            // a few multiply-accumulates per byte against the threading threshold)
+            ex.par_rows(p, k, k * p * 8, col8, |p0, _, part| {
+                scalar::im2col_t_rows(xb, d, zx8, p0, part)
+            })?;
+            kernels::check_len(d.co * k, w8.len())?;
+            let col8: &[i8] = col8;
+            // output channels split across threads (std): each runs the same kernel on its rows
+            ex.par_rows(
                 d.co,
-                d.k(),
-                d.p(),
-                bias,
-                rq,
-                zo,
+                p,
+                d.co * k * p,
                 &mut o[b * osz..(b + 1) * osz],
+                |r0, nr, part| {
+                    scalar::gemm_dot(
+                        ex.tier,
+                        &w8[r0 * k..(r0 + nr) * k],
+                        col8,
+                        nr,
+                        k,
+                        p,
+                        row_entries(bias, r0, nr, 4)?,
+                        row_entries(rq, r0, nr, 8)?,
+                        zo,
+                        part,
+                    )
+                },
+            )?;
+        }
+        return Ok(());
+    }
+    // SIMD tiers, 1×1 convs: the input is read as [k][p] and packed four pixels at a time
+    if let (true, scalar::Weights::I8(w8), true) = (
+        ex.tier != kernels::Tier::Scalar && T::MAX <= 127,
+        w,
+        d.is_pointwise(),
+    ) {
+        let (k, p) = (d.k(), d.p());
+        kernels::check_len(d.co * k, w8.len())?;
+        let x8: &[i8] = bytemuck::cast_slice(x);
+        for b in 0..n {
+            let xb = &x8[b * isz..(b + 1) * isz];
+            ex.par_rows(
+                d.co,
+                p,
+                d.co * k * p,
+                &mut o[b * osz..(b + 1) * osz],
+                |r0, nr, part| {
+                    scalar::pointwise_dot(
+                        ex.tier,
+                        &w8[r0 * k..(r0 + nr) * k],
+                        xb,
+                        nr,
+                        k,
+                        p,
+                        row_entries(bias, r0, nr, 4)?,
+                        row_entries(rq, r0, nr, 8)?,
+                        zo,
+                        part,
+                    )
+                },
             )?;
         }
         return Ok(());
@@ -930,17 +992,55 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
     let col: &mut [T] =
         bytemuck::try_cast_slice_mut(col).map_err(|_| Error::Arena { needed: 0, got: 0 })?;
     let zx = T::sat(zx as i64);
+    if ex.threads <= 1 {
+        for b in 0..n {
+            scalar::conv2d(
+                &x[b * isz..(b + 1) * isz],
+                d,
+                zx,
+                w,
+                bias,
+                rq,
+                zo,
+                col,
+                &mut o[b * osz..(b + 1) * osz],
+            )?;
+        }
+        return Ok(());
+    }
+    // threads: the im2col once, then output channels across the workers (what conv2d computes)
+    let (k, p) = (d.k(), d.p());
+    let got = col.len();
+    let col = col.get_mut(..k * p).ok_or(Error::BufferLength {
+        expected: k * p,
+        got,
+    })?;
     for b in 0..n {
-        scalar::conv2d(
-            &x[b * isz..(b + 1) * isz],
-            d,
-            zx,
-            w,
-            bias,
-            rq,
-            zo,
-            col,
+        let xb = &x[b * isz..(b + 1) * isz];
+        let src: &[T] = if d.is_pointwise() {
+            xb
+        } else {
+            scalar::im2col(xb, d, zx, col)?;
+            col
+        };
+        ex.par_rows(
+            d.co,
+            p,
+            d.co * k * p,
             &mut o[b * osz..(b + 1) * osz],
+            |r0, nr, part| {
+                scalar::gemm_wk_kp(
+                    w.rows(r0, nr, k)?,
+                    src,
+                    nr,
+                    k,
+                    p,
+                    row_entries(bias, r0, nr, 4)?,
+                    row_entries(rq, r0, nr, 8)?,
+                    zo,
+                    part,
+                )
+            },
         )?;
     }
     Ok(())
@@ -959,6 +1059,13 @@ pub fn run_op_with(
     arena: &mut [u8],
     blob: &[u8],
 ) -> Result<()> {
+    run_op_exec(kernels::Exec { tier, threads: 1 }, op, arena, blob)
+}
+
+/// Runs one op with the kernels of `ex.tier` on up to `ex.threads` threads (bit-identical to
+/// [`run_op`] for every tier and thread count).
+pub fn run_op_exec(ex: kernels::Exec, op: &Op<TRef>, arena: &mut [u8], blob: &[u8]) -> Result<()> {
+    let tier = ex.tier;
     match op {
         Op::Quantize { input, output } => {
             let (o, _, io) = carve(arena, range(output), None)?;
@@ -1023,7 +1130,7 @@ pub fn run_op_with(
                 bias = bias_buf;
             }
             with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
-                conv_typed(tier, x, y, col, n, &d, input.zero, w, bias, rq, output.zero)
+                conv_typed(ex, x, y, col, n, &d, input.zero, w, bias, rq, output.zero)
             })
         }
         Op::Const { output, data } => {
@@ -1049,25 +1156,58 @@ pub fn run_op_with(
             let a_s = [geom.a_strides[0] as usize, geom.a_strides[1] as usize];
             let o_s = [geom.o_strides[0] as usize, geom.o_strides[1] as usize];
             // SIMD tiers: int8 rows that are k-contiguous, int8 weights -> dot products
-            if let (true, Ints::I8(x), scalar::Weights::I8(w8)) = (
-                tier != kernels::Tier::Scalar && a_s[1] == 1,
-                io.ints(input)?,
-                w,
-            ) {
-                return with_out!(out_ints(o, output.dtype)?, |y| scalar::linear_dot(
-                    tier,
-                    x,
-                    m,
-                    n,
-                    k,
-                    a_s[0],
-                    o_s,
-                    w8,
-                    bias,
-                    rq,
-                    output.zero,
-                    y
-                ));
+            if let (true, Ints::I8(x), scalar::Weights::I8(w8)) =
+                (tier != kernels::Tier::Scalar, io.ints(input)?, w)
+            {
+                let macs = m * n * k;
+                return with_out!(out_ints(o, output.dtype)?, |y| {
+                    if o_s[1] == 1 && o_s[0] >= n {
+                        // rows of the output (tokens) split across threads
+                        ex.par_rows(m, o_s[0], macs, y, |r0, nr, part| {
+                            let a = x.get(r0 * a_s[0]..).ok_or(Error::BufferLength {
+                                expected: r0 * a_s[0],
+                                got: x.len(),
+                            })?;
+                            scalar::linear_dot(
+                                tier,
+                                a,
+                                nr,
+                                n,
+                                k,
+                                a_s,
+                                o_s,
+                                w8,
+                                bias,
+                                rq,
+                                output.zero,
+                                part,
+                            )
+                        })
+                    } else if o_s[0] == 1 && o_s[1] >= m {
+                        // channel-major output: output channels split across threads
+                        kernels::check_len(n * k, w8.len())?;
+                        kernels::check_len(n * 4, bias.len())?;
+                        kernels::check_len(n * 8, rq.len())?;
+                        ex.par_rows(n, o_s[1], macs, y, |r0, nr, part| {
+                            scalar::linear_dot(
+                                tier,
+                                x,
+                                m,
+                                nr,
+                                k,
+                                a_s,
+                                o_s,
+                                &w8[r0 * k..(r0 + nr) * k],
+                                &bias[r0 * 4..(r0 + nr) * 4],
+                                &rq[r0 * 8..(r0 + nr) * 8],
+                                output.zero,
+                                part,
+                            )
+                        })
+                    } else {
+                        scalar::linear_dot(tier, x, m, n, k, a_s, o_s, w8, bias, rq, output.zero, y)
+                    }
+                });
             }
             with_io!(io.ints(input)?, out_ints(o, output.dtype)?, |x, y| {
                 scalar::linear(x, m, n, k, a_s, o_s, w, bias, rq, output.zero, y)
@@ -1092,6 +1232,7 @@ pub fn run_op_with(
                 o_s: u(geom.o_strides),
             };
             scalar::matmul(
+                tier,
                 io.i8(a)?,
                 a.zero,
                 io.i8(b)?,
@@ -1471,8 +1612,8 @@ pub struct Session<'m, 'a, 'r> {
     arena: &'r mut [u8],
     /// The sampler's f32 scratch (latent-sized), carved from the end of the arena.
     state: &'r mut [f32],
-    /// Kernel tier, detected from the CPU.
-    tier: kernels::Tier,
+    /// Kernel tier (detected from the CPU) and worker threads.
+    ex: kernels::Exec,
     /// Values of the model's extra inputs (see [`Session::set_input`]).
     extras: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
 }
@@ -1499,7 +1640,10 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             model,
             arena: ops,
             state,
-            tier: kernels::Tier::detect(),
+            ex: kernels::Exec {
+                tier: kernels::Tier::detect(),
+                threads: 1,
+            },
             extras: [None; crate::format::MAX_EXTRA_INPUTS],
         })
     }
@@ -1525,14 +1669,38 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
 
     /// The kernel tier this session runs.
     pub fn tier(&self) -> kernels::Tier {
-        self.tier
+        self.ex.tier
+    }
+
+    /// The worker threads the kernels may use.
+    pub fn threads(&self) -> usize {
+        self.ex.threads
+    }
+
+    /// Splits the large convolutions, linears and matmuls across `threads` threads (the calling one
+    /// and `threads - 1` workers that spin between ops), at most one per core: more would only wait
+    /// for each other. The output is the same bits for every count. Without std the runtime runs on
+    /// the calling core whatever this says.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        #[cfg(feature = "std")]
+        {
+            extern crate std;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.ex.threads = threads.clamp(1, cores);
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            let _ = threads;
+            self.ex.threads = 1;
+        }
+        self
     }
 
     /// Runs with another tier (if this CPU supports it; otherwise keeps the detected one). Every tier
     /// gives the same bits.
     pub fn with_tier(mut self, tier: kernels::Tier) -> Self {
         if tier.supported() {
-            self.tier = tier;
+            self.ex.tier = tier;
         }
         self
     }
@@ -1551,7 +1719,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// One evaluation of the denoiser: `out = model(latent, t)`. No allocation; never panics.
     pub fn run(&mut self, latent: &[f32], t: f32, out: &mut [f32]) -> Result<()> {
         run_with(
-            self.tier,
+            self.ex,
             self.model,
             &self.model.meta,
             self.arena,
@@ -1573,7 +1741,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let blob = self.model.blob;
         for (i, op) in self.model.stream_ops(stream).enumerate() {
             let op = op?;
-            run_op_with(self.tier, &op, self.arena, blob).map_err(|e| match e {
+            run_op_exec(self.ex, &op, self.arena, blob).map_err(|e| match e {
                 Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
                 e => e,
             })?;
@@ -1610,13 +1778,13 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let blob = self.model.blob;
         let model = self.model;
         let arena = &mut *self.arena;
-        let tier = self.tier;
+        let ex = self.ex;
         let extras = self.extras;
         let mut step = 0u32;
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
             mark(step);
             step += 1;
-            run_with(tier, model, &meta, arena, blob, &extras, xin, t, eps)
+            run_with(ex, model, &meta, arena, blob, &extras, xin, t, eps)
         })?;
         mark(steps);
         Ok(())
@@ -1625,7 +1793,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
 
 #[allow(clippy::too_many_arguments)]
 fn run_with(
-    tier: kernels::Tier,
+    ex: kernels::Exec,
     model: &Model<'_>,
     meta: &crate::format::ModelMeta,
     arena: &mut [u8],
@@ -1685,7 +1853,7 @@ fn run_with(
                 continue;
             }
         }
-        run_op_with(tier, &op, arena, blob).map_err(|e| match e {
+        run_op_exec(ex, &op, arena, blob).map_err(|e| match e {
             Error::Invalid { what, .. } => Error::Invalid { op: i as u32, what },
             e => e,
         })?;

@@ -11,6 +11,8 @@
 pub mod exec;
 pub mod format;
 pub mod kernels;
+#[cfg(feature = "std")]
+pub mod pool;
 pub mod sampler;
 
 pub use exec::Session;

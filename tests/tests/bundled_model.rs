@@ -127,6 +127,26 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
         let mut arena2 = eval::arena_for(&model);
         let mut sess2 = Session::new(&model, eval::arena_bytes(&mut arena2)).unwrap();
         assert_eq!(a, run(&mut sess2), "{kind:?}: a fresh session differs");
+        // every kernel tier and thread count computes the same bytes (int8 and int16 convs, 1×1
+        // convs, strided linears and attention matmuls all split across the workers)
+        use dmq_runtime::kernels::Tier;
+        for (tier, threads) in [
+            (Tier::Scalar, 1),
+            (Tier::Scalar, 3),
+            (Tier::detect(), 2),
+            (Tier::detect(), 3),
+        ] {
+            let mut ar = eval::arena_for(&model);
+            let mut s = Session::new(&model, eval::arena_bytes(&mut ar))
+                .unwrap()
+                .with_tier(tier)
+                .with_threads(threads);
+            assert_eq!(
+                a,
+                run(&mut s),
+                "{kind:?}: tier {tier:?} with {threads} threads differs"
+            );
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use dmq_compiler::quant::{affine_params, requant_of, requant_pair};
 use dmq_runtime::format::{BinaryKind, DType, Op, Requant, TRef, UnaryFn};
 use dmq_runtime::kernels::scalar::{self, ConvDims, MatMulDims};
-use dmq_runtime::kernels::{broadcast_strides, contiguous_strides};
+use dmq_runtime::kernels::{broadcast_strides, contiguous_strides, Tier};
 use dmq_runtime::sampler::Rng;
 
 fn codes(rng: &mut Rng, n: usize) -> Vec<i8> {
@@ -252,7 +252,19 @@ fn matmul_with_zero_points_matches_float_reference() {
         let want: Vec<i32> = real.iter().map(|&v| quant(v, so, zo)).collect();
         let r = requant_of(sa as f64 * sb as f64 / so as f64);
         let mut out = vec![0i8; b0 * m * n];
-        scalar::matmul(&a, za, &b, zb, &d, r.mult, r.shift, zo, &mut out).unwrap();
+        scalar::matmul(
+            Tier::Scalar,
+            &a,
+            za,
+            &b,
+            zb,
+            &d,
+            r.mult,
+            r.shift,
+            zo,
+            &mut out,
+        )
+        .unwrap();
         assert_close(&out, &want, 1, &format!("matmul case {case}"));
     }
 }

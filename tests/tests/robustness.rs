@@ -154,6 +154,20 @@ fn wrong_buffer_lengths_are_errors() {
 }
 
 #[test]
+fn simd_kernels_equal_the_scalar_kernels_on_random_shapes() {
+    // conv, 1×1 conv, contiguous and strided linears, matmuls with zero points, dot products and
+    // 4×4 tiles: the same property check `dmq-board selftest` runs on the boards
+    use dmq_runtime::kernels::Tier;
+    let tiers: Vec<Tier> = [Tier::Avx2, Tier::Neon, Tier::NeonDot]
+        .into_iter()
+        .filter(|t| t.supported())
+        .collect();
+    let checked = dmq_runtime::kernels::check::tiers_match_scalar(&tiers, 200, 99).unwrap();
+    println!("{checked} cases on {tiers:?}");
+    assert_eq!(checked == 0, tiers.is_empty());
+}
+
+#[test]
 fn every_kernel_tier_of_this_cpu_gives_the_scalar_bits() {
     // Whole-model check of the SIMD conv/linear path (transposed im2col + dot products) against the
     // scalar reference: AVX2 on an x86 host (the aarch64 tiers are checked by `dmq-board selftest`).

@@ -19,7 +19,7 @@ use std::time::Instant;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum]\n  dmq-board bench MODEL.dmq [--runs N]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -305,7 +305,9 @@ fn cmd_sample(args: &[String]) -> Res<()> {
     let meta = model.meta().clone();
     let extras = extra_inputs(&a, &meta)?;
     let mut ar = arena(&model);
-    let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    let mut sess = Session::new(&model, bytes_mut(&mut ar))
+        .map_err(|e| e.to_string())?
+        .with_threads(a.num("threads", 1)?);
     set_extras(&mut sess, &meta, &extras)?;
     let mut x = vec![0f32; model.latent_len()];
     let mut rng = Rng::new(seed);
@@ -315,10 +317,11 @@ fn cmd_sample(args: &[String]) -> Res<()> {
         .map_err(|e| e.to_string())?;
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "sampled {steps} steps in {:.3} s ({:.2} ms/step, kernel tier {:?})",
+        "sampled {steps} steps in {:.3} s ({:.2} ms/step, kernel tier {:?}, {} thread(s))",
         secs,
         1e3 * secs / steps as f64,
-        sess.tier()
+        sess.tier(),
+        sess.threads()
     );
     if let Some(out) = a.get("o").or(a.get("output")) {
         let meta = model.meta();
@@ -354,166 +357,16 @@ fn cmd_sample(args: &[String]) -> Res<()> {
 /// Property test on the device: random conv shapes and values, every tier this CPU supports against
 /// the scalar reference, bit for bit.
 fn cmd_selftest(args: &[String]) -> Res<()> {
-    use dmq_runtime::kernels::scalar::{self, ConvDims, Weights};
     let a = parse(args, &[]);
     let cases: usize = a.num("cases", 300)?;
     let best = Tier::detect();
-    let tiers: Vec<Tier> = [Tier::Neon, Tier::NeonDot]
+    let tiers: Vec<Tier> = [Tier::Neon, Tier::NeonDot, Tier::Avx2]
         .into_iter()
-        .filter(|t| t.supported() && (*t != Tier::NeonDot || best == Tier::NeonDot))
+        .filter(|t| t.supported())
         .collect();
-    let mut rng = Rng::new(2024);
-    let r8 = |rng: &mut Rng| (rng.next_u64() >> 56) as u8 as i8;
-    let mut checked = 0usize;
-    for case in 0..cases {
-        let u = |rng: &mut Rng, n: u64| (rng.next_u64() % n) as usize;
-        let (c, h, w, co) = (
-            1 + u(&mut rng, 24),
-            1 + u(&mut rng, 12),
-            1 + u(&mut rng, 12),
-            1 + u(&mut rng, 9),
-        );
-        let k = [1usize, 2, 3, 5][u(&mut rng, 4)];
-        let st = 1 + u(&mut rng, 2);
-        let p = u(&mut rng, 3).min(k.saturating_sub(1));
-        if h + 2 * p < k || w + 2 * p < k {
-            continue;
-        }
-        let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
-        let d = ConvDims {
-            c,
-            h,
-            w,
-            co,
-            kh: k,
-            kw: k,
-            sh: st,
-            sw: st,
-            pt: p,
-            pl: p,
-            oh,
-            ow,
-        };
-        let x: Vec<i8> = (0..c * h * w).map(|_| r8(&mut rng)).collect();
-        let wt: Vec<i8> = (0..co * d.k()).map(|_| r8(&mut rng).max(-127)).collect();
-        let bias: Vec<u8> = (0..co)
-            .flat_map(|_| ((rng.next_u64() % 200_001) as i32 - 100_000).to_le_bytes())
-            .collect();
-        let rq: Vec<u8> = (0..co)
-            .flat_map(|_| {
-                (1_073_741_824i32 + (rng.next_u64() % 1_000_000_000) as i32)
-                    .to_le_bytes()
-                    .into_iter()
-                    .chain((31 + (rng.next_u64() % 12) as i32).to_le_bytes())
-            })
-            .collect();
-        let (zx, zo) = (r8(&mut rng), (rng.next_u64() % 256) as i32 - 128);
-        let mut col = vec![0i8; d.k() * d.p()];
-        let mut want = vec![0i8; co * d.p()];
-        scalar::conv2d(
-            &x,
-            &d,
-            zx,
-            Weights::I8(&wt),
-            &bias,
-            &rq,
-            zo,
-            &mut col,
-            &mut want,
-        )
-        .map_err(|e| e.to_string())?;
-        for &t in &tiers {
-            let mut got = vec![0i8; co * d.p()];
-            scalar::im2col_t(&x, &d, zx, &mut col).map_err(|e| e.to_string())?;
-            scalar::gemm_dot(t, &wt, &col, co, d.k(), d.p(), &bias, &rq, zo, &mut got)
-                .map_err(|e| e.to_string())?;
-            if got != want {
-                return Err(format!(
-                    "selftest: tier {t:?} differs from the scalar kernel on case {case} {d:?}"
-                ));
-            }
-            checked += 1;
-        }
-        // linear with k-contiguous rows (attention projections)
-        let (m, nn, kk) = (
-            1 + u(&mut rng, 40),
-            1 + u(&mut rng, 20),
-            1 + u(&mut rng, 200),
-        );
-        let la: Vec<i8> = (0..m * kk).map(|_| r8(&mut rng)).collect();
-        let lw: Vec<i8> = (0..nn * kk).map(|_| r8(&mut rng).max(-127)).collect();
-        let lb: Vec<u8> = (0..nn)
-            .flat_map(|_| ((rng.next_u64() % 20_001) as i32 - 10_000).to_le_bytes())
-            .collect();
-        let lrq: Vec<u8> = (0..nn)
-            .flat_map(|_| {
-                (1_500_000_000i32)
-                    .to_le_bytes()
-                    .into_iter()
-                    .chain(38i32.to_le_bytes())
-            })
-            .collect();
-        let mut lwant = vec![0i8; m * nn];
-        scalar::linear(
-            &la,
-            m,
-            nn,
-            kk,
-            [kk, 1],
-            [nn, 1],
-            Weights::I8(&lw),
-            &lb,
-            &lrq,
-            zo,
-            &mut lwant,
-        )
-        .map_err(|e| e.to_string())?;
-        for &t in &tiers {
-            let mut got = vec![0i8; m * nn];
-            scalar::linear_dot(t, &la, m, nn, kk, kk, [nn, 1], &lw, &lb, &lrq, zo, &mut got)
-                .map_err(|e| e.to_string())?;
-            if got != lwant {
-                return Err(format!("selftest: tier {t:?} linear differs from the scalar kernel (m {m}, n {nn}, k {kk})"));
-            }
-        }
-        // long dot products (k up to 5000) with extreme values
-        let n = u(&mut rng, 5000);
-        let va: Vec<i8> = (0..n)
-            .map(|i| {
-                if case % 3 == 0 {
-                    if i % 2 == 0 {
-                        -127
-                    } else {
-                        127
-                    }
-                } else {
-                    r8(&mut rng).max(-127)
-                }
-            })
-            .collect();
-        let vb: Vec<i8> = (0..n)
-            .map(|i| {
-                if case % 3 == 0 {
-                    if i % 2 == 0 {
-                        -128
-                    } else {
-                        127
-                    }
-                } else {
-                    r8(&mut rng)
-                }
-            })
-            .collect();
-        let want = dmq_runtime::kernels::dot_i8(Tier::Scalar, &va, &vb);
-        for &t in &tiers {
-            if dmq_runtime::kernels::dot_i8(t, &va, &vb) != want {
-                return Err(format!(
-                    "selftest: tier {t:?} dot product differs (n = {n})"
-                ));
-            }
-        }
-    }
-    println!("selftest: {checked} conv cases bit-identical to the scalar kernel on tiers {tiers:?} (detected {best:?})");
+    let checked = dmq_runtime::kernels::check::tiers_match_scalar(&tiers, cases, 2024)
+        .map_err(|e| format!("selftest: {e}"))?;
+    println!("selftest: {checked} random kernel cases (conv, 1x1 conv, linear, matmul, dot products) bit-identical to the scalar kernels on tiers {tiers:?} (detected {best:?})");
     Ok(())
 }
 
@@ -549,13 +402,33 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let bytes = load(path)?;
     let model = Model::load(&bytes).map_err(|e| e.to_string())?;
     let runs: usize = a.num("runs", 20)?;
-    let mut ar = arena(&model);
-    let mut sess = Session::new(&model, bytes_mut(&mut ar)).map_err(|e| e.to_string())?;
+    let threads: usize = a.num("threads", 1)?;
     let n = model.latent_len();
     let mut x = vec![0f32; n];
     Rng::new(1).fill_gaussian(&mut x);
+    // the one-thread output, to check that T threads compute the same bits
+    let mut one = vec![0f32; n];
+    if threads > 1 {
+        let mut ar1 = arena(&model);
+        let mut s1 = Session::new(&model, bytes_mut(&mut ar1)).map_err(|e| e.to_string())?;
+        s1.run(&x, 500.0, &mut one).map_err(|e| e.to_string())?;
+    }
+    let mut ar = arena(&model);
+    let mut sess = Session::new(&model, bytes_mut(&mut ar))
+        .map_err(|e| e.to_string())?
+        .with_threads(threads);
     let mut out = vec![0f32; n];
     sess.run(&x, 500.0, &mut out).map_err(|e| e.to_string())?; // warm-up
+    if threads > 1
+        && out
+            .iter()
+            .zip(&one)
+            .any(|(a, b)| a.to_bits() != b.to_bits())
+    {
+        return Err(format!(
+            "bench: {threads} threads computed other bits than 1 thread"
+        ));
+    }
     let mut times = vec![];
     for i in 0..runs.max(1) {
         let t = 1.0 + (i as f32 * 977.0) % 980.0;
@@ -571,7 +444,21 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         model.meta().ops_per_stream,
         model.streams()
     );
-    println!("kernel tier {:?}", sess.tier());
+    println!(
+        "kernel tier {:?}, {} thread(s){}{}",
+        sess.tier(),
+        sess.threads(),
+        if sess.threads() < threads {
+            format!(" ({threads} requested: at most one per core)")
+        } else {
+            String::new()
+        },
+        if threads > 1 {
+            " (output bit-identical to 1 thread)"
+        } else {
+            ""
+        }
+    );
     println!(
         "latency per denoising step over {} runs: median {:.3} ms, min {:.3} ms, max {:.3} ms",
         times.len(),

@@ -3,6 +3,8 @@
 //! error otherwise, so no input can make it index out of bounds.
 //!
 //! `scalar` is the specification; SIMD back-ends must match it bit for bit.
+#[cfg(feature = "std")]
+pub mod check;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
@@ -72,6 +74,106 @@ impl Tier {
     }
 }
 
+/// How the kernels of one session run: the SIMD tier and the worker threads (std builds only; the
+/// no_std runtime always runs on the calling core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exec {
+    pub tier: Tier,
+    pub threads: usize,
+}
+
+/// Multiply-accumulates below which an op stays on one thread (spawning would cost more).
+pub const PAR_MIN_MACS: usize = 1 << 18;
+
+impl Exec {
+    /// Runs `f(first_row, rows_in_part, part)` over `rows` rows of `row_stride` elements of `out`,
+    /// split into at most `threads` contiguous parts (whole 4-row register tiles) that run on a pool
+    /// of `threads` worker threads. One part, on the calling thread, when `threads <= 1`, when
+    /// `macs < PAR_MIN_MACS` or without std. Each row is computed exactly as in a single call, so the
+    /// output is the same for every thread count.
+    pub fn par_rows<U: Send>(
+        self,
+        rows: usize,
+        row_stride: usize,
+        macs: usize,
+        out: &mut [U],
+        f: impl Fn(usize, usize, &mut [U]) -> Result<()> + Sync,
+    ) -> Result<()> {
+        #[cfg(feature = "std")]
+        if self.threads > 1 && macs >= PAR_MIN_MACS && rows >= 8 {
+            extern crate std;
+            use std::vec::Vec;
+            let per = rows.div_ceil(self.threads).next_multiple_of(4);
+            // (first row, rows, output part): each taken once, by the thread that runs it
+            type Part<'o, U> = std::sync::Mutex<Option<(usize, usize, &'o mut [U])>>;
+            let mut parts: Vec<Part<'_, U>> = Vec::new();
+            let (mut rest, mut r0) = (out, 0);
+            while r0 < rows {
+                let r1 = (r0 + per).min(rows);
+                let take = if r1 == rows {
+                    rest.len()
+                } else {
+                    (r1 - r0) * row_stride
+                };
+                if take > rest.len() {
+                    return Err(Error::BufferLength {
+                        expected: take,
+                        got: rest.len(),
+                    });
+                }
+                let (part, tail) = rest.split_at_mut(take);
+                parts.push(std::sync::Mutex::new(Some((r0, r1 - r0, part))));
+                rest = tail;
+                r0 = r1;
+            }
+            let n = parts.len();
+            let results: Vec<std::sync::Mutex<Result<()>>> =
+                (0..n).map(|_| std::sync::Mutex::new(Ok(()))).collect();
+            let job = |i: usize| {
+                let part = parts[i].lock().ok().and_then(|mut g| g.take());
+                let r = match part {
+                    Some((a, rows, p)) => f(a, rows, p),
+                    None => Err(Error::Unsupported("a worker part was lost")),
+                };
+                if let Ok(mut g) = results[i].lock() {
+                    *g = r;
+                }
+            };
+            if !pool(self.threads - 1)?.run(n, &job) {
+                return Err(Error::Unsupported("a worker thread panicked"));
+            }
+            return results.into_iter().try_for_each(|m| {
+                m.into_inner()
+                    .unwrap_or(Err(Error::Unsupported("a worker thread panicked")))
+            });
+        }
+        let _ = (macs, row_stride);
+        f(0, rows, out)
+    }
+}
+
+/// The pool of `workers` threads, started on first use and kept for the process (one per distinct
+/// count), so an op pays a hand-off, not a thread start.
+#[cfg(feature = "std")]
+fn pool(workers: usize) -> Result<&'static crate::pool::Pool> {
+    extern crate std;
+    use std::boxed::Box;
+    use std::sync::Mutex;
+    use std::vec::Vec;
+    static POOLS: Mutex<Vec<(usize, &'static crate::pool::Pool)>> = Mutex::new(Vec::new());
+    let mut pools = POOLS
+        .lock()
+        .map_err(|_| Error::Unsupported("the worker pool lock is poisoned"))?;
+    if let Some((_, p)) = pools.iter().find(|(n, _)| *n == workers) {
+        return Ok(p);
+    }
+    let p = crate::pool::Pool::start(workers)
+        .ok_or(Error::Unsupported("could not start the worker threads"))?;
+    let p: &'static crate::pool::Pool = Box::leak(Box::new(p));
+    pools.push((workers, p));
+    Ok(p)
+}
+
 /// `sum_k a[k] * b[k]` in wrapping i32 with the given tier (the dot product of the SIMD conv path).
 #[inline]
 pub fn dot_i8(tier: Tier, a: &[i8], b: &[i8]) -> i32 {
@@ -83,6 +185,25 @@ pub fn dot_i8(tier: Tier, a: &[i8], b: &[i8]) -> i32 {
         #[cfg(target_arch = "x86_64")]
         Tier::Avx2 => x86::dot_i8_avx2(a, b),
         _ => dot_scalar(a, b, 0),
+    }
+}
+
+/// A register-blocked 4×4 tile of dot products: `out[r][c] = sum_k w[r][k] * x[c][k]` in wrapping
+/// i32, over the common length of the eight slices. Each 16-byte vector of `w` and `x` is loaded once
+/// and used four times, and the sixteen accumulators are independent, so the SIMD tiers are not bound
+/// by load bandwidth or by one accumulator's latency. Equal to sixteen [`dot_i8`] calls bit for bit.
+#[inline]
+pub fn dot_block(tier: Tier, w: [&[i8]; 4], x: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    let n = w.iter().chain(x.iter()).map(|s| s.len()).min().unwrap_or(0);
+    let (w, x) = (w.map(|s| &s[..n]), x.map(|s| &s[..n]));
+    match tier {
+        #[cfg(target_arch = "aarch64")]
+        Tier::NeonDot => neon::dot_block_sdot(w, x),
+        #[cfg(target_arch = "aarch64")]
+        Tier::Neon => neon::dot_block_neon(w, x),
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => x86::dot_block_avx2(w, x),
+        _ => w.map(|wr| x.map(|xc| dot_scalar(wr, xc, 0))),
     }
 }
 

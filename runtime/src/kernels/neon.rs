@@ -58,6 +58,83 @@ pub fn dot_i8_sdot(a: &[i8], b: &[i8]) -> i32 {
     super::dot_scalar(&a[k..n], &b[k..n], total)
 }
 
+/// Adds the scalar tails (`k0..`) and reduces the lanes of a 4×4 tile of accumulators.
+///
+/// # Safety
+/// NEON is baseline on aarch64; no memory is touched beyond the slices.
+#[inline(always)]
+unsafe fn finish_block(
+    acc: [[int32x4_t; 4]; 4],
+    w: [&[i8]; 4],
+    x: [&[i8]; 4],
+    k0: usize,
+) -> [[i32; 4]; 4] {
+    let mut out = [[0i32; 4]; 4];
+    for r in 0..4 {
+        for c in 0..4 {
+            // SAFETY: a register reduction.
+            let lanes = unsafe { vaddvq_s32(acc[r][c]) };
+            out[r][c] = super::dot_scalar(&w[r][k0..], &x[c][k0..], lanes);
+        }
+    }
+    out
+}
+
+/// [`super::dot_block`] with Armv8.0 NEON: per 16 k, 8 loads and 16 × (SMULL, SMULL2, 2 SADALP).
+/// All slices have the same length (the caller truncates them).
+#[inline(never)]
+pub fn dot_block_neon(w: [&[i8]; 4], x: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    let n = w[0].len();
+    let mut k = 0;
+    // SAFETY: every load reads 16 bytes at `k` with k + 16 <= n, the length of all eight slices.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); 4]; 4];
+        while k + 16 <= n {
+            let wv = w.map(|s| vld1q_s8(s.as_ptr().add(k)));
+            let xv = x.map(|s| vld1q_s8(s.as_ptr().add(k)));
+            for r in 0..4 {
+                for c in 0..4 {
+                    let lo = vmull_s8(vget_low_s8(wv[r]), vget_low_s8(xv[c]));
+                    let hi = vmull_high_s8(wv[r], xv[c]);
+                    acc[r][c] = vpadalq_s16(vpadalq_s16(acc[r][c], lo), hi);
+                }
+            }
+            k += 16;
+        }
+        finish_block(acc, w, x, k)
+    }
+}
+
+/// [`super::dot_block`] with SDOT: per 16 k, 8 loads and 16 SDOT (256 multiply-accumulates). Only
+/// call when the CPU has dotprod. All slices have the same length (the caller truncates them).
+#[inline(never)]
+pub fn dot_block_sdot(w: [&[i8]; 4], x: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    let n = w[0].len();
+    let mut k = 0;
+    // SAFETY: loads as in `dot_block_neon`; the caller checked the dotprod feature.
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); 4]; 4];
+        while k + 16 <= n {
+            let wv = w.map(|s| vld1q_s8(s.as_ptr().add(k)));
+            let xv = x.map(|s| vld1q_s8(s.as_ptr().add(k)));
+            for r in 0..4 {
+                for c in 0..4 {
+                    core::arch::asm!(
+                        ".arch_extension dotprod",
+                        "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                        acc = inout(vreg) acc[r][c],
+                        a = in(vreg) wv[r],
+                        b = in(vreg) xv[c],
+                        options(pure, nomem, nostack, preserves_flags)
+                    );
+                }
+            }
+            k += 16;
+        }
+        finish_block(acc, w, x, k)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
