@@ -319,6 +319,8 @@ pub fn calibrate(
     stat_nodes: &[usize],
     merge_probes: bool,
     extras: &dyn Fn(u64) -> Result<Vec<Vec<f32>>>,
+    uncond: &dyn Fn(u64) -> Result<Vec<Vec<f32>>>,
+    opts: &crate::CompileOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
@@ -332,7 +334,12 @@ pub fn calibrate(
     let mut evaluations = 0;
     let (mut t_min, mut t_max) = (f32::INFINITY, f32::NEG_INFINITY);
     for s in 0..trajectories {
-        float.set_extras(extras(seed0 + s as u64)?)?;
+        let cond = extras(seed0 + s as u64)?;
+        let un = match opts.guidance {
+            Some(_) => uncond(seed0 + s as u64)?,
+            None => vec![],
+        };
+        float.set_extras(cond.clone())?;
         let mut rng = Rng::new(seed0 + s as u64);
         let mut x = vec![0f32; n];
         rng.fill_gaussian(&mut x);
@@ -357,8 +364,9 @@ pub fn calibrate(
                 traj_sq[i] += xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
                     / xin.len().max(1) as f64;
                 traj_count[i] += 1;
-                let y = float
-                    .run_observed(xin, t, |node, outs| {
+                // with guidance: both passes, each observed (both run through the int8 network)
+                let (y, _) =
+                    crate::float_output(float, opts, Some((&cond, &un)), xin, t, |node, outs| {
                         observe(ranges, smp, salt, &wanted, node, outs)
                     })
                     .map_err(|_| {
@@ -378,6 +386,13 @@ pub fn calibrate(
     // represent the inputs the model will see and that step is calibrated on the probes instead;
     // elsewhere (with `merge_probes`) the probes widen the trajectories' ranges and samples.
     let probes = (trajectories / 4).max(2);
+    // with guidance the probes go through both passes too (values of the first trajectory)
+    let probe_cond = extras(seed0)?;
+    let probe_un = match opts.guidance {
+        Some(_) => uncond(seed0)?,
+        None => vec![],
+    };
+    float.set_extras(probe_cond.clone())?;
     for (i, &t) in timesteps.clone().iter().enumerate() {
         let drift = drifted(
             cfg,
@@ -398,16 +413,23 @@ pub fn calibrate(
                 n,
                 seed0 ^ 0x5eed_0000 ^ ((i as u64) << 16) ^ j as u64,
             );
-            float.run_observed(&x, t, |node, outs| {
-                observe(
-                    &mut probe_ranges,
-                    &mut probe_samples,
-                    evaluations,
-                    &wanted,
-                    node,
-                    outs,
-                )
-            })?;
+            crate::float_output(
+                float,
+                opts,
+                Some((&probe_cond, &probe_un)),
+                &x,
+                t,
+                |node, outs| {
+                    observe(
+                        &mut probe_ranges,
+                        &mut probe_samples,
+                        evaluations,
+                        &wanted,
+                        node,
+                        outs,
+                    )
+                },
+            )?;
             evaluations += 1;
         }
         if drift {

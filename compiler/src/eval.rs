@@ -74,6 +74,10 @@ pub fn float_trajectory_inputs(
     seed: u64,
 ) -> Result<Vec<Probe>> {
     let extras = std::rc::Rc::new(crate::extras_for(float, opts, seed)?);
+    let uncond = match opts.guidance {
+        Some(_) => crate::uncond_extras_for(float, opts, seed)?,
+        None => vec![],
+    };
     float.set_extras((*extras).clone())?;
     let cfg = model.meta().sampler.clone();
     let n = model.latent_len();
@@ -90,11 +94,12 @@ pub fn float_trajectory_inputs(
         &mut buf,
         &mut rng,
         |xin, t, out| {
-            let y = float
-                .run(xin, t)
-                .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
+            // the trajectory follows the guided sampler; each probe is the conditional pass
+            let (y, yc) =
+                crate::float_output(float, opts, Some((&extras, &uncond)), xin, t, |_, _| {})
+                    .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
             out.copy_from_slice(&y);
-            seen.push((t, xin.to_vec(), y, extras.clone()));
+            seen.push((t, xin.to_vec(), yc, extras.clone()));
             Ok(())
         },
     )

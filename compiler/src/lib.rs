@@ -45,6 +45,12 @@ pub struct CompileOptions {
     pub timesteps: Option<Vec<f32>>,
     /// how extra inputs are drawn (`--calib`)
     pub calib_inputs: Vec<(String, CalibSpec)>,
+    /// Classifier-free guidance scale the deployed sampler uses (`--guidance`): calibration and
+    /// measurement then follow guided trajectories, whose conditional and unconditional passes both
+    /// run through the quantized network.
+    pub guidance: Option<f32>,
+    /// The extra inputs' unconditional values (`--uncond NAME=SPEC`, same kinds as `--calib`).
+    pub uncond_inputs: Vec<(String, CalibSpec)>,
     /// store the timestep path's outputs per scheduled timestep (`--fold-time-path`)
     pub fold_time_path: bool,
     /// the Karras sigma range of the sigma-conditioned samplers
@@ -75,6 +81,8 @@ impl Default for CompileOptions {
             progress: true,
             timesteps: None,
             calib_inputs: vec![],
+            guidance: None,
+            uncond_inputs: vec![],
             fold_time_path: false,
             sigma_min: 0.002,
             sigma_max: 80.0,
@@ -158,7 +166,6 @@ pub fn extras_for(
         .extras
         .iter()
         .map(|e| {
-            let n: usize = e.shape.iter().product();
             let spec = opts
                 .calib_inputs
                 .iter()
@@ -172,32 +179,100 @@ pub fn extras_for(
                         e.name
                     )
                 })?;
-            let v: Vec<f32> = match spec {
-                CalibSpec::Uniform(a, b) => (0..n)
-                    .map(|_| a + (b - a) * rng.uniform() as f32)
-                    .collect(),
-                CalibSpec::Normal(m, sd) => (0..n).map(|_| m + sd * rng.gaussian()).collect(),
-                CalibSpec::Values(v) => {
-                    if v.is_empty() || v.len() % n != 0 {
-                        bail!(
-                            "--calib {}: the file has {} values, the input takes {n} (or a multiple)",
-                            e.name,
-                            v.len()
-                        );
-                    }
-                    let rows = v.len() / n;
-                    let r = (seed as usize) % rows;
-                    v[r * n..(r + 1) * n].to_vec()
-                }
-            };
-            // integer inputs (class labels) take whole numbers
-            Ok(if e.dtype.is_integer() {
-                v.iter().map(|x| x.round()).collect()
-            } else {
-                v
-            })
+            draw(spec, e, seed, &mut rng, "--calib")
         })
         .collect()
+}
+
+/// The extra inputs' values in the unconditional pass of guidance for the trajectory with `seed`:
+/// those named by `--uncond`, the others as in [`extras_for`].
+pub fn uncond_extras_for(
+    float: &import::FloatModel,
+    opts: &CompileOptions,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    let mut vals = extras_for(float, opts, seed)?;
+    let mut rng = dmq_runtime::sampler::Rng::new(seed ^ 0x0c0d_0u64);
+    for (name, spec) in &opts.uncond_inputs {
+        let k = float
+            .extras
+            .iter()
+            .position(|e| e.name == *name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--uncond {name}: the model has no such extra input (extra inputs: {})",
+                    float
+                        .extras
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        vals[k] = draw(spec, &float.extras[k], seed, &mut rng, "--uncond")?;
+    }
+    Ok(vals)
+}
+
+/// One input's values drawn from `spec` (integer inputs take whole numbers).
+fn draw(
+    spec: &CalibSpec,
+    e: &import::InputDesc,
+    seed: u64,
+    rng: &mut dmq_runtime::sampler::Rng,
+    flag: &str,
+) -> Result<Vec<f32>> {
+    let n: usize = e.shape.iter().product();
+    let v: Vec<f32> = match spec {
+        CalibSpec::Uniform(a, b) => (0..n).map(|_| a + (b - a) * rng.uniform() as f32).collect(),
+        CalibSpec::Normal(m, sd) => (0..n).map(|_| m + sd * rng.gaussian()).collect(),
+        CalibSpec::Values(v) => {
+            if v.is_empty() || v.len() % n != 0 {
+                bail!(
+                    "{flag} {}: the file has {} values, the input takes {n} (or a multiple)",
+                    e.name,
+                    v.len()
+                );
+            }
+            let rows = v.len() / n;
+            let r = (seed as usize) % rows;
+            v[r * n..(r + 1) * n].to_vec()
+        }
+    };
+    Ok(if e.dtype.is_integer() {
+        v.iter().map(|x| x.round()).collect()
+    } else {
+        v
+    })
+}
+
+/// The float model's output at `(x, t)` with the current extra inputs or, when `opts.guidance` is
+/// set, the guided combination `uncond + s·(cond - uncond)` of the conditional (`cond`) and
+/// unconditional (`uncond`) passes, as the runtime's guided sampler computes it; and the conditional
+/// pass alone. `observe` sees both passes.
+pub fn float_output(
+    float: &import::FloatModel,
+    opts: &CompileOptions,
+    guided: Option<(&[Vec<f32>], &[Vec<f32>])>,
+    x: &[f32],
+    t: f32,
+    mut observe: impl FnMut(usize, &tract_onnx::prelude::TVec<tract_onnx::prelude::TValue>),
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    match (opts.guidance, guided) {
+        (Some(s), Some((cond, uncond))) => {
+            float.set_extras(uncond.to_vec())?;
+            let yu = float.run_observed(x, t, &mut observe);
+            float.set_extras(cond.to_vec())?;
+            let yu = yu?;
+            let yc = float.run_observed(x, t, &mut observe)?;
+            let y = yc.iter().zip(&yu).map(|(&c, &u)| u + s * (c - u)).collect();
+            Ok((y, yc))
+        }
+        _ => {
+            let y = float.run_observed(x, t, observe)?;
+            Ok((y.clone(), y))
+        }
+    }
 }
 
 /// Which tensors get int16 activations.
@@ -242,6 +317,8 @@ pub struct Report {
     pub sampler: String,
     pub steps: u32,
     pub calib_trajectories: usize,
+    /// classifier-free guidance scale the trajectories followed (`--guidance`)
+    pub guidance: Option<f32>,
     pub calib_evaluations: usize,
     pub calib_seconds: f64,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
@@ -532,6 +609,8 @@ fn compile_imported(
         &lowered.stat_nodes,
         opts.sampler.sigma_conditioned(),
         &|seed| extras_for(&float, opts, seed),
+        &|seed| uncond_extras_for(&float, opts, seed),
+        opts,
         &pb,
     )?;
     pb.finish_and_clear();
@@ -824,6 +903,7 @@ fn compile_imported(
         sampler: format!("{:?}", opts.sampler),
         steps: opts.steps,
         calib_trajectories: opts.calib_samples,
+        guidance: opts.guidance,
         calib_evaluations: cal.evaluations,
         calib_seconds,
         calib_probed_steps: cal.probed_steps,
@@ -927,6 +1007,13 @@ pub fn summary(r: &Report) -> String {
         "  calibration   {} {} steps × {} trajectories = {} float evaluations in {:.1} s\n",
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
+    if let Some(g) = r.guidance {
+        s += &format!(
+            "  guidance      scale {g}: calibrated and measured on guided trajectories (conditional and
+                unconditional passes both observed; SQNR below is the conditional pass)
+"
+        );
+    }
     s += &format!(
         "  SQNR of the int8 output against float through the runtime (dB; {} op stream(s); median and worst\n  over {} float-trajectory inputs per timestep; baseline = plain min-max with one range for all steps):\n",
         r.streams, r.eval_samples

@@ -94,6 +94,14 @@ struct CompileArgs {
     /// Values for other inputs during calibration: NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
     #[arg(long)]
     calib: Vec<String>,
+    /// Classifier-free guidance scale the board will sample with: calibrate and measure on guided
+    /// trajectories (both passes run through the int8 network). Needs --uncond
+    #[arg(long, requires = "uncond")]
+    guidance: Option<f32>,
+    /// Unconditional value of an extra input for --guidance (an empty-prompt embedding, a null
+    /// class): NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
+    #[arg(long, requires = "guidance")]
+    uncond: Vec<String>,
     /// Number of calibration trajectories
     #[arg(long, default_value_t = 16)]
     calib_samples: usize,
@@ -170,6 +178,13 @@ enum Cmd {
         /// NAME=FILE.npy for each extra model input (a condition or an embedding)
         #[arg(long = "input")]
         inputs: Vec<String>,
+        /// Classifier-free guidance: every step runs the model with --input and with --uncond
+        /// values and takes uncond + S·(cond - uncond)
+        #[arg(long, requires = "uncond")]
+        guidance: Option<f32>,
+        /// NAME=FILE.npy: an extra input's unconditional value for --guidance
+        #[arg(long, requires = "guidance")]
+        uncond: Vec<String>,
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
@@ -224,6 +239,8 @@ fn main() {
             steps,
             sampler,
             inputs,
+            guidance,
+            uncond,
             output,
         } => cmd_sample(
             &model,
@@ -232,6 +249,7 @@ fn main() {
             steps,
             sampler,
             &inputs,
+            guidance.map(|g| (g, uncond)),
             &output,
         ),
         Cmd::Inspect { model, target } => cmd_inspect(&model, target),
@@ -271,6 +289,8 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         sigma_min,
         sigma_max,
         calib,
+        guidance,
+        uncond,
         calib_samples,
         timestep_groups,
         weight_bits,
@@ -330,8 +350,17 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
     if steps == 0 || steps > 1000 {
         bail!("--steps must be between 1 and 1000");
     }
+    if guidance.is_some_and(|g| !g.is_finite()) {
+        bail!("--guidance must be a finite number");
+    }
+    let uncond_inputs = uncond
+        .iter()
+        .map(|c| dmq_compiler::parse_calib(c))
+        .collect::<Result<Vec<_>>>()?;
     let opts = CompileOptions {
         timestep_input,
+        guidance,
+        uncond_inputs,
         sampler: kind,
         timesteps,
         calib_inputs,
@@ -482,26 +511,46 @@ fn image_hw(meta: &dmq_runtime::format::ModelMeta) -> (usize, usize) {
     }
 }
 
+/// `NAME=FILE.npy` for an extra input of the model: its index and values (length checked).
+fn named_npy(
+    meta: &dmq_runtime::format::ModelMeta,
+    spec: &str,
+    flag: &str,
+) -> Result<(usize, Vec<f32>)> {
+    let (name, file) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{flag} expects NAME=FILE.npy, got {spec:?}"))?;
+    let k = meta
+        .extra_inputs
+        .iter()
+        .position(|e| e.name.as_str() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = meta.extra_inputs.iter().map(|e| e.name.as_str()).collect();
+            anyhow!(
+                "{flag} {name}: the model has no extra input of that name (extra inputs: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let (_, data) = cli_io::read_npy(Path::new(file))?;
+    if data.len() != meta.extra_inputs[k].tensor.numel() {
+        bail!(
+            "{flag} {name} has {} values, the model takes {}",
+            data.len(),
+            meta.extra_inputs[k].tensor.numel()
+        );
+    }
+    Ok((k, data))
+}
+
 /// Values of the model's extra inputs from `NAME=FILE.npy` arguments, in the model's order.
 fn extra_inputs(meta: &dmq_runtime::format::ModelMeta, inputs: &[String]) -> Result<Vec<Vec<f32>>> {
     let mut out: Vec<Option<Vec<f32>>> = vec![None; meta.extra_inputs.len()];
     for spec in inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--input expects NAME=FILE.npy, got {spec:?}"))?;
-        let k = meta
-            .extra_inputs
-            .iter()
-            .position(|e| e.name.as_str() == name)
-            .ok_or_else(|| anyhow!("the model has no extra input named {name:?}"))?;
-        let (_, data) = cli_io::read_npy(Path::new(file))?;
-        if data.len() != meta.extra_inputs[k].tensor.numel() {
-            bail!(
-                "input {name} has {} values, the model takes {}",
-                data.len(),
-                meta.extra_inputs[k].tensor.numel()
-            );
-        }
+        let (k, data) = named_npy(meta, spec, "--input")?;
         out[k] = Some(data);
     }
     out.into_iter()
@@ -517,6 +566,7 @@ fn cmd_sample(
     steps: Option<u32>,
     sampler: Option<SamplerArg>,
     inputs: &[String],
+    guidance: Option<(f32, Vec<String>)>,
     out: &Path,
 ) -> Result<()> {
     let bytes = load(path)?;
@@ -541,8 +591,24 @@ fn cmd_sample(
         None => rng.fill_gaussian(&mut x),
     }
     let extras = extra_inputs(&meta, inputs)?;
+    let uncond = match &guidance {
+        Some((_, specs)) => specs
+            .iter()
+            .map(|s| named_npy(&meta, s, "--uncond"))
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![],
+    };
+    let mut scratch = vec![0f32; n];
     let mut arena = eval::arena_for(&model);
     let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?;
+    if let Some((scale, _)) = guidance {
+        for (k, v) in &uncond {
+            sess.set_uncond_input(meta.extra_inputs[*k].name.as_str(), v)
+                .map_err(|e| anyhow!("--uncond: {e}"))?;
+        }
+        sess.set_guidance(scale, &mut scratch)
+            .map_err(|e| anyhow!("--guidance: {e}"))?;
+    }
     sess.sample(kind, steps, &mut x, &mut rng)
         .map_err(|e| anyhow!("{e}"))?;
     write_sample(out, &meta, &x)

@@ -1616,6 +1616,10 @@ pub struct Session<'m, 'a, 'r> {
     ex: kernels::Exec,
     /// Values of the model's extra inputs (see [`Session::set_input`]).
     extras: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
+    /// Their values for the unconditional pass of classifier-free guidance.
+    uncond: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
+    /// Guidance scale and the latent-sized buffer of the unconditional output.
+    guidance: Option<(f32, &'r mut [f32])>,
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
@@ -1645,12 +1649,42 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 threads: 1,
             },
             extras: [None; crate::format::MAX_EXTRA_INPUTS],
+            uncond: [None; crate::format::MAX_EXTRA_INPUTS],
+            guidance: None,
         })
     }
 
     /// Sets the values of an extra model input (a condition or an embedding) by its ONNX name; they
     /// are copied into the arena before every evaluation, so one call serves a whole generation.
     pub fn set_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
+        let k = self.extra_index(name, values)?;
+        self.extras[k] = Some(values);
+        Ok(())
+    }
+
+    /// Sets the value an extra input takes in the unconditional pass of classifier-free guidance
+    /// (an empty-prompt embedding, a null class label); inputs not set here keep their
+    /// [`Session::set_input`] value in both passes.
+    pub fn set_uncond_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
+        let k = self.extra_index(name, values)?;
+        self.uncond[k] = Some(values);
+        Ok(())
+    }
+
+    /// Classifier-free guidance for [`Session::sample`]: every step evaluates the model with the
+    /// conditional and the unconditional inputs — same timestep, same op stream, same time path — and
+    /// the sampler takes `uncond + scale · (cond - uncond)`. `scratch` (latent-sized) holds the
+    /// unconditional output. Needs at least one [`Session::set_uncond_input`].
+    pub fn set_guidance(&mut self, scale: f32, scratch: &'r mut [f32]) -> Result<()> {
+        kernels::check_len(self.model.meta.output.numel(), scratch.len())?;
+        if !scale.is_finite() {
+            return Err(Error::Unsupported("the guidance scale must be finite"));
+        }
+        self.guidance = Some((scale, scratch));
+        Ok(())
+    }
+
+    fn extra_index(&self, name: &str, values: &[f32]) -> Result<usize> {
         let inputs = &self.model.meta.extra_inputs;
         let k = inputs
             .iter()
@@ -1659,8 +1693,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 "the model has no extra input of that name",
             ))?;
         kernels::check_len(inputs[k].tensor.numel(), values.len())?;
-        self.extras[k] = Some(values);
-        Ok(())
+        Ok(k)
     }
 
     pub fn model(&self) -> &'m Model<'a> {
@@ -1780,11 +1813,30 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         let arena = &mut *self.arena;
         let ex = self.ex;
         let extras = self.extras;
+        let mut uncond = extras;
+        for (u, c) in uncond.iter_mut().zip(self.uncond) {
+            if c.is_some() {
+                *u = c;
+            }
+        }
+        let mut guidance = self.guidance.as_mut().map(|(s, b)| (*s, &mut **b));
+        if guidance.is_some() && self.uncond.iter().all(|u| u.is_none()) {
+            return Err(Error::Unsupported(
+                "guidance needs an unconditional value for an extra input (Session::set_uncond_input)",
+            ));
+        }
         let mut step = 0u32;
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
             mark(step);
             step += 1;
-            run_with(ex, model, &meta, arena, blob, &extras, xin, t, eps)
+            run_with(ex, model, &meta, arena, blob, &extras, xin, t, eps)?;
+            if let Some((scale, un)) = guidance.as_mut() {
+                run_with(ex, model, &meta, arena, blob, &uncond, xin, t, un)?;
+                for (e, &u) in eps.iter_mut().zip(un.iter()) {
+                    *e = u + *scale * (*e - u);
+                }
+            }
+            Ok(())
         })?;
         mark(steps);
         Ok(())

@@ -19,7 +19,7 @@ use std::time::Instant;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -305,10 +305,40 @@ fn cmd_sample(args: &[String]) -> Res<()> {
     let meta = model.meta().clone();
     let extras = extra_inputs(&a, &meta)?;
     let mut ar = arena(&model);
+    // classifier-free guidance: --guidance S with --uncond NAME=FILE.npy
+    let uncond: Vec<(String, Vec<f32>)> = a
+        .all("uncond")
+        .into_iter()
+        .map(|s| {
+            let (name, file) = s
+                .split_once('=')
+                .ok_or(format!("--uncond expects NAME=FILE.npy, got {s:?}"))?;
+            Ok((name.to_string(), read_npy(file)?))
+        })
+        .collect::<Res<_>>()?;
+    let guidance: Option<f32> = match a.get("guidance") {
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| format!("--guidance: not a number: {g}"))?,
+        ),
+        None => None,
+    };
+    if guidance.is_some() != !uncond.is_empty() {
+        return Err("--guidance S and --uncond NAME=FILE.npy go together".into());
+    }
+    let mut scratch = vec![0f32; model.latent_len()];
     let mut sess = Session::new(&model, bytes_mut(&mut ar))
         .map_err(|e| e.to_string())?
         .with_threads(a.num("threads", 1)?);
     set_extras(&mut sess, &meta, &extras)?;
+    for (name, v) in &uncond {
+        sess.set_uncond_input(name, v)
+            .map_err(|e| format!("--uncond {name}: {e}"))?;
+    }
+    if let Some(g) = guidance {
+        sess.set_guidance(g, &mut scratch)
+            .map_err(|e| format!("--guidance: {e}"))?;
+    }
     let mut x = vec![0f32; model.latent_len()];
     let mut rng = Rng::new(seed);
     rng.fill_gaussian(&mut x);
