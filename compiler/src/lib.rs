@@ -767,20 +767,54 @@ fn compile_imported(
             // remaining buckets (so the file keeps `timestep_groups` streams where it can)
             let mut order: Vec<usize> = (0..weak.len()).collect();
             order.sort_by(|&a, &b| cal.timesteps[a].partial_cmp(&cal.timesteps[b]).unwrap());
-            let runs: Vec<Vec<usize>> = order
-                .chunk_by(|&a, &b| weak[a] == weak[b])
+            // every bucket is an interval of t: weak and strong runs alternate, and when there are
+            // more runs than buckets, the weak run that is least below the floor rejoins the others
+            let mut weak = weak;
+            let runs = loop {
+                let runs: Vec<Vec<usize>> = order
+                    .chunk_by(|&a, &b| weak[a] == weak[b])
+                    .map(|r| r.to_vec())
+                    .collect();
+                let worst =
+                    |r: &Vec<usize>| r.iter().map(|&i| q[i].min_db).fold(f64::MAX, f64::min);
+                let drop = runs
+                    .iter()
+                    .filter(|r| weak[r[0]])
+                    .max_by(|a, b| worst(a).total_cmp(&worst(b)));
+                match drop {
+                    Some(r) if runs.len() > opts.timestep_groups.max(1) => {
+                        for &i in r {
+                            weak[i] = false;
+                        }
+                    }
+                    _ => break runs,
+                }
+            };
+            floor_before.retain(|(t, _)| q.iter().zip(&weak).any(|(q, &w)| w && q.t == *t));
+            let strong_runs: Vec<&Vec<usize>> = runs.iter().filter(|r| !weak[r[0]]).collect();
+            let mut split: Vec<(Vec<usize>, Option<f32>)> = runs
+                .iter()
                 .filter(|r| weak[r[0]])
-                .map(|r| r.to_vec())
+                .map(|r| (r.clone(), None))
                 .collect();
-            let strong: Vec<usize> = order.iter().copied().filter(|&i| !weak[i]).collect();
-            let mut split: Vec<(Vec<usize>, Option<f32>)> =
-                runs.into_iter().map(|r| (r, None)).collect();
-            if !strong.is_empty() {
-                let g = opts.timestep_groups.saturating_sub(split.len()).max(1);
-                let sub_ranges: Vec<_> = strong.iter().map(|&i| cal.per_step[i].clone()).collect();
-                let sub_t: Vec<f32> = strong.iter().map(|&i| cal.timesteps[i]).collect();
+            // the remaining buckets go to the strong runs, one each and the rest to the longest
+            let mut share = vec![1usize; strong_runs.len()];
+            let spare = opts
+                .timestep_groups
+                .saturating_sub(split.len() + strong_runs.len());
+            for _ in 0..spare {
+                if let Some(k) = (0..strong_runs.len())
+                    .filter(|&k| share[k] < strong_runs[k].len())
+                    .max_by_key(|&k| strong_runs[k].len() / share[k])
+                {
+                    share[k] += 1;
+                }
+            }
+            for (run, g) in strong_runs.iter().zip(share) {
+                let sub_ranges: Vec<_> = run.iter().map(|&i| cal.per_step[i].clone()).collect();
+                let sub_t: Vec<f32> = run.iter().map(|&i| cal.timesteps[i]).collect();
                 for (steps, _) in calib::buckets_by_ranges(&sub_ranges, &sub_t, g) {
-                    split.push((steps.iter().map(|&k| strong[k]).collect(), None));
+                    split.push((steps.iter().map(|&k| run[k]).collect(), None));
                 }
             }
             split.sort_by(|a, b| {

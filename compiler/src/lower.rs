@@ -158,7 +158,7 @@ fn per_last(t: &Tensor, c: usize) -> Option<Vec<f32>> {
 }
 
 /// Finds GroupNorm patterns: x -> Reshape [N,G,R] -> (Sum over R) * 1/R -> Sub -> RmsNorm(axis 2)
-/// -> Reshape back -> [Mul gamma] -> [Add beta].
+/// -> Reshape back -> [Mul gamma] -> [Add beta]; and the expanded form of ONNX GroupNormalization.
 fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
     let mut roles = HashMap::new();
     for node in model.nodes() {
@@ -272,7 +272,127 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
         };
         claim(model, &mut roles, members, root, m);
     }
+    find_expanded_group_norms(model, &mut roles)?;
     Ok(roles)
+}
+
+/// Finds tract's expansion of ONNX `GroupNormalization` (opsets 18 and 21): x -> Reshape
+/// `[N, G, ...]` -> Sum over axes 2.. * 1/R -> Sub -> MeanOfSquares over the same axes -> + eps ->
+/// Rsqrt -> Mul, then either a per-group affine and the reshape back (opset 18), or the reshape back
+/// and a per-channel affine (opset 21).
+fn find_expanded_group_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()> {
+    for node in model.nodes() {
+        let Some(var) = node.op_as::<Reduce>() else {
+            continue;
+        };
+        if !matches!(var.reducer, Reducer::MeanOfSquares) || roles.contains_key(&node.id) {
+            continue;
+        }
+        let sub = model.node(node.inputs[0].node);
+        if sub.op.name() != "Sub" {
+            continue;
+        }
+        let (r1, mean) = (
+            model.node(sub.inputs[0].node),
+            model.node(sub.inputs[1].node),
+        );
+        if mean.op.name() != "Mul" || !matches!(r1.op_as::<AxisOp>(), Some(AxisOp::Reshape(..))) {
+            continue;
+        }
+        let red = model.node(mean.inputs[0].node);
+        let Some(sum) = red.op_as::<Reduce>() else {
+            continue;
+        };
+        let gshape = shape_of(model, r1.id.into())?;
+        let axes: Vec<usize> = (2..gshape.len()).collect();
+        if !matches!(sum.reducer, Reducer::Sum)
+            || red.inputs[0].node != r1.id
+            || gshape.len() < 3
+            || sum.axes.as_slice() != axes.as_slice()
+            || var.axes.as_slice() != axes.as_slice()
+        {
+            continue;
+        }
+        let r: usize = gshape[2..].iter().product();
+        let inv = const_of(model, mean.inputs[1])
+            .map(|t| f32s(&t))
+            .transpose()?;
+        if !matches!(inv.as_deref(), Some([v]) if (v * r as f32 - 1.0).abs() <= 1e-4) {
+            continue;
+        }
+        // + eps -> Rsqrt -> Mul(diff, rsqrt)
+        let Some(add) = single_succ(model, node.id) else {
+            continue;
+        };
+        let add_n = model.node(add);
+        let eps = const_of(model, add_n.inputs[1])
+            .map(|t| f32s(&t))
+            .transpose()?;
+        let Some(&[eps]) = eps.as_deref() else {
+            continue;
+        };
+        let Some(rs) = single_succ(model, add).filter(|&n| model.node(n).op.name() == "Rsqrt")
+        else {
+            continue;
+        };
+        let Some(normed) = single_succ(model, rs) else {
+            continue;
+        };
+        let nn = model.node(normed);
+        if add_n.op.name() != "Add" || nn.op.name() != "Mul" || nn.inputs[0].node != sub.id {
+            continue;
+        }
+        let x = r1.inputs[0];
+        let xshape = shape_of(model, x)?;
+        let (g, c) = (gshape[1], xshape.get(1).copied().unwrap_or(0));
+        if xshape.len() < 2 || g == 0 || c % g != 0 || xshape[0] != gshape[0] {
+            continue;
+        }
+        let mut members = vec![r1.id, red.id, mean.id, sub.id, node.id, add, rs, normed];
+        let mut root = normed;
+        let grank = gshape.len();
+        // opset 18: per-group scale and bias ([1, G, 1, ...]) before the reshape back
+        let per_group = |t: &Tensor| -> Option<Vec<f32>> {
+            let v = per_channel(t, g, grank)?;
+            Some((0..c).map(|ch| v[ch / (c / g)]).collect())
+        };
+        let mut gamma = take_affine(model, &mut root, &mut members, "Mul", per_group);
+        let mut beta = take_affine(model, &mut root, &mut members, "Add", per_group);
+        let r2 = single_succ(model, root).filter(|&n| {
+            model.node(n).op_as::<AxisOp>().is_some()
+                && shape_of(model, n.into())
+                    .map(|s| s == xshape)
+                    .unwrap_or(false)
+        });
+        // without the reshape back (tract moved element-wise ops before it) the norm's output keeps
+        // the grouped shape
+        let grouped_shape = r2.is_none().then(|| gshape.clone());
+        if let Some(r2) = r2 {
+            members.push(r2);
+            root = r2;
+        }
+        // opset 21: per-channel scale and bias after it
+        if r2.is_some() && gamma.is_none() && beta.is_none() {
+            let rank = xshape.len();
+            gamma = take_affine(model, &mut root, &mut members, "Mul", |t| {
+                per_channel(t, c, rank)
+            });
+            beta = take_affine(model, &mut root, &mut members, "Add", |t| {
+                per_channel(t, c, rank)
+            });
+        }
+        let m = GroupNormMatch {
+            x,
+            grouped_shape,
+            groups: g,
+            eps,
+            gamma,
+            beta,
+            layer_norm: false,
+        };
+        claim(model, roles, members, root, m);
+    }
+    Ok(())
 }
 
 fn unary_fn(name: &str) -> Option<UnaryFn> {
