@@ -592,6 +592,21 @@ fn compile_imported(
         Err(list) => bail!("{}", unsupported_message(&list)),
     };
     let float = import::FloatModel::new(&imp)?;
+    // every --calib / --uncond names an extra input of this model
+    for (flag, specs) in [
+        ("--calib", &opts.calib_inputs),
+        ("--uncond", &opts.uncond_inputs),
+    ] {
+        for (name, _) in specs {
+            if !float.extras.iter().any(|e| e.name == *name) {
+                let names: Vec<&str> = float.extras.iter().map(|e| e.name.as_str()).collect();
+                bail!(
+                    "{flag} {name}: the model has no extra input of that name (extra inputs: {}; the latent and the timestep take no values)",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                );
+            }
+        }
+    }
     let cfg = sampler_config(opts);
     let pb = progress_bar(
         (opts.calib_samples as u64) * opts.steps as u64,

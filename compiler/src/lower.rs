@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::{Slice, TypedConcat};
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Softmax};
 
@@ -393,6 +393,29 @@ fn find_expanded_group_norms(model: &Model, roles: &mut HashMap<usize, Role>) ->
         claim(model, roles, members, root, m);
     }
     Ok(())
+}
+
+/// Strides and paddings `[top, left, bottom, right]` of a 2-D conv or pooling window over an input
+/// of shape `ishape` (NCHW).
+fn window(ishape: &[usize], ps: &PoolSpec) -> (TVec<usize>, [usize; 4]) {
+    let ks = &ps.kernel_shape;
+    let st = ps.strides.clone().unwrap_or(tvec!(1, 1));
+    let pad = match &ps.padding {
+        PaddingSpec::Valid => [0; 4],
+        PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => {
+            [b[0], b[1], a[0], a[1]]
+        }
+        p => {
+            let mut pads = [0usize; 4];
+            for d in 0..2 {
+                let comp = p.compute_one(d, &ishape[2 + d], ks[d], 1, st[d]);
+                pads[d] = comp.pad_before;
+                pads[d + 2] = comp.pad_after;
+            }
+            pads
+        }
+    };
+    (st, pad)
 }
 
 fn unary_fn(name: &str) -> Option<UnaryFn> {
@@ -975,23 +998,7 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
             bail!("dilated convolution is not supported yet");
         }
         let ks = &conv.pool_spec.kernel_shape;
-        let st = conv.pool_spec.strides.clone().unwrap_or(tvec!(1, 1));
-        let pad = match &conv.pool_spec.padding {
-            PaddingSpec::Valid => [0; 4],
-            PaddingSpec::Explicit(b, a) | PaddingSpec::ExplicitOnnxPool(b, a, _) => {
-                [b[0], b[1], a[0], a[1]]
-            }
-            p => {
-                let ishape = cx.prog.t(x).shape.clone();
-                let mut pads = [0usize; 4];
-                for d in 0..2 {
-                    let comp = p.compute_one(d, &ishape[2 + d], ks[d], 1, st[d]);
-                    pads[d] = comp.pad_before;
-                    pads[d + 2] = comp.pad_after;
-                }
-                pads
-            }
-        };
+        let (st, pad) = window(&cx.prog.t(x).shape.clone(), &conv.pool_spec);
         let co = oshape[1];
         let (bias, time_bias) = match ins.get(2) {
             None => (vec![0.0; co], None),
@@ -1015,6 +1022,47 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
             bias,
             time_bias,
             kernel: [ks[0], ks[1]],
+            stride: [st[0], st[1]],
+            pad,
+            node: name,
+        });
+        return Ok(Val::Main(out));
+    }
+    // average pooling (diffusers' ResNet downsampling): a convolution whose weights are 1/(kh·kw) on
+    // the channel diagonal — exact in int8 (the per-channel weight scale makes the value 127), run by
+    // the conv kernels
+    if let Some(pool) = node.op_as::<SumPool>() {
+        let Some(x) = main(&ins[0]) else {
+            bail!("pooling input must be an activation")
+        };
+        let ps = &pool.pool_spec;
+        if ps.data_format != DataFormat::NCHW || ps.kernel_shape.len() != 2 {
+            bail!("only 2-D NCHW pooling is supported");
+        }
+        let ks = [ps.kernel_shape[0], ps.kernel_shape[1]];
+        let (st, pad) = window(&cx.prog.t(x).shape.clone(), ps);
+        if pool.normalize && !pool.count_include_pad && pad.iter().any(|&p| p != 0) {
+            bail!("average pooling that leaves padding out of the count is not supported yet");
+        }
+        let c = oshape[1];
+        let v = if pool.normalize {
+            1.0 / (ks[0] * ks[1]) as f32
+        } else {
+            1.0
+        };
+        let mut w = vec![0f32; c * c * ks[0] * ks[1]];
+        for ch in 0..c {
+            let at = (ch * c + ch) * ks[0] * ks[1];
+            w[at..at + ks[0] * ks[1]].fill(v);
+        }
+        let out = cx.tensor(&name, oshape, DType::I8, Some(id));
+        cx.prog.ops.push(IrOp::Conv {
+            input: x,
+            output: out,
+            w,
+            bias: vec![0.0; c],
+            time_bias: None,
+            kernel: ks,
             stride: [st[0], st[1]],
             pad,
             node: name,

@@ -179,6 +179,32 @@ fn bad_inputs_give_clear_errors() {
     assert!(!ok && err.contains("use 8 or 4"), "{err}");
     let (ok, _, err) = run(dmqc().arg("inspect").arg(fixture("not_onnx.onnx")));
     assert!(!ok && err.contains("bad magic"), "{err}");
+    // a --calib or --uncond name the model does not have names what it does have
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("unet2d_class.onnx"))
+        .arg("-o")
+        .arg(d.join("x.dmq"))
+        .args(["--calib", "class_label=uniform:0,9"]));
+    assert!(
+        !ok && err.contains("class_label:") && err.contains("extra inputs: class_labels"),
+        "{err}"
+    );
+    let (ok, _, err) = run(dmqc()
+        .arg("compile")
+        .arg(fixture("unet2d_class.onnx"))
+        .arg("-o")
+        .arg(d.join("x.dmq"))
+        .args([
+            "--calib",
+            "class_labels=uniform:0,9",
+            "--uncond",
+            "class_labels=uniform:0,0",
+        ]));
+    assert!(
+        !ok && err.contains("--guidance"),
+        "--uncond without --guidance: {err}"
+    );
     assert!(!d.join("x.dmq").exists());
 }
 
@@ -604,6 +630,111 @@ fn native_group_normalization_lowers_like_the_other_spellings() {
             for db in dbs {
                 assert!(db >= min_db, "opset {opset} {flags:?}: {db:.2} dB");
             }
+        }
+    }
+}
+
+#[test]
+fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runtime() {
+    // tests/fixtures/make_dynamo_fixtures.py: the cross-attention and the conditioned consistency UNets
+    // through the dynamo exporter (opset 18), and a UNet2DModel whose ResNet blocks downsample by
+    // average pooling, through both exporters; `dmqc run` against ONNX Runtime at three noise levels.
+    let diffusion = |x: &'static str, refs: &'static str| -> Vec<(String, String, String)> {
+        [50, 500, 950]
+            .iter()
+            .map(|t| {
+                (
+                    x.to_string(),
+                    format!("diffusers_t{t}.npy"),
+                    format!("{refs}_ref_t{t}.npy"),
+                )
+            })
+            .collect()
+    };
+    let consistency = ["s80", "s2", "s0.05"]
+        .iter()
+        .map(|s| {
+            (
+                format!("consistency_x_{s}.npy"),
+                format!("consistency_sigma_{s}.npy"),
+                format!("consistency_cond_dynamo_ref_{s}.npy"),
+            )
+        })
+        .collect::<Vec<_>>();
+    let consistency_flags = [
+        "--sampler",
+        "consistency",
+        "--prediction",
+        "sample",
+        "--timesteps",
+        "80,2,0.05",
+        "--calib",
+        "cond=uniform:0,1",
+        "--calib-samples",
+        "8",
+        "--eval-samples",
+        "2",
+    ];
+    let light = ["--calib-samples", "4", "--eval-samples", "1"];
+    let text = [
+        "--calib",
+        "encoder_hidden_states=normal:0,1",
+        "--calib-samples",
+        "4",
+        "--eval-samples",
+        "1",
+    ];
+    let families: Vec<(
+        &str,
+        &[&str],
+        (&str, &str),
+        &[(&str, &str)],
+        Vec<(String, String, String)>,
+    )> = vec![
+        (
+            "unet2d_condition_dynamo.onnx",
+            &text,
+            ("sample", "timestep"),
+            &[("encoder_hidden_states", "condition_text.npy")],
+            diffusion("condition_x.npy", "condition_dynamo"),
+        ),
+        (
+            "consistency_cond_dynamo.onnx",
+            &consistency_flags,
+            ("x", "sigma"),
+            &[("cond", "consistency_cond.npy")],
+            consistency,
+        ),
+        (
+            "unet2d_avgpool.onnx",
+            &light,
+            ("sample", "timestep"),
+            &[],
+            diffusion("diffusers_x.npy", "avgpool"),
+        ),
+        (
+            "unet2d_avgpool_dynamo.onnx",
+            &light,
+            ("sample", "timestep"),
+            &[],
+            diffusion("diffusers_x.npy", "avgpool_dynamo"),
+        ),
+    ];
+    for (onnx, flags, inputs, fixed, cases) in families {
+        let cases: Vec<(&str, &str, &str)> = cases
+            .iter()
+            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+            .collect();
+        let dbs = sqnr_against_onnx_runtime(
+            onnx.trim_end_matches(".onnx"),
+            onnx,
+            flags,
+            inputs,
+            fixed,
+            &cases,
+        );
+        for db in dbs {
+            assert!(db >= 30.0, "{onnx}: {db:.2} dB against ONNX Runtime");
         }
     }
 }
