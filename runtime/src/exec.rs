@@ -906,31 +906,32 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
             got: x.len(),
         });
     }
-    // SIMD tiers: int8 input, int8 weights, an im2col in scratch -> dot products over k
-    if let (true, scalar::Weights::I8(w8), false) = (
-        ex.tier != kernels::Tier::Scalar && T::MAX <= 127,
-        w,
-        d.is_pointwise(),
-    ) {
+    // SIMD tiers: int8 input, int8 weights -> dot products over k, of a transposed im2col in scratch
+    // or, for 1×1 convs, of the input read in place
+    if let (true, scalar::Weights::I8(w8)) = (ex.tier != kernels::Tier::Scalar && T::MAX <= 127, w)
+    {
         let (k, p) = (d.k(), d.p());
-
+        kernels::check_len(d.co * k, w8.len())?;
         let got = col.len();
         let col8: &mut [i8] = bytemuck::cast_slice_mut(col);
         let x8: &[i8] = bytemuck::cast_slice(x);
-        let col8 = col8.get_mut(..k * p).ok_or(Error::BufferLength {
-            expected: k * p,
-            got,
-        })?;
         for b in 0..n {
             let xb = &x8[b * isz..(b + 1) * isz];
-            let zx8 = zx.clamp(-128, 127) as i8;
-            // pixel ranges of the transposed im2col on the worker threads too (a copy: weighed as
-            // a few multiply-accumulates per byte against the threading threshold)
-            ex.par_rows(p, k, k * p * 8, col8, |p0, _, part| {
-                scalar::im2col_t_rows(xb, d, zx8, p0, part)
-            })?;
-            kernels::check_len(d.co * k, w8.len())?;
-            let col8: &[i8] = col8;
+            let src: &[i8] = if d.is_pointwise() {
+                xb
+            } else {
+                let col8 = col8.get_mut(..k * p).ok_or(Error::BufferLength {
+                    expected: k * p,
+                    got,
+                })?;
+                let zx8 = zx.clamp(-128, 127) as i8;
+                // pixel ranges of the transposed im2col on the worker threads too (a copy: weighed
+                // as a few multiply-accumulates per byte against the threading threshold)
+                ex.par_rows(p, k, k * p * 8, col8, |p0, _, part| {
+                    scalar::im2col_t_rows(xb, d, zx8, p0, part)
+                })?;
+                col8
+            };
             // output channels split across threads (std): each runs the same kernel on its rows
             ex.par_rows(
                 d.co,
@@ -938,44 +939,11 @@ fn conv_typed<T: scalar::Code, U: scalar::Code>(
                 d.co * k * p,
                 &mut o[b * osz..(b + 1) * osz],
                 |r0, nr, part| {
-                    scalar::gemm_dot(
+                    scalar::conv_dot(
                         ex.tier,
                         &w8[r0 * k..(r0 + nr) * k],
-                        col8,
-                        nr,
-                        k,
-                        p,
-                        row_entries(bias, r0, nr, 4)?,
-                        row_entries(rq, r0, nr, 8)?,
-                        zo,
-                        part,
-                    )
-                },
-            )?;
-        }
-        return Ok(());
-    }
-    // SIMD tiers, 1×1 convs: the input is read as [k][p] and packed four pixels at a time
-    if let (true, scalar::Weights::I8(w8), true) = (
-        ex.tier != kernels::Tier::Scalar && T::MAX <= 127,
-        w,
-        d.is_pointwise(),
-    ) {
-        let (k, p) = (d.k(), d.p());
-        kernels::check_len(d.co * k, w8.len())?;
-        let x8: &[i8] = bytemuck::cast_slice(x);
-        for b in 0..n {
-            let xb = &x8[b * isz..(b + 1) * isz];
-            ex.par_rows(
-                d.co,
-                p,
-                d.co * k * p,
-                &mut o[b * osz..(b + 1) * osz],
-                |r0, nr, part| {
-                    scalar::pointwise_dot(
-                        ex.tier,
-                        &w8[r0 * k..(r0 + nr) * k],
-                        xb,
+                        src,
+                        !d.is_pointwise(),
                         nr,
                         k,
                         p,

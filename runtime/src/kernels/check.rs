@@ -114,8 +114,20 @@ pub fn tiers_match_scalar(
             for &t in tiers {
                 let mut got = vec![0i8; co * d.p()];
                 scalar::im2col_t(&x, &d, zx, &mut col).map_err(err)?;
-                scalar::gemm_dot(t, &wt, &col, co, d.k(), d.p(), &bias, &rq, zo, &mut got)
-                    .map_err(err)?;
+                scalar::conv_dot(
+                    t,
+                    &wt,
+                    &col,
+                    true,
+                    co,
+                    d.k(),
+                    d.p(),
+                    &bias,
+                    &rq,
+                    zo,
+                    &mut got,
+                )
+                .map_err(err)?;
                 differs(t, &format!("conv {d:?}"), &want, &got)?;
                 checked += 1;
             }
@@ -137,7 +149,8 @@ pub fn tiers_match_scalar(
             .map_err(err)?;
         for &t in tiers {
             let mut got = vec![0i8; m * pp];
-            scalar::pointwise_dot(t, &wt, &x, m, kk, pp, &bias, &rq, zo, &mut got).map_err(err)?;
+            scalar::conv_dot(t, &wt, &x, false, m, kk, pp, &bias, &rq, zo, &mut got)
+                .map_err(err)?;
             differs(t, &format!("1x1 conv m {m} k {kk} p {pp}"), &want, &got)?;
             checked += 1;
         }

@@ -276,14 +276,17 @@ pub fn im2col_t_rows<T: Code>(
     Ok(())
 }
 
-/// The conv GEMM as dot products over the transposed im2col (`col_t[p][k]`), int8 inputs and int8
-/// weights: `out[m][p] = requant_m(bias[m] + dot(w[m], col_t[p]))`, the dot product computed by the
-/// given tier. Equal to [`gemm_wk_kp`] bit for bit.
+/// The conv GEMM on a SIMD tier, int8 inputs and weights: `out[m][p] = requant_m(bias[m] +
+/// sum_k w[m][k] * x(k, p))`, where `x(k, p)` is `x[p*k + k]` for a transposed im2col (`pixel_rows`)
+/// or `x[k*p + p]` for a 1×1 convolution's input read in place (packed four pixels at a time, see
+/// [`packed_dots`]). Equal to [`gemm_wk_kp`] bit for bit, and runs it when the input does not fit
+/// the packing buffer.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_dot<U: Code>(
+pub fn conv_dot<U: Code>(
     tier: super::Tier,
     w: &[i8],
-    col_t: &[i8],
+    x: &[i8],
+    pixel_rows: bool,
     m: usize,
     k: usize,
     p: usize,
@@ -296,10 +299,10 @@ pub fn gemm_dot<U: Code>(
     check_len(m * p, out.len())?;
     check_len(m * 4, bias.len())?;
     check_len(m * 8, rq.len())?;
-    if col_t.len() < k * p {
+    if x.len() < k * p {
         return Err(Error::BufferLength {
             expected: k * p,
-            got: col_t.len(),
+            got: x.len(),
         });
     }
     let wo = Strided {
@@ -309,25 +312,26 @@ pub fn gemm_dot<U: Code>(
         rs: k,
         ks: 1,
     };
+    let (rs, ks) = if pixel_rows { (k, 1) } else { (1, p) };
     let xo = Strided {
-        data: col_t,
+        data: x,
         base: 0,
         rows: p,
-        rs: k,
-        ks: 1,
+        rs,
+        ks,
     };
     let done = packed_dots(tier, wo, xo, k, |mi, pi, dot| {
         let (mult, shift) = requant_entry(rq, mi);
         let acc = le_i32(bias, mi).wrapping_add(dot);
         out[mi * p + pi] = requant_to(acc as i64, mult, shift.clamp(1, 62), zo);
     });
-    if done {
-        Ok(())
-    } else {
-        Err(Error::BufferLength {
-            expected: k * p,
-            got: col_t.len(),
-        })
+    match (done, pixel_rows) {
+        (true, _) => Ok(()),
+        // gemm_wk_kp reads `x` as [k][p]
+        (false, false) => gemm_wk_kp(Weights::I8(w), x, m, k, p, bias, rq, zo, out),
+        (false, true) => Err(Error::Unsupported(
+            "conv operands outside the packing limits",
+        )),
     }
 }
 
@@ -469,52 +473,6 @@ fn tiles<const N: usize, F: FnMut(usize, usize, i32)>(
                 }
             }
         }
-    }
-}
-
-/// The 1×1 convolution (and the channel-major linear) with int8 inputs and weights on a SIMD tier:
-/// `out[m][p] = requant_m(bias[m] + sum_k w[m][k] * x[k][p])`. Equal to [`gemm_wk_kp`] bit for bit;
-/// runs it when the input does not fit the packing buffer.
-#[allow(clippy::too_many_arguments)]
-pub fn pointwise_dot<U: Code>(
-    tier: super::Tier,
-    w: &[i8],
-    x: &[i8],
-    m: usize,
-    k: usize,
-    p: usize,
-    bias: &[u8],
-    rq: &[u8],
-    zo: i32,
-    out: &mut [U],
-) -> Result<()> {
-    check_len(m * k, w.len())?;
-    check_len(m * p, out.len())?;
-    check_len(m * 4, bias.len())?;
-    check_len(m * 8, rq.len())?;
-    let wo = Strided {
-        data: w,
-        base: 0,
-        rows: m,
-        rs: k,
-        ks: 1,
-    };
-    let xo = Strided {
-        data: x,
-        base: 0,
-        rows: p,
-        rs: 1,
-        ks: p,
-    };
-    let done = packed_dots(tier, wo, xo, k, |mi, pi, dot| {
-        let (mult, shift) = requant_entry(rq, mi);
-        let acc = le_i32(bias, mi).wrapping_add(dot);
-        out[mi * p + pi] = requant_to(acc as i64, mult, shift.clamp(1, 62), zo);
-    });
-    if done {
-        Ok(())
-    } else {
-        gemm_wk_kp(Weights::I8(w), x, m, k, p, bias, rq, zo, out)
     }
 }
 
