@@ -285,6 +285,7 @@ pub fn emit(
         t_min: t_range.0,
         t_max: t_range.1,
         sampler,
+        invariant_ops: plan.invariant_ops as u32,
     };
     let mut ops_b = vec![];
     let mut offsets = heapless::Vec::<u32, { dmq_runtime::format::MAX_STREAMS }>::new();

@@ -680,10 +680,12 @@ fn compile_imported(
                 b.upper,
             ));
         }
+        // ops that depend only on the extra inputs run once per generation: first in every stream
+        let invariant = memplan::hoist_invariant(main, &mut streams);
         let scratch: Vec<usize> = (0..streams[0].0.scratch.len())
             .map(|i| streams.iter().map(|s| s.0.scratch[i]).max().unwrap_or(0))
             .collect();
-        let plan = memplan::plan(&wide, &streams[0].0.ops, &scratch);
+        let plan = memplan::plan(&wide, &streams[0].0.ops, &scratch, invariant);
         let bytes = emit::emit(
             main,
             &streams,

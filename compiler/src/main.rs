@@ -724,6 +724,13 @@ fn inspect_text(path: &Path) -> Result<String> {
         m.arena_bytes,
         m.sampler_state
     );
+    if m.invariant_ops > 0 {
+        outln!(
+            o,
+            "  the first {} ops of every stream depend only on the extra inputs: run once per generation",
+            m.invariant_ops
+        );
+    }
     outln!(
         o,
         "  latent  {:?} {}",

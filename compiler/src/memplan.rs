@@ -4,6 +4,8 @@ use crate::ir::{Program, TensorId};
 use dmq_runtime::format::{Op, ARENA_ALIGN};
 
 pub struct Plan {
+    /// Leading ops of every stream that depend only on the extra inputs (see [`hoist_invariant`]).
+    pub invariant_ops: usize,
     pub offsets: Vec<u32>,
     pub scratch: Vec<u32>,
     pub sampler_state: u32,
@@ -16,7 +18,47 @@ fn align(x: usize) -> usize {
     x.div_ceil(ARENA_ALIGN as usize) * ARENA_ALIGN as usize
 }
 
-pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize]) -> Plan {
+/// Moves the ops that depend only on the extra inputs (and constants) to the front of every stream,
+/// keeping their order (they need nothing that comes after them), and returns how many there are.
+/// Every stream gets the same permutation; when the streams' ops disagree on it, nothing moves.
+pub fn hoist_invariant(
+    p: &Program,
+    streams: &mut [(crate::quant::Quantized, Option<f32>)],
+) -> usize {
+    let perm = |ops: &[Op<TensorId>]| -> (Vec<usize>, usize) {
+        let mut inv: std::collections::HashSet<TensorId> = p.extras.iter().map(|e| e.1).collect();
+        let (mut front, mut rest) = (vec![], vec![]);
+        for (i, op) in ops.iter().enumerate() {
+            if crate::ir::plain_inputs(op).iter().all(|t| inv.contains(t)) {
+                inv.insert(crate::ir::plain_output(op));
+                front.push(i);
+            } else {
+                rest.push(i);
+            }
+        }
+        let k = front.len();
+        front.extend(rest);
+        (front, k)
+    };
+    let Some(first) = streams.first() else {
+        return 0;
+    };
+    let (order, k) = perm(&first.0.ops);
+    // only ops that feed the rest are worth keeping; a prefix of constants alone is not
+    if p.extras.is_empty() || streams.iter().any(|s| perm(&s.0.ops) != (order.clone(), k)) {
+        return 0;
+    }
+    for (s, _) in streams.iter_mut() {
+        s.ops = order.iter().map(|&i| s.ops[i].clone()).collect();
+        s.scratch = order.iter().map(|&i| s.scratch[i]).collect();
+    }
+    k
+}
+
+/// Arena plan for `ops`; the outputs of the first `invariant_ops` ops that later ops read stay live
+/// for the whole evaluation and across evaluations (the runtime keeps them between steps), as do the
+/// inputs.
+pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops: usize) -> Plan {
     let n_ops = ops.len();
     let nt = p.tensors.len();
     // lifetime [first, last] in op indices; inputs live from -1, the output to the end
@@ -41,6 +83,13 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize]) -> Plan {
     }
     if let Some(o) = p.output {
         last[o.0 as usize] = n_ops as i64;
+    }
+    for op in &ops[..invariant_ops.min(n_ops)] {
+        let o = crate::ir::plain_output(op).0 as usize;
+        if last[o] >= invariant_ops as i64 {
+            first[o] = -1;
+            last[o] = n_ops as i64;
+        }
     }
     // items: tensors, then per-op scratch
     struct Item {
@@ -99,6 +148,7 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize]) -> Plan {
     let state = align(top);
     let latent_bytes = p.latent.map(|l| p.t(l).bytes()).unwrap_or(0);
     Plan {
+        invariant_ops,
         offsets,
         scratch,
         sampler_state: state as u32,

@@ -281,6 +281,9 @@ pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
     if streams == 0 || m.bucket_upper.len() + 1 != streams {
         return Err(inv(MODEL, "timestep buckets and op streams do not match"));
     }
+    if m.invariant_ops > m.ops_per_stream {
+        return Err(inv(MODEL, "more invariant ops than ops per stream"));
+    }
     if (streams as u64) * m.ops_per_stream as u64 != model.header.n_ops as u64 {
         return Err(inv(MODEL, "op count is not streams x ops per stream"));
     }
@@ -1588,6 +1591,9 @@ pub struct Session<'m, 'a, 'r> {
     uncond: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
     /// Guidance scale and the latent-sized buffer of the unconditional output.
     guidance: Option<(f32, &'r mut [f32])>,
+    /// Which stream and which input set (0 conditional, 1 unconditional) the arena holds the
+    /// outputs of the invariant ops for (see `ModelMeta::invariant_ops`).
+    cache: Option<(usize, u8)>,
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
@@ -1619,6 +1625,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             extras: [None; crate::format::MAX_EXTRA_INPUTS],
             uncond: [None; crate::format::MAX_EXTRA_INPUTS],
             guidance: None,
+            cache: None,
         })
     }
 
@@ -1627,6 +1634,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     pub fn set_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
         let k = self.extra_index(name, values)?;
         self.extras[k] = Some(values);
+        self.cache = None;
         Ok(())
     }
 
@@ -1636,6 +1644,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     pub fn set_uncond_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
         let k = self.extra_index(name, values)?;
         self.uncond[k] = Some(values);
+        self.cache = None;
         Ok(())
     }
 
@@ -1725,7 +1734,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             &self.model.meta,
             self.arena,
             self.model.blob,
-            &self.extras,
+            (&self.extras, &mut self.cache, 0),
             latent,
             t,
             out,
@@ -1740,6 +1749,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         mut observe: impl FnMut(u32, &Op<TRef>),
     ) -> Result<()> {
         let blob = self.model.blob;
+        self.cache = None;
         for (i, op) in self.model.stream_ops(stream).enumerate() {
             let op = op?;
             run_op_exec(self.ex, &op, self.arena, blob).map_err(|e| match e {
@@ -1794,12 +1804,33 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             ));
         }
         let mut step = 0u32;
+        let cache = &mut self.cache;
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
             mark(step);
             step += 1;
-            run_with(ex, model, &meta, arena, blob, &extras, xin, t, eps)?;
+            run_with(
+                ex,
+                model,
+                &meta,
+                arena,
+                blob,
+                (&extras, cache, 0),
+                xin,
+                t,
+                eps,
+            )?;
             if let Some((scale, un)) = guidance.as_mut() {
-                run_with(ex, model, &meta, arena, blob, &uncond, xin, t, un)?;
+                run_with(
+                    ex,
+                    model,
+                    &meta,
+                    arena,
+                    blob,
+                    (&uncond, cache, 1),
+                    xin,
+                    t,
+                    un,
+                )?;
                 for (e, &u) in eps.iter_mut().zip(un.iter()) {
                     *e = u + *scale * (*e - u);
                 }
@@ -1818,7 +1849,7 @@ fn run_with(
     meta: &crate::format::ModelMeta,
     arena: &mut [u8],
     blob: &[u8],
-    extras: &[Option<&[f32]>],
+    (extras, cache, which): (&[Option<&[f32]>], &mut Option<(usize, u8)>, u8),
     latent: &[f32],
     t: f32,
     out: &mut [f32],
@@ -1855,7 +1886,16 @@ fn run_with(
         }
         None => None,
     };
-    for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
+    // the invariant ops' outputs are still in the arena when this stream last ran them on this input
+    // set (extra inputs copied above are unchanged: `set_input` clears the cache)
+    let stream = model.stream_for(t);
+    let invariant = meta.invariant_ops as usize;
+    let cached = invariant > 0 && *cache == Some((stream, which));
+    *cache = None;
+    for (i, op) in model.stream_ops(stream).enumerate() {
+        if cached && i < invariant {
+            continue;
+        }
         let op = op?;
         if let Some((tt, k, skip, values)) = folded {
             if skip.get(i).copied() == Some(1) {
@@ -1879,6 +1919,9 @@ fn run_with(
         })?;
     }
     out.copy_from_slice(region(arena, &meta.output)?);
+    if invariant > 0 {
+        *cache = Some((stream, which));
+    }
     Ok(())
 }
 

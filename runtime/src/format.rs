@@ -19,7 +19,7 @@ use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
-pub const MAJOR_VERSION: u16 = 2;
+pub const MAJOR_VERSION: u16 = 3;
 pub const MINOR_VERSION: u16 = 0;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.
@@ -451,6 +451,10 @@ pub struct ModelMeta {
     pub t_min: f32,
     pub t_max: f32,
     pub sampler: SamplerConfig,
+    /// The first `invariant_ops` records of every stream depend only on the extra inputs (a text
+    /// embedding's keys and values): the runtime runs them once per generation and keeps their
+    /// outputs, which the arena plan never overwrites.
+    pub invariant_ops: u32,
 }
 
 /// FNV-1a 64-bit hash, used as the file's checksums.
