@@ -1808,31 +1808,36 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         crate::sampler::sample(&cfg, kind, steps, x, self.state, rng, |xin, t, eps| {
             mark(step);
             step += 1;
-            run_with(
-                ex,
-                model,
-                &meta,
-                arena,
-                blob,
-                (&extras, cache, 0),
-                xin,
-                t,
-                eps,
-            )?;
-            if let Some((scale, un)) = guidance.as_mut() {
+            let mut pass = |which: u8, out: &mut [f32]| {
+                let inputs = if which == 0 { &extras } else { &uncond };
                 run_with(
                     ex,
                     model,
                     &meta,
                     arena,
                     blob,
-                    (&uncond, cache, 1),
+                    (inputs, cache, which),
                     xin,
                     t,
-                    un,
-                )?;
-                for (e, &u) in eps.iter_mut().zip(un.iter()) {
-                    *e = u + *scale * (*e - u);
+                    out,
+                )
+            };
+            match guidance.as_mut() {
+                None => pass(0, eps)?,
+                Some((scale, un)) => {
+                    // the passes alternate their order, so that consecutive evaluations share an
+                    // input set and the ops that depend only on it run once per step, not twice
+                    // (each pass computes the same bits in either order)
+                    if step % 2 == 1 {
+                        pass(0, eps)?;
+                        pass(1, un)?;
+                    } else {
+                        pass(1, un)?;
+                        pass(0, eps)?;
+                    }
+                    for (e, &u) in eps.iter_mut().zip(un.iter()) {
+                        *e = u + *scale * (*e - u);
+                    }
                 }
             }
             Ok(())
