@@ -198,17 +198,8 @@ pub fn uncond_extras_for(
             .extras
             .iter()
             .position(|e| e.name == *name)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--uncond {name}: the model has no such extra input (extra inputs: {})",
-                    float
-                        .extras
-                        .iter()
-                        .map(|e| e.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
+            // `compile` has checked every name against the model's inputs, with the list
+            .ok_or_else(|| anyhow::anyhow!("--uncond {name}: the model has no such extra input"))?;
         vals[k] = draw(spec, &float.extras[k], seed, &mut rng, "--uncond")?;
     }
     Ok(vals)

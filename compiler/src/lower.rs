@@ -123,6 +123,18 @@ fn take_affine(
     Some(v)
 }
 
+/// A norm's affine: [`take_affine`] for a `Mul` (gamma) then an `Add` (beta), values through `per`.
+fn take_scale_shift(
+    model: &Model,
+    root: &mut usize,
+    members: &mut Vec<usize>,
+    per: impl Fn(&Tensor) -> Option<Vec<f32>>,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let gamma = take_affine(model, root, members, "Mul", &per);
+    let beta = take_affine(model, root, members, "Add", &per);
+    (gamma, beta)
+}
+
 /// Records a matched norm when every intermediate is consumed inside the pattern: its nodes are
 /// skipped and `root` lowers to the norm.
 fn claim(
@@ -207,8 +219,8 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             }
             let mut members = vec![red.id, mean.id, sub.id, node.id];
             let mut root = node.id;
-            let gamma = take_affine(model, &mut root, &mut members, "Mul", |t| per_last(t, c));
-            let beta = take_affine(model, &mut root, &mut members, "Add", |t| per_last(t, c));
+            let (gamma, beta) =
+                take_scale_shift(model, &mut root, &mut members, |t| per_last(t, c));
             let m = GroupNormMatch {
                 x,
                 grouped_shape: None,
@@ -251,16 +263,12 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
         let mut members = vec![r1.id, red.id, mean.id, sub.id, node.id];
         members.extend(r2_id);
         let mut root = r2_id.unwrap_or(node.id);
-        let (mut gamma, mut beta) = (None, None);
-        if !ends_at_norm {
+        let (gamma, beta) = if ends_at_norm {
+            (None, None)
+        } else {
             let rank = xshape.len();
-            gamma = take_affine(model, &mut root, &mut members, "Mul", |t| {
-                per_channel(t, c, rank)
-            });
-            beta = take_affine(model, &mut root, &mut members, "Add", |t| {
-                per_channel(t, c, rank)
-            });
-        }
+            take_scale_shift(model, &mut root, &mut members, |t| per_channel(t, c, rank))
+        };
         let m = GroupNormMatch {
             x,
             grouped_shape: ends_at_norm.then(|| gshape.clone()),
@@ -356,8 +364,7 @@ fn find_expanded_group_norms(model: &Model, roles: &mut HashMap<usize, Role>) ->
             let v = per_channel(t, g, grank)?;
             Some((0..c).map(|ch| v[ch / (c / g)]).collect())
         };
-        let mut gamma = take_affine(model, &mut root, &mut members, "Mul", per_group);
-        let mut beta = take_affine(model, &mut root, &mut members, "Add", per_group);
+        let (mut gamma, mut beta) = take_scale_shift(model, &mut root, &mut members, per_group);
         let r2 = single_succ(model, root).filter(|&n| {
             model.node(n).op_as::<AxisOp>().is_some()
                 && shape_of(model, n.into())
@@ -374,12 +381,8 @@ fn find_expanded_group_norms(model: &Model, roles: &mut HashMap<usize, Role>) ->
         // opset 21: per-channel scale and bias after it
         if r2.is_some() && gamma.is_none() && beta.is_none() {
             let rank = xshape.len();
-            gamma = take_affine(model, &mut root, &mut members, "Mul", |t| {
-                per_channel(t, c, rank)
-            });
-            beta = take_affine(model, &mut root, &mut members, "Add", |t| {
-                per_channel(t, c, rank)
-            });
+            (gamma, beta) =
+                take_scale_shift(model, &mut root, &mut members, |t| per_channel(t, c, rank));
         }
         let m = GroupNormMatch {
             x,

@@ -26,16 +26,29 @@ pub fn hoist_invariant(
     streams: &mut [(crate::quant::Quantized, Option<f32>)],
 ) -> usize {
     let perm = |ops: &[Op<TensorId>]| -> (Vec<usize>, usize) {
+        use crate::ir::{plain_inputs, plain_output};
+        // invariant: every input is an extra input or the output of an invariant op (constants count)
         let mut inv: std::collections::HashSet<TensorId> = p.extras.iter().map(|e| e.1).collect();
-        let (mut front, mut rest) = (vec![], vec![]);
+        let mut candidate = vec![false; ops.len()];
         for (i, op) in ops.iter().enumerate() {
-            if crate::ir::plain_inputs(op).iter().all(|t| inv.contains(t)) {
-                inv.insert(crate::ir::plain_output(op));
-                front.push(i);
-            } else {
-                rest.push(i);
+            if plain_inputs(op).iter().all(|t| inv.contains(t)) {
+                inv.insert(plain_output(op));
+                candidate[i] = true;
             }
         }
+        // hoist the invariant ops that read something, and only the constants they read: a constant
+        // left in place is rewritten where it is used, not pinned in the arena
+        let read: std::collections::HashSet<TensorId> = ops
+            .iter()
+            .zip(&candidate)
+            .filter(|&(op, &c)| c && !plain_inputs(op).is_empty())
+            .flat_map(|(op, _)| plain_inputs(op))
+            .collect();
+        let hoist = |i: usize| {
+            candidate[i]
+                && (!plain_inputs(&ops[i]).is_empty() || read.contains(&plain_output(&ops[i])))
+        };
+        let (mut front, rest): (Vec<usize>, Vec<usize>) = (0..ops.len()).partition(|&i| hoist(i));
         let k = front.len();
         front.extend(rest);
         (front, k)
@@ -44,8 +57,7 @@ pub fn hoist_invariant(
         return 0;
     };
     let (order, k) = perm(&first.0.ops);
-    // only ops that feed the rest are worth keeping; a prefix of constants alone is not
-    if p.extras.is_empty() || streams.iter().any(|s| perm(&s.0.ops) != (order.clone(), k)) {
+    if k == 0 || streams.iter().any(|s| perm(&s.0.ops) != (order.clone(), k)) {
         return 0;
     }
     for (s, _) in streams.iter_mut() {

@@ -1126,7 +1126,7 @@ pub fn run_op_exec(ex: kernels::Exec, op: &Op<TRef>, arena: &mut [u8], blob: &[u
             let (m, n, k) = (geom.m as usize, geom.n as usize, geom.k as usize);
             let a_s = [geom.a_strides[0] as usize, geom.a_strides[1] as usize];
             let o_s = [geom.o_strides[0] as usize, geom.o_strides[1] as usize];
-            // SIMD tiers: int8 rows that are k-contiguous, int8 weights -> dot products
+            // SIMD tiers: int8 input rows (strided ones packed) and int8 weights -> dot products
             if let (true, Ints::I8(x), scalar::Weights::I8(w8)) =
                 (tier != kernels::Tier::Scalar, io.ints(input)?, w)
             {
@@ -1687,7 +1687,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         self.ex.threads
     }
 
-    /// Splits the large convolutions, linears and matmuls across `threads` threads (the calling one
+    /// Splits the large convolutions and linears across `threads` threads (the calling one
     /// and `threads - 1` workers that spin between ops), at most one per core: more would only wait
     /// for each other. The output is the same bits for every count. Without std the runtime runs on
     /// the calling core whatever this says.

@@ -128,7 +128,7 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
         let mut sess2 = Session::new(&model, eval::arena_bytes(&mut arena2)).unwrap();
         assert_eq!(a, run(&mut sess2), "{kind:?}: a fresh session differs");
         // every kernel tier and thread count computes the same bytes (int8 and int16 convs, 1×1
-        // convs, strided linears and attention matmuls all split across the workers)
+        // convs and strided linears split across the workers, attention matmuls on the SIMD tier)
         use dmq_runtime::kernels::Tier;
         for (tier, threads) in [
             (Tier::Scalar, 1),
