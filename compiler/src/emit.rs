@@ -286,6 +286,7 @@ pub fn emit(
         t_max: t_range.1,
         sampler,
         invariant_ops: plan.invariant_ops as u32,
+        invariant_bytes: plan.invariant_bytes,
     };
     let mut ops_b = vec![];
     let mut offsets = heapless::Vec::<u32, { dmq_runtime::format::MAX_STREAMS }>::new();
@@ -358,6 +359,42 @@ pub struct TimeTableData {
 /// them, and the header and checksums are rewritten.
 pub fn with_time_table(bytes: &[u8], t: &TimeTableData) -> Result<Vec<u8>> {
     use dmq_runtime::format::{BlobRef, TimeOut, TimeTable};
+    with_meta(bytes, |meta, blob| {
+        let mut push = |data: Vec<u8>| {
+            while blob.len() % 16 != 0 {
+                blob.push(0);
+            }
+            let r = BlobRef {
+                offset: blob.len() as u32,
+                len: data.len() as u32,
+            };
+            blob.extend(data);
+            r
+        };
+        let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut outputs = heapless::Vec::new();
+        for &(op, at) in &t.outputs {
+            outputs
+                .push(TimeOut { op, at })
+                .map_err(|_| anyhow!("the time path has too many outputs to fold"))?;
+        }
+        meta.time_table = Some(TimeTable {
+            timesteps: push(f32b(&t.timesteps)),
+            values: push(f32b(&t.values)),
+            row: t.row,
+            skip: push(t.skip.clone()),
+            outputs,
+        });
+        Ok(())
+    })
+}
+
+/// The file with its metadata (and blob, which may only grow) edited by `edit`; the op records and
+/// checksums follow.
+pub fn with_meta(
+    bytes: &[u8],
+    edit: impl FnOnce(&mut ModelMeta, &mut Vec<u8>) -> Result<()>,
+) -> Result<Vec<u8>> {
     let h = Header::parse(bytes).map_err(|e| anyhow!("{e}"))?;
     let get = |(o, l): (u32, u32)| {
         bytes
@@ -367,31 +404,7 @@ pub fn with_time_table(bytes: &[u8], t: &TimeTableData) -> Result<Vec<u8>> {
     let mut meta: ModelMeta = postcard::from_bytes(get(h.meta)?)?;
     let ops_b = get(h.ops)?.to_vec();
     let mut blob = get(h.blob)?.to_vec();
-    let mut push = |data: Vec<u8>| {
-        while blob.len() % 16 != 0 {
-            blob.push(0);
-        }
-        let r = BlobRef {
-            offset: blob.len() as u32,
-            len: data.len() as u32,
-        };
-        blob.extend(data);
-        r
-    };
-    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let mut outputs = heapless::Vec::new();
-    for &(op, at) in &t.outputs {
-        outputs
-            .push(TimeOut { op, at })
-            .map_err(|_| anyhow!("the time path has too many outputs to fold"))?;
-    }
-    meta.time_table = Some(TimeTable {
-        timesteps: push(f32b(&t.timesteps)),
-        values: push(f32b(&t.values)),
-        row: t.row,
-        skip: push(t.skip.clone()),
-        outputs,
-    });
+    edit(&mut meta, &mut blob)?;
     assemble(&meta, &ops_b, &blob, h.n_ops)
 }
 

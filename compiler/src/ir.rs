@@ -296,6 +296,23 @@ impl Program {
         }
         n
     }
+    /// Quantization roots of the tensors that depend only on the extra inputs (with constants): a
+    /// text embedding, its keys and values. Their values are the same at every timestep.
+    pub fn extra_only_roots(&self) -> std::collections::HashSet<TensorId> {
+        use std::collections::HashSet;
+        let mut inv: HashSet<TensorId> = self.extras.iter().map(|e| e.1).collect();
+        // tensors computed from constants alone
+        let mut fixed: HashSet<TensorId> = HashSet::new();
+        for op in &self.ops {
+            let ins = op.inputs();
+            if ins.iter().all(|t| fixed.contains(t)) {
+                fixed.insert(op.output());
+            } else if ins.iter().all(|t| inv.contains(t) || fixed.contains(t)) {
+                inv.insert(op.output());
+            }
+        }
+        inv.iter().map(|&t| self.quant_root(t)).collect()
+    }
     /// Follows aliases to the tensor that owns the quantization parameters.
     pub fn quant_root(&self, mut id: TensorId) -> TensorId {
         while let Some(a) = self.t(id).alias {

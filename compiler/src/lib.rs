@@ -631,6 +631,23 @@ fn compile_imported(
         ranges
     };
     let all_steps: Vec<usize> = (0..cal.timesteps.len()).collect();
+    // Tensors that depend only on the extra inputs (a text embedding, its keys and values) take
+    // one quantization in every stream, since their values do not change with t: all-steps ranges,
+    // and the main program's element types and weight bits in the floor streams. Their ops are then
+    // the same records in every stream and the runtime computes them once per generation.
+    let invariant_roots = lowered.program.extra_only_roots();
+    let invariant_stats: std::collections::HashSet<usize> = invariant_roots
+        .iter()
+        .filter_map(|&r| lowered.program.t(r).stat)
+        .collect();
+    let invariant_ranges: HashMap<usize, quant::Range> = if invariant_stats.is_empty() {
+        HashMap::new()
+    } else {
+        ranges_of(&all_steps, true)
+            .into_iter()
+            .filter(|(s, _)| invariant_stats.contains(s))
+            .collect()
+    };
     let baseline_buckets = vec![Bucket {
         upper: None,
         ranges: ranges_of(&all_steps, false),
@@ -653,21 +670,32 @@ fn compile_imported(
                  buckets: &[Bucket],
                  keep8: &[ir::TensorId]|
      -> Result<(Vec<u8>, memplan::Plan)> {
+        let keep8_main = keep8;
         let mut blob = quant::Blob::default();
         let mut streams = vec![];
         let mut wide = main.clone();
         for b in buckets {
-            let (p, keep8) = match (b.floor, floor_program) {
+            let (p, own_keep8) = match (b.floor, floor_program) {
                 (true, Some(f)) => f,
                 _ => (main, keep8),
             };
+            let mut ranges = b.ranges.clone();
+            if buckets.len() > 1 {
+                ranges.extend(invariant_ranges.iter().map(|(s, r)| (*s, r.clone())));
+            }
+            let mut keep8: Vec<ir::TensorId> = own_keep8
+                .iter()
+                .filter(|r| !invariant_roots.contains(r))
+                .copied()
+                .collect();
+            keep8.extend(keep8_main.iter().filter(|r| invariant_roots.contains(r)));
             for (w, t) in wide.tensors.iter_mut().zip(&p.tensors) {
                 if t.dtype.size() > w.dtype.size() {
                     w.dtype = t.dtype;
                 }
             }
             streams.push((
-                quant::quantize(p, &b.ranges, &mut blob, opts.weight_bits, keep8)?,
+                quant::quantize(p, &ranges, &mut blob, opts.weight_bits, &keep8)?,
                 b.upper,
             ));
         }
@@ -770,7 +798,11 @@ fn compile_imported(
                 .map(|q| (q.t, q.min_db))
                 .collect();
             let mut floor_program = program.clone();
-            protect::apply(&mut floor_program, &protect::candidates(&program));
+            let promote: Vec<ir::TensorId> = protect::candidates(&program)
+                .into_iter()
+                .filter(|r| !invariant_roots.contains(r))
+                .collect();
+            protect::apply(&mut floor_program, &promote);
             // floor buckets: runs of weak steps neighbouring in t; the other steps share the
             // remaining buckets (so the file keeps `timestep_groups` streams where it can)
             let mut order: Vec<usize> = (0..weak.len()).collect();

@@ -598,7 +598,7 @@ fn cmd_sample(
             .collect::<Result<Vec<_>>>()?,
         None => vec![],
     };
-    let mut scratch = vec![0f32; n];
+    let mut scratch = vec![0f32; model.guidance_scratch_len()];
     let mut arena = eval::arena_for(&model);
     let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?;
     if let Some((scale, _)) = guidance {
@@ -727,8 +727,20 @@ fn inspect_text(path: &Path) -> Result<String> {
     if m.invariant_ops > 0 {
         outln!(
             o,
-            "  the first {} ops of every stream depend only on the extra inputs: run once per generation",
-            m.invariant_ops
+            "  the first {} ops of every stream depend only on the extra inputs: run once per generation{}",
+            m.invariant_ops,
+            if model.invariant_shared() || model.streams() == 1 {
+                ""
+            } else {
+                " and timestep bucket (their quantization differs between buckets)"
+            }
+        );
+        outln!(
+            o,
+            "  their outputs read later: arena[..{}]; guidance keeps the unconditional set in a \
+             {}-element scratch (Model::guidance_scratch_len)",
+            m.invariant_bytes,
+            model.guidance_scratch_len()
         );
     }
     outln!(

@@ -6,6 +6,8 @@ use dmq_runtime::format::{Op, ARENA_ALIGN};
 pub struct Plan {
     /// Leading ops of every stream that depend only on the extra inputs (see [`hoist_invariant`]).
     pub invariant_ops: usize,
+    /// The outputs of those ops that later ops read fill `arena[..invariant_bytes]`.
+    pub invariant_bytes: u32,
     pub offsets: Vec<u32>,
     pub scratch: Vec<u32>,
     pub sampler_state: u32,
@@ -96,11 +98,13 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops:
     if let Some(o) = p.output {
         last[o.0 as usize] = n_ops as i64;
     }
+    let mut pinned = vec![];
     for op in &ops[..invariant_ops.min(n_ops)] {
         let o = crate::ir::plain_output(op).0 as usize;
         if last[o] >= invariant_ops as i64 {
             first[o] = -1;
             last[o] = n_ops as i64;
+            pinned.push(o);
         }
     }
     // items: tensors, then per-op scratch
@@ -133,9 +137,17 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops:
     let naive_bytes: usize = items.iter().map(|i| align(i.size)).sum();
     let mut order: Vec<usize> = (0..items.len()).filter(|&i| items[i].size > 0).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(items[i].size), i));
+    // the pinned outputs first, side by side at the start of the arena: the runtime keeps a second
+    // set of them (classifier-free guidance's unconditional pass) by swapping that one range
     let mut placed: Vec<usize> = vec![];
     let mut top = 0usize;
-    for &i in &order {
+    for &i in &pinned {
+        items[i].off = top;
+        top += align(items[i].size);
+        placed.push(i);
+    }
+    let invariant_bytes = top;
+    for &i in order.iter().filter(|i| !pinned.contains(i)) {
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
             .filter(|&&j| items[j].first <= items[i].last && items[i].first <= items[j].last)
@@ -161,6 +173,7 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops:
     let latent_bytes = p.latent.map(|l| p.t(l).bytes()).unwrap_or(0);
     Plan {
         invariant_ops,
+        invariant_bytes: invariant_bytes as u32,
         offsets,
         scratch,
         sampler_state: state as u32,

@@ -753,8 +753,9 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
 #[test]
 fn cross_attention_keys_and_values_run_once_per_generation() {
     // UNet2DConditionModel: the ops that depend only on `encoder_hidden_states` (the keys and values
-    // of every cross-attention) lead each stream and run once per generation; a sample with the cache
-    // equals, bit for bit, one where every evaluation starts from a fresh session.
+    // of every cross-attention) lead each stream, are the same records in every timestep bucket and
+    // run once per generation (once per input set with guidance); a sample with the cache equals,
+    // bit for bit, one where every evaluation starts from a fresh session.
     use dmq_runtime::sampler::{sample, Rng};
     use dmq_runtime::{Model, SamplerKind, Session};
     let d = tmp("kv");
@@ -769,6 +770,9 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
             "encoder_hidden_states=normal:0,1",
             "--steps",
             "12",
+            // a floor low enough that int8 and all-int16 (floor) streams mix
+            "--floor-db",
+            "24",
         ])
         .args(["--calib-samples", "4", "--eval-samples", "1"]));
     assert!(ok, "{err}");
@@ -781,6 +785,11 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
     let model = Model::load(&bytes).unwrap();
     let k = model.meta().invariant_ops;
     assert!(k >= 4, "{k} invariant ops");
+    assert!(model.streams() > 1, "{} streams", model.streams());
+    assert!(
+        model.invariant_shared(),
+        "one quantization of the invariant ops"
+    );
     let (_, text_emb) = read_npy(&fixture("condition_text.npy")).unwrap();
     let n = model.latent_len();
     let arena = || vec![0u128; model.arena_bytes().div_ceil(16)];
@@ -797,6 +806,7 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
     let mut cached = x0.clone();
     sess.sample(SamplerKind::Ddim, 12, &mut cached, &mut Rng::new(1))
         .unwrap();
+    assert_eq!(sess.invariant_computations(), 1);
     // every evaluation from a fresh session (nothing cached)
     let mut cold = x0.clone();
     let mut buf = vec![0f32; n];
@@ -821,17 +831,34 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
         .zip(&cold)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
     // with guidance (an all-zero unconditional embedding) the passes share the cache the same way
+    // (a scratch with room for the unconditional keys and values: computed once per input set; a
+    // latent-sized one: about once per step, the same bits)
     let zeros = vec![0f32; text_emb.len()];
-    let mut scratch = vec![0f32; n];
-    let mut a = arena();
-    let mut sess = Session::new(&model, bytes_of(&mut a)).unwrap();
-    sess.set_input("encoder_hidden_states", &text_emb).unwrap();
-    sess.set_uncond_input("encoder_hidden_states", &zeros)
-        .unwrap();
-    sess.set_guidance(4.0, &mut scratch).unwrap();
-    let mut guided = x0.clone();
-    sess.sample(SamplerKind::Ddim, 12, &mut guided, &mut Rng::new(1))
-        .unwrap();
+    let guided_with = |scratch_len: usize| {
+        let mut scratch = vec![0f32; scratch_len];
+        let mut a = arena();
+        let mut sess = Session::new(&model, bytes_of(&mut a)).unwrap();
+        sess.set_input("encoder_hidden_states", &text_emb).unwrap();
+        sess.set_uncond_input("encoder_hidden_states", &zeros)
+            .unwrap();
+        sess.set_guidance(4.0, &mut scratch).unwrap();
+        let mut guided = x0.clone();
+        sess.sample(SamplerKind::Ddim, 12, &mut guided, &mut Rng::new(1))
+            .unwrap();
+        (guided, sess.invariant_computations())
+    };
+    let (guided, computed) = guided_with(model.guidance_scratch_len());
+    assert_eq!(computed, 2);
+    let (per_step, computed) = guided_with(n);
+    assert_eq!(
+        computed,
+        12 + 1,
+        "the first step computes both sets, later steps one"
+    );
+    assert!(guided
+        .iter()
+        .zip(&per_step)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
     let mut cold = x0.clone();
     sample(
         &cfg,

@@ -284,6 +284,9 @@ pub(crate) fn validate(model: &Model<'_>) -> Result<()> {
     if m.invariant_ops > m.ops_per_stream {
         return Err(inv(MODEL, "more invariant ops than ops per stream"));
     }
+    if m.invariant_bytes > ops_arena || (m.invariant_ops == 0 && m.invariant_bytes > 0) {
+        return Err(inv(MODEL, "invariant outputs outside the arena"));
+    }
     if (streams as u64) * m.ops_per_stream as u64 != model.header.n_ops as u64 {
         return Err(inv(MODEL, "op count is not streams x ops per stream"));
     }
@@ -1589,11 +1592,28 @@ pub struct Session<'m, 'a, 'r> {
     extras: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
     /// Their values for the unconditional pass of classifier-free guidance.
     uncond: [Option<&'r [f32]>; crate::format::MAX_EXTRA_INPUTS],
-    /// Guidance scale and the latent-sized buffer of the unconditional output.
+    /// Guidance scale and its scratch: the unconditional output, then (if long enough) the stash
+    /// of the other input set's invariant outputs.
     guidance: Option<(f32, &'r mut [f32])>,
-    /// Which stream and which input set (0 conditional, 1 unconditional) the arena holds the
-    /// outputs of the invariant ops for (see `ModelMeta::invariant_ops`).
-    cache: Option<(usize, u8)>,
+    /// What the arena and the stash hold of the invariant ops' outputs.
+    cache: InvariantCache,
+}
+
+/// Which (stream, input set) the outputs of the invariant ops (see `ModelMeta::invariant_ops`) in
+/// the arena and in the guidance stash belong to — stream 0 for all when every stream shares those
+/// ops; input set 0 is the conditional one, 1 the unconditional — and how often they were computed.
+#[derive(Debug, Clone, Copy, Default)]
+struct InvariantCache {
+    live: Option<(usize, u8)>,
+    stash: Option<(usize, u8)>,
+    computed: u32,
+}
+
+impl InvariantCache {
+    fn clear(&mut self) {
+        self.live = None;
+        self.stash = None;
+    }
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
@@ -1625,7 +1645,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             extras: [None; crate::format::MAX_EXTRA_INPUTS],
             uncond: [None; crate::format::MAX_EXTRA_INPUTS],
             guidance: None,
-            cache: None,
+            cache: InvariantCache::default(),
         })
     }
 
@@ -1634,7 +1654,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     pub fn set_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
         let k = self.extra_index(name, values)?;
         self.extras[k] = Some(values);
-        self.cache = None;
+        self.cache.clear();
         Ok(())
     }
 
@@ -1644,21 +1664,34 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     pub fn set_uncond_input(&mut self, name: &str, values: &'r [f32]) -> Result<()> {
         let k = self.extra_index(name, values)?;
         self.uncond[k] = Some(values);
-        self.cache = None;
+        self.cache.clear();
         Ok(())
     }
 
     /// Classifier-free guidance for [`Session::sample`]: every step evaluates the model with the
     /// conditional and the unconditional inputs — same timestep, same op stream, same time path — and
-    /// the sampler takes `uncond + scale · (cond - uncond)`. `scratch` (latent-sized) holds the
-    /// unconditional output. Needs at least one [`Session::set_uncond_input`].
+    /// the sampler takes `uncond + scale · (cond - uncond)`. `scratch` holds the unconditional
+    /// output and, when it has [`Model::guidance_scratch_len`] elements, the unconditional outputs
+    /// of the invariant ops too, so that both input sets' keys and values are computed once per
+    /// generation; a latent-sized `scratch` recomputes them once per step instead. Needs at least
+    /// one [`Session::set_uncond_input`].
     pub fn set_guidance(&mut self, scale: f32, scratch: &'r mut [f32]) -> Result<()> {
-        kernels::check_len(self.model.meta.output.numel(), scratch.len())?;
+        let n = self.model.meta.output.numel();
+        if scratch.len() != n && scratch.len() != self.model.guidance_scratch_len() {
+            kernels::check_len(self.model.guidance_scratch_len(), scratch.len())?;
+        }
         if !scale.is_finite() {
             return Err(Error::Unsupported("the guidance scale must be finite"));
         }
         self.guidance = Some((scale, scratch));
+        self.cache.clear();
         Ok(())
+    }
+
+    /// How many times this session has computed the invariant ops (see
+    /// `ModelMeta::invariant_ops`): once per generation and input set when they are cached.
+    pub fn invariant_computations(&self) -> u32 {
+        self.cache.computed
     }
 
     fn extra_index(&self, name: &str, values: &[f32]) -> Result<usize> {
@@ -1734,7 +1767,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             &self.model.meta,
             self.arena,
             self.model.blob,
-            (&self.extras, &mut self.cache, 0),
+            (&self.extras, &mut self.cache, 0, None),
             latent,
             t,
             out,
@@ -1749,7 +1782,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         mut observe: impl FnMut(u32, &Op<TRef>),
     ) -> Result<()> {
         let blob = self.model.blob;
-        self.cache = None;
+        self.cache.clear();
         for (i, op) in self.model.stream_ops(stream).enumerate() {
             let op = op?;
             run_op_exec(self.ex, &op, self.arena, blob).map_err(|e| match e {
@@ -1797,7 +1830,16 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 *u = c;
             }
         }
-        let mut guidance = self.guidance.as_mut().map(|(s, b)| (*s, &mut **b));
+        let n = meta.output.numel();
+        let (mut guidance, mut stash) = match self.guidance.as_mut() {
+            Some((s, b)) => {
+                let (un, rest) = b.split_at_mut(n.min(b.len()));
+                let stash: &mut [u8] = bytemuck::cast_slice_mut(rest);
+                let stash = stash.get_mut(..meta.invariant_bytes as usize);
+                (Some((*s, un)), stash)
+            }
+            None => (None, None),
+        };
         if guidance.is_some() && self.uncond.iter().all(|u| u.is_none()) {
             return Err(Error::Unsupported(
                 "guidance needs an unconditional value for an extra input (Session::set_uncond_input)",
@@ -1816,7 +1858,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                     &meta,
                     arena,
                     blob,
-                    (inputs, cache, which),
+                    (inputs, cache, which, stash.as_deref_mut()),
                     xin,
                     t,
                     out,
@@ -1854,7 +1896,12 @@ fn run_with(
     meta: &crate::format::ModelMeta,
     arena: &mut [u8],
     blob: &[u8],
-    (extras, cache, which): (&[Option<&[f32]>], &mut Option<(usize, u8)>, u8),
+    (extras, cache, which, stash): (
+        &[Option<&[f32]>],
+        &mut InvariantCache,
+        u8,
+        Option<&mut [u8]>,
+    ),
     latent: &[f32],
     t: f32,
     out: &mut [f32],
@@ -1891,12 +1938,29 @@ fn run_with(
         }
         None => None,
     };
-    // the invariant ops' outputs are still in the arena when this stream last ran them on this input
-    // set (extra inputs copied above are unchanged: `set_input` clears the cache)
+    // the invariant ops' outputs are still in the arena when they were last computed for this input
+    // set (and this stream, unless every stream shares them), or they are in the stash with which
+    // guidance keeps the other set's (extra inputs copied above are unchanged: `set_input` clears
+    // the cache)
     let stream = model.stream_for(t);
     let invariant = meta.invariant_ops as usize;
-    let cached = invariant > 0 && *cache == Some((stream, which));
-    *cache = None;
+    let key = (if model.invariant_shared { 0 } else { stream }, which);
+    let mut cached = invariant > 0 && cache.live == Some(key);
+    if invariant > 0 && !cached {
+        if let Some(stash) = stash {
+            let pinned = arena
+                .get_mut(..meta.invariant_bytes as usize)
+                .ok_or(Error::Arena { needed: 0, got: 0 })?;
+            kernels::check_len(pinned.len(), stash.len())?;
+            pinned.swap_with_slice(stash);
+            core::mem::swap(&mut cache.live, &mut cache.stash);
+            cached = cache.live == Some(key);
+        }
+    }
+    if invariant > 0 && !cached {
+        cache.live = None;
+        cache.computed = cache.computed.saturating_add(1);
+    }
     for (i, op) in model.stream_ops(stream).enumerate() {
         if cached && i < invariant {
             continue;
@@ -1925,7 +1989,7 @@ fn run_with(
     }
     out.copy_from_slice(region(arena, &meta.output)?);
     if invariant > 0 {
-        *cache = Some((stream, which));
+        cache.live = Some(key);
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
-pub const MAJOR_VERSION: u16 = 3;
+pub const MAJOR_VERSION: u16 = 4;
 pub const MINOR_VERSION: u16 = 0;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.
@@ -453,8 +453,12 @@ pub struct ModelMeta {
     pub sampler: SamplerConfig,
     /// The first `invariant_ops` records of every stream depend only on the extra inputs (a text
     /// embedding's keys and values): the runtime runs them once per generation and keeps their
-    /// outputs, which the arena plan never overwrites.
+    /// outputs, which the arena plan never overwrites. When the streams' invariant records are the
+    /// same bytes (one quantization for them), one computation serves every stream.
     pub invariant_ops: u32,
+    /// Those outputs that later ops read fill `arena[..invariant_bytes]`, so a second set of them
+    /// (the unconditional pass of classifier-free guidance) can be kept by swapping that range.
+    pub invariant_bytes: u32,
 }
 
 /// FNV-1a 64-bit hash, used as the file's checksums.
@@ -578,6 +582,8 @@ pub struct Model<'a> {
     pub(crate) meta: ModelMeta,
     pub(crate) ops: &'a [u8],
     pub(crate) blob: &'a [u8],
+    /// Every stream's invariant records are the bytes of the first stream's.
+    pub(crate) invariant_shared: bool,
 }
 
 impl<'a> Model<'a> {
@@ -608,14 +614,41 @@ impl<'a> Model<'a> {
             return Err(Error::ChecksumMismatch { section: "blob" });
         }
         let meta: ModelMeta = postcard::from_bytes(meta_b).map_err(|_| Error::Metadata)?;
-        let model = Model {
+        let mut model = Model {
             header,
             meta,
             ops,
             blob,
+            invariant_shared: false,
         };
         crate::exec::validate(&model)?;
+        model.invariant_shared = model.meta.invariant_ops > 0
+            && (1..model.streams())
+                .all(|k| model.invariant_records(k) == model.invariant_records(0));
         Ok(model)
+    }
+
+    /// The bytes of stream `k`'s invariant records (validated, so they decode).
+    fn invariant_records(&self, k: usize) -> Option<&'a [u8]> {
+        let off = *self.meta.stream_offsets.get(k)? as usize;
+        let start = self.ops.get(off..)?;
+        let mut rest = start;
+        for _ in 0..self.meta.invariant_ops {
+            rest = postcard::take_from_bytes::<Op<TRef>>(rest).ok()?.1;
+        }
+        start.get(..start.len() - rest.len())
+    }
+
+    /// Whether one computation of the invariant ops (see [`ModelMeta::invariant_ops`]) serves every
+    /// timestep bucket: true when the model has such ops and every stream has the same records.
+    pub fn invariant_shared(&self) -> bool {
+        self.invariant_shared
+    }
+
+    /// The f32 elements of a guidance scratch that keeps both input sets' invariant outputs
+    /// (see `Session::set_guidance`): the output's, then room for `invariant_bytes`.
+    pub fn guidance_scratch_len(&self) -> usize {
+        self.meta.output.numel() + (self.meta.invariant_bytes as usize).div_ceil(4)
     }
 
     pub fn meta(&self) -> &ModelMeta {

@@ -125,6 +125,36 @@ fn hostile_files_with_valid_checksums_never_panic() {
 }
 
 #[test]
+fn hostile_invariant_prefixes_never_panic() {
+    // A file may claim that any number of leading ops depend only on the extra inputs and that any
+    // arena range holds their outputs: out-of-range claims are refused at load, the others run (the
+    // runtime then skips those ops on later evaluations — wrong numbers from a lying file, but only
+    // arena bytes are ever read).
+    let b = common::tiny_dmq();
+    let m = Model::load(b).unwrap();
+    let (ops, state) = (m.meta().ops_per_stream, m.meta().sampler_state);
+    for k in [0, 1, 3, ops, ops + 1] {
+        for bytes in [0, 16, state, state + 1] {
+            let edited = dmq_compiler::emit::with_meta(b, |meta, _| {
+                meta.invariant_ops = k;
+                meta.invariant_bytes = bytes;
+                Ok(())
+            })
+            .unwrap();
+            let refused = k > ops || bytes > state || (k == 0 && bytes > 0);
+            match Model::load(&edited) {
+                Err(_) => assert!(refused, "k={k} bytes={bytes} refused"),
+                Ok(model) => {
+                    assert!(!refused, "k={k} bytes={bytes} loaded");
+                    assert_eq!(model.invariant_shared(), k > 0 && model.streams() == 1);
+                    exercise(&edited).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn arena_too_small_or_misaligned_is_an_error() {
     let model = Model::load(common::tiny_dmq()).unwrap();
     let mut a = arena(model.arena_bytes());

@@ -326,7 +326,7 @@ fn cmd_sample(args: &[String]) -> Res<()> {
     if guidance.is_some() != !uncond.is_empty() {
         return Err("--guidance S and --uncond NAME=FILE.npy go together".into());
     }
-    let mut scratch = vec![0f32; model.latent_len()];
+    let mut scratch = vec![0f32; model.guidance_scratch_len()];
     let mut sess = Session::new(&model, bytes_mut(&mut ar))
         .map_err(|e| e.to_string())?
         .with_threads(a.num("threads", 1)?);
