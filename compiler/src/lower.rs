@@ -41,9 +41,10 @@ struct GroupNormMatch {
     eps: f32,
     gamma: Option<Vec<f32>>,
     beta: Option<Vec<f32>>,
-    /// a LayerNorm over the last axis (x, mean and RmsNorm without reshapes): run as a GroupNorm of
-    /// one group over `[tokens, C, 1]`
-    layer_norm: bool,
+    /// a LayerNorm over this axis (x, mean and RmsNorm without reshapes): run as a GroupNorm of one
+    /// group over `[tokens, C, 1]` (after a transpose when the axis is not the last: tract moves
+    /// the token transpose of channel-major features past the norm)
+    layer_norm: Option<usize>,
 }
 
 enum Role {
@@ -84,6 +85,11 @@ fn single_succ(model: &Model, node: usize) -> Option<usize> {
 
 /// Per-channel vector of a const broadcastable to `[1, C, 1, ...]`.
 fn per_channel(t: &Tensor, c: usize, rank: usize) -> Option<Vec<f32>> {
+    per_axis(t, c, 1, rank)
+}
+
+/// Vector along `axis` of a const broadcastable to a rank-`rank` tensor with `c` entries there.
+fn per_axis(t: &Tensor, c: usize, axis: usize, rank: usize) -> Option<Vec<f32>> {
     let sh = t.shape();
     if sh.len() > rank {
         return None;
@@ -91,7 +97,7 @@ fn per_channel(t: &Tensor, c: usize, rank: usize) -> Option<Vec<f32>> {
     let pad = rank - sh.len();
     for (i, &d) in sh.iter().enumerate() {
         let ax = i + pad;
-        if ax == 1 {
+        if ax == axis {
             if d != c && d != 1 {
                 return None;
             }
@@ -160,15 +166,6 @@ fn claim(
     roles.insert(root, Role::GroupNorm(m));
 }
 
-/// A constant holding one value per element of the last axis (size `c`), all other axes 1.
-fn per_last(t: &Tensor, c: usize) -> Option<Vec<f32>> {
-    let sh = t.shape();
-    if sh.is_empty() || sh[sh.len() - 1] != c || sh[..sh.len() - 1].iter().any(|&d| d != 1) {
-        return None;
-    }
-    f32s(t).ok()
-}
-
 /// Finds GroupNorm patterns: x -> Reshape [N,G,R] -> (Sum over R) * 1/R -> Sub -> RmsNorm(axis 2)
 /// -> Reshape back -> [Mul gamma] -> [Add beta]; and the expanded form of ONNX GroupNormalization.
 fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
@@ -199,17 +196,18 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             && rms.axis == 2
             && reduce.axes.as_slice() == [2];
         if !grouped {
-            // LayerNorm: x - mean(x) over the last axis, normalised over the same axis
+            // LayerNorm: x - mean(x) over one axis, normalised over the same axis
             if red.inputs[0] != sub.inputs[0] {
                 continue;
             }
             let x = sub.inputs[0];
             let xshape = shape_of(model, x)?;
-            let last = xshape.len().saturating_sub(1);
-            if xshape.len() < 2 || rms.axis != last || reduce.axes.as_slice() != [last] {
+            let axis = rms.axis;
+            if xshape.len() < 2 || axis >= xshape.len() || reduce.axes.as_slice() != [axis] {
                 continue;
             }
-            let c = xshape[last];
+            let c = xshape[axis];
+            let rank = xshape.len();
             let Some(inv) = const_of(model, mean.inputs[1]) else {
                 continue;
             };
@@ -219,8 +217,9 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             }
             let mut members = vec![red.id, mean.id, sub.id, node.id];
             let mut root = node.id;
-            let (gamma, beta) =
-                take_scale_shift(model, &mut root, &mut members, |t| per_last(t, c));
+            let (gamma, beta) = take_scale_shift(model, &mut root, &mut members, |t| {
+                per_axis(t, c, axis, rank)
+            });
             let m = GroupNormMatch {
                 x,
                 grouped_shape: None,
@@ -228,7 +227,7 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
                 eps: f32s(&rms.eps)?[0],
                 gamma,
                 beta,
-                layer_norm: true,
+                layer_norm: Some(axis),
             };
             claim(model, &mut roles, members, root, m);
             continue;
@@ -276,7 +275,7 @@ fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             eps: f32s(&rms.eps)?[0],
             gamma,
             beta,
-            layer_norm: false,
+            layer_norm: None,
         };
         claim(model, &mut roles, members, root, m);
     }
@@ -391,7 +390,7 @@ fn find_expanded_group_norms(model: &Model, roles: &mut HashMap<usize, Role>) ->
             eps,
             gamma,
             beta,
-            layer_norm: false,
+            layer_norm: None,
         };
         claim(model, roles, members, root, m);
     }
@@ -778,8 +777,29 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
         }
         if let Some(Role::GroupNorm(g)) = roles.get(&id) {
             match cx.vals.get(&g.x).cloned() {
-                Some(Val::Main(x)) if g.layer_norm => {
-                    // [.., C] -> [tokens, C, 1], one group per token, back to [.., C]
+                Some(Val::Main(x0)) if g.layer_norm.is_some() => {
+                    // the normalised axis last, [.., C] -> [tokens, C, 1], one group per token,
+                    // back to [.., C] and to the input's axis order
+                    let shape0 = cx.prog.t(x0).shape.clone();
+                    let axis = g
+                        .layer_norm
+                        .unwrap_or(0)
+                        .min(shape0.len().saturating_sub(1));
+                    let rank = shape0.len();
+                    let fwd: Vec<usize> = (0..rank).filter(|&i| i != axis).chain([axis]).collect();
+                    let moved = axis + 1 != rank;
+                    let x = if moved {
+                        let shape = fwd.iter().map(|&i| shape0[i]).collect();
+                        let xt = cx.alias(&format!("{}.last", node.name), shape, x0);
+                        cx.prog.ops.push(IrOp::Plain(Op::Transpose {
+                            input: x0,
+                            output: xt,
+                            perm: fwd.iter().map(|&i| i as u8).collect(),
+                        }));
+                        xt
+                    } else {
+                        x0
+                    };
                     let shape = cx.prog.t(x).shape.clone();
                     let c = *shape.last().unwrap_or(&1);
                     let tokens = shape.iter().product::<usize>() / c.max(1);
@@ -802,11 +822,28 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
                         gamma: g.gamma.clone().unwrap_or(vec![1.0; c]),
                         beta: g.beta.clone().unwrap_or(vec![0.0; c]),
                     });
-                    let out = cx.alias(&node.name, shape, normed);
+                    let name = if moved {
+                        format!("{}.normed", node.name)
+                    } else {
+                        node.name.clone()
+                    };
+                    let mut out = cx.alias(&name, shape, normed);
                     cx.prog.ops.push(IrOp::Plain(Op::Reshape {
                         input: normed,
                         output: out,
                     }));
+                    if moved {
+                        let back = cx.alias(&node.name, shape0, out);
+                        let perm = (0..rank)
+                            .map(|i| fwd.iter().position(|&f| f == i).unwrap_or(i) as u8)
+                            .collect();
+                        cx.prog.ops.push(IrOp::Plain(Op::Transpose {
+                            input: out,
+                            output: back,
+                            perm,
+                        }));
+                        out = back;
+                    }
                     cx.vals.insert(outlet, Val::Main(out));
                 }
                 Some(Val::Main(x)) => {
@@ -1399,9 +1436,44 @@ fn lower_linear(
         )
     };
     let so = &p.so;
+    let (mut x, mut m_axes, mut k_axes, mut sx) = (x, m_axes, p.k.clone(), sx.clone());
+    let runs = |m_axes: &[Ax], k_axes: &[Ax], sx: &[usize]| {
+        merge(m_axes, |a| sx[act_pos(a)], |a| so[a.o.unwrap()]).is_some()
+            && merge(k_axes, |a| sx[act_pos(a)], |a| sx[act_pos(a)]).is_some()
+    };
+    if !runs(&m_axes, &k_axes, &sx) {
+        // the kernel reads rows and the reduction as contiguous runs: transpose the activation to
+        // [rows in output order, reduction axes] (tract folds an attention's head merge into the
+        // output projection, leaving heads and head channels apart)
+        let xshape = cx.prog.t(x).shape.clone();
+        let mut rows = m_axes.clone();
+        rows.sort_by_key(|a| std::cmp::Reverse(so[a.o.unwrap()]));
+        let mut red = k_axes.clone();
+        red.sort_by_key(|a| std::cmp::Reverse(sx[act_pos(a)]));
+        let used: Vec<usize> = rows.iter().chain(&red).map(act_pos).collect();
+        let perm: Vec<usize> = (0..xshape.len())
+            .filter(|i| !used.contains(i))
+            .chain(used.iter().copied())
+            .collect();
+        let moved = |a: &mut Ax| {
+            let slot = if swapped { &mut a.b } else { &mut a.a };
+            *slot = slot.and_then(|old| perm.iter().position(|&p| p == old));
+        };
+        m_axes.iter_mut().for_each(moved);
+        k_axes.iter_mut().for_each(moved);
+        let shape: Vec<usize> = perm.iter().map(|&i| xshape[i]).collect();
+        let xt = cx.alias(&format!("{}.rows", node.name), shape.clone(), x);
+        cx.prog.ops.push(IrOp::Plain(Op::Transpose {
+            input: x,
+            output: xt,
+            perm: perm.iter().map(|&i| i as u8).collect(),
+        }));
+        x = xt;
+        sx = strides(&shape);
+    }
     let (m, ma_s, mo_s, _) = merge(&m_axes, |a| sx[act_pos(a)], |a| so[a.o.unwrap()])
         .ok_or_else(|| anyhow!("einsum row axes are not contiguous"))?;
-    let (k, ka_s, _, k_order) = merge(&p.k, |a| sx[act_pos(a)], |a| sx[act_pos(a)])
+    let (k, ka_s, _, k_order) = merge(&k_axes, |a| sx[act_pos(a)], |a| sx[act_pos(a)])
         .ok_or_else(|| anyhow!("einsum reduction axes are not contiguous"))?;
     let (n, no_s, _, n_order) = merge(&n_axes, |a| so[a.o.unwrap()], |a| so[a.o.unwrap()])
         .ok_or_else(|| anyhow!("einsum output axes are not contiguous"))?;

@@ -643,18 +643,7 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
     // through the dynamo exporter (opset 18), a UNet2DModel through it at opset 21 (21 native
     // GroupNormalization ops), and a UNet2DModel whose ResNet blocks downsample by
     // average pooling, through both exporters; `dmqc run` against ONNX Runtime at three noise levels.
-    let diffusion = |x: &'static str, refs: &'static str| -> Vec<(String, String, String)> {
-        [50, 500, 950]
-            .iter()
-            .map(|t| {
-                (
-                    x.to_string(),
-                    format!("diffusers_t{t}.npy"),
-                    format!("{refs}_ref_t{t}.npy"),
-                )
-            })
-            .collect()
-    };
+    let diffusion = diffusion_cases;
     let consistency = ["s80", "s2", "s0.05"]
         .iter()
         .map(|s| {
@@ -732,21 +721,71 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
         ),
     ];
     for (onnx, flags, inputs, fixed, cases) in families {
-        let cases: Vec<(&str, &str, &str)> = cases
-            .iter()
-            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-            .collect();
-        let dbs = sqnr_against_onnx_runtime(
-            onnx.trim_end_matches(".onnx"),
-            onnx,
-            flags,
-            inputs,
-            fixed,
-            &cases,
+        assert_family_matches_onnx_runtime(onnx, flags, inputs, fixed, &cases);
+    }
+}
+
+/// (latent, timestep, reference) npy files at t = 50, 500, 950 for a latent and a reference prefix.
+fn diffusion_cases(x: &str, refs: &str) -> Vec<(String, String, String)> {
+    [50, 500, 950]
+        .iter()
+        .map(|t| {
+            (
+                x.to_string(),
+                format!("diffusers_t{t}.npy"),
+                format!("{refs}_ref_t{t}.npy"),
+            )
+        })
+        .collect()
+}
+
+/// Compiles `onnx` with `flags` and asserts every case at >= 30 dB against ONNX Runtime.
+fn assert_family_matches_onnx_runtime(
+    onnx: &str,
+    flags: &[&str],
+    inputs: (&str, &str),
+    fixed: &[(&str, &str)],
+    cases: &[(String, String, String)],
+) {
+    let cases: Vec<(&str, &str, &str)> = cases
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    let dbs = sqnr_against_onnx_runtime(
+        onnx.trim_end_matches(".onnx"),
+        onnx,
+        flags,
+        inputs,
+        fixed,
+        &cases,
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{onnx}: {db:.2} dB against ONNX Runtime");
+    }
+}
+
+#[test]
+fn einsum_attention_of_the_original_stable_diffusion_code_matches_onnx_runtime() {
+    // tests/fixtures/make_einsum_fixture.py: a latent-diffusion UNet whose self- and cross-attention
+    // are ONNX Einsum ops over heads folded into the batch (the CompVis code), with LayerNorms that
+    // tract leaves over the channel axis of channel-major tokens and output projections that read
+    // heads and head channels apart; both exporters, against ONNX Runtime at three timesteps.
+    let flags = [
+        "--calib",
+        "context=normal:0,1",
+        "--calib-samples",
+        "4",
+        "--eval-samples",
+        "1",
+    ];
+    for name in ["ldm_einsum", "ldm_einsum_dynamo"] {
+        assert_family_matches_onnx_runtime(
+            &format!("{name}.onnx"),
+            &flags,
+            ("x", "timesteps"),
+            &[("context", "condition_text.npy")],
+            &diffusion_cases("condition_x.npy", name),
         );
-        for db in dbs {
-            assert!(db >= 30.0, "{onnx}: {db:.2} dB against ONNX Runtime");
-        }
     }
 }
 
