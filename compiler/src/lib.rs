@@ -25,6 +25,10 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
     pub timestep_input: Option<String>,
+    /// `sampler` and `prediction` are defaults the user did not choose: a timestep input named
+    /// `sigma` or `sigmas` (an EDM- or consistency-style denoiser) switches them to Euler over the
+    /// Karras sigmas with sample prediction
+    pub sampler_by_input_name: bool,
     pub sampler: SamplerKind,
     pub prediction: Prediction,
     pub steps: u32,
@@ -68,6 +72,7 @@ impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
             timestep_input: None,
+            sampler_by_input_name: false,
             sampler: SamplerKind::Ddim,
             prediction: Prediction::Epsilon,
             steps: 50,
@@ -306,6 +311,8 @@ pub struct Report {
     pub parameters: usize,
     pub ops: BTreeMap<String, usize>,
     pub sampler: String,
+    /// the timestep input whose name chose the sampler (see `CompileOptions::sampler_by_input_name`)
+    pub sampler_from_input: Option<String>,
     pub steps: u32,
     pub calib_trajectories: usize,
     /// classifier-free guidance scale the trajectories followed (`--guidance`)
@@ -581,6 +588,25 @@ fn compile_imported(
     let lowered = match lower::lower(&imp) {
         Ok(l) => l,
         Err(list) => bail!("{}", unsupported_message(&list)),
+    };
+    // a noise-level input and no sampler chosen: a denoiser in EDM / consistency form, which takes
+    // x = x0 + sigma * n and returns the clean sample
+    let sampler_from_input = imp
+        .timestep
+        .as_ref()
+        .map(|t| t.name.clone())
+        .filter(|n| opts.sampler_by_input_name && matches!(n.as_str(), "sigma" | "sigmas"));
+    let by_name;
+    let opts = match sampler_from_input {
+        Some(_) => {
+            by_name = CompileOptions {
+                sampler: SamplerKind::Euler,
+                prediction: Prediction::Sample,
+                ..opts.clone()
+            };
+            &by_name
+        }
+        None => opts,
     };
     let float = import::FloatModel::new(&imp)?;
     // every --calib / --uncond names an extra input of this model
@@ -975,6 +1001,7 @@ fn compile_imported(
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         sampler: format!("{:?}", opts.sampler),
+        sampler_from_input,
         steps: opts.steps,
         calib_trajectories: opts.calib_samples,
         guidance: opts.guidance,
@@ -1032,6 +1059,12 @@ pub fn summary(r: &Report) -> String {
         r.parameters,
         r.macs_per_eval as f64 / 1e9
     );
+    if let Some(name) = &r.sampler_from_input {
+        s += &format!(
+            "  sampler       {} over Karras sigmas, sample prediction: the timestep input is named {name:?}\n                (an EDM/consistency-style denoiser; --sampler and --prediction choose otherwise)\n",
+            r.sampler
+        );
+    }
     if r.calib_probed_steps > 0 {
         s += &format!(
             "  note          the model's own trajectories drifted far from N(0,1)-scale latents at {} of {} steps;\n                those steps were calibrated on forward-process samples instead\n",

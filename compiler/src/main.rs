@@ -71,12 +71,14 @@ struct CompileArgs {
     /// Input carrying the timestep or sigma (default: detected by name)
     #[arg(long)]
     timestep_input: Option<String>,
-    /// Sampler to calibrate with (the one the device will run)
-    #[arg(long, value_enum, default_value = "ddim")]
-    sampler: SamplerArg,
-    /// What the model predicts
-    #[arg(long, value_enum, default_value = "epsilon")]
-    prediction: PredictionArg,
+    /// Sampler to calibrate with (the one the device will run). Default: ddim, or euler when the
+    /// timestep input is named sigma/sigmas and --prediction is not given either
+    #[arg(long, value_enum)]
+    sampler: Option<SamplerArg>,
+    /// What the model predicts. Default: epsilon, or sample when the timestep input is named
+    /// sigma/sigmas and --sampler is not given either
+    #[arg(long, value_enum)]
+    prediction: Option<PredictionArg>,
     /// Sampling steps (default: 50; 1 for consistency; the count of --timesteps when given).
     /// Euler and consistency space sigmas as Karras et al. do (rho 7, --sigma-min..--sigma-max)
     #[arg(long)]
@@ -310,7 +312,9 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
     if act_bits != 8 && act_bits != 16 {
         bail!("--act-bits {act_bits} is not supported: use 8 or 16");
     }
-    let kind = sampler_kind(sampler)?;
+    let sampler_by_input_name = sampler.is_none() && prediction.is_none();
+    let kind = sampler_kind(sampler.unwrap_or(SamplerArg::Ddim))?;
+    let prediction = prediction.unwrap_or(PredictionArg::Epsilon);
     if let Some(ts) = &timesteps {
         let max = dmq_runtime::format::MAX_SCHEDULE;
         if ts.is_empty() || ts.len() > max {
@@ -359,6 +363,7 @@ fn cmd_compile(args: CompileArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let opts = CompileOptions {
         timestep_input,
+        sampler_by_input_name,
         guidance,
         uncond_inputs,
         sampler: kind,
