@@ -187,6 +187,7 @@ fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Resu
     let model = typed
         .into_decluttered()
         .map_err(|e| anyhow::anyhow!("decluttering failed: {e:?}"))?;
+    let model = unfuse_scaled_convs(model)?;
     Ok(Imported {
         model,
         latent: inputs[latent_idx].clone(),
@@ -195,6 +196,90 @@ fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Resu
         output_shape,
         output_name,
     })
+}
+
+/// Tract folds a per-channel multiplication that follows a convolution into its kernel and bias even
+/// when the factor is computed (a consistency model's c_out on a one-channel output): the kernel is
+/// then `W * s`. Rewritten back to `conv(x, W, b) * s`, the integer convolution keeps constant
+/// weights and the factor multiplies its output.
+fn unfuse_scaled_convs(mut model: TypedModel) -> Result<TypedModel> {
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
+    use tract_onnx::tract_core::ops::cnn::Conv;
+    use tract_onnx::tract_core::ops::math::Mul;
+    // (const operand, other operand) of a Mul node
+    let split_mul = |m: &TypedModel, o: OutletId| -> Option<(Arc<Tensor>, OutletId)> {
+        let n = m.node(o.node);
+        let bin = n.op_as::<TypedBinOp>()?;
+        if !bin.0.is::<Mul>() || n.inputs.len() != 2 {
+            return None;
+        }
+        let konst = |i: usize| m.outlet_fact(n.inputs[i]).ok()?.konst.clone();
+        match (konst(0), konst(1)) {
+            (Some(c), None) => Some((c, n.inputs[1])),
+            (None, Some(c)) => Some((c, n.inputs[0])),
+            _ => None,
+        }
+    };
+    loop {
+        let mut found = None;
+        for node in model.nodes() {
+            let Some(conv) = node.op_as::<Conv>() else {
+                continue;
+            };
+            if node.inputs.len() != 3 || model.outlet_fact(node.inputs[1])?.konst.is_some() {
+                continue;
+            }
+            let (Some((w, sk)), Some((b, sb))) = (
+                split_mul(&model, node.inputs[1]),
+                split_mul(&model, node.inputs[2]),
+            ) else {
+                continue;
+            };
+            // the kernel's factor is the bias factor reshaped
+            let mut o = sk;
+            while o != sb {
+                let n = model.node(o.node);
+                if n.op_as::<AxisOp>().is_none() || n.inputs.len() != 1 {
+                    break;
+                }
+                o = n.inputs[0];
+            }
+            if o == sb {
+                found = Some((node.id, conv.clone(), w, b, sb));
+                break;
+            }
+        }
+        let Some((id, conv, w, b, s)) = found else {
+            break;
+        };
+        let name = model.node(id).name.clone();
+        let x = model.node(id).inputs[0];
+        let co = b.len();
+        if model.outlet_fact(s)?.shape.as_concrete() != Some(&[co][..]) || w.shape()[0] != co {
+            bail!("{name}: a computed factor folded into the convolution with an unexpected shape");
+        }
+        let mut patch = TypedModelPatch::default();
+        let xw = patch.tap_model(&model, x)?;
+        let ww = patch.add_const(format!("{name}.unscaled.kernel"), w)?;
+        let bw = patch.add_const(format!("{name}.unscaled.bias"), b)?;
+        let y = patch.wire_node(format!("{name}.unscaled"), conv, &[xw, ww, bw])?[0];
+        // the factor [C] as [1, C, 1, 1]
+        let mut f = patch.tap_model(&model, s)?;
+        let rank = model.outlet_fact(x)?.rank();
+        for (k, axis) in std::iter::once(0).chain(2..rank).enumerate() {
+            f = patch.wire_node(format!("{name}.factor.{k}"), AxisOp::Add(axis), &[f])?[0];
+        }
+        let out = patch.wire_node(
+            format!("{name}.scaled"),
+            tract_onnx::tract_core::ops::math::mul(),
+            &[y, f],
+        )?[0];
+        patch.shunt_outside(&model, id.into(), out)?;
+        patch.apply(&mut model)?;
+        model = model.into_compact()?;
+    }
+    Ok(model)
 }
 
 fn names(inputs: &[InputDesc]) -> String {
