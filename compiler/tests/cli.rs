@@ -348,8 +348,8 @@ fn an_input_named_sigma_calibrates_as_a_sigma_conditioned_denoiser_by_default() 
     // named `sigma`, so dmqc calibrates on Euler trajectories over the Karras sigmas with sample
     // prediction. The random-weight fixture scored 0.8/14.9/1.9 dB against ONNX Runtime when
     // calibrated as a DDPM-timestep model instead; the trained one (make_trained_consistency_fixture.py,
-    // 8x8 digits, one output channel) did not compile before its scaled output convolution was
-    // unfolded.
+    // 8x8 digits, one output channel; both exporters) did not compile before its scaled output
+    // convolution was unfolded.
     for (label, onnx, x, refs) in [
         (
             "consistency-default",
@@ -362,6 +362,12 @@ fn an_input_named_sigma_calibrates_as_a_sigma_conditioned_denoiser_by_default() 
             "consistency_trained.onnx",
             "consistency_trained_x",
             "consistency_trained_ref",
+        ),
+        (
+            "consistency-trained-dynamo",
+            "consistency_trained_dynamo.onnx",
+            "consistency_trained_x",
+            "consistency_trained_dynamo_ref",
         ),
     ] {
         let cases = ["s80", "s2", "s0.05"].map(|s| {
