@@ -255,8 +255,12 @@ fn unfuse_scaled_convs(mut model: TypedModel) -> Result<TypedModel> {
         };
         let name = model.node(id).name.clone();
         let x = model.node(id).inputs[0];
+        let kernel = model.node(id).inputs[1];
         let co = b.len();
-        if model.outlet_fact(s)?.shape.as_concrete() != Some(&[co][..]) || w.shape()[0] != co {
+        if model.outlet_fact(s)?.shape.as_concrete() != Some(&[co][..])
+            || w.shape().first() != Some(&co)
+            || model.outlet_fact(kernel)?.shape.as_concrete() != Some(w.shape())
+        {
             bail!("{name}: a computed factor folded into the convolution with an unexpected shape");
         }
         let mut patch = TypedModelPatch::default();
