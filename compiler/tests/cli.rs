@@ -21,6 +21,13 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// `dmqc compile ONNX -o OUT`, for further flags.
+fn compile(onnx: impl AsRef<std::ffi::OsStr>, out: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = dmqc();
+    c.arg("compile").arg(onnx).arg("-o").arg(out);
+    c
+}
+
 fn run(cmd: &mut Command) -> (bool, String, String) {
     let o = cmd.output().unwrap();
     (
@@ -35,11 +42,7 @@ fn compile_run_sample_inspect() {
     let d = tmp("flow");
     let dmq = d.join("tiny.dmq");
     let report = d.join("r.json");
-    let (ok, out, err) = run(dmqc()
-        .args(["compile"])
-        .arg(fixture("tiny_unet.onnx"))
-        .arg("-o")
-        .arg(&dmq)
+    let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &dmq)
         .args([
             "--steps",
             "5",
@@ -127,11 +130,7 @@ fn compile_run_sample_inspect() {
 fn unsupported_op_names_node_and_op_and_writes_nothing() {
     let d = tmp("unsup");
     let out = d.join("u.dmq");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("unsupported_reducemax.onnx"))
-        .arg("-o")
-        .arg(&out));
+    let (ok, _, err) = run(&mut compile(fixture("unsupported_reducemax.onnx"), &out));
     assert!(!ok);
     assert!(
         err.contains("Reduce<Max>") && err.contains("/ReduceMax"),
@@ -148,59 +147,36 @@ fn unsupported_op_names_node_and_op_and_writes_nothing() {
 #[test]
 fn bad_inputs_give_clear_errors() {
     let d = tmp("bad");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("not_onnx.onnx"))
-        .arg("-o")
-        .arg(d.join("x.dmq")));
+    let (ok, _, err) = run(&mut compile(fixture("not_onnx.onnx"), d.join("x.dmq")));
     assert!(!ok && err.contains("not a loadable ONNX model"), "{err}");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(d.join("missing.onnx"))
-        .arg("-o")
-        .arg(d.join("x.dmq")));
+    let (ok, _, err) = run(&mut compile(d.join("missing.onnx"), d.join("x.dmq")));
     assert!(!ok && err.contains("missing.onnx"), "{err}");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("tiny_unet.onnx"))
-        .arg("-o")
-        .arg(d.join("x.dmq"))
-        .args(["--timestep-input", "nope"]));
+    let (ok, _, err) =
+        run(compile(fixture("tiny_unet.onnx"), d.join("x.dmq")).args(["--timestep-input", "nope"]));
     assert!(
         !ok && err.contains("nope") && err.contains("timestep"),
         "{err}"
     );
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("tiny_unet.onnx"))
-        .arg("-o")
-        .arg(d.join("x.dmq"))
-        .args(["--weight-bits", "3"]));
+    let (ok, _, err) =
+        run(compile(fixture("tiny_unet.onnx"), d.join("x.dmq")).args(["--weight-bits", "3"]));
     assert!(!ok && err.contains("use 8 or 4"), "{err}");
     let (ok, _, err) = run(dmqc().arg("inspect").arg(fixture("not_onnx.onnx")));
     assert!(!ok && err.contains("bad magic"), "{err}");
     // a --calib or --uncond name the model does not have names what it does have
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("unet2d_class.onnx"))
-        .arg("-o")
-        .arg(d.join("x.dmq"))
+    let (ok, _, err) = run(compile(fixture("unet2d_class.onnx"), d.join("x.dmq"))
         .args(["--calib", "class_label=uniform:0,9"]));
     assert!(
         !ok && err.contains("class_label:") && err.contains("extra inputs: class_labels"),
         "{err}"
     );
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("unet2d_class.onnx"))
-        .arg("-o")
-        .arg(d.join("x.dmq"))
-        .args([
+    let (ok, _, err) = run(
+        compile(fixture("unet2d_class.onnx"), d.join("x.dmq")).args([
             "--calib",
             "class_labels=uniform:0,9",
             "--uncond",
             "class_labels=uniform:0,0",
-        ]));
+        ]),
+    );
     assert!(
         !ok && err.contains("--guidance"),
         "--uncond without --guidance: {err}"
@@ -220,12 +196,7 @@ fn sqnr_against_onnx_runtime(
 ) -> Vec<f64> {
     let d = tmp(label);
     let dmq = d.join("m.dmq");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture(onnx))
-        .arg("-o")
-        .arg(&dmq)
-        .args(flags));
+    let (ok, _, err) = run(compile(fixture(onnx), &dmq).args(flags));
     assert!(ok, "{err}");
     let mut out_db = vec![];
     for (k, (x, t, reference)) in cases.iter().enumerate() {
@@ -444,12 +415,14 @@ fn extra_condition_input_is_drawn_by_calib_and_given_at_run_time() {
     }
     // without --calib for the extra input, compile names the input and the flag
     let d = tmp("consistency-cond-missing");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("consistency_cond_unet.onnx"))
-        .arg("-o")
-        .arg(d.join("m.dmq"))
-        .args(["--sampler", "consistency", "--prediction", "sample"]));
+    let (ok, _, err) = run(
+        compile(fixture("consistency_cond_unet.onnx"), d.join("m.dmq")).args([
+            "--sampler",
+            "consistency",
+            "--prediction",
+            "sample",
+        ]),
+    );
     assert!(!ok);
     assert!(err.contains("cond") && err.contains("--calib"), "{err}");
     assert!(!d.join("m.dmq").exists());
@@ -567,11 +540,7 @@ fn classifier_free_guidance_samples_like_the_guided_float_model() {
     let dmq = d.join("m.dmq");
     let label0 = d.join("label0.npy");
     write_npy(&label0, &[1], &[0.0]).unwrap();
-    let (ok, out, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("unet2d_class.onnx"))
-        .arg("-o")
-        .arg(&dmq)
+    let (ok, out, err) = run(compile(fixture("unet2d_class.onnx"), &dmq)
         .args(["--calib", "class_labels=uniform:0,9", "--guidance", "3"])
         .args(["--uncond", "class_labels=uniform:0,0", "--steps", "10"])
         .args(["--calib-samples", "8", "--eval-samples", "1"]));
@@ -582,11 +551,7 @@ fn classifier_free_guidance_samples_like_the_guided_float_model() {
     );
     // the same model calibrated on unguided trajectories, for comparison
     let dmq_plain = d.join("plain.dmq");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("unet2d_class.onnx"))
-        .arg("-o")
-        .arg(&dmq_plain)
+    let (ok, _, err) = run(compile(fixture("unet2d_class.onnx"), &dmq_plain)
         .args(["--calib", "class_labels=uniform:0,9", "--steps", "10"])
         .args(["--calib-samples", "8", "--eval-samples", "1"]));
     assert!(ok, "{err}");
@@ -855,11 +820,7 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
     use dmq_runtime::{Model, SamplerKind, Session};
     let d = tmp("kv");
     let dmq = d.join("m.dmq");
-    let (ok, _, err) = run(dmqc()
-        .arg("compile")
-        .arg(fixture("unet2d_condition.onnx"))
-        .arg("-o")
-        .arg(&dmq)
+    let (ok, _, err) = run(compile(fixture("unet2d_condition.onnx"), &dmq)
         .args([
             "--calib",
             "encoder_hidden_states=normal:0,1",
