@@ -186,13 +186,13 @@ fn bad_inputs_give_clear_errors() {
 
 /// Compiles `onnx` with `flags`, runs `dmqc run` on each (latent file, timestep file, ONNX Runtime
 /// reference) and returns the SQNR against the reference in dB per case.
-fn sqnr_against_onnx_runtime(
+fn sqnr_against_onnx_runtime<X: AsRef<str>, T: AsRef<str>, R: AsRef<str>>(
     label: &str,
     onnx: &str,
     flags: &[&str],
     inputs: (&str, &str),
     fixed_inputs: &[(&str, &str)],
-    cases: &[(&str, &str, &str)],
+    cases: &[(X, T, R)],
 ) -> Vec<f64> {
     let d = tmp(label);
     let dmq = d.join("m.dmq");
@@ -200,6 +200,7 @@ fn sqnr_against_onnx_runtime(
     assert!(ok, "{err}");
     let mut out_db = vec![];
     for (k, (x, t, reference)) in cases.iter().enumerate() {
+        let (x, t, reference) = (x.as_ref(), t.as_ref(), reference.as_ref());
         let out = d.join(format!("o{k}"));
         let (ok, _, err) = run(dmqc()
             .arg("run")
@@ -273,40 +274,18 @@ fn consistency_unet_with_in_graph_preconditioning_matches_onnx_runtime() {
     // A random-weight consistency-style UNet (diffusers UNet2DModel with self-attention inside
     // c_in/c_skip/c_out/c_noise computed from `sigma` in the graph), calibrated on the consistency
     // multistep sampler at sigma = 80, 2, 0.05; `dmqc run` at those sigmas against ONNX Runtime.
+    let flags = [
+        &CONSISTENCY_SAMPLER[..],
+        &["--calib-samples", "8", "--eval-samples", "2"],
+    ]
+    .concat();
     let dbs = sqnr_against_onnx_runtime(
         "consistency",
         "consistency_unet.onnx",
-        &[
-            "--sampler",
-            "consistency",
-            "--prediction",
-            "sample",
-            "--timesteps",
-            "80,2,0.05",
-            "--calib-samples",
-            "8",
-            "--eval-samples",
-            "2",
-        ],
+        &flags,
         ("x", "sigma"),
         &[],
-        &[
-            (
-                "consistency_x_s80.npy",
-                "consistency_sigma_s80.npy",
-                "consistency_ref_s80.npy",
-            ),
-            (
-                "consistency_x_s2.npy",
-                "consistency_sigma_s2.npy",
-                "consistency_ref_s2.npy",
-            ),
-            (
-                "consistency_x_s0.05.npy",
-                "consistency_sigma_s0.05.npy",
-                "consistency_ref_s0.05.npy",
-            ),
-        ],
+        &consistency_cases("consistency_x", "consistency_ref"),
     );
     for db in dbs {
         assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
@@ -341,17 +320,7 @@ fn an_input_named_sigma_calibrates_as_a_sigma_conditioned_denoiser_by_default() 
             "consistency_trained_dynamo_ref",
         ),
     ] {
-        let cases = ["s80", "s2", "s0.05"].map(|s| {
-            (
-                format!("{x}_{s}.npy"),
-                format!("consistency_sigma_{s}.npy"),
-                format!("{refs}_{s}.npy"),
-            )
-        });
-        let cases: Vec<(&str, &str, &str)> = cases
-            .iter()
-            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-            .collect();
+        let cases = consistency_cases(x, refs);
         let light = ["--calib-samples", "8", "--eval-samples", "2"];
         let dbs = sqnr_against_onnx_runtime(label, onnx, &light, ("x", "sigma"), &[], &cases);
         for db in dbs {
@@ -373,42 +342,19 @@ fn an_input_named_sigma_calibrates_as_a_sigma_conditioned_denoiser_by_default() 
 fn extra_condition_input_is_drawn_by_calib_and_given_at_run_time() {
     // The consistency fixture with a float condition `cond` shifting c_noise: calibrated with
     // `--calib cond=uniform:0,1`, run with `--input cond=0.3` against ONNX Runtime at the same value.
+    let flags = [
+        &CONSISTENCY_SAMPLER[..],
+        &["--calib", "cond=uniform:0,1"],
+        &["--calib-samples", "8", "--eval-samples", "2"],
+    ]
+    .concat();
     let dbs = sqnr_against_onnx_runtime(
         "consistency-cond",
         "consistency_cond_unet.onnx",
-        &[
-            "--sampler",
-            "consistency",
-            "--prediction",
-            "sample",
-            "--timesteps",
-            "80,2,0.05",
-            "--calib",
-            "cond=uniform:0,1",
-            "--calib-samples",
-            "8",
-            "--eval-samples",
-            "2",
-        ],
+        &flags,
         ("x", "sigma"),
         &[("cond", "consistency_cond.npy")],
-        &[
-            (
-                "consistency_x_s80.npy",
-                "consistency_sigma_s80.npy",
-                "consistency_cond_ref_s80.npy",
-            ),
-            (
-                "consistency_x_s2.npy",
-                "consistency_sigma_s2.npy",
-                "consistency_cond_ref_s2.npy",
-            ),
-            (
-                "consistency_x_s0.05.npy",
-                "consistency_sigma_s0.05.npy",
-                "consistency_cond_ref_s0.05.npy",
-            ),
-        ],
+        &consistency_cases("consistency_x", "consistency_cond_ref"),
     );
     for db in dbs {
         assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
@@ -416,12 +362,7 @@ fn extra_condition_input_is_drawn_by_calib_and_given_at_run_time() {
     // without --calib for the extra input, compile names the input and the flag
     let d = tmp("consistency-cond-missing");
     let (ok, _, err) = run(
-        compile(fixture("consistency_cond_unet.onnx"), d.join("m.dmq")).args([
-            "--sampler",
-            "consistency",
-            "--prediction",
-            "sample",
-        ]),
+        compile(fixture("consistency_cond_unet.onnx"), d.join("m.dmq")).args(CONSISTENCY_SAMPLER),
     );
     assert!(!ok);
     assert!(err.contains("cond") && err.contains("--calib"), "{err}");
@@ -638,10 +579,6 @@ fn native_group_normalization_lowers_like_the_other_spellings() {
                 )
             })
             .collect();
-        let cases: Vec<(&str, &str, &str)> = cases
-            .iter()
-            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-            .collect();
         for (flags, min_db) in [(&["--act-bits", "16"][..], 38.0), (&[][..], 24.0)] {
             let dbs = sqnr_against_onnx_runtime(
                 &format!("gn{opset}{}", flags.len()),
@@ -665,30 +602,13 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
     // GroupNormalization ops), and a UNet2DModel whose ResNet blocks downsample by
     // average pooling, through both exporters; `dmqc run` against ONNX Runtime at three noise levels.
     let diffusion = diffusion_cases;
-    let consistency = ["s80", "s2", "s0.05"]
-        .iter()
-        .map(|s| {
-            (
-                format!("consistency_x_{s}.npy"),
-                format!("consistency_sigma_{s}.npy"),
-                format!("consistency_cond_dynamo_ref_{s}.npy"),
-            )
-        })
-        .collect::<Vec<_>>();
+    let consistency = consistency_cases("consistency_x", "consistency_cond_dynamo_ref");
     let consistency_flags = [
-        "--sampler",
-        "consistency",
-        "--prediction",
-        "sample",
-        "--timesteps",
-        "80,2,0.05",
-        "--calib",
-        "cond=uniform:0,1",
-        "--calib-samples",
-        "8",
-        "--eval-samples",
-        "2",
-    ];
+        &CONSISTENCY_SAMPLER[..],
+        &["--calib", "cond=uniform:0,1"],
+        &["--calib-samples", "8", "--eval-samples", "2"],
+    ]
+    .concat();
     let light = ["--calib-samples", "4", "--eval-samples", "1"];
     let text = [
         "--calib",
@@ -760,6 +680,30 @@ fn diffusion_cases(x: &str, refs: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// (latent, sigma, reference) npy files at sigma = 80, 2, 0.05 for a latent and a reference prefix.
+fn consistency_cases(x: &str, refs: &str) -> Vec<(String, String, String)> {
+    ["s80", "s2", "s0.05"]
+        .iter()
+        .map(|s| {
+            (
+                format!("{x}_{s}.npy"),
+                format!("consistency_sigma_{s}.npy"),
+                format!("{refs}_{s}.npy"),
+            )
+        })
+        .collect()
+}
+
+/// The consistency fixtures' calibration: the multistep sampler at the sigmas the tests run.
+const CONSISTENCY_SAMPLER: [&str; 6] = [
+    "--sampler",
+    "consistency",
+    "--prediction",
+    "sample",
+    "--timesteps",
+    "80,2,0.05",
+];
+
 /// Compiles `onnx` with `flags` and asserts every case at >= 30 dB against ONNX Runtime.
 fn assert_family_matches_onnx_runtime(
     onnx: &str,
@@ -768,10 +712,6 @@ fn assert_family_matches_onnx_runtime(
     fixed: &[(&str, &str)],
     cases: &[(String, String, String)],
 ) {
-    let cases: Vec<(&str, &str, &str)> = cases
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-        .collect();
     let dbs = sqnr_against_onnx_runtime(
         onnx.trim_end_matches(".onnx"),
         onnx,
