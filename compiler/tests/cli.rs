@@ -803,25 +803,41 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
     sess.sample(SamplerKind::Ddim, 12, &mut cached, &mut Rng::new(1))
         .unwrap();
     assert_eq!(sess.invariant_computations(), 1);
-    // every evaluation from a fresh session (nothing cached)
-    let mut cold = x0.clone();
-    let mut buf = vec![0f32; n];
+    // the same samples with every evaluation from a fresh session (nothing cached), optionally
+    // guided by an all-zero unconditional embedding
+    let zeros = vec![0f32; text_emb.len()];
     let cfg = model.meta().sampler.clone();
-    sample(
-        &cfg,
-        SamplerKind::Ddim,
-        12,
-        &mut cold,
-        &mut buf,
-        &mut Rng::new(1),
-        |x, t, out| {
-            let mut a = arena();
-            let mut s = Session::new(&model, bytes_of(&mut a))?;
-            s.set_input("encoder_hidden_states", &text_emb)?;
-            s.run(x, t, out)
-        },
-    )
-    .unwrap();
+    let fresh = |e: &[f32], x: &[f32], t: f32, o: &mut [f32]| {
+        let mut a = arena();
+        let mut s = Session::new(&model, bytes_of(&mut a))?;
+        s.set_input("encoder_hidden_states", e)?;
+        s.run(x, t, o)
+    };
+    let cold_sample = |guidance: Option<f32>| {
+        let (mut x, mut buf) = (x0.clone(), vec![0f32; n]);
+        let mut u = vec![0f32; n];
+        sample(
+            &cfg,
+            SamplerKind::Ddim,
+            12,
+            &mut x,
+            &mut buf,
+            &mut Rng::new(1),
+            |xin, t, out| {
+                fresh(&text_emb, xin, t, out)?;
+                if let Some(g) = guidance {
+                    fresh(&zeros, xin, t, &mut u)?;
+                    for (o, &u) in out.iter_mut().zip(&u) {
+                        *o = u + g * (*o - u);
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        x
+    };
+    let cold = cold_sample(None);
     assert!(cached
         .iter()
         .zip(&cold)
@@ -829,7 +845,6 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
     // with guidance (an all-zero unconditional embedding) the passes share the cache the same way
     // (a scratch with room for the unconditional keys and values: computed once per input set; a
     // latent-sized one: about once per step, the same bits)
-    let zeros = vec![0f32; text_emb.len()];
     let guided_with = |scratch_len: usize| {
         let mut scratch = vec![0f32; scratch_len];
         let mut a = arena();
@@ -855,31 +870,7 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
         .iter()
         .zip(&per_step)
         .all(|(a, b)| a.to_bits() == b.to_bits()));
-    let mut cold = x0.clone();
-    sample(
-        &cfg,
-        SamplerKind::Ddim,
-        12,
-        &mut cold,
-        &mut buf,
-        &mut Rng::new(1),
-        |x, t, out| {
-            let eval = |e: &[f32], o: &mut [f32]| {
-                let mut a = arena();
-                let mut s = Session::new(&model, bytes_of(&mut a))?;
-                s.set_input("encoder_hidden_states", e)?;
-                s.run(x, t, o)
-            };
-            let mut u = vec![0f32; n];
-            eval(&text_emb, out)?;
-            eval(&zeros, &mut u)?;
-            for (o, u) in out.iter_mut().zip(u) {
-                *o = u + 4.0 * (*o - u);
-            }
-            Ok(())
-        },
-    )
-    .unwrap();
+    let cold = cold_sample(Some(4.0));
     assert!(guided
         .iter()
         .zip(&cold)
