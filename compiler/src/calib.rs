@@ -308,152 +308,184 @@ fn observe(
         .extend(subsample(&s, SAMPLES_PER_EVAL, salt).filter(|x| x.is_finite()));
 }
 
-/// Runs `trajectories` float sampler runs from seeds `seed0..`, recording ranges of `stat_nodes`.
+/// What calibration records while the float model runs.
+struct Recorder<'w> {
+    wanted: &'w HashSet<usize>,
+    per_step: Vec<HashMap<usize, Range>>,
+    samples: Vec<HashMap<usize, Vec<f32>>>,
+    timesteps: Vec<f32>,
+    /// sum over trajectories of each step's mean square latent, and the count
+    traj_sq: Vec<f64>,
+    traj_count: Vec<usize>,
+    evaluations: usize,
+    t_min: f32,
+    t_max: f32,
+}
+
+/// The sampler run calibration follows: configuration, sampler, steps and options.
+pub struct Run<'a> {
+    pub cfg: &'a SamplerConfig,
+    pub kind: SamplerKind,
+    pub steps: u32,
+    pub opts: &'a crate::CompileOptions,
+}
+
+impl Recorder<'_> {
+    /// One float sampler trajectory from `seed`, observing every evaluation (with guidance both
+    /// passes, each observed: both run through the int8 network).
+    fn trajectory(
+        &mut self,
+        float: &FloatModel,
+        run: &Run<'_>,
+        seed: u64,
+        (cond, un): (&[Vec<f32>], &[Vec<f32>]),
+        progress: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        float.set_extras(cond.to_vec())?;
+        let n: usize = float.latent.shape.iter().product();
+        let mut rng = Rng::new(seed);
+        let mut x = vec![0f32; n];
+        rng.fill_gaussian(&mut x);
+        let mut buf = vec![0f32; n];
+        let mut step = 0usize;
+        sampler::sample(
+            run.cfg,
+            run.kind,
+            run.steps,
+            &mut x,
+            &mut buf,
+            &mut rng,
+            |xin, t, out| {
+                self.t_min = self.t_min.min(t);
+                self.t_max = self.t_max.max(t);
+                let i = step.min(self.per_step.len() - 1);
+                step += 1;
+                self.timesteps[i] = t;
+                let (ranges, smp) = (&mut self.per_step[i], &mut self.samples[i]);
+                let (salt, wanted) = (self.evaluations, self.wanted);
+                self.traj_sq[i] += xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
+                    / xin.len().max(1) as f64;
+                self.traj_count[i] += 1;
+                let (y, _) =
+                    crate::float_output(float, run.opts, Some((cond, un)), xin, t, |node, outs| {
+                        observe(ranges, smp, salt, wanted, node, outs)
+                    })
+                    .map_err(|_| {
+                        dmq_runtime::Error::Unsupported("float model evaluation failed")
+                    })?;
+                out.copy_from_slice(&y);
+                self.evaluations += 1;
+                progress.inc(1);
+                Ok(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("calibration trajectory from seed {seed}: {e}"))
+    }
+
+    /// Forward-process probes: `x_t = sqrt(a)·x0 + sqrt(1-a)·eps` with `x0 ~ N(0, 0.5²)` (normalised
+    /// data's scale), the latents other tools feed a denoiser. Where a model's own trajectories
+    /// have drifted far from that (RMS off by more than 3x, as with untrained or weakly trained
+    /// models), they do not represent the inputs the model will see and that step is calibrated on
+    /// the probes instead; elsewhere (with `merge`) the probes widen the trajectories' ranges and
+    /// samples. Returns the number of steps calibrated on probes.
+    fn probes(
+        &mut self,
+        float: &FloatModel,
+        run: &Run<'_>,
+        (count, seed0, merge): (usize, u64, bool),
+        (cond, un): (&[Vec<f32>], &[Vec<f32>]),
+    ) -> Result<usize> {
+        float.set_extras(cond.to_vec())?;
+        let n: usize = float.latent.shape.iter().product();
+        let mut probed = 0;
+        for (i, &t) in self.timesteps.clone().iter().enumerate() {
+            let rms = (self.traj_sq[i] / self.traj_count[i].max(1) as f64).sqrt();
+            let drift = drifted(run.cfg, run.kind, t, rms);
+            if !drift && !merge {
+                continue;
+            }
+            let mut probe_ranges = HashMap::new();
+            let mut probe_samples = HashMap::new();
+            for j in 0..count {
+                let seed = seed0 ^ 0x5eed_0000 ^ ((i as u64) << 16) ^ j as u64;
+                let x = forward_sample(run.cfg, run.kind, t, n, seed);
+                let salt = self.evaluations;
+                crate::float_output(float, run.opts, Some((cond, un)), &x, t, |node, outs| {
+                    observe(
+                        &mut probe_ranges,
+                        &mut probe_samples,
+                        salt,
+                        self.wanted,
+                        node,
+                        outs,
+                    )
+                })?;
+                self.evaluations += 1;
+            }
+            if drift {
+                self.per_step[i] = probe_ranges;
+                self.samples[i] = probe_samples;
+                probed += 1;
+            } else {
+                for (node, r) in probe_ranges {
+                    let e = self.per_step[i].entry(node).or_insert(r);
+                    e.min = e.min.min(r.min);
+                    e.max = e.max.max(r.max);
+                }
+                for (node, v) in probe_samples {
+                    self.samples[i].entry(node).or_default().extend(v);
+                }
+            }
+        }
+        Ok(probed)
+    }
+}
+
+/// Runs `trajectories` float sampler runs from seeds `seed0..`, recording ranges of `stat_nodes`,
+/// then the forward-process probes (see `Recorder::probes`).
+#[allow(clippy::too_many_arguments)]
 pub fn calibrate(
     float: &FloatModel,
-    cfg: &SamplerConfig,
-    kind: SamplerKind,
-    steps: u32,
+    run: &Run<'_>,
     trajectories: usize,
     seed0: u64,
     stat_nodes: &[usize],
     merge_probes: bool,
     extras: &dyn Fn(u64) -> Result<Vec<Vec<f32>>>,
     uncond: &dyn Fn(u64) -> Result<Vec<Vec<f32>>>,
-    opts: &crate::CompileOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
-    let mut per_step: Vec<HashMap<usize, Range>> = vec![HashMap::new(); steps as usize];
-    let mut samples: Vec<HashMap<usize, Vec<f32>>> = vec![HashMap::new(); steps as usize];
-    let mut timesteps = vec![0f32; steps as usize];
-    let mut traj_sq = vec![0f64; steps as usize];
-    let mut traj_count = vec![0usize; steps as usize];
-    let mut probed_steps = 0usize;
-    let n: usize = float.latent.shape.iter().product();
-    let mut evaluations = 0;
-    let (mut t_min, mut t_max) = (f32::INFINITY, f32::NEG_INFINITY);
-    for s in 0..trajectories {
-        let cond = extras(seed0 + s as u64)?;
-        let un = match opts.guidance {
-            Some(_) => uncond(seed0 + s as u64)?,
-            None => vec![],
-        };
-        float.set_extras(cond.clone())?;
-        let mut rng = Rng::new(seed0 + s as u64);
-        let mut x = vec![0f32; n];
-        rng.fill_gaussian(&mut x);
-        let mut buf = vec![0f32; n];
-        let mut step = 0usize;
-        let res = sampler::sample(
-            cfg,
-            kind,
-            steps,
-            &mut x,
-            &mut buf,
-            &mut rng,
-            |xin, t, out| {
-                t_min = t_min.min(t);
-                t_max = t_max.max(t);
-                let i = step.min(per_step.len() - 1);
-                step += 1;
-                timesteps[i] = t;
-                let ranges = &mut per_step[i];
-                let smp = &mut samples[i];
-                let salt = evaluations;
-                traj_sq[i] += xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
-                    / xin.len().max(1) as f64;
-                traj_count[i] += 1;
-                // with guidance: both passes, each observed (both run through the int8 network)
-                let (y, _) =
-                    crate::float_output(float, opts, Some((&cond, &un)), xin, t, |node, outs| {
-                        observe(ranges, smp, salt, &wanted, node, outs)
-                    })
-                    .map_err(|_| {
-                        dmq_runtime::Error::Unsupported("float model evaluation failed")
-                    })?;
-                out.copy_from_slice(&y);
-                evaluations += 1;
-                progress.inc(1);
-                Ok(())
-            },
-        );
-        res.map_err(|e| anyhow::anyhow!("calibration trajectory {s}: {e}"))?;
-    }
-    // Forward-process probes: x_t = sqrt(a)·x0 + sqrt(1-a)·eps with x0 ~ N(0, 0.5²) (normalised data's
-    // scale), the latents other tools feed a denoiser. Where a model's own trajectories have drifted far
-    // from that (RMS off by more than 3x, as with untrained or weakly trained models), they do not
-    // represent the inputs the model will see and that step is calibrated on the probes instead;
-    // elsewhere (with `merge_probes`) the probes widen the trajectories' ranges and samples.
-    let probes = (trajectories / 4).max(2);
-    // with guidance the probes go through both passes too (values of the first trajectory)
-    let probe_cond = extras(seed0)?;
-    let probe_un = match opts.guidance {
-        Some(_) => uncond(seed0)?,
-        None => vec![],
+    let steps = run.steps as usize;
+    let mut rec = Recorder {
+        wanted: &wanted,
+        per_step: vec![HashMap::new(); steps],
+        samples: vec![HashMap::new(); steps],
+        timesteps: vec![0f32; steps],
+        traj_sq: vec![0f64; steps],
+        traj_count: vec![0usize; steps],
+        evaluations: 0,
+        t_min: f32::INFINITY,
+        t_max: f32::NEG_INFINITY,
     };
-    float.set_extras(probe_cond.clone())?;
-    for (i, &t) in timesteps.clone().iter().enumerate() {
-        let drift = drifted(
-            cfg,
-            kind,
-            t,
-            (traj_sq[i] / traj_count[i].max(1) as f64).sqrt(),
-        );
-        if !drift && !merge_probes {
-            continue;
-        }
-        let mut probe_ranges = HashMap::new();
-        let mut probe_samples = HashMap::new();
-        for j in 0..probes {
-            let x = forward_sample(
-                cfg,
-                kind,
-                t,
-                n,
-                seed0 ^ 0x5eed_0000 ^ ((i as u64) << 16) ^ j as u64,
-            );
-            crate::float_output(
-                float,
-                opts,
-                Some((&probe_cond, &probe_un)),
-                &x,
-                t,
-                |node, outs| {
-                    observe(
-                        &mut probe_ranges,
-                        &mut probe_samples,
-                        evaluations,
-                        &wanted,
-                        node,
-                        outs,
-                    )
-                },
-            )?;
-            evaluations += 1;
-        }
-        if drift {
-            per_step[i] = probe_ranges;
-            samples[i] = probe_samples;
-            probed_steps += 1;
-        } else {
-            for (node, r) in probe_ranges {
-                let e = per_step[i].entry(node).or_insert(r);
-                e.min = e.min.min(r.min);
-                e.max = e.max.max(r.max);
-            }
-            for (node, v) in probe_samples {
-                samples[i].entry(node).or_default().extend(v);
-            }
-        }
+    let guided = run.opts.guidance.is_some();
+    let un_for = |seed| if guided { uncond(seed) } else { Ok(vec![]) };
+    for s in 0..trajectories {
+        let seed = seed0 + s as u64;
+        let (cond, un) = (extras(seed)?, un_for(seed)?);
+        rec.trajectory(float, run, seed, (&cond, &un), progress)?;
     }
+    // with guidance the probes go through both passes too (values of the first trajectory)
+    let (cond, un) = (extras(seed0)?, un_for(seed0)?);
+    let count = (trajectories / 4).max(2);
+    let probed_steps = rec.probes(float, run, (count, seed0, merge_probes), (&cond, &un))?;
     Ok(Calibration {
-        per_step,
-        samples,
+        per_step: rec.per_step,
+        samples: rec.samples,
         probed_steps,
-        timesteps,
-        t_min,
-        t_max,
-        evaluations,
+        timesteps: rec.timesteps,
+        t_min: rec.t_min,
+        t_max: rec.t_max,
+        evaluations: rec.evaluations,
     })
 }

@@ -4,238 +4,10 @@ use crate::memplan::Plan;
 use crate::quant::{tref, Blob, Quantized};
 use anyhow::{anyhow, Result};
 use dmq_runtime::format::{
-    fnv1a64, Header, ModelMeta, Op, SamplerConfig, TRef, HEADER_LEN, MAJOR_VERSION, MINOR_VERSION,
+    fnv1a64, ExtraInput, Header, ModelMeta, Op, SamplerConfig, TRef, HEADER_LEN, MAJOR_VERSION,
+    MAX_EXTRA_INPUTS, MINOR_VERSION,
 };
 
-fn map_op(op: &Op<TensorId>, f: &impl Fn(TensorId) -> TRef, scratch: u32) -> Op<TRef> {
-    let mapv = |v: &heapless::Vec<TensorId, { dmq_runtime::format::MAX_CONCAT }>| {
-        let mut o = heapless::Vec::new();
-        for t in v {
-            let _ = o.push(f(*t));
-        }
-        o
-    };
-    match op.clone() {
-        Op::Quantize { input, output } => Op::Quantize {
-            input: f(input),
-            output: f(output),
-        },
-        Op::Dequantize { input, output } => Op::Dequantize {
-            input: f(input),
-            output: f(output),
-        },
-        Op::Conv2d {
-            input,
-            output,
-            weight_bits,
-            weights,
-            bias,
-            requant,
-            time_bias,
-            time_scale,
-            kernel,
-            stride,
-            pad,
-            ..
-        } => Op::Conv2d {
-            input: f(input),
-            output: f(output),
-            weight_bits,
-            weights,
-            bias,
-            requant,
-            time_bias: time_bias.map(f),
-            time_scale,
-            kernel,
-            stride,
-            pad,
-            scratch,
-        },
-        Op::Linear {
-            input,
-            output,
-            geom,
-            weight_bits,
-            weights,
-            bias,
-            requant,
-        } => Op::Linear {
-            input: f(input),
-            output: f(output),
-            weight_bits,
-            geom,
-            weights,
-            bias,
-            requant,
-        },
-        Op::MatMul {
-            a,
-            b,
-            output,
-            geom,
-            requant,
-        } => Op::MatMul {
-            a: f(a),
-            b: f(b),
-            output: f(output),
-            geom,
-            requant,
-        },
-        Op::Binary {
-            kind,
-            a,
-            b,
-            output,
-            mult_a,
-            mult_b,
-            shift,
-        } => Op::Binary {
-            kind,
-            a: f(a),
-            b: f(b),
-            output: f(output),
-            mult_a,
-            mult_b,
-            shift,
-        },
-        Op::Lut {
-            input,
-            output,
-            table,
-        } => Op::Lut {
-            input: f(input),
-            output: f(output),
-            table,
-        },
-        Op::GroupNorm {
-            input,
-            output,
-            groups,
-            eps,
-            affine,
-            in_scales,
-        } => Op::GroupNorm {
-            input: f(input),
-            output: f(output),
-            groups,
-            eps,
-            affine,
-            in_scales,
-        },
-        Op::Softmax {
-            input,
-            output,
-            axis,
-            exp_table,
-        } => Op::Softmax {
-            input: f(input),
-            output: f(output),
-            axis,
-            exp_table,
-        },
-        Op::Concat {
-            inputs,
-            output,
-            axis,
-            requant,
-        } => Op::Concat {
-            inputs: mapv(&inputs),
-            output: f(output),
-            axis,
-            requant,
-        },
-        Op::Reshape { input, output } => Op::Reshape {
-            input: f(input),
-            output: f(output),
-        },
-        Op::Transpose {
-            input,
-            output,
-            perm,
-        } => Op::Transpose {
-            input: f(input),
-            output: f(output),
-            perm,
-        },
-        Op::Slice {
-            input,
-            output,
-            axis,
-            start,
-        } => Op::Slice {
-            input: f(input),
-            output: f(output),
-            axis,
-            start,
-        },
-        Op::Broadcast { input, output } => Op::Broadcast {
-            input: f(input),
-            output: f(output),
-        },
-        Op::Upsample { input, output } => Op::Upsample {
-            input: f(input),
-            output: f(output),
-        },
-        Op::Const { output, data } => Op::Const {
-            output: f(output),
-            data,
-        },
-        Op::FUnary {
-            input,
-            output,
-            func,
-        } => Op::FUnary {
-            input: f(input),
-            output: f(output),
-            func,
-        },
-        Op::FBinary { a, b, output, func } => Op::FBinary {
-            a: f(a),
-            b: f(b),
-            output: f(output),
-            func,
-        },
-        Op::FLinear {
-            input,
-            output,
-            geom,
-            weights,
-            scales,
-            bias,
-        } => Op::FLinear {
-            input: f(input),
-            output: f(output),
-            geom,
-            weights,
-            scales,
-            bias,
-        },
-        Op::FGather {
-            index,
-            output,
-            table,
-            rows,
-            cols,
-        } => Op::FGather {
-            index: f(index),
-            output: f(output),
-            table,
-            rows,
-            cols,
-        },
-        Op::FConcat {
-            inputs,
-            output,
-            axis,
-        } => Op::FConcat {
-            inputs: mapv(&inputs),
-            output: f(output),
-            axis,
-        },
-    }
-}
-
-/// Serializes the model. `t_range` is the calibrated timestep range.
 /// Serializes the model: one op stream per timestep bucket (`streams`, ascending t, each with the
 /// upper bound that separates it from the next). `t_range` is the calibrated timestep range.
 pub fn emit(
@@ -247,35 +19,31 @@ pub fn emit(
     t_range: (f32, f32),
 ) -> Result<Vec<u8>> {
     let q0 = &streams.first().ok_or_else(|| anyhow!("no op stream"))?.0;
-    let f = |t: TensorId| tref(p, q0, &plan.offsets, t);
+    let t0 = trefs(p, q0, plan)?;
+    let f = |t: TensorId| t0[t.0 as usize].clone();
     let latent = p.latent.ok_or_else(|| anyhow!("no latent input"))?;
     let output = p.output.ok_or_else(|| anyhow!("no output"))?;
-    let name = |t: Option<TensorId>| {
-        let mut s = heapless::String::new();
-        if let Some(t) = t {
-            for ch in p.t(t).name.chars().take(64) {
-                if s.push(ch).is_err() {
-                    break;
-                }
-            }
-        }
-        s
-    };
+    let mut extra_inputs = heapless::Vec::new();
+    for (_, t) in &p.extras {
+        let e = ExtraInput {
+            name: name(p, Some(*t))?,
+            tensor: f(*t),
+        };
+        extra_inputs.push(e).map_err(|_| {
+            anyhow!(
+                "the model has {} extra inputs; a .dmq carries at most {MAX_EXTRA_INPUTS}",
+                p.extras.len()
+            )
+        })?;
+    }
     let meta = ModelMeta {
-        latent_name: name(p.latent),
-        timestep_name: name(p.timestep),
-        output_name: name(p.output),
+        latent_name: name(p, p.latent)?,
+        timestep_name: name(p, p.timestep)?,
+        output_name: name(p, p.output)?,
         arena_bytes: plan.arena_bytes,
         latent: f(latent),
         timestep: p.timestep.map(f),
-        extra_inputs: p
-            .extras
-            .iter()
-            .map(|(_, t)| dmq_runtime::format::ExtraInput {
-                name: name(Some(*t)),
-                tensor: f(*t),
-            })
-            .collect(),
+        extra_inputs,
         output: f(output),
         time_table: None,
         sampler_state: plan.sampler_state,
@@ -300,9 +68,12 @@ pub fn emit(
                 .push(*u)
                 .map_err(|_| anyhow!("too many timestep buckets"))?;
         }
-        let fq = |t: TensorId| tref(p, q, &plan.offsets, t);
+        let tq = trefs(p, q, plan)?;
         for (i, op) in q.ops.iter().enumerate() {
-            let rec = map_op(op, &fq, plan.scratch[i]);
+            let mut rec = op.map(|t| tq[t.0 as usize].clone());
+            if let Op::Conv2d(c) = &mut rec {
+                c.scratch = plan.scratch[i];
+            }
             ops_b.extend(postcard::to_allocvec(&rec)?);
         }
     }
@@ -312,6 +83,24 @@ pub fn emit(
     meta.ops_per_stream = q0.ops.len() as u32;
     let n_ops = (q0.ops.len() * streams.len()) as u32;
     assemble(&meta, &ops_b, &blob.bytes, n_ops)
+}
+
+/// The arena reference of every tensor of a stream.
+fn trefs(p: &Program, q: &Quantized, plan: &Plan) -> Result<Vec<TRef>> {
+    (0..p.tensors.len())
+        .map(|i| tref(p, q, &plan.offsets, TensorId(i as u32)))
+        .collect()
+}
+
+/// A model input's or output's ONNX name as the metadata stores it (at most 64 bytes: the runtime
+/// looks inputs up by it, so a longer name is an error, not a truncation).
+fn name(p: &Program, t: Option<TensorId>) -> Result<heapless::String<64>> {
+    let Some(t) = t else {
+        return Ok(heapless::String::new());
+    };
+    let n = &p.t(t).name;
+    heapless::String::try_from(n.as_str())
+        .map_err(|_| anyhow!("the model input or output name {n:?} is longer than 64 bytes"))
 }
 
 /// Lays out a `.dmq` file: header, postcard metadata and op records (checksummed together), then the

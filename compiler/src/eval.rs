@@ -206,8 +206,9 @@ pub fn per_layer_sqnr(
     let mut rows = vec![];
     for (i, op) in model.stream_ops(model.stream_for(t)).enumerate() {
         let op = op.map_err(|e| anyhow!("{e}"))?;
-        dmq_runtime::exec::run_op(&op, a, model.blob()).map_err(|e| anyhow!("op {i}: {e}"))?;
-        let out = crate::ir::plain_output(&op);
+        dmq_runtime::ops::run_record(&op, a, model.blob(), scalar_exec())
+            .map_err(|e| anyhow!("op {i}: {e}"))?;
+        let out = op.output();
         let id = program.ops[i].output();
         let info = program.t(id);
         let (width, signed16) = match out.dtype {
@@ -245,4 +246,12 @@ pub fn per_layer_sqnr(
 
 fn bytemuck_f32(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) }
+}
+
+/// Scalar kernels on one thread (op-by-op tools; sessions pick the CPU's tier).
+pub fn scalar_exec() -> dmq_runtime::kernels::Exec {
+    dmq_runtime::kernels::Exec {
+        tier: dmq_runtime::kernels::Tier::Scalar,
+        threads: 1,
+    }
 }

@@ -74,65 +74,8 @@ pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> 
 }
 
 fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Result<Imported> {
-    let n_in = model.input_outlets()?.len();
-    let mut inputs = vec![];
-    for i in 0..n_in {
-        let node = model.input_outlets()?[i].node;
-        let name = model.node(node).name.clone();
-        let fact = model.input_fact(i)?.clone();
-        let shape =
-            pinned_shape(&fact).with_context(|| format!("input {name:?} has an unknown rank"))?;
-        let dtype = fact.datum_type.concretize().unwrap_or(f32::datum_type());
-        inputs.push(InputDesc {
-            name,
-            index: i,
-            shape,
-            dtype,
-        });
-    }
-    // Timestep: explicit name, else by name, else the single small float/int input.
-    let ts_idx = if let Some(n) = timestep_input {
-        Some(inputs.iter().position(|i| i.name == n).with_context(|| {
-            format!(
-                "--timestep-input {n:?}: the model has no such input (inputs: {})",
-                names(&inputs)
-            )
-        })?)
-    } else {
-        let by_name: Vec<usize> = inputs
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| TIMESTEP_NAMES.contains(&i.name.to_lowercase().as_str()))
-            .map(|(k, _)| k)
-            .collect();
-        match by_name.len() {
-            1 => Some(by_name[0]),
-            0 => {
-                let small: Vec<usize> = inputs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, i)| i.shape.iter().product::<usize>() <= 1)
-                    .map(|(k, _)| k)
-                    .collect();
-                match small.len() {
-                    0 => None,
-                    1 => Some(small[0]),
-                    _ => bail!(
-                        "cannot tell which input carries the timestep: candidates {}; pass --timestep-input NAME",
-                        small.iter().map(|&k| format!("{:?}", inputs[k].name)).collect::<Vec<_>>().join(", ")
-                    ),
-                }
-            }
-            _ => bail!(
-                "several inputs look like a timestep ({}); pass --timestep-input NAME",
-                by_name
-                    .iter()
-                    .map(|&k| format!("{:?}", inputs[k].name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    };
+    let inputs = describe_inputs(&model)?;
+    let ts_idx = find_timestep(&inputs, timestep_input)?;
     for inp in &inputs {
         model.set_input_fact(
             inp.index,
@@ -195,6 +138,74 @@ fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Resu
         extras,
         output_shape,
         output_name,
+    })
+}
+
+/// The model's inputs with their shapes (a symbolic batch pinned to 1) and element types.
+fn describe_inputs(model: &InferenceModel) -> Result<Vec<InputDesc>> {
+    let n_in = model.input_outlets()?.len();
+    let mut inputs = vec![];
+    for i in 0..n_in {
+        let node = model.input_outlets()?[i].node;
+        let name = model.node(node).name.clone();
+        let fact = model.input_fact(i)?.clone();
+        let shape =
+            pinned_shape(&fact).with_context(|| format!("input {name:?} has an unknown rank"))?;
+        let dtype = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+        inputs.push(InputDesc {
+            name,
+            index: i,
+            shape,
+            dtype,
+        });
+    }
+    Ok(inputs)
+}
+
+/// The input carrying the timestep: the one named by `--timestep-input`, else the one whose name
+/// says so, else the single input of at most one value.
+fn find_timestep(inputs: &[InputDesc], timestep_input: Option<&str>) -> Result<Option<usize>> {
+    Ok(if let Some(n) = timestep_input {
+        Some(inputs.iter().position(|i| i.name == n).with_context(|| {
+            format!(
+                "--timestep-input {n:?}: the model has no such input (inputs: {})",
+                names(&inputs)
+            )
+        })?)
+    } else {
+        let by_name: Vec<usize> = inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| TIMESTEP_NAMES.contains(&i.name.to_lowercase().as_str()))
+            .map(|(k, _)| k)
+            .collect();
+        match by_name.len() {
+            1 => Some(by_name[0]),
+            0 => {
+                let small: Vec<usize> = inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.shape.iter().product::<usize>() <= 1)
+                    .map(|(k, _)| k)
+                    .collect();
+                match small.len() {
+                    0 => None,
+                    1 => Some(small[0]),
+                    _ => bail!(
+                        "cannot tell which input carries the timestep: candidates {}; pass --timestep-input NAME",
+                        small.iter().map(|&k| format!("{:?}", inputs[k].name)).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            }
+            _ => bail!(
+                "several inputs look like a timestep ({}); pass --timestep-input NAME",
+                by_name
+                    .iter()
+                    .map(|&k| format!("{:?}", inputs[k].name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     })
 }
 
@@ -390,5 +401,34 @@ impl FloatModel {
             .iter()
             .copied()
             .collect())
+    }
+}
+
+/// The float model's output at `(x, t)` with the current extra inputs or, when `opts.guidance` is
+/// set, the guided combination `uncond + s·(cond - uncond)` of the conditional (`cond`) and
+/// unconditional (`uncond`) passes, as the runtime's guided sampler computes it; and the conditional
+/// pass alone. `observe` sees both passes.
+pub fn float_output(
+    float: &FloatModel,
+    opts: &crate::CompileOptions,
+    guided: Option<(&[Vec<f32>], &[Vec<f32>])>,
+    x: &[f32],
+    t: f32,
+    mut observe: impl FnMut(usize, &tract_onnx::prelude::TVec<tract_onnx::prelude::TValue>),
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    match (opts.guidance, guided) {
+        (Some(s), Some((cond, uncond))) => {
+            float.set_extras(uncond.to_vec())?;
+            let yu = float.run_observed(x, t, &mut observe);
+            float.set_extras(cond.to_vec())?;
+            let yu = yu?;
+            let yc = float.run_observed(x, t, &mut observe)?;
+            let y = yc.iter().zip(&yu).map(|(&c, &u)| u + s * (c - u)).collect();
+            Ok((y, yc))
+        }
+        _ => {
+            let y = float.run_observed(x, t, observe)?;
+            Ok((y.clone(), y))
+        }
     }
 }

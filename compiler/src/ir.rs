@@ -23,7 +23,7 @@ pub enum ScalarFn {
 impl ScalarFn {
     pub fn apply(&self, x: f32) -> f32 {
         match *self {
-            ScalarFn::Unary(f) => dmq_runtime::kernels::scalar::unary_f32(f, x),
+            ScalarFn::Unary(f) => dmq_runtime::ops::funary::apply(f, x),
             ScalarFn::AddC(c) => x + c,
             ScalarFn::MulC(c) => x * c,
             ScalarFn::RSubC(c) => c - x,
@@ -159,7 +159,7 @@ impl IrOp {
             IrOp::Concat { inputs, .. } => inputs.clone(),
             IrOp::Gather { index, .. } => vec![*index],
             IrOp::Const { .. } => vec![],
-            IrOp::Plain(op) => plain_inputs(op),
+            IrOp::Plain(op) => op.inputs(),
         }
     }
     pub fn output(&self) -> TensorId {
@@ -176,7 +176,7 @@ impl IrOp {
             | IrOp::Concat { output, .. }
             | IrOp::Gather { output, .. }
             | IrOp::Const { output, .. } => *output,
-            IrOp::Plain(op) => plain_output(op),
+            IrOp::Plain(op) => *op.output(),
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -194,67 +194,8 @@ impl IrOp {
             IrOp::Concat { .. } => "ConcatInt8",
             IrOp::Const { .. } => "Const",
             IrOp::Gather { .. } => "TimeGatherF32",
-            IrOp::Plain(op) => plain_kind(op),
+            IrOp::Plain(op) => op.name(),
         }
-    }
-}
-
-pub fn plain_inputs<T: Clone>(op: &Op<T>) -> Vec<T> {
-    match op {
-        Op::Quantize { input, .. }
-        | Op::Dequantize { input, .. }
-        | Op::Linear { input, .. }
-        | Op::Lut { input, .. }
-        | Op::GroupNorm { input, .. }
-        | Op::Softmax { input, .. }
-        | Op::Reshape { input, .. }
-        | Op::Transpose { input, .. }
-        | Op::Slice { input, .. }
-        | Op::Broadcast { input, .. }
-        | Op::Upsample { input, .. }
-        | Op::FUnary { input, .. }
-        | Op::FLinear { input, .. } => vec![input.clone()],
-        Op::FGather { index, .. } => vec![index.clone()],
-        Op::Conv2d {
-            input, time_bias, ..
-        } => std::iter::once(input.clone())
-            .chain(time_bias.iter().cloned())
-            .collect(),
-        Op::MatMul { a, b, .. } | Op::Binary { a, b, .. } | Op::FBinary { a, b, .. } => {
-            vec![a.clone(), b.clone()]
-        }
-        Op::Concat { inputs, .. } | Op::FConcat { inputs, .. } => inputs.iter().cloned().collect(),
-        Op::Const { .. } => vec![],
-    }
-}
-
-pub fn plain_output<T: Clone>(op: &Op<T>) -> T {
-    op.output().clone()
-}
-
-pub fn plain_kind<T>(op: &Op<T>) -> &'static str {
-    match op {
-        Op::Quantize { .. } => "Quantize",
-        Op::Dequantize { .. } => "Dequantize",
-        Op::Conv2d { .. } => "Conv2dInt8",
-        Op::Linear { .. } => "LinearInt8",
-        Op::MatMul { .. } => "MatMulInt8",
-        Op::Binary { .. } => "BinaryInt8",
-        Op::Lut { .. } => "LutInt8",
-        Op::GroupNorm { .. } => "GroupNormInt8",
-        Op::Softmax { .. } => "SoftmaxInt8",
-        Op::Concat { .. } => "ConcatInt8",
-        Op::Reshape { .. } => "Reshape",
-        Op::Transpose { .. } => "Transpose",
-        Op::Slice { .. } => "Slice",
-        Op::Broadcast { .. } => "Broadcast",
-        Op::Upsample { .. } => "UpsampleNearest",
-        Op::Const { .. } => "Const",
-        Op::FUnary { .. } => "TimeUnaryF32",
-        Op::FBinary { .. } => "TimeBinaryF32",
-        Op::FLinear { .. } => "TimeLinearF32",
-        Op::FConcat { .. } => "TimeConcatF32",
-        Op::FGather { .. } => "TimeGatherF32",
     }
 }
 

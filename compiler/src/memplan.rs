@@ -28,13 +28,12 @@ pub fn hoist_invariant(
     streams: &mut [(crate::quant::Quantized, Option<f32>)],
 ) -> usize {
     let perm = |ops: &[Op<TensorId>]| -> (Vec<usize>, usize) {
-        use crate::ir::{plain_inputs, plain_output};
         // invariant: every input is an extra input or the output of an invariant op (constants count)
         let mut inv: std::collections::HashSet<TensorId> = p.extras.iter().map(|e| e.1).collect();
         let mut candidate = vec![false; ops.len()];
         for (i, op) in ops.iter().enumerate() {
-            if plain_inputs(op).iter().all(|t| inv.contains(t)) {
-                inv.insert(plain_output(op));
+            if op.inputs().iter().all(|t| inv.contains(t)) {
+                inv.insert(*op.output());
                 candidate[i] = true;
             }
         }
@@ -43,12 +42,11 @@ pub fn hoist_invariant(
         let read: std::collections::HashSet<TensorId> = ops
             .iter()
             .zip(&candidate)
-            .filter(|&(op, &c)| c && !plain_inputs(op).is_empty())
-            .flat_map(|(op, _)| plain_inputs(op))
+            .filter(|&(op, &c)| c && !op.inputs().is_empty())
+            .flat_map(|(op, _)| op.inputs())
             .collect();
         let hoist = |i: usize| {
-            candidate[i]
-                && (!plain_inputs(&ops[i]).is_empty() || read.contains(&plain_output(&ops[i])))
+            candidate[i] && (!ops[i].inputs().is_empty() || read.contains(ops[i].output()))
         };
         let (mut front, rest): (Vec<usize>, Vec<usize>) = (0..ops.len()).partition(|&i| hoist(i));
         let k = front.len();
@@ -79,10 +77,10 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops:
     let mut first = vec![i64::MAX; nt];
     let mut last = vec![i64::MIN; nt];
     for (i, op) in ops.iter().enumerate() {
-        let o = crate::ir::plain_output(op).0 as usize;
+        let o = op.output().0 as usize;
         first[o] = first[o].min(i as i64);
         last[o] = last[o].max(i as i64);
-        for t in crate::ir::plain_inputs(op) {
+        for t in op.inputs() {
             let t = t.0 as usize;
             first[t] = first[t].min(i as i64);
             last[t] = last[t].max(i as i64);
@@ -100,7 +98,7 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops:
     }
     let mut pinned = vec![];
     for op in &ops[..invariant_ops.min(n_ops)] {
-        let o = crate::ir::plain_output(op).0 as usize;
+        let o = op.output().0 as usize;
         if last[o] >= invariant_ops as i64 {
             first[o] = -1;
             last[o] = n_ops as i64;

@@ -5,6 +5,7 @@
 use crate::eval::Probe;
 use crate::ir::*;
 use anyhow::{anyhow, Result};
+use dmq_runtime::format as wire;
 use dmq_runtime::format::{DType, Op};
 use dmq_runtime::Model;
 
@@ -17,7 +18,10 @@ fn supports_i16(op: &IrOp) -> bool {
             | IrOp::Const { .. }
             | IrOp::Linear { float: true, .. }
             | IrOp::Plain(
-                Op::FUnary { .. } | Op::FBinary { .. } | Op::FConcat { .. } | Op::FLinear { .. }
+                Op::FUnary(wire::FUnary { .. })
+                    | Op::FBinary(wire::FBinary { .. })
+                    | Op::FConcat(wire::FConcat { .. })
+                    | Op::FLinear(wire::FLinear { .. })
             )
     )
 }

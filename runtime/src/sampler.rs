@@ -434,3 +434,13 @@ mod tests {
         }
     }
 }
+
+/// The sample checksum every board prints (`checksum: <16 hex digits>`): FNV-1a 64 of the samples'
+/// f32 little-endian bytes, computed without a byte buffer.
+pub fn sample_checksum(x: &[f32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in x {
+        h = crate::format::fnv1a64_more(h, &v.to_le_bytes());
+    }
+    h
+}

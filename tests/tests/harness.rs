@@ -4,9 +4,9 @@
 mod common;
 
 use dmq_harness::{Clock, Config, Failure};
-use dmq_runtime::format::sample_checksum;
+use dmq_runtime::sampler::sample_checksum;
 use dmq_runtime::sampler::Rng;
-use dmq_runtime::{Model, Session};
+use dmq_runtime::{Model, Prepared, Session};
 use embedded_hal::digital::{ErrorKind, ErrorType, OutputPin};
 
 /// Advances by 10 on every read.
@@ -89,9 +89,11 @@ fn harness_samples_what_the_session_samples_and_marks_each_step() {
         sampler: None,
         inputs: &[],
     };
+    let mut plan = vec![Prepared::IDLE; 4096];
     let r = dmq_harness::run(
         dmq,
         bytes_mut(&mut ar),
+        &mut plan,
         &mut latent,
         &cfg,
         &mut Ticks(0),
@@ -127,10 +129,12 @@ fn harness_reports_errors_instead_of_panicking() {
     };
     // a latent buffer one value short
     let mut ar = arena_for(dmq);
+    let mut plan = vec![Prepared::IDLE; 4096];
     let mut small = vec![0f32; model.latent_len() - 1];
     let e = dmq_harness::run(
         dmq,
         bytes_mut(&mut ar),
+        &mut plan,
         &mut small,
         &cfg,
         &mut Ticks(0),
@@ -149,6 +153,7 @@ fn harness_reports_errors_instead_of_panicking() {
     let e = dmq_harness::run(
         &dmq[..dmq.len() / 2],
         bytes_mut(&mut ar),
+        &mut plan,
         &mut latent,
         &cfg,
         &mut Ticks(0),
@@ -160,6 +165,7 @@ fn harness_reports_errors_instead_of_panicking() {
     let e = dmq_harness::run(
         dmq,
         bytes_mut(&mut tiny),
+        &mut plan,
         &mut latent,
         &cfg,
         &mut Ticks(0),
@@ -177,6 +183,7 @@ fn harness_reports_errors_instead_of_panicking() {
     let e = dmq_harness::run(
         dmq,
         bytes_mut(&mut ar),
+        &mut plan,
         &mut latent,
         &cfg,
         &mut Ticks(0),
@@ -184,4 +191,22 @@ fn harness_reports_errors_instead_of_panicking() {
         &mut String::new(),
     );
     assert_eq!(e, Err(Failure::Pin));
+    // too few plan slots for one stream's ops
+    let e = dmq_harness::run(
+        dmq,
+        bytes_mut(&mut ar),
+        &mut plan[..model.plan_len() - 1],
+        &mut latent,
+        &cfg,
+        &mut Ticks(0),
+        &mut pin(),
+        &mut String::new(),
+    );
+    assert!(
+        matches!(
+            e,
+            Err(Failure::Runtime(dmq_runtime::Error::PlanLength { .. }))
+        ),
+        "{e:?}"
+    );
 }

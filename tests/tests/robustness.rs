@@ -18,7 +18,7 @@ fn exercise(bytes: &[u8]) -> Result<(), Error> {
     let model = Model::load(bytes)?;
     if model.arena_bytes() > 4 << 20 {
         return Err(Error::Arena {
-            needed: model.arena_bytes() as u32,
+            needed: model.arena_bytes(),
             got: 0,
         });
     }

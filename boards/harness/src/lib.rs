@@ -9,9 +9,8 @@
 #![no_std]
 
 use core::fmt::Write;
-use dmq_runtime::format::sample_checksum;
-use dmq_runtime::sampler::Rng;
-use dmq_runtime::{Model, SamplerKind, Session};
+use dmq_runtime::sampler::{sample_checksum, Rng};
+use dmq_runtime::{Model, Prepared, SamplerKind, Session};
 use embedded_hal::digital::OutputPin;
 
 /// A free-running counter. `now` must not decrease (between wraps of a 64-bit count).
@@ -77,11 +76,14 @@ pub struct Report {
 
 /// Loads `model`, samples with `cfg` into `latent` and writes the report to `out`:
 /// `step I: N <unit>` per step, a summary line, and `checksum: <16 hex digits>`. `arena` must be at
-/// least [`Model::arena_bytes`] long and 16-byte aligned. The time spent writing a step's line is
-/// not counted in any step.
-pub fn run<W: Write, C: Clock, P: OutputPin>(
-    model: &[u8],
+/// least [`Model::arena_bytes`] long and 16-byte aligned, `plan` at least [`Model::plan_len`] slots
+/// (e.g. a static `[Prepared::IDLE; N]`). The time spent writing a step's line is not counted in any
+/// step.
+#[allow(clippy::too_many_arguments)]
+pub fn run<'b, W: Write, C: Clock, P: OutputPin>(
+    model: &'b [u8],
     arena: &mut [u8],
+    plan: &mut [Prepared<'b>],
     latent: &mut [f32],
     cfg: &Config<'_>,
     clock: &mut C,
@@ -107,7 +109,7 @@ pub fn run<W: Write, C: Clock, P: OutputPin>(
         steps,
         cfg.seed
     )?;
-    let mut sess = Session::new(&m, arena)?;
+    let mut sess = Session::with_plan(&m, arena, plan)?;
     for (name, values) in cfg.inputs {
         sess.set_input(name, values)?;
     }
@@ -125,7 +127,9 @@ pub fn run<W: Write, C: Clock, P: OutputPin>(
         if i > 0 {
             let c = now.wrapping_sub(start);
             (min, max, total) = (min.min(c), max.max(c), total.wrapping_add(c));
-            let _ = counts.push(c);
+            // the median covers the first MAX_RECORDED_STEPS steps; later ones count toward the
+            // minimum, maximum and total only
+            counts.push(c).ok();
             if writeln!(out, "step {}: {} {}", i - 1, c, unit).is_err() {
                 failure.get_or_insert(Failure::Output);
             }

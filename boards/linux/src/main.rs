@@ -9,8 +9,9 @@
 //! dmq-board selftest [--cases N]     every SIMD tier this CPU has against the scalar kernels
 //! dmq-board info
 //! ```
-use dmq_runtime::format::{sample_checksum, DType, ModelMeta, Op, TRef};
+use dmq_runtime::format::{DType, ModelMeta, Op, TRef};
 use dmq_runtime::kernels::Tier;
+use dmq_runtime::sampler::sample_checksum;
 use dmq_runtime::sampler::Rng;
 use dmq_runtime::{Model, SamplerKind, Session};
 use std::path::{Path, PathBuf};
@@ -400,32 +401,6 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-fn op_name(op: &Op<TRef>) -> &'static str {
-    match op {
-        Op::Quantize { .. } => "Quantize",
-        Op::Dequantize { .. } => "Dequantize",
-        Op::Conv2d { .. } => "Conv2d",
-        Op::Linear { .. } => "Linear",
-        Op::MatMul { .. } => "MatMul",
-        Op::Binary { .. } => "Binary",
-        Op::Lut { .. } => "Lut",
-        Op::GroupNorm { .. } => "GroupNorm",
-        Op::Softmax { .. } => "Softmax",
-        Op::Concat { .. } => "Concat",
-        Op::Reshape { .. } => "Reshape",
-        Op::Transpose { .. } => "Transpose",
-        Op::Slice { .. } => "Slice",
-        Op::Broadcast { .. } => "Broadcast",
-        Op::Upsample { .. } => "Upsample",
-        Op::Const { .. } => "Const",
-        Op::FUnary { .. }
-        | Op::FBinary { .. }
-        | Op::FLinear { .. }
-        | Op::FConcat { .. }
-        | Op::FGather { .. } => "TimePath",
-    }
-}
-
 fn cmd_bench(args: &[String]) -> Res<()> {
     let a = parse(args, &[]);
     let path = a.pos.first().ok_or_else(usage)?;
@@ -502,7 +477,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     sess.prepare(&x, 500.0).map_err(|e| e.to_string())?;
     sess.run_ops(model.stream_for(500.0), |_, op| {
         let now = Instant::now();
-        let e = prof.entry(op_name(op)).or_insert((0, 0.0));
+        let e = prof.entry(op.name()).or_insert((0, 0.0));
         e.0 += 1;
         e.1 += (now - last).as_secs_f64() * 1e3;
         last = now;
@@ -521,7 +496,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let int16 = model
         .ops()
         .filter_map(|o| o.ok())
-        .filter(|o| matches!(o, Op::Conv2d { input, .. } if input.dtype == DType::I16))
+        .filter(|o| matches!(o, Op::Conv2d(c) if c.input.dtype == DType::I16))
         .count();
     println!("int16-input convs: {int16}; peak memory = arena {} bytes + model bytes {} (no heap use in run)", model.arena_bytes(), bytes.len());
     Ok(())

@@ -11,7 +11,7 @@
 use core::fmt::Write;
 use core::panic::PanicInfo;
 use dmq_harness::{Clock, Config};
-use dmq_runtime::SamplerKind;
+use dmq_runtime::{Prepared, SamplerKind};
 use embedded_hal::digital::{ErrorType, OutputPin};
 
 // Boot: core 0 only; stack; FP/SIMD on; .bss zeroed; an identity map with 1 GiB blocks (device memory
@@ -176,6 +176,9 @@ const ARENA_BYTES: usize = 48 << 20;
 const MAX_LATENT: usize = 1 << 18;
 static mut ARENA: Aligned<[u8; ARENA_BYTES]> = Aligned([0; ARENA_BYTES]);
 static mut LATENT: [f32; MAX_LATENT] = [0.0; MAX_LATENT];
+/// Slots for the prepared ops of one op stream (`Model::plan_len`).
+const MAX_OPS: usize = 4096;
+static mut PLAN: [Prepared<'static>; MAX_OPS] = [Prepared::IDLE; MAX_OPS];
 
 fn env_u64(v: Option<&str>, default: u64) -> u64 {
     v.and_then(|s| s.trim().parse().ok()).unwrap_or(default)
@@ -208,16 +211,18 @@ extern "C" fn dmq_main() -> ! {
         inputs: &[],
     };
     // SAFETY: the only references ever made to these statics, on the only running core.
-    let (arena, latent) = unsafe {
+    let (arena, latent, plan) = unsafe {
         (
             &mut (&mut *core::ptr::addr_of_mut!(ARENA)).0[..],
             &mut (&mut *core::ptr::addr_of_mut!(LATENT))[..],
+            &mut (&mut *core::ptr::addr_of_mut!(PLAN))[..],
         )
     };
     let (t0, freq) = timer();
     let r = dmq_harness::run(
         &MODEL.0,
         arena,
+        plan,
         latent,
         &cfg,
         &mut Cycles::start(),

@@ -2,7 +2,10 @@
 //! (std builds): run by `dmq-board selftest` on a board or under qemu, and by the host tests.
 extern crate std;
 
-use super::scalar::{self, ConvDims, MatMulDims, Weights};
+use super::packed;
+use super::reference::conv::{self as conv, ConvDims};
+use super::reference::matmul::{self as matmul, MatMulDims};
+use super::reference::{linear, Weights};
 use super::Tier;
 use crate::sampler::Rng;
 use std::format;
@@ -65,217 +68,227 @@ pub fn tiers_match_scalar(
 ) -> core::result::Result<usize, String> {
     let mut rng = Rng::new(seed);
     let mut checked = 0usize;
-    let err = |e: crate::Error| format!("{e}");
     for case in 0..cases {
-        // convolution through the transposed im2col
-        let (c, h, w, co) = (
-            1 + u(&mut rng, 24),
-            1 + u(&mut rng, 12),
-            1 + u(&mut rng, 12),
-            1 + u(&mut rng, 9),
-        );
-        let k = [1usize, 2, 3, 5][u(&mut rng, 4)];
-        let st = 1 + u(&mut rng, 2);
-        let p = u(&mut rng, 3).min(k.saturating_sub(1));
-        if h + 2 * p >= k && w + 2 * p >= k {
-            let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
-            let d = ConvDims {
-                c,
-                h,
-                w,
-                co,
-                kh: k,
-                kw: k,
-                sh: st,
-                sw: st,
-                pt: p,
-                pl: p,
-                oh,
-                ow,
-            };
-            let x = acts(&mut rng, c * h * w);
-            let wt = weights(&mut rng, co * d.k());
-            let (bias, rq) = (biases(&mut rng, co, 100_000), requants(&mut rng, co));
-            let (zx, zo) = (r8(&mut rng), r8(&mut rng) as i32);
-            let mut col = vec![0i8; d.k() * d.p()];
-            let mut want = vec![0i8; co * d.p()];
-            scalar::conv2d(
-                &x,
-                &d,
-                zx,
-                Weights::I8(&wt),
-                &bias,
-                &rq,
-                zo,
-                &mut col,
-                &mut want,
-            )
-            .map_err(err)?;
-            for &t in tiers {
-                let mut got = vec![0i8; co * d.p()];
-                scalar::im2col_t(&x, &d, zx, &mut col).map_err(err)?;
-                scalar::conv_dot(
-                    t,
-                    &wt,
-                    &col,
-                    true,
-                    co,
-                    d.k(),
-                    d.p(),
-                    &bias,
-                    &rq,
-                    zo,
-                    &mut got,
-                )
-                .map_err(err)?;
-                differs(t, &format!("conv {d:?}"), &want, &got)?;
-                checked += 1;
-            }
+        for f in [
+            conv_case,
+            pointwise_case,
+            linear_case,
+            matmul_case,
+            dot_case,
+        ] {
+            checked += f(&mut rng, tiers, case)?;
         }
-        // 1×1 convolution: the input read channel-major and packed
-        let (m, kk, pp) = (
-            1 + u(&mut rng, 40),
-            1 + u(&mut rng, 300),
-            1 + u(&mut rng, 70),
-        );
-        let (wt, x) = (weights(&mut rng, m * kk), acts(&mut rng, kk * pp));
-        let (bias, rq, zo) = (
-            biases(&mut rng, m, 100_000),
-            requants(&mut rng, m),
-            r8(&mut rng) as i32,
-        );
-        let mut want = vec![0i8; m * pp];
-        scalar::gemm_wk_kp(Weights::I8(&wt), &x, m, kk, pp, &bias, &rq, zo, &mut want)
-            .map_err(err)?;
-        for &t in tiers {
-            let mut got = vec![0i8; m * pp];
-            scalar::conv_dot(t, &wt, &x, false, m, kk, pp, &bias, &rq, zo, &mut got)
-                .map_err(err)?;
-            differs(t, &format!("1x1 conv m {m} k {kk} p {pp}"), &want, &got)?;
-            checked += 1;
-        }
-        // linear: rows contiguous or strided (channel-major input), output row- or channel-major
-        let (m, n, k) = (
-            1 + u(&mut rng, 40),
-            1 + u(&mut rng, 20),
-            1 + u(&mut rng, 200),
-        );
-        let a = acts(&mut rng, m * k);
-        let lw = weights(&mut rng, n * k);
-        let (lb, lrq, zo) = (
-            biases(&mut rng, n, 10_000),
-            requants(&mut rng, n),
-            r8(&mut rng) as i32,
-        );
-        let a_s = if case % 2 == 0 { [k, 1] } else { [1, m] };
-        let o_s = if case % 3 == 0 { [1, m] } else { [n, 1] };
-        let mut want = vec![0i8; m * n];
-        scalar::linear(
-            &a,
-            m,
-            n,
-            k,
-            a_s,
-            o_s,
-            Weights::I8(&lw),
-            &lb,
-            &lrq,
+    }
+    Ok(checked)
+}
+
+/// Comparisons made, or what differed.
+type Check = core::result::Result<usize, String>;
+
+fn err(e: crate::Error) -> String {
+    format!("{e}")
+}
+
+/// A convolution through the transposed im2col.
+fn conv_case(rng: &mut Rng, tiers: &[Tier], _case: usize) -> Check {
+    let mut checked = 0usize;
+    let (c, h, w, co) = (
+        1 + u(rng, 24),
+        1 + u(rng, 12),
+        1 + u(rng, 12),
+        1 + u(rng, 9),
+    );
+    let k = [1usize, 2, 3, 5][u(rng, 4)];
+    let st = 1 + u(rng, 2);
+    let p = u(rng, 3).min(k.saturating_sub(1));
+    if h + 2 * p >= k && w + 2 * p >= k {
+        let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+        let d = ConvDims {
+            c,
+            h,
+            w,
+            co,
+            kh: k,
+            kw: k,
+            sh: st,
+            sw: st,
+            pt: p,
+            pl: p,
+            oh,
+            ow,
+        };
+        let x = acts(rng, c * h * w);
+        let wt = weights(rng, co * d.k());
+        let (bias, rq) = (biases(rng, co, 100_000), requants(rng, co));
+        let (zx, zo) = (r8(rng), r8(rng) as i32);
+        let mut col = vec![0i8; d.k() * d.p()];
+        let mut want = vec![0i8; co * d.p()];
+        conv::conv2d(
+            &x,
+            &d,
+            zx,
+            Weights::I8(&wt),
+            &bias,
+            &rq,
             zo,
+            &mut col,
             &mut want,
         )
         .map_err(err)?;
         for &t in tiers {
-            let mut got = vec![0i8; m * n];
-            scalar::linear_dot(t, &a, m, n, k, a_s, o_s, &lw, &lb, &lrq, zo, &mut got)
-                .map_err(err)?;
-            differs(
+            let mut got = vec![0i8; co * d.p()];
+            packed::im2col_t(&x, &d, zx, &mut col).map_err(err)?;
+            packed::conv_dot(
                 t,
-                &format!("linear m {m} n {n} k {k} a_s {a_s:?} o_s {o_s:?}"),
-                &want,
-                &got,
-            )?;
-            checked += 1;
-        }
-        // attention matmul: two batch axes, either operand transposed, zero points on both
-        let (b1, m, n, k) = (
-            1 + u(&mut rng, 3),
-            1 + u(&mut rng, 24),
-            1 + u(&mut rng, 24),
-            1 + u(&mut rng, 80),
-        );
-        let a_s = if case % 2 == 0 {
-            [0, m * k, k, 1]
-        } else {
-            [0, m * k, 1, m]
-        };
-        let b_s = if case % 4 < 2 {
-            [0, k * n, n, 1]
-        } else {
-            [0, k * n, 1, k]
-        };
-        let d = MatMulDims {
-            batch: [1, b1],
-            m,
-            n,
-            k,
-            a_s,
-            b_s,
-            o_s: [0, m * n, n, 1],
-        };
-        let (a, b) = (acts(&mut rng, b1 * m * k), acts(&mut rng, b1 * k * n));
-        let (za, zb, zo) = (
-            r8(&mut rng) as i32,
-            r8(&mut rng) as i32,
-            r8(&mut rng) as i32,
-        );
-        let (mult, shift) = (
-            1_500_000_000 + (rng.next_u64() % 500_000_000) as i32,
-            38 + (rng.next_u64() % 6) as u8,
-        );
-        let mut want = vec![0i8; b1 * m * n];
-        scalar::matmul(Tier::Scalar, &a, za, &b, zb, &d, mult, shift, zo, &mut want)
+                &wt,
+                &col,
+                true,
+                co,
+                d.k(),
+                d.p(),
+                &bias,
+                &rq,
+                zo,
+                &mut got,
+            )
             .map_err(err)?;
-        for &t in tiers {
-            let mut got = vec![0i8; b1 * m * n];
-            scalar::matmul(t, &a, za, &b, zb, &d, mult, shift, zo, &mut got).map_err(err)?;
-            differs(t, &format!("matmul {d:?}"), &want, &got)?;
+            differs(t, &format!("conv {d:?}"), &want, &got)?;
             checked += 1;
         }
-        // long dot products with extreme values (every third case: alternating -127/127 by -128/127)
-        let n = u(&mut rng, 5000);
-        let extreme = case % 3 == 0;
-        let va: Vec<i8> = (0..n)
-            .map(|i| {
-                if extreme {
-                    [-127, 127][i % 2]
-                } else {
-                    r8(&mut rng).max(-127)
-                }
-            })
-            .collect();
-        let vb: Vec<i8> = (0..n)
-            .map(|i| {
-                if extreme {
-                    [-128, 127][i % 2]
-                } else {
-                    r8(&mut rng)
-                }
-            })
-            .collect();
-        let want = super::dot_i8(Tier::Scalar, &va, &vb);
-        for &t in tiers {
-            differs(
-                t,
-                &format!("dot product n {n}"),
-                &want,
-                &super::dot_i8(t, &va, &vb),
-            )?;
-            let rows = [&va[..], &vb[..], &va[..], &vb[..]];
-            let tile = super::dot_block(t, rows, rows);
-            let want4 = rows.map(|r| rows.map(|c| super::dot_i8(Tier::Scalar, r, c)));
-            differs(t, &format!("4x4 tile n {n}"), &want4, &tile)?;
-            checked += 2;
-        }
+    }
+    Ok(checked)
+}
+
+/// A 1×1 convolution: the input read channel-major and packed.
+fn pointwise_case(rng: &mut Rng, tiers: &[Tier], _case: usize) -> Check {
+    let mut checked = 0usize;
+    let (m, kk, pp) = (1 + u(rng, 40), 1 + u(rng, 300), 1 + u(rng, 70));
+    let (wt, x) = (weights(rng, m * kk), acts(rng, kk * pp));
+    let (bias, rq, zo) = (biases(rng, m, 100_000), requants(rng, m), r8(rng) as i32);
+    let mut want = vec![0i8; m * pp];
+    conv::gemm_wk_kp(Weights::I8(&wt), &x, m, kk, pp, &bias, &rq, zo, &mut want).map_err(err)?;
+    for &t in tiers {
+        let mut got = vec![0i8; m * pp];
+        packed::conv_dot(t, &wt, &x, false, m, kk, pp, &bias, &rq, zo, &mut got).map_err(err)?;
+        differs(t, &format!("1x1 conv m {m} k {kk} p {pp}"), &want, &got)?;
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// A linear: rows contiguous or strided (channel-major input), output row- or channel-major.
+fn linear_case(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
+    let mut checked = 0usize;
+    let (m, n, k) = (1 + u(rng, 40), 1 + u(rng, 20), 1 + u(rng, 200));
+    let a = acts(rng, m * k);
+    let lw = weights(rng, n * k);
+    let (lb, lrq, zo) = (biases(rng, n, 10_000), requants(rng, n), r8(rng) as i32);
+    let a_s = if case % 2 == 0 { [k, 1] } else { [1, m] };
+    let o_s = if case % 3 == 0 { [1, m] } else { [n, 1] };
+    let mut want = vec![0i8; m * n];
+    linear::linear(
+        &a,
+        m,
+        n,
+        k,
+        a_s,
+        o_s,
+        Weights::I8(&lw),
+        &lb,
+        &lrq,
+        zo,
+        &mut want,
+    )
+    .map_err(err)?;
+    for &t in tiers {
+        let mut got = vec![0i8; m * n];
+        packed::linear_dot(t, &a, m, n, k, a_s, o_s, &lw, &lb, &lrq, zo, &mut got).map_err(err)?;
+        differs(
+            t,
+            &format!("linear m {m} n {n} k {k} a_s {a_s:?} o_s {o_s:?}"),
+            &want,
+            &got,
+        )?;
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// An attention matmul: two batch axes, either operand transposed, zero points on both.
+fn matmul_case(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
+    let mut checked = 0usize;
+    let (b1, m, n, k) = (
+        1 + u(rng, 3),
+        1 + u(rng, 24),
+        1 + u(rng, 24),
+        1 + u(rng, 80),
+    );
+    let a_s = if case % 2 == 0 {
+        [0, m * k, k, 1]
+    } else {
+        [0, m * k, 1, m]
+    };
+    let b_s = if case % 4 < 2 {
+        [0, k * n, n, 1]
+    } else {
+        [0, k * n, 1, k]
+    };
+    let d = MatMulDims {
+        batch: [1, b1],
+        m,
+        n,
+        k,
+        a_s,
+        b_s,
+        o_s: [0, m * n, n, 1],
+    };
+    let (a, b) = (acts(rng, b1 * m * k), acts(rng, b1 * k * n));
+    let (za, zb, zo) = (r8(rng) as i32, r8(rng) as i32, r8(rng) as i32);
+    let (mult, shift) = (
+        1_500_000_000 + (rng.next_u64() % 500_000_000) as i32,
+        38 + (rng.next_u64() % 6) as u8,
+    );
+    let mut want = vec![0i8; b1 * m * n];
+    matmul::matmul(&a, za, &b, zb, &d, mult, shift, zo, &mut want).map_err(err)?;
+    for &t in tiers {
+        let mut got = vec![0i8; b1 * m * n];
+        packed::matmul(t, &a, za, &b, zb, &d, mult, shift, zo, &mut got).map_err(err)?;
+        differs(t, &format!("matmul {d:?}"), &want, &got)?;
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// Long dot products with extreme values (every third case: alternating -127/127 by -128/127), and 4×4 tiles of them.
+fn dot_case(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
+    let mut checked = 0usize;
+    let n = u(rng, 5000);
+    let extreme = case % 3 == 0;
+    let va: Vec<i8> = (0..n)
+        .map(|i| {
+            if extreme {
+                [-127, 127][i % 2]
+            } else {
+                r8(rng).max(-127)
+            }
+        })
+        .collect();
+    let vb: Vec<i8> = (0..n)
+        .map(|i| if extreme { [-128, 127][i % 2] } else { r8(rng) })
+        .collect();
+    let want = super::dot_i8(Tier::Scalar, &va, &vb);
+    for &t in tiers {
+        differs(
+            t,
+            &format!("dot product n {n}"),
+            &want,
+            &super::dot_i8(t, &va, &vb),
+        )?;
+        let rows = [&va[..], &vb[..], &va[..], &vb[..]];
+        let tile = super::dot_block(t, rows, rows);
+        let want4 = rows.map(|r| rows.map(|c| super::dot_i8(Tier::Scalar, r, c)));
+        differs(t, &format!("4x4 tile n {n}"), &want4, &tile)?;
+        checked += 2;
     }
     Ok(checked)
 }

@@ -2,14 +2,19 @@
 //! Every kernel checks that its slices have exactly the lengths its dimensions imply and returns an
 //! error otherwise, so no input can make it index out of bounds.
 //!
-//! `scalar` is the specification; SIMD back-ends must match it bit for bit.
+//! `reference` is the specification (scalar); `packed` drives the SIMD tiers (`neon`, `x86`) and
+//! must match it bit for bit, which `check` verifies on random shapes.
 #[cfg(feature = "std")]
 pub mod check;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
-pub mod scalar;
+pub mod packed;
+pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+/// Highest tensor rank the kernels' stride arrays carry.
+pub const MAX_RANK: usize = 6;
 
 /// Which kernels run. Chosen once per session from the CPU's features; every tier computes exactly
 /// what the scalar reference computes.
@@ -133,19 +138,18 @@ impl Exec {
                 let part = parts[i].lock().ok().and_then(|mut g| g.take());
                 let r = match part {
                     Some((a, rows, p)) => f(a, rows, p),
-                    None => Err(Error::Unsupported("a worker part was lost")),
+                    None => Err(Error::WorkerPanicked),
                 };
                 if let Ok(mut g) = results[i].lock() {
                     *g = r;
                 }
             };
             if !pool(self.threads - 1)?.run(n, &job) {
-                return Err(Error::Unsupported("a worker thread panicked"));
+                return Err(Error::WorkerPanicked);
             }
-            return results.into_iter().try_for_each(|m| {
-                m.into_inner()
-                    .unwrap_or(Err(Error::Unsupported("a worker thread panicked")))
-            });
+            return results
+                .into_iter()
+                .try_for_each(|m| m.into_inner().unwrap_or(Err(Error::WorkerPanicked)));
         }
         let _ = (macs, row_stride);
         f(0, rows, out)
@@ -215,7 +219,6 @@ pub fn dot_scalar(a: &[i8], b: &[i8], acc: i32) -> i32 {
         .fold(acc, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32))
 }
 
-use crate::format::MAX_RANK;
 use crate::{Error, Result};
 
 /// The one rounding rule of dmq: `(v + 2^(shift-1)) >> shift` (round half up), `1 <= shift <= 62`.

@@ -1,0 +1,256 @@
+//! `dmqc compile`: the command line of a compile.
+use super::{sampler_kind, SamplerArg};
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use dmq_compiler::CompileOptions;
+use dmq_runtime::format::Prediction;
+use dmq_runtime::SamplerKind;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PredictionArg {
+    Epsilon,
+    V,
+    Sample,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ActRangeArg {
+    Mse,
+    Minmax,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// ONNX model (inputs: latent + timestep, output: the prediction)
+    pub model: PathBuf,
+    /// Output .dmq file
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Input carrying the timestep or sigma (default: detected by name)
+    #[arg(long)]
+    pub timestep_input: Option<String>,
+    /// Sampler to calibrate with (the one the device will run). Default: ddim, or euler when the
+    /// timestep input is named sigma/sigmas and --prediction is not given either
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
+    /// What the model predicts. Default: epsilon, or sample when the timestep input is named
+    /// sigma/sigmas and --sampler is not given either
+    #[arg(long, value_enum)]
+    pub prediction: Option<PredictionArg>,
+    /// Sampling steps (default: 50; 1 for consistency; the count of --timesteps when given).
+    /// Euler and consistency space sigmas as Karras et al. do (rho 7, --sigma-min..--sigma-max)
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Explicit timestep (DDIM/DDPM) or sigma (Euler, consistency) values the device will use, in
+    /// sampling order (comma separated), e.g. --sampler consistency --timesteps 80,24.4,5.84
+    #[arg(long, value_delimiter = ',')]
+    pub timesteps: Option<Vec<f32>>,
+    /// Smallest sigma of the Karras schedule (also the consistency models' sigma_min)
+    #[arg(long, default_value_t = 0.002)]
+    pub sigma_min: f32,
+    /// Largest sigma of the Karras schedule (the initial noise level of Euler and consistency)
+    #[arg(long, default_value_t = 80.0)]
+    pub sigma_max: f32,
+    /// Values for other inputs during calibration: NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
+    #[arg(long)]
+    pub calib: Vec<String>,
+    /// Classifier-free guidance scale the board will sample with: calibrate and measure on guided
+    /// trajectories (both passes run through the int8 network). Needs --uncond
+    #[arg(long, requires = "uncond")]
+    pub guidance: Option<f32>,
+    /// Unconditional value of an extra input for --guidance (an empty-prompt embedding, a null
+    /// class): NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE
+    #[arg(long, requires = "guidance")]
+    pub uncond: Vec<String>,
+    /// Number of calibration trajectories
+    #[arg(long, default_value_t = 16)]
+    pub calib_samples: usize,
+    /// Timestep buckets, each with its own activation parameters (1 = one set for all steps)
+    #[arg(long, default_value_t = CompileOptions::default().timestep_groups)]
+    pub timestep_groups: usize,
+    /// int16 activations for sensitive tensors: auto (measured through the runtime), none, or
+    /// comma-separated tensor names (see `dmqc inspect`)
+    #[arg(long, default_value = "auto")]
+    pub protect: String,
+    /// How many tensors `--protect auto` may make int16
+    #[arg(long, default_value_t = 6)]
+    pub protect_budget: usize,
+    /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
+    #[arg(long, default_value_t = 8)]
+    pub weight_bits: u32,
+    /// Activation bits: 8, or 16 (every tensor that can be int16 is; attention products stay int8)
+    #[arg(long, default_value_t = 8)]
+    pub act_bits: u32,
+    /// Quality floor in dB (with --protect auto): steps whose measured SQNR stays below it run in
+    /// buckets of their own with every int16-capable tensor at 16 bits. Default: 27 with 8-bit
+    /// weights, 20 with 4-bit; 0 turns it off
+    #[arg(long)]
+    pub floor_db: Option<f64>,
+    /// Activation ranges: minmax (each bucket's observed range), or mse (clipping that minimises the
+    /// squared quantization error over the bucket's calibration samples; higher per-step SQNR on the
+    /// bundled model, but lower final-sample PSNR, so not the default)
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub act_range: ActRangeArg,
+    /// Fold the timestep path (sinusoidal embedding, time MLP, per-block projections, in-graph
+    /// preconditioning) into per-step tables for the scheduled timesteps: the device then runs no f32
+    /// time-path op on those steps (for cores without an FPU); other timesteps still evaluate it.
+    /// Costs `steps x time-path outputs x 4` bytes (64 KB on the bundled model)
+    #[arg(long)]
+    pub fold_time_path: bool,
+    /// Write the compile report as JSON
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Number of float trajectories used to measure SQNR
+    #[arg(long, default_value_t = 8)]
+    pub eval_samples: usize,
+    /// Skip measuring the plain min-max one-range baseline
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// `dmqc compile`: the options from the command line, the compile, the files and the summary.
+pub fn run(args: Args) -> Result<()> {
+    let (opts, model, output, report) = options(args)?;
+    let c = dmq_compiler::compile(&model, &opts)?;
+    dmq_compiler::emit::write_atomic(&output, &c.bytes)?;
+    if let Some(r) = report {
+        dmq_compiler::emit::write_atomic(&r, serde_json::to_string_pretty(&c.report)?.as_bytes())?;
+    }
+    print!("{}", dmq_compiler::summary(&c.report));
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathBuf>)> {
+    let Args {
+        model,
+        output,
+        timestep_input,
+        sampler,
+        prediction,
+        steps,
+        timesteps,
+        sigma_min,
+        sigma_max,
+        calib,
+        guidance,
+        uncond,
+        calib_samples,
+        timestep_groups,
+        weight_bits,
+        act_bits,
+        report,
+        eval_samples,
+        no_baseline,
+        protect,
+        protect_budget,
+        floor_db,
+        act_range,
+        fold_time_path,
+    } = args;
+    if weight_bits != 8 && weight_bits != 4 {
+        bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
+    }
+    if act_bits != 8 && act_bits != 16 {
+        bail!("--act-bits {act_bits} is not supported: use 8 or 16");
+    }
+    let sampler_by_input_name = sampler.is_none() && prediction.is_none();
+    let kind = sampler_kind(sampler.unwrap_or(SamplerArg::Ddim))?;
+    let prediction = prediction.unwrap_or(PredictionArg::Epsilon);
+    if let Some(ts) = &timesteps {
+        check_timesteps(ts, kind, steps)?;
+    }
+    if !(sigma_min > 0.0 && sigma_min <= sigma_max && sigma_max < 1.0e6) {
+        bail!("--sigma-min/--sigma-max must satisfy 0 < min <= max");
+    }
+    let steps = match (&timesteps, steps) {
+        (Some(ts), _) => ts.len() as u32,
+        (None, Some(s)) => s,
+        (None, None) if kind == SamplerKind::Consistency => 1,
+        (None, None) => 50,
+    };
+    let calib_inputs = calib
+        .iter()
+        .map(|c| dmq_compiler::parse_calib(c))
+        .collect::<Result<Vec<_>>>()?;
+    if steps == 0 || steps > 1000 {
+        bail!("--steps must be between 1 and 1000");
+    }
+    if guidance.is_some_and(|g| !g.is_finite()) {
+        bail!("--guidance must be a finite number");
+    }
+    let uncond_inputs = uncond
+        .iter()
+        .map(|c| dmq_compiler::parse_calib(c))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = CompileOptions {
+        timestep_input,
+        sampler_by_input_name,
+        guidance,
+        uncond_inputs,
+        sampler: kind,
+        timesteps,
+        calib_inputs,
+        fold_time_path,
+        sigma_min,
+        sigma_max,
+        prediction: match prediction {
+            PredictionArg::Epsilon => Prediction::Epsilon,
+            PredictionArg::V => Prediction::V,
+            PredictionArg::Sample => Prediction::Sample,
+        },
+        steps,
+        calib_samples: calib_samples.max(1),
+        eval_samples: eval_samples.max(1),
+        timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
+        weight_bits: weight_bits as u8,
+        protect: match protect.as_str() {
+            _ if act_bits == 16 => dmq_compiler::Protect::All,
+            "auto" => dmq_compiler::Protect::Auto(protect_budget),
+            "none" => dmq_compiler::Protect::None,
+            names => dmq_compiler::Protect::Names(
+                names
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            ),
+        },
+        baseline: !no_baseline,
+        floor_db: floor_db.unwrap_or(CompileOptions::default_floor_db(weight_bits as u8)),
+        range_p: match act_range {
+            ActRangeArg::Mse => 2.0,
+            ActRangeArg::Minmax => 0.0,
+        },
+        ..Default::default()
+    };
+    Ok((opts, model, output, report))
+}
+
+/// `--timesteps`: 1 to MAX_SCHEDULE finite values, descending, below 1000 for ddim/ddpm, as many as
+/// `--steps` when both are given.
+fn check_timesteps(ts: &[f32], kind: SamplerKind, steps: Option<u32>) -> Result<()> {
+    let max = dmq_runtime::format::MAX_SCHEDULE;
+    if ts.is_empty() || ts.len() > max {
+        bail!("--timesteps takes 1 to {max} values");
+    }
+    if ts.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+        bail!("--timesteps values must be finite and >= 0");
+    }
+    if ts.windows(2).any(|w| w[1] >= w[0]) {
+        bail!("--timesteps must descend (sampling order: noisiest first)");
+    }
+    if !kind.sigma_conditioned() && ts.iter().any(|&v| v >= 1000.0) {
+        bail!("--timesteps for ddim/ddpm are training timesteps below 1000");
+    }
+    if let Some(s) = steps {
+        if s as usize != ts.len() {
+            bail!(
+                "--steps {s} disagrees with the {} values of --timesteps",
+                ts.len()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! `dmqc inspect`: the graph, quantization parameters, sizes and arena of a .dmq model, and a
+//! labelled latency estimate for a board.
+use super::outln;
+use super::{emit_stdout, load, open_model};
+use anyhow::{anyhow, Result};
+use clap::ValueEnum;
+use dmq_runtime::format::{self as wire, Op, TRef};
+use std::path::Path;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Board {
+    /// Raspberry Pi 4: Cortex-A72, 1.5 GHz, NEON (no dotprod)
+    Pi4,
+    /// Raspberry Pi 5: Cortex-A76, 2.4 GHz, NEON + dotprod
+    Pi5,
+    /// Jetson Orin: Cortex-A78AE, 2.2 GHz, NEON + dotprod
+    Orin,
+}
+
+fn tref_str(t: &TRef) -> String {
+    let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+    match t.dtype {
+        dmq_runtime::format::DType::I8 | dmq_runtime::format::DType::I16 => format!(
+            "{}[{}]@{} s={:.3e} z={}",
+            if t.dtype == dmq_runtime::format::DType::I8 {
+                "i8"
+            } else {
+                "i16"
+            },
+            shape.join("x"),
+            t.offset,
+            t.scale,
+            t.zero
+        ),
+        dmq_runtime::format::DType::F32 => format!("f32[{}]@{}", shape.join("x"), t.offset),
+    }
+}
+
+pub fn run(path: &Path, target: Option<Board>) -> Result<()> {
+    let mut text = inspect_text(path)?;
+    if let Some(b) = target {
+        text += &estimate_text(path, b)?;
+    }
+    emit_stdout(&text)
+}
+
+fn estimate_text(path: &Path, board: Board) -> Result<String> {
+    let bytes = load(path)?;
+    let model = open_model(&bytes)?;
+    let (conv, lin, mm) = dmq_compiler::macs_by_kind(&model);
+    let total = conv + lin + mm;
+    // (name, core, GHz, int8 MAC/cycle/core at peak for the tier dmq uses there)
+    let (name, core, ghz, peak) = match board {
+        Board::Pi4 => ("Raspberry Pi 4", "Cortex-A72, NEON tier", 1.5, 8.0),
+        Board::Pi5 => ("Raspberry Pi 5", "Cortex-A76, dotprod tier", 2.4, 32.0),
+        Board::Orin => ("Jetson Orin", "Cortex-A78AE, dotprod tier", 2.2, 32.0),
+    };
+    let mut o = String::new();
+    outln!(o, "  per denoising step: {:.2} M multiply-accumulates (convs {:.2} M, linears {:.2} M, attention {:.2} M)", total as f64 / 1e6, conv as f64 / 1e6, lin as f64 / 1e6, mm as f64 / 1e6);
+    outln!(o, "  ESTIMATE for {name} ({core}, {ghz} GHz, one core, peak {peak} int8 MAC/cycle) — not a measurement:");
+    for eff in [0.10, 0.25] {
+        let secs = total as f64 / (ghz * 1e9 * peak * eff);
+        outln!(
+            o,
+            "    at {:>3.0}% of peak: {:.2} ms per step, {:.0} ms for 50 steps",
+            eff * 100.0,
+            secs * 1e3,
+            secs * 50e3
+        );
+    }
+    outln!(
+        o,
+        "  measure on the board with: dmq-board bench {}",
+        path.display()
+    );
+    Ok(o)
+}
+
+fn inspect_text(path: &Path) -> Result<String> {
+    let mut o = String::new();
+    let bytes = load(path)?;
+    let model = open_model(&bytes)?;
+    let h = model.header();
+    let m = model.meta();
+    outln!(
+        o,
+        "{}: dmq format {}.{}, {} bytes",
+        path.display(),
+        h.major,
+        h.minor,
+        bytes.len()
+    );
+    outln!(
+        o,
+        "  metadata {} B, op records {} B ({} ops), blob {} B",
+        h.meta.1,
+        h.ops.1,
+        h.n_ops,
+        h.blob.1
+    );
+    outln!(
+        o,
+        "  arena {} bytes (sampler state at {})",
+        m.arena_bytes,
+        m.sampler_state
+    );
+    if m.invariant_ops > 0 {
+        outln!(
+            o,
+            "  the first {} ops of every stream depend only on the extra inputs: run once per generation{}",
+            m.invariant_ops,
+            if model.invariant_shared() || model.streams() == 1 {
+                ""
+            } else {
+                " and timestep bucket (their quantization differs between buckets)"
+            }
+        );
+        outln!(
+            o,
+            "  their outputs read later: arena[..{}]; guidance keeps the unconditional set in a \
+             {}-element scratch (Model::guidance_scratch_len)",
+            m.invariant_bytes,
+            model.guidance_scratch_len()
+        );
+    }
+    outln!(
+        o,
+        "  latent  {:?} {}",
+        m.latent_name.as_str(),
+        tref_str(&m.latent)
+    );
+    if let Some(t) = &m.timestep {
+        outln!(
+            o,
+            "  timestep {:?} {}  calibrated for t in [{}, {}]",
+            m.timestep_name.as_str(),
+            tref_str(t),
+            m.t_min,
+            m.t_max
+        );
+    }
+    outln!(
+        o,
+        "  output  {:?} {}",
+        m.output_name.as_str(),
+        tref_str(&m.output)
+    );
+    outln!(
+        o,
+        "  sampler {:?}, {} steps, {:?} prediction, {} training steps, linear betas {}..{}",
+        m.sampler.default_sampler,
+        m.sampler.default_steps,
+        m.sampler.prediction,
+        m.sampler.num_train_timesteps,
+        m.sampler.beta_start,
+        m.sampler.beta_end
+    );
+    o += &ops_text(&model)?;
+    Ok(o)
+}
+
+/// One line per op of the first stream: name, input and output tensors, the op's parameters.
+fn ops_text(model: &dmq_runtime::Model) -> Result<String> {
+    let mut o = String::new();
+    outln!(o, "  ops:");
+    for (i, op) in model.ops().enumerate() {
+        let op = op.map_err(|e| anyhow!("{e}"))?;
+        let ins: Vec<String> = op.inputs().iter().map(tref_str).collect();
+        let out = tref_str(op.output());
+        let extra = match &op {
+            Op::Conv2d(wire::Conv2d {
+                kernel,
+                stride,
+                pad,
+                weights,
+                ..
+            }) => format!(
+                " k={}x{} s={} pad={:?} weights={}B",
+                kernel[0], kernel[1], stride[0], pad, weights.len
+            ),
+            Op::Linear(wire::Linear { geom, weights, .. }) => format!(
+                " m={} n={} k={} weights={}B",
+                geom.m, geom.n, geom.k, weights.len
+            ),
+            Op::FLinear(wire::FLinear { geom, .. }) => {
+                format!(" m={} n={} k={}", geom.m, geom.n, geom.k)
+            }
+            Op::MatMul(wire::MatMul { geom, .. }) => format!(
+                " batch={:?} m={} n={} k={}",
+                geom.batch, geom.m, geom.n, geom.k
+            ),
+            Op::GroupNorm(wire::GroupNorm { groups, eps, .. }) => {
+                format!(" groups={groups} eps={eps}")
+            }
+            Op::Binary(wire::Binary { kind, .. }) => format!(" {kind:?}"),
+            Op::FUnary(wire::FUnary { func, .. }) => format!(" {func:?}"),
+            Op::FBinary(wire::FBinary { func, .. }) => format!(" {func:?}"),
+            _ => String::new(),
+        };
+        outln!(
+            o,
+            "  {i:4} {:<16} {} -> {}{}",
+            op.name(),
+            ins.join(", "),
+            out,
+            extra
+        );
+    }
+    Ok(o)
+}

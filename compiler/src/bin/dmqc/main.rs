@@ -1,0 +1,112 @@
+//! `dmqc`: compile ONNX diffusion UNets to integer `.dmq` models and run them with dmq-runtime.
+mod compile;
+mod demo;
+mod eval;
+mod inspect;
+mod run;
+mod sample;
+
+/// `writeln!` into a String (cannot fail).
+macro_rules! outln {
+    ($buf:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($buf, $($arg)*);
+    }};
+}
+pub(crate) use outln;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use dmq_runtime::{Model, SamplerKind};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "dmqc",
+    version,
+    about = "Compile diffusion UNets (ONNX) to integer .dmq models for small ARM boards, and run them on the host with the same runtime the board uses."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SamplerArg {
+    Ddim,
+    Ddpm,
+    Euler,
+    Consistency,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compile an ONNX UNet to .dmq: calibrate on the sampler's own trajectories, quantize to int8,
+    /// plan the arena, and measure the quality by running the runtime against the float model.
+    Compile(compile::Args),
+    /// One evaluation of a .dmq model through the runtime; writes DIR/<output name>.npy as float32.
+    Run(run::Args),
+    /// Run the on-device sampler on the host and write the sample as PNG or npy.
+    Sample(sample::Args),
+    /// Measure .dmq models against the float ONNX model through the runtime: SQNR of the output at
+    /// every scheduled timestep (median over float-trajectory inputs), as a table and optionally a plot.
+    Eval(eval::Args),
+    /// Print the graph, quantization parameters, sizes and arena of a .dmq model.
+    Inspect {
+        model: PathBuf,
+        /// also print multiply-accumulates per step and an estimated latency on a board
+        #[arg(long, value_enum)]
+        target: Option<inspect::Board>,
+    },
+    /// Compile the bundled model, draw samples with float and int8 from the same seeds, and write a
+    /// side-by-side PNG, the .dmq and a report.
+    Demo {
+        #[arg(short = 'o', long, default_value = "dmq-demo")]
+        output: PathBuf,
+        /// Number of seeds to draw and compare
+        #[arg(long, default_value_t = 16)]
+        seeds: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Compile(args) => compile::run(args),
+        Cmd::Run(args) => run::run(args),
+        Cmd::Sample(args) => sample::run(args),
+        Cmd::Inspect { model, target } => inspect::run(&model, target),
+        Cmd::Eval(args) => eval::run(args),
+        Cmd::Demo { output, seeds } => demo::run(&output, seeds),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub(crate) fn sampler_kind(s: SamplerArg) -> Result<SamplerKind> {
+    match s {
+        SamplerArg::Ddim => Ok(SamplerKind::Ddim),
+        SamplerArg::Ddpm => Ok(SamplerKind::Ddpm),
+        SamplerArg::Euler => Ok(SamplerKind::Euler),
+        SamplerArg::Consistency => Ok(SamplerKind::Consistency),
+    }
+}
+
+pub(crate) fn load(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub(crate) fn open_model(bytes: &[u8]) -> Result<Model<'_>> {
+    Model::load(bytes).map_err(|e| anyhow!("{e}"))
+}
+
+/// Prints to stdout, ending quietly when the reader has gone (`dmqc inspect m.dmq | head`).
+pub(crate) fn emit_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}

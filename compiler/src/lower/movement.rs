@@ -1,0 +1,76 @@
+//! Data movement shared by both paths (reshape, axis moves, slices, nearest upsampling, broadcast):
+//! the output aliases the input's quantization.
+use super::{shape_of, Ctx};
+use crate::ir::*;
+use anyhow::{bail, Result};
+use dmq_runtime::format::{self as wire, Op, MAX_RANK};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::Slice;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+
+/// Data-movement ops shared by both paths: the output aliases the input's quantization.
+pub(super) fn lower_movement(
+    cx: &mut Ctx,
+    node: &TypedNode,
+    x: TensorId,
+) -> Result<Option<TensorId>> {
+    let oshape = shape_of(cx.model, node.id.into())?;
+    let ishape = cx.prog.t(x).shape.clone();
+    if oshape.len() > MAX_RANK {
+        bail!("rank {} is above the supported {MAX_RANK}", oshape.len());
+    }
+    let name = node.name.clone();
+    if let Some(ax) = node.op_as::<AxisOp>() {
+        let out = cx.alias(&name, oshape.clone(), x);
+        match ax {
+            AxisOp::Move(from, to) => {
+                let mut order: Vec<usize> = (0..ishape.len()).collect();
+                let a = order.remove(*from);
+                order.insert(*to, a);
+                let perm = order.iter().map(|&p| p as u8).collect();
+                cx.prog.ops.push(IrOp::Plain(Op::Transpose(wire::Transpose {
+                    input: x,
+                    output: out,
+                    perm,
+                })));
+            }
+            _ => cx.prog.ops.push(IrOp::Plain(Op::Reshape(wire::Reshape {
+                input: x,
+                output: out,
+            }))),
+        }
+        return Ok(Some(out));
+    }
+    if let Some(sl) = node.op_as::<Slice>() {
+        let start = tract_onnx::tract_core::internal::DimLike::to_usize(&sl.start)?;
+        let out = cx.alias(&name, oshape, x);
+        cx.prog.ops.push(IrOp::Plain(Op::Slice(wire::Slice {
+            input: x,
+            output: out,
+            axis: sl.axis as u8,
+            start: start as u32,
+        })));
+        return Ok(Some(out));
+    }
+    match node.op.name().as_ref() {
+        "NearestUpsample" => {
+            let out = cx.alias(&name, oshape, x);
+            cx.prog.ops.push(IrOp::Plain(Op::Upsample(wire::Upsample {
+                input: x,
+                output: out,
+            })));
+            Ok(Some(out))
+        }
+        "MultiBroadcastTo" => {
+            let x = cx.to_rank(x, oshape.len());
+            let out = cx.alias(&name, oshape, x);
+            cx.prog.ops.push(IrOp::Plain(Op::Broadcast(wire::Broadcast {
+                input: x,
+                output: out,
+            })));
+            Ok(Some(out))
+        }
+        "Cast" => Ok(Some(x)),
+        _ => Ok(None),
+    }
+}

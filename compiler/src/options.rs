@@ -1,0 +1,238 @@
+//! What a compile is asked to do: the options, how extra inputs are drawn for calibration, which
+//! tensors are protected.
+use crate::import;
+use anyhow::{bail, Result};
+use dmq_runtime::format::Prediction;
+use dmq_runtime::SamplerKind;
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub timestep_input: Option<String>,
+    /// `sampler` and `prediction` are defaults the user did not choose: a timestep input named
+    /// `sigma` or `sigmas` (an EDM- or consistency-style denoiser) switches them to Euler over the
+    /// Karras sigmas with sample prediction
+    pub sampler_by_input_name: bool,
+    pub sampler: SamplerKind,
+    pub prediction: Prediction,
+    pub steps: u32,
+    pub calib_samples: usize,
+    pub calib_seed: u64,
+    /// timestep buckets with their own activation parameters (1 = one set for all steps)
+    pub timestep_groups: usize,
+    /// also measure the plain min-max, one-range baseline
+    pub baseline: bool,
+    /// int16 protection of sensitive tensors
+    pub protect: Protect,
+    /// 8 or 4 (products touching protected tensors keep 8-bit weights)
+    pub weight_bits: u8,
+    /// seeds used to measure quality (distinct from calibration seeds)
+    pub eval_samples: usize,
+    pub progress: bool,
+    /// explicit timesteps or sigmas in sampling order (`--timesteps`); `steps` must equal its length
+    pub timesteps: Option<Vec<f32>>,
+    /// how extra inputs are drawn (`--calib`)
+    pub calib_inputs: Vec<(String, CalibSpec)>,
+    /// Classifier-free guidance scale the deployed sampler uses (`--guidance`): calibration and
+    /// measurement then follow guided trajectories, whose conditional and unconditional passes both
+    /// run through the quantized network.
+    pub guidance: Option<f32>,
+    /// The extra inputs' unconditional values (`--uncond NAME=SPEC`, same kinds as `--calib`).
+    pub uncond_inputs: Vec<(String, CalibSpec)>,
+    /// store the timestep path's outputs per scheduled timestep (`--fold-time-path`)
+    pub fold_time_path: bool,
+    /// the Karras sigma range of the sigma-conditioned samplers
+    pub sigma_min: f32,
+    pub sigma_max: f32,
+    /// exponent of the activation range search (`sum |x - q(x)|^p` over calibration samples);
+    /// 0 = plain min-max
+    pub range_p: f64,
+    /// with `Protect::Auto`: steps whose measured SQNR stays below this (dB) run with every tensor
+    /// that can be int16 at 16 bits, in buckets of their own; 0 = off
+    pub floor_db: f64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            timestep_input: None,
+            sampler_by_input_name: false,
+            sampler: SamplerKind::Ddim,
+            prediction: Prediction::Epsilon,
+            steps: 50,
+            calib_samples: 16,
+            calib_seed: 0,
+            timestep_groups: 3,
+            baseline: true,
+            protect: Protect::Auto(6),
+            weight_bits: 8,
+            eval_samples: 8,
+            progress: true,
+            timesteps: None,
+            calib_inputs: vec![],
+            guidance: None,
+            uncond_inputs: vec![],
+            fold_time_path: false,
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            range_p: 0.0,
+            floor_db: 27.0,
+        }
+    }
+}
+
+impl CompileOptions {
+    /// The default quality floor: 27 dB with 8-bit weights, 20 dB with 4-bit.
+    pub fn default_floor_db(weight_bits: u8) -> f64 {
+        if weight_bits == 4 {
+            20.0
+        } else {
+            27.0
+        }
+    }
+}
+
+/// How an extra model input (a condition, an embedding) is drawn during calibration and measurement
+/// (`--calib NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalibSpec {
+    Uniform(f32, f32),
+    Normal(f32, f32),
+    /// one input's values, or several stacked (a row is chosen per trajectory)
+    Values(Vec<f32>),
+}
+
+/// Parses `NAME=uniform:A,B`, `NAME=normal:M,S` or `NAME=npy:FILE`.
+pub fn parse_calib(s: &str) -> Result<(String, CalibSpec)> {
+    let (name, spec) = s.split_once('=').ok_or_else(|| {
+        anyhow::anyhow!(
+            "--calib {s:?}: expected NAME=uniform:A,B | NAME=normal:M,S | NAME=npy:FILE"
+        )
+    })?;
+    let (kind, arg) = spec
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--calib {s:?}: expected KIND:ARGS after '='"))?;
+    let two = |arg: &str| -> Result<(f32, f32)> {
+        let v: Vec<f32> = arg
+            .split(',')
+            .map(|x| x.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--calib {s:?}: {e}"))?;
+        match v[..] {
+            [a, b] if a.is_finite() && b.is_finite() => Ok((a, b)),
+            _ => bail!("--calib {s:?}: expected two finite numbers"),
+        }
+    };
+    let spec = match kind {
+        "uniform" => {
+            let (a, b) = two(arg)?;
+            CalibSpec::Uniform(a.min(b), a.max(b))
+        }
+        "normal" => {
+            let (m, sd) = two(arg)?;
+            CalibSpec::Normal(m, sd.abs())
+        }
+        "npy" => {
+            let (_, v) = crate::cli_io::read_npy(Path::new(arg))?;
+            if v.iter().any(|x| !x.is_finite()) {
+                bail!("--calib {s:?}: the file holds non-finite values");
+            }
+            CalibSpec::Values(v)
+        }
+        k => bail!("--calib {s:?}: unknown kind {k:?} (uniform, normal or npy)"),
+    };
+    Ok((name.to_string(), spec))
+}
+
+/// The extra inputs' values for the trajectory with `seed`, drawn as `opts.calib_inputs` says.
+pub fn extras_for(
+    float: &import::FloatModel,
+    opts: &CompileOptions,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    let mut rng = dmq_runtime::sampler::Rng::new(seed ^ 0xe47a_c0de);
+    float
+        .extras
+        .iter()
+        .map(|e| {
+            let spec = opts
+                .calib_inputs
+                .iter()
+                .find(|(name, _)| *name == e.name)
+                .map(|s| &s.1)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the model input {:?} {:?} needs values: pass --calib {}=uniform:A,B | normal:M,S | npy:FILE",
+                        e.name,
+                        e.shape,
+                        e.name
+                    )
+                })?;
+            draw(spec, e, seed, &mut rng, "--calib")
+        })
+        .collect()
+}
+
+/// The extra inputs' values in the unconditional pass of guidance for the trajectory with `seed`:
+/// those named by `--uncond`, the others as in [`extras_for`].
+pub fn uncond_extras_for(
+    float: &import::FloatModel,
+    opts: &CompileOptions,
+    seed: u64,
+) -> Result<Vec<Vec<f32>>> {
+    let mut vals = extras_for(float, opts, seed)?;
+    let mut rng = dmq_runtime::sampler::Rng::new(seed ^ 0x0c0d_0u64);
+    for (name, spec) in &opts.uncond_inputs {
+        let k = float
+            .extras
+            .iter()
+            .position(|e| e.name == *name)
+            // `compile` has checked every name against the model's inputs, with the list
+            .ok_or_else(|| anyhow::anyhow!("--uncond {name}: the model has no such extra input"))?;
+        vals[k] = draw(spec, &float.extras[k], seed, &mut rng, "--uncond")?;
+    }
+    Ok(vals)
+}
+
+/// One input's values drawn from `spec` (integer inputs take whole numbers).
+fn draw(
+    spec: &CalibSpec,
+    e: &import::InputDesc,
+    seed: u64,
+    rng: &mut dmq_runtime::sampler::Rng,
+    flag: &str,
+) -> Result<Vec<f32>> {
+    let n: usize = e.shape.iter().product();
+    let v: Vec<f32> = match spec {
+        CalibSpec::Uniform(a, b) => (0..n).map(|_| a + (b - a) * rng.uniform() as f32).collect(),
+        CalibSpec::Normal(m, sd) => (0..n).map(|_| m + sd * rng.gaussian()).collect(),
+        CalibSpec::Values(v) => {
+            if v.is_empty() || v.len() % n != 0 {
+                bail!(
+                    "{flag} {}: the file has {} values, the input takes {n} (or a multiple)",
+                    e.name,
+                    v.len()
+                );
+            }
+            let rows = v.len() / n;
+            let r = (seed as usize) % rows;
+            v[r * n..(r + 1) * n].to_vec()
+        }
+    };
+    Ok(if e.dtype.is_integer() {
+        v.iter().map(|x| x.round()).collect()
+    } else {
+        v
+    })
+}
+
+/// Which tensors get int16 activations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Protect {
+    None,
+    /// the `k` most sensitive tensors, measured through the runtime
+    Auto(usize),
+    Names(Vec<String>),
+    /// every tensor that can be int16 (`--act-bits 16`)
+    All,
+}

@@ -1,0 +1,151 @@
+//! Building a `.dmq` from the program and a set of timestep buckets: one op stream per bucket over
+//! the same tensors, weights shared through the blob, the invariant ops hoisted, one arena plan.
+use crate::calib::{self, Calibration};
+use crate::ir::{Program, TensorId};
+use crate::quant::{self, Range};
+use crate::{emit, memplan, CompileOptions};
+use anyhow::Result;
+use dmq_runtime::format::SamplerConfig;
+use std::collections::{HashMap, HashSet};
+
+/// A timestep bucket: the upper timestep bound separating it from the next, its ranges, and whether
+/// it runs the quality-floor program (every int16-capable tensor at 16 bits).
+pub(crate) struct Bucket {
+    pub upper: Option<f32>,
+    pub ranges: HashMap<usize, Range>,
+    pub floor: bool,
+}
+
+/// What every build of one compile shares.
+pub(crate) struct Builder<'c> {
+    pub cal: &'c Calibration,
+    pub opts: &'c CompileOptions,
+    pub cfg: SamplerConfig,
+    /// Tensors that depend only on the extra inputs (a text embedding, its keys and values) take
+    /// one quantization in every stream, since their values do not change with t: all-steps ranges,
+    /// and the main program's element types and weight bits in the floor streams. Their ops are then
+    /// the same records in every stream and the runtime computes them once per generation.
+    pub invariant_roots: HashSet<TensorId>,
+    pub invariant_ranges: HashMap<usize, Range>,
+}
+
+impl<'c> Builder<'c> {
+    pub fn new(program: &Program, cal: &'c Calibration, opts: &'c CompileOptions) -> Self {
+        let invariant_roots = program.extra_only_roots();
+        let stats: HashSet<usize> = invariant_roots
+            .iter()
+            .filter_map(|&r| program.t(r).stat)
+            .collect();
+        let mut b = Builder {
+            cal,
+            opts,
+            cfg: crate::sampler_config(opts),
+            invariant_roots,
+            invariant_ranges: HashMap::new(),
+        };
+        if !stats.is_empty() {
+            let all: Vec<usize> = (0..cal.timesteps.len()).collect();
+            b.invariant_ranges = b
+                .ranges_of(&all, true)
+                .into_iter()
+                .filter(|(s, _)| stats.contains(s))
+                .collect();
+        }
+        b
+    }
+
+    /// The ranges of a bucket of steps: their union, with error-minimising int8 clipping when
+    /// `refine` (the plain baseline takes min-max).
+    pub fn ranges_of(&self, steps: &[usize], refine: bool) -> HashMap<usize, Range> {
+        let mut ranges = calib::union(&self.cal.per_step, steps);
+        if refine && self.opts.range_p > 0.0 {
+            calib::refine(&mut ranges, &self.cal.samples, steps, self.opts.range_p);
+        }
+        ranges
+    }
+
+    /// The one-range baseline bucket.
+    pub fn baseline(&self) -> Vec<Bucket> {
+        let all: Vec<usize> = (0..self.cal.timesteps.len()).collect();
+        vec![Bucket {
+            upper: None,
+            ranges: self.ranges_of(&all, false),
+            floor: false,
+        }]
+    }
+
+    /// `timestep_groups` buckets of neighbouring steps that lose the fewest bits.
+    pub fn buckets(&self) -> Vec<Bucket> {
+        let cal = self.cal;
+        calib::buckets_by_ranges(&cal.per_step, &cal.timesteps, self.opts.timestep_groups)
+            .into_iter()
+            .map(|(steps, upper)| Bucket {
+                ranges: self.ranges_of(&steps, true),
+                upper,
+                floor: false,
+            })
+            .collect()
+    }
+
+    /// One op stream per bucket, sharing weights through the blob. `floor_program` (with its 8-bit
+    /// weight layers) serves the buckets below the quality floor. The arena plan covers the widest
+    /// element type of every tensor and the largest scratch of every op over the streams.
+    pub fn build(
+        &self,
+        main: &Program,
+        floor_program: Option<(&Program, &[TensorId])>,
+        buckets: &[Bucket],
+        keep8: &[TensorId],
+    ) -> Result<(Vec<u8>, memplan::Plan)> {
+        let mut blob = quant::Blob::default();
+        let mut streams = vec![];
+        let mut wide = main.clone();
+        for b in buckets {
+            let (p, own_keep8) = match (b.floor, floor_program) {
+                (true, Some(f)) => f,
+                _ => (main, keep8),
+            };
+            let mut ranges = b.ranges.clone();
+            if buckets.len() > 1 {
+                ranges.extend(self.invariant_ranges.iter().map(|(s, r)| (*s, *r)));
+            }
+            let inv = &self.invariant_roots;
+            let mut k8: Vec<TensorId> = own_keep8
+                .iter()
+                .filter(|r| !inv.contains(r))
+                .copied()
+                .collect();
+            k8.extend(keep8.iter().filter(|r| inv.contains(r)));
+            for (w, t) in wide.tensors.iter_mut().zip(&p.tensors) {
+                if t.dtype.size() > w.dtype.size() {
+                    w.dtype = t.dtype;
+                }
+            }
+            let q = quant::quantize(p, &ranges, &mut blob, self.opts.weight_bits, &k8)?;
+            streams.push((q, b.upper));
+        }
+        // ops that depend only on the extra inputs run once per generation: first in every stream
+        let invariant = memplan::hoist_invariant(main, &mut streams);
+        let scratch: Vec<usize> = (0..streams[0].0.scratch.len())
+            .map(|i| streams.iter().map(|s| s.0.scratch[i]).max().unwrap_or(0))
+            .collect();
+        let plan = memplan::plan(&wide, &streams[0].0.ops, &scratch, invariant);
+        let t_range = (self.cal.t_min, self.cal.t_max);
+        let bytes = emit::emit(main, &streams, &blob, &plan, self.cfg.clone(), t_range)?;
+        Ok((bytes, plan))
+    }
+
+    /// The file with the timestep path folded for the scheduled timesteps, if asked for
+    /// (`--fold-time-path`).
+    pub fn fold(&self, program: &Program, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        if !self.opts.fold_time_path {
+            return Ok(bytes);
+        }
+        Ok(
+            match super::fold_time::fold_time_path(program, &bytes, &self.cal.timesteps)? {
+                Some(tt) => emit::with_time_table(&bytes, &tt)?,
+                None => bytes,
+            },
+        )
+    }
+}

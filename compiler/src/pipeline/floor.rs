@@ -1,0 +1,174 @@
+//! The quality floor: steps whose output SQNR (worst of two seeds no other stage uses) stays below
+//! `--floor-db` with int8 activations get buckets of their own in which every tensor that can be
+//! int16 is; with 4-bit weights those buckets also give 8-bit weights to the layers that help most.
+use super::build::{Bucket, Builder};
+use crate::eval::{self, Probe};
+use crate::import::FloatModel;
+use crate::ir::{Program, TensorId};
+use crate::memplan::Plan;
+use crate::{calib, protect, CompileOptions, TimestepQuality};
+use anyhow::Result;
+
+/// What the floor changed: the buckets, the file and its plan, and the weak steps as measured.
+pub(crate) struct Floored {
+    pub buckets: Vec<Bucket>,
+    pub bytes: Vec<u8>,
+    pub plan: Plan,
+    /// (t, SQNR) of the steps that run floor buckets, before
+    pub steps: Vec<(f32, f64)>,
+}
+
+/// Measures `bytes` per step and, when some steps fall below the floor, rebuilds with floor
+/// buckets for them. `None` when every step is above it.
+pub(crate) fn apply(
+    b: &Builder<'_>,
+    float: &FloatModel,
+    program: &Program,
+    chosen: &[TensorId],
+    bytes: &[u8],
+) -> Result<Option<Floored>> {
+    let opts = b.opts;
+    let m = dmq_runtime::Model::load(bytes).map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
+    let probe_opts = CompileOptions {
+        eval_samples: 2,
+        progress: false,
+        ..opts.clone()
+    };
+    let q = eval::sqnr_over_schedule(float, &m, &probe_opts, 3_000_000)?;
+    let weak: Vec<bool> = q.iter().map(|q| q.min_db < opts.floor_db).collect();
+    if !weak.iter().any(|&w| w) || weak.len() != b.cal.timesteps.len() {
+        return Ok(None);
+    }
+    let mut floor_program = program.clone();
+    let promote: Vec<TensorId> = protect::candidates(program)
+        .into_iter()
+        .filter(|r| !b.invariant_roots.contains(r))
+        .collect();
+    protect::apply(&mut floor_program, &promote);
+    let (buckets, weak) = floor_buckets(b, &q, weak);
+    let steps = q
+        .iter()
+        .zip(&weak)
+        .filter(|(_, &w)| w)
+        .map(|(q, _)| (q.t, q.min_db))
+        .collect();
+    // with 4-bit weights, the floor buckets also give 8-bit weights to the layers that need them
+    // most (measured on the weak steps), until those steps reach the floor
+    let floor_keep8 = if opts.weight_bits == 4 {
+        let mut inputs = vec![];
+        for seed in 0..2 {
+            let traj = eval::float_trajectory_inputs(float, &m, opts, 3_000_000 + seed)?;
+            inputs.extend(
+                traj.into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| weak[*i])
+                    .map(|(_, x)| x),
+            );
+        }
+        floor_weights(b, &floor_program, &buckets, chosen, &inputs)?
+    } else {
+        chosen.to_vec()
+    };
+    let (bytes, plan) = b.build(
+        program,
+        Some((&floor_program, &floor_keep8)),
+        &buckets,
+        chosen,
+    )?;
+    let bytes = b.fold(program, bytes)?;
+    Ok(Some(Floored {
+        buckets,
+        bytes,
+        plan,
+        steps,
+    }))
+}
+
+/// Buckets that are intervals of t: runs of weak steps neighbouring in t become floor buckets and
+/// the strong steps share the remaining buckets (the file keeps `timestep_groups` streams where it
+/// can). When there are more runs than buckets, the weak run least below the floor rejoins the
+/// others. Returns the buckets and which steps are still weak.
+fn floor_buckets(
+    b: &Builder<'_>,
+    q: &[TimestepQuality],
+    mut weak: Vec<bool>,
+) -> (Vec<Bucket>, Vec<bool>) {
+    let (cal, groups) = (b.cal, b.opts.timestep_groups);
+    let mut order: Vec<usize> = (0..weak.len()).collect();
+    order.sort_by(|&x, &y| cal.timesteps[x].total_cmp(&cal.timesteps[y]));
+    let runs = loop {
+        let runs: Vec<Vec<usize>> = order
+            .chunk_by(|&x, &y| weak[x] == weak[y])
+            .map(|r| r.to_vec())
+            .collect();
+        let worst = |r: &Vec<usize>| r.iter().map(|&i| q[i].min_db).fold(f64::MAX, f64::min);
+        let drop = runs
+            .iter()
+            .filter(|r| weak[r[0]])
+            .max_by(|x, y| worst(x).total_cmp(&worst(y)));
+        match drop {
+            Some(r) if runs.len() > groups.max(1) => r.iter().for_each(|&i| weak[i] = false),
+            _ => break runs,
+        }
+    };
+    let strong: Vec<&Vec<usize>> = runs.iter().filter(|r| !weak[r[0]]).collect();
+    let mut split: Vec<(Vec<usize>, Option<f32>)> = runs
+        .iter()
+        .filter(|r| weak[r[0]])
+        .map(|r| (r.clone(), None))
+        .collect();
+    // the remaining buckets go to the strong runs, one each and the rest to the longest
+    let mut share = vec![1usize; strong.len()];
+    for _ in 0..groups.saturating_sub(split.len() + strong.len()) {
+        if let Some(k) = (0..strong.len())
+            .filter(|&k| share[k] < strong[k].len())
+            .max_by_key(|&k| strong[k].len() / share[k])
+        {
+            share[k] += 1;
+        }
+    }
+    for (run, g) in strong.iter().zip(share) {
+        let sub_ranges: Vec<_> = run.iter().map(|&i| cal.per_step[i].clone()).collect();
+        let sub_t: Vec<f32> = run.iter().map(|&i| cal.timesteps[i]).collect();
+        for (steps, _) in calib::buckets_by_ranges(&sub_ranges, &sub_t, g) {
+            split.push((steps.iter().map(|&k| run[k]).collect(), None));
+        }
+    }
+    split.sort_by(|x, y| cal.timesteps[x.0[0]].total_cmp(&cal.timesteps[y.0[0]]));
+    let buckets = calib::with_bounds(split, &cal.timesteps)
+        .into_iter()
+        .map(|(steps, upper)| Bucket {
+            ranges: b.ranges_of(&steps, true),
+            floor: weak[steps[0]],
+            upper,
+        })
+        .collect();
+    (buckets, weak)
+}
+
+/// The 8-bit weight layers of the floor program at W4: chosen greedily by measurement on the weak
+/// steps (`inputs`), each floor bucket built as a model of its own.
+fn floor_weights(
+    b: &Builder<'_>,
+    floor_program: &Program,
+    buckets: &[Bucket],
+    chosen: &[TensorId],
+    inputs: &[Probe],
+) -> Result<Vec<TensorId>> {
+    let floor: Vec<&Bucket> = buckets.iter().filter(|b| b.floor).collect();
+    let single = |keep8: &[TensorId]| -> Result<Vec<u8>> {
+        let n = floor.len();
+        let bs: Vec<Bucket> = floor
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Bucket {
+                upper: if i + 1 < n { x.upper } else { None },
+                ranges: x.ranges.clone(),
+                floor: false,
+            })
+            .collect();
+        Ok(b.build(floor_program, None, &bs, keep8)?.0)
+    };
+    let target = 10f64.powf(-(b.opts.floor_db + 2.0) / 10.0);
+    protect::floor_weights(floor_program, chosen, target, inputs, single)
+}

@@ -1,0 +1,348 @@
+//! The compile pipeline as stages: import → lower → calibrate → buckets → protection → quality floor
+//! → measurement → report. Each stage is a function of what the previous ones produced.
+mod build;
+mod floor;
+pub mod fold_time;
+pub mod report;
+
+use crate::import::{self, FloatModel};
+use crate::ir::{self, Program, TensorId};
+use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect};
+use crate::{calib, eval, lower, protect};
+use anyhow::{anyhow, bail, Result};
+use build::{Bucket, Builder};
+use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg, MAX_SCHEDULE};
+use dmq_runtime::{Model, SamplerKind};
+use report::{macs_per_eval, progress_bar, unsupported_message, Report};
+use std::path::Path;
+
+/// A compiled model: the `.dmq` bytes, the report and the lowered program.
+pub struct Compiled {
+    pub bytes: Vec<u8>,
+    pub report: Report,
+    pub program: ir::Program,
+}
+
+/// The noise schedule and sampler a model is compiled for (the runtime's configuration).
+pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
+    SamplerConfig {
+        num_train_timesteps: 1000,
+        beta_start: 1e-4,
+        beta_end: 0.02,
+        prediction: opts.prediction,
+        default_sampler: match opts.sampler {
+            SamplerKind::Ddim => SamplerKindCfg::Ddim,
+            SamplerKind::Ddpm => SamplerKindCfg::Ddpm,
+            SamplerKind::Euler => SamplerKindCfg::Euler,
+            SamplerKind::Consistency => SamplerKindCfg::Consistency,
+        },
+        default_steps: opts.steps,
+        sigma_min: opts.sigma_min,
+        sigma_max: opts.sigma_max,
+        rho: 7.0,
+        schedule: opts
+            .timesteps
+            .iter()
+            .flatten()
+            .copied()
+            .take(MAX_SCHEDULE)
+            .collect(),
+    }
+}
+
+/// Compiles an ONNX model to `.dmq` bytes and measures its quality through the runtime.
+pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
+    let imp = import::import(path, opts.timestep_input.as_deref())?;
+    // the float model's size: the file and the external data the dynamo exporter writes beside it
+    let mut size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut data = path.as_os_str().to_owned();
+    data.push(".data");
+    size += std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    compile_imported(imp, size, &path.display().to_string(), opts)
+}
+
+/// [`compile`] from ONNX bytes in memory.
+pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<Compiled> {
+    let imp = import::import_bytes(onnx, label, opts.timestep_input.as_deref())?;
+    compile_imported(imp, onnx.len() as u64, label, opts)
+}
+
+fn internal(e: dmq_runtime::Error) -> anyhow::Error {
+    anyhow!("internal error: an emitted model does not validate: {e}")
+}
+
+fn compile_imported(
+    imp: import::Imported,
+    onnx_bytes: u64,
+    label: &str,
+    opts: &CompileOptions,
+) -> Result<Compiled> {
+    let lowered = lower::lower(&imp).map_err(|list| anyhow!("{}", unsupported_message(&list)))?;
+    let (opts, sampler_from_input) = sampler_by_input_name(&imp, opts);
+    let opts = &opts;
+    let float = FloatModel::new(&imp)?;
+    check_extra_names(&float, opts)?;
+    let t0 = std::time::Instant::now();
+    let cal = calibrate(&float, &lowered.stat_nodes, opts)?;
+    let calib_seconds = t0.elapsed().as_secs_f64();
+    let program0 = &lowered.program;
+    let builder = Builder::new(program0, &cal, opts);
+    // the plain baseline: one min-max range for all steps, every activation int8
+    let (unprotected, unprotected_plan) =
+        builder.build(program0, None, &builder.baseline(), &[])?;
+    let macs = macs_per_eval(&Model::load(&unprotected).map_err(internal)?).max(1);
+    let budget = Budget::for_model(macs, opts);
+    let opts = &CompileOptions {
+        eval_samples: budget.eval_samples,
+        ..opts.clone()
+    };
+    let builder = Builder { opts, ..builder };
+    let mut buckets = builder.buckets();
+    // int16 protection of the most sensitive tensors, measured through the runtime
+    let mut program = program0.clone();
+    let (chosen, sensitivity) =
+        protection(&builder, &float, &program, &buckets, &unprotected, &budget)?;
+    protect::apply(&mut program, &chosen);
+    let (bytes, mut plan) = builder.build(&program, None, &buckets, &chosen)?;
+    let mut bytes = builder.fold(&program, bytes)?;
+    let mut floor_steps = vec![];
+    if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
+        if let Some(f) = floor::apply(&builder, &float, &program, &chosen, &bytes)? {
+            (buckets, bytes, plan, floor_steps) = (f.buckets, f.bytes, f.plan, f.steps);
+        }
+    }
+    let model = Model::load(&bytes).map_err(internal)?;
+    debug_layers(&float, &program, &model, &bytes, opts)?;
+    let baseline = opts.baseline.then_some(&unprotected[..]);
+    let sqnr = measure(&float, &model, baseline, opts)?;
+    let report = Report {
+        model: label.to_string(),
+        onnx_bytes,
+        dmq_bytes: bytes.len(),
+        size_ratio: bytes.len() as f64 / onnx_bytes as f64,
+        arena_bytes: plan.arena_bytes,
+        arena_without_reuse: plan.naive_bytes,
+        parameters: parameters(program0),
+        ops: lower::op_histogram(program0)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        sampler: format!("{:?}", opts.sampler),
+        sampler_from_input,
+        steps: opts.steps,
+        calib_trajectories: opts.calib_samples,
+        guidance: opts.guidance,
+        calib_evaluations: cal.evaluations,
+        calib_seconds,
+        calib_probed_steps: cal.probed_steps,
+        t_range: (cal.t_min, cal.t_max),
+        timestep_groups: opts.timestep_groups,
+        weight_bits: opts.weight_bits,
+        sqnr_mean_db: sqnr.iter().map(|q| q.sqnr_db).sum::<f64>() / sqnr.len().max(1) as f64,
+        sqnr_worst_db: sqnr.iter().map(|q| q.sqnr_db).fold(f64::INFINITY, f64::min),
+        sqnr_per_timestep: sqnr,
+        eval_samples: opts.eval_samples,
+        macs_per_eval: macs,
+        baseline_bytes: baseline.map(|b| b.len()),
+        protected: chosen.iter().map(|&t| program.t(t).name.clone()).collect(),
+        arena_bytes_unprotected: unprotected_plan.arena_bytes,
+        sensitivity,
+        floor_db: opts.floor_db,
+        floor_steps,
+        streams: buckets.len(),
+    };
+    Ok(Compiled {
+        bytes,
+        report,
+        program: lowered.program,
+    })
+}
+
+/// A noise-level input and no sampler chosen: a denoiser in EDM / consistency form, which takes
+/// `x = x0 + sigma * n` and returns the clean sample. Returns the options to use and the input's name
+/// when it decided.
+fn sampler_by_input_name(
+    imp: &import::Imported,
+    opts: &CompileOptions,
+) -> (CompileOptions, Option<String>) {
+    let by_name = imp
+        .timestep
+        .as_ref()
+        .map(|t| t.name.clone())
+        .filter(|n| opts.sampler_by_input_name && matches!(n.as_str(), "sigma" | "sigmas"));
+    match by_name {
+        Some(_) => (
+            CompileOptions {
+                sampler: SamplerKind::Euler,
+                prediction: Prediction::Sample,
+                ..opts.clone()
+            },
+            by_name,
+        ),
+        None => (opts.clone(), None),
+    }
+}
+
+/// Every `--calib` / `--uncond` names an extra input of this model.
+fn check_extra_names(float: &FloatModel, opts: &CompileOptions) -> Result<()> {
+    for (flag, specs) in [
+        ("--calib", &opts.calib_inputs),
+        ("--uncond", &opts.uncond_inputs),
+    ] {
+        for (name, _) in specs {
+            if !float.extras.iter().any(|e| e.name == *name) {
+                let names: Vec<&str> = float.extras.iter().map(|e| e.name.as_str()).collect();
+                bail!(
+                    "{flag} {name}: the model has no extra input of that name (extra inputs: {}; the latent and the timestep take no values)",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The float model inside the deployed sampler, observed at every step, with a progress bar.
+fn calibrate(
+    float: &FloatModel,
+    stat_nodes: &[usize],
+    opts: &CompileOptions,
+) -> Result<calib::Calibration> {
+    let cfg = sampler_config(opts);
+    let pb = progress_bar(
+        (opts.calib_samples as u64) * opts.steps as u64,
+        "calibrating",
+        opts.progress,
+    );
+    let run = calib::Run {
+        cfg: &cfg,
+        kind: opts.sampler,
+        steps: opts.steps,
+        opts,
+    };
+    let cal = calib::calibrate(
+        float,
+        &run,
+        opts.calib_samples,
+        opts.calib_seed,
+        stat_nodes,
+        opts.sampler.sigma_conditioned(),
+        &|seed| extras_for(float, opts, seed),
+        &|seed| uncond_extras_for(float, opts, seed),
+        &pb,
+    )?;
+    pb.finish_and_clear();
+    Ok(cal)
+}
+
+/// Measurement scales with the model: each phase (sensitivity, final SQNR) gets about 60 G
+/// multiply-accumulates of runtime evaluations (seconds on a desktop core), at least a few.
+struct Budget {
+    max_evals: usize,
+    eval_samples: usize,
+}
+
+impl Budget {
+    fn for_model(macs: u64, opts: &CompileOptions) -> Budget {
+        let max_evals = ((60e9 / macs as f64) as usize).max(40);
+        let eval_samples = opts
+            .eval_samples
+            .min((max_evals / (2 * opts.steps as usize).max(1)).max(2));
+        Budget {
+            max_evals,
+            eval_samples,
+        }
+    }
+}
+
+/// The tensors that get int16 activations, and the sensitivity ranking when it was measured.
+fn protection(
+    b: &Builder<'_>,
+    float: &FloatModel,
+    program: &Program,
+    buckets: &[Bucket],
+    unprotected: &[u8],
+    budget: &Budget,
+) -> Result<(Vec<TensorId>, Vec<protect::Sensitivity>)> {
+    let opts = b.opts;
+    Ok(match &opts.protect {
+        Protect::None => (vec![], vec![]),
+        Protect::Names(names) => (protect::by_names(program, names)?, vec![]),
+        Protect::All => (protect::candidates(program), vec![]),
+        Protect::Auto(k) => {
+            let m0 = Model::load(unprotected).map_err(internal)?;
+            let s = opts.steps as usize;
+            let mut picks = vec![
+                s - 1,
+                s.saturating_sub(2),
+                s.saturating_sub(4),
+                s * 4 / 5,
+                s / 2,
+                0,
+            ];
+            picks.sort();
+            picks.dedup();
+            let mut inputs = vec![];
+            for seed in 0..2 {
+                let traj = eval::float_trajectory_inputs(float, &m0, opts, 2_000_000 + seed)?;
+                inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
+            }
+            protect::auto(program, *k, &inputs, budget.max_evals, |p| {
+                Ok(b.build(p, None, buckets, &[])?.0)
+            })?
+        }
+    })
+}
+
+/// `DMQ_DEBUG_LAYERS=I`: per-layer SQNR at step I of a float trajectory, on stderr.
+fn debug_layers(
+    float: &FloatModel,
+    program: &Program,
+    model: &Model,
+    bytes: &[u8],
+    opts: &CompileOptions,
+) -> Result<()> {
+    let Some(v) = std::env::var_os("DMQ_DEBUG_LAYERS") else {
+        return Ok(());
+    };
+    let pick: usize = v.to_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let traj = eval::float_trajectory_inputs(float, model, opts, 1_000_000)?;
+    for (t, x, _, extras) in traj.iter().skip(pick).take(1) {
+        for (i, kind, name, db) in eval::per_layer_sqnr(float, program, bytes, x, *t, extras)? {
+            eprintln!("t={t} op {i:4} {kind:<16} {db:8.2} dB  {name}");
+        }
+    }
+    Ok(())
+}
+
+/// SQNR per scheduled timestep against the float model, and the baseline's beside it.
+fn measure(
+    float: &FloatModel,
+    model: &Model,
+    baseline: Option<&[u8]>,
+    opts: &CompileOptions,
+) -> Result<Vec<crate::TimestepQuality>> {
+    let mut sqnr = eval::sqnr_over_schedule(float, model, opts, 1_000_000)?;
+    if let Some(b) = baseline {
+        let bm = Model::load(b).map_err(internal)?;
+        let base = eval::sqnr_over_schedule(float, &bm, opts, 1_000_000)?;
+        for (q, b) in sqnr.iter_mut().zip(base) {
+            q.baseline_db = Some(b.sqnr_db);
+        }
+    }
+    Ok(sqnr)
+}
+
+/// Weights, biases and norm affines of the program.
+fn parameters(p: &Program) -> usize {
+    p.ops
+        .iter()
+        .map(|op| match op {
+            ir::IrOp::Conv { w, bias, .. } | ir::IrOp::Linear { w, bias, .. } => {
+                w.len() + bias.len()
+            }
+            ir::IrOp::GroupNorm { gamma, beta, .. } => gamma.len() + beta.len(),
+            _ => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,251 @@
+//! The compile report: what was quantized how and what it costs, and the summary table printed after
+//! a compile.
+use crate::protect;
+use dmq_runtime::format as wire;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimestepQuality {
+    pub t: f32,
+    /// median over the evaluation inputs
+    pub sqnr_db: f64,
+    pub min_db: f64,
+    /// the plain min-max, one-range baseline at the same inputs (median)
+    pub baseline_db: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub onnx_bytes: u64,
+    pub dmq_bytes: usize,
+    pub size_ratio: f64,
+    pub arena_bytes: u32,
+    pub arena_without_reuse: usize,
+    pub parameters: usize,
+    pub ops: BTreeMap<String, usize>,
+    pub sampler: String,
+    /// the timestep input whose name chose the sampler (see `CompileOptions::sampler_by_input_name`)
+    pub sampler_from_input: Option<String>,
+    pub steps: u32,
+    pub calib_trajectories: usize,
+    /// classifier-free guidance scale the trajectories followed (`--guidance`)
+    pub guidance: Option<f32>,
+    pub calib_evaluations: usize,
+    pub calib_seconds: f64,
+    /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
+    pub calib_probed_steps: usize,
+    pub t_range: (f32, f32),
+    pub timestep_groups: usize,
+    pub weight_bits: u8,
+    pub sqnr_per_timestep: Vec<TimestepQuality>,
+    /// float trajectories measured per timestep (fewer than asked for on large models)
+    pub eval_samples: usize,
+    /// multiply-accumulates of one evaluation
+    pub macs_per_eval: u64,
+    pub sqnr_mean_db: f64,
+    pub sqnr_worst_db: f64,
+    pub baseline_bytes: Option<usize>,
+    /// tensors with int16 activations, and what they cost
+    pub protected: Vec<String>,
+    pub arena_bytes_unprotected: u32,
+    pub sensitivity: Vec<protect::Sensitivity>,
+    /// the quality floor (dB) and the steps below it with int8 activations: (t, SQNR measured then);
+    /// those steps run buckets in which every tensor that can be int16 is
+    pub floor_db: f64,
+    pub floor_steps: Vec<(f32, f64)>,
+    /// op streams in the file (timestep buckets, including floor buckets)
+    pub streams: usize,
+}
+
+/// Multiply-accumulates of one model evaluation.
+pub fn macs_per_eval(model: &dmq_runtime::Model) -> u64 {
+    let (c, l, m) = macs_by_kind(model);
+    c + l + m
+}
+
+/// Multiply-accumulates of one model evaluation: (convs, linears, attention products).
+pub fn macs_by_kind(model: &dmq_runtime::Model) -> (u64, u64, u64) {
+    use dmq_runtime::format::Op;
+    let mut total = (0u64, 0u64, 0u64);
+    for op in model.ops().flatten() {
+        match op {
+            Op::Conv2d(wire::Conv2d {
+                input,
+                output,
+                kernel,
+                ..
+            }) => {
+                let o = &output.shape;
+                let per_out = input.shape.get(1).copied().unwrap_or(0) as u64
+                    * kernel[0] as u64
+                    * kernel[1] as u64;
+                total.0 += o.iter().map(|&d| d as u64).product::<u64>() * per_out
+            }
+            Op::Linear(wire::Linear { geom, .. }) => {
+                total.1 += geom.m as u64 * geom.n as u64 * geom.k as u64
+            }
+            Op::MatMul(wire::MatMul { geom, .. }) => {
+                total.2 += geom.batch[0] as u64
+                    * geom.batch[1] as u64
+                    * geom.m as u64
+                    * geom.n as u64
+                    * geom.k as u64
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Formats lowering failures as one message listing each op type with its nodes.
+pub fn unsupported_message(list: &[crate::lower::Unsupported]) -> String {
+    let mut by_op: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in list {
+        by_op
+            .entry(u.op.clone())
+            .or_default()
+            .push(format!("{} ({})", u.node, u.why));
+    }
+    let mut s = format!(
+        "the model uses {} construct(s) dmq cannot lower yet:\n",
+        list.len()
+    );
+    for (op, nodes) in by_op {
+        s += &format!("  op {op}: {}\n", nodes.join("; "));
+    }
+    s += "Re-export without these ops, or open an issue naming them.";
+    s
+}
+
+pub fn progress_bar(len: u64, msg: &str, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {pos}/{len} evals {elapsed_precise} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// A timestep (integer) or sigma (4 significant digits) for tables.
+pub fn fmt_t(t: f32) -> String {
+    if t == t.round() && t.abs() < 1e6 {
+        format!("{t}")
+    } else {
+        let digits = (3 - t.abs().log10().floor() as i32).clamp(0, 6) as usize;
+        let s = format!("{t:.digits$}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// The summary table printed after compile.
+pub fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    s += &format!("dmqc: {}\n", r.model);
+    s += &format!(
+        "  ops           {}\n",
+        r.ops
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    s += &format!(
+        "  parameters    {} ({:.2} G multiply-accumulates per evaluation)\n",
+        r.parameters,
+        r.macs_per_eval as f64 / 1e9
+    );
+    if let Some(name) = &r.sampler_from_input {
+        s += &format!(
+            "  sampler       {} over Karras sigmas, sample prediction: the timestep input is named {name:?}\n                (an EDM/consistency-style denoiser; --sampler and --prediction choose otherwise)\n",
+            r.sampler
+        );
+    }
+    if r.calib_probed_steps > 0 {
+        s += &format!(
+            "  note          the model's own trajectories drifted far from N(0,1)-scale latents at {} of {} steps;\n                those steps were calibrated on forward-process samples instead\n",
+            r.calib_probed_steps, r.steps
+        );
+    }
+    if !r.protected.is_empty() {
+        s += &format!(
+            "  int16         {} protected tensor(s): {} (arena {} -> {} bytes)\n",
+            r.protected.len(),
+            if r.protected.len() > 8 {
+                format!(
+                    "{}, … ({} more)",
+                    r.protected[..8].join(", "),
+                    r.protected.len() - 8
+                )
+            } else {
+                r.protected.join(", ")
+            },
+            r.arena_bytes_unprotected,
+            r.arena_bytes
+        );
+    }
+    if !r.floor_steps.is_empty() {
+        s += &format!(
+            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                every int16-capable tensor at 16 bits ({} op streams in all)\n",
+            r.floor_db,
+            r.floor_steps
+                .iter()
+                .map(|(t, db)| format!("{t} ({db:.1} dB)"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.streams
+        );
+    }
+    s += &format!(
+        "  size          {} bytes ({:.1}% of the ONNX file's {} bytes)\n",
+        r.dmq_bytes,
+        100.0 * r.size_ratio,
+        r.onnx_bytes
+    );
+    s += &format!(
+        "  arena         {} bytes (without reuse: {} bytes)\n",
+        r.arena_bytes, r.arena_without_reuse
+    );
+    s += &format!(
+        "  calibration   {} {} steps × {} trajectories = {} float evaluations in {:.1} s\n",
+        r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
+    );
+    if let Some(g) = r.guidance {
+        s += &format!(
+            "  guidance      scale {g}: calibrated and measured on guided trajectories (conditional and
+                unconditional passes both observed; SQNR below is the conditional pass)
+"
+        );
+    }
+    s += &format!(
+        "  SQNR of the int8 output against float through the runtime (dB; {} op stream(s); median and worst\n  over {} float-trajectory inputs per timestep; baseline = plain min-max with one range for all steps):\n",
+        r.streams, r.eval_samples
+    );
+    s += "        t    median    worst  baseline\n";
+    for q in &r.sqnr_per_timestep {
+        let b = q
+            .baseline_db
+            .map(|b| format!("{b:>9.2}"))
+            .unwrap_or_else(|| "        -".into());
+        s += &format!(
+            "  {:>7}  {:>8.2} {:>8.2} {}\n",
+            fmt_t(q.t),
+            q.sqnr_db,
+            q.min_db,
+            b
+        );
+    }
+    s += &format!(
+        "  mean {:.2} dB, worst timestep {:.2} dB\n",
+        r.sqnr_mean_db, r.sqnr_worst_db
+    );
+    s
+}

@@ -1,0 +1,120 @@
+//! GroupNorm with exact integer statistics and a fixed-point per-channel affine.
+use super::Code;
+use crate::kernels::{check_len, le_f32};
+use crate::{Error, Result};
+
+/// Fixed-point fraction bits of the GroupNorm per-channel affine.
+pub const GN_FRAC_BITS: u8 = 16;
+
+/// `out = zo + a*(x - zx) + b` per element in fixed point with `GN_FRAC_BITS` fraction bits
+/// (`zo` is folded into `b`).
+fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) {
+    let one = (1i64 << GN_FRAC_BITS) as f32;
+    let am = libm::rintf(a * one).clamp(-1.0e12, 1.0e12) as i64;
+    let bm = libm::rintf(b * one).clamp(-1.0e15, 1.0e15) as i64;
+    for (dst, &v) in out.iter_mut().zip(x) {
+        let d = v.get() as i128 - zx as i128;
+        let r = (d * am as i128 + bm as i128 + (1i128 << (GN_FRAC_BITS - 1))) >> GN_FRAC_BITS;
+        *dst = U::sat(r.clamp(-(1i128 << 40), 1i128 << 40) as i64);
+    }
+}
+
+/// GroupNorm of `[n][c][s]` int8 codes. Statistics are exact integer sums per group; the per-channel
+/// affine `q_out = zo + a_c*(q - zx) + b_c` is evaluated in f32 once per channel and applied per element
+/// in 16-bit fixed point. With `ch_scales` (f32 per channel: a split concat whose parts keep their own
+/// scales) the sums are exact per channel and combined with each channel's scale.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm<T: Code, U: Code>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    s: usize,
+    groups: usize,
+    zx: i32,
+    sx: f32,
+    ch_scales: Option<&[u8]>,
+    eps: f32,
+    affine: &[u8],
+    so: f32,
+    zo: i32,
+    out: &mut [U],
+) -> Result<()> {
+    check_len(n * c * s, x.len())?;
+    check_len(x.len(), out.len())?;
+    check_len(c * 8, affine.len())?;
+    if groups == 0 || c % groups != 0 {
+        return Err(Error::Unsupported("groups must divide channels"));
+    }
+    let cg = c / groups;
+    let count = (cg * s) as i64; // <= x.len(), checked above
+    if count == 0 {
+        return Ok(());
+    }
+    if let Some(sc) = ch_scales {
+        check_len(c * 4, sc.len())?;
+        if (0..c).any(|ch| !(le_f32(sc, ch) > 0.0 && le_f32(sc, ch).is_finite())) {
+            return Err(Error::Unsupported(
+                "groupnorm channel scales must be positive",
+            ));
+        }
+        for ni in 0..n {
+            for g in 0..groups {
+                let start = (ni * c + g * cg) * s;
+                // exact integer sums per channel, combined in f64 with the channel scales
+                let (mut m1, mut m2) = (0f64, 0f64);
+                for cc in 0..cg {
+                    let o = start + cc * s;
+                    let (mut sum, mut sumsq) = (0i64, 0i64);
+                    for &v in &x[o..o + s] {
+                        let d = v.get() as i64 - zx as i64;
+                        sum += d;
+                        sumsq += d * d;
+                    }
+                    let sc_c = le_f32(sc, g * cg + cc) as f64;
+                    m1 += sc_c * sum as f64;
+                    m2 += sc_c * sc_c * sumsq as f64;
+                }
+                let mean = m1 / count as f64;
+                let var = (m2 / count as f64 - mean * mean).max(0.0);
+                let rstd = 1.0 / libm::sqrtf(var as f32 + eps);
+                for cc in 0..cg {
+                    let ch = g * cg + cc;
+                    let (gamma, beta) = (le_f32(affine, ch), le_f32(affine, c + ch));
+                    let sc_c = le_f32(sc, ch);
+                    let a = gamma * rstd * sc_c / so;
+                    let b = (beta - gamma * rstd * mean as f32) / so + zo as f32;
+                    let o = start + cc * s;
+                    gn_affine(&x[o..o + s], &mut out[o..o + s], zx, a, b);
+                }
+            }
+        }
+        return Ok(());
+    }
+    for ni in 0..n {
+        for g in 0..groups {
+            let start = (ni * c + g * cg) * s;
+            let xs = &x[start..start + cg * s];
+            let (mut sum, mut sumsq) = (0i64, 0i64);
+            for &v in xs {
+                let d = v.get() as i64 - zx as i64;
+                sum += d;
+                sumsq += d * d;
+            }
+            // exact numerator of the variance in code units: (n*sumsq - sum^2) / n^2
+            let num = count as i128 * sumsq as i128 - sum as i128 * sum as i128;
+            let var_q = num as f32 / (count as f32 * count as f32);
+            let mean_q = sum as f32 / count as f32;
+            let rstd = 1.0 / libm::sqrtf(var_q * sx * sx + eps);
+            for cc in 0..cg {
+                let ch = g * cg + cc;
+                let gamma = le_f32(affine, ch);
+                let beta = le_f32(affine, c + ch);
+                let a = gamma * rstd * sx / so;
+                let b = (beta - gamma * rstd * sx * mean_q) / so + zo as f32;
+                let o = start + cc * s;
+                gn_affine(&x[o..o + s], &mut out[o..o + s], zx, a, b);
+            }
+        }
+    }
+    Ok(())
+}
