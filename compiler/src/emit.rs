@@ -2,11 +2,11 @@
 use crate::ir::{Program, TensorId};
 use crate::memplan::Plan;
 use crate::quant::{tref, Blob, Quantized};
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use dmq_runtime::format::{
-    fnv1a64, ExtraInput, Header, ModelMeta, Op, SamplerConfig, TRef, HEADER_LEN, MAJOR_VERSION,
-    MAX_EXTRA_INPUTS, MINOR_VERSION,
+    ExtraInput, Header, ModelMeta, Op, SamplerConfig, TRef, HEADER_LEN, MAX_EXTRA_INPUTS,
 };
+use std::path::{Path, PathBuf};
 
 /// Serializes the model: one op stream per timestep bucket (`streams`, ascending t, each with the
 /// upper bound that separates it from the next). `t_range` is the calibrated timestep range.
@@ -107,30 +107,11 @@ fn name(p: &Program, t: Option<TensorId>) -> Result<heapless::String<64>> {
 /// 64-byte aligned blob.
 fn assemble(meta: &ModelMeta, ops_b: &[u8], blob: &[u8], n_ops: u32) -> Result<Vec<u8>> {
     let meta_b = postcard::to_allocvec(meta)?;
-    let meta_off = HEADER_LEN;
-    let ops_off = meta_off + meta_b.len();
-    let blob_off = (ops_off + ops_b.len()).div_ceil(64) * 64;
-    let mut covered = meta_b.clone();
-    covered.extend_from_slice(ops_b);
-    let header = Header {
-        major: MAJOR_VERSION,
-        minor: MINOR_VERSION,
-        meta: (meta_off as u32, meta_b.len() as u32),
-        ops: (ops_off as u32, ops_b.len() as u32),
-        n_ops,
-        blob: (blob_off as u32, blob.len() as u32),
-        meta_checksum: fnv1a64(&covered),
-        blob_checksum: fnv1a64(blob),
-        total_len: (blob_off + blob.len()) as u32,
-    };
-    let mut out = vec![0u8; HEADER_LEN];
-    let mut h = [0u8; HEADER_LEN];
-    header.write(&mut h);
-    out.copy_from_slice(&h);
-    out.extend(covered);
-    out.resize(blob_off, 0);
-    out.extend_from_slice(blob);
-    Ok(out)
+    let total = (HEADER_LEN + meta_b.len() + ops_b.len() + 64) as u64 + blob.len() as u64;
+    if total > u32::MAX as u64 {
+        bail!("the model would take {total} bytes; a .dmq holds at most 4 GiB (32-bit offsets)");
+    }
+    Ok(dmq_runtime::format::assemble(&meta_b, ops_b, n_ops, blob))
 }
 
 /// The timestep path folded for the scheduled timesteps (see `dmq_runtime::format::TimeTable`).
@@ -199,27 +180,54 @@ pub fn with_meta(
 
 /// Writes a file atomically (temporary file in the same folder, then rename): a failure never leaves
 /// a half-written output.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_group(&[(path, bytes)])
+}
+
+/// Writes several files as a group: every file goes to a temporary beside its destination first,
+/// and only when all are written are they renamed into place. When any part fails nothing is
+/// left: the temporaries are removed, and so are the files this call already renamed. Every error
+/// names its path.
+pub fn write_group(files: &[(&Path, &[u8])]) -> Result<()> {
+    let mut temps: Vec<PathBuf> = vec![];
+    let written = files.iter().try_for_each(|(path, bytes)| {
+        let tmp = temp_beside(path)?;
+        temps.push(tmp.clone());
+        write_synced(&tmp, bytes).with_context(|| format!("writing {}", path.display()))
+    });
+    if let Err(e) = written {
+        temps.iter().for_each(|t| drop(std::fs::remove_file(t)));
+        return Err(e);
+    }
+    for (k, (tmp, (path, _))) in temps.iter().zip(files).enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            temps[k..]
+                .iter()
+                .for_each(|t| drop(std::fs::remove_file(t)));
+            files[..k]
+                .iter()
+                .for_each(|(p, _)| drop(std::fs::remove_file(p)));
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// A temporary name in the destination's folder (created if missing).
+fn temp_beside(path: &Path) -> Result<PathBuf> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    let res = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the folder {}", dir.display()))?;
+    let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("out");
+    Ok(dir.join(format!(".{name}.tmp{}", std::process::id())))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }

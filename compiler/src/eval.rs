@@ -86,7 +86,8 @@ pub fn float_trajectory_inputs(
     rng.fill_gaussian(&mut x);
     let mut buf = vec![0f32; n];
     let mut seen = vec![];
-    sampler::sample(
+    let mut float_err = None;
+    let r = sampler::sample(
         &cfg,
         opts.sampler,
         opts.steps,
@@ -97,14 +98,19 @@ pub fn float_trajectory_inputs(
             // the trajectory follows the guided sampler; each probe is the conditional pass
             let (y, yc) =
                 crate::float_output(float, opts, Some((&extras, &uncond)), xin, t, |_, _| {})
-                    .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
+                    .map_err(|e| {
+                        float_err = Some(e);
+                        dmq_runtime::Error::Unsupported("float evaluation failed")
+                    })?;
             out.copy_from_slice(&y);
             seen.push((t, xin.to_vec(), yc, extras.clone()));
             Ok(())
         },
-    )
-    .map_err(|e| anyhow!("{e}"))?;
-    Ok(seen)
+    );
+    match (r, float_err) {
+        (Err(_), Some(e)) => Err(e.context("the float model failed")),
+        (r, _) => r.map(|_| seen).map_err(|e| anyhow!("{e}")),
+    }
 }
 
 /// SQNR per scheduled timestep (every step of the schedule), median over `opts.eval_samples` float

@@ -82,6 +82,9 @@ fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Resu
             InferenceFact::dt_shape(inp.dtype, inp.shape.clone()),
         )?;
     }
+    // the ONNX graph's output name (tract labels output outlets with it)
+    let onnx_out = model.output_outlets()?[0];
+    let onnx_output_name = model.outlet_label(onnx_out).map(str::to_string);
     let typed = model
         .into_typed()
         .map_err(|e| anyhow::anyhow!("type inference failed: {e:?}"))?;
@@ -92,7 +95,7 @@ fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Resu
         .as_concrete()
         .context("output shape is not concrete after pinning the inputs")?
         .to_vec();
-    let output_name = typed.node(out_outlet.node).name.clone();
+    let output_name = onnx_output_name.unwrap_or_else(|| typed.node(out_outlet.node).name.clone());
     let latent_candidates: Vec<usize> = inputs
         .iter()
         .enumerate()

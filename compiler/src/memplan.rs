@@ -8,6 +8,8 @@ pub struct Plan {
     pub invariant_ops: usize,
     /// The outputs of those ops that later ops read fill `arena[..invariant_bytes]`.
     pub invariant_bytes: u32,
+    /// The program op each stream position holds (the invariant ops first; identity otherwise).
+    pub order: Vec<usize>,
     pub offsets: Vec<u32>,
     pub scratch: Vec<u32>,
     pub sampler_state: u32,
@@ -21,12 +23,13 @@ fn align(x: usize) -> usize {
 }
 
 /// Moves the ops that depend only on the extra inputs (and constants) to the front of every stream,
-/// keeping their order (they need nothing that comes after them), and returns how many there are.
-/// Every stream gets the same permutation; when the streams' ops disagree on it, nothing moves.
+/// keeping their order (they need nothing that comes after them), and returns how many there are
+/// and the program op at each stream position. Every stream gets the same permutation; when the
+/// streams' ops disagree on it, nothing moves.
 pub fn hoist_invariant(
     p: &Program,
     streams: &mut [(crate::quant::Quantized, Option<f32>)],
-) -> usize {
+) -> (usize, Vec<usize>) {
     let perm = |ops: &[Op<TensorId>]| -> (Vec<usize>, usize) {
         // invariant: every input is an extra input or the output of an invariant op (constants count)
         let mut inv: std::collections::HashSet<TensorId> = p.extras.iter().map(|e| e.1).collect();
@@ -54,17 +57,18 @@ pub fn hoist_invariant(
         (front, k)
     };
     let Some(first) = streams.first() else {
-        return 0;
+        return (0, vec![]);
     };
+    let identity = (0, (0..first.0.ops.len()).collect());
     let (order, k) = perm(&first.0.ops);
     if k == 0 || streams.iter().any(|s| perm(&s.0.ops) != (order.clone(), k)) {
-        return 0;
+        return identity;
     }
     for (s, _) in streams.iter_mut() {
         s.ops = order.iter().map(|&i| s.ops[i].clone()).collect();
         s.scratch = order.iter().map(|&i| s.scratch[i]).collect();
     }
-    k
+    (k, order)
 }
 
 /// Arena plan for `ops`; the outputs of the first `invariant_ops` ops that later ops read stay live
@@ -172,6 +176,7 @@ pub fn plan(p: &Program, ops: &[Op<TensorId>], scratch: &[usize], invariant_ops:
     Plan {
         invariant_ops,
         invariant_bytes: invariant_bytes as u32,
+        order: (0..n_ops).collect(),
         offsets,
         scratch,
         sampler_state: state as u32,

@@ -84,7 +84,7 @@ fn compile_run_sample_inspect() {
         .arg("-o")
         .arg(&outdir));
     assert!(ok, "{err}");
-    let y = std::fs::read(outdir.join("_conv_out_Conv.npy")).unwrap();
+    let y = std::fs::read(outdir.join("noise_pred.npy")).unwrap();
     assert!(y.starts_with(b"\x93NUMPY") && y.len() > 128 * 4);
     // sample: PNG and npy, deterministic for a seed
     for ext in ["png", "npy"] {

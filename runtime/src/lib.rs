@@ -41,6 +41,9 @@ pub enum Error {
     UnsupportedVersion { major: u16, minor: u16 },
     /// The file is shorter than its header says.
     Truncated,
+    /// The header is inconsistent: unknown flags, sections out of order or overlapping, a total
+    /// length that is not where the blob ends.
+    Header(&'static str),
     /// A checksum does not match: the file is corrupted.
     ChecksumMismatch { section: &'static str },
     /// The metadata or an op record could not be decoded.
@@ -74,6 +77,7 @@ impl core::fmt::Display for Error {
                 "unsupported .dmq format version {major}.{minor} (this runtime reads {MAJOR_VERSION}.x)"
             ),
             Error::Truncated => write!(f, "the .dmq file is truncated"),
+            Error::Header(what) => write!(f, "invalid .dmq header: {what}"),
             Error::ChecksumMismatch { section } => {
                 write!(f, "checksum mismatch in the {section}: file corrupted")
             }

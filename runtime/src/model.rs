@@ -1,7 +1,7 @@
 //! A validated model: [`Model::load`] parses the header, checks the checksums, decodes the metadata
 //! and prepares every op record of every stream once (the check `ops::prepare` makes is the one a
 //! session makes before running), so only a model whose every op can run is ever returned.
-use crate::format::{fnv1a64, section, Header, ModelMeta, Op, TRef};
+use crate::format::{section, Header, ModelMeta, Op, TRef};
 use crate::ops::{self, Cx, Prepared};
 use crate::{verify, Error, Result};
 
@@ -48,25 +48,10 @@ impl<'a> Model<'a> {
     /// than `limits` allow.
     pub fn load_with(bytes: &'a [u8], limits: Limits) -> Result<Model<'a>> {
         let header = Header::parse(bytes)?;
+        header.verify(bytes)?;
         let meta_b = section(bytes, header.meta)?;
         let ops = section(bytes, header.ops)?;
         let blob = section(bytes, header.blob)?;
-        // The checksum covers meta and ops, which must be adjacent.
-        if header.meta.0 as u64 + header.meta.1 as u64 != header.ops.0 as u64 {
-            return Err(Error::Invalid {
-                op: u32::MAX,
-                what: "ops section must follow the metadata",
-            });
-        }
-        let covered = section(bytes, (header.meta.0, header.meta.1.saturating_add(header.ops.1)))?;
-        if fnv1a64(covered) != header.meta_checksum {
-            return Err(Error::ChecksumMismatch {
-                section: "metadata",
-            });
-        }
-        if fnv1a64(blob) != header.blob_checksum {
-            return Err(Error::ChecksumMismatch { section: "blob" });
-        }
         let meta: ModelMeta = postcard::from_bytes(meta_b).map_err(|_| Error::Metadata)?;
         verify::meta(&meta, header.n_ops, blob)?;
         if meta.arena_bytes as usize > limits.max_arena_bytes {

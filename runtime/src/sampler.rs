@@ -177,6 +177,16 @@ fn denoised(pred: Prediction, x: f32, out: f32, sigma: f64) -> f64 {
     }
 }
 
+/// The most steps `kind` takes: one per training timestep for DDIM/DDPM, 8 x the longest explicit
+/// schedule for the sigma samplers.
+pub fn max_steps(cfg: &SamplerConfig, kind: SamplerKind) -> u32 {
+    if kind.sigma_conditioned() {
+        crate::format::MAX_SCHEDULE as u32 * 8
+    } else {
+        cfg.num_train_timesteps
+    }
+}
+
 /// Runs `steps` denoising steps. `x` holds standard-normal initial noise on entry (the
 /// sigma-conditioned samplers scale it by the first sigma) and the sample on exit; `buf` is a
 /// latent-sized scratch buffer for the model output.
@@ -189,12 +199,7 @@ pub fn sample(
     rng: &mut Rng,
     mut denoise: impl FnMut(&[f32], f32, &mut [f32]) -> Result<()>,
 ) -> Result<()> {
-    let limit = if kind.sigma_conditioned() {
-        crate::format::MAX_SCHEDULE as u32 * 8
-    } else {
-        cfg.num_train_timesteps
-    };
-    if steps == 0 || steps > limit {
+    if steps == 0 || steps > max_steps(cfg, kind) {
         return Err(Error::Unsupported(
             "steps must be between 1 and the number of training timesteps",
         ));

@@ -39,6 +39,12 @@ pub(crate) fn meta(m: &ModelMeta, n_ops: u32, blob: &[u8]) -> Result<()> {
     {
         ops.view(t, DType::F32)?;
     }
+    let names = m.extra_inputs.iter().map(|e| e.name.as_str());
+    for (i, a) in names.clone().enumerate() {
+        if a.is_empty() || names.clone().skip(i + 1).any(|b| b == a) {
+            return Err(inv("extra inputs need distinct names"));
+        }
+    }
     sampler(m)?;
     streams(m, n_ops)?;
     time_table(m, blob)
@@ -63,6 +69,16 @@ fn sampler(m: &ModelMeta) -> Result<()> {
         || s.schedule.iter().any(|v| !(v.is_finite() && *v >= 0.0))
     {
         return Err(inv("sigma schedule invalid"));
+    }
+    // the model's own sampler must run: a step count it accepts, a prediction it takes
+    let kind: crate::SamplerKind = s.default_sampler.into();
+    if s.default_steps == 0 || s.default_steps > crate::sampler::max_steps(s, kind) {
+        return Err(inv("default step count outside what the sampler takes"));
+    }
+    if kind.sigma_conditioned() && s.prediction == crate::format::Prediction::V {
+        return Err(inv(
+            "the sigma-conditioned samplers take epsilon or sample predictions",
+        ));
     }
     Ok(())
 }

@@ -33,17 +33,14 @@ pub fn tiny_dmq() -> &'static [u8] {
 
 /// Re-computes both checksums so that a mutated file reaches structural validation.
 pub fn fix_checksums(bytes: &mut [u8]) {
-    use dmq_runtime::format::{fnv1a64, Header, HEADER_LEN};
+    use dmq_runtime::format::{Header, HEADER_LEN};
     let Ok(mut h) = Header::parse(bytes) else {
         return;
     };
-    let (mo, ml, ol) = (h.meta.0 as usize, h.meta.1 as usize, h.ops.1 as usize);
-    let (bo, bl) = (h.blob.0 as usize, h.blob.1 as usize);
-    if mo + ml + ol > bytes.len() || bo + bl > bytes.len() {
+    let Ok((m, b)) = h.checksums(bytes) else {
         return;
-    }
-    h.meta_checksum = fnv1a64(&bytes[mo..mo + ml + ol]);
-    h.blob_checksum = fnv1a64(&bytes[bo..bo + bl]);
+    };
+    (h.meta_checksum, h.blob_checksum) = (m, b);
     let mut hb = [0u8; HEADER_LEN];
     h.write(&mut hb);
     bytes[..HEADER_LEN].copy_from_slice(&hb);

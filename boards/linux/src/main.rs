@@ -17,6 +17,8 @@ use dmq_runtime::{Model, SamplerKind, Session};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod npy;
+
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
@@ -44,7 +46,13 @@ fn main() {
         }
         _ => Err(usage()),
     };
+    // exit codes: 2 for a usage error (unknown command, missing argument, a flag that is not a
+    // number), 1 for any other error
     if let Err(e) = res {
+        if e.starts_with("usage") {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -105,7 +113,7 @@ impl Args {
             None => Ok(default),
             Some(v) => v
                 .parse()
-                .map_err(|_| format!("--{name}: not a number: {v}")),
+                .map_err(|_| format!("usage: --{name}: not a number: {v}")),
         }
     }
 }
@@ -132,59 +140,18 @@ pub fn checksum(x: &[f32]) -> String {
 }
 
 fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Res<()> {
-    let dims: String = shape.iter().map(|d| format!("{d},")).collect();
-    let mut h =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}").into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((h.len() as u16).to_le_bytes());
-    b.extend(h);
-    for v in data {
-        b.extend(v.to_le_bytes());
-    }
-    std::fs::write(path, b).map_err(|e| format!("writing {}: {e}", path.display()))
+    npy::write(path, shape, data)
 }
 
-/// Minimal npy reader (little-endian f4, f8, i8, i4; C order).
-fn read_npy(path: &str) -> Res<Vec<f32>> {
-    let b = load(path)?;
-    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
-        return Err(format!("{path}: not an npy file"));
+/// An npy input for a model tensor of shape `want` (leading 1s aside), values finite.
+fn read_input(file: &str, label: &str, want: &[usize]) -> Res<Vec<f32>> {
+    let (shape, data) = npy::read(file, &load(file)?)?;
+    if !npy::same_shape(&shape, want) {
+        return Err(format!(
+            "{label}: {file} has shape {shape:?}, the model takes {want:?}"
+        ));
     }
-    let (hl, off) = if b[6] == 1 {
-        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-    };
-    let header = String::from_utf8_lossy(b.get(off..off + hl).ok_or(format!("{path}: truncated"))?)
-        .to_string();
-    let data = &b[off + hl..];
-    if header.contains("True") {
-        return Err(format!("{path}: Fortran order is not supported"));
-    }
-    let conv = |size: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<f32> {
-        data.chunks_exact(size).map(f).collect()
-    };
-    if header.contains("<f4") {
-        Ok(conv(4, &|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-    } else if header.contains("<f8") {
-        Ok(conv(8, &|c| {
-            f64::from_le_bytes(c.try_into().unwrap()) as f32
-        }))
-    } else if header.contains("<i8") {
-        Ok(conv(8, &|c| {
-            i64::from_le_bytes(c.try_into().unwrap()) as f32
-        }))
-    } else if header.contains("<i4") {
-        Ok(conv(4, &|c| {
-            i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32
-        }))
-    } else {
-        Err(format!("{path}: unsupported npy dtype (use float32)"))
-    }
+    Ok(data)
 }
 
 fn shape(t: &TRef) -> Vec<usize> {
@@ -201,7 +168,11 @@ fn extra_inputs(a: &Args, meta: &ModelMeta) -> Res<Vec<Vec<f32>>> {
             .find_map(|s| s.split_once('=').filter(|(n, _)| *n == e.name.as_str()))
             .map(|(_, f)| f)
             .ok_or(format!("missing --input {}=FILE.npy", e.name))?;
-        out.push(read_npy(file)?);
+        out.push(read_input(
+            file,
+            &format!("--input {}", e.name),
+            &shape(&e.tensor),
+        )?);
     }
     Ok(out)
 }
@@ -226,9 +197,19 @@ fn cmd_run(args: &[String]) -> Res<()> {
             .split_once('=')
             .ok_or(format!("--input expects NAME=FILE.npy, got {spec}"))?;
         if name == meta.latent_name.as_str() {
-            latent = Some(read_npy(file)?);
+            let (sh, v) = npy::read(file, &load(file)?)?;
+            let want = shape(&meta.latent);
+            let batched = sh.len() == want.len() && sh.len() > 1 && sh[1..] == want[1..];
+            if !(npy::same_shape(&sh, &want) || batched) {
+                return Err(format!("--input {name}: {file} has shape {sh:?}, the model's latent is {want:?} (a batch may replace the first dimension)"));
+            }
+            latent = Some(v);
         } else if name == meta.timestep_name.as_str() && meta.timestep.is_some() {
-            t = read_npy(file)?;
+            let (sh, v) = npy::read(file, &load(file)?)?;
+            if sh.len() > 1 {
+                return Err(format!("--input {name}: {file} has shape {sh:?}; a timestep is a scalar or one per latent"));
+            }
+            t = v;
         } else if !meta.extra_inputs.iter().any(|e| e.name.as_str() == name) {
             return Err(format!("the model has no input named {name:?}"));
         }
@@ -259,8 +240,12 @@ fn cmd_run(args: &[String]) -> Res<()> {
         )
         .map_err(|e| e.to_string())?;
     }
-    let dir = PathBuf::from(a.get("o").or(a.get("output")).ok_or("missing -o DIR")?);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let dir = PathBuf::from(
+        a.get("o")
+            .or(a.get("output"))
+            .ok_or("usage: dmq-board run needs -o DIR")?,
+    );
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let name: String = meta
         .output_name
         .chars()
@@ -314,7 +299,17 @@ fn cmd_sample(args: &[String]) -> Res<()> {
             let (name, file) = s
                 .split_once('=')
                 .ok_or(format!("--uncond expects NAME=FILE.npy, got {s:?}"))?;
-            Ok((name.to_string(), read_npy(file)?))
+            let e = meta
+                .extra_inputs
+                .iter()
+                .find(|e| e.name.as_str() == name)
+                .ok_or(format!(
+                    "--uncond {name}: the model has no extra input of that name"
+                ))?;
+            Ok((
+                name.to_string(),
+                read_input(file, &format!("--uncond {name}"), &shape(&e.tensor))?,
+            ))
         })
         .collect::<Res<_>>()?;
     let guidance: Option<f32> = match a.get("guidance") {
@@ -373,7 +368,7 @@ fn cmd_sample(args: &[String]) -> Res<()> {
             } else {
                 out.to_string()
             };
-            std::fs::write(&out, b).map_err(|e| e.to_string())?;
+            std::fs::write(&out, b).map_err(|e| format!("writing {out}: {e}"))?;
             println!("wrote {out}");
         } else {
             return Err("-o must end in .npy or .pgm".into());
@@ -404,10 +399,10 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
 fn cmd_bench(args: &[String]) -> Res<()> {
     let a = parse(args, &[]);
     let path = a.pos.first().ok_or_else(usage)?;
-    let bytes = load(path)?;
-    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
     let runs: usize = a.num("runs", 20)?;
     let threads: usize = a.num("threads", 1)?;
+    let bytes = load(path)?;
+    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
     let n = model.latent_len();
     let mut x = vec![0f32; n];
     Rng::new(1).fill_gaussian(&mut x);

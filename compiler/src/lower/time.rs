@@ -46,26 +46,7 @@ pub(super) fn lower_time(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<
         };
     }
     if node.op.name() == "Gather" && ins.len() == 2 {
-        // an embedding table indexed by a timestep-path value (class labels)
-        if let (Val::Const(table), Val::Time(index)) = (&ins[0], &ins[1]) {
-            let ts = table.shape().to_vec();
-            let axis_ok = node
-                .op_as::<tract_onnx::tract_core::ops::array::Gather>()
-                .map(|g| g.axis == 0)
-                .unwrap_or(false);
-            if ts.len() == 2 && axis_ok {
-                let out = cx.tensor(&name, oshape, DType::F32, Some(node.id));
-                cx.prog.ops.push(IrOp::Gather {
-                    index: *index,
-                    output: out,
-                    table: f32s(table)?,
-                    rows: ts[0],
-                    cols: ts[1],
-                });
-                return Ok(Val::Time(out));
-            }
-        }
-        bail!("only a constant 2-D table indexed along axis 0 (an embedding) is supported");
+        return lower_gather(cx, node, ins, oshape);
     }
     if let Some(cat) = node.op_as::<TypedConcat>() {
         if ins.len() > MAX_CONCAT {
@@ -171,4 +152,27 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
         }),
         _ => bail!("internal error: not a constant or lookup"),
     })
+}
+
+/// An embedding table indexed by a timestep-path value (class labels): an f32 row lookup.
+fn lower_gather(cx: &mut Ctx, node: &TypedNode, ins: &[Val], oshape: Vec<usize>) -> Result<Val> {
+    if let (Val::Const(table), Val::Time(index)) = (&ins[0], &ins[1]) {
+        let ts = table.shape().to_vec();
+        let axis_ok = node
+            .op_as::<tract_onnx::tract_core::ops::array::Gather>()
+            .map(|g| g.axis == 0)
+            .unwrap_or(false);
+        if ts.len() == 2 && axis_ok {
+            let out = cx.tensor(&node.name, oshape, DType::F32, Some(node.id));
+            cx.prog.ops.push(IrOp::Gather {
+                index: *index,
+                output: out,
+                table: f32s(table)?,
+                rows: ts[0],
+                cols: ts[1],
+            });
+            return Ok(Val::Time(out));
+        }
+    }
+    bail!("only a constant 2-D table indexed along axis 0 (an embedding) is supported")
 }

@@ -125,11 +125,12 @@ impl<'c> Builder<'c> {
             streams.push((q, b.upper));
         }
         // ops that depend only on the extra inputs run once per generation: first in every stream
-        let invariant = memplan::hoist_invariant(main, &mut streams);
+        let (invariant, order) = memplan::hoist_invariant(main, &mut streams);
         let scratch: Vec<usize> = (0..streams[0].0.scratch.len())
             .map(|i| streams.iter().map(|s| s.0.scratch[i]).max().unwrap_or(0))
             .collect();
-        let plan = memplan::plan(&wide, &streams[0].0.ops, &scratch, invariant);
+        let mut plan = memplan::plan(&wide, &streams[0].0.ops, &scratch, invariant);
+        plan.order = order;
         let t_range = (self.cal.t_min, self.cal.t_max);
         let bytes = emit::emit(main, &streams, &blob, &plan, self.cfg.clone(), t_range)?;
         Ok((bytes, plan))
@@ -137,12 +138,13 @@ impl<'c> Builder<'c> {
 
     /// The file with the timestep path folded for the scheduled timesteps, if asked for
     /// (`--fold-time-path`).
-    pub fn fold(&self, program: &Program, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    pub fn fold(&self, program: &Program, bytes: Vec<u8>, plan: &memplan::Plan) -> Result<Vec<u8>> {
         if !self.opts.fold_time_path {
             return Ok(bytes);
         }
+        let ts = &self.cal.timesteps;
         Ok(
-            match super::fold_time::fold_time_path(program, &bytes, &self.cal.timesteps)? {
+            match super::fold_time::fold_time_path(program, &plan.order, &bytes, ts)? {
                 Some(tt) => emit::with_time_table(&bytes, &tt)?,
                 None => bytes,
             },

@@ -75,7 +75,7 @@ pub(crate) fn apply(
         &buckets,
         chosen,
     )?;
-    let bytes = b.fold(program, bytes)?;
+    let bytes = b.fold(program, bytes, &plan)?;
     Ok(Some(Floored {
         buckets,
         bytes,

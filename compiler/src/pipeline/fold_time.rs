@@ -6,10 +6,18 @@ use anyhow::{bail, Result};
 /// of `timesteps` and records the outputs the integer graph reads, so the device skips the time MLP on
 /// scheduled steps. `None` without a timestep input or when nothing depends on the timestep alone.
 pub fn fold_time_path(
-    p: &ir::Program,
+    program: &ir::Program,
+    order: &[usize],
     bytes: &[u8],
     timesteps: &[f32],
 ) -> Result<Option<emit::TimeTableData>> {
+    // the program's ops in stream order (the invariant ops were hoisted to the front)
+    if order.len() != program.ops.len() {
+        bail!("internal error: op order and program differ");
+    }
+    let mut p = program.clone();
+    p.ops = order.iter().map(|&i| program.ops[i].clone()).collect();
+    let p = &p;
     use dmq_runtime::format::{DType, OpClass};
     let Some(ts) = p.timestep else {
         return Ok(None);

@@ -104,7 +104,7 @@ fn compile_imported(
         protection(&builder, &float, &program, &buckets, &unprotected, &budget)?;
     protect::apply(&mut program, &chosen);
     let (bytes, mut plan) = builder.build(&program, None, &buckets, &chosen)?;
-    let mut bytes = builder.fold(&program, bytes)?;
+    let mut bytes = builder.fold(&program, bytes, &plan)?;
     let mut floor_steps = vec![];
     if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
         if let Some(f) = floor::apply(&builder, &float, &program, &chosen, &bytes)? {

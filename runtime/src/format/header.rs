@@ -1,5 +1,10 @@
 //! The fixed 64-byte header, parsed by hand, and the file checksums.
-use super::{HEADER_LEN, MAGIC, MAJOR_VERSION};
+//!
+//! Every byte of a file is covered: the header checksum covers the header (all of it but the two
+//! checksum fields), the metadata, the op records and the zero padding before the blob; the blob
+//! checksum covers the blob. The sections follow each other in that order with no other gaps, the
+//! flags are zero and `total_len` is where the blob ends.
+use super::{HEADER_LEN, MAGIC, MAJOR_VERSION, MINOR_VERSION};
 use crate::{Error, Result};
 
 /// FNV-1a 64-bit hash, used as the file's checksums.
@@ -28,6 +33,9 @@ fn rd_u64(b: &[u8; HEADER_LEN], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Alignment of the blob section in the file.
+pub const BLOB_ALIGN: u32 = 64;
+
 /// The parsed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -37,12 +45,21 @@ pub struct Header {
     pub ops: (u32, u32),
     pub n_ops: u32,
     pub blob: (u32, u32),
+    /// FNV-1a 64 of the header (but the checksums), the metadata, the ops and the padding
     pub meta_checksum: u64,
+    /// FNV-1a 64 of the blob
     pub blob_checksum: u64,
     pub total_len: u32,
 }
 
+fn header_err(what: &'static str) -> Error {
+    Error::Header(what)
+}
+
 impl Header {
+    /// Parses and checks the header of `bytes` (the file, at least `total_len` long): magic,
+    /// version, zero flags, sections in order without gaps. The checksums are checked by
+    /// [`Header::verify`].
     pub fn parse(bytes: &[u8]) -> Result<Header> {
         if bytes.len() < 8 {
             return Err(if MAGIC.starts_with(bytes) {
@@ -69,16 +86,73 @@ impl Header {
             blob_checksum: rd_u64(b, 52),
             total_len: rd_u32(b, 60),
         };
-        if h.major != MAJOR_VERSION {
+        if h.major != MAJOR_VERSION || h.minor > MINOR_VERSION {
             return Err(Error::UnsupportedVersion {
                 major: h.major,
                 minor: h.minor,
             });
         }
+        if rd_u32(b, 12) != 0 {
+            return Err(header_err("unknown flags"));
+        }
+        h.check_layout()?;
         if (bytes.len() as u64) < h.total_len as u64 {
             return Err(Error::Truncated);
         }
         Ok(h)
+    }
+
+    /// Metadata right after the header, the op records right after it, the blob at the next
+    /// `BLOB_ALIGN` boundary, and the file ending where the blob does.
+    fn check_layout(&self) -> Result<()> {
+        let end = |(o, l): (u32, u32)| o as u64 + l as u64;
+        if self.meta.0 as usize != HEADER_LEN {
+            return Err(header_err("the metadata must follow the header"));
+        }
+        if self.ops.0 as u64 != end(self.meta) {
+            return Err(header_err("the op records must follow the metadata"));
+        }
+        let ops_end = end(self.ops);
+        let aligned = ops_end.div_ceil(BLOB_ALIGN as u64) * BLOB_ALIGN as u64;
+        if self.blob.0 as u64 != aligned {
+            return Err(header_err(
+                "the blob must start at the first 64-byte boundary after the op records",
+            ));
+        }
+        if self.total_len as u64 != end(self.blob) {
+            return Err(header_err("the total length is not where the blob ends"));
+        }
+        Ok(())
+    }
+
+    /// The two checksums of `file` under this header: the header without its checksums, the
+    /// metadata, the op records and the padding; and the blob.
+    pub fn checksums(&self, file: &[u8]) -> Result<(u64, u64)> {
+        let mut hb = [0u8; HEADER_LEN];
+        self.write(&mut hb);
+        let h = fnv1a64_more(fnv1a64(&hb[..44]), &hb[60..HEADER_LEN]);
+        let covered = section(
+            file,
+            (
+                HEADER_LEN as u32,
+                self.blob.0.saturating_sub(HEADER_LEN as u32),
+            ),
+        )?;
+        Ok((fnv1a64_more(h, covered), fnv1a64(section(file, self.blob)?)))
+    }
+
+    /// Checks both checksums of `file` (parsed with this header).
+    pub fn verify(&self, file: &[u8]) -> Result<()> {
+        let (meta, blob) = self.checksums(file)?;
+        if meta != self.meta_checksum {
+            return Err(Error::ChecksumMismatch {
+                section: "header, metadata and op records",
+            });
+        }
+        if blob != self.blob_checksum {
+            return Err(Error::ChecksumMismatch { section: "blob" });
+        }
+        Ok(())
     }
 
     pub fn write(&self, out: &mut [u8; HEADER_LEN]) {
@@ -97,6 +171,39 @@ impl Header {
         out[52..60].copy_from_slice(&self.blob_checksum.to_le_bytes());
         out[60..64].copy_from_slice(&self.total_len.to_le_bytes());
     }
+}
+
+/// Lays out a file: header, metadata, op records, zero padding to the blob's alignment, blob; with
+/// both checksums set.
+#[cfg(feature = "std")]
+pub fn assemble(meta: &[u8], ops: &[u8], n_ops: u32, blob: &[u8]) -> std::vec::Vec<u8> {
+    extern crate std;
+    let ops_off = HEADER_LEN + meta.len();
+    let blob_off = (ops_off + ops.len()).div_ceil(BLOB_ALIGN as usize) * BLOB_ALIGN as usize;
+    let mut h = Header {
+        major: MAJOR_VERSION,
+        minor: MINOR_VERSION,
+        meta: (HEADER_LEN as u32, meta.len() as u32),
+        ops: (ops_off as u32, ops.len() as u32),
+        n_ops,
+        blob: (blob_off as u32, blob.len() as u32),
+        meta_checksum: 0,
+        blob_checksum: 0,
+        total_len: (blob_off + blob.len()) as u32,
+    };
+    let mut out = std::vec![0u8; HEADER_LEN];
+    out.extend_from_slice(meta);
+    out.extend_from_slice(ops);
+    out.resize(blob_off, 0);
+    out.extend_from_slice(blob);
+    // the sections were laid out by this function: they are in place
+    if let Ok((m, b)) = h.checksums(&out) {
+        (h.meta_checksum, h.blob_checksum) = (m, b);
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    h.write(&mut hb);
+    out[..HEADER_LEN].copy_from_slice(&hb);
+    out
 }
 
 /// Slices `bytes[off..off+len]` with checked arithmetic.

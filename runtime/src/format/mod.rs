@@ -5,7 +5,7 @@
 //! offset 0   header (64 bytes, little endian, parsed by hand)
 //!            magic "DMQMODEL" | major u16 | minor u16 | flags u32
 //!            meta_off u32 | meta_len u32 | ops_off u32 | ops_len u32 | n_ops u32
-//!            blob_off u32 | blob_len u32 | meta+ops checksum u64 | blob checksum u64 | total_len u32
+//!            blob_off u32 | blob_len u32 | header checksum u64 | blob checksum u64 | total_len u32
 //! meta       postcard [`ModelMeta`]: arena size, model inputs/outputs, sampler configuration
 //! ops        `n_ops` postcard [`Op`] records, back to back, in execution order, one stream per
 //!            timestep bucket. Each record carries the arena placement, shape and quantization of
@@ -14,19 +14,21 @@
 //!            section 64-byte aligned in the file and each array at a 16-byte offset in it; op records
 //!            refer to them by [`BlobRef`]. Large arrays never go through postcard.
 //! ```
-//! Checksums are FNV-1a 64.
+//! Checksums are FNV-1a 64; together they cover every byte of the file (see [`Header`]).
 mod header;
 mod meta;
 mod op;
 mod tensor;
 
-pub use header::{fnv1a64, fnv1a64_more, section, Header};
+#[cfg(feature = "std")]
+pub use header::assemble;
+pub use header::{fnv1a64, fnv1a64_more, section, Header, BLOB_ALIGN};
 pub use meta::*;
 pub use op::*;
 pub use tensor::*;
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
-pub const MAJOR_VERSION: u16 = 4;
+pub const MAJOR_VERSION: u16 = 5;
 pub const MINOR_VERSION: u16 = 0;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.

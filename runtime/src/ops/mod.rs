@@ -348,3 +348,15 @@ pub(crate) fn movement_pair(cx: &Cx<'_>, input: &TRef, output: &TRef) -> Result<
     cx.disjoint(&o, &[&i])?;
     Ok((i, o))
 }
+
+#[cfg(test)]
+mod size_tests {
+    /// A session keeps one stream's prepared ops: they stay small (the plan of a 300-op stream is
+    /// about 150 KB on a 64-bit host).
+    #[test]
+    fn a_prepared_op_stays_small() {
+        let size = core::mem::size_of::<super::Prepared<'static>>();
+        std::eprintln!("size of a prepared op: {size} bytes");
+        assert!(size <= 512, "Prepared is {size} bytes");
+    }
+}

@@ -113,10 +113,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let (opts, model, output, report) = options(args)?;
     let c = dmq_compiler::compile(&model, &opts)?;
-    dmq_compiler::emit::write_atomic(&output, &c.bytes)?;
-    if let Some(r) = report {
-        dmq_compiler::emit::write_atomic(&r, serde_json::to_string_pretty(&c.report)?.as_bytes())?;
+    // the model and its report are written as a group: neither is left when the other fails
+    let json = serde_json::to_string_pretty(&c.report)?;
+    let mut files: Vec<(&std::path::Path, &[u8])> = vec![(&output, &c.bytes)];
+    if let Some(r) = &report {
+        files.push((r, json.as_bytes()));
     }
+    dmq_compiler::emit::write_group(&files)?;
     print!("{}", dmq_compiler::summary(&c.report));
     println!("wrote {}", output.display());
     Ok(())

@@ -1,9 +1,9 @@
 //! `dmqc demo`: the bundled model compiled at W8A8 and W4A8, sampled with float and int8 from the
 //! same seeds, side by side.
-use super::eval::write_plot;
+use super::eval::plot_png;
 use super::open_model;
 use super::sample::image_hw;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use dmq_compiler::{cli_io, eval, import, CompileOptions};
 use dmq_runtime::sampler::Rng;
 use dmq_runtime::{SamplerKind, Session};
@@ -13,7 +13,7 @@ use std::path::Path;
 const BUNDLED_ONNX: &[u8] = include_bytes!("../../../../models/digits_unet.onnx");
 
 pub fn run(dir: &Path, seeds: u64) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     println!(
         "dmq demo: compiling the bundled digits UNet (models/digits_unet.onnx, {} bytes)",
         BUNDLED_ONNX.len()
@@ -31,8 +31,6 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     print!("W4A8 {}", dmq_compiler::summary(&c4.report));
     let p8 = dir.join("digits_unet_w8a8.dmq");
     let p4 = dir.join("digits_unet_w4a8.dmq");
-    dmq_compiler::emit::write_atomic(&p8, &c8.bytes)?;
-    dmq_compiler::emit::write_atomic(&p4, &c4.bytes)?;
     let (m8, m4) = (open_model(&c8.bytes)?, open_model(&c4.bytes)?);
     let imp = import::import_bytes(BUNDLED_ONNX, "bundled", None)?;
     let float = import::FloatModel::new(&imp)?;
@@ -69,7 +67,7 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
     let png = dir.join("samples_float_w8a8_w4a8.png");
-    cli_io::write_grid(&png, &rows, h, w, 4)?;
+    let grid = cli_io::grid_png(&rows, h, w, 4)?;
     let plot = dir.join("sqnr_vs_timestep.png");
     let pts = |r: &dmq_compiler::Report| {
         r.sqnr_per_timestep
@@ -83,8 +81,7 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
         .iter()
         .filter_map(|q| q.baseline_db.map(|b| (q.t, b)))
         .collect();
-    write_plot(
-        &plot,
+    let plot_bytes = plot_png(
         "DIGITS UNET  INT VS FLOAT",
         &[
             ("W8A8".into(), pts(&c8.report)),
@@ -102,7 +99,15 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     report["w8a8_sampling_seconds_per_image_host"] =
         serde_json::json!(int8_secs / seeds.max(1) as f64);
     let rpath = dir.join("report.json");
-    dmq_compiler::emit::write_atomic(&rpath, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let json = serde_json::to_string_pretty(&report)?;
+    // every output of the demo, written as a group
+    dmq_compiler::emit::write_group(&[
+        (&p8, &c8.bytes),
+        (&p4, &c4.bytes),
+        (&png, &grid),
+        (&plot, &plot_bytes),
+        (&rpath, json.as_bytes()),
+    ])?;
     println!(
         "final DDIM-{steps} sample PSNR against float over {seeds} seeds: W8A8 mean {:.2} dB (min {:.2}), W4A8 mean {:.2} dB (min {:.2})",
         mean(&psnr8),

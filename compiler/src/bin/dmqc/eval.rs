@@ -1,6 +1,6 @@
 //! `dmqc eval`: .dmq models against the float ONNX model, SQNR per timestep through the runtime.
 use super::{emit_stdout, load, open_model};
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use dmq_compiler::{eval, import, CompileOptions};
 use std::path::{Path, PathBuf};
 
@@ -17,13 +17,22 @@ pub(crate) fn write_plot(
     series: &[(String, Vec<(f32, f64)>)],
     t_max: f32,
 ) -> Result<()> {
+    dmq_compiler::emit::write_atomic(path, &plot_png(title, series, t_max)?)
+}
+
+/// The SQNR plot as PNG bytes.
+pub(crate) fn plot_png(
+    title: &str,
+    series: &[(String, Vec<(f32, f64)>)],
+    t_max: f32,
+) -> Result<Vec<u8>> {
     let img = dmq_compiler::plot::sqnr_plot(title, series, t_max);
     let mut bytes = vec![];
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )?;
-    dmq_compiler::emit::write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// `dmqc eval ONNX A.dmq [B.dmq ...]`
@@ -54,7 +63,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut t_max = 1.0f32;
     for path in models {
         let bytes = load(path)?;
-        let model = open_model(&bytes)?;
+        let model = open_model(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        same_model(&imp, &model, path, onnx)?;
         let meta = model.meta();
         let opts = CompileOptions {
             steps: meta.sampler.default_steps,
@@ -98,6 +108,36 @@ pub fn run(a: Args) -> Result<()> {
         let t_max = ((t_max / 100.0).ceil() * 100.0).max(1.0);
         write_plot(p, "SQNR VS FLOAT", &series, t_max)?;
         println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+/// A .dmq compiled from the ONNX model has its latent, timestep and extra inputs; refuses with
+/// both descriptions otherwise.
+fn same_model(
+    imp: &import::Imported,
+    model: &dmq_runtime::Model,
+    dmq: &Path,
+    onnx: &Path,
+) -> Result<()> {
+    let m = model.meta();
+    let latent: Vec<usize> = m.latent.shape.iter().map(|&d| d as usize).collect();
+    let extras: Vec<&str> = m.extra_inputs.iter().map(|e| e.name.as_str()).collect();
+    let want_extras: Vec<&str> = imp.extras.iter().map(|e| e.name.as_str()).collect();
+    let ts = imp.timestep.as_ref().map(|t| t.name.as_str());
+    if latent != imp.latent.shape
+        || m.latent_name.as_str() != imp.latent.name
+        || m.timestep.as_ref().map(|_| m.timestep_name.as_str()) != ts
+        || extras != want_extras
+    {
+        bail!(
+            "{} was not compiled from {}: it takes {:?} {latent:?} with extra inputs {extras:?}, the ONNX model {:?} {:?} with {want_extras:?}",
+            dmq.display(),
+            onnx.display(),
+            m.latent_name.as_str(),
+            imp.latent.name,
+            imp.latent.shape
+        );
     }
     Ok(())
 }

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 #[command(
     name = "dmqc",
     version,
-    about = "Compile diffusion UNets (ONNX) to integer .dmq models for small ARM boards, and run them on the host with the same runtime the board uses."
+    about = "Compile diffusion UNets (ONNX) to integer .dmq models for small ARM boards, and run them on the host with the same runtime the board uses.",
+    after_help = "Exit status: 0 on success, 1 when a command fails (the message names the file or input), 2 for a usage error."
 )]
 struct Cli {
     #[command(subcommand)]

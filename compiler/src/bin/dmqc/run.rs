@@ -32,9 +32,13 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let (shape, data) = cli_io::read_npy(Path::new(file))?;
+        cli_io::check_finite(&data, Path::new(file)).map_err(|e| anyhow!("--input {name}: {e}"))?;
         if name == meta.latent_name.as_str() {
             latent = Some((shape, data));
         } else if meta.timestep.is_some() && name == meta.timestep_name.as_str() {
+            if shape.len() > 1 {
+                bail!("--input {name}: {file} has shape {shape:?}; a timestep is a scalar or one per latent");
+            }
             ts = Some(data);
         } else {
             let mut names = vec![meta.latent_name.to_string()];
@@ -51,14 +55,8 @@ pub fn run(args: Args) -> Result<()> {
     let (shape, data) =
         latent.ok_or_else(|| anyhow!("missing --input {}=FILE.npy", meta.latent_name))?;
     let per = model.latent_len();
-    if data.is_empty() || data.len() % per != 0 {
-        bail!(
-            "latent {} has {} values, not a multiple of the model's {per}",
-            meta.latent_name,
-            data.len()
-        );
-    }
-    let batch = data.len() / per;
+    let batch = latent_batch(&shape, &meta.latent.shape)
+        .ok_or_else(|| anyhow!("--input {}: shape {shape:?} does not match the model's latent {:?} (a batch may replace its first dimension)", meta.latent_name, meta.latent.shape))?;
     let ts = match (&meta.timestep, ts) {
         (Some(_), None) => bail!("missing --input {}=FILE.npy", meta.timestep_name),
         (Some(_), Some(t)) if t.len() != 1 && t.len() != batch => {
@@ -89,6 +87,19 @@ pub fn run(args: Args) -> Result<()> {
     cli_io::write_npy(&file, &shape, &out)?;
     println!("wrote {}", file.display());
     Ok(())
+}
+
+/// The batch of a latent input of `shape` for the model's latent `want`: the same shape (leading
+/// 1s aside), or `want` with its first dimension replaced by the batch.
+fn latent_batch(shape: &[usize], want: &[u32]) -> Option<usize> {
+    let want: Vec<usize> = want.iter().map(|&d| d as usize).collect();
+    let squeeze =
+        |s: &[usize]| -> Vec<usize> { s.iter().copied().skip_while(|&d| d == 1).collect() };
+    if squeeze(shape) == squeeze(&want) {
+        return Some(1);
+    }
+    (shape.len() == want.len() && !shape.is_empty() && shape[1..] == want[1..] && shape[0] > 0)
+        .then(|| shape[0])
 }
 
 fn sanitize(name: &str) -> String {
@@ -127,14 +138,13 @@ pub(crate) fn named_npy(
                 }
             )
         })?;
-    let (_, data) = cli_io::read_npy(Path::new(file))?;
-    if data.len() != meta.extra_inputs[k].tensor.numel() {
-        bail!(
-            "{flag} {name} has {} values, the model takes {}",
-            data.len(),
-            meta.extra_inputs[k].tensor.numel()
-        );
-    }
+    let want: Vec<usize> = meta.extra_inputs[k]
+        .tensor
+        .shape
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let data = cli_io::read_input(Path::new(file), &format!("{flag} {name}"), &want)?;
     Ok((k, data))
 }
 

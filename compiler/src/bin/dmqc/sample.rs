@@ -52,11 +52,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut x = vec![0f32; n];
     match noise {
         Some(f) => {
-            let (_, d) = cli_io::read_npy(f)?;
-            if d.len() != n {
-                bail!("--noise has {} values, the model's latent has {n}", d.len());
-            }
-            x.copy_from_slice(&d);
+            let want: Vec<usize> = meta.latent.shape.iter().map(|&d| d as usize).collect();
+            x.copy_from_slice(&cli_io::read_input(f, "--noise", &want)?);
         }
         None => rng.fill_gaussian(&mut x),
     }
