@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/cross/aarch64-unknown-linux-gnu/release/dmq-board}"
 [ -f "$BIN" ] || { echo "kernel-evidence: $BIN missing; run scripts/test-aarch64.sh first" >&2; exit 1; }
-for kernel in dot_block_neon dot_block_sdot; do
+for kernel in tile_neon tile_sdot; do
   aarch64-linux-gnu-objdump -d --no-show-raw-insn "$BIN" |
     awk -v k="$kernel" '
       function hex(s,   i, v) { v = 0; s = tolower(s); for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1; return v }
@@ -27,13 +27,13 @@ for kernel in dot_block_neon dot_block_sdot; do
           for (i = 1; i <= n; i++) if (A[i] >= BT[b] && A[i] <= BA[b]) {
             ins++
             if (O[i] == "sdot") sdot++
-            if (O[i] ~ /^smull2?$/) smull++
+            if (O[i] ~ /^sm(ull|lal)2?$/) smull++
             if (O[i] ~ /^ld/) ld++
           }
           macs = sdot * 16 + smull * 8
           if (macs > best) { best = macs; bi = ins; bs = sdot; bm = smull; bl = ld }
         }
         if (best == 0) { printf "%-15s inner loop not found (inlined?)\n", k; exit 1 }
-        printf "%-15s inner loop: %2d instructions (%d loads, %d SDOT, %d SMULL/SMULL2) -> %3d MACs: %.2f MAC/instruction\n", k, bi, bl, bs, bm, best, best / bi
+        printf "%-15s inner loop: %2d instructions (%d loads, %d SDOT, %d SMULL/SMLAL(2)) -> %3d MACs: %.2f MAC/instruction\n", k, bi, bl, bs, bm, best, best / bi
       }'
 done

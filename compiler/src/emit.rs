@@ -71,8 +71,11 @@ pub fn emit(
         let tq = trefs(p, q, plan)?;
         for (i, op) in q.ops.iter().enumerate() {
             let mut rec = op.map(|t| tq[t.0 as usize].clone());
-            if let Op::Conv2d(c) = &mut rec {
-                c.scratch = plan.scratch[i];
+            match &mut rec {
+                Op::Conv2d(c) => c.scratch = plan.scratch[i],
+                Op::Linear(l) => l.scratch = plan.scratch[i],
+                Op::MatMul(m) => m.scratch = plan.scratch[i],
+                _ => {}
             }
             ops_b.extend(postcard::to_allocvec(&rec)?);
         }

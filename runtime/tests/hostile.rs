@@ -7,7 +7,7 @@
 //! `DMQ_HOSTILE_CASES=N` sets the cases per kind and fixture (default 2 000: 8 000 in all; CI runs
 //! 25 000, 100 000 in all, with `scripts/test.sh`);
 //! `DMQ_HOSTILE_SEED` the first seed. A failing case prints its seed; rerun one case with
-//! `DMQ_HOSTILE_CASES=1 DMQ_HOSTILE_SEED=<seed>`.
+//! `DMQ_HOSTILE_CASES=1 DMQ_HOSTILE_SEED=<seed>` (`DMQ_HOSTILE_DUMP=PREFIX` writes each case's bytes to `PREFIX.<fixture>.<seed>`).
 mod exercise;
 
 use dmq_runtime::format::{assemble, Header, ModelMeta, Op, TRef};
@@ -286,6 +286,9 @@ fn run_cases(
     for c in 0..cases {
         let seed = seed0 + c;
         let bytes = make(&mut Rng::new(seed));
+        if let Ok(path) = std::env::var("DMQ_HOSTILE_DUMP") {
+            std::fs::write(format!("{path}.{name}.{seed}"), &bytes).expect("DMQ_HOSTILE_DUMP: cannot write");
+        }
         started.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
         current.store(seed, Ordering::SeqCst);
         let t0 = Instant::now();

@@ -392,7 +392,7 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
         .collect();
     let checked = dmq_runtime::kernels::check::tiers_match_scalar(&tiers, cases, 2024)
         .map_err(|e| format!("selftest: {e}"))?;
-    println!("selftest: {checked} random kernel cases (conv, 1x1 conv, linear, matmul, dot products) bit-identical to the scalar kernels on tiers {tiers:?} (detected {best:?})");
+    println!("selftest: {checked} random kernel cases (convolutions, linears, attention operands; sums and requantized codes) bit-identical to the scalar kernels on tiers {tiers:?} (detected {best:?})");
     Ok(())
 }
 
@@ -466,20 +466,70 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         times[0],
         times[times.len() - 1]
     );
-    // per-op profile (one evaluation, stream of t = 500)
+    stream_latencies(&model, &mut sess, &x, &mut out, runs)?;
+    op_profile(&model, &mut sess, &x, runs)?;
+    let int16 = model
+        .ops()
+        .filter_map(|o| o.ok())
+        .filter(|o| matches!(o, Op::Conv2d(c) if c.input.dtype == DType::I16))
+        .count();
+    println!("int16-input convs: {int16}; peak memory = arena {} bytes + model bytes {} (no heap use in run)", model.arena_bytes(), bytes.len());
+    Ok(())
+}
+
+/// Latency per op stream (timestep bucket), at the middle timestep of each.
+fn stream_latencies(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], out: &mut [f32], runs: usize) -> Res<()> {
+    // latency per op stream (timestep bucket), at the middle timestep of each
+    let uppers = &model.meta().bucket_upper;
+    for k in 0..model.streams() {
+        let lo = if k == 0 { 0.0 } else { uppers[k - 1] };
+        let hi = uppers.get(k).copied().unwrap_or(1000.0).min(1000.0);
+        let t = (lo + hi) / 2.0;
+        let mut ts: Vec<f64> = (0..runs.clamp(3, 100))
+            .map(|_| {
+                let t0 = Instant::now();
+                sess.run(x, t, out).map(|_| t0.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let int16 = model
+            .stream_ops(k)
+            .filter_map(|o| o.ok())
+            .filter(|o| o.output().dtype == DType::I16)
+            .count();
+        println!(
+            "  stream {k} (t in ({lo:.0}, {hi:.0}], {int16} int16 outputs of {} ops): median {:.3} ms, min {:.3} ms",
+            model.meta().ops_per_stream,
+            ts[ts.len() / 2],
+            ts[0]
+        );
+    }
+    Ok(())
+}
+
+/// Per-op-kind profile of the stream of t = 500, averaged over up to 100 evaluations.
+fn op_profile(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], runs: usize) -> Res<()> {
+    // per-op profile (stream of t = 500, averaged over up to 100 evaluations)
     let mut prof: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
-    let mut last = Instant::now();
-    sess.prepare(&x, 500.0).map_err(|e| e.to_string())?;
-    sess.run_ops(model.stream_for(500.0), |_, op| {
-        let now = Instant::now();
-        let e = prof.entry(op.name()).or_insert((0, 0.0));
-        e.0 += 1;
-        e.1 += (now - last).as_secs_f64() * 1e3;
-        last = now;
-    })
-    .map_err(|e| e.to_string())?;
+    let evals = runs.clamp(1, 100);
+    for _ in 0..evals {
+        sess.prepare(x, 500.0).map_err(|e| e.to_string())?;
+        let mut last = Instant::now();
+        sess.run_ops(model.stream_for(500.0), |_, op| {
+            let now = Instant::now();
+            let e = prof.entry(op.name()).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += (now - last).as_secs_f64() * 1e3;
+            last = now;
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    for v in prof.values_mut() {
+        *v = (v.0 / evals, v.1 / evals as f64);
+    }
     let total: f64 = prof.values().map(|v| v.1).sum();
-    println!("per-op profile (one step):");
+    println!("per-op profile (t = 500, mean of {evals} evaluations):");
     let mut rows: Vec<_> = prof.into_iter().collect();
     rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
     for (name, (count, ms)) in rows {
@@ -488,11 +538,5 @@ fn cmd_bench(args: &[String]) -> Res<()> {
             100.0 * ms / total.max(1e-12)
         );
     }
-    let int16 = model
-        .ops()
-        .filter_map(|o| o.ok())
-        .filter(|o| matches!(o, Op::Conv2d(c) if c.input.dtype == DType::I16))
-        .count();
-    println!("int16-input convs: {int16}; peak memory = arena {} bytes + model bytes {} (no heap use in run)", model.arena_bytes(), bytes.len());
     Ok(())
 }

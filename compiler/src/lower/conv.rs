@@ -6,7 +6,7 @@ use crate::quant::weights::{fold_rows, push_weights};
 use crate::quant::{quantize_rows_bits, QuantCx};
 use anyhow::{bail, Result};
 use dmq_runtime::format::{self as wire, DType, Op};
-use dmq_runtime::kernels::reference::conv::ConvDims;
+use dmq_runtime::ops::conv2d::ConvDims;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::nn::DataFormat;
@@ -180,22 +180,17 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<(Op<TensorId>, usize)
         kw: kernel[1],
         sh: stride[0],
         sw: stride[1],
-        pt: pad[0],
-        pl: pad[1],
+        pad: *pad,
         oh: osh[2],
         ow: osh[3],
     };
-    let scratch = dmq_runtime::ops::conv2d::scratch_bytes(
-        &d,
-        time_bias.is_some(),
-        cx.p.t(*input).dtype.size(),
-    );
+    let scratch = dmq_runtime::ops::conv2d::scratch_bytes(&d, bits, time_bias.is_some());
     let blob = &mut *cx.blob;
     let rec = Op::Conv2d(wire::Conv2d {
         input: *input,
         output: *output,
         weight_bits: bits,
-        weights: push_weights(blob, &wq, co, bits),
+        weights: push_weights(blob, &wq, co, kernel[0] * kernel[1], bits),
         bias: blob.push_i32(&bq),
         requant: blob.push_requant(&rq),
         time_bias: *time_bias,

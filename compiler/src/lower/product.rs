@@ -330,6 +330,31 @@ pub(super) fn lower_einsum(
     }
 }
 
+/// The arena scratch of a product record: a linear's staged input (and unpacked 4-bit weights), a
+/// matmul's staged and packed operands.
+pub fn scratch_bytes(op: &Op<TensorId>) -> usize {
+    match op {
+        Op::Linear(l) => {
+            let g = &l.geom;
+            dmq_runtime::ops::linear::scratch_bytes(g.m as usize, g.n as usize, g.k as usize, l.weight_bits)
+        }
+        Op::MatMul(mm) => {
+            let g = &mm.geom;
+            let u = |s: [u32; 4]| s.map(|v| v as usize);
+            dmq_runtime::ops::matmul::scratch_bytes(&dmq_runtime::ops::matmul::MatMulDims {
+                batch: [g.batch[0] as usize, g.batch[1] as usize],
+                m: g.m as usize,
+                n: g.n as usize,
+                k: g.k as usize,
+                a_s: u(g.a_strides),
+                b_s: u(g.b_strides),
+                o_s: u(g.o_strides),
+            })
+        }
+        _ => 0,
+    }
+}
+
 /// The record of a product: `Linear` (weights per output row, zero point folded into the bias),
 /// `FLinear` on the timestep path (8-bit weights, f32 scales and bias), or `MatMul` (one
 /// requantization of the two operands' scales and any folded positive scale).
@@ -369,9 +394,10 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
                 output: *output,
                 geom: geom.clone(),
                 weight_bits: bits,
-                weights: push_weights(blob, &wq, n, bits),
+                weights: push_weights(blob, &wq, n, 1, bits),
                 bias: blob.push_i32(&bq),
                 requant: blob.push_requant(&rq),
+                scratch: 0,
             }))
         }
         IrOp::MatMul {
@@ -388,6 +414,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
                 output: *output,
                 geom: geom.clone(),
                 requant: requant_of(sa * sb * *post_scale as f64 / so),
+                scratch: 0,
             }))
         }
         _ => bail!("internal error: not a product"),

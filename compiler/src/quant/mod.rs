@@ -192,7 +192,11 @@ fn record(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<(Op<TensorId>, usize)> {
             0,
         ),
         IrOp::Conv { .. } => lower::conv::quantize(cx, op)?,
-        IrOp::Linear { .. } | IrOp::MatMul { .. } => (lower::product::quantize(cx, op)?, 0),
+        IrOp::Linear { .. } | IrOp::MatMul { .. } => {
+            let rec = lower::product::quantize(cx, op)?;
+            let scratch = lower::product::scratch_bytes(&rec);
+            (rec, scratch)
+        }
         IrOp::Binary { .. } | IrOp::Lut { .. } | IrOp::Softmax { .. } | IrOp::Concat { .. } => {
             (lower::elementwise::quantize(cx, op)?, 0)
         }

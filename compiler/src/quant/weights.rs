@@ -40,26 +40,42 @@ pub fn quantize_rows_bits(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32
     (q, scales)
 }
 
-pub fn push_weights(blob: &mut Blob, codes: &[i8], rows: usize, bits: u8) -> BlobRef {
+/// Pushes row codes (`rows` rows of `taps x c` values in `[row][channel][tap]` order: a conv's
+/// `[co][ci][kh][kw]`, or a linear's `[n][k]` with one tap) packed for the runtime's product
+/// engine: depth in (tap, channel) order with the channels of every tap padded to a multiple of 4,
+/// rows padded to a multiple of 4, blocks of 4 rows x 4 depth; 4-bit codes two per byte.
+pub fn push_weights(blob: &mut Blob, codes: &[i8], rows: usize, taps: usize, bits: u8) -> BlobRef {
+    let packed = pack(codes, rows, taps);
     if bits == 4 {
-        let k = if rows == 0 { 0 } else { codes.len() / rows };
-        blob.push(&pack4(codes, rows, k))
+        blob.push(&pack4(&packed))
     } else {
-        blob.push_i8(codes)
+        blob.push_i8(&packed)
     }
 }
 
-/// Packs `[rows][k]` codes in [-8, 7] two per byte, low nibble first, each row padded to a byte.
-pub fn pack4(codes: &[i8], rows: usize, k: usize) -> Vec<u8> {
-    let kb = k.div_ceil(2);
-    let mut out = vec![0u8; rows * kb];
+/// The packed layout of [`push_weights`] (int8).
+pub fn pack(codes: &[i8], rows: usize, taps: usize) -> Vec<i8> {
+    use dmq_runtime::kernels::gemm::{packed_index, pad4};
+    let k = if rows == 0 { 0 } else { codes.len() / rows };
+    let c = if taps == 0 { 0 } else { k / taps };
+    let (c4, k4) = (pad4(c), taps * pad4(c));
+    let mut out = vec![0i8; pad4(rows) * k4];
     for r in 0..rows {
-        for j in 0..k {
-            let nib = (codes[r * k + j] as u8) & 0x0f;
-            out[r * kb + j / 2] |= if j % 2 == 0 { nib } else { nib << 4 };
+        for ci in 0..c {
+            for t in 0..taps {
+                out[packed_index(r, t * c4 + ci, k4)] = codes[r * k + ci * taps + t];
+            }
         }
     }
     out
+}
+
+/// Packed int8 codes in [-8, 7], two per byte, low nibble first.
+pub fn pack4(codes: &[i8]) -> Vec<u8> {
+    codes
+        .chunks(2)
+        .map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8 & 0x0f) << 4))
+        .collect()
 }
 
 /// The int32 bias (input zero point folded in: `bias/acc_scale - zx * sum_k w`) and the

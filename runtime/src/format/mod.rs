@@ -28,7 +28,7 @@ pub use op::*;
 pub use tensor::*;
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
-pub const MAJOR_VERSION: u16 = 5;
+pub const MAJOR_VERSION: u16 = 6;
 pub const MINOR_VERSION: u16 = 0;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.

@@ -107,29 +107,33 @@ macro_rules! op_list {
             Quantize(quantize, "Quantize", Convert) { input: In<T>, output: Out<T> }
             /// Integer codes -> f32.
             Dequantize(dequantize, "Dequantize", Convert) { input: In<T>, output: Out<T> }
-            /// NCHW convolution (batch looped), per-output-channel weights `[co][ci*kh*kw]` (8-bit, or
-            /// 4-bit two per byte, low nibble first, rows padded to a byte), int32 bias with the input
-            /// zero point folded in, per-channel requantization. `time_bias` is an optional f32 `[co]`
-            /// tensor from the timestep path, added to the int32 bias as
-            /// `rint(time_bias[c] * time_scale[c])`. `scratch` is arena space for im2col (`k*p`
-            /// codes unless the conv is pointwise) followed by `4*co` bytes for the combined bias when
-            /// `time_bias` is present.
+            /// NCHW convolution (batch looped). Weights packed for the product engine
+            /// (`kernels::gemm`): output channels as rows, depth in (ky, kx, input channel) order
+            /// with the channels of every tap padded to a multiple of 4, 8-bit or 4-bit. An int32
+            /// bias per channel with the input zero point folded in, per-channel requantization.
+            /// `time_bias` is an optional f32 `[co]` tensor from the timestep path, added to the int32
+            /// bias as `rint(time_bias[c] * time_scale[c])`. `scratch` is arena space for the staged
+            /// input, the unpacked 4-bit weights and the combined bias (`ops::conv2d::scratch_bytes`).
             Conv2d(conv2d, "Conv2dInt8", Int) {
                 input: In<T>, output: Out<T>, weight_bits: Data<u8>, weights: Data<$crate::format::BlobRef>,
                 bias: Data<$crate::format::BlobRef>, requant: Data<$crate::format::BlobRef>,
                 time_bias: Opt<T>, time_scale: Data<$crate::format::BlobRef>, kernel: Data<[u16; 2]>,
                 stride: Data<[u16; 2]>, pad: Data<[u16; 4]>, scratch: Data<u32>
             }
-            /// Product with constant weights `[n][k]`, int32 bias (zero point folded), per-n requant.
+            /// Product with constant weights (`n` rows of depth `k`, packed for the product engine with
+            /// the depth padded to a multiple of 4), int32 bias (zero point folded), per-n requant.
+            /// `scratch`: the staged input and the unpacked 4-bit weights
+            /// (`ops::linear::scratch_bytes`).
             Linear(linear, "LinearInt8", Int) {
                 input: In<T>, output: Out<T>, geom: Data<$crate::format::LinearGeom>, weight_bits: Data<u8>,
                 weights: Data<$crate::format::BlobRef>, bias: Data<$crate::format::BlobRef>,
-                requant: Data<$crate::format::BlobRef>
+                requant: Data<$crate::format::BlobRef>, scratch: Data<u32>
             }
-            /// int8 x int8 product of two activations, per-tensor requantization.
+            /// int8 x int8 product of two activations, per-tensor requantization. `scratch`: the
+            /// staged `A`, the packed `B` and their row sums (`ops::matmul::scratch_bytes`).
             MatMul(matmul, "MatMulInt8", Int) {
                 a: In<T>, b: In<T>, output: Out<T>, geom: Data<$crate::format::MatMulGeom>,
-                requant: Data<$crate::format::Requant>
+                requant: Data<$crate::format::Requant>, scratch: Data<u32>
             }
             /// Element-wise with broadcasting (equal ranks; input dims 1 or equal to the output's).
             /// Add/Sub: `out = z + ((ma*(a-za) ± mb*(b-zb)) >> shift)`; Mul: `out = z + ((ma*(a-za)*(b-zb)) >> shift)`.

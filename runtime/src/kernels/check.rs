@@ -1,11 +1,13 @@
-//! Property check of the SIMD tiers against the scalar specification on random shapes and values
-//! (std builds): run by `dmq-board selftest` on a board or under qemu, and by the host tests.
+//! Property check of the product engine on every tier against a direct loop of its specification,
+//! on random shapes and values (std builds): run by `dmq-board selftest` on a board or under qemu,
+//! and by the host tests. Convolutions (strides, padding, channels not a multiple of 4), linears
+//! (token- and channel-major inputs), attention operands, int8 and int16 activations, 8- and 4-bit
+//! weights, and long products of extreme values (the int16 lanes' widening).
 extern crate std;
 
-use super::packed;
-use super::reference::conv::{self as conv, ConvDims};
-use super::reference::matmul::{self as matmul, MatMulDims};
-use super::reference::{linear, Weights};
+use super::gemm::{self, packed_index, pad4, Epilogue, Finish, Pixels, Product, Requants};
+use super::reference::Code;
+use super::stage::{self, ImageStage};
 use super::Tier;
 use crate::sampler::Rng;
 use std::format;
@@ -13,282 +15,271 @@ use std::string::String;
 use std::vec;
 use std::vec::Vec;
 
-fn r8(rng: &mut Rng) -> i8 {
-    (rng.next_u64() >> 56) as u8 as i8
-}
 fn u(rng: &mut Rng, n: u64) -> usize {
     (rng.next_u64() % n) as usize
-}
-fn weights(rng: &mut Rng, n: usize) -> Vec<i8> {
-    (0..n).map(|_| r8(rng).max(-127)).collect()
-}
-fn acts(rng: &mut Rng, n: usize) -> Vec<i8> {
-    (0..n).map(|_| r8(rng)).collect()
-}
-fn biases(rng: &mut Rng, n: usize, range: u64) -> Vec<u8> {
-    (0..n)
-        .flat_map(|_| {
-            ((rng.next_u64() % (2 * range + 1)) as i64 - range as i64).to_le_bytes()[..4].to_vec()
-        })
-        .collect()
-}
-fn requants(rng: &mut Rng, n: usize) -> Vec<u8> {
-    (0..n)
-        .flat_map(|_| {
-            let m = 1_073_741_824i32 + (rng.next_u64() % 1_000_000_000) as i32;
-            let s = 31 + (rng.next_u64() % 12) as i32;
-            m.to_le_bytes().into_iter().chain(s.to_le_bytes())
-        })
-        .collect()
-}
-
-fn differs<T: PartialEq>(
-    tier: Tier,
-    what: &str,
-    want: &T,
-    got: &T,
-) -> core::result::Result<(), String> {
-    if want == got {
-        Ok(())
-    } else {
-        Err(format!(
-            "tier {tier:?}: {what} differs from the scalar kernel"
-        ))
-    }
-}
-
-/// Runs `cases` random cases of every SIMD entry point (conv via im2col, 1×1 conv, contiguous and
-/// strided linear, attention matmul with zero points and transposed operands, long dot products with
-/// extreme values) on each of `tiers` and compares with the scalar kernels bit for bit. Returns the
-/// number of comparisons, or what differed.
-pub fn tiers_match_scalar(
-    tiers: &[Tier],
-    cases: usize,
-    seed: u64,
-) -> core::result::Result<usize, String> {
-    let mut rng = Rng::new(seed);
-    let mut checked = 0usize;
-    for case in 0..cases {
-        for f in [
-            conv_case,
-            pointwise_case,
-            linear_case,
-            matmul_case,
-            dot_case,
-        ] {
-            checked += f(&mut rng, tiers, case)?;
-        }
-    }
-    Ok(checked)
 }
 
 /// Comparisons made, or what differed.
 type Check = core::result::Result<usize, String>;
 
-fn err(e: crate::Error) -> String {
-    format!("{e}")
+/// Random activation codes of type `T` (extreme values every third case).
+fn acts<T: Code>(rng: &mut Rng, n: usize, extreme: bool) -> Vec<T> {
+    (0..n)
+        .map(|i| {
+            let v = if extreme {
+                [T::MIN, T::MAX][i % 2] as i64
+            } else {
+                T::MIN as i64 + (rng.next_u64() % (T::MAX - T::MIN + 1) as u64) as i64
+            };
+            T::sat(v)
+        })
+        .collect()
 }
 
-/// A convolution through the transposed im2col.
-fn conv_case(rng: &mut Rng, tiers: &[Tier], _case: usize) -> Check {
-    let mut checked = 0usize;
-    let (c, h, w, co) = (
-        1 + u(rng, 24),
-        1 + u(rng, 12),
-        1 + u(rng, 12),
-        1 + u(rng, 9),
-    );
+/// Packed weights in [-127, 127] (or 4-bit codes in [-8, 7]: `bits`), zero in the padding.
+fn weights(rng: &mut Rng, n: usize, k: usize, k4_of: impl Fn(usize) -> Option<usize>, bits: u8, k4: usize) -> Vec<i8> {
+    let mut w = vec![0i8; pad4(n) * k4];
+    let (lo, hi) = if bits == 4 { (-8i64, 7) } else { (-127, 127) };
+    for r in 0..n {
+        for d in 0..k {
+            if let Some(at) = k4_of(d) {
+                w[packed_index(r, at, k4)] = (lo + u(rng, (hi - lo + 1) as u64) as i64) as i8;
+            }
+        }
+    }
+    w
+}
+
+/// Random epilogue tables for `n` rows and `pixels` pixels: biases, multipliers in [2^30, 2^31)
+/// with shifts from 20 to 50 (both sides of the SIMD epilogues' 32), a per-pixel term every other
+/// case, per-row or uniform requantization, int8 or int16 output range.
+struct RandomEpilogue {
+    bias: Vec<u8>,
+    table: Vec<u8>,
+    col: Vec<i32>,
+    uniform: Option<(i32, u8)>,
+    zo: i32,
+    wide_out: bool,
+}
+
+impl RandomEpilogue {
+    fn new(rng: &mut Rng, n: usize, pixels: usize, case: usize) -> Self {
+        let mut e = RandomEpilogue { bias: vec![], table: vec![], col: vec![], uniform: None, zo: 0, wide_out: case % 2 == 0 };
+        let mult = |rng: &mut Rng| (1i64 << 30) as i32 + u(rng, 1 << 30) as i32;
+        // mostly shifts >= 32 (the common case), sometimes smaller ones
+        let shift = |rng: &mut Rng| if u(rng, 4) == 0 { 20 + u(rng, 12) as u8 } else { 32 + u(rng, 19) as u8 };
+        for _ in 0..n {
+            e.bias.extend_from_slice(&(u(rng, 1 << 21) as i32 - (1 << 20)).to_le_bytes());
+            e.table.extend_from_slice(&mult(rng).to_le_bytes());
+            e.table.extend_from_slice(&(shift(rng) as i32).to_le_bytes());
+        }
+        if case % 3 == 1 {
+            e.col = (0..pixels).map(|_| u(rng, 1 << 21) as i32 - (1 << 20)).collect();
+        }
+        if case % 4 == 2 {
+            e.uniform = Some((mult(rng), shift(rng)));
+        }
+        e.zo = u(rng, 200) as i32 - 100;
+        e
+    }
+    fn get(&self) -> Epilogue<'_> {
+        let (lo, hi) = if self.wide_out { (i16::MIN as i32, i16::MAX as i32) } else { (-128, 127) };
+        Epilogue {
+            bias: &self.bias,
+            requant: match self.uniform {
+                Some((mult, shift)) => Requants::Uniform { mult, shift },
+                None => Requants::PerRow(&self.table),
+            },
+            col: &self.col,
+            zo: self.zo,
+            lo,
+            hi,
+        }
+    }
+    /// The specification's codes of the sums `want` (`[row][pixel]`).
+    fn codes(&self, want: &[i64], pixels: usize, exact: bool) -> Vec<i64> {
+        let e = self.get();
+        want.iter().enumerate().map(|(i, &v)| e.code(i / pixels, i % pixels, v, exact) as i64).collect()
+    }
+}
+
+/// Runs the engine on `tier` over an already staged operand and returns every (row, pixel) sum,
+/// or with an epilogue every output code.
+fn sums<S: Code>(tier: Tier, w: &[i8], n: usize, st: &[S], px: Pixels, exact: bool, epi: Option<&Epilogue<'_>>) -> core::result::Result<Vec<i64>, String> {
+    let mut out = vec![0i64; n * px.count];
+    let prod = Product { w, n, stage: st, px, exact, full_range: w.contains(&-128) };
+    let finish = epi.map_or(Finish::Sums, Finish::Codes);
+    gemm::run_rows(tier, &prod, (0, pad4(n)), finish, |t| {
+        for i in 0..t.rows {
+            for j in 0..t.cols {
+                let v = match epi {
+                    Some(_) => t.codes[j][i] as i64,
+                    None if exact => t.sums[i][j],
+                    None => t.sums[i][j] as i32 as i64,
+                };
+                out[(t.r0 + i) * px.count + t.p0 + j] = v;
+            }
+        }
+    })
+    .map_err(|e| format!("{e}"))?;
+    Ok(out)
+}
+
+/// A convolution's sums on `tier` (staged as that tier stages).
+#[allow(clippy::too_many_arguments)]
+fn conv_sums<T: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, k: (usize, usize), s: (usize, usize), o: (usize, usize), epi: Option<&Epilogue<'_>>) -> core::result::Result<Vec<i64>, String> {
+    let px = g.pixels(k, s, o);
+    let exact = T::MAX > 127;
+    let e = |e: crate::Error| format!("{e}");
+    if stage::stage_elem(tier, core::mem::size_of::<T>()) == 2 {
+        let mut st = vec![0i16; g.len()];
+        stage::image(x, g, i16::sat(zx.get() as i64), &mut st).map_err(e)?;
+        sums(tier, w, co, &st, px, exact, epi)
+    } else {
+        let mut st = vec![T::default(); g.len()];
+        stage::image(x, g, zx, &mut st).map_err(e)?;
+        sums(tier, w, co, &st, px, exact, epi)
+    }
+}
+
+/// The specification of a convolution's sums, as a direct loop.
+fn conv_direct<T: Code>(x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, (kh, kw): (usize, usize), (sh, sw): (usize, usize), (oh, ow): (usize, usize)) -> Vec<i64> {
+    let (c4, k4) = (g.c4(), kh * kw * g.c4());
+    let mut out = vec![0i64; co * oh * ow];
+    for r in 0..co {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut s32, mut s64) = (0i32, 0i64);
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for ci in 0..g.c {
+                            let (iy, ix) = ((oy * sh + ky) as isize - g.pad[0] as isize, (ox * sw + kx) as isize - g.pad[1] as isize);
+                            let v = if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                zx.get()
+                            } else {
+                                x[(ci * g.h + iy as usize) * g.w + ix as usize].get()
+                            };
+                            let wv = w[packed_index(r, (ky * kw + kx) * c4 + ci, k4)] as i32;
+                            s32 = s32.wrapping_add(wv * v);
+                            s64 += wv as i64 * v as i64;
+                        }
+                    }
+                }
+                out[(r * oh + oy) * ow + ox] = if T::MAX > 127 { s64 } else { s32 as i64 };
+            }
+        }
+    }
+    out
+}
+
+fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
+    let (c, h, w, co) = (1 + u(rng, 24), 1 + u(rng, 12), 1 + u(rng, 12), 1 + u(rng, 20));
     let k = [1usize, 2, 3, 5][u(rng, 4)];
     let st = 1 + u(rng, 2);
     let p = u(rng, 3).min(k.saturating_sub(1));
-    if h + 2 * p >= k && w + 2 * p >= k {
-        let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
-        let d = ConvDims {
-            c,
-            h,
-            w,
-            co,
-            kh: k,
-            kw: k,
-            sh: st,
-            sw: st,
-            pt: p,
-            pl: p,
-            oh,
-            ow,
-        };
-        let x = acts(rng, c * h * w);
-        let wt = weights(rng, co * d.k());
-        let (bias, rq) = (biases(rng, co, 100_000), requants(rng, co));
-        let (zx, zo) = (r8(rng), r8(rng) as i32);
-        let mut col = vec![0i8; d.k() * d.p()];
-        let mut want = vec![0i8; co * d.p()];
-        conv::conv2d(
-            &x,
-            &d,
-            zx,
-            Weights::I8(&wt),
-            &bias,
-            &rq,
-            zo,
-            &mut col,
-            &mut want,
-        )
-        .map_err(err)?;
-        for &t in tiers {
-            let mut got = vec![0i8; co * d.p()];
-            packed::im2col_t(&x, &d, zx, &mut col).map_err(err)?;
-            packed::conv_dot(
-                t,
-                &wt,
-                &col,
-                true,
-                co,
-                d.k(),
-                d.p(),
-                &bias,
-                &rq,
-                zo,
-                &mut got,
-            )
-            .map_err(err)?;
-            differs(t, &format!("conv {d:?}"), &want, &got)?;
-            checked += 1;
+    if h + 2 * p < k || w + 2 * p < k {
+        return Ok(0);
+    }
+    let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+    let g = ImageStage { c, h, w, pad: [p, p, p, p] };
+    let (c4, k4) = (g.c4(), k * k * g.c4());
+    let bits = if case % 4 == 3 { 4 } else { 8 };
+    let wt = weights(rng, co, k * k * c, |d| Some((d / c) * c4 + d % c), bits, k4);
+    let x: Vec<T> = acts(rng, c * h * w, case % 3 == 0);
+    let zx = acts::<T>(rng, 1, false)[0];
+    let want = conv_direct(&x, &g, zx, &wt, co, (k, k), (st, st), (oh, ow));
+    let re = RandomEpilogue::new(rng, co, oh * ow, case);
+    let want_codes = re.codes(&want, oh * ow, T::MAX > 127);
+    for &t in tiers {
+        for (epi, want) in [(None, &want), (Some(&re.get()), &want_codes)] {
+            let got = conv_sums(t, &x, &g, zx, &wt, co, (k, k), (st, st), (oh, ow), epi)?;
+            if got != *want {
+                let what = if epi.is_some() { "codes" } else { "sums" };
+                return Err(format!("tier {t:?}: conv c {c} h {h} w {w} co {co} k {k} s {st} p {p} ({}) {what} differ from the specification", core::any::type_name::<T>()));
+            }
         }
     }
-    Ok(checked)
+    Ok(2 * tiers.len())
 }
 
-/// A 1×1 convolution: the input read channel-major and packed.
-fn pointwise_case(rng: &mut Rng, tiers: &[Tier], _case: usize) -> Check {
-    let mut checked = 0usize;
-    let (m, kk, pp) = (1 + u(rng, 40), 1 + u(rng, 300), 1 + u(rng, 70));
-    let (wt, x) = (weights(rng, m * kk), acts(rng, kk * pp));
-    let (bias, rq, zo) = (biases(rng, m, 100_000), requants(rng, m), r8(rng) as i32);
-    let mut want = vec![0i8; m * pp];
-    conv::gemm_wk_kp(Weights::I8(&wt), &x, m, kk, pp, &bias, &rq, zo, &mut want).map_err(err)?;
-    for &t in tiers {
-        let mut got = vec![0i8; m * pp];
-        packed::conv_dot(t, &wt, &x, false, m, kk, pp, &bias, &rq, zo, &mut got).map_err(err)?;
-        differs(t, &format!("1x1 conv m {m} k {kk} p {pp}"), &want, &got)?;
-        checked += 1;
-    }
-    Ok(checked)
-}
-
-/// A linear: rows contiguous or strided (channel-major input), output row- or channel-major.
-fn linear_case(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
-    let mut checked = 0usize;
-    let (m, n, k) = (1 + u(rng, 40), 1 + u(rng, 20), 1 + u(rng, 200));
-    let a = acts(rng, m * k);
-    let lw = weights(rng, n * k);
-    let (lb, lrq, zo) = (biases(rng, n, 10_000), requants(rng, n), r8(rng) as i32);
-    let a_s = if case % 2 == 0 { [k, 1] } else { [1, m] };
-    let o_s = if case % 3 == 0 { [1, m] } else { [n, 1] };
-    let mut want = vec![0i8; m * n];
-    linear::linear(
-        &a,
-        m,
-        n,
-        k,
-        a_s,
-        o_s,
-        Weights::I8(&lw),
-        &lb,
-        &lrq,
-        zo,
-        &mut want,
-    )
-    .map_err(err)?;
-    for &t in tiers {
-        let mut got = vec![0i8; m * n];
-        packed::linear_dot(t, &a, m, n, k, a_s, o_s, &lw, &lb, &lrq, zo, &mut got).map_err(err)?;
-        differs(
-            t,
-            &format!("linear m {m} n {n} k {k} a_s {a_s:?} o_s {o_s:?}"),
-            &want,
-            &got,
-        )?;
-        checked += 1;
-    }
-    Ok(checked)
-}
-
-/// An attention matmul: two batch axes, either operand transposed, zero points on both.
-fn matmul_case(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
-    let mut checked = 0usize;
-    let (b1, m, n, k) = (
-        1 + u(rng, 3),
-        1 + u(rng, 24),
-        1 + u(rng, 24),
-        1 + u(rng, 80),
-    );
-    let a_s = if case % 2 == 0 {
-        [0, m * k, k, 1]
+/// Rows of depth `k` read with strides `s` (token- or channel-major), times packed weights; and the
+/// same with the operand packed from an activation matrix (attention).
+fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
+    let (m, n, k) = (1 + u(rng, 40), 1 + u(rng, 24), 1 + u(rng, 300));
+    let s = if case % 2 == 0 { [k, 1] } else { [1, m] };
+    let x: Vec<T> = acts(rng, m * k, case % 3 == 0);
+    let k4 = pad4(k);
+    let wt = if case % 5 == 0 {
+        // an attention operand packed at run time from int8 codes stored [k][n]
+        let b: Vec<i8> = acts(rng, k * n, false);
+        let mut w = vec![0i8; pad4(n) * k4];
+        stage::pack_operand(&b, n, k, [n, 1], &mut w).map_err(|e| format!("{e}"))?;
+        w
     } else {
-        [0, m * k, 1, m]
+        weights(rng, n, k, Some, 8, k4)
     };
-    let b_s = if case % 4 < 2 {
-        [0, k * n, n, 1]
-    } else {
-        [0, k * n, 1, k]
-    };
-    let d = MatMulDims {
-        batch: [1, b1],
-        m,
-        n,
-        k,
-        a_s,
-        b_s,
-        o_s: [0, m * n, n, 1],
-    };
-    let (a, b) = (acts(rng, b1 * m * k), acts(rng, b1 * k * n));
-    let (za, zb, zo) = (r8(rng) as i32, r8(rng) as i32, r8(rng) as i32);
-    let (mult, shift) = (
-        1_500_000_000 + (rng.next_u64() % 500_000_000) as i32,
-        38 + (rng.next_u64() % 6) as u8,
-    );
-    let mut want = vec![0i8; b1 * m * n];
-    matmul::matmul(&a, za, &b, zb, &d, mult, shift, zo, &mut want).map_err(err)?;
-    for &t in tiers {
-        let mut got = vec![0i8; b1 * m * n];
-        packed::matmul(t, &a, za, &b, zb, &d, mult, shift, zo, &mut got).map_err(err)?;
-        differs(t, &format!("matmul {d:?}"), &want, &got)?;
-        checked += 1;
-    }
-    Ok(checked)
-}
-
-/// Long dot products with extreme values (every third case: alternating -127/127 by -128/127), and 4×4 tiles of them.
-fn dot_case(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
-    let mut checked = 0usize;
-    let n = u(rng, 5000);
-    let extreme = case % 3 == 0;
-    let va: Vec<i8> = (0..n)
+    let exact = T::MAX > 127;
+    let want: Vec<i64> = (0..n * m)
         .map(|i| {
-            if extreme {
-                [-127, 127][i % 2]
-            } else {
-                r8(rng).max(-127)
+            let (r, p) = (i / m, i % m);
+            let (mut s32, mut s64) = (0i32, 0i64);
+            for q in 0..k {
+                let (wv, v) = (wt[packed_index(r, q, k4)] as i32, x[p * s[0] + q * s[1]].get());
+                s32 = s32.wrapping_add(wv * v);
+                s64 += wv as i64 * v as i64;
             }
+            if exact { s64 } else { s32 as i64 }
         })
         .collect();
-    let vb: Vec<i8> = (0..n)
-        .map(|i| if extreme { [-128, 127][i % 2] } else { r8(rng) })
-        .collect();
-    let want = super::dot_i8(Tier::Scalar, &va, &vb);
+    let e = |e: crate::Error| format!("{e}");
+    let re = RandomEpilogue::new(rng, n, m, case);
+    let want_codes = re.codes(&want, m, exact);
     for &t in tiers {
-        differs(
-            t,
-            &format!("dot product n {n}"),
-            &want,
-            &super::dot_i8(t, &va, &vb),
-        )?;
-        let rows = [&va[..], &vb[..], &va[..], &vb[..]];
-        let tile = super::dot_block(t, rows, rows);
-        let want4 = rows.map(|r| rows.map(|c| super::dot_i8(Tier::Scalar, r, c)));
-        differs(t, &format!("4x4 tile n {n}"), &want4, &tile)?;
-        checked += 2;
+        for (epi, want) in [(None, &want), (Some(&re.get()), &want_codes)] {
+            let got = if stage::stage_elem(t, core::mem::size_of::<T>()) == 2 {
+                let mut st = vec![0i16; m * k4];
+                stage::rows(&x, m, k, s, &mut st).map_err(e)?;
+                sums(t, &wt, n, &st, Pixels::rows(m, k4, k4), exact, epi)?
+            } else {
+                let mut st = vec![T::default(); m * k4];
+                stage::rows(&x, m, k, s, &mut st).map_err(e)?;
+                sums(t, &wt, n, &st, Pixels::rows(m, k4, k4), exact, epi)?
+            };
+            if got != *want {
+                let what = if epi.is_some() { "codes" } else { "sums" };
+                return Err(format!("tier {t:?}: rows m {m} n {n} k {k} strides {s:?} ({}) {what} differ from the specification", core::any::type_name::<T>()));
+            }
+        }
+    }
+    Ok(2 * tiers.len())
+}
+
+/// Runs `cases` random cases of the product engine on each of `tiers` and compares with the direct
+/// specification bit for bit. Returns the number of comparisons, or what differed.
+pub fn tiers_match_scalar(tiers: &[Tier], cases: usize, seed: u64) -> core::result::Result<usize, String> {
+    let mut rng = Rng::new(seed);
+    let mut checked = 0usize;
+    let mut all = vec![Tier::Scalar];
+    all.extend(tiers.iter().copied().filter(|t| *t != Tier::Scalar));
+    for case in 0..cases {
+        checked += conv_case::<i8>(&mut rng, &all, case)?;
+        checked += conv_case::<i16>(&mut rng, &all, case)?;
+        checked += rows_case::<i8>(&mut rng, &all, case)?;
+        checked += rows_case::<i16>(&mut rng, &all, case)?;
+    }
+    // long products of extreme values: int16 lanes widen before they overflow
+    for k in [1000usize, 4099] {
+        let x = vec![i16::MIN; k];
+        let w = vec![-127i8; 4 * pad4(k)];
+        let st: Vec<i16> = x.iter().copied().chain(core::iter::repeat_n(0, pad4(k) - k)).collect();
+        let want = 127i64 * 32768 * k as i64;
+        for &t in &all {
+            let got = sums(t, &w, 4, &st, Pixels::rows(1, pad4(k), pad4(k)), true, None)?;
+            if got.iter().any(|&v| v != want) {
+                return Err(format!("tier {t:?}: extreme int16 product of depth {k} gives {got:?}, not {want}"));
+            }
+            checked += 1;
+        }
     }
     Ok(checked)
 }

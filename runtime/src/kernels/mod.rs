@@ -2,14 +2,17 @@
 //! Every kernel checks that its slices have exactly the lengths its dimensions imply and returns an
 //! error otherwise, so no input can make it index out of bounds.
 //!
-//! `reference` is the specification (scalar); `packed` drives the SIMD tiers (`neon`, `x86`) and
-//! must match it bit for bit, which `check` verifies on random shapes.
+//! `reference` and [`gemm::reference_tile`] are the specification (scalar); the product engine
+//! (`gemm`, over activations staged by `stage`) runs the SIMD tiles of `neon` and `x86`, which must
+//! match it bit for bit, as `check` verifies on random shapes.
 #[cfg(feature = "std")]
 pub mod check;
+pub mod eltwise;
+pub mod gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
-pub mod packed;
 pub mod reference;
+pub mod stage;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
@@ -77,6 +80,26 @@ impl Tier {
             Tier::Avx2 => Tier::detect() == Tier::Avx2,
         }
     }
+}
+
+/// Runs `f` compiled for `tier`'s instruction set where that differs from the build's baseline
+/// (AVX2 on x86-64): the element-wise kernels are written as plain loops and marked
+/// `#[inline(always)]`, so the compiler vectorizes them for the wider registers inside this call.
+/// Integer code computes the same values either way (and float code too: no contraction).
+#[inline(always)]
+pub fn on_tier<R>(tier: Tier, f: impl FnOnce() -> R) -> R {
+    match tier {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the Avx2 tier is only chosen after detecting AVX2 (`Tier::supported`)
+        Tier::Avx2 => unsafe { with_avx2(f) },
+        _ => f(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// How the kernels of one session run: the SIMD tier and the worker threads (std builds only; the
@@ -176,47 +199,6 @@ fn pool(workers: usize) -> Result<&'static crate::pool::Pool> {
     let p: &'static crate::pool::Pool = Box::leak(Box::new(p));
     pools.push((workers, p));
     Ok(p)
-}
-
-/// `sum_k a[k] * b[k]` in wrapping i32 with the given tier (the dot product of the SIMD conv path).
-#[inline]
-pub fn dot_i8(tier: Tier, a: &[i8], b: &[i8]) -> i32 {
-    match tier {
-        #[cfg(target_arch = "aarch64")]
-        Tier::NeonDot => neon::dot_i8_sdot(a, b),
-        #[cfg(target_arch = "aarch64")]
-        Tier::Neon => neon::dot_i8_neon(a, b),
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => x86::dot_i8_avx2(a, b),
-        _ => dot_scalar(a, b, 0),
-    }
-}
-
-/// A register-blocked 4×4 tile of dot products: `out[r][c] = sum_k w[r][k] * x[c][k]` in wrapping
-/// i32, over the common length of the eight slices. Each 16-byte vector of `w` and `x` is loaded once
-/// and used four times, and the sixteen accumulators are independent, so the SIMD tiers are not bound
-/// by load bandwidth or by one accumulator's latency. Equal to sixteen [`dot_i8`] calls bit for bit.
-#[inline]
-pub fn dot_block(tier: Tier, w: [&[i8]; 4], x: [&[i8]; 4]) -> [[i32; 4]; 4] {
-    let n = w.iter().chain(x.iter()).map(|s| s.len()).min().unwrap_or(0);
-    let (w, x) = (w.map(|s| &s[..n]), x.map(|s| &s[..n]));
-    match tier {
-        #[cfg(target_arch = "aarch64")]
-        Tier::NeonDot => neon::dot_block_sdot(w, x),
-        #[cfg(target_arch = "aarch64")]
-        Tier::Neon => neon::dot_block_neon(w, x),
-        #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => x86::dot_block_avx2(w, x),
-        _ => w.map(|wr| x.map(|xc| dot_scalar(wr, xc, 0))),
-    }
-}
-
-/// `acc + sum_k a[k] * b[k]` in wrapping i32: the scalar dot product (and the SIMD tiers' tails).
-#[inline]
-pub fn dot_scalar(a: &[i8], b: &[i8], acc: i32) -> i32 {
-    a.iter()
-        .zip(b)
-        .fold(acc, |s, (&x, &y)| s.wrapping_add(x as i32 * y as i32))
 }
 
 use crate::{Error, Result};
@@ -333,6 +315,72 @@ pub fn walk<const K: usize>(
             }
             for k in 0..K {
                 offs[k] -= strides[k][ax] * shape[ax];
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+/// Visits `shape` in row-major order one row at a time: adjacent axes every operand steps through as
+/// one are merged first, then `f(offsets, len, inner_strides)` is called per row of the innermost
+/// (merged) axis. The same elements as [`walk`], in the same order.
+#[inline(always)]
+pub fn walk_rows<const K: usize>(
+    shape: &[usize],
+    strides: [&[usize; MAX_RANK]; K],
+    base: [usize; K],
+    mut f: impl FnMut([usize; K], usize, [usize; K]),
+) {
+    if shape.iter().any(|&d| d == 0) {
+        return;
+    }
+    // merged shape and strides, innermost axis last
+    let (mut dims, mut st) = ([1usize; MAX_RANK], [[0usize; MAX_RANK]; K]);
+    let mut rank = 0;
+    for ax in 0..shape.len().min(MAX_RANK) {
+        let d = shape[ax];
+        if d == 1 {
+            continue;
+        }
+        dims[rank] = d;
+        for k in 0..K {
+            st[k][rank] = strides[k][ax];
+        }
+        // merge with the previous axis when every operand steps through both as one
+        if rank > 0 && (0..K).all(|k| st[k][rank - 1] == st[k][rank].wrapping_mul(d)) {
+            dims[rank - 1] *= d;
+            for s in st.iter_mut() {
+                s[rank - 1] = s[rank];
+            }
+        } else {
+            rank += 1;
+        }
+    }
+    if rank == 0 {
+        f(base, 1, [0; K]);
+        return;
+    }
+    let last = rank - 1;
+    let inner: [usize; K] = core::array::from_fn(|k| st[k][last]);
+    let mut idx = [0usize; MAX_RANK];
+    let mut offs = base;
+    loop {
+        f(offs, dims[last], inner);
+        let mut ax = last;
+        loop {
+            if ax == 0 {
+                return;
+            }
+            ax -= 1;
+            idx[ax] += 1;
+            for k in 0..K {
+                offs[k] += st[k][ax];
+            }
+            if idx[ax] < dims[ax] {
+                break;
+            }
+            for k in 0..K {
+                offs[k] -= st[k][ax] * dims[ax];
             }
             idx[ax] = 0;
         }

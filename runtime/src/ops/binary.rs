@@ -3,7 +3,8 @@
 use super::{broadcast_strides, Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
 use crate::format::{Binary, BinaryKind, Requant, TRef, MAX_RANK};
-use crate::kernels::{contiguous_strides, reference::eltwise, Exec};
+use crate::kernels::eltwise::BinaryParams;
+use crate::kernels::{contiguous_strides, eltwise::binary_i64, on_tier, reference::eltwise, Exec};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct Elementwise {
     mult_a: i32,
     mult_b: i32,
     shift: u8,
+    /// every intermediate fits i64 for these parameters and code types (the fast rows)
+    fits_i64: bool,
 }
 pub type Plan<'a> = Elementwise;
 
@@ -34,7 +37,13 @@ pub fn prepare<'a>(r: &Binary<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
             shift: r.shift,
         })?;
     }
+    let reach = |v: &View| {
+        let (lo, hi) = v.dtype.code_range();
+        (hi as i64 - v.zero as i64).abs().max((lo as i64 - v.zero as i64).abs()) as u32
+    };
+    let fits_i64 = params(r.kind, &a, &b, &output, r).fits_i64(reach(&a), reach(&b));
     Ok(Elementwise {
+        fits_i64,
         kind: r.kind,
         sa: broadcast_strides(&a, &output)?,
         sb: broadcast_strides(&b, &output)?,
@@ -48,9 +57,38 @@ pub fn prepare<'a>(r: &Binary<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     })
 }
 
+fn params(kind: BinaryKind, a: &View, b: &View, o: &View, r: &Binary<TRef>) -> BinaryParams {
+    BinaryParams {
+        kind,
+        mult_a: r.mult_a,
+        mult_b: r.mult_b,
+        shift: r.shift,
+        za: a.zero,
+        zb: b.zero,
+        zo: o.zero,
+    }
+}
+
 impl PreparedOp for Elementwise {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
+        let dims = self.output.dims();
+        let shape = &dims[..self.output.rank()];
+        if self.fits_i64 {
+            let p = BinaryParams {
+                kind: self.kind,
+                mult_a: self.mult_a,
+                mult_b: self.mult_b,
+                shift: self.shift,
+                za: self.a.zero,
+                zb: self.b.zero,
+                zo: self.output.zero,
+            };
+            let yb = io.ints(&self.b)?;
+            return crate::with_io!(io.ints(&self.a)?, out_ints(o, self.output.dtype)?, |x, y| {
+                crate::with_in!(yb, |z| on_tier(ex.tier, || binary_i64(x, &self.sa, z, &self.sb, shape, &self.so, &p, y)))
+            });
+        }
         let (ma, mb) = (self.mult_a as i128, self.mult_b as i128);
         let combine = |x: i128, y: i128| match self.kind {
             BinaryKind::Add => ma * x + mb * y,
@@ -58,8 +96,6 @@ impl PreparedOp for Elementwise {
             BinaryKind::Mul => ma * x * y,
         };
         let (za, zb, zo) = (self.a.zero, self.b.zero, self.output.zero);
-        let dims = self.output.dims();
-        let shape = &dims[..self.output.rank()];
         let yb = io.ints(&self.b)?;
         crate::with_io!(io.ints(&self.a)?, out_ints(o, self.output.dtype)?, |x, y| {
             crate::with_in!(yb, |z| eltwise::binary(

@@ -3,7 +3,7 @@
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
 use crate::format::{Concat, Requant, TRef, MAX_CONCAT};
-use crate::kernels::{contiguous_strides, reference::movement, reference::Code, round_shift, Exec};
+use crate::kernels::{contiguous_strides, on_tier, reference::movement, reference::Code, round_shift, Exec};
 use crate::Result;
 use heapless::Vec as HVec;
 
@@ -59,7 +59,7 @@ pub fn prepare<'a>(r: &Concat<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
 }
 
 impl PreparedOp for Joiner {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let mut o = out_ints(o, self.output.dtype)?;
         let r = self.output.rank();
@@ -72,16 +72,14 @@ impl PreparedOp for Joiner {
             let (z, m, s) = (t.zero as i64, q.mult as i64, q.shift.clamp(1, 62));
             let base = at * so[self.axis];
             let requant = |v: i32| round_shift((v as i64 - z) * m, s) + zo;
-            crate::with_io!(io.ints(t)?, &mut o, |x, y| movement::strided_map(
-                x,
-                &td[..r],
-                &st,
-                0,
-                y,
-                &so,
-                base,
-                |v| Code::sat(requant(Code::get(v)))
-            ))?;
+            // a part already at the output's parameters is copied
+            let same = m == 1i64 << s && z == zo;
+            let shape = &td[..r];
+            crate::with_io!(io.ints(t)?, &mut o, |x, y| on_tier(ex.tier, || if same {
+                movement::strided_map(x, shape, &st, 0, y, &so, base, |v| Code::sat(Code::get(v) as i64))
+            } else {
+                movement::strided_map(x, shape, &st, 0, y, &so, base, |v| Code::sat(requant(Code::get(v))))
+            }))?;
             at += td[self.axis];
         }
         Ok(())

@@ -1,13 +1,81 @@
-//! Conv2d: NCHW integer convolution with per-output-channel weights, an int32 bias (input zero point
-//! folded in), per-channel requantization and an optional f32 bias from the timestep path.
+//! Conv2d: NCHW integer convolution with packed per-output-channel weights, an int32 bias (input zero
+//! point folded in), per-channel requantization and an optional f32 bias from the timestep path.
+//! Runs on the product engine: the input image is staged NHWC with a zero-point border, and every
+//! output pixel's patch is read in place from the stage (no im2col).
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
 use crate::format::{Conv2d, DType, TRef};
-use crate::kernels::reference::conv::{self as reference, ConvDims};
-use crate::kernels::reference::{weight_bytes, Code, Weights};
-use crate::kernels::{check_len, le_f32, le_i32, packed, Exec, Tier};
+use crate::kernels::gemm::{self, Epilogue, Finish, Product, Requants};
+use crate::kernels::reference::Code;
+use crate::kernels::stage::{self, ImageStage};
+use crate::kernels::{check_len, le_f32, le_i32, Exec};
 use crate::{Error, Result};
 use core::ops::Range;
+
+/// Geometry of a convolution over one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvDims {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    /// top, left, bottom, right
+    pub pad: [usize; 4],
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvDims {
+    /// The staged input image.
+    pub fn stage(&self) -> ImageStage {
+        ImageStage {
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            pad: self.pad,
+        }
+    }
+    /// Depth of the packed weights: every tap's channels padded to a multiple of 4.
+    pub fn k4(&self) -> usize {
+        self.kh * self.kw * gemm::pad4(self.c)
+    }
+    pub fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// The scratch of a convolution, in this order, each 16-byte aligned: the staged input (room for
+/// i16 values whatever the tier), the unpacked weights of a 4-bit layer, the combined bias when a
+/// time bias is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scratch {
+    pub stage: usize,
+    pub weights: usize,
+    pub bias: usize,
+}
+
+impl Scratch {
+    pub fn of(d: &ConvDims, bits: u8, time_bias: bool) -> Scratch {
+        let a = |n: usize| n.div_ceil(16) * 16;
+        Scratch {
+            stage: a(d.stage().len() * 2),
+            weights: if bits == 4 { a(gemm::pad4(d.co) * d.k4()) } else { 0 },
+            bias: if time_bias { a(4 * d.co) } else { 0 },
+        }
+    }
+    pub fn total(&self) -> usize {
+        self.stage + self.weights + self.bias
+    }
+}
+
+/// Arena scratch a conv needs (see [`Scratch`]).
+pub fn scratch_bytes(d: &ConvDims, bits: u8, time_bias: bool) -> usize {
+    Scratch::of(d, bits, time_bias).total()
+}
 
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
@@ -16,32 +84,18 @@ pub struct Plan<'a> {
     /// images in the batch
     n: usize,
     d: ConvDims,
-    weights: Weights<'a>,
+    bits: u8,
+    weights: &'a [u8],
     bias: &'a [u8],
     requant: &'a [u8],
     /// the timestep path's f32 bias and its per-channel scale
     time: Option<(View, &'a [u8])>,
-    /// im2col scratch, then `4 * co` bytes for the combined bias when `time` is present
     scratch: Range<usize>,
-}
-
-/// Arena scratch a conv needs: im2col matrix (unless pointwise), then the combined int32 bias,
-/// 4-aligned.
-pub fn scratch_bytes(d: &ConvDims, time_bias: bool, elem: usize) -> usize {
-    let col = if d.is_pointwise() {
-        0
-    } else {
-        d.k() * d.p() * elem
-    };
-    if time_bias {
-        col.div_ceil(4) * 4 + 4 * d.co
-    } else {
-        col
-    }
+    parts: Scratch,
 }
 
 /// The convolution geometry of a record, derived from its tensors' shapes (NCHW, equal batch) and
-/// checked so that the im2col matrix and the weights stay below 2^32 elements.
+/// checked so that sizes derived from it stay below 2^32.
 pub fn dims(cx: &Cx<'_>, input: &View, output: &View, r: &Conv2d<TRef>) -> Result<ConvDims> {
     let (i, o) = (input.dims(), output.dims());
     if input.rank != 4 || output.rank != 4 || i[0] != o[0] {
@@ -52,34 +106,47 @@ pub fn dims(cx: &Cx<'_>, input: &View, output: &View, r: &Conv2d<TRef>) -> Resul
     if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
         return Err(cx.err("conv kernel and stride must be positive"));
     }
-    let (h, w) = (i[2], i[3]);
-    let ph = h + r.pad[0] as usize + r.pad[2] as usize;
-    let pw = w + r.pad[1] as usize + r.pad[3] as usize;
-    if ph < kh || pw < kw {
+    let pad = r.pad.map(|p| p as usize);
+    let (ph, pw) = (i[2] as u64 + pad[0] as u64 + pad[2] as u64, i[3] as u64 + pad[1] as u64 + pad[3] as u64);
+    if ph < kh as u64 || pw < kw as u64 {
         return Err(cx.err("conv kernel larger than padded input"));
     }
-    let d = ConvDims {
+    let (oh, ow) = ((ph - kh as u64) / sh as u64 + 1, (pw - kw as u64) / sw as u64 + 1);
+    if oh != o[2] as u64 || ow != o[3] as u64 {
+        return Err(cx.err("conv output shape does not match its geometry"));
+    }
+    let c4 = gemm::pad4(i[1]) as u64;
+    let k4 = kh as u64 * kw as u64 * c4;
+    let staged = ph * pw * c4 * 2;
+    if k4 * gemm::pad4(o[1]) as u64 > u32::MAX as u64 || staged > u32::MAX as u64 {
+        return Err(cx.err("conv geometry too large"));
+    }
+    Ok(ConvDims {
         c: i[1],
-        h,
-        w,
+        h: i[2],
+        w: i[3],
         co: o[1],
         kh,
         kw,
         sh,
         sw,
-        pt: r.pad[0] as usize,
-        pl: r.pad[1] as usize,
-        oh: (ph - kh) / sh + 1,
-        ow: (pw - kw) / sw + 1,
-    };
-    if d.oh != o[2] || d.ow != o[3] {
-        return Err(cx.err("conv output shape does not match its geometry"));
+        pad,
+        oh: oh as usize,
+        ow: ow as usize,
+    })
+}
+
+/// Packed weights of `n` rows and depth `k4`: 8-bit codes in [-127, 127] (the NEON tiles rely on
+/// it) or 4-bit.
+pub(crate) fn weights<'a>(cx: &Cx<'a>, bits: u8, blob: &crate::format::BlobRef, n: usize, k4: usize) -> Result<&'a [u8]> {
+    if bits != 8 && bits != 4 {
+        return Err(cx.err("weights must be 8 or 4 bits"));
     }
-    let k = d.c as u128 * kh as u128 * kw as u128;
-    if k * d.p() as u128 > u32::MAX as u128 || k * d.co as u128 > u32::MAX as u128 {
-        return Err(cx.err("conv geometry too large"));
+    let w = cx.blob(blob, gemm::packed_bytes(bits, n, k4))?;
+    if bits == 8 && w.contains(&0x80) {
+        return Err(cx.err("8-bit weights must be in [-127, 127]"));
     }
-    Ok(d)
+    Ok(w)
 }
 
 pub fn prepare<'a>(r: &Conv2d<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
@@ -87,15 +154,13 @@ pub fn prepare<'a>(r: &Conv2d<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     let output = cx.int(&r.output)?;
     cx.disjoint(&output, &[&input])?;
     let d = dims(cx, &input, &output, r)?;
-    if r.weight_bits != 8 && r.weight_bits != 4 {
-        return Err(cx.err("weights must be 8 or 4 bits"));
-    }
-    let w = cx.blob(&r.weights, weight_bytes(r.weight_bits, d.co, d.k()))?;
+    let w = weights(cx, r.weight_bits, &r.weights, d.co, d.k4())?;
     let bias = cx.blob(&r.bias, d.co * 4)?;
     let requant = cx.requant_table(&r.requant, d.co)?;
     let time = match &r.time_bias {
         Some(tb) => {
             let v = cx.view(tb, DType::F32)?;
+            cx.disjoint(&output, &[&v])?;
             if v.numel() != d.co {
                 return Err(cx.err("conv time bias must have one value per output channel"));
             }
@@ -103,66 +168,63 @@ pub fn prepare<'a>(r: &Conv2d<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
         }
         None => None,
     };
-    let bytes = scratch_bytes(&d, time.is_some(), input.dtype.size());
+    let parts = Scratch::of(&d, r.weight_bits, time.is_some());
     let mut apart = [&output, &input, &input];
     if let Some((tb, _)) = &time {
         apart[2] = tb;
     }
-    let scratch = if bytes > 0 {
-        cx.scratch(r.scratch, bytes, &apart)?
-    } else {
-        0..0
-    };
+    let scratch = cx.scratch(r.scratch, parts.total(), &apart)?;
     Ok(Plan {
         n: input.dim(0),
         input,
         output,
         d,
-        weights: Weights::from_blob(r.weight_bits, w),
+        bits: r.weight_bits,
+        weights: w,
         bias,
         requant,
         time,
         scratch,
+        parts,
     })
 }
 
 impl PreparedOp for Plan<'_> {
     fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
-        let sr = (!self.scratch.is_empty()).then(|| self.scratch.clone());
-        let (o, s, io) = carve(arena, self.output.range(), sr)?;
-        let mut empty: [u8; 0] = [];
-        let s = s.unwrap_or(&mut empty[..]);
-        let co = self.d.co;
-        let col_bytes = s.len() - if self.time.is_some() { 4 * co } else { 0 };
-        let (col, bias_buf) = s.split_at_mut(col_bytes);
+        let (o, s, io) = carve(arena, self.output.range(), Some(self.scratch.clone()))?;
+        let s = s.ok_or(Error::Invalid {
+            op: u32::MAX,
+            what: "conv scratch",
+        })?;
+        let (stage_b, rest) = s.split_at_mut(self.parts.stage);
+        let (wbuf, bias_buf) = rest.split_at_mut(self.parts.weights);
+        let w: &[i8] = if self.bits == 4 {
+            let w = &mut bytemuck::cast_slice_mut::<u8, i8>(wbuf)[..gemm::pad4(self.d.co) * self.d.k4()];
+            gemm::unpack4(self.weights, w)?;
+            w
+        } else {
+            bytemuck::cast_slice(self.weights)
+        };
         let mut bias = self.bias;
         if let Some((tb, ts)) = &self.time {
-            let tb = io.f32(tb)?;
-            check_len(4 * co, bias_buf.len())?;
-            check_len(co, tb.len())?;
-            for c in 0..co {
-                let add = libm::rintf(tb[c] * le_f32(ts, c)).clamp(-1.0e9, 1.0e9) as i32;
-                let v = le_i32(self.bias, c).wrapping_add(add);
-                bias_buf[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes());
-            }
-            bias = bias_buf;
+            bias = combine_bias(self.bias, io.f32(tb)?, ts, &mut bias_buf[..4 * self.d.co])?;
         }
-        let c = Call {
+        let call = Call {
             ex,
-            n: self.n,
             d: &self.d,
             zx: self.input.zero,
-            w: self.weights,
+            w,
             bias,
-            rq: self.requant,
+            requant: self.requant,
             zo: self.output.zero,
         };
         crate::with_io!(io.ints(&self.input)?, out_ints(o, self.output.dtype)?, |x, y| {
-            c.run(x, y, col)
+            (0..self.n).try_for_each(|b| call.image(x, y, b, stage_b))
         })
     }
     fn work(&self) -> u64 {
-        [self.n, self.d.co, self.d.k(), self.d.p()]
+        let d = &self.d;
+        [self.n, d.co, d.k4(), d.p()]
             .iter()
             .fold(1u64, |a, &b| a.saturating_mul(b as u64))
     }
@@ -171,129 +233,87 @@ impl PreparedOp for Plan<'_> {
     }
 }
 
+/// The int32 bias plus `rint(time_bias[c] * time_scale[c])`, written into `buf`.
+fn combine_bias<'b>(bias: &[u8], tb: &[f32], ts: &[u8], buf: &'b mut [u8]) -> Result<&'b [u8]> {
+    let co = tb.len();
+    check_len(4 * co, buf.len())?;
+    check_len(4 * co, bias.len())?;
+    check_len(4 * co, ts.len())?;
+    for c in 0..co {
+        let add = libm::rintf(tb[c] * le_f32(ts, c)).clamp(-1.0e9, 1.0e9) as i32;
+        let v = le_i32(bias, c).wrapping_add(add);
+        buf[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    Ok(buf)
+}
+
 /// One run's operands besides the activations.
 struct Call<'c> {
     ex: Exec,
-    n: usize,
     d: &'c ConvDims,
     zx: i32,
-    w: Weights<'c>,
+    w: &'c [i8],
     bias: &'c [u8],
-    rq: &'c [u8],
+    requant: &'c [u8],
     zo: i32,
 }
 
 impl Call<'_> {
-    fn run<T: Code, U: Code>(&self, x: &[T], o: &mut [U], col: &mut [u8]) -> Result<()> {
+    /// Image `b` of the batch: staged (as i16 on the AVX2 tier, in the input's codes otherwise),
+    /// then output channels split across threads, each part writing its channel planes.
+    fn image<T: Code, U: Code>(&self, x: &[T], y: &mut [U], b: usize, stage_b: &mut [u8]) -> Result<()> {
         let d = self.d;
         let (isz, osz) = (d.c * d.h * d.w, d.co * d.p());
-        check_len(self.n * isz, x.len())?;
-        check_len(self.n * osz, o.len())?;
-        // SIMD tiers: int8 input and weights -> dot products over k, of a transposed im2col in
-        // scratch or, for 1×1 convs, of the input read in place
-        if let (true, Weights::I8(w8)) = (self.ex.tier != Tier::Scalar && T::MAX <= 127, self.w) {
-            return self.dots(bytemuck::cast_slice(x), w8, o, col);
-        }
-        let col: &mut [T] = bytemuck::try_cast_slice_mut(col).map_err(|_| Error::Invalid {
-            op: u32::MAX,
-            what: "a tensor view is misaligned",
+        let xb = x.get(b * isz..(b + 1) * isz).ok_or(Error::BufferLength {
+            expected: (b + 1) * isz,
+            got: x.len(),
         })?;
-        let zx = T::sat(self.zx as i64);
-        let (k, p) = (d.k(), d.p());
-        for b in 0..self.n {
-            let xb = &x[b * isz..(b + 1) * isz];
-            let src: &[T] = if d.is_pointwise() {
-                xb
-            } else {
-                let got = col.len();
-                let col = col.get_mut(..k * p).ok_or(Error::BufferLength {
-                    expected: k * p,
-                    got,
-                })?;
-                reference::im2col(xb, d, zx, col)?;
-                col
-            };
-            // output channels split across threads (std): each part computes what one call would
-            self.ex.par_rows(
-                d.co,
-                p,
-                d.co * k * p,
-                &mut o[b * osz..(b + 1) * osz],
-                |r0, nr, part| {
-                    reference::gemm_wk_kp(
-                        self.w.rows(r0, nr, k)?,
-                        src,
-                        nr,
-                        k,
-                        p,
-                        rows(self.bias, r0, nr, 4)?,
-                        rows(self.rq, r0, nr, 8)?,
-                        self.zo,
-                        part,
-                    )
-                },
-            )?;
+        let yb = y.get_mut(b * osz..(b + 1) * osz).ok_or(Error::BufferLength {
+            expected: (b + 1) * osz,
+            got: 0,
+        })?;
+        let g = d.stage();
+        if stage::stage_elem(self.ex.tier, core::mem::size_of::<T>()) == 2 {
+            let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut stage_b[..g.len() * 2]).map_err(|_| misaligned())?;
+            crate::kernels::on_tier(self.ex.tier, || stage::image(xb, &g, i16::sat(self.zx as i64), st))?;
+            self.product(&*st, yb, T::MAX > 127)
+        } else {
+            let st: &mut [T] = bytemuck::try_cast_slice_mut(&mut stage_b[..g.len() * core::mem::size_of::<T>()]).map_err(|_| misaligned())?;
+            crate::kernels::on_tier(self.ex.tier, || stage::image(xb, &g, T::sat(self.zx as i64), st))?;
+            self.product(&*st, yb, T::MAX > 127)
         }
-        Ok(())
     }
 
-    fn dots<U: Code>(&self, x8: &[i8], w8: &[i8], o: &mut [U], col: &mut [u8]) -> Result<()> {
+    fn product<S: Code, U: Code>(&self, st: &[S], y: &mut [U], wide: bool) -> Result<()> {
         let d = self.d;
-        let (isz, osz) = (d.c * d.h * d.w, d.co * d.p());
-        let (k, p) = (d.k(), d.p());
-        check_len(d.co * k, w8.len())?;
-        let got = col.len();
-        let col8: &mut [i8] = bytemuck::cast_slice_mut(col);
-        for b in 0..self.n {
-            let xb = &x8[b * isz..(b + 1) * isz];
-            let src: &[i8] = if d.is_pointwise() {
-                xb
-            } else {
-                let col8 = col8.get_mut(..k * p).ok_or(Error::BufferLength {
-                    expected: k * p,
-                    got,
-                })?;
-                let zx8 = self.zx.clamp(-128, 127) as i8;
-                // pixel ranges of the transposed im2col on the worker threads too (a copy: weighed
-                // as a few multiply-accumulates per byte against the threading threshold)
-                self.ex.par_rows(p, k, k * p * 8, col8, |p0, _, part| {
-                    packed::im2col_t_rows(xb, d, zx8, p0, part)
-                })?;
-                col8
-            };
-            self.ex.par_rows(
-                d.co,
-                p,
-                d.co * k * p,
-                &mut o[b * osz..(b + 1) * osz],
-                |r0, nr, part| {
-                    packed::conv_dot(
-                        self.ex.tier,
-                        &w8[r0 * k..(r0 + nr) * k],
-                        src,
-                        !d.is_pointwise(),
-                        nr,
-                        k,
-                        p,
-                        rows(self.bias, r0, nr, 4)?,
-                        rows(self.rq, r0, nr, 8)?,
-                        self.zo,
-                        part,
-                    )
-                },
-            )?;
-        }
-        Ok(())
+        let prod = Product {
+            w: self.w,
+            n: d.co,
+            stage: st,
+            px: d.stage().pixels((d.kh, d.kw), (d.sh, d.sw), (d.oh, d.ow)),
+            exact: wide,
+            full_range: false,
+        };
+        let epi = Epilogue::new::<U>(self.bias, Requants::PerRow(self.requant), self.zo);
+        let p = d.p();
+        let macs = d.co * d.k4() * p;
+        self.ex.par_rows(d.co, p, macs, y, |r0, nr, part| {
+            let mut res = Ok(());
+            gemm::run_rows(self.ex.tier, &prod, (r0, gemm::pad4(r0 + nr)), Finish::Codes(&epi), |t| {
+                if res.is_ok() {
+                    res = t.write(part, r0, p, 1);
+                }
+            })?;
+            res
+        })
     }
 }
 
-/// Entries `r0..r0 + nr` of a per-row table with `size` bytes per entry (bias, requantization).
-pub(crate) fn rows(b: &[u8], r0: usize, nr: usize, size: usize) -> Result<&[u8]> {
-    b.get(r0 * size..(r0 + nr) * size)
-        .ok_or(Error::BufferLength {
-            expected: (r0 + nr) * size,
-            got: b.len(),
-        })
+fn misaligned() -> Error {
+    Error::Invalid {
+        op: u32::MAX,
+        what: "a tensor view is misaligned",
+    }
 }
 
 #[cfg(test)]
@@ -370,12 +390,26 @@ mod tests {
                 let (c, h, w, co) = (self.c as u32, self.h as u32, self.w as u32, self.co as u32);
                 let input = b.tensor(dt, &[1, c, h, w], qx.0, qx.1);
                 let output = b.tensor(dt, &[1, co, oh as u32, ow as u32], qo.0, qo.1);
-                let scratch = b.scratch((kk * oh * ow * dt.size()) as u32);
+                let dims = super::ConvDims {
+                    c: self.c,
+                    h: self.h,
+                    w: self.w,
+                    co: self.co,
+                    kh: self.k,
+                    kw: self.k,
+                    sh: self.s,
+                    sw: self.s,
+                    pad: [self.p; 4],
+                    oh,
+                    ow,
+                };
+                let scratch = b.scratch(super::scratch_bytes(&dims, bits, false) as u32);
                 put_real(&mut b, &input, &xr);
+                let packed = pack_conv(&wq, self.co, self.c, self.k, self.k);
                 let weights = if bits == 4 {
-                    b.array(&pack4(&wq, self.co, kk))
+                    b.array(&pack4(&packed))
                 } else {
-                    b.i8s(&wq)
+                    b.i8s(&packed)
                 };
                 let (k, s, p) = (self.k as u16, self.s as u16, self.p as u16);
                 let rec = Op::Conv2d(Conv2d {

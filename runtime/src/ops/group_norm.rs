@@ -4,7 +4,7 @@
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
 use crate::format::{GroupNorm, TRef};
-use crate::kernels::{le_f32, reference::norm, Exec};
+use crate::kernels::{le_f32, on_tier, reference::norm, Exec};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -49,13 +49,13 @@ pub fn prepare<'a>(r: &GroupNorm<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
 }
 
 impl PreparedOp for Plan<'_> {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let d = self.input.dims();
         // every dimension is positive and their product fits u32 (checked by prepare)
         let s: usize = d[2..self.input.rank()].iter().product();
         let (i, out) = (&self.input, &self.output);
-        crate::with_io!(io.ints(i)?, out_ints(o, out.dtype)?, |x, y| {
+        crate::with_io!(io.ints(i)?, out_ints(o, out.dtype)?, |x, y| on_tier(ex.tier, || {
             norm::group_norm(
                 x,
                 d[0],
@@ -71,7 +71,7 @@ impl PreparedOp for Plan<'_> {
                 out.zero,
                 y,
             )
-        })
+        }))
     }
     fn work(&self) -> u64 {
         2 * self.output.numel() as u64

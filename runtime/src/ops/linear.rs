@@ -1,12 +1,23 @@
-//! Linear: a product with constant weights `[n][k]` over strided activations (linear layers, 1×1
-//! convolutions of channel-major tokens), int32 bias with the zero point folded in, per-n requant.
-use super::conv2d::rows;
+//! Linear: a product with constant packed weights (`n` rows of depth `k`) over strided activations
+//! (linear layers, 1×1 convolutions of channel-major tokens), int32 bias with the zero point folded
+//! in, per-row requantization. The activations are staged as rows of depth `k` padded to a multiple
+//! of 4, then the product engine runs.
+use super::conv2d::weights;
 use super::{Cx, PreparedOp};
-use crate::arena::{carve, out_ints, Ints, View};
+use crate::arena::{carve, out_ints, View};
 use crate::format::{Linear, TRef};
-use crate::kernels::reference::{linear as reference, weight_bytes, Weights};
-use crate::kernels::{check_len, packed, Exec, Tier};
+use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants};
+use crate::kernels::reference::Code;
+use crate::kernels::{stage, Exec};
 use crate::{Error, Result};
+use core::ops::Range;
+
+/// Scratch of a linear, each part 16-byte aligned: the staged rows (room for i16 values), the
+/// unpacked weights of a 4-bit layer.
+pub fn scratch_bytes(m: usize, n: usize, k: usize, bits: u8) -> usize {
+    let a = |v: usize| v.div_ceil(16) * 16;
+    a(m * gemm::pad4(k) * 2) + if bits == 4 { a(gemm::pad4(n) * gemm::pad4(k)) } else { 0 }
+}
 
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
@@ -17,9 +28,11 @@ pub struct Plan<'a> {
     k: usize,
     a_s: [usize; 2],
     o_s: [usize; 2],
-    weights: Weights<'a>,
+    bits: u8,
+    weights: &'a [u8],
     bias: &'a [u8],
     requant: &'a [u8],
+    scratch: Range<usize>,
 }
 
 pub fn prepare<'a>(r: &Linear<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
@@ -29,82 +42,129 @@ pub fn prepare<'a>(r: &Linear<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     let g = &r.geom;
     cx.fits(&[g.m, g.k], &g.a_strides, input.numel())?;
     cx.distinct(&[g.m, g.n], &g.o_strides, output.numel())?;
-    let (n, k) = (g.n as usize, g.k as usize);
-    if n as u64 * k as u64 > u32::MAX as u64 {
-        return Err(cx.err("linear weights too large"));
+    let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
+    let k4 = gemm::pad4(k);
+    if gemm::pad4(n) as u64 * k4 as u64 > u32::MAX as u64 || m as u64 * k4 as u64 * 2 > u32::MAX as u64 {
+        return Err(cx.err("linear too large"));
     }
-    if r.weight_bits != 8 && r.weight_bits != 4 {
-        return Err(cx.err("weights must be 8 or 4 bits"));
-    }
-    let w = cx.blob(&r.weights, weight_bytes(r.weight_bits, n, k))?;
+    let w = weights(cx, r.weight_bits, &r.weights, n, k4)?;
+    let bytes = scratch_bytes(m, n, k, r.weight_bits);
+    let scratch = cx.scratch(r.scratch, bytes, &[&input, &output])?;
     Ok(Plan {
         input,
         output,
-        m: g.m as usize,
+        m,
         n,
         k,
         a_s: g.a_strides.map(|s| s as usize),
         o_s: g.o_strides.map(|s| s as usize),
-        weights: Weights::from_blob(r.weight_bits, w),
+        bits: r.weight_bits,
+        weights: w,
         bias: cx.blob(&r.bias, n * 4)?,
         requant: cx.requant_table(&r.requant, n)?,
+        scratch,
     })
 }
 
 impl PreparedOp for Plan<'_> {
     fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
-        let (o, _, io) = carve(arena, self.output.range(), None)?;
-        let (m, n, k, a_s, o_s) = (self.m, self.n, self.k, self.a_s, self.o_s);
-        let (bias, rq, zo) = (self.bias, self.requant, self.output.zero);
-        // SIMD tiers: int8 input rows (strided ones packed) and int8 weights -> dot products
-        if let (true, Ints::I8(x), Weights::I8(w8)) =
-            (ex.tier != Tier::Scalar, io.ints(&self.input)?, self.weights)
-        {
-            let macs = m.saturating_mul(n).saturating_mul(k);
-            return crate::with_out!(out_ints(o, self.output.dtype)?, |y| {
-                if o_s[1] == 1 && o_s[0] >= n {
-                    // rows of the output (tokens) split across threads
-                    ex.par_rows(m, o_s[0], macs, y, |r0, nr, part| {
-                        let a = x.get(r0 * a_s[0]..).ok_or(Error::BufferLength {
-                            expected: r0 * a_s[0],
-                            got: x.len(),
-                        })?;
-                        packed::linear_dot(ex.tier, a, nr, n, k, a_s, o_s, w8, bias, rq, zo, part)
-                    })
-                } else if o_s[0] == 1 && o_s[1] >= m {
-                    // channel-major output: output channels split across threads
-                    check_len(n * k, w8.len())?;
-                    ex.par_rows(n, o_s[1], macs, y, |r0, nr, part| {
-                        packed::linear_dot(
-                            ex.tier,
-                            x,
-                            m,
-                            nr,
-                            k,
-                            a_s,
-                            o_s,
-                            &w8[r0 * k..(r0 + nr) * k],
-                            rows(bias, r0, nr, 4)?,
-                            rows(rq, r0, nr, 8)?,
-                            zo,
-                            part,
-                        )
-                    })
-                } else {
-                    packed::linear_dot(ex.tier, x, m, n, k, a_s, o_s, w8, bias, rq, zo, y)
-                }
-            });
-        }
-        let w = self.weights;
+        let (o, s, io) = carve(arena, self.output.range(), Some(self.scratch.clone()))?;
+        let s = s.ok_or(misaligned())?;
+        let k4 = gemm::pad4(self.k);
+        let stage_bytes = (self.m * k4 * 2).div_ceil(16) * 16;
+        let (stage_b, wbuf) = s.split_at_mut(stage_bytes);
+        let w: &[i8] = if self.bits == 4 {
+            let w = &mut bytemuck::cast_slice_mut::<u8, i8>(wbuf)[..gemm::pad4(self.n) * k4];
+            gemm::unpack4(self.weights, w)?;
+            w
+        } else {
+            bytemuck::cast_slice(self.weights)
+        };
         crate::with_io!(io.ints(&self.input)?, out_ints(o, self.output.dtype)?, |x, y| {
-            reference::linear(x, m, n, k, a_s, o_s, w, bias, rq, zo, y)
+            self.staged(ex, x, y, w, stage_b)
         })
     }
     fn work(&self) -> u64 {
-        (self.m as u64 * self.n as u64).saturating_mul(self.k as u64)
+        (self.m as u64 * self.n as u64).saturating_mul(gemm::pad4(self.k) as u64)
     }
     fn output(&self) -> &View {
         &self.output
+    }
+}
+
+impl Plan<'_> {
+    /// Stages the input rows (i16 on the AVX2 tier, the input's codes otherwise), then runs.
+    fn staged<T: Code, U: Code>(&self, ex: Exec, x: &[T], y: &mut [U], w: &[i8], stage_b: &mut [u8]) -> Result<()> {
+        let k4 = gemm::pad4(self.k);
+        let epi = &Epilogue::new::<U>(self.bias, Requants::PerRow(self.requant), self.output.zero);
+        let exact = T::MAX > 127;
+        if stage::stage_elem(ex.tier, core::mem::size_of::<T>()) == 2 {
+            let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut stage_b[..self.m * k4 * 2]).map_err(|_| misaligned())?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(x, self.m, self.k, self.a_s, st))?;
+            self.product(ex, w, &*st, y, epi, exact)
+        } else {
+            let size = core::mem::size_of::<T>();
+            let st: &mut [T] = bytemuck::try_cast_slice_mut(&mut stage_b[..self.m * k4 * size]).map_err(|_| misaligned())?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(x, self.m, self.k, self.a_s, st))?;
+            self.product(ex, w, &*st, y, epi, exact)
+        }
+    }
+
+    /// The product, split across threads by output rows (tokens) for a token-major output, by
+    /// output channels for a channel-major one.
+    fn product<S: Code, U: Code>(&self, ex: Exec, w: &[i8], st: &[S], y: &mut [U], epi: &Epilogue<'_>, exact: bool) -> Result<()> {
+        let (m, n, k4, o_s) = (self.m, self.n, gemm::pad4(self.k), self.o_s);
+        let macs = m.saturating_mul(n).saturating_mul(k4);
+        if o_s[1] == 1 && o_s[0] >= n {
+            ex.par_rows(m, o_s[0], macs, y, |m0, nm, part| {
+                let prod = Product {
+                    w,
+                    n,
+                    stage: st.get(m0 * k4..(m0 + nm) * k4).ok_or(bounds())?,
+                    px: Pixels::rows(nm, k4, k4),
+                    exact,
+                    full_range: false,
+                };
+                let mut res = Ok(());
+                gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(epi), |t| {
+                    if res.is_ok() {
+                        res = t.write(part, 0, 1, o_s[0]);
+                    }
+                })?;
+                res
+            })
+        } else if o_s[0] == 1 && o_s[1] >= m {
+            let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact, full_range: false };
+            ex.par_rows(n, o_s[1], macs, y, |r0, nr, part| {
+                let mut res = Ok(());
+                gemm::run_rows(ex.tier, &prod, (r0, gemm::pad4(r0 + nr)), Finish::Codes(epi), |t| {
+                    if res.is_ok() {
+                        res = t.write(part, r0, o_s[1], 1);
+                    }
+                })?;
+                res
+            })
+        } else {
+            let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact, full_range: false };
+            let mut res = Ok(());
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(epi), |t| {
+                if res.is_ok() {
+                    res = t.write(y, 0, o_s[1], o_s[0]);
+                }
+            })?;
+            res
+        }
+    }
+}
+
+fn bounds() -> Error {
+    Error::BufferLength { expected: 0, got: 0 }
+}
+
+fn misaligned() -> Error {
+    Error::Invalid {
+        op: u32::MAX,
+        what: "a tensor view is misaligned",
     }
 }
 
@@ -152,7 +212,9 @@ mod tests {
                 let input = b.tensor(dt, &[(m * k) as u32], qx.0, qx.1);
                 let output = b.tensor(dt, &[(m * n) as u32], qo.0, qo.1);
                 put_real(&mut b, &input, &ar);
-                let weights = if bits == 4 { b.array(&pack4(&wq, n, k)) } else { b.i8s(&wq) };
+                let packed = pack_rows(&wq, n, k);
+                let weights = if bits == 4 { b.array(&pack4(&packed)) } else { b.i8s(&packed) };
+                let scratch = b.scratch(super::scratch_bytes(m, n, k, bits) as u32);
                 let u = |s: [usize; 2]| s.map(|v| v as u32);
                 let rec = Op::Linear(Linear {
                     input,
@@ -168,6 +230,7 @@ mod tests {
                     weights,
                     bias: b.i32s(&bq),
                     requant: b.requants(&rq),
+                    scratch,
                 });
                 b.run_with(rec, tier);
                 results.push(get_ints(&mut b, &output));

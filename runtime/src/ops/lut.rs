@@ -6,7 +6,7 @@
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_ints, Ints, IntsMut, View};
 use crate::format::{DType, Lut, TRef};
-use crate::kernels::{reference::eltwise, Exec};
+use crate::kernels::{on_tier, reference::eltwise, Exec};
 use crate::Result;
 
 /// Table bytes of a LUT for the given input and output types.
@@ -39,15 +39,16 @@ pub fn prepare<'a>(r: &Lut<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
 }
 
 impl PreparedOp for Plan<'_> {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let t = self.table;
-        match (io.ints(&self.input)?, out_ints(o, self.output.dtype)?) {
+        let (x, y) = (io.ints(&self.input)?, out_ints(o, self.output.dtype)?);
+        on_tier(ex.tier, || match (x, y) {
             (Ints::I8(x), IntsMut::I8(y)) => eltwise::lut(x, t, y),
             (Ints::I8(x), IntsMut::I16(y)) => eltwise::lut_8_16(x, t, y),
             (Ints::I16(x), IntsMut::I8(y)) => eltwise::lut_16(x, t, y),
             (Ints::I16(x), IntsMut::I16(y)) => eltwise::lut_16(x, t, y),
-        }
+        })
     }
     fn work(&self) -> u64 {
         self.output.numel() as u64

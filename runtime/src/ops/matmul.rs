@@ -1,11 +1,39 @@
 //! MatMul: int8 × int8 product of two activations (attention scores and values) with zero points on
-//! both operands and per-tensor requantization.
+//! both operands and per-tensor requantization. Per batch, `A`'s rows are staged and `B` is packed as
+//! the product engine's weights (`n` rows of depth `k`); the engine's raw sums `sum a·b` take the
+//! zero points by expansion, `sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + k za zb`, all in
+//! wrapping i32: the ring of the specification's loop, so the same bits.
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_i8, View};
 use crate::format::{DType, MatMul, TRef};
-use crate::kernels::reference::matmul::MatMulDims;
-use crate::kernels::{packed, Exec};
-use crate::Result;
+use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants};
+use crate::kernels::{stage, Exec};
+use crate::{Error, Result};
+use core::ops::Range;
+
+/// Geometry: batch sizes, m, n, k, and element strides (batch0, batch1, row, col) of A, B, out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatMulDims {
+    pub batch: [usize; 2],
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_s: [usize; 4],
+    pub b_s: [usize; 4],
+    pub o_s: [usize; 4],
+}
+
+/// Scratch parts, each 16-byte aligned: staged `A` (room for i16), packed `B`, the row sums of `A`
+/// and of `B` (i32).
+fn parts(d: &MatMulDims) -> [usize; 4] {
+    let a = |v: usize| v.div_ceil(16) * 16;
+    let k4 = gemm::pad4(d.k);
+    [a(d.m * k4 * 2), a(gemm::pad4(d.n) * k4), a(4 * d.m), a(4 * d.n)]
+}
+
+pub fn scratch_bytes(d: &MatMulDims) -> usize {
+    parts(d).iter().sum()
+}
 
 #[derive(Debug, Clone)]
 pub struct Multiplier {
@@ -15,6 +43,7 @@ pub struct Multiplier {
     d: MatMulDims,
     mult: i32,
     shift: u8,
+    scratch: Range<usize>,
 }
 pub type Plan<'a> = Multiplier;
 
@@ -30,48 +59,124 @@ pub fn prepare<'a>(r: &MatMul<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     cx.fits(&[b0, b1, g.k, g.n], &g.b_strides, b.numel())?;
     cx.distinct(&[b0, b1, g.m, g.n], &g.o_strides, output.numel())?;
     let u = |s: [u32; 4]| s.map(|v| v as usize);
+    let d = MatMulDims {
+        batch: [b0 as usize, b1 as usize],
+        m: g.m as usize,
+        n: g.n as usize,
+        k: g.k as usize,
+        a_s: u(g.a_strides),
+        b_s: u(g.b_strides),
+        o_s: u(g.o_strides),
+    };
+    let k4 = gemm::pad4(d.k) as u64;
+    if (d.m as u64 + gemm::pad4(d.n) as u64) * k4 * 2 > u32::MAX as u64 {
+        return Err(cx.err("matmul too large"));
+    }
+    let scratch = cx.scratch(r.scratch, scratch_bytes(&d), &[&a, &b, &output])?;
     Ok(Multiplier {
         a,
         b,
         output,
-        d: MatMulDims {
-            batch: [b0 as usize, b1 as usize],
-            m: g.m as usize,
-            n: g.n as usize,
-            k: g.k as usize,
-            a_s: u(g.a_strides),
-            b_s: u(g.b_strides),
-            o_s: u(g.o_strides),
-        },
+        d,
         mult: r.requant.mult,
         shift: r.requant.shift,
+        scratch,
     })
 }
 
 impl PreparedOp for Multiplier {
     fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
-        let (o, _, io) = carve(arena, self.output.range(), None)?;
-        packed::matmul(
-            ex.tier,
-            io.i8(&self.a)?,
-            self.a.zero,
-            io.i8(&self.b)?,
-            self.b.zero,
-            &self.d,
-            self.mult,
-            self.shift,
-            self.output.zero,
-            out_i8(o),
-        )
+        let (o, s, io) = carve(arena, self.output.range(), Some(self.scratch.clone()))?;
+        let s = s.ok_or(misaligned())?;
+        let (x, y, out) = (io.i8(&self.a)?, io.i8(&self.b)?, out_i8(o));
+        let d = &self.d;
+        for i0 in 0..d.batch[0] {
+            for i1 in 0..d.batch[1] {
+                let at = |st: &[usize; 4]| i0 * st[0] + i1 * st[1];
+                let base = [at(&d.a_s), at(&d.b_s), at(&d.o_s)];
+                self.batch(ex, x, y, out, base, s)?;
+            }
+        }
+        Ok(())
     }
     fn work(&self) -> u64 {
         let d = &self.d;
-        [d.batch[0], d.batch[1], d.m, d.n, d.k]
+        [d.batch[0], d.batch[1], d.m, d.n, gemm::pad4(d.k)]
             .iter()
             .fold(1u64, |a, &b| a.saturating_mul(b as u64))
     }
     fn output(&self) -> &View {
         &self.output
+    }
+}
+
+impl Multiplier {
+    /// One batch: stage `A`, pack `B`, sum their rows, run the engine, correct for the zero points
+    /// and requantize.
+    fn batch(&self, ex: Exec, x: &[i8], y: &[i8], out: &mut [i8], [ab, bb, ob]: [usize; 3], s: &mut [u8]) -> Result<()> {
+        let d = &self.d;
+        let (m, n, k, k4) = (d.m, d.n, d.k, gemm::pad4(d.k));
+        let [pa, pb, psa, _] = parts(d);
+        let (sa_b, rest) = s.split_at_mut(pa);
+        let (wb, sums) = rest.split_at_mut(pb);
+        let (sum_a, sum_b) = sums.split_at_mut(psa);
+        let sum_a: &mut [i32] = bytemuck::try_cast_slice_mut(&mut sum_a[..4 * m]).map_err(|_| misaligned())?;
+        let bias = &mut sum_b[..4 * n];
+        let xa = x.get(ab..).ok_or(bounds())?;
+        let yb = y.get(bb..).ok_or(bounds())?;
+        let w: &mut [i8] = bytemuck::cast_slice_mut(&mut wb[..gemm::pad4(n) * k4]);
+        crate::kernels::on_tier(ex.tier, || stage::pack_operand(yb, n, k, [d.b_s[2], d.b_s[3]], w))?;
+        // sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + k za zb: the terms of B's rows (the
+        // engine's rows) go into the row bias, those of A's rows (its pixels) into the pixel term
+        let (za, zb) = (self.a.zero, self.b.zero);
+        let kzz = (k as i32).wrapping_mul(za).wrapping_mul(zb);
+        for (mi, sv) in sum_a.iter_mut().enumerate() {
+            let sum = (0..k).fold(0i32, |acc, q| acc.wrapping_add(xa[mi * d.a_s[2] + q * d.a_s[3]] as i32));
+            *sv = zb.wrapping_mul(sum).wrapping_neg();
+        }
+        for (ni, bv) in bias.chunks_exact_mut(4).enumerate() {
+            let sum = (0..k).fold(0i32, |acc, q| acc.wrapping_add(yb[q * d.b_s[2] + ni * d.b_s[3]] as i32));
+            bv.copy_from_slice(&kzz.wrapping_sub(za.wrapping_mul(sum)).to_le_bytes());
+        }
+        let epi = Epilogue {
+            bias: &*bias,
+            requant: Requants::Uniform { mult: self.mult, shift: self.shift },
+            col: &*sum_a,
+            zo: self.output.zero,
+            lo: -128,
+            hi: 127,
+        };
+        let out = out.get_mut(ob..).ok_or(bounds())?;
+        let mut res = Ok(());
+        let emit = |t: &gemm::Tile| {
+            if res.is_ok() {
+                res = t.write(out, 0, d.o_s[3], d.o_s[2]);
+            }
+        };
+        let px = Pixels::rows(m, k4, k4);
+        if stage::stage_elem(ex.tier, 1) == 2 {
+            let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true };
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
+        } else {
+            let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
+            crate::kernels::on_tier(ex.tier, || stage::rows(xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true };
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
+        }
+        res
+    }
+}
+
+fn bounds() -> Error {
+    Error::BufferLength { expected: 0, got: 0 }
+}
+
+fn misaligned() -> Error {
+    Error::Invalid {
+        op: u32::MAX,
+        what: "a tensor view is misaligned",
     }
 }
 
@@ -121,6 +226,16 @@ mod tests {
                 let to = b.tensor(DType::I8, &[(b0 * m * n) as u32], qo.0, qo.1);
                 b.put_i8(&ta, &a);
                 b.put_i8(&tb, &bv);
+                let dims = super::MatMulDims {
+                    batch: [b0, 1],
+                    m,
+                    n,
+                    k,
+                    a_s: [m * k, 0, k, 1],
+                    b_s,
+                    o_s: [m * n, 0, n, 1],
+                };
+                let scratch = b.scratch(super::scratch_bytes(&dims) as u32);
                 let rec = Op::MatMul(MatMul {
                     a: ta,
                     b: tb,
@@ -135,6 +250,7 @@ mod tests {
                         o_strides: u([m * n, 0, n, 1]),
                     },
                     requant: requant_of(qa.0 as f64 * qb.0 as f64 / qo.0 as f64),
+                    scratch,
                 });
                 b.run_with(rec, tier);
                 results.push(get_ints(&mut b, &to));

@@ -3,7 +3,7 @@
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_i8, View};
 use crate::format::{DType, Softmax, TRef};
-use crate::kernels::{reference::softmax, Exec};
+use crate::kernels::{on_tier, reference::softmax, Exec};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -37,10 +37,11 @@ pub fn prepare<'a>(r: &Softmax<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
 }
 
 impl PreparedOp for Plan<'_> {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let x = io.i8(&self.input)?;
-        softmax::softmax(x, self.outer, self.len, self.inner, self.exp_table, out_i8(o))
+        let y = out_i8(o);
+        on_tier(ex.tier, || softmax::softmax(x, self.outer, self.len, self.inner, self.exp_table, y))
     }
     fn work(&self) -> u64 {
         3 * self.output.numel() as u64

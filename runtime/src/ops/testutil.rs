@@ -203,18 +203,33 @@ pub fn fold(
         .unzip()
 }
 
-/// `[rows][k]` codes in [-8, 7] packed two per byte, low nibble first, rows padded to a byte (the
-/// format's 4-bit layout).
-pub fn pack4(codes: &[i8], rows: usize, k: usize) -> Vec<u8> {
-    let kb = k.div_ceil(2);
-    let mut out = vec![0u8; rows * kb];
-    for r in 0..rows {
-        for j in 0..k {
-            let nib = (codes[r * k + j] as u8) & 0x0f;
-            out[r * kb + j / 2] |= if j % 2 == 0 { nib } else { nib << 4 };
+/// Conv weights `[co][c][kh][kw]` in the packed layout of the product engine: depth in (ky, kx,
+/// channel) order, channels padded to a multiple of 4, rows padded to a multiple of 4.
+pub fn pack_conv(w: &[i8], co: usize, c: usize, kh: usize, kw: usize) -> Vec<i8> {
+    use crate::kernels::gemm::{packed_index, pad4};
+    let (c4, k4) = (pad4(c), kh * kw * pad4(c));
+    let mut out = vec![0i8; pad4(co) * k4];
+    for r in 0..co {
+        for ci in 0..c {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let q = (ky * kw + kx) * c4 + ci;
+                    out[packed_index(r, q, k4)] = w[((r * c + ci) * kh + ky) * kw + kx];
+                }
+            }
         }
     }
     out
+}
+
+/// `[n][k]` weights in the packed layout (depth padded to a multiple of 4).
+pub fn pack_rows(w: &[i8], n: usize, k: usize) -> Vec<i8> {
+    pack_conv(w, n, k, 1, 1)
+}
+
+/// Packed int8 codes in [-8, 7] two per byte, low nibble first (the format's 4-bit weights).
+pub fn pack4(codes: &[i8]) -> Vec<u8> {
+    codes.chunks(2).map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8 & 0x0f) << 4)).collect()
 }
 
 /// Integer codes of a tensor as i32.

@@ -3,7 +3,7 @@
 use super::{movement_pair, Cx, PreparedOp};
 use crate::arena::{carve, out_f32, out_i16, out_i8, View};
 use crate::format::{DType, TRef, Upsample};
-use crate::kernels::{reference::movement, Exec};
+use crate::kernels::{on_tier, reference::movement, Exec};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -25,16 +25,16 @@ pub fn prepare<'a>(r: &Upsample<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
 }
 
 impl PreparedOp for Repeat {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let r = self.input.rank();
         let (id, od) = (self.input.dims(), self.output.dims());
         let (id, od) = (&id[..r], &od[..r]);
-        match self.input.dtype {
+        on_tier(ex.tier, || match self.input.dtype {
             DType::I8 => movement::upsample(io.i8(&self.input)?, id, out_i8(o), od),
             DType::I16 => movement::upsample(io.i16(&self.input)?, id, out_i16(o)?, od),
             DType::F32 => movement::upsample(io.f32(&self.input)?, id, out_f32(o)?, od),
-        }
+        })
     }
     fn work(&self) -> u64 {
         self.output.numel() as u64

@@ -41,6 +41,7 @@ pub fn binary<A: Code, B: Code, U: Code>(
 }
 
 /// int8 -> int16 table: `out[i] = table_i16[x[i] + 128]` (512 bytes, little endian).
+#[inline(always)]
 pub fn lut_8_16(x: &[i8], table: &[u8], out: &mut [i16]) -> Result<()> {
     check_len(512, table.len())?;
     check_len(x.len(), out.len())?;
@@ -52,6 +53,7 @@ pub fn lut_8_16(x: &[i8], table: &[u8], out: &mut [i16]) -> Result<()> {
 }
 
 /// int16 input: 257-point table (i32, output codes x 256), linear interpolation.
+#[inline(always)]
 pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
     check_len(257 * 4, table.len())?;
     check_len(x.len(), out.len())?;
@@ -65,6 +67,7 @@ pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
 }
 
 /// `out[i] = table[x[i] + 128]`.
+#[inline(always)]
 pub fn lut(x: &[i8], table: &[u8], out: &mut [i8]) -> Result<()> {
     check_len(256, table.len())?;
     check_len(x.len(), out.len())?;

@@ -6,6 +6,7 @@ use crate::{Error, Result};
 /// f32 strided product with int8 per-n weights (timestep path):
 /// `out[m, n] = (sum_k a[m, k] * wq[n, k]) * scale[n] + bias[n]`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn linear_f32(
     a: &[f32],
     m: usize,
@@ -32,15 +33,31 @@ pub fn linear_f32(
             got: a.len().min(out.len()),
         });
     }
-    for ni in 0..n {
-        let wrow = &w[ni * k..(ni + 1) * k];
-        let (s, b) = (le_f32(scales, ni), le_f32(bias, ni));
-        for mi in 0..m {
-            let mut acc = 0.0f32;
-            for (ki, &wv) in wrow.iter().enumerate() {
-                acc += wv as f32 * a[mi * a_s[0] + ki * a_s[1]];
+    // every output sums its k products in order; 8 outputs at a time run as independent chains
+    const G: usize = 8;
+    for mi in 0..m {
+        let row = |ki: usize| a[mi * a_s[0] + ki * a_s[1]];
+        let mut n0 = 0;
+        while n0 + G <= n {
+            let w = &w[n0 * k..(n0 + G) * k];
+            let mut acc = [0.0f32; G];
+            for ki in 0..k {
+                let x = row(ki);
+                for (g, s) in acc.iter_mut().enumerate() {
+                    *s += w[g * k + ki] as f32 * x;
+                }
             }
-            out[mi * o_s[0] + ni * o_s[1]] = acc * s + b;
+            for (g, s) in acc.iter().enumerate() {
+                out[mi * o_s[0] + (n0 + g) * o_s[1]] = s * le_f32(scales, n0 + g) + le_f32(bias, n0 + g);
+            }
+            n0 += G;
+        }
+        for ni in n0..n {
+            let mut acc = 0.0f32;
+            for (ki, &wv) in w[ni * k..(ni + 1) * k].iter().enumerate() {
+                acc += wv as f32 * row(ki);
+            }
+            out[mi * o_s[0] + ni * o_s[1]] = acc * le_f32(scales, ni) + le_f32(bias, ni);
         }
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! Data movement: strided gathers and nearest-neighbour upsampling.
-use crate::kernels::{check_len, walk, MAX_RANK};
+use crate::kernels::{check_len, walk_rows, MAX_RANK};
 use crate::{Error, Result};
 
 /// Gather with strides: `out[walk order] = map(x[offsets])`.
+#[inline(always)]
 pub fn strided_map<T: Copy, U>(
     x: &[T],
     shape: &[usize],
@@ -21,11 +22,22 @@ pub fn strided_map<T: Copy, U>(
             got: 0,
         });
     }
-    walk(shape, [sx, so], [bx, bo], |[i, o]| out[o] = f(x[i]));
+    walk_rows(shape, [sx, so], [bx, bo], |[i, o], n, [a, b]| {
+        if a == 1 && b == 1 {
+            for (d, &s) in out[o..o + n].iter_mut().zip(&x[i..i + n]) {
+                *d = f(s);
+            }
+        } else {
+            for j in 0..n {
+                out[o + j * b] = f(x[i + j * a]);
+            }
+        }
+    });
     Ok(())
 }
 
 /// Nearest upsampling by integer factors `out_shape[d] / in_shape[d]`.
+#[inline(always)]
 pub fn upsample<T: Copy>(
     x: &[T],
     in_shape: &[usize],
@@ -44,6 +56,23 @@ pub fn upsample<T: Copy>(
             return Err(Error::Unsupported("upsample factor"));
         }
         f[d] = out_shape[d] / in_shape[d];
+    }
+    if rank >= 2 && f[..rank - 2].iter().all(|&v| v == 1) {
+        // the usual case (factors on the last two axes only): build each output row once, then
+        // copy it for the repeated rows
+        let (w, fh, fw) = (in_shape[rank - 1], f[rank - 2], f[rank - 1]);
+        let ow = w * fw;
+        for (i, src) in x.chunks_exact(w).enumerate() {
+            let start = i * fh * ow;
+            let first = &mut out[start..start + ow];
+            for (d, &v) in first.chunks_exact_mut(fw).zip(src) {
+                d.fill(v);
+            }
+            for r in 1..fh {
+                out.copy_within(start..start + ow, start + r * ow);
+            }
+        }
+        return Ok(());
     }
     let si = crate::kernels::contiguous_strides(in_shape);
     let mut idx = [0usize; MAX_RANK];
@@ -64,4 +93,32 @@ pub fn upsample<T: Copy>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Both paths of `upsample` (factors on the last two axes; factors elsewhere) against the
+    /// definition `out[i] = x[i / factor]` per axis.
+    #[test]
+    fn upsample_matches_its_definition() {
+        let cases: [(&[usize], &[usize]); 4] = [
+            (&[1, 3, 2, 3], &[1, 3, 4, 6]),
+            (&[2, 3], &[6, 3]),
+            (&[2, 1, 3], &[4, 2, 3]),
+            (&[3], &[9]),
+        ];
+        for (ins, outs) in cases {
+            let x: Vec<i16> = (0..ins.iter().product::<usize>() as i16).collect();
+            let mut out = vec![0i16; outs.iter().product()];
+            super::upsample(&x, ins, &mut out, outs).unwrap();
+            let si = crate::kernels::contiguous_strides(ins);
+            let so = crate::kernels::contiguous_strides(outs);
+            for (i, &v) in out.iter().enumerate() {
+                let src: usize = (0..ins.len())
+                    .map(|d| (i / so[d] % outs[d]) / (outs[d] / ins[d]) * si[d])
+                    .sum();
+                assert_eq!(v, x[src], "{ins:?} -> {outs:?} at {i}");
+            }
+        }
+    }
 }

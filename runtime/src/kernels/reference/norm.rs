@@ -8,15 +8,49 @@ pub const GN_FRAC_BITS: u8 = 16;
 
 /// `out = zo + a*(x - zx) + b` per element in fixed point with `GN_FRAC_BITS` fraction bits
 /// (`zo` is folded into `b`).
+#[inline(always)]
 fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) {
     let one = (1i64 << GN_FRAC_BITS) as f32;
     let am = libm::rintf(a * one).clamp(-1.0e12, 1.0e12) as i64;
     let bm = libm::rintf(b * one).clamp(-1.0e15, 1.0e15) as i64;
-    for (dst, &v) in out.iter_mut().zip(x) {
-        let d = v.get() as i128 - zx as i128;
-        let r = (d * am as i128 + bm as i128 + (1i128 << (GN_FRAC_BITS - 1))) >> GN_FRAC_BITS;
-        *dst = U::sat(r.clamp(-(1i128 << 40), 1i128 << 40) as i64);
+    // |d| < 2^17 (a zero point lies in its code range), |am| < 2^40, |bm| < 2^50: exact in i64
+    let bm = bm + (1i64 << (GN_FRAC_BITS - 1));
+    if let Ok(a32) = i32::try_from(am) {
+        if (a32.unsigned_abs() as i64) * (T::MAX - T::MIN) as i64 + bm.abs() < 1i64 << 46 {
+            // the usual case: |d * am + bm| < 2^46, so the shifted value fits i32 and is the low
+            // half of the logical shift (a form the compiler vectorizes: sign-extended 32x32
+            // products, then 32-bit clamps)
+            for (dst, &v) in out.iter_mut().zip(x) {
+                let d = v.get() - zx;
+                let r = ((d as i64 * a32 as i64 + bm) as u64 >> GN_FRAC_BITS) as u32 as i32;
+                *dst = U::sat(r.clamp(U::MIN, U::MAX) as i64);
+            }
+            return;
+        }
     }
+    for (dst, &v) in out.iter_mut().zip(x) {
+        let d = (v.get() - zx) as i64;
+        let r = (d * am + bm) >> GN_FRAC_BITS;
+        *dst = U::sat(r.clamp(-(1i64 << 40), 1i64 << 40));
+    }
+}
+
+/// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17).
+#[inline(always)]
+fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
+    let (mut sum, mut sumsq) = (0i64, 0i64);
+    // 4096 values of |d| < 2^17 sum below 2^29 in i32
+    for chunk in x.chunks(4096) {
+        let (mut s, mut q) = (0i32, 0i64);
+        for &v in chunk {
+            let d = v.get() - zx;
+            s += d;
+            q += d as i64 * d as i64;
+        }
+        sum += s as i64;
+        sumsq += q;
+    }
+    (sum, sumsq)
 }
 
 /// GroupNorm of `[n][c][s]` int8 codes. Statistics are exact integer sums per group; the per-channel
@@ -24,6 +58,7 @@ fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) 
 /// in 16-bit fixed point. With `ch_scales` (f32 per channel: a split concat whose parts keep their own
 /// scales) the sums are exact per channel and combined with each channel's scale.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn group_norm<T: Code, U: Code>(
     x: &[T],
     n: usize,
@@ -42,6 +77,9 @@ pub fn group_norm<T: Code, U: Code>(
     check_len(n * c * s, x.len())?;
     check_len(x.len(), out.len())?;
     check_len(c * 8, affine.len())?;
+    if zx < T::MIN || zx > T::MAX {
+        return Err(Error::Unsupported("groupnorm zero point outside the code range"));
+    }
     if groups == 0 || c % groups != 0 {
         return Err(Error::Unsupported("groups must divide channels"));
     }
@@ -64,12 +102,7 @@ pub fn group_norm<T: Code, U: Code>(
                 let (mut m1, mut m2) = (0f64, 0f64);
                 for cc in 0..cg {
                     let o = start + cc * s;
-                    let (mut sum, mut sumsq) = (0i64, 0i64);
-                    for &v in &x[o..o + s] {
-                        let d = v.get() as i64 - zx as i64;
-                        sum += d;
-                        sumsq += d * d;
-                    }
+                    let (sum, sumsq) = moments(&x[o..o + s], zx);
                     let sc_c = le_f32(sc, g * cg + cc) as f64;
                     m1 += sc_c * sum as f64;
                     m2 += sc_c * sc_c * sumsq as f64;
@@ -94,12 +127,7 @@ pub fn group_norm<T: Code, U: Code>(
         for g in 0..groups {
             let start = (ni * c + g * cg) * s;
             let xs = &x[start..start + cg * s];
-            let (mut sum, mut sumsq) = (0i64, 0i64);
-            for &v in xs {
-                let d = v.get() as i64 - zx as i64;
-                sum += d;
-                sumsq += d * d;
-            }
+            let (sum, sumsq) = moments(xs, zx);
             // exact numerator of the variance in code units: (n*sumsq - sum^2) / n^2
             let num = count as i128 * sumsq as i128 - sum as i128 * sum as i128;
             let var_q = num as f32 / (count as f32 * count as f32);

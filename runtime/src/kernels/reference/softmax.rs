@@ -4,6 +4,7 @@ use crate::Result;
 
 /// Softmax along an axis decomposed as `[outer][len][inner]`. Integer only: `e = exp_table[max - q]`
 /// (u32, 2^20 = 1), `q_out = round(255 * e / sum) - 128`.
+#[inline(always)]
 pub fn softmax(
     x: &[i8],
     outer: usize,
@@ -15,24 +16,97 @@ pub fn softmax(
     check_len(outer * len * inner, x.len())?;
     check_len(x.len(), out.len())?;
     check_len(256 * 4, exp_table.len())?;
+    let e_of = |mx: i8, v: i8| le_i32(exp_table, (mx as i32 - v as i32) as usize) as u32 as u64;
     for o in 0..outer {
         for i in 0..inner {
+            if inner == 1 {
+                // contiguous rows (the usual last-axis softmax)
+                let xs = &x[o * len..(o + 1) * len];
+                let mx = xs.iter().copied().max().unwrap_or(0);
+                let sum: u64 = xs.iter().map(|&v| e_of(mx, v)).sum();
+                let q = Quotient::new(sum);
+                for (y, &v) in out[o * len..(o + 1) * len].iter_mut().zip(xs) {
+                    *y = q.code(e_of(mx, v));
+                }
+                continue;
+            }
             let at = |j: usize| (o * len + j) * inner + i;
-            let mut mx = i8::MIN;
+            let mx = (0..len).map(|j| x[at(j)]).max().unwrap_or(0);
+            let sum: u64 = (0..len).map(|j| e_of(mx, x[at(j)])).sum();
+            let q = Quotient::new(sum);
             for j in 0..len {
-                mx = mx.max(x[at(j)]);
-            }
-            let mut sum: u64 = 0;
-            for j in 0..len {
-                sum += le_i32(exp_table, (mx as i32 - x[at(j)] as i32) as usize) as u32 as u64;
-            }
-            let sum = sum.max(1);
-            for j in 0..len {
-                let e = le_i32(exp_table, (mx as i32 - x[at(j)] as i32) as usize) as u32 as u64;
-                let q = (e * 510 + sum) / (2 * sum); // round(255 * e / sum)
-                out[at(j)] = (q.min(255) as i32 - 128) as i8;
+                out[at(j)] = q.code(e_of(mx, x[at(j)]));
             }
         }
     }
     Ok(())
+}
+
+/// `round(255 * e / sum) - 128` as `floor((510 e + sum) / (2 sum)) - 128`, clamped to 127.
+///
+/// For `sum < 2^39` (every real row: `e <= 2^20` per element) without a division: with `n = 510 e
+/// + sum < 2^53` and `d = 2 sum < 2^40` exact in f64, `p = n * fl(1/d)` is within `2^-44` of
+/// `n / d < 256`; adding `2^-42` lifts an exact integer quotient above itself yet keeps any other
+/// (at least `1/d >= 2^-40` below the next integer) below the next, so truncation is the floor.
+struct Quotient {
+    sum: u64,
+    d: u64,
+    inv: Option<f64>,
+}
+
+/// The lift of [`Quotient`]: above the product's error, below the gap to the next integer.
+const LIFT: f64 = 1.0 / (1u64 << 42) as f64;
+
+impl Quotient {
+    fn new(sum: u64) -> Self {
+        let sum = sum.max(1);
+        let d = sum.saturating_mul(2);
+        Quotient { sum, d, inv: (sum < 1 << 39).then(|| 1.0 / d as f64) }
+    }
+    #[inline(always)]
+    fn code(&self, e: u64) -> i8 {
+        let q = match self.inv {
+            Some(inv) => ((e * 510 + self.sum) as i64 as f64 * inv + LIFT) as i64,
+            None => ((e * 510).saturating_add(self.sum) / self.d) as i64,
+        };
+        (q.min(255) - 128) as i8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The f64 quotient against integer division, at random and at the edges of each rounding.
+    #[test]
+    fn quotient_is_the_exact_rounded_code() {
+        let mut seed = 1u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 11
+        };
+        let want = |e: u64, sum: u64| {
+            let sum = sum.max(1);
+            ((e * 510 + sum) / (2 * sum)).min(255) as i32 - 128
+        };
+        for _ in 0..300_000 {
+            let sum = 1 + next() % (1 << (1 + next() % 41));
+            let e = next() % (1u64 << 32).min(sum * 2 + 1);
+            assert_eq!(super::Quotient::new(sum).code(e) as i32, want(e, sum), "{e} / {sum}");
+        }
+        // every row sum below 1500 with every element value (exact quotients included)
+        for sum in 1..1500u64 {
+            for e in 0..=sum {
+                assert_eq!(super::Quotient::new(sum).code(e) as i32, want(e, sum), "{e} / {sum}");
+            }
+        }
+        for sum in [1u64, 2, 3, 255, 1 << 20, 3 << 30, (1 << 39) - 1, 1 << 39, 1 << 50] {
+            for k in 0..=255u64 {
+                // e where round(255 e / sum) steps from k to k + 1, and its neighbours
+                let edge = ((2 * k + 1) * sum).div_ceil(510);
+                for e in [edge.saturating_sub(1), edge, edge + 1] {
+                    let e = e.min(u32::MAX as u64);
+                    assert_eq!(super::Quotient::new(sum).code(e) as i32, want(e, sum), "{e} / {sum}");
+                }
+            }
+        }
+    }
 }

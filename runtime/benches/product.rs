@@ -1,0 +1,278 @@
+//! The product engine (convolutions, linears) per tier and shape: staging, the tiles and the
+//! requantizing epilogue, as an op runs them. criterion reports the throughput in elements/s, one
+//! element per multiply-accumulate (so Gelem/s = GMAC/s); a summary at the end states GMAC/s and
+//! the fraction of the tier's exact-int8 peak at the clock measured by a dependent-add loop.
+//!
+//! `cargo bench -p dmq-runtime --features std --bench product` (criterion's `--quick` shortens it).
+use criterion::{criterion_group, Criterion, Throughput};
+use dmq_runtime::kernels::gemm::{self, pad4, Epilogue, Finish, Pixels, Product, Requants};
+use dmq_runtime::kernels::reference::Code;
+use dmq_runtime::kernels::stage::{self, ImageStage};
+use dmq_runtime::kernels::Tier;
+use std::time::Instant;
+
+/// A convolution (k > 0) or a linear over tokens (k = 0: `h` tokens of depth `c`).
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+}
+
+const SHAPES: [Shape; 5] = [
+    Shape { name: "conv3x3 32->32 16x16 (bundled model)", c: 32, h: 16, w: 16, co: 32, k: 3, stride: 1 },
+    Shape { name: "conv3x3 64->64 8x8 (bundled model)", c: 64, h: 8, w: 8, co: 64, k: 3, stride: 1 },
+    Shape { name: "conv3x3 128->128 32x32 (9 GMAC UNet)", c: 128, h: 32, w: 32, co: 128, k: 3, stride: 1 },
+    Shape { name: "conv3x3 s2 64->64 32x32", c: 64, h: 32, w: 32, co: 64, k: 3, stride: 2 },
+    Shape { name: "linear 1024 tokens 256->256", c: 256, h: 1024, w: 1, co: 256, k: 0, stride: 1 },
+];
+
+/// Activations, weight bits and output type of a variant.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    W8A8,
+    W4A8,
+    W8A16,
+}
+
+impl Shape {
+    fn out_hw(&self) -> (usize, usize) {
+        if self.k == 0 {
+            return (self.h, 1);
+        }
+        let p = self.k / 2;
+        ((self.h + 2 * p - self.k) / self.stride + 1, (self.w + 2 * p - self.k) / self.stride + 1)
+    }
+    fn k4(&self) -> usize {
+        if self.k == 0 {
+            pad4(self.c)
+        } else {
+            self.k * self.k * pad4(self.c)
+        }
+    }
+    fn macs(&self) -> u64 {
+        let (oh, ow) = self.out_hw();
+        (self.co * oh * ow * self.k4()) as u64
+    }
+}
+
+/// Everything one run needs, allocated once.
+struct Job<T: Code> {
+    s: Shape,
+    x: Vec<T>,
+    w: Vec<i8>,
+    w4: Option<Vec<u8>>,
+    bias: Vec<u8>,
+    table: Vec<u8>,
+    stage: Vec<i16>,
+    stage8: Vec<T>,
+    out: Vec<T>,
+}
+
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+impl<T: Code> Job<T> {
+    fn new(s: Shape, v: Variant) -> Self {
+        let mut seed = 7u64;
+        let (oh, ow) = s.out_hw();
+        let n_in = s.c * s.h * s.w;
+        let x = (0..n_in).map(|_| T::sat(lcg(&mut seed) as i64 % 255 - 127)).collect();
+        let (lo, span) = if v == Variant::W4A8 { (-8, 16) } else { (-127, 255) };
+        let w: Vec<i8> = (0..pad4(s.co) * s.k4()).map(|_| (lo + (lcg(&mut seed) % span) as i64) as i8).collect();
+        let w4 = (v == Variant::W4A8).then(|| w.chunks(2).map(|p| (p[0] as u8 & 15) | ((p[1] as u8) << 4)).collect());
+        let bias = (0..s.co).flat_map(|_| ((lcg(&mut seed) % 2000) as i32 - 1000).to_le_bytes()).collect();
+        let table = (0..s.co).flat_map(|_| [(1i32 << 30) + 12345, 40].into_iter().flat_map(i32::to_le_bytes)).collect();
+        let len = if s.k == 0 { s.h * s.k4() } else { ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] }.len() };
+        Job { s, x, w, w4, bias, table, stage: vec![0; len], stage8: vec![T::default(); len], out: vec![T::default(); s.co * oh * ow] }
+    }
+
+    /// One op: (4-bit unpack), stage, product with the epilogue, output written channel-major.
+    fn run(&mut self, tier: Tier) {
+        let s = self.s;
+        let (oh, ow) = s.out_hw();
+        if let Some(p) = &self.w4 {
+            gemm::unpack4(p, &mut self.w).unwrap();
+        }
+        let px = if s.k == 0 {
+            Pixels::rows(s.h, s.k4(), s.k4())
+        } else {
+            ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] }.pixels((s.k, s.k), (s.stride, s.stride), (oh, ow))
+        };
+        self.stage_into(tier);
+        let epi = Epilogue::new::<T>(&self.bias, Requants::PerRow(&self.table), 3);
+        let exact = T::MAX > 127;
+        let p = oh * ow;
+        let out = &mut self.out;
+        let emit = |t: &gemm::Tile| t.write(out, 0, p, 1).unwrap();
+        if stage::stage_elem(tier, std::mem::size_of::<T>()) == 2 {
+            let prod = Product { w: &self.w, n: s.co, stage: &self.stage, px, exact, full_range: false };
+            gemm::run_rows(tier, &prod, (0, pad4(s.co)), Finish::Codes(&epi), emit).unwrap();
+        } else {
+            let prod = Product { w: &self.w, n: s.co, stage: &self.stage8, px, exact, full_range: false };
+            gemm::run_rows(tier, &prod, (0, pad4(s.co)), Finish::Codes(&epi), emit).unwrap();
+        }
+    }
+
+    fn stage_into(&mut self, tier: Tier) {
+        let s = self.s;
+        let wide = stage::stage_elem(tier, std::mem::size_of::<T>()) == 2;
+        if s.k == 0 {
+            // tokens stored channel-major ([c][tokens]), as a 1x1 convolution's input
+            if wide {
+                stage::rows(&self.x, s.h, s.c, [1, s.h], &mut self.stage).unwrap()
+            } else {
+                stage::rows(&self.x, s.h, s.c, [1, s.h], &mut self.stage8).unwrap()
+            }
+        } else {
+            let g = ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] };
+            if wide {
+                stage::image(&self.x, &g, 0i16, &mut self.stage).unwrap()
+            } else {
+                stage::image(&self.x, &g, T::default(), &mut self.stage8).unwrap()
+            }
+        }
+    }
+}
+
+fn tiers() -> Vec<Tier> {
+    let mut t = vec![Tier::Scalar];
+    let best = Tier::detect();
+    if best == Tier::NeonDot {
+        t.push(Tier::Neon);
+    }
+    if best != Tier::Scalar {
+        t.push(best);
+    }
+    t
+}
+
+/// Exact int8 multiply-accumulates per cycle per core of a tier at its best.
+fn peak_per_cycle(t: Tier) -> Option<f64> {
+    match t {
+        Tier::Avx2 => Some(32.0),    // 2 x vpmaddwd (16 MACs) per cycle
+        Tier::NeonDot => Some(32.0), // 2 x SDOT (16 MACs) per cycle on Cortex-A76/A78
+        Tier::Neon => Some(8.0),     // SMLAL: 8 x 8-bit MACs, about one per cycle on Cortex-A72
+        Tier::Scalar => None,
+    }
+}
+
+/// The core clock in GHz: a chain of 16 dependent one-cycle additions per loop iteration (the
+/// loop's own counter runs alongside), so each iteration takes 16 cycles.
+fn clock_ghz() -> f64 {
+    let n: u64 = 50_000_000;
+    let t = Instant::now();
+    #[allow(unused_mut)]
+    let (mut left, mut acc) = (n, 0u64);
+    // SAFETY: register-only arithmetic
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "add {a}, 1", "add {a}, 1", "add {a}, 1", "add {a}, 1",
+            "add {a}, 1", "add {a}, 1", "add {a}, 1", "add {a}, 1",
+            "add {a}, 1", "add {a}, 1", "add {a}, 1", "add {a}, 1",
+            "add {a}, 1", "add {a}, 1", "add {a}, 1", "add {a}, 1",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) left, a = inout(reg) acc, options(nomem, nostack))
+    };
+    // SAFETY: as above
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1",
+            "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1",
+            "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1",
+            "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1", "add {a}, {a}, #1",
+            "subs {n}, {n}, #1", "b.ne 2b",
+            n = inout(reg) left, a = inout(reg) acc, options(nomem, nostack))
+    };
+    let _ = (left, acc);
+    16.0 * n as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn variants() -> [(Variant, &'static str); 3] {
+    [(Variant::W8A8, "W8A8"), (Variant::W4A8, "W4A8"), (Variant::W8A16, "W8A16")]
+}
+
+fn bench(c: &mut Criterion) {
+    for s in SHAPES {
+        let mut g = c.benchmark_group(s.name);
+        g.throughput(Throughput::Elements(s.macs()));
+        for (v, vname) in variants() {
+            for tier in tiers() {
+                if tier == Tier::Scalar && s.macs() > 100_000_000 {
+                    continue; // minutes per sample
+                }
+                let id = format!("{vname}/{tier:?}");
+                if v == Variant::W8A16 {
+                    let mut j = Job::<i16>::new(s, v);
+                    g.bench_function(id, |b| b.iter(|| j.run(tier)));
+                } else {
+                    let mut j = Job::<i8>::new(s, v);
+                    g.bench_function(id, |b| b.iter(|| j.run(tier)));
+                }
+            }
+        }
+        g.finish();
+    }
+}
+
+/// Median seconds per run over `reps` timed runs (after one warm-up).
+fn time<T: Code>(j: &mut Job<T>, tier: Tier, reps: usize) -> f64 {
+    j.run(tier);
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            j.run(tier);
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[reps / 2]
+}
+
+fn summary() {
+    let ghz = clock_ghz();
+    println!("\nsummary: clock {ghz:.2} GHz (dependent-add loop); peak = MAC/cycle x clock");
+    println!("{:<40} {:<6} {:<8} {:>9} {:>8}", "shape", "kind", "tier", "GMAC/s", "of peak");
+    let only = std::env::var("DMQ_BENCH_SHAPE").unwrap_or_default();
+    for s in SHAPES.into_iter().filter(|s| s.name.contains(only.as_str())) {
+        for (v, vname) in variants() {
+            for tier in tiers().into_iter().filter(|&t| t != Tier::Scalar) {
+                let reps = (2e9 / s.macs() as f64).clamp(5.0, 400.0) as usize;
+                let sec = if v == Variant::W8A16 {
+                    time(&mut Job::<i16>::new(s, v), tier, reps)
+                } else {
+                    time(&mut Job::<i8>::new(s, v), tier, reps)
+                };
+                let gmacs = s.macs() as f64 / sec / 1e9;
+                let frac = peak_per_cycle(tier).map_or(String::from("-"), |p| format!("{:.0}%", 100.0 * gmacs / (p * ghz)));
+                println!("{:<40} {:<6} {:<8} {:>9.1} {:>8}", s.name, vname, format!("{tier:?}"), gmacs, frac);
+            }
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--summary") {
+        summary();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}
