@@ -248,6 +248,36 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         self.engine.evaluate(&self.extras, 0, None, latent, t, out)
     }
 
+    /// Time per kind of op for timestep `t`'s stream, averaged over `evals` evaluations:
+    /// `(op name, ops of that kind, mean ms per evaluation)`, slowest first (std builds).
+    #[cfg(feature = "std")]
+    pub fn profile(&mut self, latent: &[f32], t: f32, evals: usize) -> Result<std::vec::Vec<(&'static str, usize, f64)>> {
+        extern crate std;
+        use std::time::Instant;
+        use std::vec::Vec;
+        let stream = self.engine.model.stream_for(t);
+        let mut rows: Vec<(&'static str, usize, f64)> = Vec::new();
+        let evals = evals.max(1);
+        for _ in 0..evals {
+            self.prepare(latent, t)?;
+            let mut last = Instant::now();
+            self.run_ops(stream, |_, op| {
+                let now = Instant::now();
+                let ms = (now - last).as_secs_f64() * 1e3;
+                last = now;
+                match rows.iter_mut().find(|r| r.0 == op.name()) {
+                    Some(r) => (r.1, r.2) = (r.1 + 1, r.2 + ms),
+                    None => rows.push((op.name(), 1, ms)),
+                }
+            })?;
+        }
+        for r in rows.iter_mut() {
+            (r.1, r.2) = (r.1 / evals, r.2 / evals as f64);
+        }
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(rows)
+    }
+
     /// Runs the ops of `stream` on whatever the arena holds; `observe(index, op)` is called after
     /// each (for profiling).
     pub fn run_ops(

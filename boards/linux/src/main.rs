@@ -5,7 +5,7 @@
 //! ```text
 //! dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR
 //! dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] -o OUT.npy|OUT.pgm [--checksum]
-//! dmq-board bench MODEL.dmq [--runs N]
+//! dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy]
 //! dmq-board selftest [--cases N]     every SIMD tier this CPU has against the scalar kernels
 //! dmq-board info
 //! ```
@@ -22,7 +22,7 @@ mod npy;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -403,22 +403,29 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let threads: usize = a.num("threads", 1)?;
     let bytes = load(path)?;
     let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let meta: ModelMeta = model.meta().clone();
+    let extras = extra_inputs(&a, &meta)?;
     let n = model.latent_len();
     let mut x = vec![0f32; n];
     Rng::new(1).fill_gaussian(&mut x);
+    // timesteps spread over the calibrated range (golden-ratio steps), profiles at its middle
+    let t_at = |f: f32| meta.t_min + (meta.t_max - meta.t_min) * f;
+    let t_mid = t_at(0.5);
     // the one-thread output, to check that T threads compute the same bits
     let mut one = vec![0f32; n];
     if threads > 1 {
         let mut ar1 = arena(&model);
         let mut s1 = Session::new(&model, bytes_mut(&mut ar1)).map_err(|e| e.to_string())?;
-        s1.run(&x, 500.0, &mut one).map_err(|e| e.to_string())?;
+        set_extras(&mut s1, &meta, &extras)?;
+        s1.run(&x, t_mid, &mut one).map_err(|e| e.to_string())?;
     }
     let mut ar = arena(&model);
     let mut sess = Session::new(&model, bytes_mut(&mut ar))
         .map_err(|e| e.to_string())?
         .with_threads(threads);
+    set_extras(&mut sess, &meta, &extras)?;
     let mut out = vec![0f32; n];
-    sess.run(&x, 500.0, &mut out).map_err(|e| e.to_string())?; // warm-up
+    sess.run(&x, t_mid, &mut out).map_err(|e| e.to_string())?; // warm-up
     if threads > 1
         && out
             .iter()
@@ -431,7 +438,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     }
     let mut times = vec![];
     for i in 0..runs.max(1) {
-        let t = 1.0 + (i as f32 * 977.0) % 980.0;
+        let t = t_at((i as f32 * 0.618_034).fract());
         let t0 = Instant::now();
         sess.run(&x, t, &mut out).map_err(|e| e.to_string())?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -467,7 +474,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         times[times.len() - 1]
     );
     stream_latencies(&model, &mut sess, &x, &mut out, runs)?;
-    op_profile(&model, &mut sess, &x, runs)?;
+    op_profile(&mut sess, &x, t_mid, runs)?;
     let int16 = model
         .ops()
         .filter_map(|o| o.ok())
@@ -480,10 +487,10 @@ fn cmd_bench(args: &[String]) -> Res<()> {
 /// Latency per op stream (timestep bucket), at the middle timestep of each.
 fn stream_latencies(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], out: &mut [f32], runs: usize) -> Res<()> {
     // latency per op stream (timestep bucket), at the middle timestep of each
-    let uppers = &model.meta().bucket_upper;
+    let (uppers, meta) = (&model.meta().bucket_upper, model.meta());
     for k in 0..model.streams() {
-        let lo = if k == 0 { 0.0 } else { uppers[k - 1] };
-        let hi = uppers.get(k).copied().unwrap_or(1000.0).min(1000.0);
+        let lo = if k == 0 { meta.t_min } else { uppers[k - 1].max(meta.t_min) };
+        let hi = uppers.get(k).copied().unwrap_or(meta.t_max).min(meta.t_max);
         let t = (lo + hi) / 2.0;
         let mut ts: Vec<f64> = (0..runs.clamp(3, 100))
             .map(|_| {
@@ -499,7 +506,7 @@ fn stream_latencies(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], ou
             .filter(|o| o.output().dtype == DType::I16)
             .count();
         println!(
-            "  stream {k} (t in ({lo:.0}, {hi:.0}], {int16} int16 outputs of {} ops): median {:.3} ms, min {:.3} ms",
+            "  stream {k} (t in [{lo}, {hi}], {int16} int16 outputs of {} ops): median {:.3} ms, min {:.3} ms",
             model.meta().ops_per_stream,
             ts[ts.len() / 2],
             ts[0]
@@ -508,35 +515,14 @@ fn stream_latencies(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], ou
     Ok(())
 }
 
-/// Per-op-kind profile of the stream of t = 500, averaged over up to 100 evaluations.
-fn op_profile(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], runs: usize) -> Res<()> {
-    // per-op profile (stream of t = 500, averaged over up to 100 evaluations)
-    let mut prof: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
+/// Per-op-kind profile of the stream of `t`, averaged over up to 100 evaluations.
+fn op_profile(sess: &mut Session<'_, '_, '_>, x: &[f32], t: f32, runs: usize) -> Res<()> {
     let evals = runs.clamp(1, 100);
-    for _ in 0..evals {
-        sess.prepare(x, 500.0).map_err(|e| e.to_string())?;
-        let mut last = Instant::now();
-        sess.run_ops(model.stream_for(500.0), |_, op| {
-            let now = Instant::now();
-            let e = prof.entry(op.name()).or_insert((0, 0.0));
-            e.0 += 1;
-            e.1 += (now - last).as_secs_f64() * 1e3;
-            last = now;
-        })
-        .map_err(|e| e.to_string())?;
-    }
-    for v in prof.values_mut() {
-        *v = (v.0 / evals, v.1 / evals as f64);
-    }
-    let total: f64 = prof.values().map(|v| v.1).sum();
-    println!("per-op profile (t = 500, mean of {evals} evaluations):");
-    let mut rows: Vec<_> = prof.into_iter().collect();
-    rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
-    for (name, (count, ms)) in rows {
-        println!(
-            "  {name:<12} x{count:<4} {ms:8.3} ms  {:5.1}%",
-            100.0 * ms / total.max(1e-12)
-        );
+    let rows = sess.profile(x, t, evals).map_err(|e| e.to_string())?;
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    println!("per-op profile (t = {t}, mean of {evals} evaluations):");
+    for (name, count, ms) in rows {
+        println!("  {name:<15} x{count:<4} {ms:8.3} ms  {:5.1}%", 100.0 * ms / total.max(1e-12));
     }
     Ok(())
 }

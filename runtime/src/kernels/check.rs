@@ -133,11 +133,11 @@ fn conv_sums<T: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: T, w: &[i8], co: 
     let e = |e: crate::Error| format!("{e}");
     if stage::stage_elem(tier, core::mem::size_of::<T>()) == 2 {
         let mut st = vec![0i16; g.len()];
-        stage::image(x, g, i16::sat(zx.get() as i64), &mut st).map_err(e)?;
+        stage::image(tier, x, g, i16::sat(zx.get() as i64), &mut st).map_err(e)?;
         sums(tier, w, co, &st, px, exact, epi)
     } else {
         let mut st = vec![T::default(); g.len()];
-        stage::image(x, g, zx, &mut st).map_err(e)?;
+        stage::image(tier, x, g, zx, &mut st).map_err(e)?;
         sums(tier, w, co, &st, px, exact, epi)
     }
 }
@@ -238,11 +238,11 @@ fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
         for (epi, want) in [(None, &want), (Some(&re.get()), &want_codes)] {
             let got = if stage::stage_elem(t, core::mem::size_of::<T>()) == 2 {
                 let mut st = vec![0i16; m * k4];
-                stage::rows(&x, m, k, s, &mut st).map_err(e)?;
+                stage::rows(t, &x, m, k, s, &mut st).map_err(e)?;
                 sums(t, &wt, n, &st, Pixels::rows(m, k4, k4), exact, epi)?
             } else {
                 let mut st = vec![T::default(); m * k4];
-                stage::rows(&x, m, k, s, &mut st).map_err(e)?;
+                stage::rows(t, &x, m, k, s, &mut st).map_err(e)?;
                 sums(t, &wt, n, &st, Pixels::rows(m, k4, k4), exact, epi)?
             };
             if got != *want {

@@ -101,6 +101,24 @@ impl Pixels {
     pub fn base(&self, p: usize) -> usize {
         (p / self.width) * self.row_step + (p % self.width) * self.col_step
     }
+    /// Stage offsets of the `N` pixels from `p0` (pixels past the last repeat the last): one
+    /// division, then steps along the row.
+    #[inline(always)]
+    pub fn bases<const N: usize>(&self, p0: usize) -> [usize; N] {
+        let last = self.count.saturating_sub(1);
+        let p = p0.min(last);
+        let (mut y, mut x) = (p / self.width, p % self.width);
+        core::array::from_fn(|j| {
+            let b = y * self.row_step + x * self.col_step;
+            if p0 + j < last {
+                x += 1;
+                if x == self.width {
+                    (y, x) = (y + 1, 0);
+                }
+            }
+            b
+        })
+    }
     /// The last stage index any pixel reads, plus one (0 without pixels).
     pub fn extent(&self) -> usize {
         if self.count == 0 || self.c4 == 0 {
@@ -356,7 +374,7 @@ pub(crate) fn scalar_fallback<T: Code>(
     let mut t = Tile::new();
     for r in (r0..r1).step_by(BLOCK) {
         for p0 in (0..count).step_by(BLOCK) {
-            let bases = core::array::from_fn(|j| prod.px.base((p0 + j).min(count - 1)));
+            let bases = prod.px.bases(p0);
             (t.r0, t.p0, t.rows, t.cols) = (r, p0, BLOCK, BLOCK.min(count - p0));
             if !prod.exact {
                 let acc = reference_tile::<T, i32, BLOCK>(prod.w, k4, r, prod.stage, &prod.px, bases);

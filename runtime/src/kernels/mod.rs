@@ -321,69 +321,81 @@ pub fn walk<const K: usize>(
     }
 }
 
-/// Visits `shape` in row-major order one row at a time: adjacent axes every operand steps through as
-/// one are merged first, then `f(offsets, len, inner_strides)` is called per row of the innermost
-/// (merged) axis. The same elements as [`walk`], in the same order.
-#[inline(always)]
-pub fn walk_rows<const K: usize>(
-    shape: &[usize],
-    strides: [&[usize; MAX_RANK]; K],
-    base: [usize; K],
-    mut f: impl FnMut([usize; K], usize, [usize; K]),
-) {
-    if shape.iter().any(|&d| d == 0) {
-        return;
-    }
-    // merged shape and strides, innermost axis last
-    let (mut dims, mut st) = ([1usize; MAX_RANK], [[0usize; MAX_RANK]; K]);
-    let mut rank = 0;
-    for ax in 0..shape.len().min(MAX_RANK) {
-        let d = shape[ax];
-        if d == 1 {
-            continue;
-        }
-        dims[rank] = d;
-        for k in 0..K {
-            st[k][rank] = strides[k][ax];
-        }
-        // merge with the previous axis when every operand steps through both as one
-        if rank > 0 && (0..K).all(|k| st[k][rank - 1] == st[k][rank].wrapping_mul(d)) {
-            dims[rank - 1] *= d;
-            for s in st.iter_mut() {
-                s[rank - 1] = s[rank];
+/// The rows of a strided walk over `shape`: adjacent axes every operand steps through as one are
+/// merged first, then [`Rows::next`] yields `(offsets, len, inner_strides)` per row of the innermost
+/// (merged) axis, in row-major order — the same elements as [`walk`]. An iterator rather than a
+/// callback so that the caller's loop body is compiled inline (and vectorized) where it stands.
+pub struct Rows<const K: usize> {
+    dims: [usize; MAX_RANK],
+    st: [[usize; MAX_RANK]; K],
+    rank: usize,
+    idx: [usize; MAX_RANK],
+    offs: [usize; K],
+    done: bool,
+}
+
+impl<const K: usize> Rows<K> {
+    #[inline(always)]
+    pub fn new(shape: &[usize], strides: [&[usize; MAX_RANK]; K], base: [usize; K]) -> Self {
+        let (mut dims, mut st) = ([1usize; MAX_RANK], [[0usize; MAX_RANK]; K]);
+        let mut rank = 0;
+        for ax in 0..shape.len().min(MAX_RANK) {
+            let d = shape[ax];
+            if d == 1 {
+                continue;
             }
-        } else {
-            rank += 1;
+            dims[rank] = d;
+            for k in 0..K {
+                st[k][rank] = strides[k][ax];
+            }
+            // merge with the previous axis when every operand steps through both as one
+            if rank > 0 && (0..K).all(|k| st[k][rank - 1] == st[k][rank].wrapping_mul(d)) {
+                dims[rank - 1] *= d;
+                for s in st.iter_mut() {
+                    s[rank - 1] = s[rank];
+                }
+            } else {
+                rank += 1;
+            }
         }
+        let done = shape.contains(&0);
+        Rows { dims, st, rank, idx: [0; MAX_RANK], offs: base, done }
     }
-    if rank == 0 {
-        f(base, 1, [0; K]);
-        return;
-    }
-    let last = rank - 1;
-    let inner: [usize; K] = core::array::from_fn(|k| st[k][last]);
-    let mut idx = [0usize; MAX_RANK];
-    let mut offs = base;
-    loop {
-        f(offs, dims[last], inner);
+
+    /// The next row: its operands' offsets, its length and the operands' strides along it.
+    #[inline(always)]
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<([usize; K], usize, [usize; K])> {
+        if self.done {
+            return None;
+        }
+        if self.rank == 0 {
+            self.done = true;
+            return Some((self.offs, 1, [0; K]));
+        }
+        let last = self.rank - 1;
+        let row = (self.offs, self.dims[last], core::array::from_fn(|k| self.st[k][last]));
+        // odometer over the outer axes
         let mut ax = last;
         loop {
             if ax == 0 {
-                return;
+                self.done = true;
+                break;
             }
             ax -= 1;
-            idx[ax] += 1;
+            self.idx[ax] += 1;
             for k in 0..K {
-                offs[k] += st[k][ax];
+                self.offs[k] += self.st[k][ax];
             }
-            if idx[ax] < dims[ax] {
+            if self.idx[ax] < self.dims[ax] {
                 break;
             }
             for k in 0..K {
-                offs[k] -= st[k][ax] * dims[ax];
+                self.offs[k] -= self.st[k][ax] * self.dims[ax];
             }
-            idx[ax] = 0;
+            self.idx[ax] = 0;
         }
+        Some(row)
     }
 }
 

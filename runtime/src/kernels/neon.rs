@@ -42,7 +42,7 @@ pub fn product_rows<T: Code>(
         let rows = if two { 2 * BLOCK } else { BLOCK };
         if tier == Tier::NeonDot {
             for p0 in (0..px.count).step_by(8) {
-                let bases = core::array::from_fn(|j| px.base((p0 + j).min(px.count - 1)));
+                let bases = px.bases(p0);
                 // SAFETY: dotprod was detected for this tier; every read is in bounds
                 // (`Product::check` bounds the pixels' extent and the weights).
                 let s = unsafe { tile_sdot(w0, w1, stage, bases, px) };
@@ -50,7 +50,7 @@ pub fn product_rows<T: Code>(
             }
         } else {
             for p0 in (0..px.count).step_by(4) {
-                let bases = core::array::from_fn(|j| px.base((p0 + j).min(px.count - 1)));
+                let bases = px.bases(p0);
                 // SAFETY: NEON is baseline on aarch64; reads as above.
                 let s = unsafe { tile_neon(w0, w1, stage, bases, px, prod.full_range) };
                 emit(&s, (r, rows, p0, px.count), finish, &mut t, out);

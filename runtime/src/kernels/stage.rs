@@ -61,7 +61,7 @@ impl ImageStage {
 /// Stages one NCHW image `x` into `out` (`g.len()` values): NHWC, the border filled with `zx`, the
 /// channels beyond `c` with 0.
 #[inline(always)]
-pub fn image<T: Code, U: Code>(x: &[T], g: &ImageStage, zx: U, out: &mut [U]) -> Result<()> {
+pub fn image<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, out: &mut [U]) -> Result<()> {
     check_len(g.c * g.h * g.w, x.len())?;
     check_len(g.len(), out.len())?;
     let (c4, wp) = (g.c4(), g.wp());
@@ -78,22 +78,58 @@ pub fn image<T: Code, U: Code>(x: &[T], g: &ImageStage, zx: U, out: &mut [U]) ->
         }
     }
     let plane = g.h * g.w;
-    for ci in 0..g.c {
-        let src = &x[ci * plane..(ci + 1) * plane];
-        for y in 0..g.h {
-            let row = (y + pt) * wp;
-            for (xx, &v) in src[y * g.w..(y + 1) * g.w].iter().enumerate() {
-                out[(row + xx + pl) * c4 + ci] = U::sat(v.get() as i64);
-            }
-        }
+    for y in 0..g.h {
+        let start = ((y + pt) * wp + pl) * c4;
+        // channels of image row y (stride `plane`) to its pixels (stride c4)
+        transpose(tier, &x[y * g.w..], plane, g.c, g.w, &mut out[start..], c4);
     }
     Ok(())
+}
+
+/// `dst[p * px_stride + c] = src[c * ch_stride + p]` for `c < nch`, `p < npx` (the caller checks
+/// that both ranges are in bounds, or this panics): channel-major codes to pixel-major.
+#[inline(always)]
+fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usize, npx: usize, dst: &mut [U], px_stride: usize) {
+    if nch == 0 || npx == 0 {
+        return;
+    }
+    let (mut c0, mut p_end) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if tier == Tier::Avx2 && core::mem::size_of::<U>() == 2 && U::MAX > 127 {
+        // 8 x 8 blocks with SSE unpacks (the stage of the AVX2 tier is i16)
+        let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
+        if cb > 0 && pb > 0 {
+            // the blocks' last read and write, checked once
+            let _ = &src[(cb - 1) * ch_stride + pb - 1];
+            let _ = &dst[(pb - 1) * px_stride + cb - 1];
+            let d: &mut [i16] = bytemuck::cast_slice_mut(dst);
+            for c in (0..cb).step_by(8) {
+                for p in (0..pb).step_by(8) {
+                    // SAFETY: AVX2 was detected for this tier; the block lies within the ranges
+                    // checked above
+                    unsafe {
+                        super::x86::transpose8x8(src.as_ptr().add(c * ch_stride + p), ch_stride, d.as_mut_ptr().add(p * px_stride + c), px_stride)
+                    };
+                }
+            }
+        }
+        (c0, p_end) = (cb, pb);
+    }
+    let _ = tier;
+    // what the blocks left: channels c0.. of every pixel, and channels ..c0 of pixels p_end..
+    for c in 0..nch {
+        let p_start = if c < c0 { p_end } else { 0 };
+        let s = &src[c * ch_stride..];
+        for p in p_start..npx {
+            dst[p * px_stride + c] = U::sat(s[p].get() as i64);
+        }
+    }
 }
 
 /// Stages a matrix of `m` rows and depth `k` read at `x[i * s[0] + q * s[1]]` into rows of
 /// `pad4(k)` values (zeros beyond `k`).
 #[inline(always)]
-pub fn rows<T: Code, U: Code>(x: &[T], m: usize, k: usize, s: [usize; 2], out: &mut [U]) -> Result<()> {
+pub fn rows<T: Code, U: Code>(tier: Tier, x: &[T], m: usize, k: usize, s: [usize; 2], out: &mut [U]) -> Result<()> {
     let k4 = pad4(k);
     check_len(m * k4, out.len())?;
     if m > 0 && k > 0 && (m - 1) * s[0] + (k - 1) * s[1] >= x.len() {
@@ -101,6 +137,14 @@ pub fn rows<T: Code, U: Code>(x: &[T], m: usize, k: usize, s: [usize; 2], out: &
             expected: (m - 1) * s[0] + (k - 1) * s[1] + 1,
             got: x.len(),
         });
+    }
+    if s[0] == 1 && m > 0 && k > 0 {
+        // channel-major (a 1x1 convolution's input): a transpose
+        for row in out.chunks_exact_mut(k4.max(1)) {
+            row[k..].fill(U::default());
+        }
+        transpose(tier, x, s[1], k, m, out, k4);
+        return Ok(());
     }
     for (i, row) in out.chunks_exact_mut(k4.max(1)).enumerate().take(m) {
         if s[1] == 1 {

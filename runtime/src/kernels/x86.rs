@@ -41,65 +41,107 @@ pub unsafe fn product_rows<T: Code>(
     let px = &prod.px;
     let k4 = px.k4();
     let mut t = Tile::new();
-    let mut r = r0;
-    while r < r1 {
-        let two = r + 2 * BLOCK <= r1;
-        let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
-        let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
-        // the epilogue's constants of these 8 rows, as vectors, when every shift is >= 32
-        let consts = match finish {
-            // SAFETY: AVX2 was detected for this tier
-            Finish::Codes(e) => unsafe { Consts::new(e, r) },
-            _ => None,
-        };
-        t.r0 = r;
-        t.rows = if two { 2 * BLOCK } else { BLOCK };
-        for p0 in (0..px.count).step_by(NR) {
-            let bases = core::array::from_fn(|j| px.base((p0 + j).min(px.count - 1)));
-            (t.p0, t.cols) = (p0, NR.min(px.count - p0));
-            // SAFETY: AVX2 was detected for this tier; every read is inside `stage` and the weight
-            // blocks (`Product::check` bounds the pixels' extent and the weights' length).
-            unsafe {
-                if wide {
-                    let sums = tile::<true>(w0, w1, stage, bases, px).1;
-                    match (&consts, finish) {
-                        (Some(c), Finish::Codes(e)) if c.narrow(e, &sums, p0) => {
-                            // every sum and sum + bias + col fits i32: the wrapping rule is exact
-                            let v = core::array::from_fn(|j| {
-                                let a: [i32; 8] = core::array::from_fn(|i| sums[i][j] as i32);
-                                _mm256_loadu_si256(a.as_ptr() as *const __m256i)
-                            });
-                            c.codes(e, &v, p0, &mut t)
-                        }
-                        _ => {
-                            for i in 0..t.rows {
-                                t.sums[i][..NR].copy_from_slice(&sums[i]);
-                            }
-                            finish_sums(&mut t, finish, true);
-                        }
+    // pixel chunks outermost, so that a chunk's staged activations stay in cache while every row
+    // group of the weights passes over them
+    for c0 in (0..px.count).step_by(CHUNK) {
+        let c1 = (c0 + CHUNK).min(px.count);
+        let mut r = r0;
+        while r < r1 {
+            let two = r + 2 * BLOCK <= r1;
+            let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
+            let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
+            // the epilogue's constants of these 8 rows, as vectors, when every shift is >= 32
+            let consts = match finish {
+                // SAFETY: AVX2 was detected for this tier
+                Finish::Codes(e) => unsafe { Consts::new(e, r) },
+                _ => None,
+            };
+            (t.r0, t.rows) = (r, if two { 2 * BLOCK } else { BLOCK });
+            // int16 activations whose sums provably fit i32 here run the int8 path
+            let wide = wide && !fits_i32(&w0[..BLOCK * k4], &w1[..BLOCK * k4], consts.as_ref(), finish);
+            for p0 in (c0..c1).step_by(NR) {
+                (t.p0, t.cols) = (p0, NR.min(px.count - p0));
+                // SAFETY: AVX2 was detected for this tier; every read is inside `stage` and the
+                // weight blocks (`Product::check` bounds the pixels' extent and the weights' length).
+                unsafe { tile_codes(w0, w1, stage, px, wide, consts.as_ref(), finish, &mut t) };
+                let rows = t.rows;
+                out(&mut t);
+                t.rows = rows;
+            }
+            r += if two { 2 * BLOCK } else { BLOCK };
+        }
+    }
+}
+
+/// Whether every sum of these 8 rows over int16 codes (|x| <= 2^15), plus the row's bias and the
+/// largest pixel term, stays below 2^31 in magnitude: then the i32 lanes and the wrapping
+/// epilogue compute the exact rule.
+fn fits_i32(w0: &[i8], w1: &[i8], consts: Option<&Consts>, finish: Finish<'_>) -> bool {
+    let (Some(c), Finish::Codes(e)) = (consts, finish) else {
+        return false;
+    };
+    let col = e.col.iter().map(|v| v.unsigned_abs() as u64).max().unwrap_or(0);
+    let bias = c.bias_abs_max();
+    let k4 = w0.len() / BLOCK;
+    [w0, w1].iter().all(|w| {
+        w.chunks_exact(BLOCK * BLOCK).fold([0u64; BLOCK], |mut acc, blk| {
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a += blk[i * BLOCK..(i + 1) * BLOCK].iter().map(|v| v.unsigned_abs() as u64).sum::<u64>();
+            }
+            acc
+        })
+        .iter()
+        .all(|&s| s * 32768 + bias + col < 1 << 31)
+    }) && k4 > 0
+}
+
+/// Output pixels per chunk of [`product_rows`].
+const CHUNK: usize = 16 * NR;
+
+/// One tile: the sums of rows `t.r0..` (8, or 4 repeated) at pixels `t.p0..`, finished into
+/// codes or raw sums in `t`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_codes(w0: &[i8], w1: &[i8], stage: &[i16], px: &Pixels, wide: bool, consts: Option<&Consts>, finish: Finish<'_>, t: &mut Tile) {
+    let p0 = t.p0;
+    let bases = px.bases(p0);
+    // SAFETY: (the caller's) every read is in bounds
+    unsafe {
+        if wide {
+            let mut sums = [[0i64; NR]; 2 * BLOCK];
+            tile::<true, 8>(w0, w1, stage, bases, px, &mut sums);
+            match (consts, finish) {
+                (Some(c), Finish::Codes(e)) if c.narrow(e, &sums, p0) => {
+                    // every sum and sum + bias + col fits i32: the wrapping rule is exact
+                    let v = core::array::from_fn(|j| {
+                        let a: [i32; 8] = core::array::from_fn(|i| sums[i][j] as i32);
+                        _mm256_loadu_si256(a.as_ptr() as *const __m256i)
+                    });
+                    c.codes(e, &v, p0, t)
+                }
+                _ => {
+                    for i in 0..t.rows {
+                        t.sums[i][..NR].copy_from_slice(&sums[i]);
                     }
-                } else {
-                    let v = tile::<false>(w0, w1, stage, bases, px).0;
-                    match (&consts, finish) {
-                        (Some(c), Finish::Codes(e)) => c.codes(e, &v, p0, &mut t),
-                        _ => {
-                            for (j, vj) in v.iter().enumerate() {
-                                let mut s = [0i32; 8];
-                                _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, *vj);
-                                for i in 0..t.rows {
-                                    t.sums[i][j] = s[i] as i64;
-                                }
-                            }
-                            finish_sums(&mut t, finish, false);
-                        }
-                    }
+                    finish_sums(t, finish, true);
                 }
             }
-            let rows = t.rows;
-            out(&mut t);
-            t.rows = rows;
+        } else {
+            let v = tile::<false, 0>(w0, w1, stage, bases, px, &mut [[0; NR]; 0]);
+            match (consts, finish) {
+                (Some(c), Finish::Codes(e)) => c.codes(e, &v, p0, t),
+                _ => {
+                    for (j, vj) in v.iter().enumerate() {
+                        let mut s = [0i32; 8];
+                        _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, *vj);
+                        for i in 0..t.rows {
+                            t.sums[i][j] = s[i] as i64;
+                        }
+                    }
+                    finish_sums(t, finish, false);
+                }
+            }
         }
-        r += if two { 2 * BLOCK } else { BLOCK };
     }
 }
 
@@ -151,6 +193,14 @@ impl Consts {
         })
     }
 
+    /// The largest |bias| of the 8 rows.
+    fn bias_abs_max(&self) -> u64 {
+        let mut bias = [0i32; 8];
+        // SAFETY: `bias` is 32 bytes (AVX2 was detected for this tier)
+        unsafe { _mm256_storeu_si256(bias.as_mut_ptr() as *mut __m256i, self.bias) };
+        bias.iter().map(|b| b.unsigned_abs() as u64).max().unwrap_or(0)
+    }
+
     /// Whether exact sums (`sums[row][pixel]`) and each plus its bias and pixel term fit i32, so
     /// that the wrapping epilogue computes the exact rule.
     fn narrow(&self, e: &Epilogue<'_>, sums: &[[i64; NR]; 2 * BLOCK], p0: usize) -> bool {
@@ -194,16 +244,17 @@ unsafe fn row_sums(a: __m256i, b: __m256i) -> __m256i {
 }
 
 /// One 8 x 6 tile over the whole depth. Returns the wrapping i32 row sums per pixel (a vector of
-/// 8 rows) for int8 activations, or the exact sums (i64) for int16 ones (`WIDE`).
+/// 8 rows) for int8 activations; for int16 ones (`WIDE`) adds the exact sums into `total`
+/// (`[row][pixel]`, 8 rows) instead.
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const WIDE: bool>(
+unsafe fn tile<const WIDE: bool, const R: usize>(
     w0: &[i8],
     w1: &[i8],
     stage: &[i16],
     bases: [usize; NR],
     px: &Pixels,
-) -> ([__m256i; NR], [[i64; NR]; 2 * BLOCK]) {
-    let mut total = [[0i64; NR]; 2 * BLOCK];
+    total: &mut [[i64; NR]; R],
+) -> [__m256i; NR] {
     let mut acc = [[_mm256_setzero_si256(); NR]; 2];
     let mut in_lanes = 0usize;
     let (wp0, wp1, sp) = (w0.as_ptr(), w1.as_ptr(), stage.as_ptr());
@@ -228,16 +279,15 @@ unsafe fn tile<const WIDE: bool>(
                 in_lanes += 1;
                 if WIDE && in_lanes == WIDEN_EVERY {
                     // SAFETY: register arithmetic and a local store
-                    unsafe { widen(&mut acc, &mut total) };
+                    unsafe { widen(&mut acc, total) };
                     in_lanes = 0;
                 }
             }
-            if WIDE && in_lanes > 0 {
-                // SAFETY: as above
-                unsafe { widen(&mut acc, &mut total) };
-                in_lanes = 0;
-            }
         }
+    }
+    if WIDE && in_lanes > 0 {
+        // SAFETY: as above
+        unsafe { widen(&mut acc, total) };
     }
     let mut v = [_mm256_setzero_si256(); NR];
     if !WIDE {
@@ -246,21 +296,57 @@ unsafe fn tile<const WIDE: bool>(
             v[j] = unsafe { row_sums(acc[0][j], acc[1][j]) };
         }
     }
-    (v, total)
+    v
 }
 
 /// Adds the accumulators' row sums into the exact totals and clears them.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn widen(acc: &mut [[__m256i; NR]; 2], total: &mut [[i64; NR]; 2 * BLOCK]) {
+unsafe fn widen<const R: usize>(acc: &mut [[__m256i; NR]; 2], total: &mut [[i64; NR]; R]) {
     for j in 0..NR {
         let mut s = [0i32; 8];
         // SAFETY: register arithmetic and a local store of 32 bytes
         unsafe { _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, row_sums(acc[0][j], acc[1][j])) };
-        for i in 0..2 * BLOCK {
-            total[i][j] += s[i] as i64;
+        for (i, t) in total.iter_mut().enumerate() {
+            t[j] += s[i] as i64;
         }
         acc[0][j] = _mm256_setzero_si256();
         acc[1][j] = _mm256_setzero_si256();
+    }
+}
+
+/// Transposes 8 channels x 8 pixels of codes into 8 pixels x 8 channels of i16:
+/// `dst[p * px_stride + c] = src[c * ch_stride + p]` (int8 codes sign-extended).
+///
+/// # Safety
+/// The CPU must have AVX2; the 64 reads and 64 writes must be in bounds.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub unsafe fn transpose8x8<T: Code>(src: *const T, ch_stride: usize, dst: *mut i16, px_stride: usize) {
+    // SAFETY: the caller guarantees the bounds
+    unsafe {
+        let r: [__m128i; 8] = core::array::from_fn(|c| {
+            let p = src.add(c * ch_stride);
+            if core::mem::size_of::<T>() == 1 {
+                _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i))
+            } else {
+                _mm_loadu_si128(p as *const __m128i)
+            }
+        });
+        let t: [__m128i; 8] = core::array::from_fn(|i| {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            if i % 2 == 0 { _mm_unpacklo_epi16(a, b) } else { _mm_unpackhi_epi16(a, b) }
+        });
+        // u[0..4]: channels 0-3 of pixels (0,1) (2,3) (4,5) (6,7); u[4..8]: channels 4-7
+        let u: [__m128i; 8] = core::array::from_fn(|i| {
+            let (h, q) = (i / 4, i % 4);
+            let (a, b) = (t[4 * h + q / 2], t[4 * h + 2 + q / 2]);
+            if q % 2 == 0 { _mm_unpacklo_epi32(a, b) } else { _mm_unpackhi_epi32(a, b) }
+        });
+        for p in 0..8 {
+            let (a, b) = (u[p / 2], u[4 + p / 2]);
+            let v = if p % 2 == 0 { _mm_unpacklo_epi64(a, b) } else { _mm_unpackhi_epi64(a, b) };
+            _mm_storeu_si128(dst.add(p * px_stride) as *mut __m128i, v);
+        }
     }
 }

@@ -275,11 +275,11 @@ impl Call<'_> {
         let g = d.stage();
         if stage::stage_elem(self.ex.tier, core::mem::size_of::<T>()) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut stage_b[..g.len() * 2]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(self.ex.tier, || stage::image(xb, &g, i16::sat(self.zx as i64), st))?;
+            crate::kernels::on_tier(self.ex.tier, || stage::image(self.ex.tier, xb, &g, i16::sat(self.zx as i64), st))?;
             self.product(&*st, yb, T::MAX > 127)
         } else {
             let st: &mut [T] = bytemuck::try_cast_slice_mut(&mut stage_b[..g.len() * core::mem::size_of::<T>()]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(self.ex.tier, || stage::image(xb, &g, T::sat(self.zx as i64), st))?;
+            crate::kernels::on_tier(self.ex.tier, || stage::image(self.ex.tier, xb, &g, T::sat(self.zx as i64), st))?;
             self.product(&*st, yb, T::MAX > 127)
         }
     }

@@ -46,10 +46,11 @@ pub fn prepare<'a>(r: &FLinear<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
 }
 
 impl PreparedOp for Plan<'_> {
-    fn run(&self, arena: &mut [u8], _: Exec) -> Result<()> {
+    fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
-        float::linear_f32(
-            io.f32(&self.input)?,
+        let (x, y) = (io.f32(&self.input)?, out_f32(o)?);
+        crate::kernels::on_tier(ex.tier, || float::linear_f32(
+            x,
             self.m,
             self.n,
             self.k,
@@ -58,8 +59,8 @@ impl PreparedOp for Plan<'_> {
             self.weights,
             self.scales,
             self.bias,
-            out_f32(o)?,
-        )
+            y,
+        ))
     }
     fn work(&self) -> u64 {
         (self.m as u64 * self.n as u64).saturating_mul(self.k as u64)

@@ -100,12 +100,12 @@ impl Plan<'_> {
         let exact = T::MAX > 127;
         if stage::stage_elem(ex.tier, core::mem::size_of::<T>()) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut stage_b[..self.m * k4 * 2]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(ex.tier, || stage::rows(x, self.m, self.k, self.a_s, st))?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, x, self.m, self.k, self.a_s, st))?;
             self.product(ex, w, &*st, y, epi, exact)
         } else {
             let size = core::mem::size_of::<T>();
             let st: &mut [T] = bytemuck::try_cast_slice_mut(&mut stage_b[..self.m * k4 * size]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(ex.tier, || stage::rows(x, self.m, self.k, self.a_s, st))?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, x, self.m, self.k, self.a_s, st))?;
             self.product(ex, w, &*st, y, epi, exact)
         }
     }

@@ -156,12 +156,12 @@ impl Multiplier {
         let px = Pixels::rows(m, k4, k4);
         if stage::stage_elem(ex.tier, 1) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(ex.tier, || stage::rows(xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
             let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true };
             gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
         } else {
             let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
-            crate::kernels::on_tier(ex.tier, || stage::rows(xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+            crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
             let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true };
             gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
         }

@@ -1,4 +1,5 @@
 //! `dmqc`: compile ONNX diffusion UNets to integer `.dmq` models and run them with dmq-runtime.
+mod bench;
 mod compile;
 mod demo;
 mod eval;
@@ -59,6 +60,10 @@ enum Cmd {
         #[arg(long, value_enum)]
         target: Option<inspect::Board>,
     },
+    /// Time the float ONNX model (tract, f32) and the compiled .dmq (dmq-runtime) on the same
+    /// inputs, alternating: ms per evaluation, GMAC/s, the ratio and the runtime's per-op profile.
+    /// (`scripts/bench-vs-onnxruntime.py` adds ONNX Runtime.)
+    Bench(bench::Args),
     /// Compile the bundled model, draw samples with float and int8 from the same seeds, and write a
     /// side-by-side PNG, the .dmq and a report.
     Demo {
@@ -78,6 +83,7 @@ fn main() {
         Cmd::Sample(args) => sample::run(args),
         Cmd::Inspect { model, target } => inspect::run(&model, target),
         Cmd::Eval(args) => eval::run(args),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Demo { output, seeds } => demo::run(&output, seeds),
     };
     if let Err(e) = res {

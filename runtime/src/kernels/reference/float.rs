@@ -35,16 +35,23 @@ pub fn linear_f32(
     }
     // every output sums its k products in order; 8 outputs at a time run as independent chains
     const G: usize = 8;
+    let mut xs = [0f32; 256];
     for mi in 0..m {
         let row = |ki: usize| a[mi * a_s[0] + ki * a_s[1]];
         let mut n0 = 0;
         while n0 + G <= n {
-            let w = &w[n0 * k..(n0 + G) * k];
+            let rows: [&[i8]; G] = core::array::from_fn(|g| &w[(n0 + g) * k..(n0 + g + 1) * k]);
             let mut acc = [0.0f32; G];
-            for ki in 0..k {
-                let x = row(ki);
-                for (g, s) in acc.iter_mut().enumerate() {
-                    *s += w[g * k + ki] as f32 * x;
+            // the input row in chunks of 256 gathered contiguously
+            for k0 in (0..k).step_by(xs.len()) {
+                let kn = (k - k0).min(xs.len());
+                for (q, v) in xs[..kn].iter_mut().enumerate() {
+                    *v = row(k0 + q);
+                }
+                for (q, &x) in xs[..kn].iter().enumerate() {
+                    for g in 0..G {
+                        acc[g] += rows[g][k0 + q] as f32 * x;
+                    }
                 }
             }
             for (g, s) in acc.iter().enumerate() {

@@ -74,7 +74,7 @@ mod tests {
         let w = [0i8; 16];
         let prod = Product { w: &w, n: 4, stage: &st[..7], px: Pixels::rows(2, 4, 4), exact: false, full_range: false };
         assert!(run_rows(Tier::Scalar, &prod, (0, 4), Finish::Sums, |_| {}).is_err());
-        assert!(stage::rows(&[0i8; 5], 2, 3, [3, 1], &mut [0i8; 8]).is_err());
+        assert!(stage::rows(Tier::Scalar, &[0i8; 5], 2, 3, [3, 1], &mut [0i8; 8]).is_err());
         assert!(eltwise::lut(&[0; 4], &[0; 10], &mut [0; 4]).is_err());
         assert!(softmax::softmax(&[0; 4], 1, 5, 1, &[0; 1024], &mut [0; 4]).is_err());
     }

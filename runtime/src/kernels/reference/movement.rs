@@ -1,5 +1,5 @@
 //! Data movement: strided gathers and nearest-neighbour upsampling.
-use crate::kernels::{check_len, walk_rows, MAX_RANK};
+use crate::kernels::{check_len, Rows, MAX_RANK};
 use crate::{Error, Result};
 
 /// Gather with strides: `out[walk order] = map(x[offsets])`.
@@ -22,7 +22,8 @@ pub fn strided_map<T: Copy, U>(
             got: 0,
         });
     }
-    walk_rows(shape, [sx, so], [bx, bo], |[i, o], n, [a, b]| {
+    let mut rows = Rows::new(shape, [sx, so], [bx, bo]);
+    while let Some(([i, o], n, [a, b])) = rows.next() {
         if a == 1 && b == 1 {
             for (d, &s) in out[o..o + n].iter_mut().zip(&x[i..i + n]) {
                 *d = f(s);
@@ -32,7 +33,7 @@ pub fn strided_map<T: Copy, U>(
                 out[o + j * b] = f(x[i + j * a]);
             }
         }
-    });
+    }
     Ok(())
 }
 

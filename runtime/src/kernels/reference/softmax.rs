@@ -22,11 +22,30 @@ pub fn softmax(
             if inner == 1 {
                 // contiguous rows (the usual last-axis softmax)
                 let xs = &x[o * len..(o + 1) * len];
-                let mx = xs.iter().copied().max().unwrap_or(0);
-                let sum: u64 = xs.iter().map(|&v| e_of(mx, v)).sum();
-                let q = Quotient::new(sum);
-                for (y, &v) in out[o * len..(o + 1) * len].iter_mut().zip(xs) {
-                    *y = q.code(e_of(mx, v));
+                let ys = &mut out[o * len..(o + 1) * len];
+                let (mn, mx) = xs.iter().fold((i8::MAX, i8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                if len > (mx as i32 - mn as i32) as usize {
+                    // long rows: the sum from a histogram of the codes, and each present code's
+                    // output once (the same integers in another order)
+                    let mut hist = [0u32; 256];
+                    for &v in xs.iter() {
+                        hist[(v as i32 + 128) as usize] += 1;
+                    }
+                    let sum: u64 = (mn..=mx).map(|v| hist[(v as i32 + 128) as usize] as u64 * e_of(mx, v)).sum();
+                    let q = Quotient::new(sum);
+                    let mut code = [0i8; 256];
+                    for v in mn..=mx {
+                        code[(v as i32 + 128) as usize] = q.code(e_of(mx, v));
+                    }
+                    for (y, &v) in ys.iter_mut().zip(xs) {
+                        *y = code[(v as i32 + 128) as usize];
+                    }
+                } else {
+                    let sum: u64 = xs.iter().map(|&v| e_of(mx, v)).sum();
+                    let q = Quotient::new(sum);
+                    for (y, &v) in ys.iter_mut().zip(xs) {
+                        *y = q.code(e_of(mx, v));
+                    }
                 }
                 continue;
             }
@@ -75,6 +94,37 @@ impl Quotient {
 
 #[cfg(test)]
 mod tests {
+    /// Rows long and short, codes spread wide and narrow (both ways of summing), any axis, against
+    /// the definition with integer division.
+    #[test]
+    fn softmax_rows_match_the_definition() {
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        let table: Vec<u8> = (0..256u32).flat_map(|d| ((1u32 << 20) >> (d / 8).min(31)).to_le_bytes()).collect();
+        for case in 0..60 {
+            let (outer, len, inner) = (1 + next() as usize % 3, 1 + next() as usize % 700, if case % 4 == 0 { 2 } else { 1 });
+            let (lo, span) = if case % 2 == 0 { (-128i64, 256) } else { (next() as i64 % 100 - 50, 1 + next() % 20) };
+            let x: Vec<i8> = (0..outer * len * inner).map(|_| (lo + (next() % span) as i64).clamp(-128, 127) as i8).collect();
+            let mut got = vec![0i8; x.len()];
+            super::softmax(&x, outer, len, inner, &table, &mut got).unwrap();
+            let e = |d: i32| u32::from_le_bytes(table[d as usize * 4..d as usize * 4 + 4].try_into().unwrap()) as u64;
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |j: usize| (o * len + j) * inner + i;
+                    let mx = (0..len).map(|j| x[at(j)]).max().unwrap() as i32;
+                    let sum: u64 = (0..len).map(|j| e(mx - x[at(j)] as i32)).sum();
+                    for j in 0..len {
+                        let q = ((e(mx - x[at(j)] as i32) * 510 + sum) / (2 * sum)).min(255) as i32 - 128;
+                        assert_eq!(got[at(j)] as i32, q, "case {case} row {o}/{i} element {j}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The f64 quotient against integer division, at random and at the edges of each rounding.
     #[test]
     fn quotient_is_the_exact_rounded_code() {
