@@ -92,7 +92,7 @@ impl<'a> Model<'a> {
         };
         let mut at = 0usize;
         let mut most = 0u64;
-        for (k, &off) in m.stream_offsets.iter().enumerate() {
+        for &off in m.stream_offsets.iter() {
             if off as usize != at {
                 return Err(Error::Invalid {
                     op: u32::MAX,
@@ -107,9 +107,8 @@ impl<'a> Model<'a> {
                 rest = r;
                 let p = ops::prepare(&op, &cx(i))?;
                 work = work.saturating_add(p.work());
-                if k == 0 {
-                    verify::time_table_op(m, self.blob, i, op.class(), &p)?;
-                }
+                // every stream reads the same table, so each stream's op is checked against it
+                verify::time_table_op(m, self.blob, i, op.class(), &p)?;
             }
             most = most.max(work);
             at += before - rest.len();

@@ -139,7 +139,7 @@ fn time_table(m: &ModelMeta, blob: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The time table against op `i` of the first stream, prepared: a skipped op computes f32 on the
+/// The time table against op `i` of a stream, prepared: a skipped op computes f32 on the
 /// time path; an output taken from the table is a skipped op's, and its values fit the row.
 pub(crate) fn time_table_op(
     m: &ModelMeta,
