@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/cross/aarch64-unknown-linux-gnu/release/dmq-board}"
 [ -f "$BIN" ] || { echo "kernel-evidence: $BIN missing; run scripts/test-aarch64.sh first" >&2; exit 1; }
-for kernel in tile_neon tile_sdot; do
+for kernel in tile_neon tile_sdot tile_i16; do
   aarch64-linux-gnu-objdump -d --no-show-raw-insn "$BIN" |
     awk -v k="$kernel" '
       function hex(s,   i, v) { v = 0; s = tolower(s); for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1; return v }
@@ -14,7 +14,7 @@ for kernel in tile_neon tile_sdot; do
       infn && /^$/ { infn = 0 }
       infn && /^ *[0-9a-f]+:/ {
         addr = hex(substr($1, 1, length($1) - 1)); op = $2
-        n++; A[n] = addr; O[n] = op
+        n++; A[n] = addr; O[n] = op; W[n] = ($3 ~ /\.4s/) ? 4 : 8
         if (op ~ /^b\./ && NF >= 3) {
           tgt = hex($3)
           if (tgt < addr) { nb++; BA[nb] = addr; BT[nb] = tgt }
@@ -23,14 +23,14 @@ for kernel in tile_neon tile_sdot; do
       END {
         best = 0
         for (b = 1; b <= nb; b++) {
-          ins = 0; sdot = 0; smull = 0; ld = 0
+          ins = 0; sdot = 0; smull = 0; ld = 0; mm = 0
           for (i = 1; i <= n; i++) if (A[i] >= BT[b] && A[i] <= BA[b]) {
             ins++
             if (O[i] == "sdot") sdot++
-            if (O[i] ~ /^sm(ull|lal)2?$/) smull++
+            if (O[i] ~ /^sm(ull|lal)2?$/) { smull++; mm += W[i] }
             if (O[i] ~ /^ld/) ld++
           }
-          macs = sdot * 16 + smull * 8
+          macs = sdot * 16 + mm
           if (macs > best) { best = macs; bi = ins; bs = sdot; bm = smull; bl = ld }
         }
         if (best == 0) { printf "%-15s inner loop not found (inlined?)\n", k; exit 1 }

@@ -107,7 +107,8 @@ impl RandomEpilogue {
 /// or with an epilogue every output code.
 fn sums<S: Code>(tier: Tier, w: &[i8], n: usize, st: &[S], px: Pixels, exact: bool, epi: Option<&Epilogue<'_>>) -> core::result::Result<Vec<i64>, String> {
     let mut out = vec![0i64; n * px.count];
-    let prod = Product { w, n, stage: st, px, exact, full_range: w.contains(&-128) };
+    let wsum = if n % 2 == 0 { gemm::abs_row_sum_max(8, bytemuck::cast_slice(w), n, px.k4()) } else { u64::MAX };
+    let prod = Product { w, n, stage: st, px, exact, full_range: w.contains(&-128), wsum };
     let finish = epi.map_or(Finish::Sums, Finish::Codes);
     gemm::run_rows(tier, &prod, (0, pad4(n)), finish, |t| {
         for i in 0..t.rows {

@@ -37,6 +37,31 @@ pub fn packed_bytes(bits: u8, n: usize, k4: usize) -> usize {
     }
 }
 
+/// The largest sum of |weight| over a row of packed weights (8-bit, or 4-bit two per byte).
+pub fn abs_row_sum_max(bits: u8, packed: &[u8], n: usize, k4: usize) -> u64 {
+    // a block is 4 rows x 4 depth: 16 bytes, or 8 at 4 bits (row i in bytes 2i, 2i + 1)
+    let per_row = if bits == 4 { 2 } else { BLOCK };
+    let mut most = 0u64;
+    for g in packed.chunks(per_row * k4.max(1)).take(pad4(n) / BLOCK) {
+        let mut rows = [0u64; BLOCK];
+        for blk in g.chunks_exact(per_row * BLOCK) {
+            for (i, r) in rows.iter_mut().enumerate() {
+                let mut s = 0u32;
+                for &b in &blk[i * per_row..(i + 1) * per_row] {
+                    s += if bits == 4 {
+                        (((b << 4) as i8) >> 4).unsigned_abs() as u32 + ((b as i8) >> 4).unsigned_abs() as u32
+                    } else {
+                        (b as i8).unsigned_abs() as u32
+                    };
+                }
+                *r += s as u64;
+            }
+        }
+        most = most.max(rows.into_iter().max().unwrap_or(0));
+    }
+    most
+}
+
 /// Index of weight (row `r`, depth `q`) in the packed int8 layout of depth `k4`.
 #[inline(always)]
 pub fn packed_index(r: usize, q: usize, k4: usize) -> usize {
@@ -223,6 +248,9 @@ pub struct Product<'a, T: Code> {
     /// the weights may hold -128: an activation operand packed at run time (a model's weights are
     /// in [-127, 127], checked at load, which lets the Armv8.0 tile add two products in i16)
     pub full_range: bool,
+    /// an upper bound on any row's sum of |weight| (from [`abs_row_sum_max`] at prepare;
+    /// `u64::MAX` when unknown): lets an int16 product see at once that its sums fit i32
+    pub wsum: u64,
 }
 
 impl<T: Code> Product<'_, T> {
@@ -395,6 +423,43 @@ pub(crate) fn scalar_fallback<T: Code>(
     }
 }
 
+/// Whether every sum of the 8 rows `r..r + 8` (weight blocks `w0` of rows `r..r + 4`, `w1` of the
+/// next 4) over int16 codes (|x| <= 2^15), plus the row's bias and the largest pixel term `col`, stays
+/// below 2^31 in magnitude: then i32 lanes and the wrapping epilogue compute the exact rule, and
+/// an int16 product may accumulate like an int8 one.
+pub(crate) fn fits_i32(wsum: u64, col: u64, w0: &[i8], w1: &[i8], finish: Finish<'_>, r: usize) -> bool {
+    let Finish::Codes(e) = finish else {
+        return false;
+    };
+    let bias = (r..r + 2 * BLOCK).map(|i| e.row(i).bias.unsigned_abs() as u64).max().unwrap_or(0);
+    let room = (1u64 << 31).saturating_sub(bias + col);
+    // the bound of the whole product (found at prepare) first, then these rows' own sums
+    if wsum < u64::MAX && wsum.saturating_mul(32768) < room {
+        return true;
+    }
+    let k4 = w0.len() / BLOCK;
+    k4 > 0
+        && [w0, w1].iter().all(|w| {
+            w.chunks_exact(BLOCK * BLOCK)
+                .fold([0u64; BLOCK], |mut acc, blk| {
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a += blk[i * BLOCK..(i + 1) * BLOCK].iter().map(|v| v.unsigned_abs() as u64).sum::<u64>();
+                    }
+                    acc
+                })
+                .iter()
+                .all(|&s| s * 32768 < room)
+        })
+}
+
+/// The largest |pixel term| of an epilogue (0 without one).
+pub(crate) fn col_max(finish: Finish<'_>) -> u64 {
+    match finish {
+        Finish::Codes(e) => e.col.iter().map(|v| v.unsigned_abs() as u64).max().unwrap_or(0),
+        Finish::Sums => 0,
+    }
+}
+
 /// Applies the epilogue (if `finish` asks for codes) to a tile's sums, element by element: the
 /// specification [`Epilogue::code`].
 #[inline]
@@ -501,5 +566,23 @@ impl<'a> Epilogue<'a> {
             w.clamp(i64::MIN as i128 / 2, i64::MAX as i128 / 2) as i64 + self.zo as i64
         };
         r.clamp(self.lo as i64, self.hi as i64) as i32
+    }
+}
+
+#[cfg(test)]
+mod wsum_tests {
+    use super::*;
+
+    /// The bound is each row's sum of |weight| read through `packed_index`, at 8 and 4 bits.
+    #[test]
+    fn abs_row_sum_max_matches_a_direct_sum() {
+        let (n, k4) = (7, 12);
+        let w: Vec<i8> = (0..pad4(n) * k4).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+        let direct = |f: &dyn Fn(usize, usize) -> i8| (0..n).map(|r| (0..k4).map(|q| f(r, q).unsigned_abs() as u64).sum::<u64>()).max().unwrap();
+        let bytes: Vec<u8> = w.iter().map(|&v| v as u8).collect();
+        assert_eq!(abs_row_sum_max(8, &bytes, n, k4), direct(&|r, q| w[packed_index(r, q, k4)]));
+        let w4: Vec<i8> = w.iter().map(|&v| v.rem_euclid(16) - 8).collect();
+        let packed: Vec<u8> = w4.chunks(2).map(|p| (p[0] as u8 & 15) | ((p[1] as u8) << 4)).collect();
+        assert_eq!(abs_row_sum_max(4, &packed, n, k4), direct(&|r, q| w4[packed_index(r, q, k4)]));
     }
 }

@@ -11,10 +11,21 @@
 //!   lane pairs into i32; the lane pairs of each row are added at the end. Tiles of 8 rows x 4
 //!   pixels.
 //!
-//! Accumulation is wrapping i32, like the specification. Int16 activations run the scalar tiles.
-//! An attention operand packed at run time may hold -128 (`Product::full_range`): the Armv8.0 tile
-//! then multiplies one block per i16 accumulation.
-use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
+//! - int16 activations (both tiers): `LD4` splits two consecutive weight blocks into four vectors,
+//!   one per depth position (lanes: the 4 rows of each block), `SXTL` widens them to i16, and
+//!   `SMLAL`/`SMLAL2` by element multiply them by one staged value of the pixel into i32 lanes (one
+//!   lane per row). Tiles of 8 rows x 8 pixels.
+//!
+//! Accumulation is wrapping i32, like the specification. Int16 sums are exact: rows whose sums
+//! provably fit i32 ([`super::gemm::fits_i32`]) accumulate in i32 lanes; others add their lanes
+//! into i64 every 64 blocks. An attention operand packed at run time may hold -128
+//! (`Product::full_range`): the Armv8.0 tile then multiplies one block per i16 accumulation.
+//!
+//! The epilogue runs on the accumulator vectors (rows in lanes): bias and pixel term added in
+//! wrapping i32, `SMULL` by the rows' multipliers into i64, `SRSHL` (a rounding right shift,
+//! computed without overflow), a saturating narrow, the zero point added with saturation and the
+//! clamp. Every step equals the specification's rule (see `Epi`).
+use super::gemm::{finish_sums, fits_i32, Epilogue, Finish, Pixels, Product, Tile, BLOCK};
 use super::reference::Code;
 use super::Tier;
 use core::arch::aarch64::*;
@@ -27,6 +38,11 @@ pub fn product_rows<T: Code>(
     finish: Finish<'_>,
     out: &mut impl FnMut(&mut Tile),
 ) {
+    if let Ok(stage) = bytemuck::try_cast_slice::<T, i16>(prod.stage) {
+        if core::mem::size_of::<T>() == 2 {
+            return rows_i16(prod, stage, (r0, r1), finish, out);
+        }
+    }
     let stage: &[i8] = match bytemuck::try_cast_slice(prod.stage) {
         Ok(s) if core::mem::size_of::<T>() == 1 => s,
         _ => return super::gemm::scalar_fallback(prod, (r0, r1), finish, out),
@@ -40,41 +56,164 @@ pub fn product_rows<T: Code>(
         let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
         let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
         let rows = if two { 2 * BLOCK } else { BLOCK };
+        let epi = Epi::new(finish, r);
         if tier == Tier::NeonDot {
             for p0 in (0..px.count).step_by(8) {
                 let bases = px.bases(p0);
                 // SAFETY: dotprod was detected for this tier; every read is in bounds
                 // (`Product::check` bounds the pixels' extent and the weights).
                 let s = unsafe { tile_sdot(w0, w1, stage, bases, px) };
-                emit(&s, (r, rows, p0, px.count), finish, &mut t, out);
+                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
             }
         } else {
             for p0 in (0..px.count).step_by(4) {
                 let bases = px.bases(p0);
                 // SAFETY: NEON is baseline on aarch64; reads as above.
                 let s = unsafe { tile_neon(w0, w1, stage, bases, px, prod.full_range) };
-                emit(&s, (r, rows, p0, px.count), finish, &mut t, out);
+                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
             }
         }
         r += rows;
     }
 }
 
+/// Int16 activations, both tiers: 8 x 8 tiles of `tile_i16`.
+fn rows_i16<T: Code>(
+    prod: &Product<'_, T>,
+    stage: &[i16],
+    (r0, r1): (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    let mut t = Tile::new();
+    let px = &prod.px;
+    let k4 = px.k4();
+    let col = super::gemm::col_max(finish);
+    let mut r = r0;
+    while r < r1 {
+        let two = r + 2 * BLOCK <= r1;
+        let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
+        let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
+        let rows = if two { 2 * BLOCK } else { BLOCK };
+        let epi = Epi::new(finish, r);
+        // exact sums: in i32 lanes when they provably fit, else widened into i64
+        let wide = prod.exact && !(epi.is_some() && fits_i32(prod.wsum, col, &w0[..BLOCK * k4], &w1[..BLOCK * k4], finish, r));
+        for p0 in (0..px.count).step_by(8) {
+            let bases = px.bases(p0);
+            if wide {
+                let mut total = [[0i64; 8]; 8];
+                // SAFETY: NEON is baseline on aarch64; reads as in `product_rows`.
+                unsafe { tile_i16::<true>(w0, w1, stage, bases, px, &mut total) };
+                (t.r0, t.p0, t.rows, t.cols) = (r, p0, rows, 8.min(px.count - p0));
+                for i in 0..rows {
+                    t.sums[i][..8].copy_from_slice(&total[i]);
+                }
+                finish_sums(&mut t, finish, true);
+                out(&mut t);
+            } else {
+                // SAFETY: as above
+                let s = unsafe { tile_i16::<false>(w0, w1, stage, bases, px, &mut [[0; 8]; 8]) };
+                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
+            }
+        }
+        r += rows;
+    }
+}
+
+/// The epilogue's constants of 8 rows as vectors (rows in lanes): bias, multiplier, the negated
+/// shifts as i64 pairs (for `SRSHL`), zero point and clamp bounds.
+struct Epi {
+    bias: [int32x4_t; 2],
+    mult: [int32x4_t; 2],
+    nshift: [int64x2_t; 4],
+    zo: int32x4_t,
+    lo: int32x4_t,
+    hi: int32x4_t,
+}
+
+impl Epi {
+    fn new(finish: Finish<'_>, r: usize) -> Option<Epi> {
+        let Finish::Codes(e) = finish else {
+            return None;
+        };
+        let rows: [_; 8] = core::array::from_fn(|i| e.row(r + i));
+        let v32 = |f: &dyn Fn(usize) -> i32| -> [int32x4_t; 2] {
+            let a: [i32; 8] = core::array::from_fn(f);
+            // SAFETY: `a` holds 8 i32
+            unsafe { [vld1q_s32(a.as_ptr()), vld1q_s32(a.as_ptr().add(4))] }
+        };
+        let n: [i64; 8] = core::array::from_fn(|i| -(rows[i].shift as i64));
+        // SAFETY: `n` holds 8 i64; NEON is baseline on aarch64
+        unsafe {
+            Some(Epi {
+                bias: v32(&|i| rows[i].bias),
+                mult: v32(&|i| rows[i].mult),
+                nshift: core::array::from_fn(|k| vld1q_s64(n.as_ptr().add(2 * k))),
+                zo: vdupq_n_s32(e.zo),
+                lo: vdupq_n_s32(e.lo),
+                hi: vdupq_n_s32(e.hi),
+            })
+        }
+    }
+
+    /// Codes of rows `4 b .. 4 b + 4` from their wrapping i32 sums `acc` and the pixel term `col`:
+    /// `clamp(round_shift((acc + bias + col) * mult, shift) + zo, lo, hi)`. The product of an i32
+    /// by an i32 is exact in i64, `SRSHL` adds the rounding bit without overflow, and a result
+    /// beyond i32 saturates to a value the clamp maps to the same bound (|zo| < 2^16).
+    #[inline(always)]
+    fn codes(&self, acc: int32x4_t, b: usize, col: i32) -> int32x4_t {
+        // SAFETY: NEON is baseline on aarch64
+        unsafe {
+            let v = vaddq_s32(vaddq_s32(acc, self.bias[b]), vdupq_n_s32(col));
+            let lo = vrshlq_s64(vmull_s32(vget_low_s32(v), vget_low_s32(self.mult[b])), self.nshift[2 * b]);
+            let hi = vrshlq_s64(vmull_high_s32(v, self.mult[b]), self.nshift[2 * b + 1]);
+            let n = vqaddq_s32(vcombine_s32(vqmovn_s64(lo), vqmovn_s64(hi)), self.zo);
+            vminq_s32(vmaxq_s32(n, self.lo), self.hi)
+        }
+    }
+}
+
+/// Delivers a tile from its accumulators (`s[b][j]`: rows `4 b ..`, pixel `j`): codes through the
+/// vector epilogue, or the sums.
 fn emit<const NP: usize>(
-    s: &[[i32; NP]; 2 * BLOCK],
+    s: &[[int32x4_t; NP]; 2],
     (r, rows, p0, count): (usize, usize, usize, usize),
     finish: Finish<'_>,
+    epi: Option<&Epi>,
     t: &mut Tile,
     out: &mut impl FnMut(&mut Tile),
 ) {
     (t.r0, t.p0, t.rows, t.cols) = (r, p0, rows, NP.min(count - p0));
-    for i in 0..rows {
-        for j in 0..NP {
-            t.sums[i][j] = s[i][j] as i64;
+    match (epi, finish) {
+        (Some(c), Finish::Codes(e)) => {
+            for j in 0..t.cols {
+                let col = pixel_term(e, p0 + j);
+                for b in 0..rows / BLOCK {
+                    // SAFETY: a row of codes holds 8 i32
+                    unsafe { vst1q_s32(t.codes[j].as_mut_ptr().add(b * BLOCK), c.codes(s[b][j], b, col)) };
+                }
+            }
+        }
+        _ => {
+            for (b, group) in s.iter().enumerate().take(rows / BLOCK) {
+                for (j, &a) in group.iter().enumerate() {
+                    let mut lanes = [0i32; 4];
+                    // SAFETY: `lanes` holds 4 i32
+                    unsafe { vst1q_s32(lanes.as_mut_ptr(), a) };
+                    for i in 0..BLOCK {
+                        t.sums[b * BLOCK + i][j] = lanes[i] as i64;
+                    }
+                }
+            }
+            finish_sums(t, finish, false);
         }
     }
-    finish_sums(t, finish, false);
     out(t);
+}
+
+#[inline(always)]
+fn pixel_term(e: &Epilogue<'_>, p: usize) -> i32 {
+    e.col.get(p).copied().unwrap_or(0)
 }
 
 /// Loads 16 bytes at `*p` and steps `*p` past them (one post-indexed `LDR`).
@@ -119,7 +258,7 @@ fn for_each_tap(px: &Pixels, mut f: impl FnMut(usize)) {
 
 /// 8 rows x 8 pixels with SDOT.
 #[inline(never)]
-unsafe fn tile_sdot(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 8], px: &Pixels) -> [[i32; 8]; 8] {
+unsafe fn tile_sdot(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 8], px: &Pixels) -> [[int32x4_t; 8]; 2] {
     let (wp0, wp1, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
     // SAFETY (whole function): loads of block `q` of the two weight rows and of 4 staged bytes per
     // pixel are in bounds (see `product_rows`); the caller checked the dotprod feature.
@@ -148,24 +287,14 @@ unsafe fn tile_sdot(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 8], px: &Pixe
                 }
             }
         });
-        let mut s = [[0i32; 8]; 8];
-        for j in 0..8 {
-            for (b, a) in acc.iter().enumerate() {
-                let mut lanes = [0i32; 4];
-                vst1q_s32(lanes.as_mut_ptr(), a[j]);
-                for i in 0..BLOCK {
-                    s[b * BLOCK + i][j] = lanes[i];
-                }
-            }
-        }
-        s
+        acc
     }
 }
 
 /// 8 rows x 4 pixels with SMULL/SMLAL/SADALP, two blocks per i16 accumulation (one when the
 /// weights may hold -128: two products of -128 x -128 would overflow i16).
 #[inline(never)]
-unsafe fn tile_neon(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixels, full_range: bool) -> [[i32; 4]; 8] {
+unsafe fn tile_neon(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixels, full_range: bool) -> [[int32x4_t; 4]; 2] {
     let (wp0, wp1, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
     // SAFETY (whole function): as in `tile_sdot`; NEON is baseline on aarch64.
     unsafe {
@@ -220,17 +349,167 @@ unsafe fn tile_neon(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixe
                 b += 1 + two as usize;
             }
         });
-        let mut s = [[0i32; 4]; 8];
-        for j in 0..4 {
-            for k in 0..2 {
-                let rows = vpaddq_s32(lo[k][j], hi[k][j]);
-                let mut lanes = [0i32; 4];
-                vst1q_s32(lanes.as_mut_ptr(), rows);
-                for i in 0..BLOCK {
-                    s[k * BLOCK + i][j] = lanes[i];
+        // the lane pairs of each row added: rows 4 k .. 4 k + 4 of pixel j
+        core::array::from_fn(|k| core::array::from_fn(|j| vpaddq_s32(lo[k][j], hi[k][j])))
+    }
+}
+
+/// Blocks an i32 lane of the int16 tile accumulates before it is widened: 64 blocks of 4 products
+/// of at most 2^15 * 2^7 stay below 2^31.
+const WIDEN_EVERY: usize = 64;
+
+/// 8 rows x 8 pixels over int16 activations with `SMLAL`/`SMLAL2` by element. Returns the wrapping
+/// i32 sums (`[b][j]`: rows `4 b ..`, pixel `j`); with `WIDE` adds the exact sums into
+/// `total[row][pixel]` instead (every `WIDEN_EVERY` blocks and at the end of each tap).
+#[inline(never)]
+unsafe fn tile_i16<const WIDE: bool>(w0: &[i8], w1: &[i8], x: &[i16], bases: [usize; 8], px: &Pixels, total: &mut [[i64; 8]; 8]) -> [[int32x4_t; 8]; 2] {
+    let (mut pa, mut pb, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
+    // SAFETY (whole function): as in `tile_sdot` (a pair of blocks is read only when both are in
+    // the tap; a tap's last odd block is copied into a zero-padded buffer first).
+    unsafe {
+        let mut acc = [[vdupq_n_s32(0); 8]; 2];
+        // weights of a pair of blocks: per depth position d, rows 0-3 of the first block in the
+        // low half and of the second in the high half, as i16
+        let split = |p: *const i8| -> [int16x8_t; 4] {
+            let v = vld4_s8(p);
+            [vmovl_s8(v.0), vmovl_s8(v.1), vmovl_s8(v.2), vmovl_s8(v.3)]
+        };
+        // pixel j's 8 staged values x times both row groups' weights: 16 `SMLAL(2)` by element in
+        // one asm block (the accumulators stay in registers across the unrolled pixels)
+        let mac = |a: &mut int32x4_t, b: &mut int32x4_t, w: &[int16x8_t; 4], v: &[int16x8_t; 4], x: int16x8_t| {
+            core::arch::asm!(
+                "smlal  {a:v}.4s, {w0:v}.4h, {x:v}.h[0]",
+                "smlal  {b:v}.4s, {v0:v}.4h, {x:v}.h[0]",
+                "smlal  {a:v}.4s, {w1:v}.4h, {x:v}.h[1]",
+                "smlal  {b:v}.4s, {v1:v}.4h, {x:v}.h[1]",
+                "smlal  {a:v}.4s, {w2:v}.4h, {x:v}.h[2]",
+                "smlal  {b:v}.4s, {v2:v}.4h, {x:v}.h[2]",
+                "smlal  {a:v}.4s, {w3:v}.4h, {x:v}.h[3]",
+                "smlal  {b:v}.4s, {v3:v}.4h, {x:v}.h[3]",
+                "smlal2 {a:v}.4s, {w0:v}.8h, {x:v}.h[4]",
+                "smlal2 {b:v}.4s, {v0:v}.8h, {x:v}.h[4]",
+                "smlal2 {a:v}.4s, {w1:v}.8h, {x:v}.h[5]",
+                "smlal2 {b:v}.4s, {v1:v}.8h, {x:v}.h[5]",
+                "smlal2 {a:v}.4s, {w2:v}.8h, {x:v}.h[6]",
+                "smlal2 {b:v}.4s, {v2:v}.8h, {x:v}.h[6]",
+                "smlal2 {a:v}.4s, {w3:v}.8h, {x:v}.h[7]",
+                "smlal2 {b:v}.4s, {v3:v}.8h, {x:v}.h[7]",
+                a = inout(vreg) *a, b = inout(vreg) *b,
+                w0 = in(vreg) w[0], w1 = in(vreg) w[1], w2 = in(vreg) w[2], w3 = in(vreg) w[3],
+                v0 = in(vreg) v[0], v1 = in(vreg) v[1], v2 = in(vreg) v[2], v3 = in(vreg) v[3],
+                x = in(vreg_low16) x,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        };
+        let mut flush = |acc: &mut [[int32x4_t; 8]; 2]| {
+            if WIDE {
+                for (b, group) in acc.iter_mut().enumerate() {
+                    for (j, a) in group.iter_mut().enumerate() {
+                        let mut lanes = [0i32; 4];
+                        vst1q_s32(lanes.as_mut_ptr(), *a);
+                        for i in 0..BLOCK {
+                            total[b * BLOCK + i][j] += lanes[i] as i64;
+                        }
+                        *a = vdupq_n_s32(0);
+                    }
                 }
             }
+        };
+        let blocks = px.c4 / BLOCK;
+        for_each_tap(px, |tap| {
+            let xs: [*const i16; 8] = core::array::from_fn(|j| xp.add(bases[j] + tap));
+            let mut b = 0;
+            let mut since = 0;
+            while b + 2 <= blocks {
+                let (wa, wb) = (split(pa), split(pb));
+                (pa, pb) = (pa.add(2 * BLOCK * BLOCK), pb.add(2 * BLOCK * BLOCK));
+                let [a0, a1] = &mut acc;
+                for j in 0..8 {
+                    let xv = vld1q_s16(xs[j].add(b * BLOCK));
+                    mac(&mut a0[j], &mut a1[j], &wa, &wb, xv);
+                }
+                b += 2;
+                since += 2;
+                if WIDE && since >= WIDEN_EVERY {
+                    flush(&mut acc);
+                    since = 0;
+                }
+            }
+            if b < blocks {
+                // the tap's last block alone: its partner is zero
+                let mut bufa = [0i8; 2 * BLOCK * BLOCK];
+                let mut bufb = [0i8; 2 * BLOCK * BLOCK];
+                core::ptr::copy_nonoverlapping(pa, bufa.as_mut_ptr(), BLOCK * BLOCK);
+                core::ptr::copy_nonoverlapping(pb, bufb.as_mut_ptr(), BLOCK * BLOCK);
+                (pa, pb) = (pa.add(BLOCK * BLOCK), pb.add(BLOCK * BLOCK));
+                let (wa, wb) = (split(bufa.as_ptr()), split(bufb.as_ptr()));
+                let [a0, a1] = &mut acc;
+                for j in 0..8 {
+                    let xv = vcombine_s16(vld1_s16(xs[j].add(b * BLOCK)), vdup_n_s16(0));
+                    mac(&mut a0[j], &mut a1[j], &wa, &wb, xv);
+                }
+            }
+            flush(&mut acc);
+        });
+        acc
+    }
+}
+
+/// `dst[p * ds + c] = src[c * ss + p]` for an 8 x 8 block of bytes: three rounds of zips.
+///
+/// # Safety
+/// The 8 rows of 8 bytes at `src` (stride `ss`) must be readable, those at `dst` (stride `ds`)
+/// writable.
+#[inline(always)]
+pub(crate) unsafe fn transpose8x8_b(src: *const i8, ss: usize, dst: *mut i8, ds: usize) {
+    // SAFETY: the caller's
+    unsafe {
+        let r: [int8x8_t; 8] = core::array::from_fn(|c| vld1_s8(src.add(c * ss)));
+        // pairs of channels interleaved, then quads, then all 8 (each zip doubles the run)
+        let z1: [int8x8x2_t; 4] = core::array::from_fn(|k| vzip_s8(r[2 * k], r[2 * k + 1]));
+        let h = |v: int8x8_t| vreinterpret_s16_s8(v);
+        let z2 = [
+            vzip_s16(h(z1[0].0), h(z1[1].0)),
+            vzip_s16(h(z1[0].1), h(z1[1].1)),
+            vzip_s16(h(z1[2].0), h(z1[3].0)),
+            vzip_s16(h(z1[2].1), h(z1[3].1)),
+        ];
+        let w = |v: int16x4_t| vreinterpret_s32_s16(v);
+        // z2[0]: pixels 0-1 and 2-3 of channels 0-3, z2[1]: pixels 4-7; z2[2], z2[3]: channels 4-7
+        let px = [
+            vzip_s32(w(z2[0].0), w(z2[2].0)),
+            vzip_s32(w(z2[0].1), w(z2[2].1)),
+            vzip_s32(w(z2[1].0), w(z2[3].0)),
+            vzip_s32(w(z2[1].1), w(z2[3].1)),
+        ];
+        for (k, pair) in px.iter().enumerate() {
+            vst1_s8(dst.add(2 * k * ds), vreinterpret_s8_s32(pair.0));
+            vst1_s8(dst.add((2 * k + 1) * ds), vreinterpret_s8_s32(pair.1));
         }
-        s
+    }
+}
+
+/// [`transpose8x8_b`] for 16-bit codes.
+///
+/// # Safety
+/// As for [`transpose8x8_b`], with rows of 8 i16.
+#[inline(always)]
+pub(crate) unsafe fn transpose8x8_h(src: *const i16, ss: usize, dst: *mut i16, ds: usize) {
+    // SAFETY: the caller's
+    unsafe {
+        let r: [int16x8_t; 8] = core::array::from_fn(|c| vld1q_s16(src.add(c * ss)));
+        // [k][0]: pixels 0-3 of channels 2k, 2k + 1 interleaved; [k][1]: pixels 4-7
+        let z1: [[int16x8_t; 2]; 4] = core::array::from_fn(|k| [vzip1q_s16(r[2 * k], r[2 * k + 1]), vzip2q_s16(r[2 * k], r[2 * k + 1])]);
+        let w = |v: int16x8_t| vreinterpretq_s32_s16(v);
+        // [g][q]: pixels 2q, 2q + 1 of channels 4g .. 4g + 4
+        let z2: [[int32x4_t; 4]; 2] = core::array::from_fn(|g| {
+            let (a, b) = (z1[2 * g], z1[2 * g + 1]);
+            [vzip1q_s32(w(a[0]), w(b[0])), vzip2q_s32(w(a[0]), w(b[0])), vzip1q_s32(w(a[1]), w(b[1])), vzip2q_s32(w(a[1]), w(b[1]))]
+        });
+        for q in 0..4 {
+            let (lo, hi) = (vreinterpretq_s64_s32(z2[0][q]), vreinterpretq_s64_s32(z2[1][q]));
+            vst1q_s16(dst.add(2 * q * ds), vreinterpretq_s16_s64(vzip1q_s64(lo, hi)));
+            vst1q_s16(dst.add((2 * q + 1) * ds), vreinterpretq_s16_s64(vzip2q_s64(lo, hi)));
+        }
     }
 }

@@ -93,6 +93,7 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
     if nch == 0 || npx == 0 {
         return;
     }
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_mut))]
     let (mut c0, mut p_end) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if tier == Tier::Avx2 && core::mem::size_of::<U>() == 2 && U::MAX > 127 {
@@ -109,6 +110,31 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
                     // checked above
                     unsafe {
                         super::x86::transpose8x8(src.as_ptr().add(c * ch_stride + p), ch_stride, d.as_mut_ptr().add(p * px_stride + c), px_stride)
+                    };
+                }
+            }
+        }
+        (c0, p_end) = (cb, pb);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if matches!(tier, Tier::Neon | Tier::NeonDot) && core::mem::size_of::<T>() == core::mem::size_of::<U>() && T::MAX == U::MAX {
+        // 8 x 8 blocks with NEON zips (the stage of the NEON tiers holds the input's codes)
+        let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
+        if cb > 0 && pb > 0 {
+            // the blocks' last read and write, checked once
+            let _ = &src[(cb - 1) * ch_stride + pb - 1];
+            let _ = &dst[(pb - 1) * px_stride + cb - 1];
+            for c in (0..cb).step_by(8) {
+                for p in (0..pb).step_by(8) {
+                    let (from, to) = (c * ch_stride + p, p * px_stride + c);
+                    // SAFETY: NEON is baseline on aarch64; the block lies within the ranges
+                    // checked above; T and U are the same code type (equal size and range)
+                    unsafe {
+                        if core::mem::size_of::<T>() == 1 {
+                            super::neon::transpose8x8_b(src.as_ptr().add(from) as *const i8, ch_stride, dst.as_mut_ptr().add(to) as *mut i8, px_stride)
+                        } else {
+                            super::neon::transpose8x8_h(src.as_ptr().add(from) as *const i16, ch_stride, dst.as_mut_ptr().add(to) as *mut i16, px_stride)
+                        }
                     };
                 }
             }

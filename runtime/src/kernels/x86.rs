@@ -10,7 +10,7 @@
 //! Int8 activations accumulate in wrapping i32, like the specification (wrapping addition is
 //! associative, so the order does not matter). Int16 activations could overflow i32 lanes after 258
 //! blocks, so their lanes are added into exact i64 sums after every tap (or every 64 blocks).
-use super::gemm::{finish_sums, Epilogue, Finish, Pixels, Product, Tile, BLOCK};
+use super::gemm::{finish_sums, fits_i32, Epilogue, Finish, Pixels, Product, Tile, BLOCK};
 use super::reference::Code;
 use core::arch::x86_64::*;
 
@@ -38,6 +38,7 @@ pub unsafe fn product_rows<T: Code>(
         _ => return super::gemm::scalar_fallback(prod, (r0, r1), finish, out),
     };
     let wide = prod.exact;
+    let col = super::gemm::col_max(finish);
     let px = &prod.px;
     let k4 = px.k4();
     let mut t = Tile::new();
@@ -58,7 +59,7 @@ pub unsafe fn product_rows<T: Code>(
             };
             (t.r0, t.rows) = (r, if two { 2 * BLOCK } else { BLOCK });
             // int16 activations whose sums provably fit i32 here run the int8 path
-            let wide = wide && !fits_i32(&w0[..BLOCK * k4], &w1[..BLOCK * k4], consts.as_ref(), finish);
+            let wide = wide && !(consts.is_some() && fits_i32(prod.wsum, col, &w0[..BLOCK * k4], &w1[..BLOCK * k4], finish, r));
             for p0 in (c0..c1).step_by(NR) {
                 (t.p0, t.cols) = (p0, NR.min(px.count - p0));
                 // SAFETY: AVX2 was detected for this tier; every read is inside `stage` and the
@@ -71,28 +72,6 @@ pub unsafe fn product_rows<T: Code>(
             r += if two { 2 * BLOCK } else { BLOCK };
         }
     }
-}
-
-/// Whether every sum of these 8 rows over int16 codes (|x| <= 2^15), plus the row's bias and the
-/// largest pixel term, stays below 2^31 in magnitude: then the i32 lanes and the wrapping
-/// epilogue compute the exact rule.
-fn fits_i32(w0: &[i8], w1: &[i8], consts: Option<&Consts>, finish: Finish<'_>) -> bool {
-    let (Some(c), Finish::Codes(e)) = (consts, finish) else {
-        return false;
-    };
-    let col = e.col.iter().map(|v| v.unsigned_abs() as u64).max().unwrap_or(0);
-    let bias = c.bias_abs_max();
-    let k4 = w0.len() / BLOCK;
-    [w0, w1].iter().all(|w| {
-        w.chunks_exact(BLOCK * BLOCK).fold([0u64; BLOCK], |mut acc, blk| {
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a += blk[i * BLOCK..(i + 1) * BLOCK].iter().map(|v| v.unsigned_abs() as u64).sum::<u64>();
-            }
-            acc
-        })
-        .iter()
-        .all(|&s| s * 32768 + bias + col < 1 << 31)
-    }) && k4 > 0
 }
 
 /// Output pixels per chunk of [`product_rows`].
@@ -191,14 +170,6 @@ impl Consts {
             lo: _mm256_set1_epi32(e.lo),
             hi: _mm256_set1_epi32(e.hi),
         })
-    }
-
-    /// The largest |bias| of the 8 rows.
-    fn bias_abs_max(&self) -> u64 {
-        let mut bias = [0i32; 8];
-        // SAFETY: `bias` is 32 bytes (AVX2 was detected for this tier)
-        unsafe { _mm256_storeu_si256(bias.as_mut_ptr() as *mut __m256i, self.bias) };
-        bias.iter().map(|b| b.unsigned_abs() as u64).max().unwrap_or(0)
     }
 
     /// Whether exact sums (`sums[row][pixel]`) and each plus its bias and pixel term fit i32, so

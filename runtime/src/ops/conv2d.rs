@@ -92,6 +92,8 @@ pub struct Plan<'a> {
     time: Option<(View, &'a [u8])>,
     scratch: Range<usize>,
     parts: Scratch,
+    /// the largest row sum of |weight| (see [`Product::wsum`]), found for int16 inputs only
+    wsum: u64,
 }
 
 /// The convolution geometry of a record, derived from its tensors' shapes (NCHW, equal batch) and
@@ -186,6 +188,7 @@ pub fn prepare<'a>(r: &Conv2d<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
         time,
         scratch,
         parts,
+        wsum: if input.dtype == DType::I16 { gemm::abs_row_sum_max(r.weight_bits, w, d.co, d.k4()) } else { u64::MAX },
     })
 }
 
@@ -217,6 +220,7 @@ impl PreparedOp for Plan<'_> {
             bias,
             requant: self.requant,
             zo: self.output.zero,
+            wsum: self.wsum,
         };
         crate::with_io!(io.ints(&self.input)?, out_ints(o, self.output.dtype)?, |x, y| {
             (0..self.n).try_for_each(|b| call.image(x, y, b, stage_b))
@@ -256,6 +260,7 @@ struct Call<'c> {
     bias: &'c [u8],
     requant: &'c [u8],
     zo: i32,
+    wsum: u64,
 }
 
 impl Call<'_> {
@@ -293,6 +298,7 @@ impl Call<'_> {
             px: d.stage().pixels((d.kh, d.kw), (d.sh, d.sw), (d.oh, d.ow)),
             exact: wide,
             full_range: false,
+            wsum: self.wsum,
         };
         let epi = Epilogue::new::<U>(self.bias, Requants::PerRow(self.requant), self.zo);
         let p = d.p();

@@ -5,7 +5,7 @@
 use super::conv2d::weights;
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
-use crate::format::{Linear, TRef};
+use crate::format::{DType, Linear, TRef};
 use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants};
 use crate::kernels::reference::Code;
 use crate::kernels::{stage, Exec};
@@ -33,6 +33,8 @@ pub struct Plan<'a> {
     bias: &'a [u8],
     requant: &'a [u8],
     scratch: Range<usize>,
+    /// the largest row sum of |weight| (see [`Product::wsum`]), found for int16 inputs only
+    wsum: u64,
 }
 
 pub fn prepare<'a>(r: &Linear<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
@@ -63,6 +65,7 @@ pub fn prepare<'a>(r: &Linear<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
         bias: cx.blob(&r.bias, n * 4)?,
         requant: cx.requant_table(&r.requant, n)?,
         scratch,
+        wsum: if input.dtype == DType::I16 { gemm::abs_row_sum_max(r.weight_bits, w, n, k4) } else { u64::MAX },
     })
 }
 
@@ -124,6 +127,7 @@ impl Plan<'_> {
                     px: Pixels::rows(nm, k4, k4),
                     exact,
                     full_range: false,
+                    wsum: self.wsum,
                 };
                 let mut res = Ok(());
                 gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(epi), |t| {
@@ -134,7 +138,7 @@ impl Plan<'_> {
                 res
             })
         } else if o_s[0] == 1 && o_s[1] >= m {
-            let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact, full_range: false };
+            let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact, full_range: false, wsum: self.wsum };
             ex.par_rows(n, o_s[1], macs, y, |r0, nr, part| {
                 let mut res = Ok(());
                 gemm::run_rows(ex.tier, &prod, (r0, gemm::pad4(r0 + nr)), Finish::Codes(epi), |t| {
@@ -145,7 +149,7 @@ impl Plan<'_> {
                 res
             })
         } else {
-            let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact, full_range: false };
+            let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact, full_range: false, wsum: self.wsum };
             let mut res = Ok(());
             gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(epi), |t| {
                 if res.is_ok() {

@@ -157,12 +157,12 @@ impl Multiplier {
         if stage::stage_elem(ex.tier, 1) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
-            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true };
+            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true, wsum: u64::MAX };
             gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
         } else {
             let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
-            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true };
+            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true, wsum: u64::MAX };
             gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
         }
         res

@@ -69,10 +69,10 @@ mod tests {
         // weights one block short, a stage shorter than the pixels read
         let w = [0i8; 12];
         let st = [0i8; 16];
-        let prod = Product { w: &w, n: 4, stage: &st, px: Pixels::rows(2, 4, 4), exact: false, full_range: false };
+        let prod = Product { w: &w, n: 4, stage: &st, px: Pixels::rows(2, 4, 4), exact: false, full_range: false, wsum: u64::MAX };
         assert!(run_rows(Tier::Scalar, &prod, (0, 4), Finish::Sums, |_| {}).is_err());
         let w = [0i8; 16];
-        let prod = Product { w: &w, n: 4, stage: &st[..7], px: Pixels::rows(2, 4, 4), exact: false, full_range: false };
+        let prod = Product { w: &w, n: 4, stage: &st[..7], px: Pixels::rows(2, 4, 4), exact: false, full_range: false, wsum: u64::MAX };
         assert!(run_rows(Tier::Scalar, &prod, (0, 4), Finish::Sums, |_| {}).is_err());
         assert!(stage::rows(Tier::Scalar, &[0i8; 5], 2, 3, [3, 1], &mut [0i8; 8]).is_err());
         assert!(eltwise::lut(&[0; 4], &[0; 10], &mut [0; 4]).is_err());
