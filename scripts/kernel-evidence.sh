@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Inner-loop evidence without a board: disassembles the aarch64 dmq-board binary, finds the hot loop of each
-# register-blocked micro-kernel (the backward branch whose body holds the most multiplies) and prints its
-# instruction mix and multiply-accumulates per instruction. Run after scripts/test-aarch64.sh (or give BIN).
+# register-blocked micro-kernel (the innermost loop whose body holds the most multiplies) and prints its
+# instruction mix and multiply-accumulates per instruction (over every instance of a generic kernel). Run after scripts/test-aarch64.sh (or give BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/cross/aarch64-unknown-linux-gnu/release/dmq-board}"
@@ -10,7 +10,7 @@ for kernel in tile_neon tile_sdot tile_i16; do
   aarch64-linux-gnu-objdump -d --no-show-raw-insn "$BIN" |
     awk -v k="$kernel" '
       function hex(s,   i, v) { v = 0; s = tolower(s); for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1; return v }
-      $0 ~ ("[0-9]+" k "17h[0-9a-f]+E>:$") { infn = 1; n = 0; next }
+      $0 ~ ("[0-9]+" k "17h[0-9a-f]+E>:$") { infn = 1; next }
       infn && /^$/ { infn = 0 }
       infn && /^ *[0-9a-f]+:/ {
         addr = hex(substr($1, 1, length($1) - 1)); op = $2
@@ -23,6 +23,10 @@ for kernel in tile_neon tile_sdot tile_i16; do
       END {
         best = 0
         for (b = 1; b <= nb; b++) {
+          # innermost loops only: no other loop (backward branch and its target) inside
+          inner = 1
+          for (c = 1; c <= nb; c++) if (c != b && BT[c] >= BT[b] && BA[c] < BA[b]) inner = 0
+          if (!inner) continue
           ins = 0; sdot = 0; smull = 0; ld = 0; mm = 0
           for (i = 1; i <= n; i++) if (A[i] >= BT[b] && A[i] <= BA[b]) {
             ins++
@@ -31,7 +35,7 @@ for kernel in tile_neon tile_sdot tile_i16; do
             if (O[i] ~ /^ld/) ld++
           }
           macs = sdot * 16 + mm
-          if (macs > best) { best = macs; bi = ins; bs = sdot; bm = smull; bl = ld }
+          if (macs > best || (macs == best && ins < bi)) { best = macs; bi = ins; bs = sdot; bm = smull; bl = ld }
         }
         if (best == 0) { printf "%-15s inner loop not found (inlined?)\n", k; exit 1 }
         printf "%-15s inner loop: %2d instructions (%d loads, %d SDOT, %d SMULL/SMLAL(2)) -> %3d MACs: %.2f MAC/instruction\n", k, bi, bl, bs, bm, best, best / bi

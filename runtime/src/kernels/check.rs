@@ -126,6 +126,94 @@ fn sums<S: Code>(tier: Tier, w: &[i8], n: usize, st: &[S], px: Pixels, exact: bo
     Ok(out)
 }
 
+/// [`gemm::Tile::write`] (vector stores on aarch64) against a direct loop: random codes (some
+/// beyond the output type, which saturate), full and partial tiles, row-, pixel- and
+/// strided layouts; nothing outside the tile is touched.
+fn write_case<U: Code>(rng: &mut Rng) -> Check {
+    let mut t = gemm::Tile::new();
+    t.rows = [4, 8, 8][u(rng, 3)];
+    t.cols = if u(rng, 2) == 0 { 8 } else { 1 + u(rng, 8) };
+    (t.r0, t.p0) = (4 * u(rng, 3), u(rng, 5));
+    for j in 0..gemm::MAX_NR {
+        for i in 0..gemm::MAX_MR {
+            t.codes[j][i] = if u(rng, 8) == 0 { rng.next_u64() as i32 } else { U::MIN + u(rng, (U::MAX - U::MIN + 1) as u64) as i32 };
+        }
+    }
+    let rbase = t.r0 - 4 * u(rng, (t.r0 / 4 + 1) as u64);
+    let (rs, ps) = match u(rng, 3) {
+        0 => (t.p0 + t.cols + u(rng, 3), 1),
+        1 => (1, t.r0 - rbase + t.rows + u(rng, 3)),
+        _ => {
+            // rows apart by more than a row's pixels: no two codes share an element
+            let ps = 2 + u(rng, 3);
+            (ps * (t.p0 + t.cols) + u(rng, 3), ps)
+        }
+    };
+    let len = (t.r0 - rbase + t.rows) * rs + (t.p0 + t.cols) * ps + 5;
+    let mut got = vec![U::sat(7); len];
+    let mut want = got.clone();
+    t.write(&mut got, rbase, rs, ps).map_err(|e| format!("tile write: {e}"))?;
+    for i in 0..t.rows {
+        for j in 0..t.cols {
+            want[(t.r0 - rbase + i) * rs + (t.p0 + j) * ps] = U::sat(t.codes[j][i] as i64);
+        }
+    }
+    if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
+        return Err(format!("tile write of {} x {} codes at rs {rs} ps {ps} ({}) differs from the direct loop", t.rows, t.cols, core::any::type_name::<U>()));
+    }
+    Ok(1)
+}
+
+/// GroupNorm's affine as run (NEON on aarch64) against its rule, within the bound under which
+/// it is used (|d * a + b| < 2^46).
+fn affine_case<T: Code, U: Code>(rng: &mut Rng) -> Check {
+    use super::reference::norm;
+    let n = u(rng, 70);
+    let extreme = u(rng, 3) == 0;
+    let x: Vec<T> = acts(rng, n, extreme);
+    let zx = acts::<T>(rng, 1, false)[0].get();
+    let range = (T::MAX - T::MIN) as i64;
+    let a = (u(rng, (1u64 << 46) / range as u64 / 2) as i64 * if u(rng, 2) == 0 { 1 } else { -1 }).clamp(i32::MIN as i64 + 1, i32::MAX as i64) as i32;
+    let room = (1i64 << 46) - (a.unsigned_abs() as i64) * range;
+    let b = if room > 1 { u(rng, room as u64) as i64 - room / 2 } else { 0 };
+    let (mut got, mut want) = (vec![U::default(); n], vec![U::default(); n]);
+    norm::affine_i32(&x, &mut got, zx, a, b);
+    norm::gn_affine_i32(&x, &mut want, zx, a, b);
+    if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
+        return Err(format!("groupnorm affine of {n} values (a {a}, b {b}, {} -> {}) differs from its rule", core::any::type_name::<T>(), core::any::type_name::<U>()));
+    }
+    Ok(1)
+}
+
+/// GroupNorm's exact sums as run (NEON on aarch64) against a direct loop.
+fn moments_case<T: Code>(rng: &mut Rng) -> Check {
+    let n = u(rng, 3000);
+    let extreme = u(rng, 3) == 0;
+    let x: Vec<T> = acts(rng, n, extreme);
+    let zx = acts::<T>(rng, 1, false)[0].get();
+    let want = x.iter().fold((0i64, 0i64), |(s, q), v| {
+        let d = (v.get() - zx) as i64;
+        (s + d, q + d * d)
+    });
+    if super::reference::norm::moments(&x, zx) != want {
+        return Err(format!("groupnorm sums of {n} values ({}) differ from the direct loop", core::any::type_name::<T>()));
+    }
+    Ok(1)
+}
+
+/// The int8 table lookup as run (NEON on aarch64) against a direct loop.
+fn lut_case(rng: &mut Rng) -> Check {
+    let n = u(rng, 100);
+    let x: Vec<i8> = acts(rng, n, false);
+    let table: Vec<u8> = (0..256).map(|_| rng.next_u64() as u8).collect();
+    let mut got = vec![0i8; n];
+    super::reference::eltwise::lut(&x, &table, &mut got).map_err(|e| format!("lut: {e}"))?;
+    if (0..n).any(|i| got[i] != table[(x[i] as i32 + 128) as usize] as i8) {
+        return Err(format!("int8 table lookup of {n} values differs from the direct loop"));
+    }
+    Ok(1)
+}
+
 /// A convolution's sums on `tier` (staged as that tier stages).
 #[allow(clippy::too_many_arguments)]
 fn conv_sums<T: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, k: (usize, usize), s: (usize, usize), o: (usize, usize), epi: Option<&Epilogue<'_>>) -> core::result::Result<Vec<i64>, String> {
@@ -267,6 +355,10 @@ pub fn tiers_match_scalar(tiers: &[Tier], cases: usize, seed: u64) -> core::resu
         checked += conv_case::<i16>(&mut rng, &all, case)?;
         checked += rows_case::<i8>(&mut rng, &all, case)?;
         checked += rows_case::<i16>(&mut rng, &all, case)?;
+        checked += write_case::<i8>(&mut rng)?;
+        checked += write_case::<i16>(&mut rng)?;
+        checked += affine_case::<i8, i8>(&mut rng)? + affine_case::<i16, i8>(&mut rng)? + affine_case::<i8, i16>(&mut rng)? + affine_case::<i16, i16>(&mut rng)?;
+        checked += lut_case(&mut rng)? + moments_case::<i8>(&mut rng)? + moments_case::<i16>(&mut rng)?;
     }
     // long products of extreme values: int16 lanes widen before they overflow
     for k in [1000usize, 4099] {
@@ -275,6 +367,9 @@ pub fn tiers_match_scalar(tiers: &[Tier], cases: usize, seed: u64) -> core::resu
         let st: Vec<i16> = x.iter().copied().chain(core::iter::repeat_n(0, pad4(k) - k)).collect();
         let want = 127i64 * 32768 * k as i64;
         for &t in &all {
+            // staged as the tier stages
+            let mut st = st.clone();
+            stage::split_i16(t, &mut st);
             let got = sums(t, &w, 4, &st, Pixels::rows(1, pad4(k), pad4(k)), true, None)?;
             if got.iter().any(|&v| v != want) {
                 return Err(format!("tier {t:?}: extreme int16 product of depth {k} gives {got:?}, not {want}"));

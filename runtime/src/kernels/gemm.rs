@@ -313,6 +313,25 @@ impl Tile {
         let base = (self.r0 - rbase) * rs + self.p0 * ps;
         let (rows, cols) = (self.rows, self.cols);
         // codes are in U's range (the epilogue clamps), so `sat` only converts
+        #[cfg(target_arch = "aarch64")]
+        {
+            // 8 rows of 8 or 4 consecutive pixels, or pixels of 8 consecutive rows
+            let by_rows = ps == 1 && (cols == MAX_NR || cols == 4);
+            if rows == MAX_MR && (by_rows || rs == 1) && U::MAX <= i16::MAX as i32 {
+                let bytes = core::mem::size_of::<U>();
+                // SAFETY: NEON is baseline on aarch64; the tile's last element is in `out`
+                // (checked above); U is i8 or i16 and the narrowing saturates to its range
+                unsafe {
+                    let dst = out.as_mut_ptr().add(base) as *mut u8;
+                    if by_rows {
+                        super::neon::write_rows8(&self.codes, cols, dst, rs, bytes);
+                    } else {
+                        super::neon::write_pixels8(&self.codes, cols, dst, ps, bytes);
+                    }
+                }
+                return Ok(());
+            }
+        }
         if ps == 1 {
             for i in 0..rows {
                 let row = &mut out[base + i * rs..base + i * rs + cols];

@@ -40,6 +40,10 @@ pub fn product_rows<T: Code>(
 ) {
     if let Ok(stage) = bytemuck::try_cast_slice::<T, i16>(prod.stage) {
         if core::mem::size_of::<T>() == 2 {
+            if tier == Tier::NeonDot {
+                // staged as split bytes (`stage::split_i16`)
+                return rows_i16_dot(prod, bytemuck::cast_slice(stage), (r0, r1), finish, out);
+            }
             return rows_i16(prod, stage, (r0, r1), finish, out);
         }
     }
@@ -113,6 +117,67 @@ fn rows_i16<T: Code>(
             } else {
                 // SAFETY: as above
                 let s = unsafe { tile_i16::<false>(w0, w1, stage, bases, px, &mut [[0; 8]; 8]) };
+                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
+            }
+        }
+        r += rows;
+    }
+}
+
+/// Int16 activations on the dotprod tier: 8 x 4 tiles of `tile_i16_dot` over the split stage.
+fn rows_i16_dot<T: Code>(
+    prod: &Product<'_, T>,
+    stage: &[i8],
+    (r0, r1): (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    let mut t = Tile::new();
+    let px = &prod.px;
+    let k4 = px.k4();
+    let col = super::gemm::col_max(finish);
+    let mut r = r0;
+    while r < r1 {
+        let two = r + 2 * BLOCK <= r1;
+        let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
+        let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
+        let rows = if two { 2 * BLOCK } else { BLOCK };
+        let epi = Epi::new(finish, r);
+        let wide = prod.exact && !(epi.is_some() && fits_i32(prod.wsum, col, &w0[..BLOCK * k4], &w1[..BLOCK * k4], finish, r));
+        // the split stage's offset: 128 times each row's weight sum
+        let wsum: [i64; 8] = core::array::from_fn(|i| {
+            let w = if i < BLOCK { w0 } else { w1 };
+            w[..BLOCK * k4].chunks_exact(BLOCK * BLOCK).map(|blk| blk[(i % BLOCK) * BLOCK..][..BLOCK].iter().map(|&v| v as i64).sum::<i64>()).sum::<i64>() * 128
+        });
+        let corr: [int32x4_t; 2] = core::array::from_fn(|b| {
+            let c: [i32; 4] = core::array::from_fn(|i| wsum[b * BLOCK + i] as i32);
+            // SAFETY: `c` holds 4 i32
+            unsafe { vld1q_s32(c.as_ptr()) }
+        });
+        for p0 in (0..px.count).step_by(4) {
+            let bases = px.bases(p0);
+            if wide {
+                let mut total = [[0i64; 4]; 8];
+                // SAFETY: dotprod was detected for this tier; reads as in `product_rows` (the
+                // split stage has the same bytes as the i16 one)
+                unsafe { tile_i16_dot::<true>(w0, w1, stage, bases, px, &mut total) };
+                (t.r0, t.p0, t.rows, t.cols) = (r, p0, rows, 4.min(px.count - p0));
+                for i in 0..rows {
+                    for j in 0..4 {
+                        t.sums[i][j] = total[i][j] + wsum[i];
+                    }
+                }
+                finish_sums(&mut t, finish, true);
+                out(&mut t);
+            } else {
+                // SAFETY: as above
+                let mut s = unsafe { tile_i16_dot::<false>(w0, w1, stage, bases, px, &mut [[0; 4]; 8]) };
+                for (g, c) in s.iter_mut().zip(corr) {
+                    for v in g.iter_mut() {
+                        // SAFETY: NEON is baseline on aarch64
+                        *v = unsafe { vaddq_s32(*v, c) };
+                    }
+                }
                 emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
             }
         }
@@ -268,7 +333,34 @@ unsafe fn tile_sdot(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 8], px: &Pixe
         let (mut pa, mut pb) = (wp0, wp1);
         for_each_tap(px, |tap| {
             let mut xs: [*const i8; 8] = core::array::from_fn(|j| xp.add(bases[j] + tap));
-            for _ in 0..px.c4 / BLOCK {
+            let blocks = px.c4 / BLOCK;
+            // four blocks at a time: each pixel's 16 staged bytes in one load, used by element
+            for _ in 0..blocks / 4 {
+                let wa = vld1q_s8_x4(pa);
+                let wb = vld1q_s8_x4(pb);
+                (pa, pb) = (pa.add(4 * BLOCK * BLOCK), pb.add(4 * BLOCK * BLOCK));
+                for j in 0..8 {
+                    let xv = load_post(&mut xs[j]);
+                    core::arch::asm!(
+                        ".arch_extension dotprod",
+                        "sdot {a:v}.4s, {w0:v}.16b, {x:v}.4b[0]",
+                        "sdot {b:v}.4s, {v0:v}.16b, {x:v}.4b[0]",
+                        "sdot {a:v}.4s, {w1:v}.16b, {x:v}.4b[1]",
+                        "sdot {b:v}.4s, {v1:v}.16b, {x:v}.4b[1]",
+                        "sdot {a:v}.4s, {w2:v}.16b, {x:v}.4b[2]",
+                        "sdot {b:v}.4s, {v2:v}.16b, {x:v}.4b[2]",
+                        "sdot {a:v}.4s, {w3:v}.16b, {x:v}.4b[3]",
+                        "sdot {b:v}.4s, {v3:v}.16b, {x:v}.4b[3]",
+                        a = inout(vreg) acc[0][j],
+                        b = inout(vreg) acc[1][j],
+                        w0 = in(vreg) wa.0, w1 = in(vreg) wa.1, w2 = in(vreg) wa.2, w3 = in(vreg) wa.3,
+                        v0 = in(vreg) wb.0, v1 = in(vreg) wb.1, v2 = in(vreg) wb.2, v3 = in(vreg) wb.3,
+                        x = in(vreg) xv,
+                        options(pure, nomem, nostack, preserves_flags)
+                    );
+                }
+            }
+            for _ in 0..blocks % 4 {
                 let wa = load_post(&mut pa);
                 let wb = load_post(&mut pb);
                 for j in 0..8 {
@@ -497,19 +589,270 @@ pub(crate) unsafe fn transpose8x8_b(src: *const i8, ss: usize, dst: *mut i8, ds:
 pub(crate) unsafe fn transpose8x8_h(src: *const i16, ss: usize, dst: *mut i16, ds: usize) {
     // SAFETY: the caller's
     unsafe {
-        let r: [int16x8_t; 8] = core::array::from_fn(|c| vld1q_s16(src.add(c * ss)));
-        // [k][0]: pixels 0-3 of channels 2k, 2k + 1 interleaved; [k][1]: pixels 4-7
+        let t = transpose_h(core::array::from_fn(|c| vld1q_s16(src.add(c * ss))));
+        for (p, v) in t.iter().enumerate() {
+            vst1q_s16(dst.add(p * ds), *v);
+        }
+    }
+}
+
+/// The transpose of 8 vectors of 8 i16 (`out[p][c] = r[c][p]`): three rounds of zips.
+#[inline(always)]
+fn transpose_h(r: [int16x8_t; 8]) -> [int16x8_t; 8] {
+    // SAFETY: NEON is baseline on aarch64
+    unsafe {
+        // [k][0]: lanes 0-3 of vectors 2k, 2k + 1 interleaved; [k][1]: lanes 4-7
         let z1: [[int16x8_t; 2]; 4] = core::array::from_fn(|k| [vzip1q_s16(r[2 * k], r[2 * k + 1]), vzip2q_s16(r[2 * k], r[2 * k + 1])]);
         let w = |v: int16x8_t| vreinterpretq_s32_s16(v);
-        // [g][q]: pixels 2q, 2q + 1 of channels 4g .. 4g + 4
+        // [g][q]: lanes 2q, 2q + 1 of vectors 4g .. 4g + 4
         let z2: [[int32x4_t; 4]; 2] = core::array::from_fn(|g| {
             let (a, b) = (z1[2 * g], z1[2 * g + 1]);
             [vzip1q_s32(w(a[0]), w(b[0])), vzip2q_s32(w(a[0]), w(b[0])), vzip1q_s32(w(a[1]), w(b[1])), vzip2q_s32(w(a[1]), w(b[1]))]
         });
+        let mut out = [vdupq_n_s16(0); 8];
         for q in 0..4 {
             let (lo, hi) = (vreinterpretq_s64_s32(z2[0][q]), vreinterpretq_s64_s32(z2[1][q]));
-            vst1q_s16(dst.add(2 * q * ds), vreinterpretq_s16_s64(vzip1q_s64(lo, hi)));
-            vst1q_s16(dst.add((2 * q + 1) * ds), vreinterpretq_s16_s64(vzip2q_s64(lo, hi)));
+            out[2 * q] = vreinterpretq_s16_s64(vzip1q_s64(lo, hi));
+            out[2 * q + 1] = vreinterpretq_s16_s64(vzip2q_s64(lo, hi));
         }
+        out
+    }
+}
+
+/// Writes a tile's codes (`codes[pixel][row]`, saturated to the output's `bytes`-byte code type)
+/// as 8 rows of `cols` (8 or 4) consecutive pixels: row `i` at `dst + i * rs` elements.
+///
+/// # Safety
+/// The 8 rows of `cols` elements of `bytes` (1 or 2) bytes must be writable.
+#[inline(always)]
+pub(crate) unsafe fn write_rows8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u8, rs: usize, bytes: usize) {
+    // SAFETY: the caller's; `codes` rows hold 8 i32
+    unsafe {
+        let px: [int16x8_t; 8] = core::array::from_fn(|j| {
+            let c = codes[j].as_ptr();
+            vcombine_s16(vqmovn_s32(vld1q_s32(c)), vqmovn_s32(vld1q_s32(c.add(4))))
+        });
+        let rows = transpose_h(px);
+        for (i, v) in rows.iter().enumerate() {
+            match (bytes, cols) {
+                (2, 8) => vst1q_s16((dst as *mut i16).add(i * rs), *v),
+                (2, _) => vst1_s16((dst as *mut i16).add(i * rs), vget_low_s16(*v)),
+                (_, 8) => vst1_s8((dst as *mut i8).add(i * rs), vqmovn_s16(*v)),
+                _ => vst1_lane_s32::<0>((dst as *mut i8).add(i * rs) as *mut i32, vreinterpret_s32_s8(vqmovn_s16(*v))),
+            }
+        }
+    }
+}
+
+/// Writes pixel `j`'s 8 row codes of a tile to 8 consecutive elements at `dst + j * ps`, for the
+/// tile's `cols` pixels.
+///
+/// # Safety
+/// As for [`write_rows8`], for `cols` runs of 8 elements.
+#[inline(always)]
+pub(crate) unsafe fn write_pixels8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u8, ps: usize, bytes: usize) {
+    // SAFETY: the caller's
+    unsafe {
+        for (j, c) in codes.iter().enumerate().take(cols) {
+            let v = vcombine_s16(vqmovn_s32(vld1q_s32(c.as_ptr())), vqmovn_s32(vld1q_s32(c.as_ptr().add(4))));
+            if bytes == 2 {
+                vst1q_s16((dst as *mut i16).add(j * ps), v);
+            } else {
+                vst1_s8((dst as *mut i8).add(j * ps), vqmovn_s16(v));
+            }
+        }
+    }
+}
+
+/// GroupNorm's per-element affine (see `reference::norm::gn_affine_i32`, the rule) on whole runs
+/// of 8 values: `SMULL` by the multiplier, the offset added in i64, `SHRN` keeps bits 16..48 (the
+/// low half of the shifted value), then the clamp and the narrowing. Returns how many it did.
+pub(crate) fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) -> usize {
+    const _: () = assert!(super::reference::norm::GN_FRAC_BITS == 16);
+    let n = x.len().min(out.len()) / 8 * 8;
+    let (tb, ub) = (core::mem::size_of::<T>(), core::mem::size_of::<U>());
+    if tb > 2 || ub > 2 || n == 0 {
+        return 0;
+    }
+    // SAFETY: NEON is baseline on aarch64; every load and store is within the first `n` elements
+    // of `x` and `out`; T and U are i8 or i16 (1- or 2-byte codes)
+    unsafe {
+        let (a, b, z) = (vdup_n_s32(a32), vdupq_n_s64(bm), vdupq_n_s32(zx));
+        let (lo, hi) = (vdupq_n_s32(U::MIN), vdupq_n_s32(U::MAX));
+        let (xp, op) = (x.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
+        for i in (0..n).step_by(8) {
+            let v: int16x8_t = if tb == 1 { vmovl_s8(vld1_s8(xp.add(i) as *const i8)) } else { vld1q_s16(xp.add(2 * i) as *const i16) };
+            let d = [vsubq_s32(vmovl_s16(vget_low_s16(v)), z), vsubq_s32(vmovl_high_s16(v), z)];
+            let r = d.map(|d| {
+                let l = vshrn_n_s64::<16>(vaddq_s64(vmull_s32(vget_low_s32(d), a), b));
+                let h = vshrn_n_s64::<16>(vaddq_s64(vmull_s32(vget_high_s32(d), a), b));
+                vminq_s32(vmaxq_s32(vcombine_s32(l, h), lo), hi)
+            });
+            let c = vcombine_s16(vmovn_s32(r[0]), vmovn_s32(r[1]));
+            if ub == 1 {
+                vst1_s8(op.add(i) as *mut i8, vmovn_s16(c));
+            } else {
+                vst1q_s16(op.add(2 * i) as *mut i16, c);
+            }
+        }
+    }
+    n
+}
+
+/// `out[i] = table[x[i] + 128]` on whole runs of 16: the 256-byte table as four groups of four
+/// registers, one `TBL` and three `TBX` (an index outside a group leaves the lane). Returns how
+/// many it did.
+pub(crate) fn lut8(x: &[i8], table: &[u8], out: &mut [i8]) -> usize {
+    let n = x.len().min(out.len()) / 16 * 16;
+    if table.len() < 256 || n == 0 {
+        return 0;
+    }
+    // SAFETY: NEON is baseline on aarch64; the table is 256 bytes, the loads and stores within
+    // the first `n` elements
+    unsafe {
+        let t = table.as_ptr();
+        let g: [uint8x16x4_t; 4] = core::array::from_fn(|k| vld1q_u8_x4(t.add(64 * k)));
+        let (flip, step) = (vdupq_n_u8(0x80), vdupq_n_u8(64));
+        for i in (0..n).step_by(16) {
+            // x + 128 as an unsigned byte
+            let mut idx = veorq_u8(vld1q_u8(x.as_ptr().add(i) as *const u8), flip);
+            let mut r = vqtbl4q_u8(g[0], idx);
+            for gk in &g[1..] {
+                idx = vsubq_u8(idx, step);
+                r = vqtbx4q_u8(r, *gk, idx);
+            }
+            vst1q_u8(out.as_mut_ptr().add(i) as *mut u8, r);
+        }
+    }
+    n
+}
+
+/// Exact `sum(x - zx)` and `sum((x - zx)^2)` of int8 codes over whole runs of 16 (`zx` in the
+/// int8 range, so each difference and square fits i16 and i32): `SSUBL`, `SADALP`, `SMLAL`.
+/// Returns how many values it did and the two sums.
+pub(crate) fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
+    let n = x.len() / 16 * 16;
+    if !(-128..=127).contains(&zx) {
+        return (0, 0, 0);
+    }
+    let (mut sum, mut sumsq) = (0i64, 0i64);
+    // SAFETY: NEON is baseline on aarch64; loads within the first `n` values
+    unsafe {
+        let z = vdup_n_s8(zx as i8);
+        // at most 1024 runs per flush: a lane's sum of squares stays below 2^31
+        for chunk in (0..n).step_by(16 * 1024) {
+            let end = (chunk + 16 * 1024).min(n);
+            let (mut s, mut q0, mut q1) = (vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0));
+            for i in (chunk..end).step_by(16) {
+                let v = vld1q_s8(x.as_ptr().add(i));
+                let d0 = vsubl_s8(vget_low_s8(v), z);
+                let d1 = vsubl_s8(vget_high_s8(v), z);
+                s = vpadalq_s16(vpadalq_s16(s, d0), d1);
+                q0 = vmlal_s16(vmlal_high_s16(q0, d0, d0), vget_low_s16(d0), vget_low_s16(d0));
+                q1 = vmlal_s16(vmlal_high_s16(q1, d1, d1), vget_low_s16(d1), vget_low_s16(d1));
+            }
+            sum += vaddlvq_s32(s);
+            sumsq += vaddlvq_s32(q0) + vaddlvq_s32(q1);
+        }
+    }
+    (n, sum, sumsq)
+}
+
+/// Blocks the split int16 tile accumulates before it widens: each half's lane then holds at most
+/// 1024 x 4 products of 128 x 127, far below 2^31.
+const DOT_WIDEN_EVERY: usize = 1024;
+
+/// 8 rows x 4 pixels over a split int16 stage (`stage::split_i16`) with `SDOT` by element: per
+/// pixel and pair of blocks one 16-byte load (low bytes and high bytes of both blocks) and 8
+/// `SDOT`s into a low and a high accumulator, combined as `256 high + low` (the caller adds the
+/// stage's offset, `128 * sum(w)` per row). Returns the wrapping i32 sums (`[b][j]`); with `WIDE`
+/// adds the exact sums into `total[row][pixel]` instead.
+#[inline(never)]
+unsafe fn tile_i16_dot<const WIDE: bool>(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixels, total: &mut [[i64; 4]; 8]) -> [[int32x4_t; 4]; 2] {
+    let (mut pa, mut pb, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
+    // SAFETY (whole function): the caller checked dotprod; a pixel's bytes of a block are
+    // `2 * 4` at twice its i16 offset, in bounds as the i16 stage was (`Product::check`)
+    unsafe {
+        let mut lo = [[vdupq_n_s32(0); 4]; 2];
+        let mut hi = [[vdupq_n_s32(0); 4]; 2];
+        let mut flush = |lo: &mut [[int32x4_t; 4]; 2], hi: &mut [[int32x4_t; 4]; 2]| {
+            if WIDE {
+                for b in 0..2 {
+                    for j in 0..4 {
+                        let (mut l, mut h) = ([0i32; 4], [0i32; 4]);
+                        vst1q_s32(l.as_mut_ptr(), lo[b][j]);
+                        vst1q_s32(h.as_mut_ptr(), hi[b][j]);
+                        for i in 0..BLOCK {
+                            total[b * BLOCK + i][j] += 256 * h[i] as i64 + l[i] as i64;
+                        }
+                        (lo[b][j], hi[b][j]) = (vdupq_n_s32(0), vdupq_n_s32(0));
+                    }
+                }
+            }
+        };
+        let blocks = px.c4 / BLOCK;
+        let mut since = 0;
+        for_each_tap(px, |tap| {
+            let mut xs: [*const i8; 4] = core::array::from_fn(|j| xp.add(2 * (bases[j] + tap)));
+            for _ in 0..blocks / 2 {
+                let wa = vld1q_s8_x2(pa);
+                let wb = vld1q_s8_x2(pb);
+                (pa, pb) = (pa.add(2 * BLOCK * BLOCK), pb.add(2 * BLOCK * BLOCK));
+                let ([l0, l1], [h0, h1]) = (&mut lo, &mut hi);
+                for j in 0..4 {
+                    let xv = load_post(&mut xs[j]);
+                    core::arch::asm!(
+                        ".arch_extension dotprod",
+                        "sdot {la:v}.4s, {w0:v}.16b, {x:v}.4b[0]",
+                        "sdot {ha:v}.4s, {w0:v}.16b, {x:v}.4b[1]",
+                        "sdot {lb:v}.4s, {v0:v}.16b, {x:v}.4b[0]",
+                        "sdot {hb:v}.4s, {v0:v}.16b, {x:v}.4b[1]",
+                        "sdot {la:v}.4s, {w1:v}.16b, {x:v}.4b[2]",
+                        "sdot {ha:v}.4s, {w1:v}.16b, {x:v}.4b[3]",
+                        "sdot {lb:v}.4s, {v1:v}.16b, {x:v}.4b[2]",
+                        "sdot {hb:v}.4s, {v1:v}.16b, {x:v}.4b[3]",
+                        la = inout(vreg) l0[j], ha = inout(vreg) h0[j],
+                        lb = inout(vreg) l1[j], hb = inout(vreg) h1[j],
+                        w0 = in(vreg) wa.0, w1 = in(vreg) wa.1, v0 = in(vreg) wb.0, v1 = in(vreg) wb.1,
+                        x = in(vreg) xv,
+                        options(pure, nomem, nostack, preserves_flags)
+                    );
+                }
+                since += 2;
+                if WIDE && since >= DOT_WIDEN_EVERY {
+                    flush(&mut lo, &mut hi);
+                    since = 0;
+                }
+            }
+            if blocks % 2 == 1 {
+                // the tap's last block: its 8 bytes (low, then high) per pixel
+                let wa = load_post(&mut pa);
+                let wb = load_post(&mut pb);
+                let ([l0, l1], [h0, h1]) = (&mut lo, &mut hi);
+                for j in 0..4 {
+                    let xv = vcombine_s8(vld1_s8(xs[j]), vdup_n_s8(0));
+                    core::arch::asm!(
+                        ".arch_extension dotprod",
+                        "sdot {la:v}.4s, {w0:v}.16b, {x:v}.4b[0]",
+                        "sdot {ha:v}.4s, {w0:v}.16b, {x:v}.4b[1]",
+                        "sdot {lb:v}.4s, {v0:v}.16b, {x:v}.4b[0]",
+                        "sdot {hb:v}.4s, {v0:v}.16b, {x:v}.4b[1]",
+                        la = inout(vreg) l0[j], ha = inout(vreg) h0[j],
+                        lb = inout(vreg) l1[j], hb = inout(vreg) h1[j],
+                        w0 = in(vreg) wa, v0 = in(vreg) wb,
+                        x = in(vreg) xv,
+                        options(pure, nomem, nostack, preserves_flags)
+                    );
+                }
+                since += 1;
+                if WIDE && since >= DOT_WIDEN_EVERY {
+                    flush(&mut lo, &mut hi);
+                    since = 0;
+                }
+            }
+        });
+        flush(&mut lo, &mut hi);
+        // 256 high + low, wrapping (exact when the sums fit i32, which is when this is used)
+        core::array::from_fn(|b| core::array::from_fn(|j| vaddq_s32(vshlq_n_s32::<8>(hi[b][j]), lo[b][j])))
     }
 }

@@ -1,7 +1,8 @@
 //! Staging activations for the product engine ([`super::gemm`]): NCHW images to NHWC with a border
 //! of the input zero point and channels padded to a multiple of 4, and strided matrices to rows of
 //! depth padded to a multiple of 4. The AVX2 tier reads i16 stages, the others the input's own
-//! codes; [`stage_elem`] says which.
+//! codes; [`stage_elem`] says which. The dotprod tier splits int16 codes for `SDOT` (see
+//! [`split_i16`]).
 use super::gemm::{pad4, Pixels};
 use super::reference::Code;
 use super::{check_len, Tier};
@@ -83,7 +84,30 @@ pub fn image<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, out: 
         // channels of image row y (stride `plane`) to its pixels (stride c4)
         transpose(tier, &x[y * g.w..], plane, g.c, g.w, &mut out[start..], c4);
     }
+    split_i16(tier, out);
     Ok(())
+}
+
+/// On the dotprod tier, int16 codes are staged as signed bytes: each value `v = 256 h + l + 128`
+/// with `h = v >> 8` and `l = (v & 255) - 128`, both in [-128, 127], every group of 4 values (one
+/// block's depth) rewritten in place as the bytes `l0 l1 l2 l3 h0 h1 h2 h3`, so that `SDOT`
+/// multiplies each half by int8 weights (the kernel adds `128 * sum(w)`). A no-op on other tiers
+/// and for int8 stages.
+#[inline(always)]
+pub fn split_i16<U: Code>(tier: Tier, out: &mut [U]) {
+    if tier != Tier::NeonDot || core::mem::size_of::<U>() != 2 {
+        return;
+    }
+    let Ok(v) = bytemuck::try_cast_slice_mut::<U, i16>(out) else {
+        return;
+    };
+    for g in v.chunks_exact_mut(4) {
+        let mut b = [0i8; 8];
+        for (i, &x) in g.iter().enumerate() {
+            (b[i], b[4 + i]) = (((x & 255) - 128) as i8, (x >> 8) as i8);
+        }
+        g.copy_from_slice(bytemuck::cast_slice(&b));
+    }
 }
 
 /// `dst[p * px_stride + c] = src[c * ch_stride + p]` for `c < nch`, `p < npx` (the caller checks
@@ -170,6 +194,7 @@ pub fn rows<T: Code, U: Code>(tier: Tier, x: &[T], m: usize, k: usize, s: [usize
             row[k..].fill(U::default());
         }
         transpose(tier, x, s[1], k, m, out, k4);
+        split_i16(tier, out);
         return Ok(());
     }
     for (i, row) in out.chunks_exact_mut(k4.max(1)).enumerate().take(m) {
@@ -184,6 +209,7 @@ pub fn rows<T: Code, U: Code>(tier: Tier, x: &[T], m: usize, k: usize, s: [usize
         }
         row[k..].fill(U::default());
     }
+    split_i16(tier, out);
     Ok(())
 }
 
@@ -201,8 +227,33 @@ pub fn pack_operand(x: &[i8], n: usize, k: usize, s: [usize; 2], out: &mut [i8])
         });
     }
     out.fill(0);
+    // whole blocks (4 rows x 4 depth) from runs of 4 consecutive bytes: along the depth when it
+    // is contiguous, along the rows when they are; what is left element by element
+    let (nb, kb) = (n / 4 * 4, k / 4 * 4);
+    let fast = s[0] == 1 || s[1] == 1;
+    if fast {
+        for g in (0..nb).step_by(4) {
+            for qb in (0..kb).step_by(4) {
+                let blk = &mut out[g * k4 + qb * 4..][..16];
+                for a in 0..4 {
+                    if s[0] == 1 {
+                        // row g + a, depth qb..qb + 4
+                        let at = (g + a) * s[1] + qb;
+                        blk[a * 4..a * 4 + 4].copy_from_slice(&x[at..at + 4]);
+                    } else {
+                        // depth qb + a, rows g..g + 4
+                        let at = (qb + a) * s[0] + g;
+                        for (i, &v) in x[at..at + 4].iter().enumerate() {
+                            blk[i * 4 + a] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
     for r in 0..n {
-        for q in 0..k {
+        let q0 = if fast && r < nb { kb } else { 0 };
+        for q in q0..k {
             out[super::gemm::packed_index(r, q, k4)] = x[q * s[0] + r * s[1]];
         }
     }

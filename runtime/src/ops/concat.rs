@@ -1,10 +1,10 @@
 //! Concat along an axis, each input requantized to the output's parameters (a split concat keeps
 //! each part at its own scale: its requantization is then to that part's scale).
 use super::{Cx, PreparedOp};
-use crate::arena::{carve, out_ints, View};
+use crate::arena::{carve, out_ints, Ints, IntsMut, View};
 use crate::format::{Concat, Requant, TRef, MAX_CONCAT};
-use crate::kernels::{contiguous_strides, on_tier, reference::movement, reference::Code, round_shift, Exec};
-use crate::Result;
+use crate::kernels::{contiguous_strides, on_tier, reference::eltwise, reference::movement, reference::Code, round_shift, Exec};
+use crate::{Error, Result};
 use heapless::Vec as HVec;
 
 #[derive(Debug, Clone)]
@@ -75,6 +75,24 @@ impl PreparedOp for Joiner {
             // a part already at the output's parameters is copied
             let same = m == 1i64 << s && z == zo;
             let shape = &td[..r];
+            // int8 to int8 with nothing before the axis (batch 1): the part is one contiguous run
+            // of the output, mapped through a table of its 256 codes
+            if td[..self.axis].iter().product::<usize>() == 1 {
+                if let (Ints::I8(x), IntsMut::I8(y)) = (io.ints(t)?, &mut o) {
+                    let y = y.get_mut(base..base + x.len()).ok_or(Error::BufferLength { expected: base + x.len(), got: 0 })?;
+                    if same {
+                        y.copy_from_slice(x);
+                    } else {
+                        let mut table = [0u8; 256];
+                        for (i, e) in table.iter_mut().enumerate() {
+                            *e = i8::sat(requant(i as i32 - 128)) as u8;
+                        }
+                        eltwise::lut(x, &table, y)?;
+                    }
+                    at += td[self.axis];
+                    continue;
+                }
+            }
             crate::with_io!(io.ints(t)?, &mut o, |x, y| on_tier(ex.tier, || if same {
                 movement::strided_map(x, shape, &st, 0, y, &so, base, |v| Code::sat(Code::get(v) as i64))
             } else {

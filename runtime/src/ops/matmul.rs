@@ -7,6 +7,7 @@ use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_i8, View};
 use crate::format::{DType, MatMul, TRef};
 use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants};
+use crate::kernels::reference::Code;
 use crate::kernels::{stage, Exec};
 use crate::{Error, Result};
 use core::ops::Range;
@@ -130,22 +131,21 @@ impl Multiplier {
         // engine's rows) go into the row bias, those of A's rows (its pixels) into the pixel term
         let (za, zb) = (self.a.zero, self.b.zero);
         let kzz = (k as i32).wrapping_mul(za).wrapping_mul(zb);
-        for (mi, sv) in sum_a.iter_mut().enumerate() {
-            let sum = (0..k).fold(0i32, |acc, q| acc.wrapping_add(xa[mi * d.a_s[2] + q * d.a_s[3]] as i32));
-            *sv = zb.wrapping_mul(sum).wrapping_neg();
+        // B's row sums from its packed blocks (zero padding adds nothing; wrapping sums in any
+        // order are equal)
+        for (g, blocks) in w.chunks_exact(4 * k4).enumerate() {
+            let mut rs = [0i32; 4];
+            for blk in blocks.chunks_exact(16) {
+                for (i, r) in rs.iter_mut().enumerate() {
+                    *r = r.wrapping_add(blk[4 * i..4 * i + 4].iter().map(|&v| v as i32).sum::<i32>());
+                }
+            }
+            for (i, &sum) in rs.iter().enumerate() {
+                if let Some(bv) = bias.get_mut(4 * (4 * g + i)..4 * (4 * g + i) + 4) {
+                    bv.copy_from_slice(&kzz.wrapping_sub(za.wrapping_mul(sum)).to_le_bytes());
+                }
+            }
         }
-        for (ni, bv) in bias.chunks_exact_mut(4).enumerate() {
-            let sum = (0..k).fold(0i32, |acc, q| acc.wrapping_add(yb[q * d.b_s[2] + ni * d.b_s[3]] as i32));
-            bv.copy_from_slice(&kzz.wrapping_sub(za.wrapping_mul(sum)).to_le_bytes());
-        }
-        let epi = Epilogue {
-            bias: &*bias,
-            requant: Requants::Uniform { mult: self.mult, shift: self.shift },
-            col: &*sum_a,
-            zo: self.output.zero,
-            lo: -128,
-            hi: 127,
-        };
         let out = out.get_mut(ob..).ok_or(bounds())?;
         let mut res = Ok(());
         let emit = |t: &gemm::Tile| {
@@ -154,18 +154,35 @@ impl Multiplier {
             }
         };
         let px = Pixels::rows(m, k4, k4);
+        let (mult, shift, zo) = (self.mult, self.shift, self.output.zero);
         if stage::stage_elem(ex.tier, 1) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+            row_sums(st, k4, zb, sum_a);
             let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true, wsum: u64::MAX };
-            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, sum_a, (mult, shift, zo))), emit)?;
         } else {
             let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+            row_sums(st, k4, zb, sum_a);
             let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true, wsum: u64::MAX };
-            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), emit)?;
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, sum_a, (mult, shift, zo))), emit)?;
         }
         res
+    }
+}
+
+/// The epilogue once A's row sums (its pixel terms, `col`) are known: uniform requantization to
+/// int8 codes.
+fn epilogue<'e>(bias: &'e [u8], col: &'e [i32], (mult, shift, zo): (i32, u8, i32)) -> Epilogue<'e> {
+    Epilogue { bias, requant: Requants::Uniform { mult, shift }, col, zo, lo: -128, hi: 127 }
+}
+
+/// `-zb * sum(row)` of each staged row of A (depth `k4`, zero padded), wrapping.
+fn row_sums<T: Code>(st: &[T], k4: usize, zb: i32, out: &mut [i32]) {
+    for (sv, row) in out.iter_mut().zip(st.chunks_exact(k4.max(1))) {
+        let sum = row.iter().fold(0i32, |acc, v| acc.wrapping_add(v.get()));
+        *sv = zb.wrapping_mul(sum).wrapping_neg();
     }
 }
 

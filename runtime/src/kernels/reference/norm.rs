@@ -18,13 +18,10 @@ fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) 
     if let Ok(a32) = i32::try_from(am) {
         if (a32.unsigned_abs() as i64) * (T::MAX - T::MIN) as i64 + bm.abs() < 1i64 << 46 {
             // the usual case: |d * am + bm| < 2^46, so the shifted value fits i32 and is the low
-            // half of the logical shift (a form the compiler vectorizes: sign-extended 32x32
-            // products, then 32-bit clamps)
-            for (dst, &v) in out.iter_mut().zip(x) {
-                let d = v.get() - zx;
-                let r = ((d as i64 * a32 as i64 + bm) as u64 >> GN_FRAC_BITS) as u32 as i32;
-                *dst = U::sat(r.clamp(U::MIN, U::MAX) as i64);
-            }
+            // half of the logical shift (a form the compiler vectorizes on x86: sign-extended
+            // 32x32 products, then 32-bit clamps; NEON has no 64-bit vector multiply, so aarch64
+            // runs the same rule with `SMULL`)
+            affine_i32(x, out, zx, a32, bm);
             return;
         }
     }
@@ -35,9 +32,44 @@ fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) 
     }
 }
 
+/// The rule of [`gn_affine`]'s usual case (multiplier `a32`, rounding folded into `bm`): the low 32
+/// bits of `(d * a32 + bm) >> GN_FRAC_BITS`, clamped to U's range.
+#[inline(always)]
+pub(crate) fn gn_affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) {
+    for (dst, &v) in out.iter_mut().zip(x) {
+        let d = v.get() - zx;
+        let r = ((d as i64 * a32 as i64 + bm) as u64 >> GN_FRAC_BITS) as u32 as i32;
+        *dst = U::sat(r.clamp(U::MIN, U::MAX) as i64);
+    }
+}
+
+/// [`gn_affine_i32`] with NEON on aarch64 (checked against it by `kernels::check`).
+#[inline(always)]
+pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) {
+    #[cfg(target_arch = "aarch64")]
+    let done = crate::kernels::neon::gn_affine(x, out, zx, a32, bm);
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = 0;
+    gn_affine_i32(&x[done..], &mut out[done..], zx, a32, bm);
+}
+
 /// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17).
 #[inline(always)]
-fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
+pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
+    // aarch64, int8 codes: 16 at a time with widening NEON arithmetic (the same exact sums)
+    #[cfg(target_arch = "aarch64")]
+    if let Ok(x8) = bytemuck::try_cast_slice::<T, i8>(x) {
+        if core::mem::size_of::<T>() == 1 {
+            let (done, sum, sumsq) = crate::kernels::neon::moments8(x8, zx);
+            let (s, q) = moments_scalar(&x[done..], zx);
+            return (sum + s, sumsq + q);
+        }
+    }
+    moments_scalar(x, zx)
+}
+
+#[inline(always)]
+fn moments_scalar<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     let (mut sum, mut sumsq) = (0i64, 0i64);
     // 4096 values of |d| < 2^17 sum below 2^29 in i32
     for chunk in x.chunks(4096) {

@@ -37,9 +37,7 @@ pub fn softmax(
                     for v in mn..=mx {
                         code[(v as i32 + 128) as usize] = q.code(e_of(mx, v));
                     }
-                    for (y, &v) in ys.iter_mut().zip(xs) {
-                        *y = code[(v as i32 + 128) as usize];
-                    }
+                    super::eltwise::lut(xs, bytemuck::cast_slice(&code), ys)?;
                 } else {
                     let sum: u64 = xs.iter().map(|&v| e_of(mx, v)).sum();
                     let q = Quotient::new(sum);
