@@ -39,25 +39,33 @@ pub fn packed_bytes(bits: u8, n: usize, k4: usize) -> usize {
 
 /// The largest sum of |weight| over a row of packed weights (8-bit, or 4-bit two per byte).
 pub fn abs_row_sum_max(bits: u8, packed: &[u8], n: usize, k4: usize) -> u64 {
-    // a block is 4 rows x 4 depth: 16 bytes, or 8 at 4 bits (row i in bytes 2i, 2i + 1)
-    let per_row = if bits == 4 { 2 } else { BLOCK };
+    // a block is 4 rows x 4 depth: 16 bytes, or 8 at 4 bits (row i in bytes 2i, 2i + 1); per row
+    // group, |value| summed lane by lane over its blocks (a loop the compiler vectorizes), then
+    // the lanes of each row added
+    let bb = if bits == 4 { 8 } else { 16 };
     let mut most = 0u64;
-    for g in packed.chunks(per_row * k4.max(1)).take(pad4(n) / BLOCK) {
-        let mut rows = [0u64; BLOCK];
-        for blk in g.chunks_exact(per_row * BLOCK) {
-            for (i, r) in rows.iter_mut().enumerate() {
-                let mut s = 0u32;
-                for &b in &blk[i * per_row..(i + 1) * per_row] {
-                    s += if bits == 4 {
-                        (((b << 4) as i8) >> 4).unsigned_abs() as u32 + ((b as i8) >> 4).unsigned_abs() as u32
+    for g in packed.chunks(bb * (k4 / BLOCK).max(1)).take(pad4(n) / BLOCK) {
+        let mut lanes = [0u64; 16];
+        // u16 lanes for 256 blocks at a time (each adds at most 128), then into u64
+        for run in g.chunks(256 * bb) {
+            let mut part = [0u16; 16];
+            for blk in run.chunks_exact(bb) {
+                for (l, &b) in part.iter_mut().zip(blk) {
+                    *l += if bits == 4 {
+                        (((b << 4) as i8) >> 4).unsigned_abs() as u16 + ((b as i8) >> 4).unsigned_abs() as u16
                     } else {
-                        (b as i8).unsigned_abs() as u32
+                        (b as i8).unsigned_abs() as u16
                     };
                 }
-                *r += s as u64;
+            }
+            for (l, p) in lanes.iter_mut().zip(part) {
+                *l += p as u64;
             }
         }
-        most = most.max(rows.into_iter().max().unwrap_or(0));
+        let per = bb / BLOCK;
+        for i in 0..BLOCK {
+            most = most.max(lanes[i * per..(i + 1) * per].iter().sum());
+        }
     }
     most
 }
