@@ -332,9 +332,9 @@ impl Tile {
                 unsafe {
                     let dst = out.as_mut_ptr().add(base) as *mut u8;
                     if by_rows {
-                        super::neon::write_rows8(&self.codes, cols, dst, rs, bytes);
+                        super::neon_ops::write_rows8(&self.codes, cols, dst, rs, bytes);
                     } else {
-                        super::neon::write_pixels8(&self.codes, cols, dst, ps, bytes);
+                        super::neon_ops::write_pixels8(&self.codes, cols, dst, ps, bytes);
                     }
                 }
                 return Ok(());
@@ -454,6 +454,7 @@ pub(crate) fn scalar_fallback<T: Code>(
 /// next 4) over int16 codes (|x| <= 2^15), plus the row's bias and the largest pixel term `col`, stays
 /// below 2^31 in magnitude: then i32 lanes and the wrapping epilogue compute the exact rule, and
 /// an int16 product may accumulate like an int8 one.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 pub(crate) fn fits_i32(wsum: u64, col: u64, w0: &[i8], w1: &[i8], finish: Finish<'_>, r: usize) -> bool {
     let Finish::Codes(e) = finish else {
         return false;
@@ -480,6 +481,7 @@ pub(crate) fn fits_i32(wsum: u64, col: u64, w0: &[i8], w1: &[i8], finish: Finish
 }
 
 /// The largest |pixel term| of an epilogue (0 without one).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 pub(crate) fn col_max(finish: Finish<'_>) -> u64 {
     match finish {
         Finish::Codes(e) => e.col.iter().map(|v| v.unsigned_abs() as u64).max().unwrap_or(0),

@@ -11,6 +11,8 @@ pub mod eltwise;
 pub mod gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_ops;
 pub mod reference;
 pub mod stage;
 #[cfg(target_arch = "x86_64")]

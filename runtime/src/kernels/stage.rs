@@ -155,9 +155,9 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
                     // checked above; T and U are the same code type (equal size and range)
                     unsafe {
                         if core::mem::size_of::<T>() == 1 {
-                            super::neon::transpose8x8_b(src.as_ptr().add(from) as *const i8, ch_stride, dst.as_mut_ptr().add(to) as *mut i8, px_stride)
+                            super::neon_ops::transpose8x8_b(src.as_ptr().add(from) as *const i8, ch_stride, dst.as_mut_ptr().add(to) as *mut i8, px_stride)
                         } else {
-                            super::neon::transpose8x8_h(src.as_ptr().add(from) as *const i16, ch_stride, dst.as_mut_ptr().add(to) as *mut i16, px_stride)
+                            super::neon_ops::transpose8x8_h(src.as_ptr().add(from) as *const i16, ch_stride, dst.as_mut_ptr().add(to) as *mut i16, px_stride)
                         }
                     };
                 }

@@ -55,23 +55,30 @@ impl PreparedOp for Plan<'_> {
         // every dimension is positive and their product fits u32 (checked by prepare)
         let s: usize = d[2..self.input.rank()].iter().product();
         let (i, out) = (&self.input, &self.output);
-        crate::with_io!(io.ints(i)?, out_ints(o, out.dtype)?, |x, y| on_tier(ex.tier, || {
-            norm::group_norm(
-                x,
-                d[0],
-                d[1],
-                s,
-                self.groups,
-                i.zero,
-                i.scale,
-                self.in_scales,
-                self.eps,
-                self.affine,
-                out.scale,
-                out.zero,
-                y,
-            )
-        }))
+        // (image, group) rows split across threads; each computed as in one call
+        let (rows, per) = (d[0] * self.groups, d[1] / self.groups.max(1) * s);
+        crate::with_io!(io.ints(i)?, out_ints(o, out.dtype)?, |x, y| {
+            ex.par_rows(rows, per, 2 * x.len(), y, |r0, nr, part| {
+                on_tier(ex.tier, || {
+                    norm::group_norm(
+                        x,
+                        d[0],
+                        d[1],
+                        s,
+                        self.groups,
+                        i.zero,
+                        i.scale,
+                        self.in_scales,
+                        self.eps,
+                        self.affine,
+                        out.scale,
+                        out.zero,
+                        r0..r0 + nr,
+                        part,
+                    )
+                })
+            })
+        })
     }
     fn work(&self) -> u64 {
         2 * self.output.numel() as u64
@@ -90,9 +97,10 @@ mod tests {
     #[test]
     fn group_norm_matches_the_float_reference() {
         let mut rng = Rng::new(5);
-        for case in 0..15 {
+        for case in 0..16 {
             let (split, din) = (case >= 6 && case < 12, if case >= 12 { DType::I16 } else { DType::I8 });
-            let (groups, cg, s) = (1 + case % 3, 1 + case % 4, 7 + case * 3);
+            // the last case is large enough to split across threads
+            let (groups, cg, s) = if case == 15 { (8, 2, 9000) } else { (1 + case % 3, 1 + case % 4, 7 + case * 3) };
             let c = groups * cg;
             let mut qx = params(din, uni(&mut rng, -3.0, -0.5), uni(&mut rng, 0.5, 3.0));
             let scl: Vec<f32> = (0..c)
@@ -130,15 +138,21 @@ mod tests {
             aff.extend(&beta);
             let affine = b.f32s(&aff);
             let in_scales = split.then(|| b.f32s(&scl));
-            b.run(Op::GroupNorm(GroupNorm {
+            let rec = Op::GroupNorm(GroupNorm {
                 input,
                 output: output.clone(),
                 groups: groups as u32,
                 eps,
                 affine,
                 in_scales,
-            }));
-            let worst = worst(&get_ints(&mut b, &output), &real, qo, DType::I8);
+            });
+            let mut b2 = b.clone();
+            b.run(rec.clone());
+            let got = get_ints(&mut b, &output);
+            // split across two threads: the same bytes
+            b2.run_threads(rec, Tier::Scalar, 2);
+            assert_eq!(get_ints(&mut b2, &output), got, "case {case}: thread counts differ");
+            let worst = worst(&got, &real, qo, DType::I8);
             assert!(worst <= 1, "case {case}: worst {worst} codes");
         }
     }

@@ -147,27 +147,56 @@ impl Multiplier {
             }
         }
         let out = out.get_mut(ob..).ok_or(bounds())?;
-        let mut res = Ok(());
-        let emit = |t: &gemm::Tile| {
-            if res.is_ok() {
-                res = t.write(out, 0, d.o_s[3], d.o_s[2]);
-            }
-        };
-        let px = Pixels::rows(m, k4, k4);
-        let (mult, shift, zo) = (self.mult, self.shift, self.output.zero);
+        let q = (self.mult, self.shift, self.output.zero);
         if stage::stage_elem(ex.tier, 1) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
             row_sums(st, k4, zb, sum_a);
-            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true, wsum: u64::MAX };
-            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, sum_a, (mult, shift, zo))), emit)?;
+            product(ex, d, w, st, bias, sum_a, q, out)
         } else {
             let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
             row_sums(st, k4, zb, sum_a);
-            let prod = Product { w: &*w, n, stage: &*st, px, exact: false, full_range: true, wsum: u64::MAX };
-            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, sum_a, (mult, shift, zo))), emit)?;
+            product(ex, d, w, st, bias, sum_a, q, out)
         }
+    }
+}
+
+/// The engine over one batch's staged `A` and packed `B`. With a token-major output (each row of
+/// `A` writes one contiguous run) the rows of `A` are split across threads, each part run exactly
+/// as in one call; otherwise one call.
+#[allow(clippy::too_many_arguments)]
+fn product<S: Code>(ex: Exec, d: &MatMulDims, w: &[i8], st: &[S], bias: &[u8], sum_a: &[i32], q: (i32, u8, i32), out: &mut [i8]) -> Result<()> {
+    let (m, n, k4) = (d.m, d.n, gemm::pad4(d.k));
+    let macs = m.saturating_mul(n).saturating_mul(k4);
+    if d.o_s[3] == 1 && d.o_s[2] >= n {
+        ex.par_rows(m, d.o_s[2], macs, out, |m0, nm, part| {
+            let prod = Product {
+                w,
+                n,
+                stage: st.get(m0 * k4..(m0 + nm) * k4).ok_or(bounds())?,
+                px: Pixels::rows(nm, k4, k4),
+                exact: false,
+                full_range: true,
+                wsum: u64::MAX,
+            };
+            let col = sum_a.get(m0..m0 + nm).ok_or(bounds())?;
+            let mut res = Ok(());
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, col, q)), |t| {
+                if res.is_ok() {
+                    res = t.write(part, 0, 1, d.o_s[2]);
+                }
+            })?;
+            res
+        })
+    } else {
+        let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact: false, full_range: true, wsum: u64::MAX };
+        let mut res = Ok(());
+        gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, sum_a, q)), |t| {
+            if res.is_ok() {
+                res = t.write(out, 0, d.o_s[3], d.o_s[2]);
+            }
+        })?;
         res
     }
 }
@@ -205,13 +234,14 @@ mod tests {
     #[test]
     fn matmul_with_zero_points_matches_the_float_reference_on_every_tier() {
         let mut rng = Rng::new(3);
-        for case in 0..12 {
-            let (b0, m, n, k) = (
+        for case in 0..13 {
+            // the last case is large enough to split across threads
+            let (b0, m, n, k) = if case == 12 { (2, 72, 64, 70) } else { (
                 1 + case % 3,
                 1 + (rng.next_u64() % 7) as usize,
                 1 + (rng.next_u64() % 7) as usize,
                 1 + (rng.next_u64() % 40) as usize,
-            );
+            ) };
             let qa = params(DType::I8, uni(&mut rng, -2.0, -0.1), uni(&mut rng, 0.1, 2.0));
             let qb = params(DType::I8, uni(&mut rng, -2.0, -0.1), uni(&mut rng, 0.1, 2.0));
             let a = codes(&mut rng, b0 * m * k);
@@ -269,10 +299,15 @@ mod tests {
                     requant: requant_of(qa.0 as f64 * qb.0 as f64 / qo.0 as f64),
                     scratch,
                 });
-                b.run_with(rec, tier);
+                let snapshot = b.clone();
+                b.run_with(rec.clone(), tier);
                 results.push(get_ints(&mut b, &to));
+                // two threads: the same bytes
+                let mut b2 = snapshot;
+                b2.run_threads(rec, tier, 2);
+                results.push(get_ints(&mut b2, &to));
             }
-            assert!(results.windows(2).all(|w| w[0] == w[1]), "case {case}: tiers differ");
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "case {case}: tiers or thread counts differ");
             let worst = worst(&results[0], &real, qo, DType::I8);
             assert!(worst <= 1, "case {case}: worst difference {worst} codes");
         }

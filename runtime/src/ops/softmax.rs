@@ -41,7 +41,12 @@ impl PreparedOp for Plan<'_> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let x = io.i8(&self.input)?;
         let y = out_i8(o);
-        on_tier(ex.tier, || softmax::softmax(x, self.outer, self.len, self.inner, self.exp_table, y))
+        // slices along the outer axes split across threads; each computed as in one call
+        let per = self.len * self.inner;
+        ex.par_rows(self.outer, per, 3 * y.len(), y, |o0, no, part| {
+            let xs = x.get(o0 * per..(o0 + no) * per).ok_or(crate::Error::BufferLength { expected: (o0 + no) * per, got: x.len() })?;
+            on_tier(ex.tier, || softmax::softmax(xs, no, self.len, self.inner, self.exp_table, part))
+        })
     }
     fn work(&self) -> u64 {
         3 * self.output.numel() as u64
@@ -58,8 +63,9 @@ mod tests {
     #[test]
     fn softmax_matches_the_float_reference_along_any_axis() {
         let mut rng = Rng::new(6);
-        for case in 0..6 {
-            let (outer, len, inner) = (1 + case % 2, 3 + case * 5, 1 + case % 3);
+        for case in 0..7 {
+            // the last case is large enough to split across threads
+            let (outer, len, inner) = if case == 6 { (300, 300, 1) } else { (1 + case % 2, 3 + case * 5, 1 + case % 3) };
             let x = codes(&mut rng, outer * len * inner);
             let sx = uni(&mut rng, 0.01, 0.08);
             let table: Vec<i32> = (0..256)
@@ -83,8 +89,14 @@ mod tests {
             let output = b.tensor(DType::I8, &shape, 1.0 / 255.0, -128);
             b.put_i8(&input, &x);
             let exp_table = b.i32s(&table);
-            b.run(Op::Softmax(Softmax { input, output: output.clone(), axis: 1, exp_table }));
-            let worst = worst(&get_ints(&mut b, &output), &real, (1.0 / 255.0, -128), DType::I8);
+            let rec = Op::Softmax(Softmax { input, output: output.clone(), axis: 1, exp_table });
+            let mut b2 = b.clone();
+            b.run(rec.clone());
+            let got = get_ints(&mut b, &output);
+            // split across two threads: the same bytes
+            b2.run_threads(rec, Tier::Scalar, 2);
+            assert_eq!(get_ints(&mut b2, &output), got, "case {case}: thread counts differ");
+            let worst = worst(&got, &real, (1.0 / 255.0, -128), DType::I8);
             assert!(worst <= 1, "case {case}: worst {worst} codes");
         }
     }

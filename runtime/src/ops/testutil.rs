@@ -36,6 +36,7 @@ pub fn requant_of(real: f64) -> Requant {
 }
 
 /// An arena and a blob that op records are built against.
+#[derive(Clone)]
 pub struct Bench {
     arena: Vec<u128>,
     next: u32,
@@ -139,8 +140,12 @@ impl Bench {
     }
     /// Prepares and runs `op` with the given tier (its check included).
     pub fn run_with(&mut self, op: Op<TRef>, tier: Tier) {
+        self.run_threads(op, tier, 1)
+    }
+    /// [`Bench::run_with`] on `threads` worker threads.
+    pub fn run_threads(&mut self, op: Op<TRef>, tier: Tier, threads: usize) {
         let blob = core::mem::take(&mut self.blob);
-        let ex = Exec { tier, threads: 1 };
+        let ex = Exec { tier, threads };
         let r = crate::ops::run_record(&op, self.bytes(), &blob, ex);
         self.blob = blob;
         r.unwrap_or_else(|e| panic!("{} failed: {e}", op.name()));

@@ -73,7 +73,7 @@ pub fn lut(x: &[i8], table: &[u8], out: &mut [i8]) -> Result<()> {
     check_len(x.len(), out.len())?;
     // aarch64: 16 lookups per four-register `TBL`/`TBX` chain (the same table entries)
     #[cfg(target_arch = "aarch64")]
-    let done = crate::kernels::neon::lut8(x, table, out);
+    let done = crate::kernels::neon_ops::lut8(x, table, out);
     #[cfg(not(target_arch = "aarch64"))]
     let done = 0;
     for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {

@@ -47,7 +47,7 @@ pub(crate) fn gn_affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a
 #[inline(always)]
 pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) {
     #[cfg(target_arch = "aarch64")]
-    let done = crate::kernels::neon::gn_affine(x, out, zx, a32, bm);
+    let done = crate::kernels::neon_ops::gn_affine(x, out, zx, a32, bm);
     #[cfg(not(target_arch = "aarch64"))]
     let done = 0;
     gn_affine_i32(&x[done..], &mut out[done..], zx, a32, bm);
@@ -60,7 +60,7 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     #[cfg(target_arch = "aarch64")]
     if let Ok(x8) = bytemuck::try_cast_slice::<T, i8>(x) {
         if core::mem::size_of::<T>() == 1 {
-            let (done, sum, sumsq) = crate::kernels::neon::moments8(x8, zx);
+            let (done, sum, sumsq) = crate::kernels::neon_ops::moments8(x8, zx);
             let (s, q) = moments_scalar(&x[done..], zx);
             return (sum + s, sumsq + q);
         }
@@ -85,7 +85,8 @@ fn moments_scalar<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     (sum, sumsq)
 }
 
-/// GroupNorm of `[n][c][s]` int8 codes. Statistics are exact integer sums per group; the per-channel
+/// GroupNorm of `[n][c][s]` int8 codes, for the (image, group) rows `rows` (their outputs in `out`:
+/// threads split the rows). Statistics are exact integer sums per group; the per-channel
 /// affine `q_out = zo + a_c*(q - zx) + b_c` is evaluated in f32 once per channel and applied per element
 /// in 16-bit fixed point. With `ch_scales` (f32 per channel: a split concat whose parts keep their own
 /// scales) the sums are exact per channel and combined with each channel's scale.
@@ -104,10 +105,15 @@ pub fn group_norm<T: Code, U: Code>(
     affine: &[u8],
     so: f32,
     zo: i32,
+    rows: core::ops::Range<usize>,
     out: &mut [U],
 ) -> Result<()> {
     check_len(n * c * s, x.len())?;
-    check_len(x.len(), out.len())?;
+    // `rows` are (image, group) pairs, `image * groups + group`; `out` holds theirs
+    if rows.start > rows.end || groups == 0 || rows.end > n * groups {
+        return Err(Error::Unsupported("groupnorm rows outside the tensor"));
+    }
+    check_len((rows.end - rows.start) * (c / groups) * s, out.len())?;
     check_len(c * 8, affine.len())?;
     if zx < T::MIN || zx > T::MAX {
         return Err(Error::Unsupported("groupnorm zero point outside the code range"));
@@ -117,6 +123,8 @@ pub fn group_norm<T: Code, U: Code>(
     }
     let cg = c / groups;
     let count = (cg * s) as i64; // <= x.len(), checked above
+    // where row r's values start in `out`
+    let at = |r: usize| (r - rows.start) * cg * s;
     if count == 0 {
         return Ok(());
     }
@@ -127,8 +135,9 @@ pub fn group_norm<T: Code, U: Code>(
                 "groupnorm channel scales must be positive",
             ));
         }
-        for ni in 0..n {
-            for g in 0..groups {
+        for r in rows.clone() {
+            let (ni, g) = (r / groups, r % groups);
+            {
                 let start = (ni * c + g * cg) * s;
                 // exact integer sums per channel, combined in f64 with the channel scales
                 let (mut m1, mut m2) = (0f64, 0f64);
@@ -148,15 +157,16 @@ pub fn group_norm<T: Code, U: Code>(
                     let sc_c = le_f32(sc, ch);
                     let a = gamma * rstd * sc_c / so;
                     let b = (beta - gamma * rstd * mean as f32) / so + zo as f32;
-                    let o = start + cc * s;
-                    gn_affine(&x[o..o + s], &mut out[o..o + s], zx, a, b);
+                    let (o, p) = (start + cc * s, at(r) + cc * s);
+                    gn_affine(&x[o..o + s], &mut out[p..p + s], zx, a, b);
                 }
             }
         }
         return Ok(());
     }
-    for ni in 0..n {
-        for g in 0..groups {
+    for r in rows.clone() {
+        let (ni, g) = (r / groups, r % groups);
+        {
             let start = (ni * c + g * cg) * s;
             let xs = &x[start..start + cg * s];
             let (sum, sumsq) = moments(xs, zx);
@@ -171,8 +181,8 @@ pub fn group_norm<T: Code, U: Code>(
                 let beta = le_f32(affine, c + ch);
                 let a = gamma * rstd * sx / so;
                 let b = (beta - gamma * rstd * sx * mean_q) / so + zo as f32;
-                let o = start + cc * s;
-                gn_affine(&x[o..o + s], &mut out[o..o + s], zx, a, b);
+                let (o, p) = (start + cc * s, at(r) + cc * s);
+                gn_affine(&x[o..o + s], &mut out[p..p + s], zx, a, b);
             }
         }
     }
