@@ -185,8 +185,9 @@ fn wrong_buffer_lengths_are_errors() {
 
 #[test]
 fn simd_kernels_equal_the_scalar_kernels_on_random_shapes() {
-    // conv, 1×1 conv, contiguous and strided linears, matmuls with zero points, dot products and
-    // 4×4 tiles: the same property check `dmq-board selftest` runs on the boards
+    // convs, linears (token- and channel-major), attention operands, int8 and int16 activations, 8-
+    // and 4-bit weights, tile writes, GroupNorm sums and affine, int8 lookups: the same property
+    // check `dmq-board selftest` runs on the boards
     use dmq_runtime::kernels::Tier;
     let tiers: Vec<Tier> = [Tier::Avx2, Tier::Neon, Tier::NeonDot]
         .into_iter()
@@ -199,8 +200,9 @@ fn simd_kernels_equal_the_scalar_kernels_on_random_shapes() {
 
 #[test]
 fn every_kernel_tier_of_this_cpu_gives_the_scalar_bits() {
-    // Whole-model check of the SIMD conv/linear path (transposed im2col + dot products) against the
-    // scalar reference: AVX2 on an x86 host (the aarch64 tiers are checked by `dmq-board selftest`).
+    // Whole-model check of the SIMD tiers (staged inputs, packed weights, register tiles, fused
+    // epilogue) against the scalar reference: AVX2 on an x86 host (the aarch64 tiers are checked by
+    // `dmq-board selftest` and the sampling checksums of scripts/test-aarch64.sh).
     use dmq_runtime::kernels::Tier;
     let bytes = common::tiny_dmq();
     let model = Model::load(bytes).unwrap();
