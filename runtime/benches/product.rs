@@ -72,6 +72,8 @@ struct Job<T: Code> {
     stage: Vec<i16>,
     stage8: Vec<T>,
     out: Vec<T>,
+    /// the weights' largest row sum of |w| for int16 activations (as an op finds it at prepare)
+    wsum: u64,
 }
 
 fn lcg(seed: &mut u64) -> u64 {
@@ -91,7 +93,8 @@ impl<T: Code> Job<T> {
         let bias = (0..s.co).flat_map(|_| ((lcg(&mut seed) % 2000) as i32 - 1000).to_le_bytes()).collect();
         let table = (0..s.co).flat_map(|_| [(1i32 << 30) + 12345, 40].into_iter().flat_map(i32::to_le_bytes)).collect();
         let len = if s.k == 0 { s.h * s.k4() } else { ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] }.len() };
-        Job { s, x, w, w4, bias, table, stage: vec![0; len], stage8: vec![T::default(); len], out: vec![T::default(); s.co * oh * ow] }
+        let wsum = if T::MAX > 127 { gemm::abs_row_sum_max(8, bytemuck::cast_slice(&w), s.co, s.k4()) } else { u64::MAX };
+        Job { s, x, w, w4, bias, table, stage: vec![0; len], stage8: vec![T::default(); len], out: vec![T::default(); s.co * oh * ow], wsum }
     }
 
     /// One op: (4-bit unpack), stage, product with the epilogue, output written channel-major.
@@ -113,10 +116,10 @@ impl<T: Code> Job<T> {
         let out = &mut self.out;
         let emit = |t: &gemm::Tile| t.write(out, 0, p, 1).unwrap();
         if stage::stage_elem(tier, std::mem::size_of::<T>()) == 2 {
-            let prod = Product { w: &self.w, n: s.co, stage: &self.stage, px, exact, full_range: false };
+            let prod = Product { w: &self.w, n: s.co, stage: &self.stage, px, exact, full_range: false, wsum: self.wsum };
             gemm::run_rows(tier, &prod, (0, pad4(s.co)), Finish::Codes(&epi), emit).unwrap();
         } else {
-            let prod = Product { w: &self.w, n: s.co, stage: &self.stage8, px, exact, full_range: false };
+            let prod = Product { w: &self.w, n: s.co, stage: &self.stage8, px, exact, full_range: false, wsum: self.wsum };
             gemm::run_rows(tier, &prod, (0, pad4(s.co)), Finish::Codes(&epi), emit).unwrap();
         }
     }
