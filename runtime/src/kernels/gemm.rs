@@ -340,6 +340,13 @@ impl Tile {
                 return Ok(());
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if rows == MAX_MR && (rs == 1 || ps == 1) && U::MAX <= i16::MAX as i32 {
+            // SAFETY: the tile's last element is in `out` (checked above); U is i8 or i16 and the
+            // packs saturate to its range, as `sat` does
+            unsafe { super::x86::write_tile8(&self.codes, cols, out.as_mut_ptr().add(base) as *mut u8, rs, ps, core::mem::size_of::<U>()) };
+            return Ok(());
+        }
         if ps == 1 {
             for i in 0..rows {
                 let row = &mut out[base + i * rs..base + i * rs + cols];

@@ -321,3 +321,61 @@ pub unsafe fn transpose8x8<T: Code>(src: *const T, ch_stride: usize, dst: *mut i
         }
     }
 }
+
+/// The transpose of 8 vectors of 8 i16 (`out[p][c] = r[c][p]`): SSE2 unpacks.
+#[inline(always)]
+fn transpose_h(r: [__m128i; 8]) -> [__m128i; 8] {
+    // SAFETY: SSE2 is baseline on x86-64
+    unsafe {
+        let t: [__m128i; 8] = core::array::from_fn(|i| {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            if i % 2 == 0 { _mm_unpacklo_epi16(a, b) } else { _mm_unpackhi_epi16(a, b) }
+        });
+        let u: [__m128i; 8] = core::array::from_fn(|i| {
+            let (h, q) = (i / 4, i % 4);
+            let (a, b) = (t[4 * h + q / 2], t[4 * h + 2 + q / 2]);
+            if q % 2 == 0 { _mm_unpacklo_epi32(a, b) } else { _mm_unpackhi_epi32(a, b) }
+        });
+        core::array::from_fn(|p| {
+            let (a, b) = (u[p / 2], u[4 + p / 2]);
+            if p % 2 == 0 { _mm_unpacklo_epi64(a, b) } else { _mm_unpackhi_epi64(a, b) }
+        })
+    }
+}
+
+/// Writes a tile of 8 rows and `cols` pixels (`codes[pixel][row]`, saturated to the output's
+/// `bytes`-byte code type like `Code::sat`): row `i`'s `cols` pixels at `dst + i * rs` when
+/// `ps == 1`, else (`rs == 1`) pixel `j`'s 8 rows at `dst + j * ps` — in the order `Tile::write`
+/// writes them. SSE2 saturating packs.
+///
+/// # Safety
+/// Those elements (of `bytes` = 1 or 2 bytes) must be writable.
+#[inline(always)]
+pub(crate) unsafe fn write_tile8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u8, rs: usize, ps: usize, bytes: usize) {
+    // SAFETY: the caller's; SSE2 is baseline on x86-64; `codes` rows hold 8 i32
+    unsafe {
+        let px: [__m128i; 8] = core::array::from_fn(|j| {
+            let c = codes[j].as_ptr() as *const __m128i;
+            _mm_packs_epi32(_mm_loadu_si128(c), _mm_loadu_si128(c.add(1)))
+        });
+        if ps != 1 {
+            for (j, v) in px.iter().enumerate().take(cols) {
+                if bytes == 2 {
+                    _mm_storeu_si128(dst.add(2 * j * ps) as *mut __m128i, *v);
+                } else {
+                    _mm_storel_epi64(dst.add(j * ps) as *mut __m128i, _mm_packs_epi16(*v, *v));
+                }
+            }
+            return;
+        }
+        for (i, v) in transpose_h(px).iter().enumerate() {
+            let mut tmp = [0u8; 16];
+            if bytes == 2 {
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, *v);
+            } else {
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(*v, *v));
+            }
+            core::ptr::copy_nonoverlapping(tmp.as_ptr(), dst.add(i * rs * bytes), cols * bytes);
+        }
+    }
+}
