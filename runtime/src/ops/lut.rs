@@ -43,12 +43,25 @@ impl PreparedOp for Plan<'_> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
         let t = self.table;
         let (x, y) = (io.ints(&self.input)?, out_ints(o, self.output.dtype)?);
-        on_tier(ex.tier, || match (x, y) {
-            (Ints::I8(x), IntsMut::I8(y)) => eltwise::lut(x, t, y),
-            (Ints::I8(x), IntsMut::I16(y)) => eltwise::lut_8_16(x, t, y),
-            (Ints::I16(x), IntsMut::I8(y)) => eltwise::lut_16(x, t, y),
-            (Ints::I16(x), IntsMut::I16(y)) => eltwise::lut_16(x, t, y),
-        })
+        // runs of RUN elements split across threads (each element on its own: the same bytes)
+        const RUN: usize = 4096;
+        let n = self.output.numel();
+        let part = |o0: usize, len: usize| o0 * RUN..o0 * RUN + len;
+        let short = || crate::Error::BufferLength { expected: n, got: 0 };
+        match (x, y) {
+            (Ints::I8(x), IntsMut::I8(y)) => ex.par_rows(n.div_ceil(RUN), RUN, 2 * n, y, |o0, _, y| {
+                on_tier(ex.tier, || eltwise::lut(x.get(part(o0, y.len())).ok_or(short())?, t, y))
+            }),
+            (Ints::I8(x), IntsMut::I16(y)) => ex.par_rows(n.div_ceil(RUN), RUN, 2 * n, y, |o0, _, y| {
+                on_tier(ex.tier, || eltwise::lut_8_16(x.get(part(o0, y.len())).ok_or(short())?, t, y))
+            }),
+            (Ints::I16(x), IntsMut::I8(y)) => ex.par_rows(n.div_ceil(RUN), RUN, 2 * n, y, |o0, _, y| {
+                on_tier(ex.tier, || eltwise::lut_16(x.get(part(o0, y.len())).ok_or(short())?, t, y))
+            }),
+            (Ints::I16(x), IntsMut::I16(y)) => ex.par_rows(n.div_ceil(RUN), RUN, 2 * n, y, |o0, _, y| {
+                on_tier(ex.tier, || eltwise::lut_16(x.get(part(o0, y.len())).ok_or(short())?, t, y))
+            }),
+        }
     }
     fn work(&self) -> u64 {
         self.output.numel() as u64
@@ -91,7 +104,8 @@ mod tests {
             let qo = params(dout, -0.2785, 8.0);
             let (lo, hi) = din.code_range();
             let step = if din == DType::I16 { 7 } else { 1 };
-            let xs: Vec<i32> = (lo..=hi).step_by(step).collect();
+            // every code, repeated: enough values to split across threads
+            let xs: Vec<i32> = (lo..=hi).step_by(step).cycle().take(140_000).collect();
             let n = xs.len() as u32;
             let mut b = Bench::new();
             let input = b.tensor(din, &[n], qi.0, qi.1);
@@ -101,9 +115,14 @@ mod tests {
                 _ => b.put_i8(&input, &xs.iter().map(|&v| v as i8).collect::<Vec<_>>()),
             }
             let t = b.array(&table(silu, qi, qo, din, dout));
-            b.run(Op::Lut(Lut { input, output: output.clone(), table: t }));
+            let rec = Op::Lut(Lut { input, output: output.clone(), table: t });
+            let mut b2 = b.clone();
+            b.run(rec.clone());
+            let got = get_ints(&mut b, &output);
+            b2.run_threads(rec, Tier::Scalar, 2);
+            assert_eq!(get_ints(&mut b2, &output), got, "{din:?} -> {dout:?}: thread counts differ");
             let real: Vec<f32> = xs.iter().map(|&c| silu(qi.0 * (c - qi.1) as f32)).collect();
-            let worst = worst(&get_ints(&mut b, &output), &real, qo, dout);
+            let worst = worst(&got, &real, qo, dout);
             let tol = if din == DType::I16 && dout == DType::I16 { 330 } else { 1 };
             assert!(worst <= tol, "{din:?} -> {dout:?}: worst {worst} codes");
         }
