@@ -63,12 +63,23 @@ impl ImageStage {
 /// channels beyond `c` with 0.
 #[inline(always)]
 pub fn image<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, out: &mut [U]) -> Result<()> {
+    image_rows(tier, x, g, zx, 0..g.hp(), out)
+}
+
+/// [`image`] for the stage's rows `rows` only (padded rows, `out` holding exactly those): threads
+/// stage parts of one image.
+#[inline(always)]
+pub fn image_rows<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, rows: core::ops::Range<usize>, out: &mut [U]) -> Result<()> {
     check_len(g.c * g.h * g.w, x.len())?;
-    check_len(g.len(), out.len())?;
     let (c4, wp) = (g.c4(), g.wp());
+    if rows.start > rows.end || rows.end > g.hp() {
+        return Err(Error::BufferLength { expected: rows.end, got: g.hp() });
+    }
+    check_len((rows.end - rows.start) * wp * c4, out.len())?;
     let [pt, pl, _, _] = g.pad;
     // the border rows and columns, then every interior pixel's padded channels
-    for (y, row) in out.chunks_exact_mut(wp * c4).enumerate() {
+    for (k, row) in out.chunks_exact_mut(wp * c4).enumerate() {
+        let y = rows.start + k;
         let inside = y >= pt && y < pt + g.h;
         for (xx, px) in row.chunks_exact_mut(c4).enumerate() {
             if inside && xx >= pl && xx < pl + g.w {
@@ -80,7 +91,10 @@ pub fn image<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, out: 
     }
     let plane = g.h * g.w;
     for y in 0..g.h {
-        let start = ((y + pt) * wp + pl) * c4;
+        if !rows.contains(&(y + pt)) {
+            continue;
+        }
+        let start = ((y + pt - rows.start) * wp + pl) * c4;
         // channels of image row y (stride `plane`) to its pixels (stride c4)
         transpose(tier, &x[y * g.w..], plane, g.c, g.w, &mut out[start..], c4);
     }

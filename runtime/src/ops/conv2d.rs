@@ -281,13 +281,21 @@ impl Call<'_> {
         let g = d.stage();
         if stage::stage_elem(self.ex.tier, core::mem::size_of::<T>()) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut stage_b[..g.len() * 2]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(self.ex.tier, || stage::image(self.ex.tier, xb, &g, i16::sat(self.zx as i64), st))?;
+            self.stage(xb, &g, i16::sat(self.zx as i64), st)?;
             self.product(&*st, yb, T::MAX > 127)
         } else {
             let st: &mut [T] = bytemuck::try_cast_slice_mut(&mut stage_b[..g.len() * core::mem::size_of::<T>()]).map_err(|_| misaligned())?;
-            crate::kernels::on_tier(self.ex.tier, || stage::image(self.ex.tier, xb, &g, T::sat(self.zx as i64), st))?;
+            self.stage(xb, &g, T::sat(self.zx as i64), st)?;
             self.product(&*st, yb, T::MAX > 127)
         }
+    }
+
+    /// Stages an image, its rows split across threads (each row staged as in one call).
+    fn stage<T: Code, S: Code>(&self, xb: &[T], g: &ImageStage, zx: S, st: &mut [S]) -> Result<()> {
+        let tier = self.ex.tier;
+        self.ex.par_rows(g.hp(), g.wp() * g.c4(), 2 * g.len(), st, |r0, nr, part| {
+            crate::kernels::on_tier(tier, || stage::image_rows(tier, xb, g, zx, r0..r0 + nr, part))
+        })
     }
 
     fn product<S: Code, U: Code>(&self, st: &[S], y: &mut [U], wide: bool) -> Result<()> {
@@ -433,10 +441,14 @@ mod tests {
                     pad: [p, p, p, p],
                     scratch,
                 });
-                b.run_with(rec, tier);
+                let mut b2 = b.clone();
+                b.run_with(rec.clone(), tier);
                 results.push(get_ints(&mut b, &output));
+                // two threads (staging and products split when large enough): the same bytes
+                b2.run_threads(rec, tier, 2);
+                results.push(get_ints(&mut b2, &output));
             }
-            assert!(results.windows(2).all(|w| w[0] == w[1]), "tiers differ");
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "tiers or thread counts differ");
             worst(&results[0], &real, qo, dt)
         }
     }
@@ -444,12 +456,14 @@ mod tests {
     #[test]
     fn int8_conv_matches_the_float_reference_on_every_tier() {
         let mut rng = Rng::new(1);
-        for case in 0..24 {
+        for case in 0..25 {
             let k = [1usize, 3][case % 2];
+            // the last case is large enough to split across threads
+            let big = case == 24;
             let c = Case {
-                c: 1 + case % 4,
-                h: 3 + (rng.next_u64() % 6) as usize,
-                w: 3 + (rng.next_u64() % 6) as usize,
+                c: if big { 16 } else { 1 + case % 4 },
+                h: if big { 96 } else { 3 + (rng.next_u64() % 6) as usize },
+                w: if big { 96 } else { 3 + (rng.next_u64() % 6) as usize },
                 co: 1 + (rng.next_u64() % 6) as usize,
                 k,
                 s: 1 + (case / 2) % 2,
