@@ -51,13 +51,13 @@ fn estimate_text(path: &Path, board: Board) -> Result<String> {
     let total = conv + lin + mm;
     // (name, core, GHz, executed instructions per MAC of one evaluation, IPC of the hot loop): the
     // instruction counts measured by scripts/arm-evidence.sh on the bundled model (qemu, one
-    // evaluation alone: 14.79 M instructions on cortex-a72, 8.13 M on cortex-a76 for 33.34 M MACs),
+    // evaluation alone: 14.76 M instructions on cortex-a72, 8.11 M on cortex-a76 for 33.34 M MACs),
     // the IPC by llvm-mca on the product engine's hot loop (tile_neon on cortex-a72, tile_sdot on
     // cortex-a76 and cortex-a78); Orin runs the same dotprod binary as the Pi 5
     let (name, core, ghz, ipm, ipc) = match board {
-        Board::Pi4 => ("Raspberry Pi 4", "Cortex-A72, NEON tier", 1.5, 14.79 / 33.34, 1.81),
-        Board::Pi5 => ("Raspberry Pi 5", "Cortex-A76, dotprod tier", 2.4, 8.13 / 33.34, 2.25),
-        Board::Orin => ("Jetson Orin", "Cortex-A78AE, dotprod tier", 2.2, 8.13 / 33.34, 2.25),
+        Board::Pi4 => ("Raspberry Pi 4", "Cortex-A72, NEON tier", 1.5, 14.76 / 33.34, 1.81),
+        Board::Pi5 => ("Raspberry Pi 5", "Cortex-A76, dotprod tier", 2.4, 8.11 / 33.34, 2.25),
+        Board::Orin => ("Jetson Orin", "Cortex-A78AE, dotprod tier", 2.2, 8.11 / 33.34, 2.25),
     };
     let mut o = String::new();
     outln!(o, "  per denoising step: {:.2} M multiply-accumulates ({total} exactly; convs {:.2} M, linears {:.2} M, attention {:.2} M)", total as f64 / 1e6, conv as f64 / 1e6, lin as f64 / 1e6, mm as f64 / 1e6);
