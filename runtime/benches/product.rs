@@ -24,12 +24,60 @@ struct Shape {
 }
 
 const SHAPES: [Shape; 6] = [
-    Shape { name: "conv3x3 32->32 16x16 (bundled model)", c: 32, h: 16, w: 16, co: 32, k: 3, stride: 1 },
-    Shape { name: "conv3x3 64->64 8x8 (bundled model)", c: 64, h: 8, w: 8, co: 64, k: 3, stride: 1 },
-    Shape { name: "conv3x3 128->128 32x32", c: 128, h: 32, w: 32, co: 128, k: 3, stride: 1 },
-    Shape { name: "conv3x3 32->32 128x128 (9 GMAC UNet)", c: 32, h: 128, w: 128, co: 32, k: 3, stride: 1 },
-    Shape { name: "conv3x3 s2 64->64 32x32", c: 64, h: 32, w: 32, co: 64, k: 3, stride: 2 },
-    Shape { name: "linear 1024 tokens 256->256", c: 256, h: 1024, w: 1, co: 256, k: 0, stride: 1 },
+    Shape {
+        name: "conv3x3 32->32 16x16 (bundled model)",
+        c: 32,
+        h: 16,
+        w: 16,
+        co: 32,
+        k: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "conv3x3 64->64 8x8 (bundled model)",
+        c: 64,
+        h: 8,
+        w: 8,
+        co: 64,
+        k: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "conv3x3 128->128 32x32",
+        c: 128,
+        h: 32,
+        w: 32,
+        co: 128,
+        k: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "conv3x3 32->32 128x128 (9 GMAC UNet)",
+        c: 32,
+        h: 128,
+        w: 128,
+        co: 32,
+        k: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "conv3x3 s2 64->64 32x32",
+        c: 64,
+        h: 32,
+        w: 32,
+        co: 64,
+        k: 3,
+        stride: 2,
+    },
+    Shape {
+        name: "linear 1024 tokens 256->256",
+        c: 256,
+        h: 1024,
+        w: 1,
+        co: 256,
+        k: 0,
+        stride: 1,
+    },
 ];
 
 /// Activations, weight bits and output type of a variant.
@@ -46,7 +94,10 @@ impl Shape {
             return (self.h, 1);
         }
         let p = self.k / 2;
-        ((self.h + 2 * p - self.k) / self.stride + 1, (self.w + 2 * p - self.k) / self.stride + 1)
+        (
+            (self.h + 2 * p - self.k) / self.stride + 1,
+            (self.w + 2 * p - self.k) / self.stride + 1,
+        )
     }
     fn k4(&self) -> usize {
         if self.k == 0 {
@@ -77,7 +128,9 @@ struct Job<T: Code> {
 }
 
 fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *seed >> 33
 }
 
@@ -86,15 +139,60 @@ impl<T: Code> Job<T> {
         let mut seed = 7u64;
         let (oh, ow) = s.out_hw();
         let n_in = s.c * s.h * s.w;
-        let x = (0..n_in).map(|_| T::sat(lcg(&mut seed) as i64 % 255 - 127)).collect();
-        let (lo, span) = if v == Variant::W4A8 { (-8, 16) } else { (-127, 255) };
-        let w: Vec<i8> = (0..pad4(s.co) * s.k4()).map(|_| (lo + (lcg(&mut seed) % span) as i64) as i8).collect();
-        let w4 = (v == Variant::W4A8).then(|| w.chunks(2).map(|p| (p[0] as u8 & 15) | ((p[1] as u8) << 4)).collect());
-        let bias = (0..s.co).flat_map(|_| ((lcg(&mut seed) % 2000) as i32 - 1000).to_le_bytes()).collect();
-        let table = (0..s.co).flat_map(|_| [(1i32 << 30) + 12345, 40].into_iter().flat_map(i32::to_le_bytes)).collect();
-        let len = if s.k == 0 { s.h * s.k4() } else { ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] }.len() };
-        let wsum = if T::MAX > 127 { gemm::abs_row_sum_max(8, bytemuck::cast_slice(&w), s.co, s.k4()) } else { u64::MAX };
-        Job { s, x, w, w4, bias, table, stage: vec![0; len], stage8: vec![T::default(); len], out: vec![T::default(); s.co * oh * ow], wsum }
+        let x = (0..n_in)
+            .map(|_| T::sat(lcg(&mut seed) as i64 % 255 - 127))
+            .collect();
+        let (lo, span) = if v == Variant::W4A8 {
+            (-8, 16)
+        } else {
+            (-127, 255)
+        };
+        let w: Vec<i8> = (0..pad4(s.co) * s.k4())
+            .map(|_| (lo + (lcg(&mut seed) % span) as i64) as i8)
+            .collect();
+        let w4 = (v == Variant::W4A8).then(|| {
+            w.chunks(2)
+                .map(|p| (p[0] as u8 & 15) | ((p[1] as u8) << 4))
+                .collect()
+        });
+        let bias = (0..s.co)
+            .flat_map(|_| ((lcg(&mut seed) % 2000) as i32 - 1000).to_le_bytes())
+            .collect();
+        let table = (0..s.co)
+            .flat_map(|_| {
+                [(1i32 << 30) + 12345, 40]
+                    .into_iter()
+                    .flat_map(i32::to_le_bytes)
+            })
+            .collect();
+        let len = if s.k == 0 {
+            s.h * s.k4()
+        } else {
+            ImageStage {
+                c: s.c,
+                h: s.h,
+                w: s.w,
+                pad: [s.k / 2; 4],
+            }
+            .len()
+        };
+        let wsum = if T::MAX > 127 {
+            gemm::abs_row_sum_max(8, bytemuck::cast_slice(&w), s.co, s.k4())
+        } else {
+            u64::MAX
+        };
+        Job {
+            s,
+            x,
+            w,
+            w4,
+            bias,
+            table,
+            stage: vec![0; len],
+            stage8: vec![T::default(); len],
+            out: vec![T::default(); s.co * oh * ow],
+            wsum,
+        }
     }
 
     /// One op: (4-bit unpack), stage, product with the epilogue, output written channel-major.
@@ -107,7 +205,13 @@ impl<T: Code> Job<T> {
         let px = if s.k == 0 {
             Pixels::rows(s.h, s.k4(), s.k4())
         } else {
-            ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] }.pixels((s.k, s.k), (s.stride, s.stride), (oh, ow))
+            ImageStage {
+                c: s.c,
+                h: s.h,
+                w: s.w,
+                pad: [s.k / 2; 4],
+            }
+            .pixels((s.k, s.k), (s.stride, s.stride), (oh, ow))
         };
         self.stage_into(tier);
         let epi = Epilogue::new::<T>(&self.bias, Requants::PerRow(&self.table), 3);
@@ -116,10 +220,26 @@ impl<T: Code> Job<T> {
         let out = &mut self.out;
         let emit = |t: &gemm::Tile| t.write(out, 0, p, 1).unwrap();
         if stage::stage_elem(tier, std::mem::size_of::<T>()) == 2 {
-            let prod = Product { w: &self.w, n: s.co, stage: &self.stage, px, exact, full_range: false, wsum: self.wsum };
+            let prod = Product {
+                w: &self.w,
+                n: s.co,
+                stage: &self.stage,
+                px,
+                exact,
+                full_range: false,
+                wsum: self.wsum,
+            };
             gemm::run_rows(tier, &prod, (0, pad4(s.co)), Finish::Codes(&epi), emit).unwrap();
         } else {
-            let prod = Product { w: &self.w, n: s.co, stage: &self.stage8, px, exact, full_range: false, wsum: self.wsum };
+            let prod = Product {
+                w: &self.w,
+                n: s.co,
+                stage: &self.stage8,
+                px,
+                exact,
+                full_range: false,
+                wsum: self.wsum,
+            };
             gemm::run_rows(tier, &prod, (0, pad4(s.co)), Finish::Codes(&epi), emit).unwrap();
         }
     }
@@ -135,7 +255,12 @@ impl<T: Code> Job<T> {
                 stage::rows(tier, &self.x, s.h, s.c, [1, s.h], &mut self.stage8).unwrap()
             }
         } else {
-            let g = ImageStage { c: s.c, h: s.h, w: s.w, pad: [s.k / 2; 4] };
+            let g = ImageStage {
+                c: s.c,
+                h: s.h,
+                w: s.w,
+                pad: [s.k / 2; 4],
+            };
             if wide {
                 stage::image(tier, &self.x, &g, 0i16, &mut self.stage).unwrap()
             } else {
@@ -203,7 +328,11 @@ fn clock_ghz() -> f64 {
 }
 
 fn variants() -> [(Variant, &'static str); 3] {
-    [(Variant::W8A8, "W8A8"), (Variant::W4A8, "W4A8"), (Variant::W8A16, "W8A16")]
+    [
+        (Variant::W8A8, "W8A8"),
+        (Variant::W4A8, "W4A8"),
+        (Variant::W8A16, "W8A16"),
+    ]
 }
 
 fn bench(c: &mut Criterion) {
@@ -247,9 +376,15 @@ fn time<T: Code>(j: &mut Job<T>, tier: Tier, reps: usize) -> f64 {
 fn summary() {
     let ghz = clock_ghz();
     println!("\nsummary (fastest of the timed runs): clock {ghz:.2} GHz (dependent-add loop); peak = MAC/cycle x clock");
-    println!("{:<40} {:<6} {:<8} {:>9} {:>8}", "shape", "kind", "tier", "GMAC/s", "of peak");
+    println!(
+        "{:<40} {:<6} {:<8} {:>9} {:>8}",
+        "shape", "kind", "tier", "GMAC/s", "of peak"
+    );
     let only = std::env::var("DMQ_BENCH_SHAPE").unwrap_or_default();
-    for s in SHAPES.into_iter().filter(|s| s.name.contains(only.as_str())) {
+    for s in SHAPES
+        .into_iter()
+        .filter(|s| s.name.contains(only.as_str()))
+    {
         for (v, vname) in variants() {
             for tier in tiers().into_iter().filter(|&t| t != Tier::Scalar) {
                 let reps = (2e9 / s.macs() as f64).clamp(5.0, 400.0) as usize;
@@ -259,8 +394,17 @@ fn summary() {
                     time(&mut Job::<i8>::new(s, v), tier, reps)
                 };
                 let gmacs = s.macs() as f64 / sec / 1e9;
-                let frac = peak_per_cycle(tier).map_or(String::from("-"), |p| format!("{:.0}%", 100.0 * gmacs / (p * ghz)));
-                println!("{:<40} {:<6} {:<8} {:>9.1} {:>8}", s.name, vname, format!("{tier:?}"), gmacs, frac);
+                let frac = peak_per_cycle(tier).map_or(String::from("-"), |p| {
+                    format!("{:.0}%", 100.0 * gmacs / (p * ghz))
+                });
+                println!(
+                    "{:<40} {:<6} {:<8} {:>9.1} {:>8}",
+                    s.name,
+                    vname,
+                    format!("{tier:?}"),
+                    gmacs,
+                    frac
+                );
             }
         }
     }

@@ -251,7 +251,12 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// Time per kind of op for timestep `t`'s stream, averaged over `evals` evaluations:
     /// `(op name, ops of that kind, mean ms per evaluation)`, slowest first (std builds).
     #[cfg(feature = "std")]
-    pub fn profile(&mut self, latent: &[f32], t: f32, evals: usize) -> Result<std::vec::Vec<(&'static str, usize, f64)>> {
+    pub fn profile(
+        &mut self,
+        latent: &[f32],
+        t: f32,
+        evals: usize,
+    ) -> Result<std::vec::Vec<(&'static str, usize, f64)>> {
         extern crate std;
         use std::time::Instant;
         use std::vec::Vec;

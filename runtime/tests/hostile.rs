@@ -287,7 +287,8 @@ fn run_cases(
         let seed = seed0 + c;
         let bytes = make(&mut Rng::new(seed));
         if let Ok(path) = std::env::var("DMQ_HOSTILE_DUMP") {
-            std::fs::write(format!("{path}.{name}.{seed}"), &bytes).expect("DMQ_HOSTILE_DUMP: cannot write");
+            std::fs::write(format!("{path}.{name}.{seed}"), &bytes)
+                .expect("DMQ_HOSTILE_DUMP: cannot write");
         }
         started.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
         current.store(seed, Ordering::SeqCst);

@@ -485,17 +485,28 @@ fn cmd_bench(args: &[String]) -> Res<()> {
 }
 
 /// Latency per op stream (timestep bucket), at the middle timestep of each.
-fn stream_latencies(model: &Model, sess: &mut Session<'_, '_, '_>, x: &[f32], out: &mut [f32], runs: usize) -> Res<()> {
+fn stream_latencies(
+    model: &Model,
+    sess: &mut Session<'_, '_, '_>,
+    x: &[f32],
+    out: &mut [f32],
+    runs: usize,
+) -> Res<()> {
     // latency per op stream (timestep bucket), at the middle timestep of each
     let (uppers, meta) = (&model.meta().bucket_upper, model.meta());
     for k in 0..model.streams() {
-        let lo = if k == 0 { meta.t_min } else { uppers[k - 1].max(meta.t_min) };
+        let lo = if k == 0 {
+            meta.t_min
+        } else {
+            uppers[k - 1].max(meta.t_min)
+        };
         let hi = uppers.get(k).copied().unwrap_or(meta.t_max).min(meta.t_max);
         let t = (lo + hi) / 2.0;
         let mut ts: Vec<f64> = (0..runs.clamp(3, 100))
             .map(|_| {
                 let t0 = Instant::now();
-                sess.run(x, t, out).map(|_| t0.elapsed().as_secs_f64() * 1e3)
+                sess.run(x, t, out)
+                    .map(|_| t0.elapsed().as_secs_f64() * 1e3)
             })
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| e.to_string())?;
@@ -522,7 +533,10 @@ fn op_profile(sess: &mut Session<'_, '_, '_>, x: &[f32], t: f32, runs: usize) ->
     let total: f64 = rows.iter().map(|r| r.2).sum();
     println!("per-op profile (t = {t}, mean of {evals} evaluations):");
     for (name, count, ms) in rows {
-        println!("  {name:<15} x{count:<4} {ms:8.3} ms  {:5.1}%", 100.0 * ms / total.max(1e-12));
+        println!(
+            "  {name:<15} x{count:<4} {ms:8.3} ms  {:5.1}%",
+            100.0 * ms / total.max(1e-12)
+        );
     }
     Ok(())
 }

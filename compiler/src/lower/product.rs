@@ -336,7 +336,12 @@ pub fn scratch_bytes(op: &Op<TensorId>) -> usize {
     match op {
         Op::Linear(l) => {
             let g = &l.geom;
-            dmq_runtime::ops::linear::scratch_bytes(g.m as usize, g.n as usize, g.k as usize, l.weight_bits)
+            dmq_runtime::ops::linear::scratch_bytes(
+                g.m as usize,
+                g.n as usize,
+                g.k as usize,
+                l.weight_bits,
+            )
         }
         Op::MatMul(mm) => {
             let g = &mm.geom;

@@ -37,7 +37,14 @@ fn acts<T: Code>(rng: &mut Rng, n: usize, extreme: bool) -> Vec<T> {
 }
 
 /// Packed weights in [-127, 127] (or 4-bit codes in [-8, 7]: `bits`), zero in the padding.
-fn weights(rng: &mut Rng, n: usize, k: usize, k4_of: impl Fn(usize) -> Option<usize>, bits: u8, k4: usize) -> Vec<i8> {
+fn weights(
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    k4_of: impl Fn(usize) -> Option<usize>,
+    bits: u8,
+    k4: usize,
+) -> Vec<i8> {
     let mut w = vec![0i8; pad4(n) * k4];
     let (lo, hi) = if bits == 4 { (-8i64, 7) } else { (-127, 127) };
     for r in 0..n {
@@ -64,17 +71,34 @@ struct RandomEpilogue {
 
 impl RandomEpilogue {
     fn new(rng: &mut Rng, n: usize, pixels: usize, case: usize) -> Self {
-        let mut e = RandomEpilogue { bias: vec![], table: vec![], col: vec![], uniform: None, zo: 0, wide_out: case % 2 == 0 };
+        let mut e = RandomEpilogue {
+            bias: vec![],
+            table: vec![],
+            col: vec![],
+            uniform: None,
+            zo: 0,
+            wide_out: case % 2 == 0,
+        };
         let mult = |rng: &mut Rng| (1i64 << 30) as i32 + u(rng, 1 << 30) as i32;
         // mostly shifts >= 32 (the common case), sometimes smaller ones
-        let shift = |rng: &mut Rng| if u(rng, 4) == 0 { 20 + u(rng, 12) as u8 } else { 32 + u(rng, 19) as u8 };
+        let shift = |rng: &mut Rng| {
+            if u(rng, 4) == 0 {
+                20 + u(rng, 12) as u8
+            } else {
+                32 + u(rng, 19) as u8
+            }
+        };
         for _ in 0..n {
-            e.bias.extend_from_slice(&(u(rng, 1 << 21) as i32 - (1 << 20)).to_le_bytes());
+            e.bias
+                .extend_from_slice(&(u(rng, 1 << 21) as i32 - (1 << 20)).to_le_bytes());
             e.table.extend_from_slice(&mult(rng).to_le_bytes());
-            e.table.extend_from_slice(&(shift(rng) as i32).to_le_bytes());
+            e.table
+                .extend_from_slice(&(shift(rng) as i32).to_le_bytes());
         }
         if case % 3 == 1 {
-            e.col = (0..pixels).map(|_| u(rng, 1 << 21) as i32 - (1 << 20)).collect();
+            e.col = (0..pixels)
+                .map(|_| u(rng, 1 << 21) as i32 - (1 << 20))
+                .collect();
         }
         if case % 4 == 2 {
             e.uniform = Some((mult(rng), shift(rng)));
@@ -83,7 +107,11 @@ impl RandomEpilogue {
         e
     }
     fn get(&self) -> Epilogue<'_> {
-        let (lo, hi) = if self.wide_out { (i16::MIN as i32, i16::MAX as i32) } else { (-128, 127) };
+        let (lo, hi) = if self.wide_out {
+            (i16::MIN as i32, i16::MAX as i32)
+        } else {
+            (-128, 127)
+        };
         Epilogue {
             bias: &self.bias,
             requant: match self.uniform {
@@ -99,16 +127,39 @@ impl RandomEpilogue {
     /// The specification's codes of the sums `want` (`[row][pixel]`).
     fn codes(&self, want: &[i64], pixels: usize, exact: bool) -> Vec<i64> {
         let e = self.get();
-        want.iter().enumerate().map(|(i, &v)| e.code(i / pixels, i % pixels, v, exact) as i64).collect()
+        want.iter()
+            .enumerate()
+            .map(|(i, &v)| e.code(i / pixels, i % pixels, v, exact) as i64)
+            .collect()
     }
 }
 
 /// Runs the engine on `tier` over an already staged operand and returns every (row, pixel) sum,
 /// or with an epilogue every output code.
-fn sums<S: Code>(tier: Tier, w: &[i8], n: usize, st: &[S], px: Pixels, exact: bool, epi: Option<&Epilogue<'_>>) -> core::result::Result<Vec<i64>, String> {
+fn sums<S: Code>(
+    tier: Tier,
+    w: &[i8],
+    n: usize,
+    st: &[S],
+    px: Pixels,
+    exact: bool,
+    epi: Option<&Epilogue<'_>>,
+) -> core::result::Result<Vec<i64>, String> {
     let mut out = vec![0i64; n * px.count];
-    let wsum = if n % 2 == 0 { gemm::abs_row_sum_max(8, bytemuck::cast_slice(w), n, px.k4()) } else { u64::MAX };
-    let prod = Product { w, n, stage: st, px, exact, full_range: w.contains(&-128), wsum };
+    let wsum = if n % 2 == 0 {
+        gemm::abs_row_sum_max(8, bytemuck::cast_slice(w), n, px.k4())
+    } else {
+        u64::MAX
+    };
+    let prod = Product {
+        w,
+        n,
+        stage: st,
+        px,
+        exact,
+        full_range: w.contains(&-128),
+        wsum,
+    };
     let finish = epi.map_or(Finish::Sums, Finish::Codes);
     gemm::run_rows(tier, &prod, (0, pad4(n)), finish, |t| {
         for i in 0..t.rows {
@@ -136,7 +187,11 @@ fn write_case<U: Code>(rng: &mut Rng) -> Check {
     (t.r0, t.p0) = (4 * u(rng, 3), u(rng, 5));
     for j in 0..gemm::MAX_NR {
         for i in 0..gemm::MAX_MR {
-            t.codes[j][i] = if u(rng, 8) == 0 { rng.next_u64() as i32 } else { U::MIN + u(rng, (U::MAX - U::MIN + 1) as u64) as i32 };
+            t.codes[j][i] = if u(rng, 8) == 0 {
+                rng.next_u64() as i32
+            } else {
+                U::MIN + u(rng, (U::MAX - U::MIN + 1) as u64) as i32
+            };
         }
     }
     let rbase = t.r0 - 4 * u(rng, (t.r0 / 4 + 1) as u64);
@@ -152,14 +207,20 @@ fn write_case<U: Code>(rng: &mut Rng) -> Check {
     let len = (t.r0 - rbase + t.rows) * rs + (t.p0 + t.cols) * ps + 5;
     let mut got = vec![U::sat(7); len];
     let mut want = got.clone();
-    t.write(&mut got, rbase, rs, ps).map_err(|e| format!("tile write: {e}"))?;
+    t.write(&mut got, rbase, rs, ps)
+        .map_err(|e| format!("tile write: {e}"))?;
     for i in 0..t.rows {
         for j in 0..t.cols {
             want[(t.r0 - rbase + i) * rs + (t.p0 + j) * ps] = U::sat(t.codes[j][i] as i64);
         }
     }
     if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
-        return Err(format!("tile write of {} x {} codes at rs {rs} ps {ps} ({}) differs from the direct loop", t.rows, t.cols, core::any::type_name::<U>()));
+        return Err(format!(
+            "tile write of {} x {} codes at rs {rs} ps {ps} ({}) differs from the direct loop",
+            t.rows,
+            t.cols,
+            core::any::type_name::<U>()
+        ));
     }
     Ok(1)
 }
@@ -173,14 +234,23 @@ fn affine_case<T: Code, U: Code>(rng: &mut Rng) -> Check {
     let x: Vec<T> = acts(rng, n, extreme);
     let zx = acts::<T>(rng, 1, false)[0].get();
     let range = (T::MAX - T::MIN) as i64;
-    let a = (u(rng, (1u64 << 46) / range as u64 / 2) as i64 * if u(rng, 2) == 0 { 1 } else { -1 }).clamp(i32::MIN as i64 + 1, i32::MAX as i64) as i32;
+    let a = (u(rng, (1u64 << 46) / range as u64 / 2) as i64 * if u(rng, 2) == 0 { 1 } else { -1 })
+        .clamp(i32::MIN as i64 + 1, i32::MAX as i64) as i32;
     let room = (1i64 << 46) - (a.unsigned_abs() as i64) * range;
-    let b = if room > 1 { u(rng, room as u64) as i64 - room / 2 } else { 0 };
+    let b = if room > 1 {
+        u(rng, room as u64) as i64 - room / 2
+    } else {
+        0
+    };
     let (mut got, mut want) = (vec![U::default(); n], vec![U::default(); n]);
     norm::affine_i32(&x, &mut got, zx, a, b);
     norm::gn_affine_i32(&x, &mut want, zx, a, b);
     if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
-        return Err(format!("groupnorm affine of {n} values (a {a}, b {b}, {} -> {}) differs from its rule", core::any::type_name::<T>(), core::any::type_name::<U>()));
+        return Err(format!(
+            "groupnorm affine of {n} values (a {a}, b {b}, {} -> {}) differs from its rule",
+            core::any::type_name::<T>(),
+            core::any::type_name::<U>()
+        ));
     }
     Ok(1)
 }
@@ -196,7 +266,10 @@ fn moments_case<T: Code>(rng: &mut Rng) -> Check {
         (s + d, q + d * d)
     });
     if super::reference::norm::moments(&x, zx) != want {
-        return Err(format!("groupnorm sums of {n} values ({}) differ from the direct loop", core::any::type_name::<T>()));
+        return Err(format!(
+            "groupnorm sums of {n} values ({}) differ from the direct loop",
+            core::any::type_name::<T>()
+        ));
     }
     Ok(1)
 }
@@ -209,14 +282,27 @@ fn lut_case(rng: &mut Rng) -> Check {
     let mut got = vec![0i8; n];
     super::reference::eltwise::lut(&x, &table, &mut got).map_err(|e| format!("lut: {e}"))?;
     if (0..n).any(|i| got[i] != table[(x[i] as i32 + 128) as usize] as i8) {
-        return Err(format!("int8 table lookup of {n} values differs from the direct loop"));
+        return Err(format!(
+            "int8 table lookup of {n} values differs from the direct loop"
+        ));
     }
     Ok(1)
 }
 
 /// A convolution's sums on `tier` (staged as that tier stages).
 #[allow(clippy::too_many_arguments)]
-fn conv_sums<T: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, k: (usize, usize), s: (usize, usize), o: (usize, usize), epi: Option<&Epilogue<'_>>) -> core::result::Result<Vec<i64>, String> {
+fn conv_sums<T: Code>(
+    tier: Tier,
+    x: &[T],
+    g: &ImageStage,
+    zx: T,
+    w: &[i8],
+    co: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    o: (usize, usize),
+    epi: Option<&Epilogue<'_>>,
+) -> core::result::Result<Vec<i64>, String> {
     let px = g.pixels(k, s, o);
     let exact = T::MAX > 127;
     let e = |e: crate::Error| format!("{e}");
@@ -232,7 +318,16 @@ fn conv_sums<T: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: T, w: &[i8], co: 
 }
 
 /// The specification of a convolution's sums, as a direct loop.
-fn conv_direct<T: Code>(x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, (kh, kw): (usize, usize), (sh, sw): (usize, usize), (oh, ow): (usize, usize)) -> Vec<i64> {
+fn conv_direct<T: Code>(
+    x: &[T],
+    g: &ImageStage,
+    zx: T,
+    w: &[i8],
+    co: usize,
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<i64> {
     let (c4, k4) = (g.c4(), kh * kw * g.c4());
     let mut out = vec![0i64; co * oh * ow];
     for r in 0..co {
@@ -242,8 +337,12 @@ fn conv_direct<T: Code>(x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, (kh
                 for ky in 0..kh {
                     for kx in 0..kw {
                         for ci in 0..g.c {
-                            let (iy, ix) = ((oy * sh + ky) as isize - g.pad[0] as isize, (ox * sw + kx) as isize - g.pad[1] as isize);
-                            let v = if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            let (iy, ix) = (
+                                (oy * sh + ky) as isize - g.pad[0] as isize,
+                                (ox * sw + kx) as isize - g.pad[1] as isize,
+                            );
+                            let v = if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                            {
                                 zx.get()
                             } else {
                                 x[(ci * g.h + iy as usize) * g.w + ix as usize].get()
@@ -262,7 +361,12 @@ fn conv_direct<T: Code>(x: &[T], g: &ImageStage, zx: T, w: &[i8], co: usize, (kh
 }
 
 fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
-    let (c, h, w, co) = (1 + u(rng, 24), 1 + u(rng, 12), 1 + u(rng, 12), 1 + u(rng, 20));
+    let (c, h, w, co) = (
+        1 + u(rng, 24),
+        1 + u(rng, 12),
+        1 + u(rng, 12),
+        1 + u(rng, 20),
+    );
     let k = [1usize, 2, 3, 5][u(rng, 4)];
     let st = 1 + u(rng, 2);
     let p = u(rng, 3).min(k.saturating_sub(1));
@@ -270,7 +374,12 @@ fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
         return Ok(0);
     }
     let (oh, ow) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
-    let g = ImageStage { c, h, w, pad: [p, p, p, p] };
+    let g = ImageStage {
+        c,
+        h,
+        w,
+        pad: [p, p, p, p],
+    };
     let (c4, k4) = (g.c4(), k * k * g.c4());
     let bits = if case % 4 == 3 { 4 } else { 8 };
     let wt = weights(rng, co, k * k * c, |d| Some((d / c) * c4 + d % c), bits, k4);
@@ -313,11 +422,18 @@ fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
             let (r, p) = (i / m, i % m);
             let (mut s32, mut s64) = (0i32, 0i64);
             for q in 0..k {
-                let (wv, v) = (wt[packed_index(r, q, k4)] as i32, x[p * s[0] + q * s[1]].get());
+                let (wv, v) = (
+                    wt[packed_index(r, q, k4)] as i32,
+                    x[p * s[0] + q * s[1]].get(),
+                );
                 s32 = s32.wrapping_add(wv * v);
                 s64 += wv as i64 * v as i64;
             }
-            if exact { s64 } else { s32 as i64 }
+            if exact {
+                s64
+            } else {
+                s32 as i64
+            }
         })
         .collect();
     let e = |e: crate::Error| format!("{e}");
@@ -345,7 +461,11 @@ fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
 
 /// Runs `cases` random cases of the product engine on each of `tiers` and compares with the direct
 /// specification bit for bit. Returns the number of comparisons, or what differed.
-pub fn tiers_match_scalar(tiers: &[Tier], cases: usize, seed: u64) -> core::result::Result<usize, String> {
+pub fn tiers_match_scalar(
+    tiers: &[Tier],
+    cases: usize,
+    seed: u64,
+) -> core::result::Result<usize, String> {
     let mut rng = Rng::new(seed);
     let mut checked = 0usize;
     let mut all = vec![Tier::Scalar];
@@ -357,14 +477,22 @@ pub fn tiers_match_scalar(tiers: &[Tier], cases: usize, seed: u64) -> core::resu
         checked += rows_case::<i16>(&mut rng, &all, case)?;
         checked += write_case::<i8>(&mut rng)?;
         checked += write_case::<i16>(&mut rng)?;
-        checked += affine_case::<i8, i8>(&mut rng)? + affine_case::<i16, i8>(&mut rng)? + affine_case::<i8, i16>(&mut rng)? + affine_case::<i16, i16>(&mut rng)?;
-        checked += lut_case(&mut rng)? + moments_case::<i8>(&mut rng)? + moments_case::<i16>(&mut rng)?;
+        checked += affine_case::<i8, i8>(&mut rng)?
+            + affine_case::<i16, i8>(&mut rng)?
+            + affine_case::<i8, i16>(&mut rng)?
+            + affine_case::<i16, i16>(&mut rng)?;
+        checked +=
+            lut_case(&mut rng)? + moments_case::<i8>(&mut rng)? + moments_case::<i16>(&mut rng)?;
     }
     // long products of extreme values: int16 lanes widen before they overflow
     for k in [1000usize, 4099] {
         let x = vec![i16::MIN; k];
         let w = vec![-127i8; 4 * pad4(k)];
-        let st: Vec<i16> = x.iter().copied().chain(core::iter::repeat_n(0, pad4(k) - k)).collect();
+        let st: Vec<i16> = x
+            .iter()
+            .copied()
+            .chain(core::iter::repeat_n(0, pad4(k) - k))
+            .collect();
         let want = 127i64 * 32768 * k as i64;
         for &t in &all {
             // staged as the tier stages
@@ -372,7 +500,9 @@ pub fn tiers_match_scalar(tiers: &[Tier], cases: usize, seed: u64) -> core::resu
             stage::split_i16(t, &mut st);
             let got = sums(t, &w, 4, &st, Pixels::rows(1, pad4(k), pad4(k)), true, None)?;
             if got.iter().any(|&v| v != want) {
-                return Err(format!("tier {t:?}: extreme int16 product of depth {k} gives {got:?}, not {want}"));
+                return Err(format!(
+                    "tier {t:?}: extreme int16 product of depth {k} gives {got:?}, not {want}"
+                ));
             }
             checked += 1;
         }

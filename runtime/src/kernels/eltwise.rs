@@ -24,7 +24,10 @@ impl BinaryParams {
     /// Whether `combine(a - za, b - zb)` stays within 2^62 for every code of the input types
     /// (`ra`, `rb`: the largest |code - zero| of each input), so i64 is exact.
     pub fn fits_i64(&self, ra: u32, rb: u32) -> bool {
-        let (ma, mb) = (self.mult_a.unsigned_abs() as u128, self.mult_b.unsigned_abs() as u128);
+        let (ma, mb) = (
+            self.mult_a.unsigned_abs() as u128,
+            self.mult_b.unsigned_abs() as u128,
+        );
         let (ra, rb) = (ra as u128, rb as u128);
         let bound = match self.kind {
             BinaryKind::Add | BinaryKind::Sub => ma * ra + mb * rb,
@@ -55,11 +58,19 @@ pub fn binary_i64<A: Code, B: Code, U: Code>(
     p: &BinaryParams,
     out: &mut [U],
 ) -> Result<()> {
-    if extent(shape, sa, 0) > a.len() || extent(shape, sb, 0) > b.len() || extent(shape, so, 0) > out.len() {
-        return Err(Error::BufferLength { expected: 0, got: 0 });
+    if extent(shape, sa, 0) > a.len()
+        || extent(shape, sb, 0) > b.len()
+        || extent(shape, so, 0) > out.len()
+    {
+        return Err(Error::BufferLength {
+            expected: 0,
+            got: 0,
+        });
     }
     if !(A::MIN..=A::MAX).contains(&p.za) || !(B::MIN..=B::MAX).contains(&p.zb) {
-        return Err(Error::Unsupported("binary zero point outside the code range"));
+        return Err(Error::Unsupported(
+            "binary zero point outside the code range",
+        ));
     }
     match p.kind {
         BinaryKind::Add => rows::<A, B, U, 0>(a, sa, b, sb, shape, so, p, out),
@@ -82,7 +93,13 @@ fn rows<A: Code, B: Code, U: Code, const KIND: u8>(
     out: &mut [U],
 ) {
     let shift = p.shift.clamp(1, 62);
-    let c = Coef { ma: p.mult_a as i64, mb: p.mult_b as i64, round: 1i64 << (shift - 1), shift, zo: p.zo as i64 };
+    let c = Coef {
+        ma: p.mult_a as i64,
+        mb: p.mult_b as i64,
+        round: 1i64 << (shift - 1),
+        shift,
+        zo: p.zo as i64,
+    };
     // code - zero fits i32 (|d| < 2^17), so the products below are 32 x 32 -> 64 bits
     let (za, zb) = (p.za, p.zb);
     let op = |x: i32, y: i32| -> U { c.apply::<U, KIND>(x, y) };
@@ -156,20 +173,31 @@ mod tests {
         for case in 0..400 {
             let rank = 1 + next() as usize % 4;
             let shape: Vec<usize> = (0..rank).map(|_| 1 + next() as usize % 5).collect();
-            let bshape: Vec<usize> = shape.iter().map(|&d| if next() % 2 == 0 { 1 } else { d }).collect();
+            let bshape: Vec<usize> = shape
+                .iter()
+                .map(|&d| if next() % 2 == 0 { 1 } else { d })
+                .collect();
             let kind = [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul][case % 3];
             let m = |v: u64| (v as i64 - (1 << 31)).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
             let p = BinaryParams {
                 kind,
-                mult_a: if case % 5 == 0 { i32::MIN } else { m(next() << 1) },
+                mult_a: if case % 5 == 0 {
+                    i32::MIN
+                } else {
+                    m(next() << 1)
+                },
                 mult_b: m(next() << 1),
                 shift: (1 + next() % 62) as u8,
                 za: next() as i32 % 65536 - 32768,
                 zb: next() as i32 % 256 - 128,
                 zo: next() as i32 % 200 - 100,
             };
-            let a: Vec<i16> = (0..shape.iter().product::<usize>()).map(|_| next() as i16).collect();
-            let b: Vec<i8> = (0..bshape.iter().product::<usize>()).map(|_| next() as i8).collect();
+            let a: Vec<i16> = (0..shape.iter().product::<usize>())
+                .map(|_| next() as i16)
+                .collect();
+            let b: Vec<i8> = (0..bshape.iter().product::<usize>())
+                .map(|_| next() as i8)
+                .collect();
             let so = contiguous_strides(&shape);
             let sa = contiguous_strides(&shape);
             let sb = broadcast_strides(&bshape, &shape).unwrap();
@@ -180,7 +208,10 @@ mod tests {
                 BinaryKind::Sub => ma * x - mb * y,
                 BinaryKind::Mul => ma * x * y,
             };
-            binary(&a, p.za, &sa, &b, p.zb, &sb, &shape, &so, combine, p.shift, p.zo, &mut want).unwrap();
+            binary(
+                &a, p.za, &sa, &b, p.zb, &sb, &shape, &so, combine, p.shift, p.zo, &mut want,
+            )
+            .unwrap();
             let reach = |z: i32, lo: i32, hi: i32| (hi - z).abs().max((lo - z).abs()) as u32;
             if p.fits_i64(reach(p.za, -32768, 32767), reach(p.zb, -128, 127)) {
                 binary_i64(&a, &sa, &b, &sb, &shape, &so, &p, &mut got).unwrap();

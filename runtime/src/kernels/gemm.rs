@@ -44,7 +44,10 @@ pub fn abs_row_sum_max(bits: u8, packed: &[u8], n: usize, k4: usize) -> u64 {
     // the lanes of each row added
     let bb = if bits == 4 { 8 } else { 16 };
     let mut most = 0u64;
-    for g in packed.chunks(bb * (k4 / BLOCK).max(1)).take(pad4(n) / BLOCK) {
+    for g in packed
+        .chunks(bb * (k4 / BLOCK).max(1))
+        .take(pad4(n) / BLOCK)
+    {
         let mut lanes = [0u64; 16];
         // u16 lanes for 256 blocks at a time (each adds at most 128), then into u64
         for run in g.chunks(256 * bb) {
@@ -52,7 +55,8 @@ pub fn abs_row_sum_max(bits: u8, packed: &[u8], n: usize, k4: usize) -> u64 {
             for blk in run.chunks_exact(bb) {
                 for (l, &b) in part.iter_mut().zip(blk) {
                     *l += if bits == 4 {
-                        (((b << 4) as i8) >> 4).unsigned_abs() as u16 + ((b as i8) >> 4).unsigned_abs() as u16
+                        (((b << 4) as i8) >> 4).unsigned_abs() as u16
+                            + ((b as i8) >> 4).unsigned_abs() as u16
                     } else {
                         (b as i8).unsigned_abs() as u16
                     };
@@ -157,10 +161,7 @@ impl Pixels {
         if self.count == 0 || self.c4 == 0 {
             return 0;
         }
-        self.base(self.count - 1)
-            + (self.kh - 1) * self.tap_row
-            + (self.kw - 1) * self.c4
-            + self.c4
+        self.base(self.count - 1) + (self.kh - 1) * self.tap_row + (self.kw - 1) * self.c4 + self.c4
     }
 }
 
@@ -311,7 +312,8 @@ impl Tile {
         if self.rows == 0 || self.cols == 0 {
             return Ok(());
         }
-        let last = (self.r0 + self.rows - 1).wrapping_sub(rbase) * rs + (self.p0 + self.cols - 1) * ps;
+        let last =
+            (self.r0 + self.rows - 1).wrapping_sub(rbase) * rs + (self.p0 + self.cols - 1) * ps;
         if self.r0 < rbase || last >= out.len() {
             return Err(Error::BufferLength {
                 expected: last + 1,
@@ -344,7 +346,16 @@ impl Tile {
         if rows == MAX_MR && (rs == 1 || ps == 1) && U::MAX <= i16::MAX as i32 {
             // SAFETY: the tile's last element is in `out` (checked above); U is i8 or i16 and the
             // packs saturate to its range, as `sat` does
-            unsafe { super::x86::write_tile8(&self.codes, cols, out.as_mut_ptr().add(base) as *mut u8, rs, ps, core::mem::size_of::<U>()) };
+            unsafe {
+                super::x86::write_tile8(
+                    &self.codes,
+                    cols,
+                    out.as_mut_ptr().add(base) as *mut u8,
+                    rs,
+                    ps,
+                    core::mem::size_of::<U>(),
+                )
+            };
             return Ok(());
         }
         if ps == 1 {
@@ -418,7 +429,9 @@ pub fn run_rows<T: Code>(
         // SAFETY: the Avx2 tier is only chosen after detecting AVX2
         Tier::Avx2 => unsafe { super::x86::product_rows(prod, (r0, r1), finish, &mut out) },
         #[cfg(target_arch = "aarch64")]
-        Tier::Neon | Tier::NeonDot => super::neon::product_rows(tier, prod, (r0, r1), finish, &mut out),
+        Tier::Neon | Tier::NeonDot => {
+            super::neon::product_rows(tier, prod, (r0, r1), finish, &mut out)
+        }
         _ => scalar_fallback(prod, (r0, r1), finish, &mut out),
     }
     Ok(())
@@ -439,14 +452,16 @@ pub(crate) fn scalar_fallback<T: Code>(
             let bases = prod.px.bases(p0);
             (t.r0, t.p0, t.rows, t.cols) = (r, p0, BLOCK, BLOCK.min(count - p0));
             if !prod.exact {
-                let acc = reference_tile::<T, i32, BLOCK>(prod.w, k4, r, prod.stage, &prod.px, bases);
+                let acc =
+                    reference_tile::<T, i32, BLOCK>(prod.w, k4, r, prod.stage, &prod.px, bases);
                 for i in 0..BLOCK {
                     for j in 0..BLOCK {
                         t.sums[i][j] = acc[i][j] as i64;
                     }
                 }
             } else {
-                let acc = reference_tile::<T, i64, BLOCK>(prod.w, k4, r, prod.stage, &prod.px, bases);
+                let acc =
+                    reference_tile::<T, i64, BLOCK>(prod.w, k4, r, prod.stage, &prod.px, bases);
                 for i in 0..BLOCK {
                     t.sums[i][..BLOCK].copy_from_slice(&acc[i]);
                 }
@@ -461,12 +476,25 @@ pub(crate) fn scalar_fallback<T: Code>(
 /// next 4) over int16 codes (|x| <= 2^15), plus the row's bias and the largest pixel term `col`, stays
 /// below 2^31 in magnitude: then i32 lanes and the wrapping epilogue compute the exact rule, and
 /// an int16 product may accumulate like an int8 one.
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
-pub(crate) fn fits_i32(wsum: u64, col: u64, w0: &[i8], w1: &[i8], finish: Finish<'_>, r: usize) -> bool {
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+pub(crate) fn fits_i32(
+    wsum: u64,
+    col: u64,
+    w0: &[i8],
+    w1: &[i8],
+    finish: Finish<'_>,
+    r: usize,
+) -> bool {
     let Finish::Codes(e) = finish else {
         return false;
     };
-    let bias = (r..r + 2 * BLOCK).map(|i| e.row(i).bias.unsigned_abs() as u64).max().unwrap_or(0);
+    let bias = (r..r + 2 * BLOCK)
+        .map(|i| e.row(i).bias.unsigned_abs() as u64)
+        .max()
+        .unwrap_or(0);
     let room = (1u64 << 31).saturating_sub(bias + col);
     // the bound of the whole product (found at prepare) first, then these rows' own sums
     if wsum < u64::MAX && wsum.saturating_mul(32768) < room {
@@ -478,7 +506,10 @@ pub(crate) fn fits_i32(wsum: u64, col: u64, w0: &[i8], w1: &[i8], finish: Finish
             w.chunks_exact(BLOCK * BLOCK)
                 .fold([0u64; BLOCK], |mut acc, blk| {
                     for (i, a) in acc.iter_mut().enumerate() {
-                        *a += blk[i * BLOCK..(i + 1) * BLOCK].iter().map(|v| v.unsigned_abs() as u64).sum::<u64>();
+                        *a += blk[i * BLOCK..(i + 1) * BLOCK]
+                            .iter()
+                            .map(|v| v.unsigned_abs() as u64)
+                            .sum::<u64>();
                     }
                     acc
                 })
@@ -488,10 +519,18 @@ pub(crate) fn fits_i32(wsum: u64, col: u64, w0: &[i8], w1: &[i8], finish: Finish
 }
 
 /// The largest |pixel term| of an epilogue (0 without one).
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(crate) fn col_max(finish: Finish<'_>) -> u64 {
     match finish {
-        Finish::Codes(e) => e.col.iter().map(|v| v.unsigned_abs() as u64).max().unwrap_or(0),
+        Finish::Codes(e) => e
+            .col
+            .iter()
+            .map(|v| v.unsigned_abs() as u64)
+            .max()
+            .unwrap_or(0),
         Finish::Sums => 0,
     }
 }
@@ -515,7 +554,10 @@ pub(crate) fn finish_sums(t: &mut Tile, finish: Finish<'_>, exact: bool) {
 pub enum Requants<'a> {
     /// little-endian (mult i32, shift i32) per row
     PerRow(&'a [u8]),
-    Uniform { mult: i32, shift: u8 },
+    Uniform {
+        mult: i32,
+        shift: u8,
+    },
 }
 
 /// The epilogue of a product: the int32 bias per row (little endian) and, optionally, one per
@@ -545,7 +587,14 @@ pub struct RowConsts {
 impl<'a> Epilogue<'a> {
     /// Per-row bias and requantization, no per-pixel term, codes of type `U`.
     pub fn new<U: Code>(bias: &'a [u8], requant: Requants<'a>, zo: i32) -> Self {
-        Epilogue { bias, requant, col: &[], zo, lo: U::MIN, hi: U::MAX }
+        Epilogue {
+            bias,
+            requant,
+            col: &[],
+            zo,
+            lo: U::MIN,
+            hi: U::MAX,
+        }
     }
 
     /// Checks the tables cover `n` rows and `col` (if given) `pixels` pixels.
@@ -567,7 +616,11 @@ impl<'a> Epilogue<'a> {
     #[inline(always)]
     pub fn row(&self, r: usize) -> RowConsts {
         if 4 * r + 4 > self.bias.len() {
-            return RowConsts { bias: 0, mult: 0, shift: 32 };
+            return RowConsts {
+                bias: 0,
+                mult: 0,
+                shift: 32,
+            };
         }
         let (mult, shift) = match self.requant {
             Requants::PerRow(t) => super::requant_entry(t, r),
@@ -613,12 +666,28 @@ mod wsum_tests {
     #[test]
     fn abs_row_sum_max_matches_a_direct_sum() {
         let (n, k4) = (7, 12);
-        let w: Vec<i8> = (0..pad4(n) * k4).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
-        let direct = |f: &dyn Fn(usize, usize) -> i8| (0..n).map(|r| (0..k4).map(|q| f(r, q).unsigned_abs() as u64).sum::<u64>()).max().unwrap();
+        let w: Vec<i8> = (0..pad4(n) * k4)
+            .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+            .collect();
+        let direct = |f: &dyn Fn(usize, usize) -> i8| {
+            (0..n)
+                .map(|r| (0..k4).map(|q| f(r, q).unsigned_abs() as u64).sum::<u64>())
+                .max()
+                .unwrap()
+        };
         let bytes: Vec<u8> = w.iter().map(|&v| v as u8).collect();
-        assert_eq!(abs_row_sum_max(8, &bytes, n, k4), direct(&|r, q| w[packed_index(r, q, k4)]));
+        assert_eq!(
+            abs_row_sum_max(8, &bytes, n, k4),
+            direct(&|r, q| w[packed_index(r, q, k4)])
+        );
         let w4: Vec<i8> = w.iter().map(|&v| v.rem_euclid(16) - 8).collect();
-        let packed: Vec<u8> = w4.chunks(2).map(|p| (p[0] as u8 & 15) | ((p[1] as u8) << 4)).collect();
-        assert_eq!(abs_row_sum_max(4, &packed, n, k4), direct(&|r, q| w4[packed_index(r, q, k4)]));
+        let packed: Vec<u8> = w4
+            .chunks(2)
+            .map(|p| (p[0] as u8 & 15) | ((p[1] as u8) << 4))
+            .collect();
+        assert_eq!(
+            abs_row_sum_max(4, &packed, n, k4),
+            direct(&|r, q| w4[packed_index(r, q, k4)])
+        );
     }
 }

@@ -12,6 +12,8 @@ pub mod gemm;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 #[cfg(target_arch = "aarch64")]
+pub mod neon_i16;
+#[cfg(target_arch = "aarch64")]
 pub mod neon_ops;
 pub mod reference;
 pub mod stage;
@@ -361,7 +363,14 @@ impl<const K: usize> Rows<K> {
             }
         }
         let done = shape.contains(&0);
-        Rows { dims, st, rank, idx: [0; MAX_RANK], offs: base, done }
+        Rows {
+            dims,
+            st,
+            rank,
+            idx: [0; MAX_RANK],
+            offs: base,
+            done,
+        }
     }
 
     /// The next row: its operands' offsets, its length and the operands' strides along it.
@@ -376,7 +385,11 @@ impl<const K: usize> Rows<K> {
             return Some((self.offs, 1, [0; K]));
         }
         let last = self.rank - 1;
-        let row = (self.offs, self.dims[last], core::array::from_fn(|k| self.st[k][last]));
+        let row = (
+            self.offs,
+            self.dims[last],
+            core::array::from_fn(|k| self.st[k][last]),
+        );
         // odometer over the outer axes
         let mut ax = last;
         loop {

@@ -11,7 +11,7 @@
 //!   lane pairs into i32; the lane pairs of each row are added at the end. Tiles of 8 rows x 4
 //!   pixels.
 //!
-//! - int16 activations (both tiers): `LD4` splits two consecutive weight blocks into four vectors,
+//! - int16 activations (both tiers; the tiles are in [`super::neon_i16`]): `LD4` splits two consecutive weight blocks into four vectors,
 //!   one per depth position (lanes: the 4 rows of each block), `SXTL` widens them to i16, and
 //!   `SMLAL`/`SMLAL2` by element multiply them by one staged value of the pixel into i32 lanes (one
 //!   lane per row). Tiles of 8 rows x 8 pixels.
@@ -42,9 +42,15 @@ pub fn product_rows<T: Code>(
         if core::mem::size_of::<T>() == 2 {
             if tier == Tier::NeonDot {
                 // staged as split bytes (`stage::split_i16`)
-                return rows_i16_dot(prod, bytemuck::cast_slice(stage), (r0, r1), finish, out);
+                return super::neon_i16::rows_i16_dot(
+                    prod,
+                    bytemuck::cast_slice(stage),
+                    (r0, r1),
+                    finish,
+                    out,
+                );
             }
-            return rows_i16(prod, stage, (r0, r1), finish, out);
+            return super::neon_i16::rows_i16(prod, stage, (r0, r1), finish, out);
         }
     }
     let stage: &[i8] = match bytemuck::try_cast_slice(prod.stage) {
@@ -53,141 +59,111 @@ pub fn product_rows<T: Code>(
     };
     let mut t = Tile::new();
     let px = &prod.px;
-    let k4 = px.k4();
-    let mut r = r0;
-    while r < r1 {
-        let two = r + 2 * BLOCK <= r1;
-        let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
-        let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
-        let rows = if two { 2 * BLOCK } else { BLOCK };
-        let epi = Epi::new(finish, r);
+    for g in groups(prod, (r0, r1), finish) {
         if tier == Tier::NeonDot {
             for p0 in (0..px.count).step_by(8) {
-                let bases = px.bases(p0);
                 // SAFETY: dotprod was detected for this tier; every read is in bounds
                 // (`Product::check` bounds the pixels' extent and the weights).
-                let s = unsafe { tile_sdot(w0, w1, stage, bases, px) };
-                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
+                let s = unsafe { tile_sdot(g.w0, g.w1, stage, px.bases(p0), px) };
+                emit(
+                    &s,
+                    (g.r, g.rows, p0, px.count),
+                    finish,
+                    g.epi.as_ref(),
+                    &mut t,
+                    out,
+                );
             }
         } else {
             for p0 in (0..px.count).step_by(4) {
-                let bases = px.bases(p0);
                 // SAFETY: NEON is baseline on aarch64; reads as above.
-                let s = unsafe { tile_neon(w0, w1, stage, bases, px, prod.full_range) };
-                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
+                let s = unsafe { tile_neon(g.w0, g.w1, stage, px.bases(p0), px, prod.full_range) };
+                emit(
+                    &s,
+                    (g.r, g.rows, p0, px.count),
+                    finish,
+                    g.epi.as_ref(),
+                    &mut t,
+                    out,
+                );
             }
         }
-        r += rows;
     }
 }
 
-/// Int16 activations, both tiers: 8 x 8 tiles of `tile_i16`.
-fn rows_i16<T: Code>(
-    prod: &Product<'_, T>,
-    stage: &[i16],
-    (r0, r1): (usize, usize),
-    finish: Finish<'_>,
-    out: &mut impl FnMut(&mut Tile),
-) {
-    let mut t = Tile::new();
-    let px = &prod.px;
-    let k4 = px.k4();
-    let col = super::gemm::col_max(finish);
-    let mut r = r0;
-    while r < r1 {
-        let two = r + 2 * BLOCK <= r1;
-        let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
-        let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
-        let rows = if two { 2 * BLOCK } else { BLOCK };
-        let epi = Epi::new(finish, r);
-        // exact sums: in i32 lanes when they provably fit, else widened into i64
-        let wide = prod.exact && !(epi.is_some() && fits_i32(prod.wsum, col, &w0[..BLOCK * k4], &w1[..BLOCK * k4], finish, r));
-        for p0 in (0..px.count).step_by(8) {
-            let bases = px.bases(p0);
-            if wide {
-                let mut total = [[0i64; 8]; 8];
-                // SAFETY: NEON is baseline on aarch64; reads as in `product_rows`.
-                unsafe { tile_i16::<true>(w0, w1, stage, bases, px, &mut total) };
-                (t.r0, t.p0, t.rows, t.cols) = (r, p0, rows, 8.min(px.count - p0));
-                for i in 0..rows {
-                    t.sums[i][..8].copy_from_slice(&total[i]);
-                }
-                finish_sums(&mut t, finish, true);
-                out(&mut t);
-            } else {
-                // SAFETY: as above
-                let s = unsafe { tile_i16::<false>(w0, w1, stage, bases, px, &mut [[0; 8]; 8]) };
-                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
-            }
-        }
-        r += rows;
+/// One group of (up to) 8 output rows: its first row, its row count, the packed weights of its
+/// two blocks of 4 rows (the first again when there is one) and its epilogue's constants.
+pub(super) struct Group<'w> {
+    pub(super) r: usize,
+    pub(super) rows: usize,
+    pub(super) w0: &'w [i8],
+    pub(super) w1: &'w [i8],
+    pub(super) epi: Option<Epi>,
+}
+
+impl Group<'_> {
+    /// Whether this group's int16 sums need i64 (exact sums that may not fit i32).
+    pub(super) fn wide<T: Code>(
+        &self,
+        prod: &Product<'_, T>,
+        col: u64,
+        finish: Finish<'_>,
+    ) -> bool {
+        let n = BLOCK * prod.px.k4();
+        prod.exact
+            && !(self.epi.is_some()
+                && fits_i32(prod.wsum, col, &self.w0[..n], &self.w1[..n], finish, self.r))
     }
 }
 
-/// Int16 activations on the dotprod tier: 8 x 4 tiles of `tile_i16_dot` over the split stage.
-fn rows_i16_dot<T: Code>(
-    prod: &Product<'_, T>,
-    stage: &[i8],
+/// The row groups of rows `r0..r1` of `prod`.
+pub(super) fn groups<'w, 'p, 'f, T: Code>(
+    prod: &'w Product<'p, T>,
     (r0, r1): (usize, usize),
-    finish: Finish<'_>,
-    out: &mut impl FnMut(&mut Tile),
-) {
-    let mut t = Tile::new();
-    let px = &prod.px;
-    let k4 = px.k4();
-    let col = super::gemm::col_max(finish);
-    let mut r = r0;
-    while r < r1 {
+    finish: Finish<'f>,
+) -> impl Iterator<Item = Group<'w>> + use<'w, 'p, 'f, T> {
+    let k4 = prod.px.k4();
+    (r0..r1).step_by(2 * BLOCK).map(move |r| {
+        // 8 rows, or the last 4 (both blocks then the same)
         let two = r + 2 * BLOCK <= r1;
         let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
-        let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
-        let rows = if two { 2 * BLOCK } else { BLOCK };
-        let epi = Epi::new(finish, r);
-        let wide = prod.exact && !(epi.is_some() && fits_i32(prod.wsum, col, &w0[..BLOCK * k4], &w1[..BLOCK * k4], finish, r));
-        // the split stage's offset: 128 times each row's weight sum
-        let wsum: [i64; 8] = core::array::from_fn(|i| {
-            let w = if i < BLOCK { w0 } else { w1 };
-            w[..BLOCK * k4].chunks_exact(BLOCK * BLOCK).map(|blk| blk[(i % BLOCK) * BLOCK..][..BLOCK].iter().map(|&v| v as i64).sum::<i64>()).sum::<i64>() * 128
-        });
-        let corr: [int32x4_t; 2] = core::array::from_fn(|b| {
-            let c: [i32; 4] = core::array::from_fn(|i| wsum[b * BLOCK + i] as i32);
-            // SAFETY: `c` holds 4 i32
-            unsafe { vld1q_s32(c.as_ptr()) }
-        });
-        for p0 in (0..px.count).step_by(4) {
-            let bases = px.bases(p0);
-            if wide {
-                let mut total = [[0i64; 4]; 8];
-                // SAFETY: dotprod was detected for this tier; reads as in `product_rows` (the
-                // split stage has the same bytes as the i16 one)
-                unsafe { tile_i16_dot::<true>(w0, w1, stage, bases, px, &mut total) };
-                (t.r0, t.p0, t.rows, t.cols) = (r, p0, rows, 4.min(px.count - p0));
-                for i in 0..rows {
-                    for j in 0..4 {
-                        t.sums[i][j] = total[i][j] + wsum[i];
-                    }
-                }
-                finish_sums(&mut t, finish, true);
-                out(&mut t);
-            } else {
-                // SAFETY: as above
-                let mut s = unsafe { tile_i16_dot::<false>(w0, w1, stage, bases, px, &mut [[0; 4]; 8]) };
-                for (g, c) in s.iter_mut().zip(corr) {
-                    for v in g.iter_mut() {
-                        // SAFETY: NEON is baseline on aarch64
-                        *v = unsafe { vaddq_s32(*v, c) };
-                    }
-                }
-                emit(&s, (r, rows, p0, px.count), finish, epi.as_ref(), &mut t, out);
-            }
+        let w1 = if two {
+            &prod.w[(r / BLOCK + 1) * BLOCK * k4..]
+        } else {
+            w0
+        };
+        Group {
+            r,
+            rows: if two { 2 * BLOCK } else { BLOCK },
+            w0,
+            w1,
+            epi: Epi::new(finish, r),
         }
-        r += rows;
+    })
+}
+
+/// Delivers a tile whose exact sums (`total[row][pixel]`, plus `add[row]`) need the scalar epilogue.
+pub(super) fn emit_wide<const NP: usize>(
+    total: &[[i64; NP]; 8],
+    add: &[i64; 8],
+    (r, rows, p0, count): (usize, usize, usize, usize),
+    finish: Finish<'_>,
+    t: &mut Tile,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    (t.r0, t.p0, t.rows, t.cols) = (r, p0, rows, NP.min(count - p0));
+    for i in 0..rows {
+        for j in 0..NP {
+            t.sums[i][j] = total[i][j] + add[i];
+        }
     }
+    finish_sums(t, finish, true);
+    out(t);
 }
 
 /// The epilogue's constants of 8 rows as vectors (rows in lanes): bias, multiplier, the negated
 /// shifts as i64 pairs (for `SRSHL`), zero point and clamp bounds.
-struct Epi {
+pub(super) struct Epi {
     bias: [int32x4_t; 2],
     mult: [int32x4_t; 2],
     nshift: [int64x2_t; 4],
@@ -230,7 +206,10 @@ impl Epi {
         // SAFETY: NEON is baseline on aarch64
         unsafe {
             let v = vaddq_s32(vaddq_s32(acc, self.bias[b]), vdupq_n_s32(col));
-            let lo = vrshlq_s64(vmull_s32(vget_low_s32(v), vget_low_s32(self.mult[b])), self.nshift[2 * b]);
+            let lo = vrshlq_s64(
+                vmull_s32(vget_low_s32(v), vget_low_s32(self.mult[b])),
+                self.nshift[2 * b],
+            );
             let hi = vrshlq_s64(vmull_high_s32(v, self.mult[b]), self.nshift[2 * b + 1]);
             let n = vqaddq_s32(vcombine_s32(vqmovn_s64(lo), vqmovn_s64(hi)), self.zo);
             vminq_s32(vmaxq_s32(n, self.lo), self.hi)
@@ -240,7 +219,7 @@ impl Epi {
 
 /// Delivers a tile from its accumulators (`s[b][j]`: rows `4 b ..`, pixel `j`): codes through the
 /// vector epilogue, or the sums.
-fn emit<const NP: usize>(
+pub(super) fn emit<const NP: usize>(
     s: &[[int32x4_t; NP]; 2],
     (r, rows, p0, count): (usize, usize, usize, usize),
     finish: Finish<'_>,
@@ -255,7 +234,12 @@ fn emit<const NP: usize>(
                 let col = pixel_term(e, p0 + j);
                 for b in 0..rows / BLOCK {
                     // SAFETY: a row of codes holds 8 i32
-                    unsafe { vst1q_s32(t.codes[j].as_mut_ptr().add(b * BLOCK), c.codes(s[b][j], b, col)) };
+                    unsafe {
+                        vst1q_s32(
+                            t.codes[j].as_mut_ptr().add(b * BLOCK),
+                            c.codes(s[b][j], b, col),
+                        )
+                    };
                 }
             }
         }
@@ -286,7 +270,7 @@ fn pixel_term(e: &Epilogue<'_>, p: usize) -> i32 {
 /// # Safety
 /// 16 bytes at `*p` must be readable.
 #[inline(always)]
-unsafe fn load_post(p: &mut *const i8) -> int8x16_t {
+pub(super) unsafe fn load_post(p: &mut *const i8) -> int8x16_t {
     let v: int8x16_t;
     // SAFETY: the caller guarantees the bytes are readable
     unsafe {
@@ -313,7 +297,7 @@ unsafe fn splat4_post(p: &mut *const i8) -> int8x16_t {
 
 /// The stage offset of every kernel tap, in the weights' depth order.
 #[inline(always)]
-fn for_each_tap(px: &Pixels, mut f: impl FnMut(usize)) {
+pub(super) fn for_each_tap(px: &Pixels, mut f: impl FnMut(usize)) {
     for ky in 0..px.kh {
         for kx in 0..px.kw {
             f(ky * px.tap_row + kx * px.c4);
@@ -323,7 +307,13 @@ fn for_each_tap(px: &Pixels, mut f: impl FnMut(usize)) {
 
 /// 8 rows x 8 pixels with SDOT.
 #[inline(never)]
-unsafe fn tile_sdot(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 8], px: &Pixels) -> [[int32x4_t; 8]; 2] {
+unsafe fn tile_sdot(
+    w0: &[i8],
+    w1: &[i8],
+    x: &[i8],
+    bases: [usize; 8],
+    px: &Pixels,
+) -> [[int32x4_t; 8]; 2] {
     let (wp0, wp1, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
     // SAFETY (whole function): loads of block `q` of the two weight rows and of 4 staged bytes per
     // pixel are in bounds (see `product_rows`); the caller checked the dotprod feature.
@@ -386,7 +376,14 @@ unsafe fn tile_sdot(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 8], px: &Pixe
 /// 8 rows x 4 pixels with SMULL/SMLAL/SADALP, two blocks per i16 accumulation (one when the
 /// weights may hold -128: two products of -128 x -128 would overflow i16).
 #[inline(never)]
-unsafe fn tile_neon(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixels, full_range: bool) -> [[int32x4_t; 4]; 2] {
+unsafe fn tile_neon(
+    w0: &[i8],
+    w1: &[i8],
+    x: &[i8],
+    bases: [usize; 4],
+    px: &Pixels,
+    full_range: bool,
+) -> [[int32x4_t; 4]; 2] {
     let (wp0, wp1, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
     // SAFETY (whole function): as in `tile_sdot`; NEON is baseline on aarch64.
     unsafe {
@@ -396,9 +393,19 @@ unsafe fn tile_neon(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixe
         // blocks (w, x) and (v, y) of pixel j: products into i16 lanes (two per lane), lane pairs
         // added into i32 (one asm block per pixel keeps the temporaries few and the accumulators
         // in their registers)
-        let mac = |lo: &mut [[int32x4_t; 4]; 2], hi: &mut [[int32x4_t; 4]; 2], j: usize, w: [int8x16_t; 2], x: int8x16_t, v: [int8x16_t; 2], y: int8x16_t| {
-            let [l0, l1] = &mut lo[..] else { unreachable!() };
-            let [h0, h1] = &mut hi[..] else { unreachable!() };
+        let mac = |lo: &mut [[int32x4_t; 4]; 2],
+                   hi: &mut [[int32x4_t; 4]; 2],
+                   j: usize,
+                   w: [int8x16_t; 2],
+                   x: int8x16_t,
+                   v: [int8x16_t; 2],
+                   y: int8x16_t| {
+            let [l0, l1] = &mut lo[..] else {
+                unreachable!()
+            };
+            let [h0, h1] = &mut hi[..] else {
+                unreachable!()
+            };
             core::arch::asm!(
                 "smull  {t0:v}.8h, {w0:v}.8b,  {x:v}.8b",
                 "smull2 {t1:v}.8h, {w0:v}.16b, {x:v}.16b",
@@ -443,205 +450,5 @@ unsafe fn tile_neon(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixe
         });
         // the lane pairs of each row added: rows 4 k .. 4 k + 4 of pixel j
         core::array::from_fn(|k| core::array::from_fn(|j| vpaddq_s32(lo[k][j], hi[k][j])))
-    }
-}
-
-/// Blocks an i32 lane of the int16 tile accumulates before it is widened: 64 blocks of 4 products
-/// of at most 2^15 * 2^7 stay below 2^31.
-const WIDEN_EVERY: usize = 64;
-
-/// 8 rows x 8 pixels over int16 activations with `SMLAL`/`SMLAL2` by element. Returns the wrapping
-/// i32 sums (`[b][j]`: rows `4 b ..`, pixel `j`); with `WIDE` adds the exact sums into
-/// `total[row][pixel]` instead (every `WIDEN_EVERY` blocks and at the end of each tap).
-#[inline(never)]
-unsafe fn tile_i16<const WIDE: bool>(w0: &[i8], w1: &[i8], x: &[i16], bases: [usize; 8], px: &Pixels, total: &mut [[i64; 8]; 8]) -> [[int32x4_t; 8]; 2] {
-    let (mut pa, mut pb, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
-    // SAFETY (whole function): as in `tile_sdot` (a pair of blocks is read only when both are in
-    // the tap; a tap's last odd block is copied into a zero-padded buffer first).
-    unsafe {
-        let mut acc = [[vdupq_n_s32(0); 8]; 2];
-        // weights of a pair of blocks: per depth position d, rows 0-3 of the first block in the
-        // low half and of the second in the high half, as i16
-        let split = |p: *const i8| -> [int16x8_t; 4] {
-            let v = vld4_s8(p);
-            [vmovl_s8(v.0), vmovl_s8(v.1), vmovl_s8(v.2), vmovl_s8(v.3)]
-        };
-        // pixel j's 8 staged values x times both row groups' weights: 16 `SMLAL(2)` by element in
-        // one asm block (the accumulators stay in registers across the unrolled pixels)
-        let mac = |a: &mut int32x4_t, b: &mut int32x4_t, w: &[int16x8_t; 4], v: &[int16x8_t; 4], x: int16x8_t| {
-            core::arch::asm!(
-                "smlal  {a:v}.4s, {w0:v}.4h, {x:v}.h[0]",
-                "smlal  {b:v}.4s, {v0:v}.4h, {x:v}.h[0]",
-                "smlal  {a:v}.4s, {w1:v}.4h, {x:v}.h[1]",
-                "smlal  {b:v}.4s, {v1:v}.4h, {x:v}.h[1]",
-                "smlal  {a:v}.4s, {w2:v}.4h, {x:v}.h[2]",
-                "smlal  {b:v}.4s, {v2:v}.4h, {x:v}.h[2]",
-                "smlal  {a:v}.4s, {w3:v}.4h, {x:v}.h[3]",
-                "smlal  {b:v}.4s, {v3:v}.4h, {x:v}.h[3]",
-                "smlal2 {a:v}.4s, {w0:v}.8h, {x:v}.h[4]",
-                "smlal2 {b:v}.4s, {v0:v}.8h, {x:v}.h[4]",
-                "smlal2 {a:v}.4s, {w1:v}.8h, {x:v}.h[5]",
-                "smlal2 {b:v}.4s, {v1:v}.8h, {x:v}.h[5]",
-                "smlal2 {a:v}.4s, {w2:v}.8h, {x:v}.h[6]",
-                "smlal2 {b:v}.4s, {v2:v}.8h, {x:v}.h[6]",
-                "smlal2 {a:v}.4s, {w3:v}.8h, {x:v}.h[7]",
-                "smlal2 {b:v}.4s, {v3:v}.8h, {x:v}.h[7]",
-                a = inout(vreg) *a, b = inout(vreg) *b,
-                w0 = in(vreg) w[0], w1 = in(vreg) w[1], w2 = in(vreg) w[2], w3 = in(vreg) w[3],
-                v0 = in(vreg) v[0], v1 = in(vreg) v[1], v2 = in(vreg) v[2], v3 = in(vreg) v[3],
-                x = in(vreg_low16) x,
-                options(pure, nomem, nostack, preserves_flags)
-            );
-        };
-        let mut flush = |acc: &mut [[int32x4_t; 8]; 2]| {
-            if WIDE {
-                for (b, group) in acc.iter_mut().enumerate() {
-                    for (j, a) in group.iter_mut().enumerate() {
-                        let mut lanes = [0i32; 4];
-                        vst1q_s32(lanes.as_mut_ptr(), *a);
-                        for i in 0..BLOCK {
-                            total[b * BLOCK + i][j] += lanes[i] as i64;
-                        }
-                        *a = vdupq_n_s32(0);
-                    }
-                }
-            }
-        };
-        let blocks = px.c4 / BLOCK;
-        for_each_tap(px, |tap| {
-            let xs: [*const i16; 8] = core::array::from_fn(|j| xp.add(bases[j] + tap));
-            let mut b = 0;
-            let mut since = 0;
-            while b + 2 <= blocks {
-                let (wa, wb) = (split(pa), split(pb));
-                (pa, pb) = (pa.add(2 * BLOCK * BLOCK), pb.add(2 * BLOCK * BLOCK));
-                let [a0, a1] = &mut acc;
-                for j in 0..8 {
-                    let xv = vld1q_s16(xs[j].add(b * BLOCK));
-                    mac(&mut a0[j], &mut a1[j], &wa, &wb, xv);
-                }
-                b += 2;
-                since += 2;
-                if WIDE && since >= WIDEN_EVERY {
-                    flush(&mut acc);
-                    since = 0;
-                }
-            }
-            if b < blocks {
-                // the tap's last block alone: its partner is zero
-                let mut bufa = [0i8; 2 * BLOCK * BLOCK];
-                let mut bufb = [0i8; 2 * BLOCK * BLOCK];
-                core::ptr::copy_nonoverlapping(pa, bufa.as_mut_ptr(), BLOCK * BLOCK);
-                core::ptr::copy_nonoverlapping(pb, bufb.as_mut_ptr(), BLOCK * BLOCK);
-                (pa, pb) = (pa.add(BLOCK * BLOCK), pb.add(BLOCK * BLOCK));
-                let (wa, wb) = (split(bufa.as_ptr()), split(bufb.as_ptr()));
-                let [a0, a1] = &mut acc;
-                for j in 0..8 {
-                    let xv = vcombine_s16(vld1_s16(xs[j].add(b * BLOCK)), vdup_n_s16(0));
-                    mac(&mut a0[j], &mut a1[j], &wa, &wb, xv);
-                }
-            }
-            flush(&mut acc);
-        });
-        acc
-    }
-}
-
-/// Blocks the split int16 tile accumulates before it widens: each half's lane then holds at most
-/// 1024 x 4 products of 128 x 127, far below 2^31.
-const DOT_WIDEN_EVERY: usize = 1024;
-
-/// 8 rows x 4 pixels over a split int16 stage (`stage::split_i16`) with `SDOT` by element: per
-/// pixel and pair of blocks one 16-byte load (low bytes and high bytes of both blocks) and 8
-/// `SDOT`s into a low and a high accumulator, combined as `256 high + low` (the caller adds the
-/// stage's offset, `128 * sum(w)` per row). Returns the wrapping i32 sums (`[b][j]`); with `WIDE`
-/// adds the exact sums into `total[row][pixel]` instead.
-#[inline(never)]
-unsafe fn tile_i16_dot<const WIDE: bool>(w0: &[i8], w1: &[i8], x: &[i8], bases: [usize; 4], px: &Pixels, total: &mut [[i64; 4]; 8]) -> [[int32x4_t; 4]; 2] {
-    let (mut pa, mut pb, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
-    // SAFETY (whole function): the caller checked dotprod; a pixel's bytes of a block are
-    // `2 * 4` at twice its i16 offset, in bounds as the i16 stage was (`Product::check`)
-    unsafe {
-        let mut lo = [[vdupq_n_s32(0); 4]; 2];
-        let mut hi = [[vdupq_n_s32(0); 4]; 2];
-        let mut flush = |lo: &mut [[int32x4_t; 4]; 2], hi: &mut [[int32x4_t; 4]; 2]| {
-            if WIDE {
-                for b in 0..2 {
-                    for j in 0..4 {
-                        let (mut l, mut h) = ([0i32; 4], [0i32; 4]);
-                        vst1q_s32(l.as_mut_ptr(), lo[b][j]);
-                        vst1q_s32(h.as_mut_ptr(), hi[b][j]);
-                        for i in 0..BLOCK {
-                            total[b * BLOCK + i][j] += 256 * h[i] as i64 + l[i] as i64;
-                        }
-                        (lo[b][j], hi[b][j]) = (vdupq_n_s32(0), vdupq_n_s32(0));
-                    }
-                }
-            }
-        };
-        let blocks = px.c4 / BLOCK;
-        let mut since = 0;
-        for_each_tap(px, |tap| {
-            let mut xs: [*const i8; 4] = core::array::from_fn(|j| xp.add(2 * (bases[j] + tap)));
-            for _ in 0..blocks / 2 {
-                let wa = vld1q_s8_x2(pa);
-                let wb = vld1q_s8_x2(pb);
-                (pa, pb) = (pa.add(2 * BLOCK * BLOCK), pb.add(2 * BLOCK * BLOCK));
-                let ([l0, l1], [h0, h1]) = (&mut lo, &mut hi);
-                for j in 0..4 {
-                    let xv = load_post(&mut xs[j]);
-                    core::arch::asm!(
-                        ".arch_extension dotprod",
-                        "sdot {la:v}.4s, {w0:v}.16b, {x:v}.4b[0]",
-                        "sdot {ha:v}.4s, {w0:v}.16b, {x:v}.4b[1]",
-                        "sdot {lb:v}.4s, {v0:v}.16b, {x:v}.4b[0]",
-                        "sdot {hb:v}.4s, {v0:v}.16b, {x:v}.4b[1]",
-                        "sdot {la:v}.4s, {w1:v}.16b, {x:v}.4b[2]",
-                        "sdot {ha:v}.4s, {w1:v}.16b, {x:v}.4b[3]",
-                        "sdot {lb:v}.4s, {v1:v}.16b, {x:v}.4b[2]",
-                        "sdot {hb:v}.4s, {v1:v}.16b, {x:v}.4b[3]",
-                        la = inout(vreg) l0[j], ha = inout(vreg) h0[j],
-                        lb = inout(vreg) l1[j], hb = inout(vreg) h1[j],
-                        w0 = in(vreg) wa.0, w1 = in(vreg) wa.1, v0 = in(vreg) wb.0, v1 = in(vreg) wb.1,
-                        x = in(vreg) xv,
-                        options(pure, nomem, nostack, preserves_flags)
-                    );
-                }
-                since += 2;
-                if WIDE && since >= DOT_WIDEN_EVERY {
-                    flush(&mut lo, &mut hi);
-                    since = 0;
-                }
-            }
-            if blocks % 2 == 1 {
-                // the tap's last block: its 8 bytes (low, then high) per pixel
-                let wa = load_post(&mut pa);
-                let wb = load_post(&mut pb);
-                let ([l0, l1], [h0, h1]) = (&mut lo, &mut hi);
-                for j in 0..4 {
-                    let xv = vcombine_s8(vld1_s8(xs[j]), vdup_n_s8(0));
-                    core::arch::asm!(
-                        ".arch_extension dotprod",
-                        "sdot {la:v}.4s, {w0:v}.16b, {x:v}.4b[0]",
-                        "sdot {ha:v}.4s, {w0:v}.16b, {x:v}.4b[1]",
-                        "sdot {lb:v}.4s, {v0:v}.16b, {x:v}.4b[0]",
-                        "sdot {hb:v}.4s, {v0:v}.16b, {x:v}.4b[1]",
-                        la = inout(vreg) l0[j], ha = inout(vreg) h0[j],
-                        lb = inout(vreg) l1[j], hb = inout(vreg) h1[j],
-                        w0 = in(vreg) wa, v0 = in(vreg) wb,
-                        x = in(vreg) xv,
-                        options(pure, nomem, nostack, preserves_flags)
-                    );
-                }
-                since += 1;
-                if WIDE && since >= DOT_WIDEN_EVERY {
-                    flush(&mut lo, &mut hi);
-                    since = 0;
-                }
-            }
-        });
-        flush(&mut lo, &mut hi);
-        // 256 high + low, wrapping (exact when the sums fit i32, which is when this is used)
-        core::array::from_fn(|b| core::array::from_fn(|j| vaddq_s32(vshlq_n_s32::<8>(hi[b][j]), lo[b][j])))
     }
 }

@@ -59,16 +59,29 @@ fn transpose_h(r: [int16x8_t; 8]) -> [int16x8_t; 8] {
     // SAFETY: NEON is baseline on aarch64
     unsafe {
         // [k][0]: lanes 0-3 of vectors 2k, 2k + 1 interleaved; [k][1]: lanes 4-7
-        let z1: [[int16x8_t; 2]; 4] = core::array::from_fn(|k| [vzip1q_s16(r[2 * k], r[2 * k + 1]), vzip2q_s16(r[2 * k], r[2 * k + 1])]);
+        let z1: [[int16x8_t; 2]; 4] = core::array::from_fn(|k| {
+            [
+                vzip1q_s16(r[2 * k], r[2 * k + 1]),
+                vzip2q_s16(r[2 * k], r[2 * k + 1]),
+            ]
+        });
         let w = |v: int16x8_t| vreinterpretq_s32_s16(v);
         // [g][q]: lanes 2q, 2q + 1 of vectors 4g .. 4g + 4
         let z2: [[int32x4_t; 4]; 2] = core::array::from_fn(|g| {
             let (a, b) = (z1[2 * g], z1[2 * g + 1]);
-            [vzip1q_s32(w(a[0]), w(b[0])), vzip2q_s32(w(a[0]), w(b[0])), vzip1q_s32(w(a[1]), w(b[1])), vzip2q_s32(w(a[1]), w(b[1]))]
+            [
+                vzip1q_s32(w(a[0]), w(b[0])),
+                vzip2q_s32(w(a[0]), w(b[0])),
+                vzip1q_s32(w(a[1]), w(b[1])),
+                vzip2q_s32(w(a[1]), w(b[1])),
+            ]
         });
         let mut out = [vdupq_n_s16(0); 8];
         for q in 0..4 {
-            let (lo, hi) = (vreinterpretq_s64_s32(z2[0][q]), vreinterpretq_s64_s32(z2[1][q]));
+            let (lo, hi) = (
+                vreinterpretq_s64_s32(z2[0][q]),
+                vreinterpretq_s64_s32(z2[1][q]),
+            );
             out[2 * q] = vreinterpretq_s16_s64(vzip1q_s64(lo, hi));
             out[2 * q + 1] = vreinterpretq_s16_s64(vzip2q_s64(lo, hi));
         }
@@ -82,7 +95,13 @@ fn transpose_h(r: [int16x8_t; 8]) -> [int16x8_t; 8] {
 /// # Safety
 /// The 8 rows of `cols` elements of `bytes` (1 or 2) bytes must be writable.
 #[inline(always)]
-pub(crate) unsafe fn write_rows8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u8, rs: usize, bytes: usize) {
+pub(crate) unsafe fn write_rows8(
+    codes: &[[i32; 8]; 8],
+    cols: usize,
+    dst: *mut u8,
+    rs: usize,
+    bytes: usize,
+) {
     // SAFETY: the caller's; `codes` rows hold 8 i32
     unsafe {
         let px: [int16x8_t; 8] = core::array::from_fn(|j| {
@@ -95,7 +114,10 @@ pub(crate) unsafe fn write_rows8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u
                 (2, 8) => vst1q_s16((dst as *mut i16).add(i * rs), *v),
                 (2, _) => vst1_s16((dst as *mut i16).add(i * rs), vget_low_s16(*v)),
                 (_, 8) => vst1_s8((dst as *mut i8).add(i * rs), vqmovn_s16(*v)),
-                _ => vst1_lane_s32::<0>((dst as *mut i8).add(i * rs) as *mut i32, vreinterpret_s32_s8(vqmovn_s16(*v))),
+                _ => vst1_lane_s32::<0>(
+                    (dst as *mut i8).add(i * rs) as *mut i32,
+                    vreinterpret_s32_s8(vqmovn_s16(*v)),
+                ),
             }
         }
     }
@@ -107,11 +129,20 @@ pub(crate) unsafe fn write_rows8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u
 /// # Safety
 /// As for [`write_rows8`], for `cols` runs of 8 elements.
 #[inline(always)]
-pub(crate) unsafe fn write_pixels8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u8, ps: usize, bytes: usize) {
+pub(crate) unsafe fn write_pixels8(
+    codes: &[[i32; 8]; 8],
+    cols: usize,
+    dst: *mut u8,
+    ps: usize,
+    bytes: usize,
+) {
     // SAFETY: the caller's
     unsafe {
         for (j, c) in codes.iter().enumerate().take(cols) {
-            let v = vcombine_s16(vqmovn_s32(vld1q_s32(c.as_ptr())), vqmovn_s32(vld1q_s32(c.as_ptr().add(4))));
+            let v = vcombine_s16(
+                vqmovn_s32(vld1q_s32(c.as_ptr())),
+                vqmovn_s32(vld1q_s32(c.as_ptr().add(4))),
+            );
             if bytes == 2 {
                 vst1q_s16((dst as *mut i16).add(j * ps), v);
             } else {
@@ -124,7 +155,13 @@ pub(crate) unsafe fn write_pixels8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut
 /// GroupNorm's per-element affine (see `reference::norm::gn_affine_i32`, the rule) on whole runs
 /// of 8 values: `SMULL` by the multiplier, the offset added in i64, `SHRN` keeps bits 16..48 (the
 /// low half of the shifted value), then the clamp and the narrowing. Returns how many it did.
-pub(crate) fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) -> usize {
+pub(crate) fn gn_affine<T: Code, U: Code>(
+    x: &[T],
+    out: &mut [U],
+    zx: i32,
+    a32: i32,
+    bm: i64,
+) -> usize {
     const _: () = assert!(super::reference::norm::GN_FRAC_BITS == 16);
     let n = x.len().min(out.len()) / 8 * 8;
     let (tb, ub) = (core::mem::size_of::<T>(), core::mem::size_of::<U>());
@@ -138,8 +175,15 @@ pub(crate) fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: 
         let (lo, hi) = (vdupq_n_s32(U::MIN), vdupq_n_s32(U::MAX));
         let (xp, op) = (x.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
         for i in (0..n).step_by(8) {
-            let v: int16x8_t = if tb == 1 { vmovl_s8(vld1_s8(xp.add(i) as *const i8)) } else { vld1q_s16(xp.add(2 * i) as *const i16) };
-            let d = [vsubq_s32(vmovl_s16(vget_low_s16(v)), z), vsubq_s32(vmovl_high_s16(v), z)];
+            let v: int16x8_t = if tb == 1 {
+                vmovl_s8(vld1_s8(xp.add(i) as *const i8))
+            } else {
+                vld1q_s16(xp.add(2 * i) as *const i16)
+            };
+            let d = [
+                vsubq_s32(vmovl_s16(vget_low_s16(v)), z),
+                vsubq_s32(vmovl_high_s16(v), z),
+            ];
             let r = d.map(|d| {
                 let l = vshrn_n_s64::<16>(vaddq_s64(vmull_s32(vget_low_s32(d), a), b));
                 let h = vshrn_n_s64::<16>(vaddq_s64(vmull_s32(vget_high_s32(d), a), b));
@@ -205,8 +249,16 @@ pub(crate) fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
                 let d0 = vsubl_s8(vget_low_s8(v), z);
                 let d1 = vsubl_s8(vget_high_s8(v), z);
                 s = vpadalq_s16(vpadalq_s16(s, d0), d1);
-                q0 = vmlal_s16(vmlal_high_s16(q0, d0, d0), vget_low_s16(d0), vget_low_s16(d0));
-                q1 = vmlal_s16(vmlal_high_s16(q1, d1, d1), vget_low_s16(d1), vget_low_s16(d1));
+                q0 = vmlal_s16(
+                    vmlal_high_s16(q0, d0, d0),
+                    vget_low_s16(d0),
+                    vget_low_s16(d0),
+                );
+                q1 = vmlal_s16(
+                    vmlal_high_s16(q1, d1, d1),
+                    vget_low_s16(d1),
+                    vget_low_s16(d1),
+                );
             }
             sum += vaddlvq_s32(s);
             sumsq += vaddlvq_s32(q0) + vaddlvq_s32(q1);

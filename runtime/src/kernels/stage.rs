@@ -44,7 +44,12 @@ impl ImageStage {
         self.len() == 0
     }
     /// The pixels of a `kh x kw` convolution with strides `sh, sw` and output `oh x ow` over it.
-    pub fn pixels(&self, (kh, kw): (usize, usize), (sh, sw): (usize, usize), (oh, ow): (usize, usize)) -> Pixels {
+    pub fn pixels(
+        &self,
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Pixels {
         let c4 = self.c4();
         Pixels {
             count: oh * ow,
@@ -62,18 +67,34 @@ impl ImageStage {
 /// Stages one NCHW image `x` into `out` (`g.len()` values): NHWC, the border filled with `zx`, the
 /// channels beyond `c` with 0.
 #[inline(always)]
-pub fn image<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, out: &mut [U]) -> Result<()> {
+pub fn image<T: Code, U: Code>(
+    tier: Tier,
+    x: &[T],
+    g: &ImageStage,
+    zx: U,
+    out: &mut [U],
+) -> Result<()> {
     image_rows(tier, x, g, zx, 0..g.hp(), out)
 }
 
 /// [`image`] for the stage's rows `rows` only (padded rows, `out` holding exactly those): threads
 /// stage parts of one image.
 #[inline(always)]
-pub fn image_rows<T: Code, U: Code>(tier: Tier, x: &[T], g: &ImageStage, zx: U, rows: core::ops::Range<usize>, out: &mut [U]) -> Result<()> {
+pub fn image_rows<T: Code, U: Code>(
+    tier: Tier,
+    x: &[T],
+    g: &ImageStage,
+    zx: U,
+    rows: core::ops::Range<usize>,
+    out: &mut [U],
+) -> Result<()> {
     check_len(g.c * g.h * g.w, x.len())?;
     let (c4, wp) = (g.c4(), g.wp());
     if rows.start > rows.end || rows.end > g.hp() {
-        return Err(Error::BufferLength { expected: rows.end, got: g.hp() });
+        return Err(Error::BufferLength {
+            expected: rows.end,
+            got: g.hp(),
+        });
     }
     check_len((rows.end - rows.start) * wp * c4, out.len())?;
     let [pt, pl, _, _] = g.pad;
@@ -127,11 +148,22 @@ pub fn split_i16<U: Code>(tier: Tier, out: &mut [U]) {
 /// `dst[p * px_stride + c] = src[c * ch_stride + p]` for `c < nch`, `p < npx` (the caller checks
 /// that both ranges are in bounds, or this panics): channel-major codes to pixel-major.
 #[inline(always)]
-fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usize, npx: usize, dst: &mut [U], px_stride: usize) {
+fn transpose<T: Code, U: Code>(
+    tier: Tier,
+    src: &[T],
+    ch_stride: usize,
+    nch: usize,
+    npx: usize,
+    dst: &mut [U],
+    px_stride: usize,
+) {
     if nch == 0 || npx == 0 {
         return;
     }
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_mut))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_mut)
+    )]
     let (mut c0, mut p_end) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if tier == Tier::Avx2 && core::mem::size_of::<U>() == 2 && U::MAX > 127 {
@@ -147,7 +179,12 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
                     // SAFETY: AVX2 was detected for this tier; the block lies within the ranges
                     // checked above
                     unsafe {
-                        super::x86::transpose8x8(src.as_ptr().add(c * ch_stride + p), ch_stride, d.as_mut_ptr().add(p * px_stride + c), px_stride)
+                        super::x86::transpose8x8(
+                            src.as_ptr().add(c * ch_stride + p),
+                            ch_stride,
+                            d.as_mut_ptr().add(p * px_stride + c),
+                            px_stride,
+                        )
                     };
                 }
             }
@@ -155,7 +192,10 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
         (c0, p_end) = (cb, pb);
     }
     #[cfg(target_arch = "aarch64")]
-    if matches!(tier, Tier::Neon | Tier::NeonDot) && core::mem::size_of::<T>() == core::mem::size_of::<U>() && T::MAX == U::MAX {
+    if matches!(tier, Tier::Neon | Tier::NeonDot)
+        && core::mem::size_of::<T>() == core::mem::size_of::<U>()
+        && T::MAX == U::MAX
+    {
         // 8 x 8 blocks with NEON zips (the stage of the NEON tiers holds the input's codes)
         let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
         if cb > 0 && pb > 0 {
@@ -169,9 +209,19 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
                     // checked above; T and U are the same code type (equal size and range)
                     unsafe {
                         if core::mem::size_of::<T>() == 1 {
-                            super::neon_ops::transpose8x8_b(src.as_ptr().add(from) as *const i8, ch_stride, dst.as_mut_ptr().add(to) as *mut i8, px_stride)
+                            super::neon_ops::transpose8x8_b(
+                                src.as_ptr().add(from) as *const i8,
+                                ch_stride,
+                                dst.as_mut_ptr().add(to) as *mut i8,
+                                px_stride,
+                            )
                         } else {
-                            super::neon_ops::transpose8x8_h(src.as_ptr().add(from) as *const i16, ch_stride, dst.as_mut_ptr().add(to) as *mut i16, px_stride)
+                            super::neon_ops::transpose8x8_h(
+                                src.as_ptr().add(from) as *const i16,
+                                ch_stride,
+                                dst.as_mut_ptr().add(to) as *mut i16,
+                                px_stride,
+                            )
                         }
                     };
                 }
@@ -193,7 +243,14 @@ fn transpose<T: Code, U: Code>(tier: Tier, src: &[T], ch_stride: usize, nch: usi
 /// Stages a matrix of `m` rows and depth `k` read at `x[i * s[0] + q * s[1]]` into rows of
 /// `pad4(k)` values (zeros beyond `k`).
 #[inline(always)]
-pub fn rows<T: Code, U: Code>(tier: Tier, x: &[T], m: usize, k: usize, s: [usize; 2], out: &mut [U]) -> Result<()> {
+pub fn rows<T: Code, U: Code>(
+    tier: Tier,
+    x: &[T],
+    m: usize,
+    k: usize,
+    s: [usize; 2],
+    out: &mut [U],
+) -> Result<()> {
     let k4 = pad4(k);
     check_len(m * k4, out.len())?;
     if m > 0 && k > 0 && (m - 1) * s[0] + (k - 1) * s[1] >= x.len() {

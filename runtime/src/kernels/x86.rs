@@ -50,7 +50,11 @@ pub unsafe fn product_rows<T: Code>(
         while r < r1 {
             let two = r + 2 * BLOCK <= r1;
             let w0 = &prod.w[(r / BLOCK) * BLOCK * k4..];
-            let w1 = if two { &prod.w[(r / BLOCK + 1) * BLOCK * k4..] } else { w0 };
+            let w1 = if two {
+                &prod.w[(r / BLOCK + 1) * BLOCK * k4..]
+            } else {
+                w0
+            };
             // the epilogue's constants of these 8 rows, as vectors, when every shift is >= 32
             let consts = match finish {
                 // SAFETY: AVX2 was detected for this tier
@@ -59,7 +63,16 @@ pub unsafe fn product_rows<T: Code>(
             };
             (t.r0, t.rows) = (r, if two { 2 * BLOCK } else { BLOCK });
             // int16 activations whose sums provably fit i32 here run the int8 path
-            let wide = wide && !(consts.is_some() && fits_i32(prod.wsum, col, &w0[..BLOCK * k4], &w1[..BLOCK * k4], finish, r));
+            let wide = wide
+                && !(consts.is_some()
+                    && fits_i32(
+                        prod.wsum,
+                        col,
+                        &w0[..BLOCK * k4],
+                        &w1[..BLOCK * k4],
+                        finish,
+                        r,
+                    ));
             for p0 in (c0..c1).step_by(NR) {
                 (t.p0, t.cols) = (p0, NR.min(px.count - p0));
                 // SAFETY: AVX2 was detected for this tier; every read is inside `stage` and the
@@ -81,7 +94,16 @@ const CHUNK: usize = 16 * NR;
 /// codes or raw sums in `t`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
-unsafe fn tile_codes(w0: &[i8], w1: &[i8], stage: &[i16], px: &Pixels, wide: bool, consts: Option<&Consts>, finish: Finish<'_>, t: &mut Tile) {
+unsafe fn tile_codes(
+    w0: &[i8],
+    w1: &[i8],
+    stage: &[i16],
+    px: &Pixels,
+    wide: bool,
+    consts: Option<&Consts>,
+    finish: Finish<'_>,
+    t: &mut Tile,
+) {
     let p0 = t.p0;
     let bases = px.bases(p0);
     // SAFETY: (the caller's) every read is in bounds
@@ -196,7 +218,10 @@ impl Consts {
                 x = _mm256_add_epi32(x, _mm256_set1_epi32(c));
             }
             let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.mult), self.round);
-            let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.mult_odd), self.round_odd);
+            let odd = _mm256_add_epi64(
+                _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.mult_odd),
+                self.round_odd,
+            );
             let high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0b1010_1010);
             let r = _mm256_add_epi32(_mm256_srav_epi32(high, self.shift), self.zo);
             let r = _mm256_min_epi32(_mm256_max_epi32(r, self.lo), self.hi);
@@ -237,11 +262,14 @@ unsafe fn tile<const WIDE: bool, const R: usize>(
             for b in 0..blocks {
                 // SAFETY: block `q` of both weight rows and 4 staged values per pixel are in bounds
                 unsafe {
-                    let wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp0.add(q * 16) as *const __m128i));
-                    let wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp1.add(q * 16) as *const __m128i));
+                    let wa =
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp0.add(q * 16) as *const __m128i));
+                    let wb =
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp1.add(q * 16) as *const __m128i));
                     for j in 0..NR {
                         let at = bases[j] + tap + b * BLOCK;
-                        let x = _mm256_set1_epi64x(core::ptr::read_unaligned(sp.add(at) as *const i64));
+                        let x =
+                            _mm256_set1_epi64x(core::ptr::read_unaligned(sp.add(at) as *const i64));
                         acc[0][j] = _mm256_add_epi32(acc[0][j], _mm256_madd_epi16(wa, x));
                         acc[1][j] = _mm256_add_epi32(acc[1][j], _mm256_madd_epi16(wb, x));
                     }
@@ -277,7 +305,12 @@ unsafe fn widen<const R: usize>(acc: &mut [[__m256i; NR]; 2], total: &mut [[i64;
     for j in 0..NR {
         let mut s = [0i32; 8];
         // SAFETY: register arithmetic and a local store of 32 bytes
-        unsafe { _mm256_storeu_si256(s.as_mut_ptr() as *mut __m256i, row_sums(acc[0][j], acc[1][j])) };
+        unsafe {
+            _mm256_storeu_si256(
+                s.as_mut_ptr() as *mut __m256i,
+                row_sums(acc[0][j], acc[1][j]),
+            )
+        };
         for (i, t) in total.iter_mut().enumerate() {
             t[j] += s[i] as i64;
         }
@@ -293,7 +326,12 @@ unsafe fn widen<const R: usize>(acc: &mut [[__m256i; NR]; 2], total: &mut [[i64;
 /// The CPU must have AVX2; the 64 reads and 64 writes must be in bounds.
 #[target_feature(enable = "avx2")]
 #[inline]
-pub unsafe fn transpose8x8<T: Code>(src: *const T, ch_stride: usize, dst: *mut i16, px_stride: usize) {
+pub unsafe fn transpose8x8<T: Code>(
+    src: *const T,
+    ch_stride: usize,
+    dst: *mut i16,
+    px_stride: usize,
+) {
     // SAFETY: the caller guarantees the bounds
     unsafe {
         let r: [__m128i; 8] = core::array::from_fn(|c| {
@@ -304,20 +342,8 @@ pub unsafe fn transpose8x8<T: Code>(src: *const T, ch_stride: usize, dst: *mut i
                 _mm_loadu_si128(p as *const __m128i)
             }
         });
-        let t: [__m128i; 8] = core::array::from_fn(|i| {
-            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
-            if i % 2 == 0 { _mm_unpacklo_epi16(a, b) } else { _mm_unpackhi_epi16(a, b) }
-        });
-        // u[0..4]: channels 0-3 of pixels (0,1) (2,3) (4,5) (6,7); u[4..8]: channels 4-7
-        let u: [__m128i; 8] = core::array::from_fn(|i| {
-            let (h, q) = (i / 4, i % 4);
-            let (a, b) = (t[4 * h + q / 2], t[4 * h + 2 + q / 2]);
-            if q % 2 == 0 { _mm_unpacklo_epi32(a, b) } else { _mm_unpackhi_epi32(a, b) }
-        });
-        for p in 0..8 {
-            let (a, b) = (u[p / 2], u[4 + p / 2]);
-            let v = if p % 2 == 0 { _mm_unpacklo_epi64(a, b) } else { _mm_unpackhi_epi64(a, b) };
-            _mm_storeu_si128(dst.add(p * px_stride) as *mut __m128i, v);
+        for (p, v) in transpose_h(r).iter().enumerate() {
+            _mm_storeu_si128(dst.add(p * px_stride) as *mut __m128i, *v);
         }
     }
 }
@@ -329,16 +355,28 @@ fn transpose_h(r: [__m128i; 8]) -> [__m128i; 8] {
     unsafe {
         let t: [__m128i; 8] = core::array::from_fn(|i| {
             let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
-            if i % 2 == 0 { _mm_unpacklo_epi16(a, b) } else { _mm_unpackhi_epi16(a, b) }
+            if i % 2 == 0 {
+                _mm_unpacklo_epi16(a, b)
+            } else {
+                _mm_unpackhi_epi16(a, b)
+            }
         });
         let u: [__m128i; 8] = core::array::from_fn(|i| {
             let (h, q) = (i / 4, i % 4);
             let (a, b) = (t[4 * h + q / 2], t[4 * h + 2 + q / 2]);
-            if q % 2 == 0 { _mm_unpacklo_epi32(a, b) } else { _mm_unpackhi_epi32(a, b) }
+            if q % 2 == 0 {
+                _mm_unpacklo_epi32(a, b)
+            } else {
+                _mm_unpackhi_epi32(a, b)
+            }
         });
         core::array::from_fn(|p| {
             let (a, b) = (u[p / 2], u[4 + p / 2]);
-            if p % 2 == 0 { _mm_unpacklo_epi64(a, b) } else { _mm_unpackhi_epi64(a, b) }
+            if p % 2 == 0 {
+                _mm_unpacklo_epi64(a, b)
+            } else {
+                _mm_unpackhi_epi64(a, b)
+            }
         })
     }
 }
@@ -351,7 +389,14 @@ fn transpose_h(r: [__m128i; 8]) -> [__m128i; 8] {
 /// # Safety
 /// Those elements (of `bytes` = 1 or 2 bytes) must be writable.
 #[inline(always)]
-pub(crate) unsafe fn write_tile8(codes: &[[i32; 8]; 8], cols: usize, dst: *mut u8, rs: usize, ps: usize, bytes: usize) {
+pub(crate) unsafe fn write_tile8(
+    codes: &[[i32; 8]; 8],
+    cols: usize,
+    dst: *mut u8,
+    rs: usize,
+    ps: usize,
+    bytes: usize,
+) {
     // SAFETY: the caller's; SSE2 is baseline on x86-64; `codes` rows hold 8 i32
     unsafe {
         let px: [__m128i; 8] = core::array::from_fn(|j| {

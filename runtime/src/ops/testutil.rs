@@ -234,7 +234,10 @@ pub fn pack_rows(w: &[i8], n: usize, k: usize) -> Vec<i8> {
 
 /// Packed int8 codes in [-8, 7] two per byte, low nibble first (the format's 4-bit weights).
 pub fn pack4(codes: &[i8]) -> Vec<u8> {
-    codes.chunks(2).map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8 & 0x0f) << 4)).collect()
+    codes
+        .chunks(2)
+        .map(|p| (p[0] as u8 & 0x0f) | ((p.get(1).copied().unwrap_or(0) as u8 & 0x0f) << 4))
+        .collect()
 }
 
 /// Integer codes of a tensor as i32.

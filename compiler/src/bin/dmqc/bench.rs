@@ -39,7 +39,10 @@ pub fn run(args: Args) -> Result<()> {
     let bytes = load(&args.model)?;
     let model = open_model(&bytes)?;
     let meta = model.meta().clone();
-    let ts_name = meta.timestep.as_ref().map(|_| meta.timestep_name.to_string());
+    let ts_name = meta
+        .timestep
+        .as_ref()
+        .map(|_| meta.timestep_name.to_string());
     let imp = import::import(&args.onnx, ts_name.as_deref())?;
     let float = import::FloatModel::new(&imp)?;
     let extras = extra_inputs(&meta, &args.inputs)?;
@@ -52,7 +55,12 @@ pub fn run(args: Args) -> Result<()> {
                 .iter()
                 .position(|m| m.name.as_str() == e.name)
                 .map(|k| extras[k].clone())
-                .ok_or_else(|| anyhow!("the .dmq has no input {:?} of the ONNX model: is it compiled from it?", e.name))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the .dmq has no input {:?} of the ONNX model: is it compiled from it?",
+                        e.name
+                    )
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     float.set_extras(float_extras)?;
@@ -60,7 +68,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut x = vec![0f32; model.latent_len()];
     Rng::new(1).fill_gaussian(&mut x);
     let mut arena = eval::arena_for(&model);
-    let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?.with_threads(args.threads);
+    let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?
+        .with_threads(args.threads);
     let mut out = vec![0f32; x.len()];
     // warm-up, and the two outputs' agreement as a sanity check
     let reference = float.run(&x, t)?;
@@ -81,22 +90,47 @@ pub fn run(args: Args) -> Result<()> {
     let (rm, _) = med_min(&mut ratios.clone());
     let (conv, lin, mm) = dmq_compiler::macs_by_kind(&model);
     let macs = (conv + lin + mm) as f64;
-    println!("{} vs {} at t = {t}, {} runs each, alternating", args.onnx.display(), args.model.display(), tf.len());
-    println!("  work per evaluation: {:.3} GMAC (convolutions {:.3}, linears {:.3}, attention {:.3})", macs / 1e9, conv as f64 / 1e9, lin as f64 / 1e9, mm as f64 / 1e9);
-    println!("  tract f32 (1 thread):         median {fm:9.3} ms, min {fmin:9.3} ms, {:6.1} GMAC/s", macs / fm / 1e6);
+    println!(
+        "{} vs {} at t = {t}, {} runs each, alternating",
+        args.onnx.display(),
+        args.model.display(),
+        tf.len()
+    );
+    println!(
+        "  work per evaluation: {:.3} GMAC (convolutions {:.3}, linears {:.3}, attention {:.3})",
+        macs / 1e9,
+        conv as f64 / 1e9,
+        lin as f64 / 1e9,
+        mm as f64 / 1e9
+    );
+    println!(
+        "  tract f32 (1 thread):         median {fm:9.3} ms, min {fmin:9.3} ms, {:6.1} GMAC/s",
+        macs / fm / 1e6
+    );
     println!(
         "  dmq ({:?}, {} thread(s)): median {dm:9.3} ms, min {dmin:9.3} ms, {:6.1} GMAC/s",
         sess.tier(),
         sess.threads(),
         macs / dm / 1e6
     );
-    println!("  dmq / tract: {rm:.3} (median of per-run ratios), {:.3} (min / min)", dmin / fmin);
+    println!(
+        "  dmq / tract: {rm:.3} (median of per-run ratios), {:.3} (min / min)",
+        dmin / fmin
+    );
     println!("  output SQNR of dmq against tract: {sqnr:.2} dB (same input)");
-    let rows = sess.profile(&x, t, args.runs.clamp(1, 50)).map_err(|e| anyhow!("{e}"))?;
+    let rows = sess
+        .profile(&x, t, args.runs.clamp(1, 50))
+        .map_err(|e| anyhow!("{e}"))?;
     let total: f64 = rows.iter().map(|r| r.2).sum();
-    println!("  dmq per-op profile (mean of {} evaluations):", args.runs.clamp(1, 50));
+    println!(
+        "  dmq per-op profile (mean of {} evaluations):",
+        args.runs.clamp(1, 50)
+    );
     for (name, count, ms) in rows {
-        println!("    {name:<15} x{count:<4} {ms:9.3} ms  {:5.1}%", 100.0 * ms / total.max(1e-12));
+        println!(
+            "    {name:<15} x{count:<4} {ms:9.3} ms  {:5.1}%",
+            100.0 * ms / total.max(1e-12)
+        );
     }
     Ok(())
 }

@@ -55,9 +55,27 @@ fn estimate_text(path: &Path, board: Board) -> Result<String> {
     // the IPC by llvm-mca on the product engine's hot loop (tile_neon on cortex-a72, tile_sdot on
     // cortex-a76 and cortex-a78); Orin runs the same dotprod binary as the Pi 5
     let (name, core, ghz, ipm, ipc) = match board {
-        Board::Pi4 => ("Raspberry Pi 4", "Cortex-A72, NEON tier", 1.5, 14.76 / 33.34, 1.81),
-        Board::Pi5 => ("Raspberry Pi 5", "Cortex-A76, dotprod tier", 2.4, 8.11 / 33.34, 2.25),
-        Board::Orin => ("Jetson Orin", "Cortex-A78AE, dotprod tier", 2.2, 8.11 / 33.34, 2.25),
+        Board::Pi4 => (
+            "Raspberry Pi 4",
+            "Cortex-A72, NEON tier",
+            1.5,
+            14.76 / 33.34,
+            1.81,
+        ),
+        Board::Pi5 => (
+            "Raspberry Pi 5",
+            "Cortex-A76, dotprod tier",
+            2.4,
+            8.11 / 33.34,
+            2.25,
+        ),
+        Board::Orin => (
+            "Jetson Orin",
+            "Cortex-A78AE, dotprod tier",
+            2.2,
+            8.11 / 33.34,
+            2.25,
+        ),
     };
     let mut o = String::new();
     outln!(o, "  per denoising step: {:.2} M multiply-accumulates ({total} exactly; convs {:.2} M, linears {:.2} M, attention {:.2} M)", total as f64 / 1e6, conv as f64 / 1e6, lin as f64 / 1e6, mm as f64 / 1e6);
@@ -65,7 +83,12 @@ fn estimate_text(path: &Path, board: Board) -> Result<String> {
     outln!(o, "  (measured under qemu on the bundled model, scripts/arm-evidence.sh), at the product loop's llvm-mca IPC of {ipc} or at IPC 1:");
     for (what, i) in [("at the loop's IPC", ipc), ("at IPC 1", 1.0)] {
         let secs = total as f64 * ipm / (i * ghz * 1e9);
-        outln!(o, "    {what:<18} {:.2} ms per step, {:.0} ms for 50 steps", secs * 1e3, secs * 50e3);
+        outln!(
+            o,
+            "    {what:<18} {:.2} ms per step, {:.0} ms for 50 steps",
+            secs * 1e3,
+            secs * 50e3
+        );
     }
     outln!(
         o,

@@ -55,7 +55,8 @@ pub fn linear_f32(
                 }
             }
             for (g, s) in acc.iter().enumerate() {
-                out[mi * o_s[0] + (n0 + g) * o_s[1]] = s * le_f32(scales, n0 + g) + le_f32(bias, n0 + g);
+                out[mi * o_s[0] + (n0 + g) * o_s[1]] =
+                    s * le_f32(scales, n0 + g) + le_f32(bias, n0 + g);
             }
             n0 += G;
         }

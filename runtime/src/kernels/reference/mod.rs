@@ -50,7 +50,6 @@ pub fn requant_to<U: Code>(acc: i64, mult: i32, shift: u8, zero: i32) -> U {
     U::sat(v.clamp(i64::MIN as i128, i64::MAX as i128) as i64 + zero as i64)
 }
 
-
 pub(crate) fn pad2(s: [usize; 2]) -> [usize; MAX_RANK] {
     let mut st = [0usize; MAX_RANK];
     st[..2].copy_from_slice(&s);
@@ -69,10 +68,26 @@ mod tests {
         // weights one block short, a stage shorter than the pixels read
         let w = [0i8; 12];
         let st = [0i8; 16];
-        let prod = Product { w: &w, n: 4, stage: &st, px: Pixels::rows(2, 4, 4), exact: false, full_range: false, wsum: u64::MAX };
+        let prod = Product {
+            w: &w,
+            n: 4,
+            stage: &st,
+            px: Pixels::rows(2, 4, 4),
+            exact: false,
+            full_range: false,
+            wsum: u64::MAX,
+        };
         assert!(run_rows(Tier::Scalar, &prod, (0, 4), Finish::Sums, |_| {}).is_err());
         let w = [0i8; 16];
-        let prod = Product { w: &w, n: 4, stage: &st[..7], px: Pixels::rows(2, 4, 4), exact: false, full_range: false, wsum: u64::MAX };
+        let prod = Product {
+            w: &w,
+            n: 4,
+            stage: &st[..7],
+            px: Pixels::rows(2, 4, 4),
+            exact: false,
+            full_range: false,
+            wsum: u64::MAX,
+        };
         assert!(run_rows(Tier::Scalar, &prod, (0, 4), Finish::Sums, |_| {}).is_err());
         assert!(stage::rows(Tier::Scalar, &[0i8; 5], 2, 3, [3, 1], &mut [0i8; 8]).is_err());
         assert!(eltwise::lut(&[0; 4], &[0; 10], &mut [0; 4]).is_err());

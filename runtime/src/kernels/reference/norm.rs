@@ -116,14 +116,16 @@ pub fn group_norm<T: Code, U: Code>(
     check_len((rows.end - rows.start) * (c / groups) * s, out.len())?;
     check_len(c * 8, affine.len())?;
     if zx < T::MIN || zx > T::MAX {
-        return Err(Error::Unsupported("groupnorm zero point outside the code range"));
+        return Err(Error::Unsupported(
+            "groupnorm zero point outside the code range",
+        ));
     }
     if groups == 0 || c % groups != 0 {
         return Err(Error::Unsupported("groups must divide channels"));
     }
     let cg = c / groups;
     let count = (cg * s) as i64; // <= x.len(), checked above
-    // where row r's values start in `out`
+                                 // where row r's values start in `out`
     let at = |r: usize| (r - rows.start) * cg * s;
     if count == 0 {
         return Ok(());

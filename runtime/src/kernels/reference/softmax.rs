@@ -23,7 +23,9 @@ pub fn softmax(
                 // contiguous rows (the usual last-axis softmax)
                 let xs = &x[o * len..(o + 1) * len];
                 let ys = &mut out[o * len..(o + 1) * len];
-                let (mn, mx) = xs.iter().fold((i8::MAX, i8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let (mn, mx) = xs
+                    .iter()
+                    .fold((i8::MAX, i8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
                 if len > (mx as i32 - mn as i32) as usize {
                     // long rows: the sum from a histogram of the codes, and each present code's
                     // output once (the same integers in another order)
@@ -31,7 +33,9 @@ pub fn softmax(
                     for &v in xs.iter() {
                         hist[(v as i32 + 128) as usize] += 1;
                     }
-                    let sum: u64 = (mn..=mx).map(|v| hist[(v as i32 + 128) as usize] as u64 * e_of(mx, v)).sum();
+                    let sum: u64 = (mn..=mx)
+                        .map(|v| hist[(v as i32 + 128) as usize] as u64 * e_of(mx, v))
+                        .sum();
                     let q = Quotient::new(sum);
                     let mut code = [0i8; 256];
                     for v in mn..=mx {
@@ -78,7 +82,11 @@ impl Quotient {
     fn new(sum: u64) -> Self {
         let sum = sum.max(1);
         let d = sum.saturating_mul(2);
-        Quotient { sum, d, inv: (sum < 1 << 39).then(|| 1.0 / d as f64) }
+        Quotient {
+            sum,
+            d,
+            inv: (sum < 1 << 39).then(|| 1.0 / d as f64),
+        }
     }
     #[inline(always)]
     fn code(&self, e: u64) -> i8 {
@@ -101,21 +109,40 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             seed >> 33
         };
-        let table: Vec<u8> = (0..256u32).flat_map(|d| ((1u32 << 20) >> (d / 8).min(31)).to_le_bytes()).collect();
+        let table: Vec<u8> = (0..256u32)
+            .flat_map(|d| ((1u32 << 20) >> (d / 8).min(31)).to_le_bytes())
+            .collect();
         for case in 0..60 {
-            let (outer, len, inner) = (1 + next() as usize % 3, 1 + next() as usize % 700, if case % 4 == 0 { 2 } else { 1 });
-            let (lo, span) = if case % 2 == 0 { (-128i64, 256) } else { (next() as i64 % 100 - 50, 1 + next() % 20) };
-            let x: Vec<i8> = (0..outer * len * inner).map(|_| (lo + (next() % span) as i64).clamp(-128, 127) as i8).collect();
+            let (outer, len, inner) = (
+                1 + next() as usize % 3,
+                1 + next() as usize % 700,
+                if case % 4 == 0 { 2 } else { 1 },
+            );
+            let (lo, span) = if case % 2 == 0 {
+                (-128i64, 256)
+            } else {
+                (next() as i64 % 100 - 50, 1 + next() % 20)
+            };
+            let x: Vec<i8> = (0..outer * len * inner)
+                .map(|_| (lo + (next() % span) as i64).clamp(-128, 127) as i8)
+                .collect();
             let mut got = vec![0i8; x.len()];
             super::softmax(&x, outer, len, inner, &table, &mut got).unwrap();
-            let e = |d: i32| u32::from_le_bytes(table[d as usize * 4..d as usize * 4 + 4].try_into().unwrap()) as u64;
+            let e = |d: i32| {
+                u32::from_le_bytes(
+                    table[d as usize * 4..d as usize * 4 + 4]
+                        .try_into()
+                        .unwrap(),
+                ) as u64
+            };
             for o in 0..outer {
                 for i in 0..inner {
                     let at = |j: usize| (o * len + j) * inner + i;
                     let mx = (0..len).map(|j| x[at(j)]).max().unwrap() as i32;
                     let sum: u64 = (0..len).map(|j| e(mx - x[at(j)] as i32)).sum();
                     for j in 0..len {
-                        let q = ((e(mx - x[at(j)] as i32) * 510 + sum) / (2 * sum)).min(255) as i32 - 128;
+                        let q = ((e(mx - x[at(j)] as i32) * 510 + sum) / (2 * sum)).min(255) as i32
+                            - 128;
                         assert_eq!(got[at(j)] as i32, q, "case {case} row {o}/{i} element {j}");
                     }
                 }
@@ -138,21 +165,43 @@ mod tests {
         for _ in 0..300_000 {
             let sum = 1 + next() % (1 << (1 + next() % 41));
             let e = next() % (1u64 << 32).min(sum * 2 + 1);
-            assert_eq!(super::Quotient::new(sum).code(e) as i32, want(e, sum), "{e} / {sum}");
+            assert_eq!(
+                super::Quotient::new(sum).code(e) as i32,
+                want(e, sum),
+                "{e} / {sum}"
+            );
         }
         // every row sum below 1500 with every element value (exact quotients included)
         for sum in 1..1500u64 {
             for e in 0..=sum {
-                assert_eq!(super::Quotient::new(sum).code(e) as i32, want(e, sum), "{e} / {sum}");
+                assert_eq!(
+                    super::Quotient::new(sum).code(e) as i32,
+                    want(e, sum),
+                    "{e} / {sum}"
+                );
             }
         }
-        for sum in [1u64, 2, 3, 255, 1 << 20, 3 << 30, (1 << 39) - 1, 1 << 39, 1 << 50] {
+        for sum in [
+            1u64,
+            2,
+            3,
+            255,
+            1 << 20,
+            3 << 30,
+            (1 << 39) - 1,
+            1 << 39,
+            1 << 50,
+        ] {
             for k in 0..=255u64 {
                 // e where round(255 e / sum) steps from k to k + 1, and its neighbours
                 let edge = ((2 * k + 1) * sum).div_ceil(510);
                 for e in [edge.saturating_sub(1), edge, edge + 1] {
                     let e = e.min(u32::MAX as u64);
-                    assert_eq!(super::Quotient::new(sum).code(e) as i32, want(e, sum), "{e} / {sum}");
+                    assert_eq!(
+                        super::Quotient::new(sum).code(e) as i32,
+                        want(e, sum),
+                        "{e} / {sum}"
+                    );
                 }
             }
         }
