@@ -373,40 +373,86 @@ fn time<T: Code>(j: &mut Job<T>, tier: Tier, reps: usize) -> f64 {
     t[0]
 }
 
+fn time_stage<T: Code>(j: &mut Job<T>, tier: Tier, reps: usize) -> f64 {
+    j.stage_into(tier);
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            j.stage_into(tier);
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[0]
+}
+
 fn summary() {
-    let ghz = clock_ghz();
-    println!("\nsummary (fastest of the timed runs): clock {ghz:.2} GHz (dependent-add loop); peak = MAC/cycle x clock");
-    println!(
-        "{:<40} {:<6} {:<8} {:>9} {:>8}",
-        "shape", "kind", "tier", "GMAC/s", "of peak"
-    );
+    // The machine may be shared: every case is timed in each of `rounds` passes over the list and
+    // keeps its fastest pass, so a burst of other work during one pass does not decide a figure.
+    let rounds: usize = std::env::var("DMQ_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let only = std::env::var("DMQ_BENCH_SHAPE").unwrap_or_default();
+    let mut cases = Vec::new();
     for s in SHAPES
         .into_iter()
         .filter(|s| s.name.contains(only.as_str()))
     {
         for (v, vname) in variants() {
             for tier in tiers().into_iter().filter(|&t| t != Tier::Scalar) {
-                let reps = (2e9 / s.macs() as f64).clamp(5.0, 400.0) as usize;
-                let sec = if v == Variant::W8A16 {
-                    time(&mut Job::<i16>::new(s, v), tier, reps)
-                } else {
-                    time(&mut Job::<i8>::new(s, v), tier, reps)
-                };
-                let gmacs = s.macs() as f64 / sec / 1e9;
-                let frac = peak_per_cycle(tier).map_or(String::from("-"), |p| {
-                    format!("{:.0}%", 100.0 * gmacs / (p * ghz))
-                });
-                println!(
-                    "{:<40} {:<6} {:<8} {:>9.1} {:>8}",
-                    s.name,
-                    vname,
-                    format!("{tier:?}"),
-                    gmacs,
-                    frac
-                );
+                cases.push((s, v, vname, tier, f64::MAX, f64::MAX));
             }
         }
+    }
+    let mut ghz = 0f64;
+    for _ in 0..rounds {
+        ghz = ghz.max(clock_ghz());
+        for (s, v, _, tier, best, stage) in cases.iter_mut() {
+            let reps = (1e9 / s.macs() as f64).clamp(5.0, 200.0) as usize;
+            let (s, v, tier) = (*s, *v, *tier);
+            let sec = if v == Variant::W8A16 {
+                time(&mut Job::<i16>::new(s, v), tier, reps)
+            } else {
+                time(&mut Job::<i8>::new(s, v), tier, reps)
+            };
+            *best = best.min(sec);
+            if std::env::var("DMQ_BENCH_STAGE").is_ok() {
+                let st = if v == Variant::W8A16 {
+                    time_stage(&mut Job::<i16>::new(s, v), tier, reps)
+                } else {
+                    time_stage(&mut Job::<i8>::new(s, v), tier, reps)
+                };
+                *stage = stage.min(st);
+            }
+        }
+    }
+    println!(
+        "\nsummary (fastest of {rounds} rounds of timed runs): clock {ghz:.2} GHz (dependent-add loop); peak = MAC/cycle x clock"
+    );
+    println!(
+        "{:<40} {:<6} {:<8} {:>9} {:>8}",
+        "shape", "kind", "tier", "GMAC/s", "of peak"
+    );
+    for (s, _, vname, tier, sec, stage) in cases {
+        let gmacs = s.macs() as f64 / sec / 1e9;
+        let frac = peak_per_cycle(tier).map_or(String::from("-"), |p| {
+            format!("{:.0}%", 100.0 * gmacs / (p * ghz))
+        });
+        let stage = if stage < f64::MAX {
+            format!("  (staging {:.1}% of the op)", 100.0 * stage / sec)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<40} {:<6} {:<8} {:>9.1} {:>8}{stage}",
+            s.name,
+            vname,
+            format!("{tier:?}"),
+            gmacs,
+            frac
+        );
     }
 }
 

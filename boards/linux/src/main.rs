@@ -22,7 +22,7 @@ mod npy;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -411,6 +411,8 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     // timesteps spread over the calibrated range (golden-ratio steps), profiles at its middle
     let t_at = |f: f32| meta.t_min + (meta.t_max - meta.t_min) * f;
     let t_mid = t_at(0.5);
+    // `--profile-t T`: the per-op profile at another timestep (another stream's ops)
+    let t_prof: f32 = a.num("profile-t", t_mid)?;
     // the one-thread output, to check that T threads compute the same bits
     let mut one = vec![0f32; n];
     if threads > 1 {
@@ -474,7 +476,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         times[times.len() - 1]
     );
     stream_latencies(&model, &mut sess, &x, &mut out, runs)?;
-    op_profile(&mut sess, &x, t_mid, runs)?;
+    op_profile(&mut sess, &x, t_prof, runs)?;
     let int16 = model
         .ops()
         .filter_map(|o| o.ok())

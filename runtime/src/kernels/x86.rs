@@ -1,24 +1,47 @@
 //! x86-64 AVX2 tiles of the product engine ([`super::gemm`]).
 //!
 //! A tile is 8 rows (two weight blocks) x 6 pixels. Per block of 4 depth values: the two weight
-//! blocks (4 rows x 4 depth int8 each) are loaded and sign-extended to 16 i16 (`vpmovsxbw`), each
-//! pixel's 4 staged i16 values are broadcast (`vpbroadcastq`), and `vpmaddwd` multiplies and adds
-//! pairs exactly into 8 i32 lanes (row 0 depth 0-1, row 0 depth 2-3, row 1 ..., row 3 depth 2-3) that
-//! `vpaddd` accumulates: 12 accumulators, 16 multiply-accumulates per `vpmaddwd`. At the end the
-//! lane pairs are added (`vphaddd`) into 8 row sums per pixel.
+//! blocks (4 rows x 4 depth each, as 16 i16) are loaded, each pixel's 4 staged i16 values are
+//! broadcast (`vpbroadcastq`), and `vpmaddwd` multiplies and adds pairs exactly into 8 i32 lanes
+//! (row 0 depth 0-1, row 0 depth 2-3, row 1 ..., row 3 depth 2-3) that `vpaddd` accumulates: 12
+//! accumulators, 16 multiply-accumulates per `vpmaddwd`. At the end the lane pairs are added
+//! (`vphaddd`) into 8 row sums per pixel.
+//!
+//! The int8 weights are sign-extended to i16 once per row group and chunk of pixels (up to
+//! [`SEG`] blocks at a time, into a buffer on the stack), not in every tile, and every tile of the
+//! chunk runs the same span of blocks with its accumulators in registers. For int16 activations
+//! the spans are [`WIDEN_EVERY`] blocks, and the accumulators are widened between them (before,
+//! the widening inside the block loop spilled all twelve accumulators to the stack: 30 GMAC/s on
+//! `conv3x3 128->128 32x32` W8A16, 56 now; `cargo bench -p dmq-runtime --features std --bench
+//! product -- --summary`). For int8, llvm-mca (`-mcpu=znver3`) puts the block loop at 9.05 cycles
+//! without the two `vpmovsxbw` against 10.4 with them; on the Zen 3 here the measured speed did
+//! not change (it is bound elsewhere, see the bench's summary).
 //!
 //! Int8 activations accumulate in wrapping i32, like the specification (wrapping addition is
-//! associative, so the order does not matter). Int16 activations could overflow i32 lanes after 258
-//! blocks, so their lanes are added into exact i64 sums after every tap (or every 64 blocks).
+//! associative, so the order does not matter). Int16 activations could overflow i32 lanes, so each
+//! lane is sign-extended and added into an exact i64 lane after every [`WIDEN_EVERY`] blocks.
 use super::gemm::{finish_sums, fits_i32, Epilogue, Finish, Pixels, Product, Tile, BLOCK};
 use super::reference::Code;
 use core::arch::x86_64::*;
 
 /// Pixels per tile.
 const NR: usize = 6;
-/// Blocks a lane accumulates for int16 activations before it is widened: two lanes of 64 blocks
-/// of 4 products of at most 2^15 * 2^7 stay below 2^31 when `vphaddd` adds them.
-const WIDEN_EVERY: usize = 64;
+/// Blocks a lane accumulates for int16 activations before it is widened: a lane adds two
+/// products of at most 2^15 * 2^7 per block, and 255 * 2^23 < 2^31.
+const WIDEN_EVERY: usize = 255;
+/// Output pixels per chunk of [`product_rows`]: a chunk's staged activations stay in cache while
+/// every row group of the weights passes over them.
+const CHUNK: usize = 16 * NR;
+/// Tiles per chunk.
+const TILES: usize = CHUNK / NR;
+/// Weight blocks sign-extended at a time (two row blocks of 16 i16 each: 16 KiB).
+const SEG: usize = 256;
+
+/// Accumulators of one tile: `[weight block][pixel]`.
+type Acc = [[__m256i; NR]; 2];
+/// Exact sums of one tile for int16 activations: the accumulators' lanes as i64,
+/// `[weight block][pixel][lanes 0-3, lanes 4-7]`.
+type Wide = [[[__m256i; 2]; NR]; 2];
 
 /// Rows `r0..r1` of `prod` (both multiples of 4) over every pixel. (Compiled for AVX2 as a whole,
 /// so the sink's code inlined here, writing codes, is too.)
@@ -37,15 +60,21 @@ pub unsafe fn product_rows<T: Code>(
         Ok(s) if core::mem::size_of::<T>() == 2 => s,
         _ => return super::gemm::scalar_fallback(prod, (r0, r1), finish, out),
     };
-    let wide = prod.exact;
     let col = super::gemm::col_max(finish);
     let px = &prod.px;
     let k4 = px.k4();
+    let nq = k4 / BLOCK;
     let mut t = Tile::new();
-    // pixel chunks outermost, so that a chunk's staged activations stay in cache while every row
-    // group of the weights passes over them
+    let mut wbuf = [0i16; SEG * 32];
+    let mut acc: [Acc; TILES] = [[[_mm256_setzero_si256(); NR]; 2]; TILES];
+    let mut total: [Wide; TILES] = [[[[_mm256_setzero_si256(); 2]; NR]; 2]; TILES];
+    let mut bases = [[0usize; NR]; TILES];
     for c0 in (0..px.count).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(px.count);
+        let n = (c1 - c0).div_ceil(NR);
+        for (i, b) in bases.iter_mut().enumerate().take(n) {
+            *b = px.bases(c0 + i * NR);
+        }
         let mut r = r0;
         while r < r1 {
             let two = r + 2 * BLOCK <= r1;
@@ -63,7 +92,7 @@ pub unsafe fn product_rows<T: Code>(
             };
             (t.r0, t.rows) = (r, if two { 2 * BLOCK } else { BLOCK });
             // int16 activations whose sums provably fit i32 here run the int8 path
-            let wide = wide
+            let wide = prod.exact
                 && !(consts.is_some()
                     && fits_i32(
                         prod.wsum,
@@ -73,11 +102,35 @@ pub unsafe fn product_rows<T: Code>(
                         finish,
                         r,
                     ));
-            for p0 in (c0..c1).step_by(NR) {
+            for a in acc.iter_mut().take(n) {
+                *a = [[_mm256_setzero_si256(); NR]; 2];
+            }
+            if wide {
+                for s in total.iter_mut().take(n) {
+                    *s = [[[_mm256_setzero_si256(); 2]; NR]; 2];
+                }
+            }
+            let seg = if wide { WIDEN_EVERY } else { SEG };
+            for qa in (0..nq).step_by(seg) {
+                let qb = (qa + seg).min(nq);
+                // SAFETY: AVX2 was detected; blocks `qa..qb` of both row blocks are inside the
+                // weights (`Product::check` bounds their length) and `wbuf` holds `SEG` blocks
+                unsafe { extend(w0, w1, (qa, qb), &mut wbuf) };
+                for i in 0..n {
+                    // SAFETY: AVX2 was detected; every read is inside `stage` (`Product::check`
+                    // bounds the pixels' extent) and the extended weights
+                    unsafe { span(&wbuf, stage, &bases[i], px, (qa, qb), &mut acc[i]) };
+                    if wide {
+                        // SAFETY: register arithmetic and local stores
+                        unsafe { widen(&mut acc[i], &mut total[i]) };
+                    }
+                }
+            }
+            for i in 0..n {
+                let p0 = c0 + i * NR;
                 (t.p0, t.cols) = (p0, NR.min(px.count - p0));
-                // SAFETY: AVX2 was detected for this tier; every read is inside `stage` and the
-                // weight blocks (`Product::check` bounds the pixels' extent and the weights' length).
-                unsafe { tile_codes(w0, w1, stage, px, wide, consts.as_ref(), finish, &mut t) };
+                // SAFETY: AVX2 was detected for this tier
+                unsafe { finish_tile(&acc[i], &total[i], wide, consts.as_ref(), finish, &mut t) };
                 let rows = t.rows;
                 out(&mut t);
                 t.rows = rows;
@@ -87,48 +140,127 @@ pub unsafe fn product_rows<T: Code>(
     }
 }
 
-/// Output pixels per chunk of [`product_rows`].
-const CHUNK: usize = 16 * NR;
-
-/// One tile: the sums of rows `t.r0..` (8, or 4 repeated) at pixels `t.p0..`, finished into
-/// codes or raw sums in `t`.
-#[allow(clippy::too_many_arguments)]
+/// Sign-extends blocks `qa..qb` of the two row blocks into `wbuf`: block `q`'s 16 i16 of `w0`
+/// at `32 * (q - qa)`, those of `w1` after them.
+///
+/// # Safety
+/// AVX2; `w0` and `w1` hold `16 * qb` bytes and `qb - qa <= SEG`.
 #[target_feature(enable = "avx2")]
-unsafe fn tile_codes(
-    w0: &[i8],
-    w1: &[i8],
+#[inline]
+unsafe fn extend(w0: &[i8], w1: &[i8], (qa, qb): (usize, usize), wbuf: &mut [i16; SEG * 32]) {
+    let d = wbuf.as_mut_ptr();
+    for q in qa..qb {
+        // SAFETY: the caller's bounds
+        unsafe {
+            let a =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(w0.as_ptr().add(16 * q) as *const __m128i));
+            let b =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(w1.as_ptr().add(16 * q) as *const __m128i));
+            _mm256_storeu_si256(d.add(32 * (q - qa)) as *mut __m256i, a);
+            _mm256_storeu_si256(d.add(32 * (q - qa) + 16) as *mut __m256i, b);
+        }
+    }
+}
+
+/// Blocks `qa..qb` of the depth of one tile, added into its accumulators. `w` holds those blocks
+/// extended ([`extend`]). The taps of a kernel row are adjacent in the stage (tap `(ky, kx)` is at
+/// `ky * tap_row + kx * c4`), so a row's `kw * c4 / 4` blocks run as one loop: block `q` is at
+/// `(q / row) * tap_row + 4 * (q % row)`.
+///
+/// # Safety
+/// AVX2; every staged value read (pixel bases plus the taps' offsets) is inside `stage`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn span(
+    w: &[i16; SEG * 32],
     stage: &[i16],
+    bases: &[usize; NR],
     px: &Pixels,
+    (qa, qb): (usize, usize),
+    acc: &mut Acc,
+) {
+    let row = px.kw * px.c4 / BLOCK;
+    if qa >= qb || row == 0 {
+        return;
+    }
+    let mut a = *acc;
+    let (wp, sp) = (w.as_ptr(), stage.as_ptr());
+    let (mut ky, mut b0) = (qa / row, qa % row);
+    let mut q = qa;
+    while q < qb {
+        let b1 = row.min(b0 + (qb - q));
+        let tap = ky * px.tap_row;
+        // SAFETY: the caller's bounds; block `q + (b - b0)` of `w` is extended
+        unsafe {
+            let wq = wp.add(32 * (q - qa));
+            let at: [*const i16; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
+            for b in 0..b1 - b0 {
+                let wa = _mm256_loadu_si256(wq.add(32 * b) as *const __m256i);
+                let wb = _mm256_loadu_si256(wq.add(32 * b + 16) as *const __m256i);
+                for j in 0..NR {
+                    let x = _mm256_set1_epi64x(core::ptr::read_unaligned(
+                        at[j].add((b0 + b) * BLOCK) as *const i64,
+                    ));
+                    a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(wa, x));
+                    a[1][j] = _mm256_add_epi32(a[1][j], _mm256_madd_epi16(wb, x));
+                }
+            }
+        }
+        q += b1 - b0;
+        (ky, b0) = (ky + 1, 0);
+    }
+    *acc = a;
+}
+
+/// Finishes one tile into codes or raw sums in `t`: from the wrapping i32 accumulators, or for
+/// int16 activations (`wide`) from the exact sums `wide_sums` (see [`widen`]).
+///
+/// # Safety
+/// AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn finish_tile(
+    acc: &Acc,
+    wide_sums: &Wide,
     wide: bool,
     consts: Option<&Consts>,
     finish: Finish<'_>,
     t: &mut Tile,
 ) {
     let p0 = t.p0;
-    let bases = px.bases(p0);
-    // SAFETY: (the caller's) every read is in bounds
+    // SAFETY: register arithmetic and stores into local arrays and the tile
     unsafe {
         if wide {
-            let mut sums = [[0i64; NR]; 2 * BLOCK];
-            tile::<true, 8>(w0, w1, stage, bases, px, &mut sums);
+            // the row sums: lanes 2k and 2k + 1 of a half hold row k of it
+            let mut total = [[0i64; NR]; 2 * BLOCK];
+            for (b, block) in wide_sums.iter().enumerate() {
+                for (j, halves) in block.iter().enumerate() {
+                    for (h, v) in halves.iter().enumerate() {
+                        let mut l = [0i64; 4];
+                        _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, *v);
+                        total[4 * b + 2 * h][j] = l[0] + l[1];
+                        total[4 * b + 2 * h + 1][j] = l[2] + l[3];
+                    }
+                }
+            }
+            let total = &total;
             match (consts, finish) {
-                (Some(c), Finish::Codes(e)) if c.narrow(e, &sums, p0) => {
+                (Some(c), Finish::Codes(e)) if c.narrow(e, total, p0) => {
                     // every sum and sum + bias + col fits i32: the wrapping rule is exact
                     let v = core::array::from_fn(|j| {
-                        let a: [i32; 8] = core::array::from_fn(|i| sums[i][j] as i32);
+                        let a: [i32; 8] = core::array::from_fn(|i| total[i][j] as i32);
                         _mm256_loadu_si256(a.as_ptr() as *const __m256i)
                     });
                     c.codes(e, &v, p0, t)
                 }
                 _ => {
                     for i in 0..t.rows {
-                        t.sums[i][..NR].copy_from_slice(&sums[i]);
+                        t.sums[i][..NR].copy_from_slice(&total[i]);
                     }
                     finish_sums(t, finish, true);
                 }
             }
         } else {
-            let v = tile::<false, 0>(w0, w1, stage, bases, px, &mut [[0; NR]; 0]);
+            let v: [__m256i; NR] = core::array::from_fn(|j| row_sums(acc[0][j], acc[1][j]));
             match (consts, finish) {
                 (Some(c), Finish::Codes(e)) => c.codes(e, &v, p0, t),
                 _ => {
@@ -239,83 +371,18 @@ unsafe fn row_sums(a: __m256i, b: __m256i) -> __m256i {
     _mm256_permute4x64_epi64(_mm256_hadd_epi32(a, b), 0b11_01_10_00)
 }
 
-/// One 8 x 6 tile over the whole depth. Returns the wrapping i32 row sums per pixel (a vector of
-/// 8 rows) for int8 activations; for int16 ones (`WIDE`) adds the exact sums into `total`
-/// (`[row][pixel]`, 8 rows) instead.
-#[target_feature(enable = "avx2")]
-unsafe fn tile<const WIDE: bool, const R: usize>(
-    w0: &[i8],
-    w1: &[i8],
-    stage: &[i16],
-    bases: [usize; NR],
-    px: &Pixels,
-    total: &mut [[i64; NR]; R],
-) -> [__m256i; NR] {
-    let mut acc = [[_mm256_setzero_si256(); NR]; 2];
-    let mut in_lanes = 0usize;
-    let (wp0, wp1, sp) = (w0.as_ptr(), w1.as_ptr(), stage.as_ptr());
-    let mut q = 0usize;
-    let blocks = px.c4 / BLOCK;
-    for ky in 0..px.kh {
-        for kx in 0..px.kw {
-            let tap = ky * px.tap_row + kx * px.c4;
-            for b in 0..blocks {
-                // SAFETY: block `q` of both weight rows and 4 staged values per pixel are in bounds
-                unsafe {
-                    let wa =
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp0.add(q * 16) as *const __m128i));
-                    let wb =
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp1.add(q * 16) as *const __m128i));
-                    for j in 0..NR {
-                        let at = bases[j] + tap + b * BLOCK;
-                        let x =
-                            _mm256_set1_epi64x(core::ptr::read_unaligned(sp.add(at) as *const i64));
-                        acc[0][j] = _mm256_add_epi32(acc[0][j], _mm256_madd_epi16(wa, x));
-                        acc[1][j] = _mm256_add_epi32(acc[1][j], _mm256_madd_epi16(wb, x));
-                    }
-                }
-                q += 1;
-                in_lanes += 1;
-                if WIDE && in_lanes == WIDEN_EVERY {
-                    // SAFETY: register arithmetic and a local store
-                    unsafe { widen(&mut acc, total) };
-                    in_lanes = 0;
-                }
-            }
-        }
-    }
-    if WIDE && in_lanes > 0 {
-        // SAFETY: as above
-        unsafe { widen(&mut acc, total) };
-    }
-    let mut v = [_mm256_setzero_si256(); NR];
-    if !WIDE {
-        for j in 0..NR {
-            // SAFETY: register arithmetic
-            v[j] = unsafe { row_sums(acc[0][j], acc[1][j]) };
-        }
-    }
-    v
-}
-
-/// Adds the accumulators' row sums into the exact totals and clears them.
+/// Adds the accumulators' lanes, sign-extended, into the exact i64 lanes and clears them.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn widen<const R: usize>(acc: &mut [[__m256i; NR]; 2], total: &mut [[i64; NR]; R]) {
-    for j in 0..NR {
-        let mut s = [0i32; 8];
-        // SAFETY: register arithmetic and a local store of 32 bytes
-        unsafe {
-            _mm256_storeu_si256(
-                s.as_mut_ptr() as *mut __m256i,
-                row_sums(acc[0][j], acc[1][j]),
-            )
-        };
-        for (i, t) in total.iter_mut().enumerate() {
-            t[j] += s[i] as i64;
+unsafe fn widen(acc: &mut Acc, total: &mut Wide) {
+    for (a, t) in acc.iter_mut().zip(total.iter_mut()) {
+        for (v, t) in a.iter_mut().zip(t.iter_mut()) {
+            let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(*v));
+            let hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(*v, 1));
+            t[0] = _mm256_add_epi64(t[0], lo);
+            t[1] = _mm256_add_epi64(t[1], hi);
+            *v = _mm256_setzero_si256();
         }
-        acc[0][j] = _mm256_setzero_si256();
-        acc[1][j] = _mm256_setzero_si256();
     }
 }
 
@@ -420,7 +487,13 @@ pub(crate) unsafe fn write_tile8(
             } else {
                 _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(*v, *v));
             }
-            core::ptr::copy_nonoverlapping(tmp.as_ptr(), dst.add(i * rs * bytes), cols * bytes);
+            let d = dst.add(i * rs * bytes);
+            // constant lengths for the AVX2 tile's full width: an inlined copy, not a call
+            match cols * bytes {
+                6 => core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, 6),
+                12 => core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, 12),
+                n => core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, n),
+            }
         }
     }
 }
