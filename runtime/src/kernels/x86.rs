@@ -23,6 +23,7 @@
 use super::gemm::{finish_sums, fits_i32, Epilogue, Finish, Pixels, Product, Tile, BLOCK};
 use super::reference::Code;
 use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
 
 /// Pixels per tile.
 const NR: usize = 6;
@@ -65,9 +66,11 @@ pub unsafe fn product_rows<T: Code>(
     let k4 = px.k4();
     let nq = k4 / BLOCK;
     let mut t = Tile::new();
-    let mut wbuf = [0i16; SEG * 32];
-    let mut acc: [Acc; TILES] = [[[_mm256_setzero_si256(); NR]; 2]; TILES];
-    let mut total: [Wide; TILES] = [[[[_mm256_setzero_si256(); 2]; NR]; 2]; TILES];
+    // 34 KiB of buffers, left uninitialised (zeroing them cost as much as a small op): every
+    // element is written before it is read
+    let mut wbuf = [MaybeUninit::<i16>::uninit(); SEG * 32];
+    let mut acc = [MaybeUninit::<Acc>::uninit(); TILES];
+    let mut total = [MaybeUninit::<Wide>::uninit(); TILES];
     let mut bases = [[0usize; NR]; TILES];
     for c0 in (0..px.count).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(px.count);
@@ -103,11 +106,11 @@ pub unsafe fn product_rows<T: Code>(
                         r,
                     ));
             for a in acc.iter_mut().take(n) {
-                *a = [[_mm256_setzero_si256(); NR]; 2];
+                a.write([[_mm256_setzero_si256(); NR]; 2]);
             }
             if wide {
                 for s in total.iter_mut().take(n) {
-                    *s = [[[_mm256_setzero_si256(); 2]; NR]; 2];
+                    s.write([[[_mm256_setzero_si256(); 2]; NR]; 2]);
                 }
             }
             let seg = if wide { WIDEN_EVERY } else { SEG };
@@ -115,22 +118,48 @@ pub unsafe fn product_rows<T: Code>(
                 let qb = (qa + seg).min(nq);
                 // SAFETY: AVX2 was detected; blocks `qa..qb` of both row blocks are inside the
                 // weights (`Product::check` bounds their length) and `wbuf` holds `SEG` blocks
-                unsafe { extend(w0, w1, (qa, qb), &mut wbuf) };
+                unsafe { extend(w0, w1, (qa, qb), wbuf.as_mut_ptr() as *mut i16) };
                 for i in 0..n {
+                    // SAFETY: `acc[..n]` (and `total[..n]` when wide) were written above for this
+                    // row group
+                    let a = unsafe { acc[i].assume_init_mut() };
                     // SAFETY: AVX2 was detected; every read is inside `stage` (`Product::check`
-                    // bounds the pixels' extent) and the extended weights
-                    unsafe { span(&wbuf, stage, &bases[i], px, (qa, qb), &mut acc[i]) };
+                    // bounds the pixels' extent) and the blocks `extend` just wrote
+                    unsafe {
+                        span(
+                            wbuf.as_ptr() as *const i16,
+                            stage,
+                            &bases[i],
+                            px,
+                            (qa, qb),
+                            a,
+                        )
+                    };
                     if wide {
-                        // SAFETY: register arithmetic and local stores
-                        unsafe { widen(&mut acc[i], &mut total[i]) };
+                        // SAFETY: as above; register arithmetic and local stores
+                        unsafe { widen(a, total[i].assume_init_mut()) };
                     }
                 }
             }
             for i in 0..n {
                 let p0 = c0 + i * NR;
                 (t.p0, t.cols) = (p0, NR.min(px.count - p0));
-                // SAFETY: AVX2 was detected for this tier
-                unsafe { finish_tile(&acc[i], &total[i], wide, consts.as_ref(), finish, &mut t) };
+                // SAFETY: AVX2 was detected for this tier; `acc[i]` (and `total[i]` when wide)
+                // were written for this row group
+                unsafe {
+                    let sums = if wide {
+                        Some(total[i].assume_init_ref())
+                    } else {
+                        None
+                    };
+                    finish_tile(
+                        acc[i].assume_init_ref(),
+                        sums,
+                        consts.as_ref(),
+                        finish,
+                        &mut t,
+                    )
+                };
                 let rows = t.rows;
                 out(&mut t);
                 t.rows = rows;
@@ -144,11 +173,11 @@ pub unsafe fn product_rows<T: Code>(
 /// at `32 * (q - qa)`, those of `w1` after them.
 ///
 /// # Safety
-/// AVX2; `w0` and `w1` hold `16 * qb` bytes and `qb - qa <= SEG`.
+/// AVX2; `w0` and `w1` hold `16 * qb` bytes, `qb - qa <= SEG` and `wbuf` has room for `SEG`
+/// blocks.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn extend(w0: &[i8], w1: &[i8], (qa, qb): (usize, usize), wbuf: &mut [i16; SEG * 32]) {
-    let d = wbuf.as_mut_ptr();
+unsafe fn extend(w0: &[i8], w1: &[i8], (qa, qb): (usize, usize), d: *mut i16) {
     for q in qa..qb {
         // SAFETY: the caller's bounds
         unsafe {
@@ -168,11 +197,12 @@ unsafe fn extend(w0: &[i8], w1: &[i8], (qa, qb): (usize, usize), wbuf: &mut [i16
 /// `(q / row) * tap_row + 4 * (q % row)`.
 ///
 /// # Safety
-/// AVX2; every staged value read (pixel bases plus the taps' offsets) is inside `stage`.
+/// AVX2; every staged value read (pixel bases plus the taps' offsets) is inside `stage`; `w` holds
+/// blocks `qa..qb` (written by [`extend`]).
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn span(
-    w: &[i16; SEG * 32],
+    w: *const i16,
     stage: &[i16],
     bases: &[usize; NR],
     px: &Pixels,
@@ -184,7 +214,7 @@ unsafe fn span(
         return;
     }
     let mut a = *acc;
-    let (wp, sp) = (w.as_ptr(), stage.as_ptr());
+    let (wp, sp) = (w, stage.as_ptr());
     let (mut ky, mut b0) = (qa / row, qa % row);
     let mut q = qa;
     while q < qb {
@@ -213,15 +243,14 @@ unsafe fn span(
 }
 
 /// Finishes one tile into codes or raw sums in `t`: from the wrapping i32 accumulators, or for
-/// int16 activations (`wide`) from the exact sums `wide_sums` (see [`widen`]).
+/// int16 activations from their exact sums `wide` (see [`widen`]).
 ///
 /// # Safety
 /// AVX2.
 #[target_feature(enable = "avx2")]
 unsafe fn finish_tile(
     acc: &Acc,
-    wide_sums: &Wide,
-    wide: bool,
+    wide: Option<&Wide>,
     consts: Option<&Consts>,
     finish: Finish<'_>,
     t: &mut Tile,
@@ -229,7 +258,7 @@ unsafe fn finish_tile(
     let p0 = t.p0;
     // SAFETY: register arithmetic and stores into local arrays and the tile
     unsafe {
-        if wide {
+        if let Some(wide_sums) = wide {
             // the row sums: lanes 2k and 2k + 1 of a half hold row k of it
             let mut total = [[0i64; NR]; 2 * BLOCK];
             for (b, block) in wide_sums.iter().enumerate() {

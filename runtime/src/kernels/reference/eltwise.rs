@@ -1,6 +1,6 @@
 //! Element-wise kernels: broadcasting binary ops, lookup tables, quantize and dequantize.
 use super::Code;
-use crate::kernels::{check_len, le_i32, round_shift, walk, MAX_RANK};
+use crate::kernels::{check_len, round_shift, walk, MAX_RANK};
 use crate::{Error, Result};
 
 /// Element-wise binary op with broadcasting strides (computed by the caller, checked here):
@@ -57,10 +57,16 @@ pub fn lut_8_16(x: &[i8], table: &[u8], out: &mut [i16]) -> Result<()> {
 pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
     check_len(257 * 4, table.len())?;
     check_len(x.len(), out.len())?;
+    // the points as i32 once (a run is thousands of values): then each value reads two entries
+    // of a fixed-size array at indices the compiler can bound, no byte assembly
+    let mut points = [0i32; 257];
+    for (p, b) in points.iter_mut().zip(table.chunks_exact(4)) {
+        *p = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
     for (o, &v) in out.iter_mut().zip(x) {
         let u = (v as i32 + 32768) as usize;
         let (i, f) = (u >> 8, (u & 255) as i64);
-        let v = le_i32(table, i) as i64 * (256 - f) + le_i32(table, i + 1) as i64 * f;
+        let v = points[i] as i64 * (256 - f) + points[i + 1] as i64 * f;
         *o = U::sat(round_shift(v, 16));
     }
     Ok(())
