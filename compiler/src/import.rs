@@ -54,23 +54,143 @@ fn pinned_shape(fact: &InferenceFact) -> Option<Vec<usize>> {
     }
 }
 
+/// tract's ONNX loader, told to ignore the `value_info` of intermediate tensors: exporters write
+/// them with the symbolic batch (`batch`) that dmq pins to 1, and tract then fails to unify the two
+/// ("Impossible to unify Sym(batch) with Val(1)"); tract infers every intermediate shape itself.
+fn onnx() -> tract_onnx::Onnx {
+    tract_onnx::onnx().with_ignore_value_info(true)
+}
+
 /// Loads an ONNX file (with external data next to it, as the dynamo exporter writes), identifies the
 /// latent and timestep inputs, pins batch 1 and declutters.
 pub fn import(path: &std::path::Path, timestep_input: Option<&str>) -> Result<Imported> {
     std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     let label = path.display().to_string();
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
+    let proto = onnx()
+        .proto_model_for_path(path)
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
-    import_model(model, timestep_input)
+    let dir = path.parent().and_then(|d| d.to_str());
+    import_proto(proto, dir, &label, timestep_input)
 }
 
 /// [`import`] from bytes in memory (no external data); `label` names the model in messages.
 pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> Result<Imported> {
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
+    let proto = onnx()
+        .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
-    import_model(model, timestep_input)
+    import_proto(proto, None, label, timestep_input)
+}
+
+fn import_proto(
+    mut proto: tract_onnx::pb::ModelProto,
+    dir: Option<&str>,
+    label: &str,
+    timestep_input: Option<&str>,
+) -> Result<Imported> {
+    let widened = widen_f16(&mut proto).with_context(|| format!("{label}: fp16 model"))?;
+    if widened > 0 {
+        eprintln!(
+            "note: {label} is an fp16 model: {widened} fp16 tensors, casts and types widened to f32 on import (dmq quantizes from f32)"
+        );
+    }
+    let parsed = onnx()
+        .parse(&proto, dir)
+        .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        bail!(
+            "{label}: could not resolve inputs at top level: {:?}",
+            parsed.unresolved_inputs
+        );
+    }
+    import_model(parsed.model, timestep_input)
+}
+
+/// Rewrites an fp16 ONNX graph as f32, in the protobuf before tract reads it: fp16 initializers and
+/// constant tensors are widened (exactly: every f16 is an f32), `Cast`s to fp16 cast to f32, and the
+/// graph's declared fp16 types become f32. (tract types some fp16 ops inconsistently, e.g. `Gemm`,
+/// and dmq calibrates and quantizes from f32 anyway.) Returns how many things were rewritten.
+fn widen_f16(proto: &mut tract_onnx::pb::ModelProto) -> Result<usize> {
+    match proto.graph.as_mut() {
+        Some(g) => widen_graph(g),
+        None => Ok(0),
+    }
+}
+
+const ONNX_FLOAT: i32 = 1;
+const ONNX_FLOAT16: i32 = 10;
+
+fn widen_graph(g: &mut tract_onnx::pb::GraphProto) -> Result<usize> {
+    use tract_onnx::pb::type_proto::Value;
+    let mut n = 0;
+    for t in &mut g.initializer {
+        n += widen_tensor(t)?;
+    }
+    for v in g
+        .input
+        .iter_mut()
+        .chain(&mut g.output)
+        .chain(&mut g.value_info)
+    {
+        if let Some(Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            if t.elem_type == ONNX_FLOAT16 {
+                t.elem_type = ONNX_FLOAT;
+                n += 1;
+            }
+        }
+    }
+    for node in &mut g.node {
+        for a in &mut node.attribute {
+            if node.op_type == "Cast" && a.name == "to" && a.i == ONNX_FLOAT16 as i64 {
+                a.i = ONNX_FLOAT as i64;
+                n += 1;
+            }
+            if let Some(t) = a.t.as_mut() {
+                n += widen_tensor(t)?;
+            }
+            for t in &mut a.tensors {
+                n += widen_tensor(t)?;
+            }
+            if let Some(sub) = a.g.as_mut() {
+                n += widen_graph(sub)?;
+            }
+            for sub in &mut a.graphs {
+                n += widen_graph(sub)?;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// An fp16 tensor's values as f32 (`raw_data` little-endian, or `int32_data` holding the bit
+/// patterns, as the ONNX spec stores FLOAT16).
+fn widen_tensor(t: &mut tract_onnx::pb::TensorProto) -> Result<usize> {
+    if t.data_type != ONNX_FLOAT16 {
+        return Ok(0);
+    }
+    if t.data_location == Some(1) || !t.external_data.is_empty() {
+        bail!(
+            "tensor {:?} is fp16 in an external data file; dmq widens fp16 only when it is inside the .onnx file (re-export with the weights embedded, or as f32)",
+            t.name
+        );
+    }
+    let values: Vec<f32> = if !t.raw_data.is_empty() {
+        if t.raw_data.len() % 2 != 0 {
+            bail!("fp16 tensor {:?} has an odd number of bytes", t.name);
+        }
+        t.raw_data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()
+    } else {
+        t.int32_data
+            .iter()
+            .map(|&v| half::f16::from_bits(v as u16).to_f32())
+            .collect()
+    };
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t.int32_data.clear();
+    t.data_type = ONNX_FLOAT;
+    Ok(1)
 }
 
 fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Result<Imported> {

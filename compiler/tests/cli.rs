@@ -726,6 +726,54 @@ fn assert_family_matches_onnx_runtime(
 }
 
 #[test]
+fn exports_with_value_info_fp16_or_a_scalar_timestep_compile_with_default_flags() {
+    // tests/fixtures/make_export_variants_fixture.py: one tiny UNet exported as users bring them:
+    // value_info on every intermediate tensor with a symbolic batch (tract failed to unify it with
+    // the pinned batch of 1), fp16 throughout (tract mistyped its Gemm), a 0-d float timestep.
+    for (onnx, t_prefix) in [
+        ("tiny_value_info.onnx", "diffusers_t"),
+        ("tiny_fp16.onnx", "diffusers_t"),
+        ("tiny_scalar_t.onnx", "tiny_scalar_t"),
+    ] {
+        let name = onnx.trim_end_matches(".onnx");
+        let cases: Vec<(String, String, String)> = [50, 500, 950]
+            .iter()
+            .map(|t| {
+                (
+                    "tiny_x.npy".to_string(),
+                    format!("{t_prefix}{t}.npy"),
+                    format!("{name}_ref_t{t}.npy"),
+                )
+            })
+            .collect();
+        let dbs = sqnr_against_onnx_runtime(
+            name,
+            onnx,
+            &["--calib-samples", "4", "--eval-samples", "1"],
+            ("sample", "timestep"),
+            &[],
+            &cases,
+        );
+        for db in dbs {
+            assert!(db >= 30.0, "{onnx}: {db:.2} dB against ONNX Runtime");
+        }
+    }
+    // the fp16 import says what it did
+    let d = tmp("fp16_note");
+    let (ok, _, err) = run(compile(fixture("tiny_fp16.onnx"), d.join("m.dmq")).args([
+        "--calib-samples",
+        "2",
+        "--eval-samples",
+        "1",
+    ]));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("fp16 model") && err.contains("widened to f32"),
+        "{err}"
+    );
+}
+
+#[test]
 fn einsum_attention_of_the_original_stable_diffusion_code_matches_onnx_runtime() {
     // tests/fixtures/make_einsum_fixture.py: a latent-diffusion UNet whose self- and cross-attention
     // are ONNX Einsum ops over heads folded into the batch (the CompVis code), with LayerNorms that
