@@ -105,8 +105,11 @@ pub unsafe fn product_rows<T: Code>(
                         finish,
                         r,
                     ));
-            for a in acc.iter_mut().take(n) {
-                a.write([[_mm256_setzero_si256(); NR]; 2]);
+            if nq == 0 {
+                // no span runs (otherwise the first span of a tile writes its accumulators)
+                for a in acc.iter_mut().take(n) {
+                    a.write([[_mm256_setzero_si256(); NR]; 2]);
+                }
             }
             if wide {
                 for s in total.iter_mut().take(n) {
@@ -114,30 +117,33 @@ pub unsafe fn product_rows<T: Code>(
                 }
             }
             let seg = if wide { WIDEN_EVERY } else { SEG };
+            // blocks per kernel row (see `span`)
+            let row = px.kw * px.c4 / BLOCK;
             for qa in (0..nq).step_by(seg) {
                 let qb = (qa + seg).min(nq);
+                // kernel row and block within it of `qa`: once per span, not per tile
+                let at = (qa / row, qa % row);
                 // SAFETY: AVX2 was detected; blocks `qa..qb` of both row blocks are inside the
                 // weights (`Product::check` bounds their length) and `wbuf` holds `SEG` blocks
                 unsafe { extend(w0, w1, (qa, qb), wbuf.as_mut_ptr() as *mut i16) };
                 for i in 0..n {
-                    // SAFETY: `acc[..n]` (and `total[..n]` when wide) were written above for this
-                    // row group
-                    let a = unsafe { acc[i].assume_init_mut() };
                     // SAFETY: AVX2 was detected; every read is inside `stage` (`Product::check`
-                    // bounds the pixels' extent) and the blocks `extend` just wrote
+                    // bounds the pixels' extent) and the blocks `extend` just wrote; `acc[i]` is
+                    // read only after the span from block 0 wrote it
                     unsafe {
                         span(
                             wbuf.as_ptr() as *const i16,
                             stage,
                             &bases[i],
                             px,
-                            (qa, qb),
-                            a,
+                            (qa, qb, at),
+                            acc[i].as_mut_ptr(),
                         )
                     };
                     if wide {
-                        // SAFETY: as above; register arithmetic and local stores
-                        unsafe { widen(a, total[i].assume_init_mut()) };
+                        // SAFETY: `acc[i]` was just written by `span`, `total[..n]` above for this
+                        // row group; register arithmetic and local stores
+                        unsafe { widen(acc[i].assume_init_mut(), total[i].assume_init_mut()) };
                     }
                 }
             }
@@ -191,14 +197,16 @@ unsafe fn extend(w0: &[i8], w1: &[i8], (qa, qb): (usize, usize), d: *mut i16) {
     }
 }
 
-/// Blocks `qa..qb` of the depth of one tile, added into its accumulators. `w` holds those blocks
+/// Blocks `qa..qb` of the depth of one tile (`qa` at block `b0` of kernel row `ky`), added into its
+/// accumulators (which it overwrites when `qa == 0`). `w` holds those blocks
 /// extended ([`extend`]). The taps of a kernel row are adjacent in the stage (tap `(ky, kx)` is at
 /// `ky * tap_row + kx * c4`), so a row's `kw * c4 / 4` blocks run as one loop: block `q` is at
 /// `(q / row) * tap_row + 4 * (q % row)`.
 ///
 /// # Safety
 /// AVX2; every staged value read (pixel bases plus the taps' offsets) is inside `stage`; `w` holds
-/// blocks `qa..qb` (written by [`extend`]).
+/// blocks `qa..qb` (written by [`extend`]); `acc` is valid for writes, and initialised when
+/// `qa > 0`.
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn span(
@@ -206,16 +214,21 @@ unsafe fn span(
     stage: &[i16],
     bases: &[usize; NR],
     px: &Pixels,
-    (qa, qb): (usize, usize),
-    acc: &mut Acc,
+    (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
+    acc: *mut Acc,
 ) {
     let row = px.kw * px.c4 / BLOCK;
     if qa >= qb || row == 0 {
         return;
     }
-    let mut a = *acc;
+    // the first span of a tile starts from zero (no loads of the zeroed accumulators)
+    let mut a = if qa == 0 {
+        [[_mm256_setzero_si256(); NR]; 2]
+    } else {
+        // SAFETY: the caller's: written by the span from block 0
+        unsafe { acc.read() }
+    };
     let (wp, sp) = (w, stage.as_ptr());
-    let (mut ky, mut b0) = (qa / row, qa % row);
     let mut q = qa;
     while q < qb {
         let b1 = row.min(b0 + (qb - q));
@@ -239,7 +252,8 @@ unsafe fn span(
         q += b1 - b0;
         (ky, b0) = (ky + 1, 0);
     }
-    *acc = a;
+    // SAFETY: the caller's: `acc` is valid for writes
+    unsafe { acc.write(a) };
 }
 
 /// Finishes one tile into codes or raw sums in `t`: from the wrapping i32 accumulators, or for
@@ -510,18 +524,28 @@ pub(crate) unsafe fn write_tile8(
             return;
         }
         for (i, v) in transpose_h(px).iter().enumerate() {
-            let mut tmp = [0u8; 16];
-            if bytes == 2 {
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, *v);
-            } else {
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(*v, *v));
-            }
             let d = dst.add(i * rs * bytes);
-            // constant lengths for the AVX2 tile's full width: an inlined copy, not a call
-            match cols * bytes {
-                6 => core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, 6),
-                12 => core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, 12),
-                n => core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, n),
+            // the AVX2 tile's full width (6 pixels) stored straight from the register
+            match (bytes, cols) {
+                (1, 6) => {
+                    let b = _mm_packs_epi16(*v, *v);
+                    (d as *mut i32).write_unaligned(_mm_cvtsi128_si32(b));
+                    (d.add(4) as *mut u16).write_unaligned(_mm_extract_epi16::<2>(b) as u16);
+                }
+                (2, 6) => {
+                    _mm_storel_epi64(d as *mut __m128i, *v);
+                    (d.add(8) as *mut i32)
+                        .write_unaligned(_mm_cvtsi128_si32(_mm_srli_si128::<8>(*v)));
+                }
+                _ => {
+                    let mut tmp = [0u8; 16];
+                    if bytes == 2 {
+                        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, *v);
+                    } else {
+                        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, _mm_packs_epi16(*v, *v));
+                    }
+                    core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols * bytes);
+                }
             }
         }
     }
