@@ -69,7 +69,8 @@ def main():
     if not os.path.exists(a.dmq):
         print("compiling with dmqc (calibration on 2 trajectories of 10 steps) ...", file=sys.stderr)
         run(["target/release/dmqc", "compile", a.onnx, "-o", a.dmq, "--steps", "10", "--calib-samples", "2",
-             "--eval-samples", "1", "--no-baseline", "--floor-db", "0", "--protect", "none"])
+             "--eval-samples", "1", "--no-baseline", "--floor-db", "0", "--protect", "none",
+             "--calib-source", "forward"])
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1

@@ -2,7 +2,8 @@
 onnxscript): a Stable-Diffusion-shaped diffusers UNet2DConditionModel at small width — the default
 block types (three cross-attention down blocks), two layers per block, linear projections, 77 text
 tokens, 2.5 M random parameters, 10-14 MB of ONNX, too large to commit — exported with both
-exporters, compiled by `dmqc compile` with default flags plus `--calib` for the text embedding, run
+exporters, compiled by `dmqc compile` with default flags plus `--calib` for the text embedding and
+`--calib-source forward` (random weights: the model's own trajectories drift), run
 through the runtime (`dmqc run`) and compared with ONNX Runtime at three timesteps.
 
     cargo build --release -p dmq-compiler
@@ -47,7 +48,7 @@ def main():
         sess = ort.InferenceSession(onnx_path)
         dmq = f"{out}/{tag}.dmq"
         subprocess.run([DMQC, "compile", onnx_path, "-o", dmq, "--calib",
-                        "encoder_hidden_states=normal:0,1"], check=True)
+                        "encoder_hidden_states=normal:0,1", "--calib-source", "forward"], check=True)
         for t in (50, 500, 950):
             np.save(f"{out}/t.npy", np.array([t], dtype=np.float32))
             ref = sess.run(None, {"sample": x.numpy(), "timestep": np.array([t], dtype=np.float32),

@@ -9,8 +9,8 @@ cargo build -q --release -p dmq-compiler
 out=runtime/tests/data
 mkdir -p "$out"
 ./target/release/dmqc compile tests/fixtures/tiny_unet.onnx -o "$out/tiny.dmq" \
-  --steps 5 --calib-samples 2 --eval-samples 1 --no-baseline >/dev/null
+  --steps 5 --calib-samples 2 --eval-samples 1 --no-baseline --calib-source forward >/dev/null
 ./target/release/dmqc compile tests/fixtures/unet2d_class.onnx -o "$out/class_fold.dmq" \
-  --steps 5 --calib-samples 2 --eval-samples 1 --no-baseline --protect none \
+  --steps 5 --calib-samples 2 --eval-samples 1 --no-baseline --protect none --calib-source forward \
   --calib class_labels=uniform:0,9 --fold-time-path >/dev/null
 ls -l "$out"

@@ -16,7 +16,11 @@ pub struct Calibration {
     /// the timestep of each sampling step
     pub timesteps: Vec<f32>,
     /// steps calibrated on forward-process probes because the trajectories had drifted
+    /// (`--calib-source forward`)
     pub probed_steps: usize,
+    /// steps whose trajectories drifted far from the forward process's scale (switched to probes or
+    /// not)
+    pub drifted_steps: usize,
     pub t_min: f32,
     pub t_max: f32,
     pub evaluations: usize,
@@ -411,20 +415,25 @@ impl Recorder<'_> {
     /// have drifted far from that (RMS off by more than 3x, as with untrained or weakly trained
     /// models), they do not represent the inputs the model will see and that step is calibrated on
     /// the probes instead; elsewhere (with `merge`) the probes widen the trajectories' ranges and
-    /// samples. Returns the number of steps calibrated on probes.
+    /// samples. Only with `--calib-source forward` does a drifted step switch to the probes; by
+    /// default drift is counted (and reported), never acted on. Returns the numbers of steps
+    /// calibrated on probes and of drifted steps.
     fn probes(
         &mut self,
         float: &FloatModel,
         run: &Run<'_>,
         (count, seed0, merge): (usize, u64, bool),
         (cond, un): (&[Vec<f32>], &[Vec<f32>]),
-    ) -> Result<usize> {
+    ) -> Result<(usize, usize)> {
         float.set_extras(cond.to_vec())?;
         let n: usize = float.latent.shape.iter().product();
-        let mut probed = 0;
+        let switch = run.opts.calib_source == crate::CalibSource::Forward;
+        let (mut probed, mut drifted_steps) = (0, 0);
         for (i, &t) in self.timesteps.clone().iter().enumerate() {
             let rms = (self.traj_sq[i] / self.traj_count[i].max(1) as f64).sqrt();
-            let drift = drifted(run.cfg, run.kind, t, rms);
+            let seen_drift = drifted(run.cfg, run.kind, t, rms);
+            drifted_steps += seen_drift as usize;
+            let drift = seen_drift && switch;
             if !drift && !merge {
                 continue;
             }
@@ -461,7 +470,7 @@ impl Recorder<'_> {
                 }
             }
         }
-        Ok(probed)
+        Ok((probed, drifted_steps))
     }
 }
 
@@ -502,11 +511,13 @@ pub fn calibrate(
     // with guidance the probes go through both passes too (values of the first trajectory)
     let (cond, un) = (extras(seed0)?, un_for(seed0)?);
     let count = (trajectories / 4).max(2);
-    let probed_steps = rec.probes(float, run, (count, seed0, merge_probes), (&cond, &un))?;
+    let (probed_steps, drifted_steps) =
+        rec.probes(float, run, (count, seed0, merge_probes), (&cond, &un))?;
     Ok(Calibration {
         per_step: rec.per_step,
         samples: rec.samples,
         probed_steps,
+        drifted_steps,
         timesteps: rec.timesteps,
         t_min: rec.t_min,
         t_max: rec.t_max,

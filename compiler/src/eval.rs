@@ -134,15 +134,20 @@ pub fn sqnr_over_schedule(
         let extras = traj.first().map(|p| p.3.clone()).unwrap_or_default();
         let mut sess = session_for(model, arena_bytes(&mut arena), &extras)?;
         for (i, (t, x, yf, _)) in traj.iter().enumerate() {
-            // where the trajectory has drifted away from the forward process (see calib), measure on a
-            // forward-process sample instead, as calibration did
-            let (x, yf) = match crate::calib::drift_probe(
-                &model.meta().sampler,
-                opts.sampler,
-                *t,
-                x,
-                seed0 ^ ((s as u64) << 20) ^ i as u64,
-            ) {
+            // with `--calib-source forward`, where the trajectory has drifted away from the forward
+            // process (see calib), measure on a forward-process sample instead, as calibration did
+            let probe = if opts.calib_source == crate::CalibSource::Forward {
+                crate::calib::drift_probe(
+                    &model.meta().sampler,
+                    opts.sampler,
+                    *t,
+                    x,
+                    seed0 ^ ((s as u64) << 20) ^ i as u64,
+                )
+            } else {
+                None
+            };
+            let (x, yf) = match probe {
                 Some(p) => {
                     let y = float.run(&p, *t)?;
                     (p, y)

@@ -6,6 +6,19 @@ use dmq_runtime::format::Prediction;
 use dmq_runtime::SamplerKind;
 use std::path::Path;
 
+/// Which latents calibrate (and measure) a sampling step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalibSource {
+    /// the model's own sampler trajectories at every step: what the device will see. Where they
+    /// drift far from the forward process's scale the compile warns (and counts the steps), but
+    /// does not switch
+    Trajectories,
+    /// where the trajectories drift (RMS off by more than 3x from the forward process), that step is
+    /// calibrated and measured on forward-process samples instead: for random-weight or untrained
+    /// models, whose trajectories say nothing about real inputs
+    Forward,
+}
+
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
     pub timestep_input: Option<String>,
@@ -50,6 +63,8 @@ pub struct CompileOptions {
     /// with `Protect::Auto`: steps whose measured SQNR stays below this (dB) run with every tensor
     /// that can be int16 at 16 bits, in buckets of their own; 0 = off
     pub floor_db: f64,
+    /// which latents calibrate and measure each step (`--calib-source`)
+    pub calib_source: CalibSource,
 }
 
 impl Default for CompileOptions {
@@ -77,6 +92,7 @@ impl Default for CompileOptions {
             sigma_max: 80.0,
             range_p: 0.0,
             floor_db: 27.0,
+            calib_source: CalibSource::Trajectories,
         }
     }
 }

@@ -237,13 +237,68 @@ fn sqnr_against_onnx_runtime<X: AsRef<str>, T: AsRef<str>, R: AsRef<str>>(
 }
 
 #[test]
+fn drifting_trajectories_are_reported_and_only_replaced_when_asked() {
+    // The random-weight tiny UNet's DDIM trajectories run far from the forward process's scale. By
+    // default the compile calibrates on them anyway (a trained model's trajectories are what the
+    // device will see; no heuristic swaps its calibration data), warns and counts the steps; only
+    // `--calib-source forward` calibrates those steps on forward-process samples.
+    let d = tmp("drift");
+    let light = [
+        "--steps",
+        "10",
+        "--calib-samples",
+        "2",
+        "--eval-samples",
+        "1",
+    ];
+    let json = |flags: &[&str], name: &str| {
+        let report = d.join(format!("{name}.json"));
+        let (ok, out, err) = run(
+            compile(fixture("tiny_unet.onnx"), d.join(format!("{name}.dmq")))
+                .args(light)
+                .args(flags)
+                .arg("--report")
+                .arg(&report),
+        );
+        assert!(ok, "{err}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        (r, out + &err)
+    };
+    let (r, text) = json(&[], "default");
+    let drifted = r["calib_drifted_steps"].as_u64().unwrap();
+    assert!(drifted > 0, "the fixture no longer drifts: {r}");
+    assert_eq!(r["calib_probed_steps"].as_u64(), Some(0), "{r}");
+    assert!(
+        text.contains("WARNING") && text.contains("--calib-source forward"),
+        "{text}"
+    );
+    let (r, text) = json(&["--calib-source", "forward"], "forward");
+    assert_eq!(r["calib_drifted_steps"].as_u64(), Some(drifted), "{r}");
+    assert_eq!(r["calib_probed_steps"].as_u64(), Some(drifted), "{r}");
+    assert!(
+        !text.contains("WARNING") && text.contains("forward-process samples"),
+        "{text}"
+    );
+}
+
+#[test]
 fn diffusers_unet2d_export_matches_onnx_runtime() {
     // A random-weight diffusers UNet2DModel (self-attention, int64 timestep, symbolic batch) compiled
-    // with default flags; `dmqc run` on an N(0,1) latent against ONNX Runtime's float output.
+    // with default flags plus `--calib-source forward` (random weights: its own trajectories drift,
+    // see `drifting_trajectories_are_reported_and_only_replaced_when_asked`); `dmqc run` on an N(0,1)
+    // latent against ONNX Runtime's float output.
     let dbs = sqnr_against_onnx_runtime(
         "diffusers",
         "diffusers_unet2d.onnx",
-        &["--calib-samples", "4", "--eval-samples", "1"],
+        &[
+            "--calib-source",
+            "forward",
+            "--calib-samples",
+            "4",
+            "--eval-samples",
+            "1",
+        ],
         ("sample", "timestep"),
         &[],
         &[
@@ -380,6 +435,8 @@ fn unet2d_condition_model_with_cross_attention_matches_onnx_runtime() {
         &[
             "--calib",
             "encoder_hidden_states=normal:0,1",
+            "--calib-source",
+            "forward",
             "--calib-samples",
             "4",
             "--eval-samples",
@@ -416,7 +473,14 @@ fn diffusers_unet2d_dynamo_export_with_external_data_matches_onnx_runtime() {
     let dbs = sqnr_against_onnx_runtime(
         "diffusers-dynamo",
         "diffusers_unet2d_dynamo.onnx",
-        &["--calib-samples", "4", "--eval-samples", "1"],
+        &[
+            "--calib-source",
+            "forward",
+            "--calib-samples",
+            "4",
+            "--eval-samples",
+            "1",
+        ],
         ("sample", "timestep"),
         &[],
         &[
@@ -452,6 +516,8 @@ fn class_conditional_unet_takes_labels_through_an_embedding() {
         &[
             "--calib",
             "class_labels=uniform:0,9",
+            "--calib-source",
+            "forward",
             "--calib-samples",
             "8",
             "--eval-samples",
@@ -579,7 +645,10 @@ fn native_group_normalization_lowers_like_the_other_spellings() {
                 )
             })
             .collect();
-        for (flags, min_db) in [(&["--act-bits", "16"][..], 38.0), (&[][..], 24.0)] {
+        for (flags, min_db) in [
+            (&["--calib-source", "forward", "--act-bits", "16"][..], 38.0),
+            (&["--calib-source", "forward"][..], 24.0),
+        ] {
             let dbs = sqnr_against_onnx_runtime(
                 &format!("gn{opset}{}", flags.len()),
                 &onnx,
@@ -609,10 +678,19 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
         &["--calib-samples", "8", "--eval-samples", "2"],
     ]
     .concat();
-    let light = ["--calib-samples", "4", "--eval-samples", "1"];
+    let light = [
+        "--calib-source",
+        "forward",
+        "--calib-samples",
+        "4",
+        "--eval-samples",
+        "1",
+    ];
     let text = [
         "--calib",
         "encoder_hidden_states=normal:0,1",
+        "--calib-source",
+        "forward",
         "--calib-samples",
         "4",
         "--eval-samples",
@@ -749,7 +827,14 @@ fn exports_with_value_info_fp16_or_a_scalar_timestep_compile_with_default_flags(
         let dbs = sqnr_against_onnx_runtime(
             name,
             onnx,
-            &["--calib-samples", "4", "--eval-samples", "1"],
+            &[
+                "--calib-source",
+                "forward",
+                "--calib-samples",
+                "4",
+                "--eval-samples",
+                "1",
+            ],
             ("sample", "timestep"),
             &[],
             &cases,
@@ -782,6 +867,8 @@ fn einsum_attention_of_the_original_stable_diffusion_code_matches_onnx_runtime()
     let flags = [
         "--calib",
         "context=normal:0,1",
+        "--calib-source",
+        "forward",
         "--calib-samples",
         "4",
         "--eval-samples",

@@ -135,6 +135,7 @@ fn compile_imported(
         calib_evaluations: cal.evaluations,
         calib_seconds,
         calib_probed_steps: cal.probed_steps,
+        calib_drifted_steps: cal.drifted_steps,
         t_range: (cal.t_min, cal.t_max),
         timestep_groups: opts.timestep_groups,
         weight_bits: opts.weight_bits,

@@ -36,6 +36,9 @@ pub struct Report {
     pub calib_seconds: f64,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
     pub calib_probed_steps: usize,
+    /// sampling steps whose trajectories drifted far from the forward process's scale (a warning by
+    /// default; acted on only with `--calib-source forward`)
+    pub calib_drifted_steps: usize,
     pub t_range: (f32, f32),
     pub timestep_groups: usize,
     pub weight_bits: u8,
@@ -171,8 +174,13 @@ pub fn summary(r: &Report) -> String {
     }
     if r.calib_probed_steps > 0 {
         s += &format!(
-            "  note          the model's own trajectories drifted far from N(0,1)-scale latents at {} of {} steps;\n                those steps were calibrated on forward-process samples instead\n",
+            "  note          --calib-source forward: the model's own trajectories drifted far from the forward process's\n                scale at {} of {} steps; those steps were calibrated and measured on forward-process samples\n",
             r.calib_probed_steps, r.steps
+        );
+    } else if r.calib_drifted_steps > 0 {
+        s += &format!(
+            "  WARNING       the model's own trajectories drifted far from the forward process's scale (RMS off by\n                more than 3x) at {} of {} steps; calibrated on them anyway, as the device will see them.\n                A random-weight or untrained model's trajectories say little: --calib-source forward\n",
+            r.calib_drifted_steps, r.steps
         );
     }
     if !r.protected.is_empty() {

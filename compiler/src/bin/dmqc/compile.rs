@@ -15,6 +15,12 @@ pub enum PredictionArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum CalibSourceArg {
+    Trajectories,
+    Forward,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum ActRangeArg {
     Mse,
     Minmax,
@@ -92,6 +98,12 @@ pub struct Args {
     /// bundled model, but lower final-sample PSNR, so not the default)
     #[arg(long, value_enum, default_value = "minmax")]
     pub act_range: ActRangeArg,
+    /// Latents that calibrate and measure each step: trajectories (the model's own sampler
+    /// trajectories, what the device will see; where they drift far from the forward process's scale
+    /// the summary warns and counts the steps), or forward (drifted steps are calibrated and measured
+    /// on forward-process samples instead: for random-weight or untrained models)
+    #[arg(long, value_enum, default_value = "trajectories")]
+    pub calib_source: CalibSourceArg,
     /// Fold the timestep path (sinusoidal embedding, time MLP, per-block projections, in-graph
     /// preconditioning) into per-step tables for the scheduled timesteps: the device then runs no f32
     /// time-path op on those steps (for cores without an FPU); other timesteps still evaluate it.
@@ -150,6 +162,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         protect_budget,
         floor_db,
         act_range,
+        calib_source,
         fold_time_path,
     } = args;
     if weight_bits != 8 && weight_bits != 4 {
@@ -225,6 +238,10 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         range_p: match act_range {
             ActRangeArg::Mse => 2.0,
             ActRangeArg::Minmax => 0.0,
+        },
+        calib_source: match calib_source {
+            CalibSourceArg::Trajectories => dmq_compiler::CalibSource::Trajectories,
+            CalibSourceArg::Forward => dmq_compiler::CalibSource::Forward,
         },
         ..Default::default()
     };
