@@ -40,8 +40,9 @@ pub struct Args {
     /// timestep input is named sigma/sigmas and --prediction is not given either
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerArg>,
-    /// What the model predicts. Default: epsilon, or sample when the timestep input is named
-    /// sigma/sigmas and --sampler is not given either
+    /// What the model predicts. Default: sample with --sampler consistency (a consistency model's
+    /// output is the denoised sample) or when the timestep input is named sigma/sigmas and --sampler
+    /// is not given either; epsilon otherwise
     #[arg(long, value_enum)]
     pub prediction: Option<PredictionArg>,
     /// Sampling steps (default: 50; 1 for consistency; the count of --timesteps when given).
@@ -173,7 +174,12 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
     }
     let sampler_by_input_name = sampler.is_none() && prediction.is_none();
     let kind = sampler_kind(sampler.unwrap_or(SamplerArg::Ddim))?;
-    let prediction = prediction.unwrap_or(PredictionArg::Epsilon);
+    // a consistency model's output is the denoised sample by definition
+    let prediction = prediction.unwrap_or(if kind == SamplerKind::Consistency {
+        PredictionArg::Sample
+    } else {
+        PredictionArg::Epsilon
+    });
     if let Some(ts) = &timesteps {
         check_timesteps(ts, kind, steps)?;
     }
