@@ -147,31 +147,41 @@ pub unsafe fn product_rows<T: Code>(
                     }
                 }
             }
-            for i in 0..n {
-                let p0 = c0 + i * NR;
-                (t.p0, t.cols) = (p0, NR.min(px.count - p0));
-                // SAFETY: AVX2 was detected for this tier; `acc[i]` (and `total[i]` when wide)
-                // were written for this row group
-                unsafe {
-                    let sums = if wide {
-                        Some(total[i].assume_init_ref())
-                    } else {
-                        None
-                    };
-                    finish_tile(
-                        acc[i].assume_init_ref(),
-                        sums,
-                        consts.as_ref(),
-                        finish,
-                        &mut t,
-                    )
-                };
-                let rows = t.rows;
-                out(&mut t);
-                t.rows = rows;
-            }
+            let done = (&acc[..n], wide.then_some(&total[..n]));
+            // SAFETY: AVX2 was detected for this tier; `acc[..n]` (and `total[..n]` when wide)
+            // were written for this row group
+            unsafe { emit(done, (c0, px.count), consts.as_ref(), finish, &mut t, out) };
             r += if two { 2 * BLOCK } else { BLOCK };
         }
+    }
+}
+
+/// Finishes and hands over the tiles of a chunk (pixels from `c0` of `count`) for the row group
+/// `t.r0..`: tile `i` from `acc[i]`, or for int16 activations from `wide[i]`.
+///
+/// # Safety
+/// AVX2; `acc` (and `wide`) initialised.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn emit(
+    (acc, wide): (&[MaybeUninit<Acc>], Option<&[MaybeUninit<Wide>]>),
+    (c0, count): (usize, usize),
+    consts: Option<&Consts>,
+    finish: Finish<'_>,
+    t: &mut Tile,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    for (i, a) in acc.iter().enumerate() {
+        let p0 = c0 + i * NR;
+        (t.p0, t.cols) = (p0, NR.min(count - p0));
+        // SAFETY: the caller's
+        unsafe {
+            let sums = wide.map(|w| w[i].assume_init_ref());
+            finish_tile(a.assume_init_ref(), sums, consts, finish, t)
+        };
+        let rows = t.rows;
+        out(t);
+        t.rows = rows;
     }
 }
 
