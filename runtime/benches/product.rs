@@ -3,7 +3,10 @@
 //! element per multiply-accumulate (so Gelem/s = GMAC/s); a summary at the end states GMAC/s and
 //! the fraction of the tier's exact-int8 peak at the clock measured by a dependent-add loop.
 //!
-//! `cargo bench -p dmq-runtime --features std --bench product` (criterion's `--quick` shortens it).
+//! `cargo bench -p dmq-runtime --features std --bench product` (criterion's `--quick` shortens it);
+//! `-- --summary` prints only the summary. Its environment: `DMQ_BENCH_ROUNDS` (passes over the
+//! cases, each keeping its fastest; default 3), `DMQ_BENCH_SHAPE` (only shapes whose name contains
+//! it), `DMQ_BENCH_STAGE` (also time the staging alone, as a share of the op).
 use criterion::{criterion_group, Criterion, Throughput};
 use dmq_runtime::kernels::gemm::{self, pad4, Epilogue, Finish, Pixels, Product, Requants};
 use dmq_runtime::kernels::reference::Code;
@@ -409,32 +412,33 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The fastest of `reps` timed runs (after one warm-up): on a shared machine the minimum is the
-/// run least disturbed by other work.
-fn time<T: Code>(j: &mut Job<T>, tier: Tier, reps: usize) -> f64 {
-    j.run(tier);
-    let mut t: Vec<f64> = (0..reps)
+/// The fastest of `reps` timed runs of `f` (after one warm-up): on a shared machine the minimum is
+/// the run least disturbed by other work.
+fn fastest(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
         .map(|_| {
             let t0 = Instant::now();
-            j.run(tier);
+            f();
             t0.elapsed().as_secs_f64()
         })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[0]
+        .fold(f64::MAX, f64::min)
 }
 
-fn time_stage<T: Code>(j: &mut Job<T>, tier: Tier, reps: usize) -> f64 {
-    j.stage_into(tier);
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            j.stage_into(tier);
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[0]
+/// The fastest whole op (or its staging alone, `stage_only`) of a case.
+fn time_case(s: Shape, v: Variant, tier: Tier, reps: usize, stage_only: bool) -> f64 {
+    fn go<T: Code>(mut j: Job<T>, tier: Tier, reps: usize, stage_only: bool) -> f64 {
+        if stage_only {
+            fastest(reps, || j.stage_into(tier))
+        } else {
+            fastest(reps, || j.run(tier))
+        }
+    }
+    if v == Variant::W8A16 {
+        go(Job::<i16>::new(s, v), tier, reps, stage_only)
+    } else {
+        go(Job::<i8>::new(s, v), tier, reps, stage_only)
+    }
 }
 
 fn summary() {
@@ -463,19 +467,9 @@ fn summary() {
         for (s, v, _, tier, best, stage) in cases.iter_mut() {
             let reps = (1e9 / s.macs() as f64).clamp(5.0, 200.0) as usize;
             let (s, v, tier) = (*s, *v, *tier);
-            let sec = if v == Variant::W8A16 {
-                time(&mut Job::<i16>::new(s, v), tier, reps)
-            } else {
-                time(&mut Job::<i8>::new(s, v), tier, reps)
-            };
-            *best = best.min(sec);
+            *best = best.min(time_case(s, v, tier, reps, false));
             if std::env::var("DMQ_BENCH_STAGE").is_ok() {
-                let st = if v == Variant::W8A16 {
-                    time_stage(&mut Job::<i16>::new(s, v), tier, reps)
-                } else {
-                    time_stage(&mut Job::<i8>::new(s, v), tier, reps)
-                };
-                *stage = stage.min(st);
+                *stage = stage.min(time_case(s, v, tier, reps, true));
             }
         }
     }
