@@ -121,60 +121,83 @@ pub fn sqnr_over_schedule(
     opts: &CompileOptions,
     seed0: u64,
 ) -> Result<Vec<TimestepQuality>> {
-    let mut arena = arena_for(model);
-    let n = model.latent_len();
-    let mut per_t: Vec<(f32, Vec<f64>)> = vec![];
+    Ok(sqnr_of_models(float, &[model], opts, seed0)?.remove(0))
+}
+
+/// [`sqnr_over_schedule`] of several models of the same float model on the same inputs: the float
+/// trajectories are computed once and every model runs on each of them.
+pub fn sqnr_of_models(
+    float: &FloatModel,
+    models: &[&Model],
+    opts: &CompileOptions,
+    seed0: u64,
+) -> Result<Vec<Vec<TimestepQuality>>> {
+    let Some(first) = models.first() else {
+        return Ok(vec![]);
+    };
+    let mut arenas: Vec<Vec<u128>> = models.iter().map(|m| arena_for(m)).collect();
+    let n = first.latent_len();
+    // per model, per step: (t, SQNR of every input)
+    let mut per_t: Vec<Vec<(f32, Vec<f64>)>> = vec![vec![]; models.len()];
     let pb = crate::progress_bar(
-        (opts.eval_samples * opts.steps as usize) as u64,
+        (opts.eval_samples * opts.steps as usize * models.len()) as u64,
         "measuring",
         opts.progress,
     );
     for s in 0..opts.eval_samples {
-        let traj = float_trajectory_inputs(float, model, opts, seed0 + s as u64)?;
+        let traj = float_trajectory_inputs(float, first, opts, seed0 + s as u64)?;
         let extras = traj.first().map(|p| p.3.clone()).unwrap_or_default();
-        let mut sess = session_for(model, arena_bytes(&mut arena), &extras)?;
+        // with `--calib-source forward`, where the trajectory has drifted away from the forward
+        // process (see calib), measure on a forward-process sample instead, as calibration did
+        let mut inputs = Vec::with_capacity(traj.len());
         for (i, (t, x, yf, _)) in traj.iter().enumerate() {
-            // with `--calib-source forward`, where the trajectory has drifted away from the forward
-            // process (see calib), measure on a forward-process sample instead, as calibration did
-            let probe = if opts.calib_source == crate::CalibSource::Forward {
-                crate::calib::drift_probe(
-                    &model.meta().sampler,
+            let probe = match opts.calib_source {
+                crate::CalibSource::Forward => crate::calib::drift_probe(
+                    &first.meta().sampler,
                     opts.sampler,
                     *t,
                     x,
                     seed0 ^ ((s as u64) << 20) ^ i as u64,
-                )
-            } else {
-                None
+                ),
+                crate::CalibSource::Trajectories => None,
             };
-            let (x, yf) = match probe {
+            inputs.push(match probe {
                 Some(p) => {
                     let y = float.run(&p, *t)?;
-                    (p, y)
+                    (*t, p, y)
                 }
-                None => (x.clone(), yf.clone()),
-            };
-            let (x, yf) = (&x, &yf);
-            let mut yq = vec![0f32; n];
-            sess.run(x, *t, &mut yq).map_err(|e| anyhow!("{e}"))?;
-            if per_t.len() <= i {
-                per_t.push((*t, vec![]));
+                None => (*t, x.clone(), yf.clone()),
+            });
+        }
+        for ((model, arena), per_t) in models.iter().zip(&mut arenas).zip(&mut per_t) {
+            let mut sess = session_for(model, arena_bytes(arena), &extras)?;
+            for (i, (t, x, yf)) in inputs.iter().enumerate() {
+                let mut yq = vec![0f32; n];
+                sess.run(x, *t, &mut yq).map_err(|e| anyhow!("{e}"))?;
+                if per_t.len() <= i {
+                    per_t.push((*t, vec![]));
+                }
+                per_t[i].1.push(sqnr_db(yf, &yq));
+                pb.inc(1);
             }
-            per_t[i].1.push(sqnr_db(yf, &yq));
-            pb.inc(1);
         }
     }
     pb.finish_and_clear();
     Ok(per_t
         .into_iter()
-        .map(|(t, mut v)| {
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            TimestepQuality {
-                baseline_db: None,
-                t,
-                sqnr_db: v[v.len() / 2],
-                min_db: v[0],
-            }
+        .map(|per_t| {
+            per_t
+                .into_iter()
+                .map(|(t, mut v)| {
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    TimestepQuality {
+                        baseline_db: None,
+                        t,
+                        sqnr_db: v[v.len() / 2],
+                        min_db: v[0],
+                    }
+                })
+                .collect()
         })
         .collect())
 }

@@ -35,6 +35,9 @@ pub struct CompileOptions {
     pub timestep_groups: usize,
     /// also measure the plain min-max, one-range baseline
     pub baseline: bool,
+    /// with `baseline`: steps at which the compile measures below the baseline run the baseline's
+    /// program and ranges instead (see `pipeline::guard`)
+    pub baseline_guard: bool,
     /// int16 protection of sensitive tensors
     pub protect: Protect,
     /// 8 or 4 (products touching protected tensors keep 8-bit weights)
@@ -79,6 +82,7 @@ impl Default for CompileOptions {
             calib_seed: 0,
             timestep_groups: 3,
             baseline: true,
+            baseline_guard: true,
             protect: Protect::Auto(6),
             weight_bits: 8,
             eval_samples: 8,

@@ -283,6 +283,89 @@ fn drifting_trajectories_are_reported_and_only_replaced_when_asked() {
 }
 
 #[test]
+fn steps_below_the_one_range_baseline_run_the_baseline() {
+    // On the random-weight tiny UNet's own trajectories, the bucketed ranges measure below the
+    // one-range min-max baseline at some late steps. By default those steps run the baseline's
+    // program and ranges, so there the file computes what the baseline does: the same SQNR to the
+    // last bit on the same inputs, and no step below it. `--no-baseline-guard` shows what they were.
+    let d = tmp("guard");
+    let light = [
+        "--steps",
+        "10",
+        "--calib-samples",
+        "2",
+        "--eval-samples",
+        "2",
+    ];
+    let json = |flags: &[&str], name: &str| {
+        let report = d.join(format!("{name}.json"));
+        let (ok, out, err) = run(
+            compile(fixture("tiny_unet.onnx"), d.join(format!("{name}.dmq")))
+                .args(light)
+                .args(flags)
+                .arg("--report")
+                .arg(&report),
+        );
+        assert!(ok, "{err}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        (r, out)
+    };
+    let per_t = |r: &serde_json::Value| -> Vec<(f64, f64, f64)> {
+        r["sqnr_per_timestep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                let f = |k: &str| q[k].as_f64().unwrap();
+                (f("t"), f("sqnr_db"), f("baseline_db"))
+            })
+            .collect()
+    };
+    let (r, text) = json(&[], "guarded");
+    let guarded: Vec<(f64, f64, f64)> = r["baseline_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let g = g.as_array().unwrap();
+            (
+                g[0].as_f64().unwrap(),
+                g[1].as_f64().unwrap(),
+                g[2].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!guarded.is_empty(), "the guard no longer fires here: {r}");
+    assert!(
+        text.contains("GUARD") && text.contains("below the one-range baseline"),
+        "{text}"
+    );
+    for (t, db, base) in per_t(&r) {
+        assert!(
+            db >= base,
+            "t = {t}: {db} dB below the baseline's {base} dB\n{text}"
+        );
+        if let Some(g) = guarded.iter().find(|g| g.0 == t) {
+            assert_eq!(
+                db, base,
+                "t = {t} runs the baseline but measures differently"
+            );
+            assert!(g.1 < g.2, "{g:?}");
+        }
+    }
+    // without the guard the same steps measure what the guard recorded, below the baseline
+    let (r, text) = json(&["--no-baseline-guard"], "unguarded");
+    assert!(r["baseline_steps"].as_array().unwrap().is_empty(), "{r}");
+    assert!(!text.contains("GUARD"), "{text}");
+    let own = per_t(&r);
+    for (t, db, base) in guarded {
+        let q = own.iter().find(|q| q.0 == t).unwrap();
+        assert_eq!((q.1, q.2), (db, base), "t = {t}");
+    }
+}
+
+#[test]
 fn diffusers_unet2d_export_matches_onnx_runtime() {
     // A random-weight diffusers UNet2DModel (self-attention, int64 timestep, symbolic batch) compiled
     // with default flags plus `--calib-source forward` (random weights: its own trajectories drift,

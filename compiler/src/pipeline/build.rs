@@ -8,12 +8,52 @@ use anyhow::Result;
 use dmq_runtime::format::SamplerConfig;
 use std::collections::{HashMap, HashSet};
 
-/// A timestep bucket: the upper timestep bound separating it from the next, its ranges, and whether
-/// it runs the quality-floor program (every int16-capable tensor at 16 bits).
+/// A timestep bucket: the upper timestep bound separating it from the next, its ranges, the
+/// calibrated steps it serves and which program it runs.
+#[derive(Clone)]
 pub(crate) struct Bucket {
     pub upper: Option<f32>,
     pub ranges: HashMap<usize, Range>,
-    pub floor: bool,
+    pub steps: Vec<usize>,
+    pub kind: Kind,
+}
+
+/// The program a bucket's stream runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    /// the compile's program: int8 activations with the protected tensors at int16
+    Main,
+    /// the quality-floor program: every int16-capable tensor at 16 bits
+    Floor,
+    /// the plain baseline: int8 everywhere, the one-range min-max ranges (steps where the bucket's
+    /// own quantization measured worse than this)
+    Baseline,
+}
+
+/// The programs a build's buckets run, with the tensors whose weights stay 8-bit at W4.
+#[derive(Clone, Copy)]
+pub(crate) struct Programs<'p> {
+    pub main: (&'p Program, &'p [TensorId]),
+    pub floor: Option<(&'p Program, &'p [TensorId])>,
+    pub baseline: Option<&'p Program>,
+}
+
+impl<'p> Programs<'p> {
+    pub fn main(p: &'p Program, keep8: &'p [TensorId]) -> Self {
+        Programs {
+            main: (p, keep8),
+            floor: None,
+            baseline: None,
+        }
+    }
+
+    fn of(&self, kind: Kind) -> (&'p Program, &'p [TensorId]) {
+        match (kind, self.floor, self.baseline) {
+            (Kind::Floor, Some(f), _) => f,
+            (Kind::Baseline, _, Some(b)) => (b, &[]),
+            _ => self.main,
+        }
+    }
 }
 
 /// What every build of one compile shares.
@@ -70,7 +110,8 @@ impl<'c> Builder<'c> {
         vec![Bucket {
             upper: None,
             ranges: self.ranges_of(&all, false),
-            floor: false,
+            steps: all,
+            kind: Kind::Main,
         }]
     }
 
@@ -82,29 +123,26 @@ impl<'c> Builder<'c> {
             .map(|(steps, upper)| Bucket {
                 ranges: self.ranges_of(&steps, true),
                 upper,
-                floor: false,
+                steps,
+                kind: Kind::Main,
             })
             .collect()
     }
 
-    /// One op stream per bucket, sharing weights through the blob. `floor_program` (with its 8-bit
-    /// weight layers) serves the buckets below the quality floor. The arena plan covers the widest
+    /// One op stream per bucket, sharing weights through the blob; each bucket runs the program of
+    /// its kind (with that program's 8-bit weight layers). The arena plan covers the widest
     /// element type of every tensor and the largest scratch of every op over the streams.
     pub fn build(
         &self,
-        main: &Program,
-        floor_program: Option<(&Program, &[TensorId])>,
+        programs: Programs<'_>,
         buckets: &[Bucket],
-        keep8: &[TensorId],
     ) -> Result<(Vec<u8>, memplan::Plan)> {
+        let (main, keep8) = programs.main;
         let mut blob = quant::Blob::default();
         let mut streams = vec![];
         let mut wide = main.clone();
         for b in buckets {
-            let (p, own_keep8) = match (b.floor, floor_program) {
-                (true, Some(f)) => f,
-                _ => (main, keep8),
-            };
+            let (p, own_keep8) = programs.of(b.kind);
             let mut ranges = b.ranges.clone();
             if buckets.len() > 1 {
                 ranges.extend(self.invariant_ranges.iter().map(|(s, r)| (*s, *r)));

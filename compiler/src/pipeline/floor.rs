@@ -1,7 +1,7 @@
 //! The quality floor: steps whose output SQNR (worst of two seeds no other stage uses) stays below
 //! `--floor-db` with int8 activations get buckets of their own in which every tensor that can be
 //! int16 is; with 4-bit weights those buckets also give 8-bit weights to the layers that help most.
-use super::build::{Bucket, Builder};
+use super::build::{Bucket, Builder, Kind, Programs};
 use crate::eval::{self, Probe};
 use crate::import::FloatModel;
 use crate::ir::{Program, TensorId};
@@ -16,6 +16,9 @@ pub(crate) struct Floored {
     pub plan: Plan,
     /// (t, SQNR) of the steps that run floor buckets, before
     pub steps: Vec<(f32, f64)>,
+    /// the floor buckets' program and its 8-bit weight layers
+    pub program: Program,
+    pub keep8: Vec<TensorId>,
 }
 
 /// Measures `bytes` per step and, when some steps fall below the floor, rebuilds with floor
@@ -69,18 +72,19 @@ pub(crate) fn apply(
     } else {
         chosen.to_vec()
     };
-    let (bytes, plan) = b.build(
-        program,
-        Some((&floor_program, &floor_keep8)),
-        &buckets,
-        chosen,
-    )?;
+    let programs = Programs {
+        floor: Some((&floor_program, &floor_keep8)),
+        ..Programs::main(program, chosen)
+    };
+    let (bytes, plan) = b.build(programs, &buckets)?;
     let bytes = b.fold(program, bytes, &plan)?;
     Ok(Some(Floored {
         buckets,
         bytes,
         plan,
         steps,
+        program: floor_program,
+        keep8: floor_keep8,
     }))
 }
 
@@ -139,8 +143,13 @@ fn floor_buckets(
         .into_iter()
         .map(|(steps, upper)| Bucket {
             ranges: b.ranges_of(&steps, true),
-            floor: weak[steps[0]],
+            kind: if weak[steps[0]] {
+                Kind::Floor
+            } else {
+                Kind::Main
+            },
             upper,
+            steps,
         })
         .collect();
     (buckets, weak)
@@ -155,7 +164,7 @@ fn floor_weights(
     chosen: &[TensorId],
     inputs: &[Probe],
 ) -> Result<Vec<TensorId>> {
-    let floor: Vec<&Bucket> = buckets.iter().filter(|b| b.floor).collect();
+    let floor: Vec<&Bucket> = buckets.iter().filter(|b| b.kind == Kind::Floor).collect();
     let single = |keep8: &[TensorId]| -> Result<Vec<u8>> {
         let n = floor.len();
         let bs: Vec<Bucket> = floor
@@ -163,11 +172,11 @@ fn floor_weights(
             .enumerate()
             .map(|(i, x)| Bucket {
                 upper: if i + 1 < n { x.upper } else { None },
-                ranges: x.ranges.clone(),
-                floor: false,
+                kind: Kind::Main,
+                ..(*x).clone()
             })
             .collect();
-        Ok(b.build(floor_program, None, &bs, keep8)?.0)
+        Ok(b.build(Programs::main(floor_program, keep8), &bs)?.0)
     };
     let target = 10f64.powf(-(b.opts.floor_db + 2.0) / 10.0);
     protect::floor_weights(floor_program, chosen, target, inputs, single)

@@ -3,6 +3,7 @@
 mod build;
 mod floor;
 pub mod fold_time;
+mod guard;
 pub mod report;
 
 use crate::import::{self, FloatModel};
@@ -10,7 +11,7 @@ use crate::ir::{self, Program, TensorId};
 use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect};
 use crate::{calib, eval, lower, protect};
 use anyhow::{anyhow, bail, Result};
-use build::{Bucket, Builder};
+use build::{Bucket, Builder, Programs};
 use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg, MAX_SCHEDULE};
 use dmq_runtime::{Model, SamplerKind};
 use report::{macs_per_eval, progress_bar, unsupported_message, Report};
@@ -89,7 +90,7 @@ fn compile_imported(
     let builder = Builder::new(program0, &cal, opts);
     // the plain baseline: one min-max range for all steps, every activation int8
     let (unprotected, unprotected_plan) =
-        builder.build(program0, None, &builder.baseline(), &[])?;
+        builder.build(Programs::main(program0, &[]), &builder.baseline())?;
     let macs = macs_per_eval(&Model::load(&unprotected).map_err(internal)?).max(1);
     let budget = Budget::for_model(macs, opts);
     let opts = &CompileOptions {
@@ -103,18 +104,35 @@ fn compile_imported(
     let (chosen, sensitivity) =
         protection(&builder, &float, &program, &buckets, &unprotected, &budget)?;
     protect::apply(&mut program, &chosen);
-    let (bytes, mut plan) = builder.build(&program, None, &buckets, &chosen)?;
+    let (bytes, mut plan) = builder.build(Programs::main(&program, &chosen), &buckets)?;
     let mut bytes = builder.fold(&program, bytes, &plan)?;
     let mut floor_steps = vec![];
+    let mut floored = None;
     if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
         if let Some(f) = floor::apply(&builder, &float, &program, &chosen, &bytes)? {
             (buckets, bytes, plan, floor_steps) = (f.buckets, f.bytes, f.plan, f.steps);
+            floored = Some((f.program, f.keep8));
         }
     }
+    let programs = Programs {
+        main: (&program, &chosen),
+        floor: floored.as_ref().map(|(p, k)| (p, &k[..])),
+        baseline: Some(program0),
+    };
+    let built = Built {
+        buckets,
+        bytes,
+        plan,
+    };
+    let baseline = opts.baseline.then_some(&unprotected[..]);
+    let (sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
+    let Built {
+        buckets,
+        bytes,
+        plan,
+    } = built;
     let model = Model::load(&bytes).map_err(internal)?;
     debug_layers(&float, &program, &model, &bytes, opts)?;
-    let baseline = opts.baseline.then_some(&unprotected[..]);
-    let sqnr = measure(&float, &model, baseline, opts)?;
     let report = Report {
         model: label.to_string(),
         onnx_bytes,
@@ -150,6 +168,7 @@ fn compile_imported(
         sensitivity,
         floor_db: opts.floor_db,
         floor_steps,
+        baseline_steps,
         streams: buckets.len(),
     };
     Ok(Compiled {
@@ -289,7 +308,7 @@ fn protection(
                 inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
             }
             protect::auto(program, *k, &inputs, budget.max_evals, |p| {
-                Ok(b.build(p, None, buckets, &[])?.0)
+                Ok(b.build(Programs::main(p, &[]), buckets)?.0)
             })?
         }
     })
@@ -316,22 +335,70 @@ fn debug_layers(
     Ok(())
 }
 
-/// SQNR per scheduled timestep against the float model, and the baseline's beside it.
+/// A built file: its buckets, bytes and arena plan.
+struct Built {
+    buckets: Vec<Bucket>,
+    bytes: Vec<u8>,
+    plan: crate::memplan::Plan,
+}
+
+/// SQNR per scheduled timestep against the float model, and the baseline's beside it (same inputs).
+/// With the baseline guard, the steps measured below the baseline get streams that run the
+/// baseline's program and ranges; the file is rebuilt and measured again. Returns the measurement,
+/// the file, and the guarded steps as (t, SQNR before, baseline SQNR).
 fn measure(
     float: &FloatModel,
-    model: &Model,
+    b: &Builder<'_>,
+    programs: Programs<'_>,
+    built: Built,
     baseline: Option<&[u8]>,
-    opts: &CompileOptions,
-) -> Result<Vec<crate::TimestepQuality>> {
-    let mut sqnr = eval::sqnr_over_schedule(float, model, opts, 1_000_000)?;
-    if let Some(b) = baseline {
-        let bm = Model::load(b).map_err(internal)?;
-        let base = eval::sqnr_over_schedule(float, &bm, opts, 1_000_000)?;
-        for (q, b) in sqnr.iter_mut().zip(base) {
-            q.baseline_db = Some(b.sqnr_db);
-        }
+) -> Result<(Vec<crate::TimestepQuality>, Built, Vec<(f32, f64, f64)>)> {
+    let opts = b.opts;
+    let model = Model::load(&built.bytes).map_err(internal)?;
+    let Some(base) = baseline else {
+        let sqnr = eval::sqnr_over_schedule(float, &model, opts, 1_000_000)?;
+        return Ok((sqnr, built, vec![]));
+    };
+    let bm = Model::load(base).map_err(internal)?;
+    let mut both = eval::sqnr_of_models(float, &[&model, &bm], opts, 1_000_000)?;
+    let base = both.pop().unwrap_or_default();
+    let mut sqnr = both.pop().unwrap_or_default();
+    let worse: Vec<bool> = sqnr
+        .iter()
+        .zip(&base)
+        .map(|(q, b)| q.sqnr_db < b.sqnr_db)
+        .collect();
+    let mut guarded = vec![];
+    let mut built = built;
+    if opts.baseline_guard && worse.iter().any(|&w| w) && worse.len() == b.cal.timesteps.len() {
+        let ranges = b.baseline().remove(0).ranges;
+        let buckets = guard::split(
+            &built.buckets,
+            &worse,
+            &b.cal.timesteps,
+            &ranges,
+            dmq_runtime::format::MAX_STREAMS,
+        );
+        guarded = sqnr
+            .iter()
+            .zip(&base)
+            .filter(|(q, b)| q.sqnr_db < b.sqnr_db)
+            .map(|(q, b)| (q.t, q.sqnr_db, b.sqnr_db))
+            .collect();
+        let (bytes, plan) = b.build(programs, &buckets)?;
+        let bytes = b.fold(programs.main.0, bytes, &plan)?;
+        let model = Model::load(&bytes).map_err(internal)?;
+        sqnr = eval::sqnr_over_schedule(float, &model, opts, 1_000_000)?;
+        built = Built {
+            buckets,
+            bytes,
+            plan,
+        };
     }
-    Ok(sqnr)
+    for (q, b) in sqnr.iter_mut().zip(base) {
+        q.baseline_db = Some(b.sqnr_db);
+    }
+    Ok((sqnr, built, guarded))
 }
 
 /// Weights, biases and norm affines of the program.

@@ -58,6 +58,9 @@ pub struct Report {
     /// those steps run buckets in which every tensor that can be int16 is
     pub floor_db: f64,
     pub floor_steps: Vec<(f32, f64)>,
+    /// the steps at which the compile's own quantization measured below the one-range baseline, as
+    /// (t, its SQNR, the baseline's): they run the baseline's int8 program and ranges
+    pub baseline_steps: Vec<(f32, f64, f64)>,
     /// op streams in the file (timestep buckets, including floor buckets)
     pub streams: usize,
 }
@@ -207,6 +210,19 @@ pub fn summary(r: &Report) -> String {
             r.floor_steps
                 .iter()
                 .map(|(t, db)| format!("{t} ({db:.1} dB)"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.streams
+        );
+    }
+    if !r.baseline_steps.is_empty() {
+        s += &format!(
+            "  GUARD         below the one-range baseline at {} of {} steps: t = {}\n                (own -> baseline dB, same inputs); those steps run the baseline's int8 program and\n                ranges ({} op streams in all; --no-baseline-guard keeps the own quantization)\n",
+            r.baseline_steps.len(),
+            r.steps,
+            r.baseline_steps
+                .iter()
+                .map(|(t, own, base)| format!("{} ({own:.1} -> {base:.1})", fmt_t(*t)))
                 .collect::<Vec<_>>()
                 .join(", "),
             r.streams

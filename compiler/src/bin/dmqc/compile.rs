@@ -117,9 +117,14 @@ pub struct Args {
     /// Number of float trajectories used to measure SQNR
     #[arg(long, default_value_t = 8)]
     pub eval_samples: usize,
-    /// Skip measuring the plain min-max one-range baseline
+    /// Skip measuring the plain min-max one-range baseline (and so its guard)
     #[arg(long)]
     pub no_baseline: bool,
+    /// Keep the compile's own quantization at steps where it measures below the one-range baseline
+    /// (by default those steps run the baseline's int8 program and ranges, in op streams of their
+    /// own, and the summary lists them)
+    #[arg(long)]
+    pub no_baseline_guard: bool,
 }
 
 /// `dmqc compile`: the options from the command line, the compile, the files and the summary.
@@ -159,6 +164,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         report,
         eval_samples,
         no_baseline,
+        no_baseline_guard,
         protect,
         protect_budget,
         floor_db,
@@ -240,6 +246,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
             ),
         },
         baseline: !no_baseline,
+        baseline_guard: !no_baseline_guard,
         floor_db: floor_db.unwrap_or(CompileOptions::default_floor_db(weight_bits as u8)),
         range_p: match act_range {
             ActRangeArg::Mse => 2.0,
