@@ -192,6 +192,8 @@ pub fn sqnr_of_models(
                     v.sort_by(|a, b| a.total_cmp(b));
                     TimestepQuality {
                         baseline_db: None,
+                        int16_bytes: 0.0,
+                        int16_macs: 0.0,
                         t,
                         sqnr_db: v[v.len() / 2],
                         min_db: v[0],

@@ -90,13 +90,15 @@ pub struct Sensitivity {
 }
 
 /// Ranks candidates by how much protecting each alone reduces the output error; returns the best
-/// `budget` (those that help) and the whole ranking. When measuring every candidate on every input
+/// `budget` (those that help, in rank order, skipping any that would take the int16 share of the
+/// activation bytes past `a16_budget`) and the whole ranking. When measuring every candidate on every input
 /// would exceed `max_evals` model evaluations, a first pass measures all candidates on the last input
 /// alone (the smallest t, where int8 is weakest) and only the best `4 * budget` go on to the full set;
 /// with more candidates than `max_evals`, only those nearest the network's input and output are tried.
 pub fn auto(
     p: &Program,
     budget: usize,
+    a16_budget: f64,
     inputs: &[Probe],
     max_evals: usize,
     build: impl Fn(&Program) -> Result<Vec<u8>>,
@@ -131,12 +133,15 @@ pub fn auto(
         ranked.push((c, base / e.max(1e-30)));
     }
     ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
-    let chosen: Vec<TensorId> = ranked
-        .iter()
-        .filter(|(_, r)| *r > 1.02)
-        .take(budget)
-        .map(|(c, _)| *c)
-        .collect();
+    let mut bytes = act_bytes(p);
+    let mut chosen: Vec<TensorId> = vec![];
+    for &(c, r) in &ranked {
+        let n = written(p, c);
+        if r > 1.02 && chosen.len() < budget && within(bytes, n, a16_budget) {
+            chosen.push(c);
+            bytes = (bytes.0 + n, bytes.1 + 2 * n);
+        }
+    }
     let report = ranked
         .iter()
         .map(|(c, r)| Sensitivity {
@@ -145,6 +150,109 @@ pub fn auto(
         })
         .collect();
     Ok((chosen, report))
+}
+
+/// Integer activation bytes the program's ops write per evaluation (at their stored width), and the
+/// int16 part of them: the int16 share that `--a16-budget` bounds.
+pub fn act_bytes(p: &Program) -> (usize, usize) {
+    let (mut all, mut wide) = (0, 0);
+    for op in &p.ops {
+        let t = p.t(op.output());
+        if t.dtype.is_int() {
+            all += t.bytes();
+            if t.dtype == DType::I16 {
+                wide += t.bytes();
+            }
+        }
+    }
+    (all, wide)
+}
+
+/// Int8 elements of `root`'s group that ops write: the bytes making it int16 adds.
+fn written(p: &Program, root: TensorId) -> usize {
+    let g = group(p, root);
+    p.ops
+        .iter()
+        .map(|op| op.output())
+        .filter(|o| g.contains(o) && p.t(*o).dtype == DType::I8)
+        .map(|o| p.t(o).numel())
+        .sum()
+}
+
+/// Whether the int16 share of `(all, int16)` activation bytes stays within `budget` when `extra`
+/// more int8 elements become int16.
+fn within((all, wide): (usize, usize), extra: usize, budget: f64) -> bool {
+    (wide + 2 * extra) as f64 <= budget * (all + extra) as f64 + 0.5
+}
+
+/// Int16 activations for the quality floor, tensor by tensor under a byte budget: each round adds
+/// the candidate whose int16 codes lower the output error on `inputs` (the weak steps) the most per
+/// extra activation byte, among those that keep the int16 share within `a16_budget`, until the
+/// error reaches `target_err` or no candidate gains 0.05 dB. The first round measures every
+/// candidate; later rounds only the 12 that gained most per byte in it (and the whole search stops
+/// at about `max_evals` model evaluations). Returns the roots added to `p`'s int16 tensors.
+pub fn floor_activations(
+    p: &Program,
+    skip: &std::collections::HashSet<TensorId>,
+    a16_budget: f64,
+    target_err: f64,
+    inputs: &[Probe],
+    max_evals: usize,
+    build: impl Fn(&Program, &[TensorId]) -> Result<Vec<u8>>,
+) -> Result<Vec<TensorId>> {
+    let mut q = p.clone();
+    let mut added = vec![];
+    let mut err = output_error(&build(&q, &added)?, inputs)?;
+    let mut pool: Vec<TensorId> = candidates(p)
+        .into_iter()
+        .filter(|c| !skip.contains(c))
+        .collect();
+    let mut evals = inputs.len();
+    let mut first = true;
+    while err > target_err && !pool.is_empty() && evals < max_evals.max(1) {
+        let bytes = act_bytes(&q);
+        let mut gains = vec![];
+        for &c in &pool {
+            let n = written(&q, c);
+            if n == 0 || !within(bytes, n, a16_budget) {
+                continue;
+            }
+            let mut t = q.clone();
+            apply(&mut t, &[c]);
+            let e = output_error(&build(&t, &[&added[..], &[c]].concat())?, inputs)?;
+            evals += inputs.len();
+            // error reduction (dB) per extra byte
+            let db = 10.0 * (err / e.max(1e-30)).log10();
+            gains.push((c, db, db / n as f64, e));
+        }
+        gains.sort_by(|a, b| b.2.total_cmp(&a.2));
+        if first {
+            pool = gains
+                .iter()
+                .filter(|g| g.1 > 0.0)
+                .take(12)
+                .map(|g| g.0)
+                .collect();
+            first = false;
+        }
+        let Some(&(c, db, _, e)) = gains.iter().find(|g| g.1 >= 0.05) else {
+            break;
+        };
+        apply(&mut q, &[c]);
+        added.push(c);
+        pool.retain(|&x| x != c);
+        err = e;
+        if std::env::var_os("DMQ_DEBUG_PROTECT").is_some() {
+            let (all, wide) = act_bytes(&q);
+            eprintln!(
+                "floor int16: + {} (+{db:.2} dB) -> {:.2} dB, int16 {:.1}% of activation bytes",
+                q.t(c).name,
+                -10.0 * err.log10(),
+                100.0 * wide as f64 / all.max(1) as f64
+            );
+        }
+    }
+    Ok(added)
 }
 
 /// Resolves tensor names given with `--protect NAME,...` (ONNX/tract node names of int8 tensors).
@@ -173,7 +281,8 @@ pub fn by_names(p: &Program, names: &[String]) -> Result<Vec<TensorId>> {
 
 /// 8-bit weights for the quality floor when the body is 4-bit: greedily adds, one layer per round,
 /// the weight layer whose 8-bit weights lower the output error on `inputs` (the weak steps) the most
-/// per extra byte, until the error reaches `target_err` or no layer helps. Returns the output tensors
+/// per extra byte, among those that lower it by at least 0.1 dB, until the error reaches
+/// `target_err` or no layer does. Returns the output tensors
 /// (quantization roots) whose producing products keep 8-bit weights, starting from `keep8`.
 pub fn floor_weights(
     p: &Program,
@@ -206,9 +315,10 @@ pub fn floor_weights(
             let mut s = set.clone();
             s.push(root);
             let e = output_error(&build(&s)?, inputs)?;
-            // error reduction (dB) per extra weight byte
-            let gain = 10.0 * (err / e.max(1e-30)).log10() / (n as f64 / 2.0);
-            if gain > 0.0 && best.is_none_or(|b| gain > b.2) {
+            // error reduction (dB) per extra weight byte, for layers gaining at least 0.1 dB
+            let db = 10.0 * (err / e.max(1e-30)).log10();
+            let gain = db / (n as f64 / 2.0);
+            if db >= 0.1 && best.is_none_or(|b| gain > b.2) {
                 best = Some((i, e, gain));
             }
         }

@@ -1,8 +1,10 @@
 //! The quality floor: steps whose output SQNR (worst of two seeds no other stage uses) stays below
-//! `--floor-db` with int8 activations get buckets of their own in which every tensor that can be
-//! int16 is; with 4-bit weights those buckets also give 8-bit weights to the layers that help most.
+//! `--floor-db` with int8 activations get buckets of their own, in which the tensors that help
+//! those steps most per byte are int16, within `--a16-budget` of the activation bytes (with a
+//! budget of 100%, every tensor that can be); with 4-bit weights those buckets also give 8-bit
+//! weights to the layers that help most.
 use super::build::{Bucket, Builder, Kind, Programs};
-use crate::eval::{self, Probe};
+use crate::eval;
 use crate::import::FloatModel;
 use crate::ir::{Program, TensorId};
 use crate::memplan::Plan;
@@ -26,9 +28,10 @@ pub(crate) struct Floored {
 pub(crate) fn apply(
     b: &Builder<'_>,
     float: &FloatModel,
-    program: &Program,
+    (unprotected, program): (&Program, &Program),
     chosen: &[TensorId],
     bytes: &[u8],
+    max_evals: usize,
 ) -> Result<Option<Floored>> {
     let opts = b.opts;
     let m = dmq_runtime::Model::load(bytes).map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
@@ -42,12 +45,6 @@ pub(crate) fn apply(
     if !weak.iter().any(|&w| w) || weak.len() != b.cal.timesteps.len() {
         return Ok(None);
     }
-    let mut floor_program = program.clone();
-    let promote: Vec<TensorId> = protect::candidates(program)
-        .into_iter()
-        .filter(|r| !b.invariant_roots.contains(r))
-        .collect();
-    protect::apply(&mut floor_program, &promote);
     let (buckets, weak) = floor_buckets(b, &q, weak);
     let steps = q
         .iter()
@@ -55,22 +52,22 @@ pub(crate) fn apply(
         .filter(|(_, &w)| w)
         .map(|(q, _)| (q.t, q.min_db))
         .collect();
-    // with 4-bit weights, the floor buckets also give 8-bit weights to the layers that need them
-    // most (measured on the weak steps), until those steps reach the floor
-    let floor_keep8 = if opts.weight_bits == 4 {
-        let mut inputs = vec![];
-        for seed in 0..2 {
-            let traj = eval::float_trajectory_inputs(float, &m, opts, 3_000_000 + seed)?;
-            inputs.extend(
-                traj.into_iter()
-                    .enumerate()
-                    .filter(|(i, _)| weak[*i])
-                    .map(|(_, x)| x),
-            );
-        }
-        floor_weights(b, &floor_program, &buckets, chosen, &inputs)?
+    let mut inputs = vec![];
+    for seed in 0..2 {
+        let traj = eval::float_trajectory_inputs(float, &m, opts, 3_000_000 + seed)?;
+        inputs.extend(
+            traj.into_iter()
+                .enumerate()
+                .filter(|(i, _)| weak[*i])
+                .map(|(_, x)| x),
+        );
+    }
+    // the floor's margin: 2 dB above it on the weak steps' probes
+    let target = 10f64.powf(-(opts.floor_db + 2.0) / 10.0);
+    let (floor_program, floor_keep8) = if opts.a16_budget >= 1.0 {
+        every_tensor(b, program, chosen, &buckets, target, &inputs)?
     } else {
-        chosen.to_vec()
+        within_budget(b, unprotected, chosen, &buckets, target, &inputs, max_evals)?
     };
     let programs = Programs {
         floor: Some((&floor_program, &floor_keep8)),
@@ -86,6 +83,80 @@ pub(crate) fn apply(
         program: floor_program,
         keep8: floor_keep8,
     }))
+}
+
+/// The floor program with `--a16-budget 100`: every tensor that can be int16 is, on top of the
+/// protected ones; with 4-bit weights, then the 8-bit weight layers that help the weak steps most.
+fn every_tensor(
+    b: &Builder<'_>,
+    program: &Program,
+    chosen: &[TensorId],
+    buckets: &[Bucket],
+    target: f64,
+    inputs: &[eval::Probe],
+) -> Result<(Program, Vec<TensorId>)> {
+    let mut floor_program = program.clone();
+    let promote: Vec<TensorId> = protect::candidates(program)
+        .into_iter()
+        .filter(|r| !b.invariant_roots.contains(r))
+        .collect();
+    protect::apply(&mut floor_program, &promote);
+    let keep8 = if b.opts.weight_bits == 4 {
+        let single = |keep8: &[TensorId]| floor_only(b, &floor_program, buckets, keep8);
+        protect::floor_weights(&floor_program, chosen, target, inputs, single)?
+    } else {
+        chosen.to_vec()
+    };
+    Ok((floor_program, keep8))
+}
+
+/// The floor program within the int16 budget: the floor's streams choose their own int16 tensors,
+/// tensor by tensor from all-int8 (the other streams' protected tensors are not carried over,
+/// except those that depend only on the extra inputs, which every stream shares). With 4-bit
+/// weights, the 8-bit weight layers that help the weak steps most are chosen first (with int8
+/// activations the weights' error dominates), then the activations. Products writing an int16
+/// tensor keep 8-bit weights.
+fn within_budget(
+    b: &Builder<'_>,
+    unprotected: &Program,
+    chosen: &[TensorId],
+    buckets: &[Bucket],
+    target: f64,
+    inputs: &[eval::Probe],
+    max_evals: usize,
+) -> Result<(Program, Vec<TensorId>)> {
+    let inv: Vec<TensorId> = chosen
+        .iter()
+        .filter(|r| b.invariant_roots.contains(r))
+        .copied()
+        .collect();
+    let mut start = unprotected.clone();
+    protect::apply(&mut start, &inv);
+    let weights8 = if b.opts.weight_bits == 4 {
+        let single = |keep8: &[TensorId]| floor_only(b, &start, buckets, keep8);
+        protect::floor_weights(&start, &inv, target, inputs, single)?
+    } else {
+        inv.clone()
+    };
+    let added = protect::floor_activations(
+        &start,
+        &b.invariant_roots,
+        b.opts.a16_budget,
+        target,
+        inputs,
+        max_evals,
+        |p, added| floor_only(b, p, buckets, &[&weights8[..], added].concat()),
+    )?;
+    let mut floor_program = start;
+    protect::apply(&mut floor_program, &added);
+    let mut keep8 = weights8;
+    keep8.extend(
+        added
+            .iter()
+            .filter(|a| !keep8.contains(a))
+            .collect::<Vec<_>>(),
+    );
+    Ok((floor_program, keep8))
 }
 
 /// Buckets that are intervals of t: runs of weak steps neighbouring in t become floor buckets and
@@ -155,29 +226,24 @@ fn floor_buckets(
     (buckets, weak)
 }
 
-/// The 8-bit weight layers of the floor program at W4: chosen greedily by measurement on the weak
-/// steps (`inputs`), each floor bucket built as a model of its own.
-fn floor_weights(
+/// The floor buckets alone, built as a model of their own running `program` (with `keep8`'s
+/// 8-bit weight layers): what the floor's searches measure on the weak steps.
+fn floor_only(
     b: &Builder<'_>,
-    floor_program: &Program,
+    program: &Program,
     buckets: &[Bucket],
-    chosen: &[TensorId],
-    inputs: &[Probe],
-) -> Result<Vec<TensorId>> {
+    keep8: &[TensorId],
+) -> Result<Vec<u8>> {
     let floor: Vec<&Bucket> = buckets.iter().filter(|b| b.kind == Kind::Floor).collect();
-    let single = |keep8: &[TensorId]| -> Result<Vec<u8>> {
-        let n = floor.len();
-        let bs: Vec<Bucket> = floor
-            .iter()
-            .enumerate()
-            .map(|(i, x)| Bucket {
-                upper: if i + 1 < n { x.upper } else { None },
-                kind: Kind::Main,
-                ..(*x).clone()
-            })
-            .collect();
-        Ok(b.build(Programs::main(floor_program, keep8), &bs)?.0)
-    };
-    let target = 10f64.powf(-(b.opts.floor_db + 2.0) / 10.0);
-    protect::floor_weights(floor_program, chosen, target, inputs, single)
+    let n = floor.len();
+    let bs: Vec<Bucket> = floor
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Bucket {
+            upper: if i + 1 < n { x.upper } else { None },
+            kind: Kind::Main,
+            ..(*x).clone()
+        })
+        .collect();
+    Ok(b.build(Programs::main(program, keep8), &bs)?.0)
 }

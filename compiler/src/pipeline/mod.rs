@@ -109,7 +109,14 @@ fn compile_imported(
     let mut floor_steps = vec![];
     let mut floored = None;
     if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
-        if let Some(f) = floor::apply(&builder, &float, &program, &chosen, &bytes)? {
+        if let Some(f) = floor::apply(
+            &builder,
+            &float,
+            (program0, &program),
+            &chosen,
+            &bytes,
+            budget.max_evals,
+        )? {
             (buckets, bytes, plan, floor_steps) = (f.buckets, f.bytes, f.plan, f.steps);
             floored = Some((f.program, f.keep8));
         }
@@ -125,13 +132,20 @@ fn compile_imported(
         plan,
     };
     let baseline = opts.baseline.then_some(&unprotected[..]);
-    let (sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
+    let (mut sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
     let Built {
         buckets,
         bytes,
         plan,
     } = built;
     let model = Model::load(&bytes).map_err(internal)?;
+    let int16_per_stream: Vec<_> = (0..model.streams())
+        .map(|k| report::int16_share(&model, k))
+        .collect();
+    for q in &mut sqnr {
+        let s = int16_per_stream[model.stream_for(q.t).min(model.streams().saturating_sub(1))];
+        (q.int16_bytes, q.int16_macs) = (s.bytes_frac(), s.macs_frac());
+    }
     debug_layers(&float, &program, &model, &bytes, opts)?;
     let report = Report {
         model: label.to_string(),
@@ -168,8 +182,10 @@ fn compile_imported(
         sensitivity,
         floor_db: opts.floor_db,
         floor_steps,
+        a16_budget: opts.a16_budget,
         baseline_steps,
         streams: buckets.len(),
+        int16_per_stream,
     };
     Ok(Compiled {
         bytes,
@@ -307,9 +323,14 @@ fn protection(
                 let traj = eval::float_trajectory_inputs(float, &m0, opts, 2_000_000 + seed)?;
                 inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
             }
-            protect::auto(program, *k, &inputs, budget.max_evals, |p| {
-                Ok(b.build(Programs::main(p, &[]), buckets)?.0)
-            })?
+            protect::auto(
+                program,
+                *k,
+                opts.a16_budget,
+                &inputs,
+                budget.max_evals,
+                |p| Ok(b.build(Programs::main(p, &[]), buckets)?.0),
+            )?
         }
     })
 }

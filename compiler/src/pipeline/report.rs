@@ -13,6 +13,10 @@ pub struct TimestepQuality {
     pub min_db: f64,
     /// the plain min-max, one-range baseline at the same inputs (median)
     pub baseline_db: Option<f64>,
+    /// share of the step's integer activation bytes stored as int16, and of its multiply-accumulates
+    /// with an int16 activation operand (0 to 1; see [`Int16Share`])
+    pub int16_bytes: f64,
+    pub int16_macs: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,11 +62,16 @@ pub struct Report {
     /// those steps run buckets in which every tensor that can be int16 is
     pub floor_db: f64,
     pub floor_steps: Vec<(f32, f64)>,
+    /// the int16 budget: the largest share of a step's integer activation bytes that the protected
+    /// tensors and the floor may make int16 (`--a16-budget`, 0 to 1)
+    pub a16_budget: f64,
     /// the steps at which the compile's own quantization measured below the one-range baseline, as
     /// (t, its SQNR, the baseline's): they run the baseline's int8 program and ranges
     pub baseline_steps: Vec<(f32, f64, f64)>,
-    /// op streams in the file (timestep buckets, including floor buckets)
+    /// op streams in the file (timestep buckets, including floor and baseline buckets)
     pub streams: usize,
+    /// what each stream computes at 16 bits
+    pub int16_per_stream: Vec<Int16Share>,
 }
 
 /// Multiply-accumulates of one model evaluation.
@@ -103,6 +112,69 @@ pub fn macs_by_kind(model: &dmq_runtime::Model) -> (u64, u64, u64) {
         }
     }
     total
+}
+
+/// What one op stream computes at 16 bits: the integer activations its ops write per evaluation
+/// (bytes at their stored width) and the multiply-accumulates of its products, with the parts that
+/// are int16 (products count as int16 when an activation operand is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Int16Share {
+    pub act_bytes: u64,
+    pub i16_bytes: u64,
+    pub macs: u64,
+    pub i16_macs: u64,
+}
+
+impl Int16Share {
+    /// int16 share of the activation bytes
+    pub fn bytes_frac(&self) -> f64 {
+        self.i16_bytes as f64 / self.act_bytes.max(1) as f64
+    }
+    /// share of the multiply-accumulates with an int16 activation operand
+    pub fn macs_frac(&self) -> f64 {
+        self.i16_macs as f64 / self.macs.max(1) as f64
+    }
+}
+
+/// [`Int16Share`] of op stream `k` of a model.
+pub fn int16_share(model: &dmq_runtime::Model, k: usize) -> Int16Share {
+    use dmq_runtime::format::{DType, Op};
+    let mut s = Int16Share::default();
+    for op in model.stream_ops(k).flatten() {
+        let out = op.output();
+        if out.dtype.is_int() {
+            s.act_bytes += out.bytes() as u64;
+            if out.dtype == DType::I16 {
+                s.i16_bytes += out.bytes() as u64;
+            }
+        }
+        let (macs, wide) = match &op {
+            Op::Conv2d(c) => (
+                out.numel() as u64
+                    * c.input.shape.get(1).copied().unwrap_or(0) as u64
+                    * c.kernel[0] as u64
+                    * c.kernel[1] as u64,
+                c.input.dtype == DType::I16,
+            ),
+            Op::Linear(l) => (
+                l.geom.m as u64 * l.geom.n as u64 * l.geom.k as u64,
+                l.input.dtype == DType::I16,
+            ),
+            Op::MatMul(m) => {
+                let g = &m.geom;
+                (
+                    g.batch[0] as u64 * g.batch[1] as u64 * g.m as u64 * g.n as u64 * g.k as u64,
+                    m.a.dtype == DType::I16 || m.b.dtype == DType::I16,
+                )
+            }
+            _ => (0, false),
+        };
+        s.macs += macs;
+        if wide {
+            s.i16_macs += macs;
+        }
+    }
+    s
 }
 
 /// Formats lowering failures as one message listing each op type with its nodes.
@@ -204,16 +276,37 @@ pub fn summary(r: &Report) -> String {
         );
     }
     if !r.floor_steps.is_empty() {
+        let what = if r.a16_budget >= 1.0 {
+            "every int16-capable tensor at 16 bits".to_string()
+        } else {
+            format!(
+                "the tensors that help them most per byte at 16 bits,\n                within the int16 budget ({:.0}% of activation bytes)",
+                100.0 * r.a16_budget
+            )
+        };
         s += &format!(
-            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                every int16-capable tensor at 16 bits ({} op streams in all)\n",
+            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                {what} ({} op streams in all)\n",
             r.floor_db,
             r.floor_steps
                 .iter()
-                .map(|(t, db)| format!("{t} ({db:.1} dB)"))
+                .map(|(t, db)| format!("{} ({db:.1} dB)", fmt_t(*t)))
                 .collect::<Vec<_>>()
                 .join(", "),
             r.streams
         );
+        let missed: Vec<String> = r
+            .sqnr_per_timestep
+            .iter()
+            .filter(|q| q.sqnr_db < r.floor_db && r.floor_steps.iter().any(|f| f.0 == q.t))
+            .map(|q| format!("{} ({:.1} dB)", fmt_t(q.t), q.sqnr_db))
+            .collect();
+        if !missed.is_empty() && r.a16_budget < 1.0 {
+            s += &format!(
+                "  FLOOR MISSED  still below {:.0} dB within the int16 budget at t = {}\n                (--a16-budget 100 lets those steps make every tensor int16)\n",
+                r.floor_db,
+                missed.join(", ")
+            );
+        }
     }
     if !r.baseline_steps.is_empty() {
         s += &format!(
@@ -253,18 +346,20 @@ pub fn summary(r: &Report) -> String {
         "  SQNR of the int8 output against float through the runtime (dB; {} op stream(s); median and worst\n  over {} float-trajectory inputs per timestep; baseline = plain min-max with one range for all steps):\n",
         r.streams, r.eval_samples
     );
-    s += "        t    median    worst  baseline\n";
+    s += "        t    median    worst  baseline   int16 bytes  MACs\n";
     for q in &r.sqnr_per_timestep {
         let b = q
             .baseline_db
             .map(|b| format!("{b:>9.2}"))
             .unwrap_or_else(|| "        -".into());
         s += &format!(
-            "  {:>7}  {:>8.2} {:>8.2} {}\n",
+            "  {:>7}  {:>8.2} {:>8.2} {}   {:>10.1}% {:>4.0}%\n",
             fmt_t(q.t),
             q.sqnr_db,
             q.min_db,
-            b
+            b,
+            100.0 * q.int16_bytes,
+            100.0 * q.int16_macs
         );
     }
     s += &format!(

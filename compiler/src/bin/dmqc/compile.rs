@@ -83,6 +83,12 @@ pub struct Args {
     /// How many tensors `--protect auto` may make int16
     #[arg(long, default_value_t = 6)]
     pub protect_budget: usize,
+    /// The largest share (percent) of a step's integer activation bytes that may be int16, for
+    /// `--protect auto` and the quality floor together: the floor then makes int16, tensor by
+    /// tensor, what helps its weak steps most per byte. 100 lets the floor make every tensor that
+    /// can be int16 (whole steps at 16 bits)
+    #[arg(long, default_value_t = 10.0)]
+    pub a16_budget: f64,
     /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
     #[arg(long, default_value_t = 8)]
     pub weight_bits: u32,
@@ -167,6 +173,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         no_baseline_guard,
         protect,
         protect_budget,
+        a16_budget,
         floor_db,
         act_range,
         calib_source,
@@ -174,6 +181,9 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
     } = args;
     if weight_bits != 8 && weight_bits != 4 {
         bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
+    }
+    if !(0.0..=100.0).contains(&a16_budget) {
+        bail!("--a16-budget {a16_budget} is not a percentage between 0 and 100");
     }
     if act_bits != 8 && act_bits != 16 {
         bail!("--act-bits {act_bits} is not supported: use 8 or 16");
@@ -247,6 +257,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         },
         baseline: !no_baseline,
         baseline_guard: !no_baseline_guard,
+        a16_budget: a16_budget / 100.0,
         floor_db: floor_db.unwrap_or(CompileOptions::default_floor_db(weight_bits as u8)),
         range_p: match act_range {
             ActRangeArg::Mse => 2.0,

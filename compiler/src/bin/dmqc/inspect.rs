@@ -177,8 +177,39 @@ fn inspect_text(path: &Path) -> Result<String> {
         m.sampler.beta_start,
         m.sampler.beta_end
     );
+    o += &streams_text(&model);
     o += &ops_text(&model)?;
     Ok(o)
+}
+
+/// One line per op stream: the timesteps it serves and what it computes at 16 bits.
+fn streams_text(model: &dmq_runtime::Model) -> String {
+    let mut o = String::new();
+    let upper = &model.meta().bucket_upper;
+    outln!(
+        o,
+        "  op streams (timestep buckets): {}; int16 share of each stream's integer activation bytes \
+         and of its multiply-accumulates",
+        model.streams()
+    );
+    for k in 0..model.streams() {
+        let s = dmq_compiler::int16_share(model, k);
+        let lo = k
+            .checked_sub(1)
+            .and_then(|j| upper.get(j))
+            .map(|u| format!("{u} <"))
+            .unwrap_or_default();
+        let hi = upper.get(k).map(|u| format!("<= {u}")).unwrap_or_default();
+        outln!(
+            o,
+            "    stream {k}: {lo:>8} t {hi:<9} int16 {:5.1}% of {} activation bytes, {:5.1}% of {} MACs",
+            100.0 * s.bytes_frac(),
+            s.act_bytes,
+            100.0 * s.macs_frac(),
+            s.macs
+        );
+    }
+    o
 }
 
 /// One line per op of the first stream: name, input and output tensors, the op's parameters.
