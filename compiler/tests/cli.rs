@@ -377,8 +377,6 @@ fn diffusers_unet2d_export_matches_onnx_runtime() {
         &[
             "--calib-source",
             "forward",
-            "--a16-budget",
-            "100",
             "--calib-samples",
             "4",
             "--eval-samples",
@@ -417,7 +415,6 @@ fn consistency_unet_with_in_graph_preconditioning_matches_onnx_runtime() {
     let flags = [
         &CONSISTENCY_SAMPLER[..],
         &["--calib-samples", "8", "--eval-samples", "2"],
-        &RANDOM_WEIGHTS_BUDGET[..],
     ]
     .concat();
     let dbs = sqnr_against_onnx_runtime(
@@ -440,8 +437,7 @@ fn an_input_named_sigma_calibrates_as_a_sigma_conditioned_denoiser_by_default() 
     // prediction. The random-weight fixture scored 0.8/14.9/1.9 dB against ONNX Runtime when
     // calibrated as a DDPM-timestep model instead; the trained one (make_trained_consistency_fixture.py,
     // 8x8 digits, one output channel; both exporters) did not compile before its scaled output
-    // convolution was unfolded. The random-weight one needs whole steps at int16 for 30 dB
-    // (`--a16-budget 100`); the trained ones hold it within the default budget.
+    // convolution was unfolded.
     for (label, onnx, x, refs) in [
         (
             "consistency-default",
@@ -463,10 +459,7 @@ fn an_input_named_sigma_calibrates_as_a_sigma_conditioned_denoiser_by_default() 
         ),
     ] {
         let cases = consistency_cases(x, refs);
-        let mut light = vec!["--calib-samples", "8", "--eval-samples", "2"];
-        if label == "consistency-default" {
-            light.extend(["--a16-budget", "100"]);
-        }
+        let light = ["--calib-samples", "8", "--eval-samples", "2"];
         let dbs = sqnr_against_onnx_runtime(label, onnx, &light, ("x", "sigma"), &[], &cases);
         for db in dbs {
             assert!(db >= 30.0, "{onnx}: {db:.2} dB against ONNX Runtime");
@@ -491,7 +484,6 @@ fn extra_condition_input_is_drawn_by_calib_and_given_at_run_time() {
         &CONSISTENCY_SAMPLER[..],
         &["--calib", "cond=uniform:0,1"],
         &["--calib-samples", "8", "--eval-samples", "2"],
-        &RANDOM_WEIGHTS_BUDGET[..],
     ]
     .concat();
     let dbs = sqnr_against_onnx_runtime(
@@ -528,8 +520,6 @@ fn unet2d_condition_model_with_cross_attention_matches_onnx_runtime() {
             "encoder_hidden_states=normal:0,1",
             "--calib-source",
             "forward",
-            "--a16-budget",
-            "100",
             "--calib-samples",
             "4",
             "--eval-samples",
@@ -569,8 +559,6 @@ fn diffusers_unet2d_dynamo_export_with_external_data_matches_onnx_runtime() {
         &[
             "--calib-source",
             "forward",
-            "--a16-budget",
-            "100",
             "--calib-samples",
             "4",
             "--eval-samples",
@@ -613,8 +601,6 @@ fn class_conditional_unet_takes_labels_through_an_embedding() {
             "class_labels=uniform:0,9",
             "--calib-source",
             "forward",
-            "--a16-budget",
-            "100",
             "--calib-samples",
             "8",
             "--eval-samples",
@@ -773,14 +759,11 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
         &CONSISTENCY_SAMPLER[..],
         &["--calib", "cond=uniform:0,1"],
         &["--calib-samples", "8", "--eval-samples", "2"],
-        &RANDOM_WEIGHTS_BUDGET[..],
     ]
     .concat();
     let light = [
         "--calib-source",
         "forward",
-        "--a16-budget",
-        "100",
         "--calib-samples",
         "4",
         "--eval-samples",
@@ -791,8 +774,6 @@ fn dynamo_exports_of_every_family_and_average_pool_downsampling_match_onnx_runti
         "encoder_hidden_states=normal:0,1",
         "--calib-source",
         "forward",
-        "--a16-budget",
-        "100",
         "--calib-samples",
         "4",
         "--eval-samples",
@@ -879,10 +860,6 @@ fn consistency_cases(x: &str, refs: &str) -> Vec<(String, String, String)> {
 /// is the denoised sample; read as noise, the calibration trajectories run away).
 const CONSISTENCY_SAMPLER: [&str; 4] = ["--sampler", "consistency", "--timesteps", "80,2,0.05"];
 
-/// The random-weight fixtures check that a graph lowers and computes correctly (30 dB against ONNX
-/// Runtime); their weak steps need every tensor at int16 for that, so they lift the int16 budget.
-const RANDOM_WEIGHTS_BUDGET: [&str; 2] = ["--a16-budget", "100"];
-
 /// Compiles `onnx` with `flags` and asserts every case at >= 30 dB against ONNX Runtime.
 fn assert_family_matches_onnx_runtime(
     onnx: &str,
@@ -931,8 +908,6 @@ fn exports_with_value_info_fp16_or_a_scalar_timestep_compile_with_default_flags(
             &[
                 "--calib-source",
                 "forward",
-                "--a16-budget",
-                "100",
                 "--calib-samples",
                 "4",
                 "--eval-samples",
@@ -972,8 +947,6 @@ fn einsum_attention_of_the_original_stable_diffusion_code_matches_onnx_runtime()
         "context=normal:0,1",
         "--calib-source",
         "forward",
-        "--a16-budget",
-        "100",
         "--calib-samples",
         "4",
         "--eval-samples",
