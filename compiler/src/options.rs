@@ -69,8 +69,8 @@ pub struct CompileOptions {
     /// which latents calibrate and measure each step (`--calib-source`)
     pub calib_source: CalibSource,
     /// with `Protect::Auto`: the largest share of a step's integer activation bytes (at their stored
-    /// width) that may be int16, for the protected tensors and the floor's together (0 to 1; 1
-    /// lets the floor make every tensor that can be int16)
+    /// width) that may be int16, for the protected tensors and the floor's together (0 to 1; 1, the
+    /// default, lets the floor make every tensor that can be int16)
     pub a16_budget: f64,
 }
 
@@ -101,7 +101,7 @@ impl Default for CompileOptions {
             range_p: 0.0,
             floor_db: 27.0,
             calib_source: CalibSource::Trajectories,
-            a16_budget: 0.10,
+            a16_budget: 1.0,
         }
     }
 }

@@ -281,12 +281,13 @@ pub fn by_names(p: &Program, names: &[String]) -> Result<Vec<TensorId>> {
 
 /// 8-bit weights for the quality floor when the body is 4-bit: greedily adds, one layer per round,
 /// the weight layer whose 8-bit weights lower the output error on `inputs` (the weak steps) the most
-/// per extra byte, among those that lower it by at least 0.1 dB, until the error reaches
+/// per extra byte, among those that lower it by more than `min_db`, until the error reaches
 /// `target_err` or no layer does. Returns the output tensors
 /// (quantization roots) whose producing products keep 8-bit weights, starting from `keep8`.
 pub fn floor_weights(
     p: &Program,
     keep8: &[TensorId],
+    min_db: f64,
     target_err: f64,
     inputs: &[Probe],
     build: impl Fn(&[TensorId]) -> Result<Vec<u8>>,
@@ -315,10 +316,10 @@ pub fn floor_weights(
             let mut s = set.clone();
             s.push(root);
             let e = output_error(&build(&s)?, inputs)?;
-            // error reduction (dB) per extra weight byte, for layers gaining at least 0.1 dB
+            // error reduction (dB) per extra weight byte, for layers gaining more than `min_db`
             let db = 10.0 * (err / e.max(1e-30)).log10();
             let gain = db / (n as f64 / 2.0);
-            if db >= 0.1 && best.is_none_or(|b| gain > b.2) {
+            if db > min_db && best.is_none_or(|b| gain > b.2) {
                 best = Some((i, e, gain));
             }
         }

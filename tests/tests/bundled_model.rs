@@ -22,13 +22,8 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
         "dmq is {:.1}% of the ONNX",
         100.0 * r.size_ratio
     );
-    // noise-prediction SQNR (median over 8 float-DDIM inputs) >= 27 dB at every scheduled timestep
-    // but the last, never below the one-range baseline (the guard), with at most 10% of each step's
-    // activation bytes int16 (the default --a16-budget). The last step (t = 1) misses the 27 dB
-    // floor within that budget (19.7 dB when measured; 31.8 with whole steps at int16, see
-    // `bundled_model_without_an_int16_budget`): an epsilon prediction at t = 1 reads noise 100x
-    // smaller than the image through int8 features. Its error reaches the sample scaled by
-    // sqrt(1 - abar) = 0.01, and the final-sample PSNR below holds.
+    // noise-prediction SQNR (median over 8 float-DDIM inputs) >= 27 dB at every scheduled timestep,
+    // never below the one-range baseline (the guard)
     assert_eq!(r.sqnr_per_timestep.len(), 50);
     for q in &r.sqnr_per_timestep {
         println!(
@@ -39,17 +34,10 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
             q.baseline_db.unwrap(),
             100.0 * q.int16_bytes
         );
-        let floor = if q.t > 1.0 { 27.0 } else { 18.0 };
-        assert!(q.sqnr_db >= floor, "SQNR {:.2} dB at t={}", q.sqnr_db, q.t);
+        assert!(q.sqnr_db >= 27.0, "SQNR {:.2} dB at t={}", q.sqnr_db, q.t);
         assert!(
             q.sqnr_db >= q.baseline_db.unwrap(),
             "below the baseline at t={}",
-            q.t
-        );
-        assert!(
-            q.int16_bytes <= 0.10,
-            "int16 {:.3} of bytes at t={}",
-            q.int16_bytes,
             q.t
         );
     }
@@ -195,41 +183,32 @@ fn bundled_model_w4a8() {
         "W4 file is {:.1}% of the ONNX",
         100.0 * r.size_ratio
     );
-    // 20 dB (the W4 floor) at every step but the last, within the int16 budget (see the W8A8 test)
     for q in &r.sqnr_per_timestep {
-        println!(
-            "W4A8 t={:4} {:.2} dB, int16 {:.1}% of bytes",
-            q.t,
-            q.sqnr_db,
-            100.0 * q.int16_bytes
-        );
-        let floor = if q.t > 1.0 { 20.0 } else { 16.0 };
+        println!("W4A8 t={:4} {:.2} dB", q.t, q.sqnr_db);
         assert!(
-            q.sqnr_db >= floor,
+            q.sqnr_db >= 20.0,
             "W4A8 SQNR {:.2} dB at t={}",
             q.sqnr_db,
-            q.t
-        );
-        assert!(
-            q.int16_bytes <= 0.10,
-            "int16 {:.3} of bytes at t={}",
-            q.int16_bytes,
             q.t
         );
     }
 }
 
 #[test]
-fn bundled_model_without_an_int16_budget() {
-    // `--a16-budget 100`: the quality floor may make every tensor int16 at its weak steps (t = 21
-    // and t = 1 here), and every step, the last included, stays above 27 dB; those steps then hold
-    // most of their activation bytes at 16 bits (the others hold the 6 protected tensors).
+fn bundled_model_within_an_int16_budget() {
+    // `--a16-budget 10`: at most 10% of each step's activation bytes int16. The protected tensors
+    // fit in it, and the floor's steps (t = 21 and t = 1) choose their own int16 tensors within it
+    // instead of making every tensor int16. t = 21 still reaches the 27 dB floor; t = 1 does not
+    // (19.7 dB measured; 31.8 dB with whole steps at int16): an epsilon prediction at t = 1 reads
+    // noise 100x smaller than the image, through int8 features. That error reaches the sample
+    // scaled by sqrt(1 - abar) = 0.01: the final-sample PSNR holds (37.29 dB mean over 16 seeds
+    // against 37.34 without the budget, `dmqc demo`).
     let onnx = std::fs::read(common::bundled()).unwrap();
     let opts = CompileOptions {
         progress: false,
         eval_samples: 4,
         baseline: false,
-        a16_budget: 1.0,
+        a16_budget: 0.10,
         ..Default::default()
     };
     let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
@@ -237,13 +216,23 @@ fn bundled_model_without_an_int16_budget() {
     assert!(!r.floor_steps.is_empty(), "the floor did not fire");
     for q in &r.sqnr_per_timestep {
         println!(
-            "no budget t={:4} {:.2} dB, int16 {:.1}% of bytes",
+            "budget t={:4} {:.2} dB, int16 {:.1}% of bytes",
             q.t,
             q.sqnr_db,
             100.0 * q.int16_bytes
         );
-        assert!(q.sqnr_db >= 27.0, "SQNR {:.2} dB at t={}", q.sqnr_db, q.t);
-        let floored = r.floor_steps.iter().any(|f| f.0 == q.t);
-        assert_eq!(q.int16_bytes > 0.5, floored, "t={}: {}", q.t, q.int16_bytes);
+        let floor = if q.t > 1.0 { 27.0 } else { 18.0 };
+        assert!(q.sqnr_db >= floor, "SQNR {:.2} dB at t={}", q.sqnr_db, q.t);
+        assert!(
+            q.int16_bytes <= 0.10,
+            "int16 {:.3} of bytes at t={}",
+            q.int16_bytes,
+            q.t
+        );
     }
+    let text = dmq_compiler::summary(r);
+    assert!(
+        text.contains("FLOOR MISSED") && text.contains("int16 budget"),
+        "{text}"
+    );
 }

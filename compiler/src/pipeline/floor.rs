@@ -103,7 +103,7 @@ fn every_tensor(
     protect::apply(&mut floor_program, &promote);
     let keep8 = if b.opts.weight_bits == 4 {
         let single = |keep8: &[TensorId]| floor_only(b, &floor_program, buckets, keep8);
-        protect::floor_weights(&floor_program, chosen, target, inputs, single)?
+        protect::floor_weights(&floor_program, chosen, 0.0, target, inputs, single)?
     } else {
         chosen.to_vec()
     };
@@ -134,7 +134,7 @@ fn within_budget(
     protect::apply(&mut start, &inv);
     let weights8 = if b.opts.weight_bits == 4 {
         let single = |keep8: &[TensorId]| floor_only(b, &start, buckets, keep8);
-        protect::floor_weights(&start, &inv, target, inputs, single)?
+        protect::floor_weights(&start, &inv, 0.1, target, inputs, single)?
     } else {
         inv.clone()
     };

@@ -84,10 +84,11 @@ pub struct Args {
     #[arg(long, default_value_t = 6)]
     pub protect_budget: usize,
     /// The largest share (percent) of a step's integer activation bytes that may be int16, for
-    /// `--protect auto` and the quality floor together: the floor then makes int16, tensor by
-    /// tensor, what helps its weak steps most per byte. 100 lets the floor make every tensor that
-    /// can be int16 (whole steps at 16 bits)
-    #[arg(long, default_value_t = 10.0)]
+    /// `--protect auto` and the quality floor together: below 100 the floor makes int16, tensor by
+    /// tensor, what helps its weak steps most per byte. 100 (the default) lets the floor make every
+    /// tensor that can be int16 (whole steps at 16 bits). The summary's table shows each step's
+    /// int16 share
+    #[arg(long, default_value_t = 100.0)]
     pub a16_budget: f64,
     /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
     #[arg(long, default_value_t = 8)]
@@ -96,7 +97,8 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub act_bits: u32,
     /// Quality floor in dB (with --protect auto): steps whose measured SQNR stays below it run in
-    /// buckets of their own with every int16-capable tensor at 16 bits. Default: 27 with 8-bit
+    /// buckets of their own, with the int16 tensors that help them most within --a16-budget (with
+    /// 4-bit weights, 8-bit weights for the layers that help most, first). Default: 27 with 8-bit
     /// weights, 20 with 4-bit; 0 turns it off
     #[arg(long)]
     pub floor_db: Option<f64>,
