@@ -354,6 +354,16 @@ fn steps_below_the_one_range_baseline_run_the_baseline() {
             assert!(g.1 < g.2, "{g:?}");
         }
     }
+    // `dmqc inspect` lists every stream with its int16 share (here the baseline's streams at 0%)
+    let streams = r["streams"].as_u64().unwrap() as usize;
+    let (ok, out, err) = run(dmqc().arg("inspect").arg(d.join("guarded.dmq")));
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("stream "))
+        .collect();
+    assert_eq!(lines.len(), streams, "{out}");
+    assert!(lines.iter().any(|l| l.contains("int16   0.0%")), "{out}");
     // without the guard the same steps measure what the guard recorded, below the baseline
     let (r, text) = json(&["--no-baseline-guard"], "unguarded");
     assert!(r["baseline_steps"].as_array().unwrap().is_empty(), "{r}");
