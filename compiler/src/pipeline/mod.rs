@@ -139,13 +139,7 @@ fn compile_imported(
         plan,
     } = built;
     let model = Model::load(&bytes).map_err(internal)?;
-    let int16_per_stream: Vec<_> = (0..model.streams())
-        .map(|k| report::int16_share(&model, k))
-        .collect();
-    for q in &mut sqnr {
-        let s = int16_per_stream[model.stream_for(q.t).min(model.streams().saturating_sub(1))];
-        (q.int16_bytes, q.int16_macs) = (s.bytes_frac(), s.macs_frac());
-    }
+    let int16_per_stream = int16_shares(&model, &mut sqnr);
     debug_layers(&float, &program, &model, &bytes, opts)?;
     let report = Report {
         model: label.to_string(),
@@ -420,6 +414,20 @@ fn measure(
         q.baseline_db = Some(b.sqnr_db);
     }
     Ok((sqnr, built, guarded))
+}
+
+/// What each op stream of `model` computes at 16 bits, also written into the steps it runs.
+fn int16_shares(model: &Model, sqnr: &mut [crate::TimestepQuality]) -> Vec<report::Int16Share> {
+    let shares: Vec<_> = (0..model.streams())
+        .map(|k| report::int16_share(model, k))
+        .collect();
+    for q in sqnr {
+        let k = model.stream_for(q.t).min(shares.len().saturating_sub(1));
+        if let Some(s) = shares.get(k) {
+            (q.int16_bytes, q.int16_macs) = (s.bytes_frac(), s.macs_frac());
+        }
+    }
+    shares
 }
 
 /// Weights, biases and norm affines of the program.

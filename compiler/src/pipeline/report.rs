@@ -224,6 +224,59 @@ pub fn fmt_t(t: f32) -> String {
     }
 }
 
+/// The summary's lines on the quality floor (its steps, and those it missed within the int16 budget)
+/// and on the baseline guard.
+fn quality_notes(r: &Report) -> String {
+    let mut s = String::new();
+    if !r.floor_steps.is_empty() {
+        let what = if r.a16_budget >= 1.0 {
+            "every int16-capable tensor at 16 bits".to_string()
+        } else {
+            format!(
+                "the tensors that help them most per byte at 16 bits,\n                within the int16 budget ({:.0}% of activation bytes)",
+                100.0 * r.a16_budget
+            )
+        };
+        s += &format!(
+            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                {what} ({} op streams in all)\n",
+            r.floor_db,
+            r.floor_steps
+                .iter()
+                .map(|(t, db)| format!("{} ({db:.1} dB)", fmt_t(*t)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.streams
+        );
+        let missed: Vec<String> = r
+            .sqnr_per_timestep
+            .iter()
+            .filter(|q| q.sqnr_db < r.floor_db && r.floor_steps.iter().any(|f| f.0 == q.t))
+            .map(|q| format!("{} ({:.1} dB)", fmt_t(q.t), q.sqnr_db))
+            .collect();
+        if !missed.is_empty() && r.a16_budget < 1.0 {
+            s += &format!(
+                "  FLOOR MISSED  still below {:.0} dB within the int16 budget at t = {}\n                (--a16-budget 100 lets those steps make every tensor int16)\n",
+                r.floor_db,
+                missed.join(", ")
+            );
+        }
+    }
+    if !r.baseline_steps.is_empty() {
+        s += &format!(
+            "  GUARD         below the one-range baseline at {} of {} steps: t = {}\n                (own -> baseline dB, same inputs); those steps run the baseline's int8 program and\n                ranges ({} op streams in all; --no-baseline-guard keeps the own quantization)\n",
+            r.baseline_steps.len(),
+            r.steps,
+            r.baseline_steps
+                .iter()
+                .map(|(t, own, base)| format!("{} ({own:.1} -> {base:.1})", fmt_t(*t)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.streams
+        );
+    }
+    s
+}
+
 /// The summary table printed after compile.
 pub fn summary(r: &Report) -> String {
     let mut s = String::new();
@@ -275,52 +328,7 @@ pub fn summary(r: &Report) -> String {
             r.arena_bytes
         );
     }
-    if !r.floor_steps.is_empty() {
-        let what = if r.a16_budget >= 1.0 {
-            "every int16-capable tensor at 16 bits".to_string()
-        } else {
-            format!(
-                "the tensors that help them most per byte at 16 bits,\n                within the int16 budget ({:.0}% of activation bytes)",
-                100.0 * r.a16_budget
-            )
-        };
-        s += &format!(
-            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                {what} ({} op streams in all)\n",
-            r.floor_db,
-            r.floor_steps
-                .iter()
-                .map(|(t, db)| format!("{} ({db:.1} dB)", fmt_t(*t)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            r.streams
-        );
-        let missed: Vec<String> = r
-            .sqnr_per_timestep
-            .iter()
-            .filter(|q| q.sqnr_db < r.floor_db && r.floor_steps.iter().any(|f| f.0 == q.t))
-            .map(|q| format!("{} ({:.1} dB)", fmt_t(q.t), q.sqnr_db))
-            .collect();
-        if !missed.is_empty() && r.a16_budget < 1.0 {
-            s += &format!(
-                "  FLOOR MISSED  still below {:.0} dB within the int16 budget at t = {}\n                (--a16-budget 100 lets those steps make every tensor int16)\n",
-                r.floor_db,
-                missed.join(", ")
-            );
-        }
-    }
-    if !r.baseline_steps.is_empty() {
-        s += &format!(
-            "  GUARD         below the one-range baseline at {} of {} steps: t = {}\n                (own -> baseline dB, same inputs); those steps run the baseline's int8 program and\n                ranges ({} op streams in all; --no-baseline-guard keeps the own quantization)\n",
-            r.baseline_steps.len(),
-            r.steps,
-            r.baseline_steps
-                .iter()
-                .map(|(t, own, base)| format!("{} ({own:.1} -> {base:.1})", fmt_t(*t)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            r.streams
-        );
-    }
+    s += &quality_notes(r);
     s += &format!(
         "  size          {} bytes ({:.1}% of the ONNX file's {} bytes)\n",
         r.dmq_bytes,

@@ -181,15 +181,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         calib_source,
         fold_time_path,
     } = args;
-    if weight_bits != 8 && weight_bits != 4 {
-        bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
-    }
-    if !(0.0..=100.0).contains(&a16_budget) {
-        bail!("--a16-budget {a16_budget} is not a percentage between 0 and 100");
-    }
-    if act_bits != 8 && act_bits != 16 {
-        bail!("--act-bits {act_bits} is not supported: use 8 or 16");
-    }
+    check_bits(weight_bits, act_bits, a16_budget)?;
     let sampler_by_input_name = sampler.is_none() && prediction.is_none();
     let kind = sampler_kind(sampler.unwrap_or(SamplerArg::Ddim))?;
     // a consistency model's output is the denoised sample by definition
@@ -272,6 +264,20 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         ..Default::default()
     };
     Ok((opts, model, output, report))
+}
+
+/// `--weight-bits`, `--act-bits` and `--a16-budget` take the values dmq supports.
+fn check_bits(weight_bits: u32, act_bits: u32, a16_budget: f64) -> Result<()> {
+    if weight_bits != 8 && weight_bits != 4 {
+        bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
+    }
+    if act_bits != 8 && act_bits != 16 {
+        bail!("--act-bits {act_bits} is not supported: use 8 or 16");
+    }
+    if !(0.0..=100.0).contains(&a16_budget) {
+        bail!("--a16-budget {a16_budget} is not a percentage between 0 and 100");
+    }
+    Ok(())
 }
 
 /// `--timesteps`: 1 to MAX_SCHEDULE finite values, descending, below 1000 for ddim/ddpm, as many as
