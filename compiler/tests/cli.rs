@@ -58,6 +58,11 @@ fn compile_run_sample_inspect() {
         out.contains("SQNR") && out.contains("arena"),
         "summary missing: {out}"
     );
+    // the costs, stated before the compile starts: 5 steps x 2 trajectories
+    assert!(
+        err.contains("multiply-accumulates per evaluation. Calibration: 10 float evaluations"),
+        "{err}"
+    );
     assert!(std::fs::read_to_string(&report)
         .unwrap()
         .contains("sqnr_per_timestep"));

@@ -345,6 +345,35 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
     bail!("no int8 lowering for this op")
 }
 
+/// Multiply-accumulates of one evaluation of the program's integer products (convs, linears and
+/// attention products; not the f32 timestep path), known before calibration.
+pub fn product_macs(p: &Program) -> u64 {
+    p.ops
+        .iter()
+        .map(|op| match op {
+            IrOp::Conv {
+                input,
+                output,
+                kernel,
+                ..
+            } => {
+                let cin = p.t(*input).shape.get(1).copied().unwrap_or(0);
+                (p.t(*output).numel() * cin * kernel[0] * kernel[1]) as u64
+            }
+            IrOp::Linear {
+                geom, float: false, ..
+            } => geom.m as u64 * geom.n as u64 * geom.k as u64,
+            IrOp::MatMul { geom, .. } => {
+                geom.batch.iter().map(|&b| b as u64).product::<u64>()
+                    * geom.m as u64
+                    * geom.n as u64
+                    * geom.k as u64
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Number of each IR op kind, for the summary.
 pub fn op_histogram(p: &Program) -> BTreeMap<&'static str, usize> {
     let mut h = BTreeMap::new();

@@ -83,6 +83,9 @@ fn compile_imported(
     let opts = &opts;
     let float = FloatModel::new(&imp)?;
     check_extra_names(&float, opts)?;
+    if opts.progress {
+        eprintln!("{}", plan(&lowered.program, opts));
+    }
     let t0 = std::time::Instant::now();
     let cal = calibrate(&float, &lowered.stat_nodes, opts)?;
     let calib_seconds = t0.elapsed().as_secs_f64();
@@ -263,6 +266,33 @@ fn calibrate(
     )?;
     pb.finish_and_clear();
     Ok(cal)
+}
+
+/// The compile's costs, stated before it starts: the float evaluations of calibration and the
+/// runtime budget of each measuring phase, in multiply-accumulates.
+fn plan(program: &Program, opts: &CompileOptions) -> String {
+    let macs = lower::product_macs(program).max(1);
+    let passes = if opts.guidance.is_some() { 2 } else { 1 };
+    let evals = opts.calib_samples * opts.steps as usize * passes;
+    let b = Budget::for_model(macs, opts);
+    let g = |n: usize| n as f64 * macs as f64 / 1e9;
+    let ranking = match opts.protect {
+        Protect::Auto(_) => format!(
+            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs), ",
+            b.max_evals,
+            g(b.max_evals)
+        ),
+        _ => String::new(),
+    };
+    let measure = b.eval_samples * opts.steps as usize;
+    format!(
+        "dmqc: {:.3} G multiply-accumulates per evaluation. Calibration: {evals} float evaluations \
+         ({:.1} G MACs); then {ranking}and the measurement ({measure} inputs through the float model \
+         and the runtime, {:.1} G MACs each way)",
+        macs as f64 / 1e9,
+        g(evals),
+        g(measure)
+    )
 }
 
 /// Measurement scales with the model: each phase (sensitivity, final SQNR) gets about 60 G
