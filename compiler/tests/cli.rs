@@ -241,6 +241,34 @@ fn sqnr_against_onnx_runtime<X: AsRef<str>, T: AsRef<str>, R: AsRef<str>>(
     out_db
 }
 
+/// Compiles the tiny UNet (10 DDIM steps, 2 calibration trajectories, `eval_samples` measured) with
+/// `flags` into `dir/name.dmq`; returns its `--report` and the compile's stdout and stderr.
+fn tiny_compile(
+    dir: &std::path::Path,
+    eval_samples: &str,
+    flags: &[&str],
+    name: &str,
+) -> (serde_json::Value, String) {
+    let report = dir.join(format!("{name}.json"));
+    let (ok, out, err) = run(
+        compile(fixture("tiny_unet.onnx"), dir.join(format!("{name}.dmq")))
+            .args([
+                "--steps",
+                "10",
+                "--calib-samples",
+                "2",
+                "--eval-samples",
+                eval_samples,
+            ])
+            .args(flags)
+            .arg("--report")
+            .arg(&report),
+    );
+    assert!(ok, "{err}");
+    let r = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    (r, out + &err)
+}
+
 #[test]
 fn drifting_trajectories_are_reported_and_only_replaced_when_asked() {
     // The random-weight tiny UNet's DDIM trajectories run far from the forward process's scale. By
@@ -248,28 +276,7 @@ fn drifting_trajectories_are_reported_and_only_replaced_when_asked() {
     // device will see; no heuristic swaps its calibration data), warns and counts the steps; only
     // `--calib-source forward` calibrates those steps on forward-process samples.
     let d = tmp("drift");
-    let light = [
-        "--steps",
-        "10",
-        "--calib-samples",
-        "2",
-        "--eval-samples",
-        "1",
-    ];
-    let json = |flags: &[&str], name: &str| {
-        let report = d.join(format!("{name}.json"));
-        let (ok, out, err) = run(
-            compile(fixture("tiny_unet.onnx"), d.join(format!("{name}.dmq")))
-                .args(light)
-                .args(flags)
-                .arg("--report")
-                .arg(&report),
-        );
-        assert!(ok, "{err}");
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-        (r, out + &err)
-    };
+    let json = |flags: &[&str], name: &str| tiny_compile(&d, "1", flags, name);
     let (r, text) = json(&[], "default");
     let drifted = r["calib_drifted_steps"].as_u64().unwrap();
     assert!(drifted > 0, "the fixture no longer drifts: {r}");
@@ -294,28 +301,7 @@ fn steps_below_the_one_range_baseline_run_the_baseline() {
     // program and ranges, so there the file computes what the baseline does: the same SQNR to the
     // last bit on the same inputs, and no step below it. `--no-baseline-guard` shows what they were.
     let d = tmp("guard");
-    let light = [
-        "--steps",
-        "10",
-        "--calib-samples",
-        "2",
-        "--eval-samples",
-        "2",
-    ];
-    let json = |flags: &[&str], name: &str| {
-        let report = d.join(format!("{name}.json"));
-        let (ok, out, err) = run(
-            compile(fixture("tiny_unet.onnx"), d.join(format!("{name}.dmq")))
-                .args(light)
-                .args(flags)
-                .arg("--report")
-                .arg(&report),
-        );
-        assert!(ok, "{err}");
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-        (r, out)
-    };
+    let json = |flags: &[&str], name: &str| tiny_compile(&d, "2", flags, name);
     let per_t = |r: &serde_json::Value| -> Vec<(f64, f64, f64)> {
         r["sqnr_per_timestep"]
             .as_array()

@@ -101,12 +101,7 @@ fn every_tensor(
         .filter(|r| !b.invariant_roots.contains(r))
         .collect();
     protect::apply(&mut floor_program, &promote);
-    let keep8 = if b.opts.weight_bits == 4 {
-        let single = |keep8: &[TensorId]| floor_only(b, &floor_program, buckets, keep8);
-        protect::floor_weights(&floor_program, chosen, 0.0, target, inputs, single)?
-    } else {
-        chosen.to_vec()
-    };
+    let keep8 = weights8(b, &floor_program, chosen, 0.0, (buckets, target, inputs))?;
     Ok((floor_program, keep8))
 }
 
@@ -132,12 +127,7 @@ fn within_budget(
         .collect();
     let mut start = unprotected.clone();
     protect::apply(&mut start, &inv);
-    let weights8 = if b.opts.weight_bits == 4 {
-        let single = |keep8: &[TensorId]| floor_only(b, &start, buckets, keep8);
-        protect::floor_weights(&start, &inv, 0.1, target, inputs, single)?
-    } else {
-        inv.clone()
-    };
+    let weights8 = weights8(b, &start, &inv, 0.1, (buckets, target, inputs))?;
     let added = protect::floor_activations(
         &start,
         &b.invariant_roots,
@@ -150,12 +140,9 @@ fn within_budget(
     let mut floor_program = start;
     protect::apply(&mut floor_program, &added);
     let mut keep8 = weights8;
-    keep8.extend(
-        added
-            .iter()
-            .filter(|a| !keep8.contains(a))
-            .collect::<Vec<_>>(),
-    );
+    keep8.extend(added);
+    keep8.sort();
+    keep8.dedup();
     Ok((floor_program, keep8))
 }
 
@@ -224,6 +211,23 @@ fn floor_buckets(
         })
         .collect();
     (buckets, weak)
+}
+
+/// The layers whose weights stay 8-bit in the floor buckets: `base`, and with 4-bit weights the
+/// layers that help the weak steps most per byte (each gaining more than `min_db`), chosen by
+/// measuring the floor buckets running `program`.
+fn weights8(
+    b: &Builder<'_>,
+    program: &Program,
+    base: &[TensorId],
+    min_db: f64,
+    (buckets, target, inputs): (&[Bucket], f64, &[eval::Probe]),
+) -> Result<Vec<TensorId>> {
+    if b.opts.weight_bits != 4 {
+        return Ok(base.to_vec());
+    }
+    let single = |keep8: &[TensorId]| floor_only(b, program, buckets, keep8);
+    protect::floor_weights(program, base, min_db, target, inputs, single)
 }
 
 /// The floor buckets alone, built as a model of their own running `program` (with `keep8`'s

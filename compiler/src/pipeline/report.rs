@@ -82,36 +82,44 @@ pub fn macs_per_eval(model: &dmq_runtime::Model) -> u64 {
 
 /// Multiply-accumulates of one model evaluation: (convs, linears, attention products).
 pub fn macs_by_kind(model: &dmq_runtime::Model) -> (u64, u64, u64) {
-    use dmq_runtime::format::Op;
-    let mut total = (0u64, 0u64, 0u64);
+    let mut total = [0u64; 3];
     for op in model.ops().flatten() {
-        match op {
-            Op::Conv2d(wire::Conv2d {
-                input,
-                output,
-                kernel,
-                ..
-            }) => {
-                let o = &output.shape;
-                let per_out = input.shape.get(1).copied().unwrap_or(0) as u64
-                    * kernel[0] as u64
-                    * kernel[1] as u64;
-                total.0 += o.iter().map(|&d| d as u64).product::<u64>() * per_out
-            }
-            Op::Linear(wire::Linear { geom, .. }) => {
-                total.1 += geom.m as u64 * geom.n as u64 * geom.k as u64
-            }
-            Op::MatMul(wire::MatMul { geom, .. }) => {
-                total.2 += geom.batch[0] as u64
-                    * geom.batch[1] as u64
-                    * geom.m as u64
-                    * geom.n as u64
-                    * geom.k as u64
-            }
-            _ => {}
+        if let Some((kind, macs, _)) = op_macs(&op) {
+            total[kind] += macs;
         }
     }
-    total
+    (total[0], total[1], total[2])
+}
+
+/// A product op's multiply-accumulates: (0 conv, 1 linear, 2 attention product; MACs; whether an
+/// activation operand is int16). `None` for every other op.
+fn op_macs(op: &wire::Op<wire::TRef>) -> Option<(usize, u64, bool)> {
+    use dmq_runtime::format::{DType, Op};
+    let wide = |t: &wire::TRef| t.dtype == DType::I16;
+    match op {
+        Op::Conv2d(c) => Some((
+            0,
+            c.output.numel() as u64
+                * c.input.shape.get(1).copied().unwrap_or(0) as u64
+                * c.kernel[0] as u64
+                * c.kernel[1] as u64,
+            wide(&c.input),
+        )),
+        Op::Linear(l) => Some((
+            1,
+            l.geom.m as u64 * l.geom.n as u64 * l.geom.k as u64,
+            wide(&l.input),
+        )),
+        Op::MatMul(m) => {
+            let g = &m.geom;
+            Some((
+                2,
+                g.batch[0] as u64 * g.batch[1] as u64 * g.m as u64 * g.n as u64 * g.k as u64,
+                wide(&m.a) || wide(&m.b),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// What one op stream computes at 16 bits: the integer activations its ops write per evaluation
@@ -138,7 +146,7 @@ impl Int16Share {
 
 /// [`Int16Share`] of op stream `k` of a model.
 pub fn int16_share(model: &dmq_runtime::Model, k: usize) -> Int16Share {
-    use dmq_runtime::format::{DType, Op};
+    use dmq_runtime::format::DType;
     let mut s = Int16Share::default();
     for op in model.stream_ops(k).flatten() {
         let out = op.output();
@@ -148,27 +156,7 @@ pub fn int16_share(model: &dmq_runtime::Model, k: usize) -> Int16Share {
                 s.i16_bytes += out.bytes() as u64;
             }
         }
-        let (macs, wide) = match &op {
-            Op::Conv2d(c) => (
-                out.numel() as u64
-                    * c.input.shape.get(1).copied().unwrap_or(0) as u64
-                    * c.kernel[0] as u64
-                    * c.kernel[1] as u64,
-                c.input.dtype == DType::I16,
-            ),
-            Op::Linear(l) => (
-                l.geom.m as u64 * l.geom.n as u64 * l.geom.k as u64,
-                l.input.dtype == DType::I16,
-            ),
-            Op::MatMul(m) => {
-                let g = &m.geom;
-                (
-                    g.batch[0] as u64 * g.batch[1] as u64 * g.m as u64 * g.n as u64 * g.k as u64,
-                    m.a.dtype == DType::I16 || m.b.dtype == DType::I16,
-                )
-            }
-            _ => (0, false),
-        };
+        let (_, macs, wide) = op_macs(&op).unwrap_or((0, 0, false));
         s.macs += macs;
         if wide {
             s.i16_macs += macs;
