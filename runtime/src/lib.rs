@@ -15,6 +15,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod arena;
+pub mod blob;
 pub mod format;
 pub mod kernels;
 pub mod model;
@@ -66,6 +67,9 @@ pub enum Error {
     Unsupported(&'static str),
     /// A worker thread of `Session::with_threads` panicked (std builds only).
     WorkerPanicked,
+    /// The weight cache of a paged model is too small (or not 16-byte aligned): one op's blob
+    /// arrays need at least `needed` bytes together.
+    Cache { needed: usize, got: usize },
 }
 
 impl core::fmt::Display for Error {
@@ -101,6 +105,11 @@ impl core::fmt::Display for Error {
             Error::Input(what) => write!(f, "invalid input: {what}"),
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),
             Error::WorkerPanicked => write!(f, "a worker thread panicked"),
+            Error::Cache { needed, got } => write!(
+                f,
+                "weight cache too small or misaligned: one op needs at least {needed} bytes \
+                 (16-aligned), got {got}"
+            ),
         }
     }
 }

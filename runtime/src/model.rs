@@ -1,7 +1,8 @@
 //! A validated model: [`Model::load`] parses the header, checks the checksums, decodes the metadata
 //! and prepares every op record of every stream once (the check `ops::prepare` makes is the one a
 //! session makes before running), so only a model whose every op can run is ever returned.
-use crate::format::{section, Header, ModelMeta, Op, TRef};
+use crate::blob::{Blob, BlobSource, Pager, Reader};
+use crate::format::{fnv1a64_more, section, Header, ModelMeta, Op, TRef};
 use crate::ops::{self, Cx, Prepared};
 use crate::{verify, Error, Result};
 
@@ -31,7 +32,12 @@ pub struct Model<'a> {
     header: Header,
     meta: ModelMeta,
     ops: &'a [u8],
+    /// the blob section (empty for a paged model, whose blob stays in its source)
     blob: &'a [u8],
+    blob_len: usize,
+    paged: bool,
+    /// the most cache bytes one op's arrays take (paged models; see [`Model::min_cache_bytes`])
+    min_cache: usize,
     /// Every stream's invariant records are the bytes of the first stream's.
     invariant_shared: bool,
     /// The largest work of one evaluation over the streams.
@@ -49,11 +55,67 @@ impl<'a> Model<'a> {
     pub fn load_with(bytes: &'a [u8], limits: Limits) -> Result<Model<'a>> {
         let header = Header::parse(bytes)?;
         header.verify(bytes)?;
-        let meta_b = section(bytes, header.meta)?;
-        let ops = section(bytes, header.ops)?;
         let blob = section(bytes, header.blob)?;
+        Self::validate(header, bytes, blob, Reader::Whole(blob), None, limits)
+    }
+
+    /// A model whose blob (weights, biases, tables) stays in `src` and is read on demand through a
+    /// cache (see [`crate::blob`]): `head` holds the file up to its blob section (the header's
+    /// `blob.0` bytes; more is ignored). Loading reads the whole blob once to check its checksum,
+    /// and every op's arrays once to check the op, through `cache` (16-byte aligned); a cache
+    /// smaller than one op's arrays is [`Error::Cache`], which states a size that goes further. Run
+    /// it with [`crate::Session::with_pager`].
+    pub fn load_paged(
+        head: &'a [u8],
+        src: &mut dyn BlobSource,
+        cache: &mut [u8],
+        limits: Limits,
+    ) -> Result<Model<'a>> {
+        let header = Header::parse_head(head)?;
+        if header.head_checksum(head)? != header.meta_checksum {
+            return Err(Error::ChecksumMismatch {
+                section: "header, metadata and op records",
+            });
+        }
+        let blob_len = header.blob.1 as usize;
+        if cache.is_empty() {
+            return Err(Error::Cache { needed: 1, got: 0 });
+        }
+        let mut sum = crate::format::fnv1a64(&[]);
+        let step = cache.len();
+        for at in (0..blob_len).step_by(step) {
+            let chunk = &mut cache[..(blob_len - at).min(step)];
+            src.read(at as u64, chunk)?;
+            sum = fnv1a64_more(sum, chunk);
+        }
+        if sum != header.blob_checksum {
+            return Err(Error::ChecksumMismatch { section: "blob" });
+        }
+        let mut pager = Pager::new(cache, header.blob.1)?;
+        Self::validate(
+            header,
+            head,
+            &[],
+            Reader::Source(src),
+            Some(&mut pager),
+            limits,
+        )
+    }
+
+    /// The checks after the checksums: metadata, every record of every stream, limits.
+    fn validate(
+        header: Header,
+        file: &'a [u8],
+        blob: &'a [u8],
+        mut reader: Reader,
+        pager: Option<&mut Pager<'_>>,
+        limits: Limits,
+    ) -> Result<Model<'a>> {
+        let meta_b = section(file, header.meta)?;
+        let ops = section(file, header.ops)?;
         let meta: ModelMeta = postcard::from_bytes(meta_b).map_err(|_| Error::Metadata)?;
-        verify::meta(&meta, header.n_ops, blob)?;
+        let blob_len = header.blob.1 as usize;
+        verify::meta(&meta, header.n_ops, blob_len, &mut reader)?;
         if meta.arena_bytes as usize > limits.max_arena_bytes {
             return Err(Error::Arena {
                 needed: meta.arena_bytes as usize,
@@ -65,10 +127,13 @@ impl<'a> Model<'a> {
             meta,
             ops,
             blob,
+            blob_len,
+            paged: pager.is_some(),
+            min_cache: 0,
             invariant_shared: false,
             work: 0,
         };
-        model.work = model.check_streams()?;
+        (model.work, model.min_cache) = model.check_streams(&mut reader, pager)?;
         if model.work > limits.max_work_per_eval {
             return Err(Error::WorkLimit {
                 macs: model.work,
@@ -82,16 +147,16 @@ impl<'a> Model<'a> {
     }
 
     /// Decodes and prepares every record of every stream (streams back to back, nothing after
-    /// them) and checks the time table against the first. Returns the largest work of a stream.
-    fn check_streams(&self) -> Result<u64> {
+    /// them) and checks the time table against the first. Returns the largest work of a stream
+    /// and, for a paged model, the most cache one op needs.
+    fn check_streams(
+        &self,
+        reader: &mut Reader,
+        mut pager: Option<&mut Pager<'_>>,
+    ) -> Result<(u64, usize)> {
         let m = &self.meta;
-        let cx = |op| Cx {
-            op,
-            arena: m.sampler_state as usize,
-            blob: self.blob,
-        };
         let mut at = 0usize;
-        let mut most = 0u64;
+        let (mut most, mut cache) = (0u64, 0usize);
         for &off in m.stream_offsets.iter() {
             if off as usize != at {
                 return Err(Error::Invalid {
@@ -105,10 +170,27 @@ impl<'a> Model<'a> {
                 let (op, r) =
                     postcard::take_from_bytes::<Op<TRef>>(rest).map_err(|_| Error::Metadata)?;
                 rest = r;
-                let p = ops::prepare(&op, &cx(i))?;
+                let arena = m.sampler_state as usize;
+                let (p, need) = match pager.as_deref_mut() {
+                    None => {
+                        let cx = Cx {
+                            op: i,
+                            arena,
+                            blob: Blob::Whole(self.blob),
+                        };
+                        (ops::prepare(&op, &cx)?, 0)
+                    }
+                    Some(pg) => match reader {
+                        Reader::Source(src) => {
+                            crate::blob::prepare_paged(&op, (i, arena), pg, &mut **src)?
+                        }
+                        Reader::Whole(_) => return Err(Error::Unsupported("paged without source")),
+                    },
+                };
                 work = work.saturating_add(p.work());
+                cache = cache.max(need);
                 // every stream reads the same table, so each stream's op is checked against it
-                verify::time_table_op(m, self.blob, i, op.class(), &p)?;
+                verify::time_table_op(m, reader, i, op.class(), &p)?;
             }
             most = most.max(work);
             at += before - rest.len();
@@ -119,7 +201,7 @@ impl<'a> Model<'a> {
                 what: "trailing bytes after the op records",
             });
         }
-        Ok(most)
+        Ok((most, cache))
     }
 
     /// The bytes of stream `k`'s invariant records (validated, so they decode).
@@ -167,8 +249,22 @@ impl<'a> Model<'a> {
     pub fn n_ops(&self) -> u32 {
         self.header.n_ops
     }
+    /// The blob section (empty for a paged model).
     pub fn blob(&self) -> &'a [u8] {
         self.blob
+    }
+    /// Bytes of the blob section.
+    pub fn blob_len(&self) -> usize {
+        self.blob_len
+    }
+    /// Whether the blob is read on demand ([`Model::load_paged`]).
+    pub fn paged(&self) -> bool {
+        self.paged
+    }
+    /// The smallest weight cache a paged session of this model runs with: the most bytes one
+    /// op's blob arrays take, each rounded up to 16 (0 for a model loaded whole).
+    pub fn min_cache_bytes(&self) -> usize {
+        self.min_cache
     }
     /// Number of latent elements (the model's input and output size).
     pub fn latent_len(&self) -> usize {
@@ -214,7 +310,7 @@ impl<'a> Model<'a> {
             let cx = Cx {
                 op: i as u32,
                 arena: self.meta.sampler_state as usize,
-                blob: self.blob,
+                blob: Blob::Whole(self.blob),
             };
             *slot = ops::prepare(&op?, &cx)?;
         }

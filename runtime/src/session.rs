@@ -1,7 +1,8 @@
 //! A session: a validated model, the caller's arena and the prepared ops of the stream it runs; the
 //! samplers on the device, classifier-free guidance and the cache of the invariant ops' outputs.
+use crate::blob::{BlobSource, Pager, PagerStats, Reader};
 use crate::format::{ModelMeta, ARENA_ALIGN, MAX_EXTRA_INPUTS};
-use crate::kernels::{self, le_f32, Exec};
+use crate::kernels::{self, Exec};
 use crate::model::Model;
 use crate::ops::Prepared;
 use crate::verify::f32_region;
@@ -56,6 +57,8 @@ struct Engine<'m, 'a, 'r> {
     planned: Option<usize>,
     ex: Exec,
     cache: InvariantCache,
+    /// a paged model's weight cache and blob source (see [`Session::with_pager`])
+    paged: Option<(Pager<'r>, &'r mut dyn BlobSource)>,
 }
 
 /// The extra inputs of one pass.
@@ -90,7 +93,37 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                 got: plan.len(),
             });
         }
-        Self::build(model, arena, Slots::Borrowed(plan))
+        Self::build(model, arena, Slots::Borrowed(plan), None)
+    }
+
+    /// A session over a paged model ([`Model::load_paged`]): each op is prepared just before it
+    /// runs, its blob arrays read from `src` into `cache` (16-byte aligned, at least
+    /// [`Model::min_cache_bytes`]) unless the cache holds them. The outputs are the bits a session
+    /// over the whole file computes. Nothing is allocated.
+    pub fn with_pager(
+        model: &'m Model<'a>,
+        arena: &'r mut [u8],
+        src: &'r mut dyn BlobSource,
+        cache: &'r mut [u8],
+    ) -> Result<Self> {
+        if !model.paged() {
+            return Err(Error::Unsupported(
+                "Session::with_pager runs a model loaded with Model::load_paged",
+            ));
+        }
+        if cache.len() < model.min_cache_bytes() {
+            return Err(Error::Cache {
+                needed: model.min_cache_bytes(),
+                got: cache.len(),
+            });
+        }
+        let pager = Pager::new(cache, model.blob_len() as u32)?;
+        Self::build(model, arena, Slots::Borrowed(&mut []), Some((pager, src)))
+    }
+
+    /// What the weight cache of a paged session did so far: reads, bytes read, arrays found.
+    pub fn pager_stats(&self) -> Option<PagerStats> {
+        self.engine.paged.as_ref().map(|(p, _)| p.stats())
     }
 
     /// A session over `arena` whose prepared ops the session keeps itself (std builds; see
@@ -98,10 +131,20 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     #[cfg(feature = "std")]
     pub fn new(model: &'m Model<'a>, arena: &'r mut [u8]) -> Result<Self> {
         let slots = std::vec![Prepared::Idle; model.plan_len()];
-        Self::build(model, arena, Slots::Owned(slots))
+        Self::build(model, arena, Slots::Owned(slots), None)
     }
 
-    fn build(model: &'m Model<'a>, arena: &'r mut [u8], slots: Slots<'r, 'a>) -> Result<Self> {
+    fn build(
+        model: &'m Model<'a>,
+        arena: &'r mut [u8],
+        slots: Slots<'r, 'a>,
+        paged: Option<(Pager<'r>, &'r mut dyn BlobSource)>,
+    ) -> Result<Self> {
+        if model.paged() && paged.is_none() {
+            return Err(Error::Unsupported(
+                "a paged model runs in a session made with Session::with_pager",
+            ));
+        }
         let needed = model.arena_bytes();
         if arena.len() < needed || (arena.as_ptr() as usize) % ARENA_ALIGN as usize != 0 {
             return Err(Error::Arena {
@@ -128,6 +171,7 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
                     threads: 1,
                 },
                 cache: InvariantCache::default(),
+                paged,
             },
             state,
             extras: [None; MAX_EXTRA_INPUTS],
@@ -288,17 +332,11 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     pub fn run_ops(
         &mut self,
         stream: usize,
-        mut observe: impl FnMut(u32, &Prepared<'a>),
+        mut observe: impl FnMut(u32, &Prepared<'_>),
     ) -> Result<()> {
         let e = &mut self.engine;
         e.cache.clear();
-        e.ensure(stream)?;
-        let (arena, ex) = (&mut *e.arena, e.ex);
-        for (i, p) in e.slots.get(e.model.plan_len()).iter().enumerate() {
-            p.run(arena, ex).map_err(|err| at_op(err, i))?;
-            observe(i as u32, p);
-        }
-        Ok(())
+        e.run_stream(stream, (0, None), |i, p| observe(i, p))
     }
 
     /// Runs a whole sampler on the device: `x` holds the initial noise on entry and the sample on exit.
@@ -401,6 +439,54 @@ fn at_op(e: Error, i: usize) -> Error {
 }
 
 impl<'a> Engine<'_, 'a, '_> {
+    /// Runs the ops of `stream` from op `from` on: from the prepared slots, or for a paged model
+    /// each prepared just before it runs. With `folded` (a row of the time table) the ops the
+    /// table skips are not run; those with an output in the table get their row's values.
+    fn run_stream(
+        &mut self,
+        stream: usize,
+        (from, folded): (u32, Option<usize>),
+        mut observe: impl FnMut(u32, &Prepared<'_>),
+    ) -> Result<()> {
+        let model = self.model;
+        let n = model.plan_len();
+        let ex = self.ex;
+        let arena_len = model.meta().sampler_state as usize;
+        if let Some((pager, src)) = self.paged.as_mut() {
+            for (i, op) in model.stream_ops(stream).enumerate().skip(from as usize) {
+                let i = i as u32;
+                let table = time_skip(model, &mut Reader::Source(&mut **src), folded, i)?;
+                if table == Some(None) {
+                    continue;
+                }
+                let (p, _) = crate::blob::prepare_paged(&op?, (i, arena_len), pager, &mut **src)?;
+                match table {
+                    Some(Some(row)) => fill_from_table(
+                        (self.arena, model),
+                        &p,
+                        &mut Reader::Source(&mut **src),
+                        row,
+                    )?,
+                    _ => p.run(self.arena, ex).map_err(|e| at_op(e, i as usize))?,
+                }
+                observe(i, &p);
+            }
+            return Ok(());
+        }
+        self.ensure(stream)?;
+        let mut reader = Reader::Whole(model.blob());
+        for (i, p) in self.slots.get(n).iter().enumerate().skip(from as usize) {
+            let i = i as u32;
+            match time_skip(model, &mut reader, folded, i)? {
+                Some(None) => continue,
+                Some(Some(row)) => fill_from_table((self.arena, model), p, &mut reader, row)?,
+                None => p.run(self.arena, ex).map_err(|e| at_op(e, i as usize))?,
+            }
+            observe(i, p);
+        }
+        Ok(())
+    }
+
     /// Prepares the ops of `stream` unless the slots hold them already.
     fn ensure(&mut self, stream: usize) -> Result<()> {
         if self.planned != Some(stream) {
@@ -438,13 +524,22 @@ impl<'a> Engine<'_, 'a, '_> {
     }
 
     /// The row of the folded time path for `t`, if `t` is one of its scheduled timesteps.
-    fn folded_row(&self, t: f32) -> Result<Option<usize>> {
+    fn folded_row(&mut self, t: f32) -> Result<Option<usize>> {
         let Some(tt) = &self.model.meta().time_table else {
             return Ok(None);
         };
-        let ts =
-            crate::format::section(self.model.blob(), (tt.timesteps.offset, tt.timesteps.len))?;
-        Ok((0..ts.len() / 4).find(|&k| le_f32(ts, k).to_bits() == t.to_bits()))
+        let mut reader = match self.paged.as_mut() {
+            Some((_, src)) => Reader::Source(&mut **src),
+            None => Reader::Whole(self.model.blob()),
+        };
+        for k in 0..(tt.timesteps.len / 4) as usize {
+            let mut b = [0u8; 4];
+            reader.read(tt.timesteps.offset as u64 + 4 * k as u64, &mut b)?;
+            if f32::from_le_bytes(b).to_bits() == t.to_bits() {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the invariant ops' outputs for `key` are in the arena, swapping in the guidance stash
@@ -490,30 +585,15 @@ impl<'a> Engine<'_, 'a, '_> {
         kernels::check_len(meta.output.numel(), out.len())?;
         self.write_inputs(extras, latent, t)?;
         let stream = model.stream_for(t);
-        self.ensure(stream)?;
         let folded = self.folded_row(t)?;
         // the invariant ops' outputs are still in the arena when they were last computed for this
         // input set (and this stream, unless every stream shares them), or in the stash with which
         // guidance keeps the other set's (`set_input` clears the cache)
         let key = (if model.invariant_shared() { 0 } else { stream }, which);
         let cached = self.invariants_cached(key, stash)?;
-        let invariant = meta.invariant_ops as usize;
-        let (arena, ex, blob) = (&mut *self.arena, self.ex, model.blob());
-        for (i, p) in self.slots.get(model.plan_len()).iter().enumerate() {
-            if cached && i < invariant {
-                continue;
-            }
-            if let (Some(k), Some(tt)) = (folded, &meta.time_table) {
-                let skip = crate::format::section(blob, (tt.skip.offset, tt.skip.len))?;
-                if skip.get(i) == Some(&1) {
-                    if let Some(o) = tt.outputs.iter().find(|o| o.op as usize == i) {
-                        fill_from_table(arena, p, blob, tt, k, o.at as usize)?;
-                    }
-                    continue;
-                }
-            }
-            p.run(arena, ex).map_err(|e| at_op(e, i))?;
-        }
+        let invariant = if cached { meta.invariant_ops } else { 0 };
+        self.run_stream(stream, (invariant, folded), |_, _| {})?;
+        let arena = &mut *self.arena;
         out.copy_from_slice(f32_region(arena, &meta.output)?);
         if invariant > 0 {
             self.cache.live = Some(key);
@@ -522,27 +602,49 @@ impl<'a> Engine<'_, 'a, '_> {
     }
 }
 
+/// Whether op `i` is left to the time table at `folded`'s row: `None` when it runs, `Some(None)`
+/// when it is skipped, `Some(Some((row, at)))` when its output is the row's values from `at`.
+fn time_skip(
+    model: &Model<'_>,
+    reader: &mut Reader,
+    folded: Option<usize>,
+    i: u32,
+) -> Result<Option<Option<(usize, usize)>>> {
+    let meta = model.meta();
+    let (Some(k), Some(tt)) = (folded, &meta.time_table) else {
+        return Ok(None);
+    };
+    if !crate::verify::skipped(meta, reader, i)? {
+        return Ok(None);
+    }
+    let out = tt.outputs.iter().find(|o| o.op == i);
+    Ok(Some(out.map(|o| (k, o.at as usize))))
+}
+
 /// Writes row `k` of the folded time path, from `at`, into op `p`'s output.
 fn fill_from_table(
-    arena: &mut [u8],
+    (arena, model): (&mut [u8], &Model<'_>),
     p: &Prepared<'_>,
-    blob: &[u8],
-    tt: &crate::format::TimeTable,
-    k: usize,
-    at: usize,
+    reader: &mut Reader,
+    (k, at): (usize, usize),
 ) -> Result<()> {
     let bad = Error::Invalid {
         op: u32::MAX,
         what: "time table row",
     };
+    let tt = model.meta().time_table.as_ref().ok_or(bad)?;
     let out = p.output().ok_or(bad)?;
-    let values = crate::format::section(blob, (tt.values.offset, tt.values.len))?;
     let dst = arena.get_mut(out.range()).ok_or(bad)?;
+    let n = dst.len() / 4;
+    let (row, values) = (tt.row as usize, tt.values);
+    let start = (k * row + at) as u64;
+    if at + n > row || (start + n as u64) * 4 > values.len as u64 {
+        return Err(bad);
+    }
+    reader.read(values.offset as u64 + start * 4, dst)?;
     let dst = crate::arena::out_f32(dst)?;
-    let start = k * tt.row as usize + at;
-    let src = values.get(start * 4..(start + dst.len()) * 4).ok_or(bad)?;
-    for (j, d) in dst.iter_mut().enumerate() {
-        *d = le_f32(src, j);
+    for d in dst.iter_mut() {
+        *d = f32::from_bits(u32::from_le(d.to_bits()));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Model-wide checks (everything but the op records, which `crate::ops` checks one by one): the
 //! metadata's tensors, sampler configuration, timestep buckets, time table and invariant ops.
-use crate::format::{section, DType, ModelMeta, OpClass, TRef, ARENA_ALIGN};
+use crate::blob::{Blob, Reader};
+use crate::format::{BlobRef, DType, ModelMeta, OpClass, TRef, ARENA_ALIGN};
 use crate::ops::{Cx, Prepared};
 use crate::{Error, Result};
 
@@ -12,11 +13,11 @@ fn inv(what: &'static str) -> Error {
 
 /// The metadata on its own: inputs, output and sampler state inside the arena, a sane sampler
 /// configuration, buckets that match the streams.
-pub(crate) fn meta(m: &ModelMeta, n_ops: u32, blob: &[u8]) -> Result<()> {
+pub(crate) fn meta(m: &ModelMeta, n_ops: u32, blob_len: usize, blob: &mut Reader) -> Result<()> {
     let cx = Cx {
         op: MODEL,
         arena: m.arena_bytes as usize,
-        blob,
+        blob: Blob::Whole(&[]),
     };
     let latent = cx.view(&m.latent, DType::F32)?;
     let output = cx.view(&m.output, DType::F32)?;
@@ -47,7 +48,7 @@ pub(crate) fn meta(m: &ModelMeta, n_ops: u32, blob: &[u8]) -> Result<()> {
     }
     sampler(m)?;
     streams(m, n_ops)?;
-    time_table(m, blob)
+    time_table(m, blob_len, blob)
 }
 
 fn sampler(m: &ModelMeta) -> Result<()> {
@@ -109,29 +110,39 @@ fn streams(m: &ModelMeta, n_ops: u32) -> Result<()> {
     Ok(())
 }
 
-fn table_parts<'b>(
-    tt: &crate::format::TimeTable,
-    blob: &'b [u8],
-) -> Result<(&'b [u8], &'b [u8], &'b [u8])> {
-    let get = |b: &crate::format::BlobRef| {
-        section(blob, (b.offset, b.len)).map_err(|_| inv("time table outside the blob"))
-    };
-    Ok((get(&tt.timesteps)?, get(&tt.values)?, get(&tt.skip)?))
+/// A time table array inside the blob.
+fn table_part(b: &BlobRef, blob_len: usize) -> Result<()> {
+    if b.offset as u64 + b.len as u64 > blob_len as u64 {
+        return Err(inv("time table outside the blob"));
+    }
+    Ok(())
 }
 
 /// The folded time path's sizes: a row of values per timestep, a skip flag per op, listed outputs
 /// of ops of the stream.
-fn time_table(m: &ModelMeta, blob: &[u8]) -> Result<()> {
+fn time_table(m: &ModelMeta, blob_len: usize, blob: &mut Reader) -> Result<()> {
     let Some(tt) = &m.time_table else {
         return Ok(());
     };
-    let (ts, values, skip) = table_parts(tt, blob)?;
-    let steps = ts.len() / 4;
-    if ts.len() % 4 != 0 || values.len() as u64 != steps as u64 * tt.row as u64 * 4 {
+    for b in [&tt.timesteps, &tt.values, &tt.skip] {
+        table_part(b, blob_len)?;
+    }
+    let (ts, values) = (tt.timesteps.len as u64, tt.values.len as u64);
+    let steps = ts / 4;
+    if ts % 4 != 0 || values != steps * tt.row as u64 * 4 {
         return Err(inv("time table sizes"));
     }
-    if skip.len() != m.ops_per_stream as usize || skip.iter().any(|&s| s > 1) {
+    if tt.skip.len != m.ops_per_stream {
         return Err(inv("time table skip list"));
+    }
+    // the skip flags, a chunk at a time (the blob may be read from a source)
+    let mut chunk = [0u8; 64];
+    for at in (0..tt.skip.len).step_by(chunk.len()) {
+        let n = (tt.skip.len - at).min(chunk.len() as u32) as usize;
+        blob.read((tt.skip.offset + at) as u64, &mut chunk[..n])?;
+        if chunk[..n].iter().any(|&s| s > 1) {
+            return Err(inv("time table skip list"));
+        }
     }
     if tt.outputs.iter().any(|o| o.op >= m.ops_per_stream) {
         return Err(inv("time table output"));
@@ -139,11 +150,24 @@ fn time_table(m: &ModelMeta, blob: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Whether the time table skips op `i` (a table [`meta`] checked).
+pub(crate) fn skipped(m: &ModelMeta, blob: &mut Reader, i: u32) -> Result<bool> {
+    let Some(tt) = &m.time_table else {
+        return Ok(false);
+    };
+    if i >= tt.skip.len {
+        return Ok(false);
+    }
+    let mut s = [0u8];
+    blob.read((tt.skip.offset + i) as u64, &mut s)?;
+    Ok(s[0] == 1)
+}
+
 /// The time table against op `i` of a stream, prepared: a skipped op computes f32 on the
 /// time path; an output taken from the table is a skipped op's, and its values fit the row.
 pub(crate) fn time_table_op(
     m: &ModelMeta,
-    blob: &[u8],
+    blob: &mut Reader,
     i: u32,
     class: OpClass,
     p: &Prepared<'_>,
@@ -151,8 +175,7 @@ pub(crate) fn time_table_op(
     let Some(tt) = &m.time_table else {
         return Ok(());
     };
-    let (_, _, skip) = table_parts(tt, blob)?;
-    let skipped = skip.get(i as usize) == Some(&1);
+    let skipped = skipped(m, blob, i)?;
     let out = p.output().ok_or(inv("time table op not prepared"))?;
     let time_op = matches!(class, OpClass::Time | OpClass::Move | OpClass::Const);
     if skipped && !(time_op && out.dtype == DType::F32) {

@@ -155,6 +155,36 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
                 "{kind:?}: tier {tier:?} with {threads} threads differs"
             );
         }
+        // the weights read on demand from the file's blob through the smallest cache the model
+        // states (`Model::load_paged`): the same bytes
+        let h = dmq_runtime::format::Header::parse(&c.bytes).unwrap();
+        let (head, blob) = c.bytes.split_at(h.blob.0 as usize);
+        let mut cache = vec![0u128; blob.len().div_ceil(16)];
+        let mut src = blob;
+        let paged = Model::load_paged(
+            head,
+            &mut src,
+            eval::arena_bytes(&mut cache),
+            Default::default(),
+        )
+        .unwrap();
+        let min = paged.min_cache_bytes();
+        let mut ar = eval::arena_for(&model);
+        let mut s = Session::with_pager(
+            &paged,
+            eval::arena_bytes(&mut ar),
+            &mut src,
+            &mut eval::arena_bytes(&mut cache)[..min],
+        )
+        .unwrap();
+        assert_eq!(a, run(&mut s), "{kind:?}: paged with a {min}-byte cache");
+        let st = s.pager_stats().unwrap();
+        println!(
+            "{kind:?} paged: blob {} bytes, cache {min} bytes, 20 steps read {} bytes in {} reads",
+            blob.len(),
+            st.bytes_read,
+            st.reads
+        );
     }
 }
 

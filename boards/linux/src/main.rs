@@ -6,9 +6,12 @@
 //! dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR
 //! dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] -o OUT.npy|OUT.pgm [--checksum]
 //! dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy]
+//!     sample and bench take --stream-weights BYTES: the weights stay in the file and are read
+//!     through a cache of BYTES (k/M suffixes), for boards with less RAM than the model
 //! dmq-board selftest [--cases N]     every SIMD tier this CPU has against the scalar kernels
 //! dmq-board info
 //! ```
+use dmq_runtime::blob::FileSource;
 use dmq_runtime::format::{DType, ModelMeta, Op, TRef};
 use dmq_runtime::kernels::Tier;
 use dmq_runtime::sampler::sample_checksum;
@@ -22,7 +25,7 @@ mod npy;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--stream-weights BYTES]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -120,6 +123,111 @@ impl Args {
 
 fn load(path: &str) -> Res<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))
+}
+
+/// A model file in memory, or (`--stream-weights BYTES`) its head in memory and its blob read on
+/// demand through a cache of BYTES.
+enum Store {
+    Whole(Vec<u8>),
+    Paged {
+        head: Vec<u8>,
+        src: FileSource,
+        cache: Vec<u128>,
+        len: usize,
+    },
+}
+
+impl Store {
+    fn open(path: &str, a: &Args) -> Res<Store> {
+        let Some(v) = a.get("stream-weights") else {
+            return Ok(Store::Whole(load(path)?));
+        };
+        let (num, mult) = match v.strip_suffix(['k', 'K']) {
+            Some(n) => (n, 1 << 10),
+            None => match v.strip_suffix('M') {
+                Some(n) => (n, 1 << 20),
+                None => (v, 1),
+            },
+        };
+        let len = num.parse::<usize>().map_err(|_| {
+            format!("usage: --stream-weights expects bytes (k/M suffixes), got {v}")
+        })? * mult;
+        let io = |e: std::io::Error| format!("reading {path}: {e}");
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut first = [0u8; 64];
+        std::io::Read::read_exact(&mut file, &mut first).map_err(io)?;
+        // the blob's offset (header bytes 36..40); the head is parsed and checked at load
+        let blob_at = u32::from_le_bytes([first[36], first[37], first[38], first[39]]) as usize;
+        let mut head = vec![0u8; blob_at.max(64)];
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(io)?;
+        std::io::Read::read_exact(&mut file, &mut head).map_err(io)?;
+        Ok(Store::Paged {
+            head,
+            src: FileSource::new(file, blob_at as u64),
+            cache: vec![0u128; len.div_ceil(16)],
+            len,
+        })
+    }
+
+    /// Bytes of the model in memory: the file, or the head and the cache.
+    fn resident(&self) -> usize {
+        match self {
+            Store::Whole(b) => b.len(),
+            Store::Paged { head, len, .. } => head.len() + len,
+        }
+    }
+
+    /// The validated model, and for a paged one its blob source and cache.
+    fn model(&mut self) -> Res<(Model<'_>, Paging<'_>)> {
+        let err = |e: dmq_runtime::Error| e.to_string();
+        match self {
+            Store::Whole(b) => Ok((Model::load(b).map_err(err)?, None)),
+            Store::Paged {
+                head,
+                src,
+                cache,
+                len,
+            } => {
+                let cache = &mut bytes_mut(cache)[..*len];
+                let model = Model::load_paged(head, src, cache, Default::default()).map_err(err)?;
+                eprintln!(
+                    "weights streamed from the file: blob {} bytes, cache {} bytes (this model needs \
+                     at least {}), head {} bytes in memory",
+                    model.blob_len(),
+                    cache.len(),
+                    model.min_cache_bytes(),
+                    head.len()
+                );
+                Ok((model, Some((src, cache))))
+            }
+        }
+    }
+}
+
+/// A paged model's blob source and weight cache.
+type Paging<'s> = Option<(&'s mut FileSource, &'s mut [u8])>;
+
+/// A session over `arena`: for a paged model, through its source and cache.
+fn session<'m, 'a, 'r>(
+    model: &'m Model<'a>,
+    arena: &'r mut [u8],
+    paging: Paging<'r>,
+) -> Res<Session<'m, 'a, 'r>> {
+    match paging {
+        None => Session::new(model, arena),
+        Some((src, cache)) => Session::with_pager(model, arena, src, cache),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// What a paged session's cache read, for the summary lines.
+fn pager_line(sess: &Session<'_, '_, '_>, what: &str) -> Option<String> {
+    sess.pager_stats().map(|st| {
+        format!(
+            "weight cache: {} reads, {} bytes read from the file over {what}, {} lookups served from the cache",
+            st.reads, st.bytes_read, st.hits
+        )
+    })
 }
 
 /// An arena with the 16-byte alignment the runtime requires.
@@ -283,8 +391,8 @@ fn sampler_of(a: &Args, model: &Model) -> Res<SamplerKind> {
 fn cmd_sample(args: &[String]) -> Res<()> {
     let a = parse(args, &["checksum"]);
     let path = a.pos.first().ok_or_else(usage)?;
-    let bytes = load(path)?;
-    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let mut store = Store::open(path, &a)?;
+    let (model, paging) = store.model()?;
     let seed: u64 = a.num("seed", 0)?;
     let steps: u32 = a.num("steps", model.meta().sampler.default_steps)?;
     let kind = sampler_of(&a, &model)?;
@@ -323,9 +431,7 @@ fn cmd_sample(args: &[String]) -> Res<()> {
         return Err("--guidance S and --uncond NAME=FILE.npy go together".into());
     }
     let mut scratch = vec![0f32; model.guidance_scratch_len()];
-    let mut sess = Session::new(&model, bytes_mut(&mut ar))
-        .map_err(|e| e.to_string())?
-        .with_threads(a.num("threads", 1)?);
+    let mut sess = session(&model, bytes_mut(&mut ar), paging)?.with_threads(a.num("threads", 1)?);
     set_extras(&mut sess, &meta, &extras)?;
     for (name, v) in &uncond {
         sess.set_uncond_input(name, v)
@@ -349,6 +455,9 @@ fn cmd_sample(args: &[String]) -> Res<()> {
         sess.tier(),
         sess.threads()
     );
+    if let Some(line) = pager_line(&sess, &format!("{steps} steps")) {
+        eprintln!("{line}");
+    }
     if let Some(out) = a.get("o").or(a.get("output")) {
         let meta = model.meta();
         if out.ends_with(".npy") {
@@ -401,8 +510,9 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let path = a.pos.first().ok_or_else(usage)?;
     let runs: usize = a.num("runs", 20)?;
     let threads: usize = a.num("threads", 1)?;
-    let bytes = load(path)?;
-    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let mut store = Store::open(path, &a)?;
+    let resident = store.resident();
+    let (model, paging) = store.model()?;
     let meta: ModelMeta = model.meta().clone();
     let extras = extra_inputs(&a, &meta)?;
     let n = model.latent_len();
@@ -416,15 +526,15 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     // the one-thread output, to check that T threads compute the same bits
     let mut one = vec![0f32; n];
     if threads > 1 {
-        let mut ar1 = arena(&model);
-        let mut s1 = Session::new(&model, bytes_mut(&mut ar1)).map_err(|e| e.to_string())?;
+        let mut one_store = Store::open(path, &a)?;
+        let (model1, paging1) = one_store.model()?;
+        let mut ar1 = arena(&model1);
+        let mut s1 = session(&model1, bytes_mut(&mut ar1), paging1)?;
         set_extras(&mut s1, &meta, &extras)?;
         s1.run(&x, t_mid, &mut one).map_err(|e| e.to_string())?;
     }
     let mut ar = arena(&model);
-    let mut sess = Session::new(&model, bytes_mut(&mut ar))
-        .map_err(|e| e.to_string())?
-        .with_threads(threads);
+    let mut sess = session(&model, bytes_mut(&mut ar), paging)?.with_threads(threads);
     set_extras(&mut sess, &meta, &extras)?;
     let mut out = vec![0f32; n];
     sess.run(&x, t_mid, &mut out).map_err(|e| e.to_string())?; // warm-up
@@ -448,7 +558,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "model {path}: {} bytes, arena {} bytes, {} ops x {} timestep bucket(s)",
-        bytes.len(),
+        model.header().total_len,
         model.arena_bytes(),
         model.meta().ops_per_stream,
         model.streams()
@@ -482,7 +592,15 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         .filter_map(|o| o.ok())
         .filter(|o| matches!(o, Op::Conv2d(c) if c.input.dtype == DType::I16))
         .count();
-    println!("int16-input convs: {int16}; peak memory = arena {} bytes + model bytes {} (no heap use in run)", model.arena_bytes(), bytes.len());
+    if let Some(line) = pager_line(&sess, "the bench's evaluations") {
+        println!("{line}");
+    }
+    let kind = if model.paged() {
+        "model head + weight cache"
+    } else {
+        "model"
+    };
+    println!("int16-input convs: {int16}; peak memory = arena {} bytes + {kind} bytes {resident} (no heap use in run)", model.arena_bytes());
     Ok(())
 }
 

@@ -61,6 +61,16 @@ impl Header {
     /// version, zero flags, sections in order without gaps. The checksums are checked by
     /// [`Header::verify`].
     pub fn parse(bytes: &[u8]) -> Result<Header> {
+        let h = Self::parse_head(bytes)?;
+        if (bytes.len() as u64) < h.total_len as u64 {
+            return Err(Error::Truncated);
+        }
+        Ok(h)
+    }
+
+    /// [`Header::parse`] of a file's head: `bytes` need only reach the blob section (a model
+    /// whose blob is read on demand, [`crate::Model::load_paged`]).
+    pub fn parse_head(bytes: &[u8]) -> Result<Header> {
         if bytes.len() < 8 {
             return Err(if MAGIC.starts_with(bytes) {
                 Error::Truncated
@@ -96,7 +106,7 @@ impl Header {
             return Err(header_err("unknown flags"));
         }
         h.check_layout()?;
-        if (bytes.len() as u64) < h.total_len as u64 {
+        if (bytes.len() as u64) < h.blob.0 as u64 {
             return Err(Error::Truncated);
         }
         Ok(h)
@@ -128,17 +138,25 @@ impl Header {
     /// The two checksums of `file` under this header: the header without its checksums, the
     /// metadata, the op records and the padding; and the blob.
     pub fn checksums(&self, file: &[u8]) -> Result<(u64, u64)> {
+        Ok((
+            self.head_checksum(file)?,
+            fnv1a64(section(file, self.blob)?),
+        ))
+    }
+
+    /// The first checksum of the file whose head is `head` (at least up to the blob).
+    pub fn head_checksum(&self, head: &[u8]) -> Result<u64> {
         let mut hb = [0u8; HEADER_LEN];
         self.write(&mut hb);
         let h = fnv1a64_more(fnv1a64(&hb[..44]), &hb[60..HEADER_LEN]);
         let covered = section(
-            file,
+            head,
             (
                 HEADER_LEN as u32,
                 self.blob.0.saturating_sub(HEADER_LEN as u32),
             ),
         )?;
-        Ok((fnv1a64_more(h, covered), fnv1a64(section(file, self.blob)?)))
+        Ok(fnv1a64_more(h, covered))
     }
 
     /// Checks both checksums of `file` (parsed with this header).

@@ -10,6 +10,7 @@
 //!
 //! The modules and the dispatch below are generated from the one op list, [`crate::op_list!`].
 use crate::arena::View;
+use crate::blob::Blob;
 use crate::format::{BlobRef, DType, Op, Requant, TRef, ARENA_ALIGN, MAX_RANK};
 use crate::kernels::Exec;
 use crate::{Error, Result};
@@ -88,7 +89,7 @@ pub fn run_record(op: &Op<TRef>, arena: &mut [u8], blob: &[u8], ex: Exec) -> Res
     let cx = Cx {
         op: 0,
         arena: arena.len(),
-        blob,
+        blob: Blob::Whole(blob),
     };
     prepare(op, &cx)?.run(arena, ex)
 }
@@ -100,7 +101,7 @@ pub struct Cx<'a> {
     pub op: u32,
     /// arena bytes available to op tensors
     pub arena: usize,
-    pub blob: &'a [u8],
+    pub blob: Blob<'a>,
 }
 
 impl<'a> Cx<'a> {
@@ -167,10 +168,13 @@ impl<'a> Cx<'a> {
         if b.len as usize != len {
             return Err(self.err("blob array has the wrong length"));
         }
-        let end = b.offset as usize as u64 + b.len as u64;
+        if b.offset as u64 + b.len as u64 > self.blob.len() as u64 {
+            return Err(self.err("blob array outside the blob"));
+        }
+        // a paged blob reads the array into its cache when this says it is missing
         self.blob
-            .get(b.offset as usize..end.min(usize::MAX as u64) as usize)
-            .ok_or(self.err("blob array outside the blob"))
+            .array(b)
+            .ok_or(Error::Unsupported("blob array not in the weight cache"))
     }
 
     /// A per-channel requantization table of `n` (mult, shift) entries, each in range.
