@@ -591,11 +591,11 @@ impl<'a> Engine<'_, 'a, '_> {
         // guidance keeps the other set's (`set_input` clears the cache)
         let key = (if model.invariant_shared() { 0 } else { stream }, which);
         let cached = self.invariants_cached(key, stash)?;
-        let invariant = if cached { meta.invariant_ops } else { 0 };
-        self.run_stream(stream, (invariant, folded), |_, _| {})?;
-        let arena = &mut *self.arena;
-        out.copy_from_slice(f32_region(arena, &meta.output)?);
-        if invariant > 0 {
+        // cached invariant outputs: the stream runs from the first op after them
+        let from = if cached { meta.invariant_ops } else { 0 };
+        self.run_stream(stream, (from, folded), |_, _| {})?;
+        out.copy_from_slice(f32_region(self.arena, &meta.output)?);
+        if meta.invariant_ops > 0 {
             self.cache.live = Some(key);
         }
         Ok(())
