@@ -358,7 +358,63 @@ pub struct Run<'a> {
     pub opts: &'a crate::CompileOptions,
 }
 
+/// Model evaluations one sampler trajectory makes (the sampler run on a zero model).
+fn evaluations_per_trajectory(run: &Run<'_>) -> Result<usize> {
+    let (mut x, mut buf) = (vec![0f32; 1], vec![0f32; 1]);
+    let mut n = 0usize;
+    sampler::sample(
+        run.cfg,
+        run.kind,
+        run.steps,
+        &mut x,
+        &mut buf,
+        &mut Rng::new(0),
+        |_, _, out| {
+            n += 1;
+            out.fill(0.0);
+            Ok(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("calibration sampler: {e}"))?;
+    Ok(n)
+}
+
+/// The extra inputs of a trajectory: conditional values, and unconditional ones with guidance.
+type Inputs = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
 impl Recorder<'_> {
+    /// Widens step `i`'s ranges by `ranges` and appends `samples` after its samples.
+    fn merge(
+        &mut self,
+        i: usize,
+        ranges: HashMap<usize, Range>,
+        samples: HashMap<usize, Vec<f32>>,
+    ) {
+        for (node, r) in ranges {
+            let e = self.per_step[i].entry(node).or_insert(r);
+            e.min = e.min.min(r.min);
+            e.max = e.max.max(r.max);
+        }
+        for (node, v) in samples {
+            self.samples[i].entry(node).or_default().extend(v);
+        }
+    }
+
+    /// Adds what `other` recorded after what this one recorded (trajectories in seed order).
+    fn absorb(&mut self, other: Recorder) {
+        for (i, (ranges, samples)) in other.per_step.into_iter().zip(other.samples).enumerate() {
+            self.merge(i, ranges, samples);
+            if other.traj_count[i] > 0 {
+                self.timesteps[i] = other.timesteps[i];
+            }
+            self.traj_sq[i] += other.traj_sq[i];
+            self.traj_count[i] += other.traj_count[i];
+        }
+        self.t_min = self.t_min.min(other.t_min);
+        self.t_max = self.t_max.max(other.t_max);
+        self.evaluations = self.evaluations.max(other.evaluations);
+    }
+
     /// One float sampler trajectory from `seed`, observing every evaluation (with guidance both
     /// passes, each observed: both run through the int8 network).
     fn trajectory(
@@ -460,14 +516,7 @@ impl Recorder<'_> {
                 self.samples[i] = probe_samples;
                 probed += 1;
             } else {
-                for (node, r) in probe_ranges {
-                    let e = self.per_step[i].entry(node).or_insert(r);
-                    e.min = e.min.min(r.min);
-                    e.max = e.max.max(r.max);
-                }
-                for (node, v) in probe_samples {
-                    self.samples[i].entry(node).or_default().extend(v);
-                }
+                self.merge(i, probe_ranges, probe_samples);
             }
         }
         Ok((probed, drifted_steps))
@@ -490,23 +539,61 @@ pub fn calibrate(
 ) -> Result<Calibration> {
     let wanted: HashSet<usize> = stat_nodes.iter().copied().collect();
     let steps = run.steps as usize;
-    let mut rec = Recorder {
+    let fresh = |evaluations| Recorder {
         wanted: &wanted,
         per_step: vec![HashMap::new(); steps],
         samples: vec![HashMap::new(); steps],
         timesteps: vec![0f32; steps],
         traj_sq: vec![0f64; steps],
         traj_count: vec![0usize; steps],
-        evaluations: 0,
+        evaluations,
         t_min: f32::INFINITY,
         t_max: f32::NEG_INFINITY,
     };
     let guided = run.opts.guidance.is_some();
     let un_for = |seed| if guided { uncond(seed) } else { Ok(vec![]) };
-    for s in 0..trajectories {
-        let seed = seed0 + s as u64;
-        let (cond, un) = (extras(seed)?, un_for(seed)?);
-        rec.trajectory(float, run, seed, (&cond, &un), progress)?;
+    let inputs: Vec<Inputs> = (0..trajectories)
+        .map(|s| {
+            let seed = seed0 + s as u64;
+            Ok((extras(seed)?, un_for(seed)?))
+        })
+        .collect::<Result<_>>()?;
+    // every trajectory makes the same number of evaluations, so trajectory `s` starts at
+    // evaluation `s * per` wherever it runs (the subsampling salt), and merging the trajectories
+    // in seed order gives the ranges and samples of running them one after another
+    let per = evaluations_per_trajectory(run)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(trajectories.max(1));
+    let mut done: Vec<(usize, Recorder)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                let (float, inputs, fresh) = (float.fork(), &inputs, &fresh);
+                scope.spawn(move || -> Result<Vec<(usize, Recorder)>> {
+                    let mut mine = vec![];
+                    for s in (k..trajectories).step_by(threads) {
+                        let mut rec = fresh(s * per);
+                        let (cond, un) = &inputs[s];
+                        rec.trajectory(&float, run, seed0 + s as u64, (cond, un), progress)?;
+                        mine.push((s, rec));
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        let mut all = vec![];
+        for w in workers {
+            all.extend(
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a calibration thread panicked"))??,
+            );
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    done.sort_by_key(|(s, _)| *s);
+    let mut rec = fresh(0);
+    for (_, r) in done {
+        rec.absorb(r);
     }
     // with guidance the probes go through both passes too (values of the first trajectory)
     let (cond, un) = (extras(seed0)?, un_for(seed0)?);

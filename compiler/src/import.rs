@@ -455,6 +455,18 @@ impl FloatModel {
         })
     }
 
+    /// Another handle on the same plan, with its own extra-input values (one per calibration
+    /// thread: a plan runs on any number of threads at once, each call with its own state).
+    pub fn fork(&self) -> FloatModel {
+        FloatModel {
+            plan: self.plan.clone(),
+            latent: self.latent.clone(),
+            timestep: self.timestep.clone(),
+            extras: self.extras.clone(),
+            extra_values: std::sync::Mutex::new(self.extra_values.lock().unwrap().clone()),
+        }
+    }
+
     /// Sets the extra inputs' values (in the order of [`FloatModel::extras`]).
     pub fn set_extras(&self, values: Vec<Vec<f32>>) -> Result<()> {
         for (e, v) in self.extras.iter().zip(&values) {

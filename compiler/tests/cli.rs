@@ -66,6 +66,19 @@ fn compile_run_sample_inspect() {
     assert!(std::fs::read_to_string(&report)
         .unwrap()
         .contains("sqnr_per_timestep"));
+    // and where the time went, phase by phase, in the summary and the report
+    let time = out.lines().find(|l| l.starts_with("  time ")).unwrap_or("");
+    for phase in [
+        "calibration",
+        "sensitivity ranking",
+        "quality floor",
+        "measurement",
+    ] {
+        assert!(time.contains(&format!("{phase} ")), "{phase}: {out}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["phase_seconds"].as_array().map(|a| a.len()), Some(5));
     // run: accepts a timestep between scheduled values
     let x = d.join("x.npy");
     let t = d.join("t.npy");

@@ -86,9 +86,9 @@ fn compile_imported(
     if opts.progress {
         eprintln!("{}", plan(&lowered.program, opts));
     }
-    let t0 = std::time::Instant::now();
+    let mut clock = Phases::start();
     let cal = calibrate(&float, &lowered.stat_nodes, opts)?;
-    let calib_seconds = t0.elapsed().as_secs_f64();
+    let calib_seconds = clock.mark("calibration");
     let program0 = &lowered.program;
     let builder = Builder::new(program0, &cal, opts);
     // the plain baseline: one min-max range for all steps, every activation int8
@@ -106,9 +106,11 @@ fn compile_imported(
     let mut program = program0.clone();
     let (chosen, sensitivity) =
         protection(&builder, &float, &program, &buckets, &unprotected, &budget)?;
+    clock.mark("sensitivity ranking");
     protect::apply(&mut program, &chosen);
     let (bytes, mut plan) = builder.build(Programs::main(&program, &chosen), &buckets)?;
     let mut bytes = builder.fold(&program, bytes, &plan)?;
+    clock.mark("build");
     let mut floor_steps = vec![];
     let mut floored = None;
     if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
@@ -124,6 +126,7 @@ fn compile_imported(
             floored = Some((f.program, f.keep8));
         }
     }
+    clock.mark("quality floor");
     let programs = Programs {
         main: (&program, &chosen),
         floor: floored.as_ref().map(|(p, k)| (p, &k[..])),
@@ -136,6 +139,7 @@ fn compile_imported(
     };
     let baseline = opts.baseline.then_some(&unprotected[..]);
     let (mut sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
+    clock.mark("measurement");
     let Built {
         buckets,
         bytes,
@@ -152,10 +156,7 @@ fn compile_imported(
         arena_bytes: plan.arena_bytes,
         arena_without_reuse: plan.naive_bytes,
         parameters: parameters(program0),
-        ops: lower::op_histogram(program0)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        ops: op_histogram(program0),
         sampler: format!("{:?}", opts.sampler),
         sampler_from_input,
         steps: opts.steps,
@@ -163,6 +164,7 @@ fn compile_imported(
         guidance: opts.guidance,
         calib_evaluations: cal.evaluations,
         calib_seconds,
+        phase_seconds: clock.done,
         calib_probed_steps: cal.probed_steps,
         calib_drifted_steps: cal.drifted_steps,
         t_range: (cal.t_min, cal.t_max),
@@ -189,6 +191,34 @@ fn compile_imported(
         report,
         program: lowered.program,
     })
+}
+
+/// Wall-clock time per phase of a compile, for the summary's `time` line.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: std::time::Instant::now(),
+            done: vec![],
+        }
+    }
+    /// Ends phase `name`; returns its seconds.
+    fn mark(&mut self, name: &str) -> f64 {
+        let now = std::time::Instant::now();
+        let secs = (now - self.last).as_secs_f64();
+        self.last = now;
+        self.done.push((name.to_string(), secs));
+        secs
+    }
+}
+
+fn op_histogram(program: &Program) -> std::collections::BTreeMap<String, usize> {
+    let h = lower::op_histogram(program).into_iter();
+    h.map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// A noise-level input and no sampler chosen: a denoiser in EDM / consistency form, which takes

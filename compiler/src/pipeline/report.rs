@@ -38,6 +38,9 @@ pub struct Report {
     pub guidance: Option<f32>,
     pub calib_evaluations: usize,
     pub calib_seconds: f64,
+    /// wall-clock seconds of each phase of the compile, in order (calibration, sensitivity
+    /// ranking, build, quality floor, measurement)
+    pub phase_seconds: Vec<(String, f64)>,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
     pub calib_probed_steps: usize,
     /// sampling steps whose trajectories drifted far from the forward process's scale (a warning by
@@ -331,6 +334,13 @@ pub fn summary(r: &Report) -> String {
         "  calibration   {} {} steps × {} trajectories = {} float evaluations in {:.1} s\n",
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
+    let total: f64 = r.phase_seconds.iter().map(|p| p.1).sum();
+    let phases: Vec<String> = r
+        .phase_seconds
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.1} s"))
+        .collect();
+    s += &format!("  time          {total:.1} s: {}\n", phases.join(", "));
     if let Some(g) = r.guidance {
         s += &format!(
             "  guidance      scale {g}: calibrated and measured on guided trajectories (conditional and
