@@ -38,6 +38,24 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 }
 
 #[test]
+fn fast_compiles_state_their_smaller_costs() {
+    let d = tmp("fast");
+    let (ok, out, err) =
+        run(compile(fixture("tiny_unet.onnx"), &d.join("f.dmq")).args(["--steps", "5", "--fast"]));
+    assert!(ok, "{err}");
+    // 4 calibration trajectories of 5 steps instead of 16, stated before the compile starts
+    assert!(
+        err.contains("multiply-accumulates per evaluation. Calibration: 20 float evaluations"),
+        "{err}"
+    );
+    assert!(out.contains("5 steps × 4 trajectories"), "{out}");
+    assert!(
+        out.contains("over 2 float-trajectory inputs per timestep"),
+        "{out}"
+    );
+}
+
+#[test]
 fn compile_run_sample_inspect() {
     let d = tmp("flow");
     let dmq = d.join("tiny.dmq");

@@ -125,6 +125,10 @@ pub struct Args {
     /// Number of float trajectories used to measure SQNR
     #[arg(long, default_value_t = 8)]
     pub eval_samples: usize,
+    /// A quick compile: at most 4 calibration and 2 measurement trajectories (the costs are
+    /// stated before it starts, the time per phase in the summary)
+    #[arg(long)]
+    pub fast: bool,
     /// Skip measuring the plain min-max one-range baseline (and so its guard)
     #[arg(long)]
     pub no_baseline: bool,
@@ -171,6 +175,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         act_bits,
         report,
         eval_samples,
+        fast,
         no_baseline,
         no_baseline_guard,
         protect,
@@ -233,8 +238,18 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
             PredictionArg::Sample => Prediction::Sample,
         },
         steps,
-        calib_samples: calib_samples.max(1),
-        eval_samples: eval_samples.max(1),
+        calib_samples: if fast {
+            calib_samples.min(4)
+        } else {
+            calib_samples
+        }
+        .max(1),
+        eval_samples: if fast {
+            eval_samples.min(2)
+        } else {
+            eval_samples
+        }
+        .max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
         weight_bits: weight_bits as u8,
         protect: match protect.as_str() {
