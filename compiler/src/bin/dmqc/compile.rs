@@ -238,18 +238,9 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
             PredictionArg::Sample => Prediction::Sample,
         },
         steps,
-        calib_samples: if fast {
-            calib_samples.min(4)
-        } else {
-            calib_samples
-        }
-        .max(1),
-        eval_samples: if fast {
-            eval_samples.min(2)
-        } else {
-            eval_samples
-        }
-        .max(1),
+        // --fast: at most 4 calibration and 2 measurement trajectories
+        calib_samples: calib_samples.min(if fast { 4 } else { usize::MAX }).max(1),
+        eval_samples: eval_samples.min(if fast { 2 } else { usize::MAX }).max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
         weight_bits: weight_bits as u8,
         protect: match protect.as_str() {
