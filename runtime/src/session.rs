@@ -460,15 +460,8 @@ impl<'a> Engine<'_, 'a, '_> {
                     continue;
                 }
                 let (p, _) = crate::blob::prepare_paged(&op?, (i, arena_len), pager, &mut **src)?;
-                match table {
-                    Some(Some(row)) => fill_from_table(
-                        (self.arena, model),
-                        &p,
-                        &mut Reader::Source(&mut **src),
-                        row,
-                    )?,
-                    _ => p.run(self.arena, ex).map_err(|e| at_op(e, i as usize))?,
-                }
+                let mut reader = Reader::Source(&mut **src);
+                run_or_fill((self.arena, model, ex), &p, &mut reader, (i, table))?;
                 observe(i, &p);
             }
             return Ok(());
@@ -477,11 +470,11 @@ impl<'a> Engine<'_, 'a, '_> {
         let mut reader = Reader::Whole(model.blob());
         for (i, p) in self.slots.get(n).iter().enumerate().skip(from as usize) {
             let i = i as u32;
-            match time_skip(model, &mut reader, folded, i)? {
-                Some(None) => continue,
-                Some(Some(row)) => fill_from_table((self.arena, model), p, &mut reader, row)?,
-                None => p.run(self.arena, ex).map_err(|e| at_op(e, i as usize))?,
+            let table = time_skip(model, &mut reader, folded, i)?;
+            if table == Some(None) {
+                continue;
             }
+            run_or_fill((self.arena, model, ex), p, &mut reader, (i, table))?;
             observe(i, p);
         }
         Ok(())
@@ -619,6 +612,20 @@ fn time_skip(
     }
     let out = tt.outputs.iter().find(|o| o.op == i);
     Ok(Some(out.map(|o| (k, o.at as usize))))
+}
+
+/// Runs prepared op `i`, or writes its output from the time table's row when [`time_skip`] says
+/// so (`table`; ops it skips without an output are not passed here).
+fn run_or_fill(
+    (arena, model, ex): (&mut [u8], &Model<'_>, Exec),
+    p: &Prepared<'_>,
+    reader: &mut Reader,
+    (i, table): (u32, Option<Option<(usize, usize)>>),
+) -> Result<()> {
+    match table {
+        Some(Some(row)) => fill_from_table((arena, model), p, reader, row),
+        _ => p.run(arena, ex).map_err(|e| at_op(e, i as usize)),
+    }
 }
 
 /// Writes row `k` of the folded time path, from `at`, into op `p`'s output.

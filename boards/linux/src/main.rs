@@ -12,7 +12,7 @@
 //! dmq-board info
 //! ```
 use dmq_runtime::blob::FileSource;
-use dmq_runtime::format::{DType, ModelMeta, Op, TRef};
+use dmq_runtime::format::{DType, Header, ModelMeta, Op, TRef, HEADER_LEN};
 use dmq_runtime::kernels::Tier;
 use dmq_runtime::sampler::sample_checksum;
 use dmq_runtime::sampler::Rng;
@@ -154,11 +154,12 @@ impl Store {
         })? * mult;
         let io = |e: std::io::Error| format!("reading {path}: {e}");
         let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut first = [0u8; 64];
+        let mut first = [0u8; HEADER_LEN];
         std::io::Read::read_exact(&mut file, &mut first).map_err(io)?;
-        // the blob's offset (header bytes 36..40); the head is parsed and checked at load
-        let blob_at = u32::from_le_bytes([first[36], first[37], first[38], first[39]]) as usize;
-        let mut head = vec![0u8; blob_at.max(64)];
+        // the head reaches the blob; its checksum and records are checked at load
+        let header = Header::parse_fields(&first).map_err(|e| format!("{path}: {e}"))?;
+        let blob_at = header.blob.0 as usize;
+        let mut head = vec![0u8; blob_at];
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(io)?;
         std::io::Read::read_exact(&mut file, &mut head).map_err(io)?;
         Ok(Store::Paged {
@@ -523,19 +524,15 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let t_mid = t_at(0.5);
     // `--profile-t T`: the per-op profile at another timestep (another stream's ops)
     let t_prof: f32 = a.num("profile-t", t_mid)?;
+    let mut ar = arena(&model);
+    let mut sess = session(&model, bytes_mut(&mut ar), paging)?;
+    set_extras(&mut sess, &meta, &extras)?;
     // the one-thread output, to check that T threads compute the same bits
     let mut one = vec![0f32; n];
     if threads > 1 {
-        let mut one_store = Store::open(path, &a)?;
-        let (model1, paging1) = one_store.model()?;
-        let mut ar1 = arena(&model1);
-        let mut s1 = session(&model1, bytes_mut(&mut ar1), paging1)?;
-        set_extras(&mut s1, &meta, &extras)?;
-        s1.run(&x, t_mid, &mut one).map_err(|e| e.to_string())?;
+        sess.run(&x, t_mid, &mut one).map_err(|e| e.to_string())?;
     }
-    let mut ar = arena(&model);
-    let mut sess = session(&model, bytes_mut(&mut ar), paging)?.with_threads(threads);
-    set_extras(&mut sess, &meta, &extras)?;
+    let mut sess = sess.with_threads(threads);
     let mut out = vec![0f32; n];
     sess.run(&x, t_mid, &mut out).map_err(|e| e.to_string())?; // warm-up
     if threads > 1

@@ -71,6 +71,16 @@ impl Header {
     /// [`Header::parse`] of a file's head: `bytes` need only reach the blob section (a model
     /// whose blob is read on demand, [`crate::Model::load_paged`]).
     pub fn parse_head(bytes: &[u8]) -> Result<Header> {
+        let h = Self::parse_fields(bytes)?;
+        if (bytes.len() as u64) < h.blob.0 as u64 {
+            return Err(Error::Truncated);
+        }
+        Ok(h)
+    }
+
+    /// The 64 header bytes at the start of `bytes` on their own: magic, version, flags and section
+    /// layout (a reader learns from them how much of the file is the head).
+    pub fn parse_fields(bytes: &[u8]) -> Result<Header> {
         if bytes.len() < 8 {
             return Err(if MAGIC.starts_with(bytes) {
                 Error::Truncated
@@ -106,9 +116,6 @@ impl Header {
             return Err(header_err("unknown flags"));
         }
         h.check_layout()?;
-        if (bytes.len() as u64) < h.blob.0 as u64 {
-            return Err(Error::Truncated);
-        }
         Ok(h)
     }
 
