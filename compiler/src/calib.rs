@@ -562,22 +562,26 @@ pub fn calibrate(
     // evaluation `s * per` wherever it runs (the subsampling salt), and merging the trajectories
     // in seed order gives the ranges and samples of running them one after another
     let per = evaluations_per_trajectory(run)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(trajectories.max(1));
+    // trajectories on the cores; cores left over (fewer trajectories than cores) share tract's
+    // matrix products
+    let threads = crate::import::cores().min(trajectories.max(1));
+    let share = crate::import::cores() / threads;
     let mut done: Vec<(usize, Recorder)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|k| {
                 let (float, inputs, fresh) = (float.fork(), &inputs, &fresh);
                 scope.spawn(move || -> Result<Vec<(usize, Recorder)>> {
-                    let mut mine = vec![];
-                    for s in (k..trajectories).step_by(threads) {
-                        let mut rec = fresh(s * per);
-                        let (cond, un) = &inputs[s];
-                        rec.trajectory(&float, run, seed0 + s as u64, (cond, un), progress)?;
-                        mine.push((s, rec));
-                    }
-                    Ok(mine)
+                    let executor = crate::import::tract_threads(share);
+                    tract_linalg::multithread::multithread_tract_scope(executor, || {
+                        let mut mine = vec![];
+                        for s in (k..trajectories).step_by(threads) {
+                            let mut rec = fresh(s * per);
+                            let (cond, un) = &inputs[s];
+                            rec.trajectory(&float, run, seed0 + s as u64, (cond, un), progress)?;
+                            mine.push((s, rec));
+                        }
+                        Ok(mine)
+                    })
                 })
             })
             .collect();

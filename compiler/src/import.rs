@@ -73,6 +73,29 @@ pub fn import(path: &std::path::Path, timestep_input: Option<&str>) -> Result<Im
     import_proto(proto, dir, &label, timestep_input)
 }
 
+/// The bytes of the external data files an ONNX file's initializers name (each file once): the
+/// dynamo exporter writes one `.onnx.data` file, the TorchScript exporter of a model over 2 GB one
+/// file per tensor.
+pub fn external_data_bytes(path: &std::path::Path) -> u64 {
+    let Ok(proto) = onnx().proto_model_for_path(path) else {
+        return 0;
+    };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let files: std::collections::BTreeSet<&str> = proto
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .flat_map(|t| &t.external_data)
+        .filter(|kv| kv.key == "location")
+        .map(|kv| kv.value.as_str())
+        .collect();
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// [`import`] from bytes in memory (no external data); `label` names the model in messages.
 pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> Result<Imported> {
     let proto = onnx()
@@ -426,6 +449,26 @@ fn names(inputs: &[InputDesc]) -> String {
         .map(|i| format!("{:?} {:?} {:?}", i.name, i.dtype, i.shape))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// tract's matrix products on `threads` threads (one: inline). The products split over output tiles,
+/// never over the summed axis, so every thread count gives the same bits.
+pub fn tract_threads(threads: usize) -> tract_linalg::multithread::Executor {
+    if threads > 1 {
+        tract_linalg::multithread::Executor::multithread(threads)
+    } else {
+        tract_linalg::multithread::Executor::SingleThread
+    }
+}
+
+/// tract's products on `threads` threads wherever no scope says otherwise (see [`tract_threads`]).
+pub fn set_tract_threads(threads: usize) {
+    tract_linalg::multithread::set_default_executor(tract_threads(threads));
+}
+
+/// The machine's cores.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The float model, run by tract: the reference dmq is measured against.

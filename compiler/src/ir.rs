@@ -57,6 +57,10 @@ impl TensorInfo {
     }
 }
 
+/// A product's f32 weights, shared between the copies of a program the pipeline makes (protected,
+/// floor, folded): an SD-sized UNet has 3.4 GB of them.
+pub type Weights = std::sync::Arc<Vec<f32>>;
+
 #[derive(Debug, Clone)]
 pub enum IrOp {
     Quantize {
@@ -71,7 +75,7 @@ pub enum IrOp {
     Conv {
         input: TensorId,
         output: TensorId,
-        w: Vec<f32>,
+        w: Weights,
         bias: Vec<f32>,
         time_bias: Option<TensorId>,
         kernel: [usize; 2],
@@ -84,7 +88,7 @@ pub enum IrOp {
         input: TensorId,
         output: TensorId,
         geom: LinearGeom,
-        w: Vec<f32>,
+        w: Weights,
         bias: Vec<f32>,
         float: bool,
         node: String,

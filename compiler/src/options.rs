@@ -30,6 +30,10 @@ pub struct CompileOptions {
     pub prediction: Prediction,
     pub steps: u32,
     pub calib_samples: usize,
+    /// the most multiply-accumulates (in G) calibration may spend: on a model too large for
+    /// `calib_samples` trajectories within it, fewer trajectories (at least one) are run, and the
+    /// compile says so (`--calib-budget`)
+    pub calib_budget_g: f64,
     pub calib_seed: u64,
     /// timestep buckets with their own activation parameters (1 = one set for all steps)
     pub timestep_groups: usize,
@@ -83,6 +87,7 @@ impl Default for CompileOptions {
             prediction: Prediction::Epsilon,
             steps: 50,
             calib_samples: 16,
+            calib_budget_g: 20_000.0,
             calib_seed: 0,
             timestep_groups: 3,
             baseline: true,

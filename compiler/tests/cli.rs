@@ -53,6 +53,31 @@ fn fast_compiles_state_their_smaller_costs() {
         out.contains("over 2 float-trajectory inputs per timestep"),
         "{out}"
     );
+    // a calibration budget below one trajectory's cost runs one trajectory, and says so twice
+    let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &d.join("b.dmq")).args([
+        "--steps",
+        "5",
+        "--fast",
+        "--calib-budget",
+        "0.000001",
+    ]));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("Calibration: 5 float evaluations")
+            && err.contains(
+                "CAPPED: 1 of the 4 trajectories asked for fit --calib-budget 0.000001 G"
+            ),
+        "{err}"
+    );
+    assert!(out.contains("5 steps × 1 trajectories"), "{out}");
+    assert!(
+        out.contains("CALIBRATION CAPPED: 1 of the 4 trajectories asked for"),
+        "{out}"
+    );
+    let (ok, _, err) =
+        run(compile(fixture("tiny_unet.onnx"), &d.join("z.dmq")).args(["--calib-budget", "0"]));
+    assert!(!ok && err.contains("not a positive number"), "{err}");
+    assert!(!d.join("z.dmq").exists());
 }
 
 #[test]

@@ -228,3 +228,19 @@ fn exit_status_is_2_for_usage_and_1_for_failures() {
     assert_eq!(code, 1);
     assert!(err.contains("not a .dmq file"), "{err}");
 }
+
+#[test]
+fn the_float_model_size_counts_its_external_data_files() {
+    // the dynamo export names one `.onnx.data` file; a file without external data names none
+    let dynamo = fixture("diffusers_unet2d_dynamo.onnx");
+    let data = std::fs::metadata(fixture("diffusers_unet2d_dynamo.onnx.data")).unwrap();
+    assert!(data.len() > 0);
+    assert_eq!(
+        dmq_compiler::import::external_data_bytes(&dynamo),
+        data.len()
+    );
+    assert_eq!(
+        dmq_compiler::import::external_data_bytes(&fixture("tiny_unet.onnx")),
+        0
+    );
+}

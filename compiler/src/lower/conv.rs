@@ -89,7 +89,7 @@ pub(super) fn lower_conv(
     cx.prog.ops.push(IrOp::Conv {
         input: x,
         output: out,
-        w: f32s(w)?,
+        w: f32s(w)?.into(),
         bias,
         time_bias,
         kernel: [ks[0], ks[1]],
@@ -137,7 +137,7 @@ pub(super) fn lower_pool(
     cx.prog.ops.push(IrOp::Conv {
         input: x,
         output: out,
-        w,
+        w: w.into(),
         bias: vec![0.0; c],
         time_bias: None,
         kernel: ks,

@@ -238,7 +238,7 @@ pub(super) fn lower_linear(
         input: x,
         output: out,
         geom,
-        w: wv,
+        w: wv.into(),
         bias: vec![0.0; n],
         float,
         node: node.name.clone(),

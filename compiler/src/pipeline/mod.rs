@@ -54,11 +54,9 @@ pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
 /// Compiles an ONNX model to `.dmq` bytes and measures its quality through the runtime.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
     let imp = import::import(path, opts.timestep_input.as_deref())?;
-    // the float model's size: the file and the external data the dynamo exporter writes beside it
-    let mut size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let mut data = path.as_os_str().to_owned();
-    data.push(".data");
-    size += std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+    // the float model's size: the file and the external data files it names
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size = size + import::external_data_bytes(path);
     compile_imported(imp, size, &path.display().to_string(), opts)
 }
 
@@ -79,13 +77,10 @@ fn compile_imported(
     opts: &CompileOptions,
 ) -> Result<Compiled> {
     let lowered = lower::lower(&imp).map_err(|list| anyhow!("{}", unsupported_message(&list)))?;
-    let (opts, sampler_from_input) = sampler_by_input_name(&imp, opts);
+    let (opts, sampler_from_input, calib_asked) = settle(&imp, &lowered.program, opts);
     let opts = &opts;
     let float = FloatModel::new(&imp)?;
     check_extra_names(&float, opts)?;
-    if opts.progress {
-        eprintln!("{}", plan(&lowered.program, opts));
-    }
     let mut clock = Phases::start();
     let cal = calibrate(&float, &lowered.stat_nodes, opts)?;
     let calib_seconds = clock.mark("calibration");
@@ -161,6 +156,7 @@ fn compile_imported(
         sampler_from_input,
         steps: opts.steps,
         calib_trajectories: opts.calib_samples,
+        calib_trajectories_asked: calib_asked,
         guidance: opts.guidance,
         calib_evaluations: cal.evaluations,
         calib_seconds,
@@ -298,9 +294,48 @@ fn calibrate(
     Ok(cal)
 }
 
+/// The options a compile runs with (the sampler a timestep input's name implies, calibration
+/// within its budget), its costs stated on stderr: the options, the timestep input that chose the
+/// sampler, and the trajectories asked for when the budget ran fewer.
+fn settle(
+    imp: &import::Imported,
+    program: &Program,
+    opts: &CompileOptions,
+) -> (CompileOptions, Option<String>, Option<usize>) {
+    let (opts, sampler_from_input) = sampler_by_input_name(imp, opts);
+    let (opts, calib_asked) = calibration_budget(program, &opts);
+    // a large model's float evaluations outside calibration's threads (which set their own share)
+    // run tract's products on every core; on a small one the hand-offs cost more than they save
+    if lower::product_macs(program) >= 1_000_000_000 {
+        import::set_tract_threads(import::cores());
+    }
+    if opts.progress {
+        eprintln!("{}", plan(program, &opts, calib_asked));
+    }
+    (opts, sampler_from_input, calib_asked)
+}
+
+/// Calibration within `--calib-budget`: a model too large for the trajectories asked for runs fewer
+/// (at least one). Returns the options to use and, when it capped, the count asked for.
+fn calibration_budget(program: &Program, opts: &CompileOptions) -> (CompileOptions, Option<usize>) {
+    let passes = if opts.guidance.is_some() { 2.0 } else { 1.0 };
+    let per_trajectory = lower::product_macs(program).max(1) as f64 * opts.steps as f64 * passes;
+    let fit = (opts.calib_budget_g * 1e9 / per_trajectory)
+        .floor()
+        .max(1.0);
+    if (opts.calib_samples as f64) <= fit {
+        return (opts.clone(), None);
+    }
+    let capped = CompileOptions {
+        calib_samples: fit as usize,
+        ..opts.clone()
+    };
+    (capped, Some(opts.calib_samples))
+}
+
 /// The compile's costs, stated before it starts: the float evaluations of calibration and the
 /// runtime budget of each measuring phase, in multiply-accumulates.
-fn plan(program: &Program, opts: &CompileOptions) -> String {
+fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) -> String {
     let macs = lower::product_macs(program).max(1);
     let passes = if opts.guidance.is_some() { 2 } else { 1 };
     let evals = opts.calib_samples * opts.steps as usize * passes;
@@ -308,17 +343,24 @@ fn plan(program: &Program, opts: &CompileOptions) -> String {
     let g = |n: usize| n as f64 * macs as f64 / 1e9;
     let ranking = match opts.protect {
         Protect::Auto(_) => format!(
-            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs), ",
+            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs) and ",
             b.max_evals,
             g(b.max_evals)
         ),
         _ => String::new(),
     };
     let measure = b.eval_samples * opts.steps as usize;
+    let capped = match calib_asked {
+        Some(asked) => format!(
+            "; CAPPED: {} of the {asked} trajectories asked for fit --calib-budget {} G",
+            opts.calib_samples, opts.calib_budget_g
+        ),
+        None => String::new(),
+    };
     format!(
         "dmqc: {:.3} G multiply-accumulates per evaluation. Calibration: {evals} float evaluations \
-         ({:.1} G MACs); then {ranking}and the measurement ({measure} inputs through the float model \
-         and the runtime, {:.1} G MACs each way)",
+         ({:.1} G MACs{capped}); then {ranking}the measurement ({measure} inputs through the float \
+         model and the runtime, {:.1} G MACs each way)",
         macs as f64 / 1e9,
         g(evals),
         g(measure)

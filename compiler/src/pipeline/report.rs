@@ -34,6 +34,8 @@ pub struct Report {
     pub sampler_from_input: Option<String>,
     pub steps: u32,
     pub calib_trajectories: usize,
+    /// the trajectories asked for, when `--calib-budget` ran fewer
+    pub calib_trajectories_asked: Option<usize>,
     /// classifier-free guidance scale the trajectories followed (`--guidance`)
     pub guidance: Option<f32>,
     pub calib_evaluations: usize,
@@ -334,6 +336,12 @@ pub fn summary(r: &Report) -> String {
         "  calibration   {} {} steps × {} trajectories = {} float evaluations in {:.1} s\n",
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
+    if let Some(asked) = r.calib_trajectories_asked {
+        s += &format!(
+            "  CALIBRATION CAPPED: {} of the {asked} trajectories asked for fit --calib-budget; raise it for more\n",
+            r.calib_trajectories
+        );
+    }
     let total: f64 = r.phase_seconds.iter().map(|p| p.1).sum();
     let phases: Vec<String> = r
         .phase_seconds

@@ -37,24 +37,68 @@ pub fn quantize_rows_bits(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32
     found
 }
 
-/// The clipping search of [`quantize_rows_bits`].
+/// The clipping search of [`quantize_rows_bits`], its rows split over the cores (each row's search
+/// is independent of the others, so any split gives the same codes and scales).
 fn search_rows(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32>) {
-    let qmax = if bits == 4 { 7.0f32 } else { 127.0 };
     let k = if rows == 0 { 0 } else { w.len() / rows };
     let mut q = vec![0i8; w.len()];
     let mut scales = vec![0f32; rows];
-    for r in 0..rows {
+    // below about a million weights a thread costs more than it saves
+    let threads = crate::import::cores().min(w.len() >> 20).max(1);
+    let per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let parts = q.chunks_mut((per * k).max(1)).zip(scales.chunks_mut(per));
+        for (i, (q, scales)) in parts.enumerate() {
+            let w = &w[i * per * k..];
+            scope.spawn(move || search_some_rows(w, k, bits, q, scales));
+        }
+    });
+    (q, scales)
+}
+
+/// `v / s` rounded half away from zero (as `f32::round`) and clamped to `±qmax`, without the libm
+/// call `round` is on x86-64 (which keeps the loop from vectorising); exact for every input.
+#[inline(always)]
+fn code(v: f32, s: f32, qmax: f32) -> f32 {
+    // clamping first is the same as after: `round` is monotone and `qmax` an integer
+    let y = (v / s).clamp(-qmax, qmax);
+    let r = (y as i32) as f32; // toward zero; `y - r` is exact
+    if (y - r).abs() >= 0.5 {
+        r + 1f32.copysign(y)
+    } else {
+        r
+    }
+}
+
+/// `sum (v - code(v) * s)^2` over `row`, in eight f64 partial sums (lanes of a vector: a single
+/// running sum is a chain of dependent additions that kept the search at one value per 4 cycles).
+fn squared_error(row: &[f32], s: f32, qmax: f32) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += ((v - code(v, s, qmax) * s) as f64).powi(2);
+        }
+    }
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| ((v - code(v, s, qmax) * s) as f64).powi(2))
+        .sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// [`search_rows`] for the `scales.len()` rows at the start of `w` (`k` values each).
+fn search_some_rows(w: &[f32], k: usize, bits: u8, q: &mut [i8], scales: &mut [f32]) {
+    let qmax = if bits == 4 { 7.0f32 } else { 127.0 };
+    for (r, scale) in scales.iter_mut().enumerate() {
         let row = &w[r * k..(r + 1) * k];
         let mx = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
         if mx == 0.0 {
-            scales[r] = 1.0;
+            *scale = 1.0;
             continue;
         }
-        let err = |s: f32| -> f64 {
-            row.iter()
-                .map(|&v| ((v - (v / s).round().clamp(-qmax, qmax) * s) as f64).powi(2))
-                .sum()
-        };
+        let err = |s: f32| squared_error(row, s, qmax);
         let mut best = (err(mx / qmax), mx / qmax);
         for i in 1..=25 {
             let s = mx * (1.0 - 0.02 * i as f32) / qmax;
@@ -64,12 +108,11 @@ fn search_rows(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32>) {
             }
         }
         let s = best.1;
-        scales[r] = s;
+        *scale = s;
         for (d, &v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
-            *d = (v / s).round().clamp(-qmax, qmax) as i8;
+            *d = code(v, s, qmax) as i8;
         }
     }
-    (q, scales)
 }
 
 /// Pushes row codes (`rows` rows of `taps x c` values in `[row][channel][tap]` order: a conv's
@@ -135,4 +178,42 @@ pub fn fold_rows(
         inv.push((1.0 / acc_scale) as f32);
     }
     (bq, rq, inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code;
+
+    #[test]
+    fn code_rounds_and_clamps_as_f32_round_does() {
+        // including halves, the largest float below one half, and values far outside the range
+        let old = |v: f32, s: f32, q: f32| (v / s).round().clamp(-q, q);
+        let mut edges = vec![
+            0.0f32, -0.0, 0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 127.5, 1e30, -1e30,
+        ];
+        edges.extend([
+            0.49999997f32,
+            -0.49999997,
+            2.4999998,
+            8388607.5,
+            3.5,
+            6.5,
+            7.5,
+            -7.5,
+        ]);
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            edges.push(f32::from_bits(x) % 300.0);
+            edges.push((x % 5000) as f32 * 0.05 - 125.0);
+        }
+        for &v in edges.iter().filter(|v| v.is_finite()) {
+            for (s, q) in [(1.0f32, 127.0f32), (0.37, 127.0), (1.0, 7.0), (0.013, 7.0)] {
+                // equal as numbers (a negative value that rounds to zero gives +0 here, -0 there)
+                assert_eq!(code(v, s, q), old(v, s, q), "{v} / {s}, ±{q}");
+            }
+        }
+    }
 }

@@ -73,6 +73,12 @@ pub struct Args {
     /// Number of calibration trajectories
     #[arg(long, default_value_t = 16)]
     pub calib_samples: usize,
+    /// The most multiply-accumulates calibration may spend, in G (units of 10^9): a model too large
+    /// for --calib-samples trajectories within it runs fewer (at least one), and the compile says so
+    /// up front and in its summary. The default is about 10 minutes of float evaluations on two
+    /// desktop cores; an SD-1.5-sized UNet (400 G per evaluation) calibrates one 50-step trajectory
+    #[arg(long, default_value_t = CompileOptions::default().calib_budget_g, value_parser = positive_g)]
+    pub calib_budget: f64,
     /// Timestep buckets, each with its own activation parameters (1 = one set for all steps)
     #[arg(long, default_value_t = CompileOptions::default().timestep_groups)]
     pub timestep_groups: usize,
@@ -170,6 +176,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         guidance,
         uncond,
         calib_samples,
+        calib_budget,
         timestep_groups,
         weight_bits,
         act_bits,
@@ -240,6 +247,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         steps,
         // --fast: at most 4 calibration and 2 measurement trajectories
         calib_samples: calib_samples.min(if fast { 4 } else { usize::MAX }).max(1),
+        calib_budget_g: calib_budget,
         eval_samples: eval_samples.min(if fast { 2 } else { usize::MAX }).max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
         weight_bits: weight_bits as u8,
@@ -273,6 +281,16 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
 }
 
 /// `--weight-bits`, `--act-bits` and `--a16-budget` take the values dmq supports.
+/// `--calib-budget`: a positive, finite count of G multiply-accumulates.
+fn positive_g(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(g) if g.is_finite() && g > 0.0 => Ok(g),
+        _ => Err(format!(
+            "{s:?} is not a positive number of G multiply-accumulates"
+        )),
+    }
+}
+
 fn check_bits(weight_bits: u32, act_bits: u32, a16_budget: f64) -> Result<()> {
     if weight_bits != 8 && weight_bits != 4 {
         bail!("--weight-bits {weight_bits} is not supported: use 8 or 4");
