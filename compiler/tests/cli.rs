@@ -113,6 +113,7 @@ fn compile_run_sample_inspect() {
     let time = out.lines().find(|l| l.starts_with("  time ")).unwrap_or("");
     for phase in [
         "calibration",
+        "baseline build",
         "sensitivity ranking",
         "quality floor",
         "measurement",
@@ -121,7 +122,7 @@ fn compile_run_sample_inspect() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(json["phase_seconds"].as_array().map(|a| a.len()), Some(5));
+    assert_eq!(json["phase_seconds"].as_array().map(|a| a.len()), Some(6));
     // run: accepts a timestep between scheduled values
     let x = d.join("x.npy");
     let t = d.join("t.npy");

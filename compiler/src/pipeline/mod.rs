@@ -86,9 +86,9 @@ fn compile_imported(
     let calib_seconds = clock.mark("calibration");
     let program0 = &lowered.program;
     let builder = Builder::new(program0, &cal, opts);
-    // the plain baseline: one min-max range for all steps, every activation int8
     let (unprotected, unprotected_plan) =
         builder.build(Programs::main(program0, &[]), &builder.baseline())?;
+    clock.mark("baseline build"); // one min-max range for all steps, every activation int8
     let macs = macs_per_eval(&Model::load(&unprotected).map_err(internal)?).max(1);
     let budget = Budget::for_model(macs, opts);
     let opts = &CompileOptions {

@@ -40,8 +40,8 @@ pub struct Report {
     pub guidance: Option<f32>,
     pub calib_evaluations: usize,
     pub calib_seconds: f64,
-    /// wall-clock seconds of each phase of the compile, in order (calibration, sensitivity
-    /// ranking, build, quality floor, measurement)
+    /// wall-clock seconds of each phase of the compile, in order (calibration, baseline build,
+    /// sensitivity ranking, build, quality floor, measurement)
     pub phase_seconds: Vec<(String, f64)>,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
     pub calib_probed_steps: usize,
