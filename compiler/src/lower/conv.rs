@@ -2,8 +2,8 @@
 //! lowering from tract's `Conv`/`SumPool` and the runtime record `Conv2d`.
 use super::{f32s, Ctx, Val};
 use crate::ir::*;
-use crate::quant::weights::{fold_rows, push_weights};
-use crate::quant::{quantize_rows_bits, QuantCx};
+use crate::quant::weights::fold_rows;
+use crate::quant::{row_weights, Layout, QuantCx};
 use anyhow::{bail, Result};
 use dmq_runtime::format::{self as wire, DType, Op};
 use dmq_runtime::ops::conv2d::ConvDims;
@@ -169,8 +169,9 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<(Op<TensorId>, usize)
     let (ish, osh) = (&cx.p.t(*input).shape, &cx.p.t(*output).shape);
     let co = osh[1];
     let bits = cx.bits_for(*input, *output);
-    let (wq, ws) = quantize_rows_bits(w, co, bits);
-    let (bq, rq, inv) = fold_rows(&wq, &ws, bias, cx.q(*input), cx.q(*output).0);
+    let taps = kernel[0] * kernel[1];
+    let wq = row_weights(w, co, Layout::Packed { taps }, bits);
+    let (bq, rq, inv) = fold_rows(&wq, bias, cx.q(*input), cx.q(*output).0);
     let d = ConvDims {
         c: ish[1],
         h: ish[2],
@@ -190,7 +191,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<(Op<TensorId>, usize)
         input: *input,
         output: *output,
         weight_bits: bits,
-        weights: push_weights(blob, &wq, co, kernel[0] * kernel[1], bits),
+        weights: blob.push_weights(&wq),
         bias: blob.push_i32(&bq),
         requant: blob.push_requant(&rq),
         time_bias: *time_bias,

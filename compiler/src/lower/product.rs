@@ -3,8 +3,8 @@
 //! runtime records.
 use super::{f32s, shape_of, Ctx, Val};
 use crate::ir::*;
-use crate::quant::weights::{fold_rows, push_weights};
-use crate::quant::{quantize_rows_bits, requant_of, QuantCx};
+use crate::quant::weights::fold_rows;
+use crate::quant::{requant_of, row_weights, Layout, QuantCx};
 use anyhow::{anyhow, bail, Result};
 use dmq_runtime::format::{self as wire, DType, LinearGeom, MatMulGeom, Op};
 use tract_onnx::prelude::*;
@@ -380,26 +380,27 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
             } else {
                 cx.bits_for(*input, *output)
             };
-            let (wq, ws) = quantize_rows_bits(w, n, bits);
             let blob = &mut *cx.blob;
             if *float {
+                let wq = row_weights(w, n, Layout::Plain, 8);
                 return Ok(Op::FLinear(wire::FLinear {
                     input: *input,
                     output: *output,
                     geom: geom.clone(),
-                    weights: blob.push_i8(&wq),
-                    scales: blob.push_f32(&ws),
+                    weights: blob.push_weights(&wq),
+                    scales: blob.push_f32(&wq.scales),
                     bias: blob.push_f32(bias),
                 }));
             }
-            let (bq, rq, _) = fold_rows(&wq, &ws, bias, cx.q(*input), cx.q(*output).0);
+            let wq = row_weights(w, n, Layout::Packed { taps: 1 }, bits);
+            let (bq, rq, _) = fold_rows(&wq, bias, cx.q(*input), cx.q(*output).0);
             let blob = &mut *cx.blob;
             Ok(Op::Linear(wire::Linear {
                 input: *input,
                 output: *output,
                 geom: geom.clone(),
                 weight_bits: bits,
-                weights: push_weights(blob, &wq, n, 1, bits),
+                weights: blob.push_weights(&wq),
                 bias: blob.push_i32(&bq),
                 requant: blob.push_requant(&rq),
                 scratch: 0,

@@ -7,13 +7,14 @@ pub mod split_concat;
 pub mod weights;
 
 pub use activations::{affine_params, affine_params_for, choose_params, Range};
-pub use weights::{pack4, quantize_rows_bits};
+pub use weights::{pack4, row_weights, Layout, RowWeights};
 
 use crate::ir::*;
 use crate::lower;
 use anyhow::{anyhow, Result};
 use dmq_runtime::format::{self as wire, BlobRef, DType, Op, Requant, TRef, MAX_RANK};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Fixed-point form of a positive real multiplier: `mult / 2^shift` with `mult` in [2^30, 2^31).
 pub fn requant_of(real: f64) -> Requant {
@@ -55,16 +56,38 @@ pub fn requant_pair(ra: f64, rb: f64) -> (i32, i32, u8) {
     (c(ra), c(rb), shift as u8)
 }
 
-/// Builds the blob: 16-byte aligned arrays (kernels read them bytewise; 16 keeps weight rows vector-friendly), each stored once (timestep buckets share their weights).
+/// Builds the blob: 16-byte aligned arrays (kernels read them bytewise; 16 keeps weight rows
+/// vector-friendly), each stored once (timestep buckets share their weights, and equal arrays of
+/// different ops share their bytes).
 #[derive(Default)]
 pub struct Blob {
     pub bytes: Vec<u8>,
-    seen: HashMap<Vec<u8>, BlobRef>,
+    /// the arrays stored, by (length, content hash): equal keys are compared byte by byte, unless
+    /// they are the same shared weight array
+    seen: HashMap<(usize, u64), Vec<(BlobRef, Option<Arc<[u8]>>)>>,
 }
 
 impl Blob {
     pub fn push(&mut self, data: &[u8]) -> BlobRef {
-        if let Some(r) = self.seen.get(data) {
+        self.push_hashed(data, weights::content_hash(data), None)
+    }
+
+    /// A quantized weight array's bytes (hashed once, when it was quantized).
+    pub fn push_weights(&mut self, w: &RowWeights) -> BlobRef {
+        self.push_hashed(&w.bytes, w.hash, Some(&w.bytes))
+    }
+
+    fn push_hashed(&mut self, data: &[u8], hash: u64, shared: Option<&Arc<[u8]>>) -> BlobRef {
+        let same = self.seen.get(&(data.len(), hash)).and_then(|held| {
+            held.iter().find(|(r, arc)| match (arc, shared) {
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+                _ => {
+                    let at = r.offset as usize;
+                    self.bytes[at..at + data.len()] == *data
+                }
+            })
+        });
+        if let Some((r, _)) = same {
             return *r;
         }
         while self.bytes.len() % 16 != 0 {
@@ -75,7 +98,10 @@ impl Blob {
             len: data.len() as u32,
         };
         self.bytes.extend_from_slice(data);
-        self.seen.insert(data.to_vec(), r);
+        self.seen
+            .entry((data.len(), hash))
+            .or_default()
+            .push((r, shared.cloned()));
         r
     }
     pub fn push_i32(&mut self, v: &[i32]) -> BlobRef {

@@ -1,45 +1,103 @@
 //! Weights: symmetric per-row codes (8 or 4 bits) with an error-minimising clipping search, their
 //! packing into the blob, and the int32 bias and requantization that fold the input zero point.
-use super::{requant_of, Blob};
-use dmq_runtime::format::{BlobRef, Requant};
+use super::requant_of;
+use crate::ir::Weights;
+use dmq_runtime::format::Requant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-/// Symmetric per-row weights in `[-qmax, qmax]` (127 for 8 bits, 7 for 4 bits). The scale of each row
-/// is chosen by a grid search over clipping ratios minimising the squared rounding + clipping error
-/// (plain min-max is the ratio 1.0, always a candidate).
+/// How a weight array is laid out in the blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Layout {
+    /// for the product engine (see [`pack`]), `taps` kernel taps per input channel; 4-bit codes
+    /// two per byte
+    Packed { taps: usize },
+    /// row-major int8 codes (the float-path `FLinear`)
+    Plain,
+}
+
+/// A weight array quantized and laid out for the blob: per-row scales, per-row sums of the codes
+/// (the input zero point's fold), the blob bytes and their [`content_hash`].
+pub struct RowWeights {
+    pub scales: Vec<f32>,
+    pub sums: Vec<i64>,
+    pub bytes: Arc<[u8]>,
+    pub hash: u64,
+}
+
+/// Symmetric per-row weights in `[-qmax, qmax]` (127 for 8 bits, 7 for 4 bits), laid out as
+/// `layout` says. The scale of each row is chosen by a grid search over clipping ratios minimising
+/// the squared rounding + clipping error (plain min-max is the ratio 1.0, always a candidate).
 ///
-/// The search is the costly part of building a file (the sensitivity ranking and the quality
-/// floor build one per candidate: 89% of a 10 M-parameter UNet's ranking time was this search),
-/// so results are kept per weight content, rows and bits, and a later build of the same weights
-/// takes them (the same codes and scales: the search is deterministic).
-pub fn quantize_rows_bits(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32>) {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
-    type Memo = HashMap<(u64, usize, usize, u8), Arc<(Vec<i8>, Vec<f32>)>>;
-    static MEMO: OnceLock<Mutex<(Memo, usize)>> = OnceLock::new();
-    /// weight values kept at most (the memo starts over past that): 1 G codes, a byte each, so
-    /// that an SD-1.5-sized UNet's 860 M weights are searched once per compile and not once per
-    /// op stream and build (a memo smaller than the model, started over, never hits)
+/// The search and the packing are the costly part of building a file, and the sensitivity ranking
+/// and the quality floor build one per candidate (89% of a 10 M-parameter UNet's ranking time was
+/// the search; on an SD-sized UNet, hashing, copying and packing 860 M weights again took most of
+/// every rebuild). So results are kept per weight array (the `Arc` the program copies share: IR
+/// weights are never changed after lowering), rows, layout and bits, and a later build takes them
+/// as they are. An entry holds a `Weak` of its array: the address cannot be reused while the
+/// entry lives, and an entry whose program is gone is dropped.
+pub fn row_weights(w: &Weights, rows: usize, layout: Layout, bits: u8) -> Arc<RowWeights> {
+    type Key = (usize, usize, Layout, u8);
+    type Memo = HashMap<Key, (Weak<Vec<f32>>, Arc<RowWeights>)>;
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    /// blob bytes kept at most: 1 GiB, more than an SD-1.5-sized UNet's 8-bit weights (a memo
+    /// smaller than the model never hits)
     const KEEP: usize = 1 << 30;
-    // FNV-1a over the values' bits, a word at a time
-    let h = w.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
-        (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3)
+    let key = (Arc::as_ptr(w) as usize, rows, layout, bits);
+    let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some((weak, hit)) = memo.lock().unwrap().get(&key) {
+        if weak.upgrade().is_some_and(|a| Arc::ptr_eq(&a, w)) {
+            return hit.clone();
+        }
+    }
+    let (codes, scales) = search_rows(w, rows, bits);
+    let k = if rows == 0 { 0 } else { codes.len() / rows };
+    let sums = (0..rows)
+        .map(|r| codes[r * k..(r + 1) * k].iter().map(|&v| v as i64).sum())
+        .collect();
+    let bytes: Vec<u8> = match (layout, bits) {
+        (Layout::Packed { taps }, 4) => pack4(&pack(&codes, rows, taps)),
+        (Layout::Packed { taps }, _) => as_bytes(pack(&codes, rows, taps)),
+        (Layout::Plain, _) => as_bytes(codes),
+    };
+    let found = Arc::new(RowWeights {
+        scales,
+        sums,
+        hash: content_hash(&bytes),
+        bytes: bytes.into(),
     });
-    let key = (h, w.len(), rows, bits);
-    let memo = MEMO.get_or_init(|| Mutex::new((HashMap::new(), 0)));
-    if let Some(hit) = memo.lock().unwrap().0.get(&key) {
-        return (hit.0.clone(), hit.1.clone());
-    }
-    let found = search_rows(w, rows, bits);
     let mut m = memo.lock().unwrap();
-    if m.1 + w.len() > KEEP {
-        *m = (HashMap::new(), 0);
+    let held = |m: &Memo| m.values().map(|e| e.1.bytes.len()).sum::<usize>();
+    if held(&m) + found.bytes.len() > KEEP {
+        m.retain(|_, e| e.0.strong_count() > 0);
+        if held(&m) + found.bytes.len() > KEEP {
+            m.clear();
+        }
     }
-    m.1 += w.len();
-    m.0.insert(key, Arc::new(found.clone()));
+    m.insert(key, (Arc::downgrade(w), found.clone()));
     found
 }
 
-/// The clipping search of [`quantize_rows_bits`], its rows split over the cores (each row's search
+/// int8 codes as the bytes the blob stores.
+fn as_bytes(codes: Vec<i8>) -> Vec<u8> {
+    codes.into_iter().map(|v| v as u8).collect()
+}
+
+/// A hash of blob bytes for the blob's de-duplication: a multiply-rotate mix over 8-byte words
+/// (eight times the speed of a bytewise hash over an SD UNet's 860 MB of weights).
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    let mut h = (&mut chunks).fold(bytes.len() as u64, |h, c| {
+        mix(h, u64::from_le_bytes(c.try_into().unwrap()))
+    });
+    for &b in chunks.remainder() {
+        h = mix(h, b as u64);
+    }
+    h
+}
+
+/// The clipping search of [`row_weights`], its rows split over the cores (each row's search
 /// is independent of the others, so any split gives the same codes and scales).
 fn search_rows(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32>) {
     let k = if rows == 0 { 0 } else { w.len() / rows };
@@ -117,20 +175,10 @@ fn search_some_rows(w: &[f32], k: usize, bits: u8, q: &mut [i8], scales: &mut [f
     }
 }
 
-/// Pushes row codes (`rows` rows of `taps x c` values in `[row][channel][tap]` order: a conv's
+/// Row codes (`rows` rows of `taps x c` values in `[row][channel][tap]` order: a conv's
 /// `[co][ci][kh][kw]`, or a linear's `[n][k]` with one tap) packed for the runtime's product
 /// engine: depth in (tap, channel) order with the channels of every tap padded to a multiple of 4,
-/// rows padded to a multiple of 4, blocks of 4 rows x 4 depth; 4-bit codes two per byte.
-pub fn push_weights(blob: &mut Blob, codes: &[i8], rows: usize, taps: usize, bits: u8) -> BlobRef {
-    let packed = pack(codes, rows, taps);
-    if bits == 4 {
-        blob.push(&pack4(&packed))
-    } else {
-        blob.push_i8(&packed)
-    }
-}
-
-/// The packed layout of [`push_weights`] (int8).
+/// rows padded to a multiple of 4, blocks of 4 rows x 4 depth.
 pub fn pack(codes: &[i8], rows: usize, taps: usize) -> Vec<i8> {
     use dmq_runtime::kernels::gemm::{packed_index, pad4};
     let k = if rows == 0 { 0 } else { codes.len() / rows };
@@ -156,25 +204,22 @@ pub fn pack4(codes: &[i8]) -> Vec<u8> {
 }
 
 /// The int32 bias (input zero point folded in: `bias/acc_scale - zx * sum_k w`) and the
-/// requantization to the output scale of a product with per-row weight scales `ws` over codes `wq`
-/// (`[rows][k]`), input `(sx, zx)` and output scale `so`. Also returns `1/acc_scale` per row, the
+/// requantization to the output scale of a product with per-row weight scales and code sums `w`,
+/// input `(sx, zx)` and output scale `so`. Also returns `1/acc_scale` per row, the
 /// factor that turns an f32 bias added at run time into accumulator units.
 pub fn fold_rows(
-    wq: &[i8],
-    ws: &[f32],
+    w: &RowWeights,
     bias: &[f32],
     (sx, zx): (f32, i32),
     so: f32,
 ) -> (Vec<i32>, Vec<Requant>, Vec<f32>) {
-    let rows = ws.len();
-    let k = if rows == 0 { 0 } else { wq.len() / rows };
+    let rows = w.scales.len();
     let mut bq = Vec::with_capacity(rows);
     let mut rq = Vec::with_capacity(rows);
     let mut inv = Vec::with_capacity(rows);
     for r in 0..rows {
-        let acc_scale = sx as f64 * ws[r] as f64;
-        let wsum: i64 = wq[r * k..(r + 1) * k].iter().map(|&v| v as i64).sum();
-        let b = (bias[r] as f64 / acc_scale).round() as i64 - zx as i64 * wsum;
+        let acc_scale = sx as f64 * w.scales[r] as f64;
+        let b = (bias[r] as f64 / acc_scale).round() as i64 - zx as i64 * w.sums[r];
         bq.push(b.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
         rq.push(requant_of(acc_scale / so as f64));
         inv.push((1.0 / acc_scale) as f32);
