@@ -479,6 +479,8 @@ pub struct FloatModel {
     pub extras: Vec<InputDesc>,
     /// the values the extra inputs take in the next evaluations (see [`FloatModel::set_extras`])
     extra_values: std::sync::Mutex<Vec<Vec<f32>>>,
+    /// float trajectories already run, by seed and sampler (see `eval::float_trajectory_inputs`)
+    pub(crate) trajectories: std::sync::Mutex<crate::eval::Trajectories>,
 }
 
 impl FloatModel {
@@ -495,6 +497,7 @@ impl FloatModel {
                     .map(|e| vec![0.0; e.shape.iter().product()])
                     .collect(),
             ),
+            trajectories: Default::default(),
         })
     }
 
@@ -507,6 +510,7 @@ impl FloatModel {
             timestep: self.timestep.clone(),
             extras: self.extras.clone(),
             extra_values: std::sync::Mutex::new(self.extra_values.lock().unwrap().clone()),
+            trajectories: Default::default(),
         }
     }
 
