@@ -34,6 +34,10 @@ pub struct CompileOptions {
     /// `calib_samples` trajectories within it, fewer trajectories (at least one) are run, and the
     /// compile says so (`--calib-budget`)
     pub calib_budget_g: f64,
+    /// the multiply-accumulates (in G) each search through the runtime may spend, the sensitivity
+    /// ranking and the quality floor each (at least 40 evaluations), and the final measurement's
+    /// share (`--search-budget`)
+    pub search_budget_g: f64,
     pub calib_seed: u64,
     /// timestep buckets with their own activation parameters (1 = one set for all steps)
     pub timestep_groups: usize,
@@ -88,6 +92,7 @@ impl Default for CompileOptions {
             steps: 50,
             calib_samples: 16,
             calib_budget_g: 20_000.0,
+            search_budget_g: 60.0,
             calib_seed: 0,
             timestep_groups: 3,
             baseline: true,

@@ -78,6 +78,47 @@ fn fast_compiles_state_their_smaller_costs() {
         run(compile(fixture("tiny_unet.onnx"), &d.join("z.dmq")).args(["--calib-budget", "0"]));
     assert!(!ok && err.contains("not a positive number"), "{err}");
     assert!(!d.join("z.dmq").exists());
+    // a search budget below 40 evaluations' cost: each search makes at most the 40 stated up
+    // front. With 10 steps the ranking has 12 probes and more candidates than fit, so it ranks
+    // them on one probe, then its finalists on as many probes as the rest affords.
+    let report = d.join("s.json");
+    let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &d.join("s.dmq"))
+        .args([
+            "--steps",
+            "10",
+            "--fast",
+            "--search-budget",
+            "0.000001",
+            "--report",
+        ])
+        .arg(&report));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("the sensitivity ranking (up to 40 runtime evaluations")
+            && err.contains("the quality floor if steps fall below --floor-db (as many)"),
+        "{err}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let searches = json["runtime_evals"].as_array().unwrap();
+    assert_eq!(searches.len(), 2, "{json}");
+    for s in searches {
+        let (used, max) = (s[1].as_u64().unwrap(), s[2].as_u64().unwrap());
+        assert!(max == 40 && used <= max, "{s}");
+    }
+    assert!(searches[0][1].as_u64().unwrap() > 12, "{json}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("  searches "))
+        .unwrap_or("");
+    assert!(
+        line.contains("runtime evaluations: sensitivity ranking ") && line.contains(" of 40"),
+        "{out}"
+    );
+    assert!(
+        !json["sensitivity"].as_array().unwrap().is_empty(),
+        "{json}"
+    );
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub(crate) fn apply(
     (unprotected, program): (&Program, &Program),
     chosen: &[TensorId],
     bytes: &[u8],
-    max_evals: usize,
+    evals: &protect::Evals,
 ) -> Result<Option<Floored>> {
     let opts = b.opts;
     let m = dmq_runtime::Model::load(bytes).map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
@@ -65,9 +65,9 @@ pub(crate) fn apply(
     // the floor's margin: 2 dB above it on the weak steps' probes
     let target = 10f64.powf(-(opts.floor_db + 2.0) / 10.0);
     let (floor_program, floor_keep8) = if opts.a16_budget >= 1.0 {
-        every_tensor(b, program, chosen, &buckets, target, &inputs)?
+        every_tensor(b, program, chosen, (&buckets, target, &inputs, evals))?
     } else {
-        within_budget(b, unprotected, chosen, &buckets, target, &inputs, max_evals)?
+        within_budget(b, unprotected, chosen, (&buckets, target, &inputs, evals))?
     };
     let programs = Programs {
         floor: Some((&floor_program, &floor_keep8)),
@@ -85,15 +85,17 @@ pub(crate) fn apply(
     }))
 }
 
+/// What the floor's searches share: the buckets, the target error on the weak steps' probes, the
+/// probes and the runtime evaluations they may make between them.
+type Search<'a> = (&'a [Bucket], f64, &'a [eval::Probe], &'a protect::Evals);
+
 /// The floor program with `--a16-budget 100`: every tensor that can be int16 is, on top of the
 /// protected ones; with 4-bit weights, then the 8-bit weight layers that help the weak steps most.
 fn every_tensor(
     b: &Builder<'_>,
     program: &Program,
     chosen: &[TensorId],
-    buckets: &[Bucket],
-    target: f64,
-    inputs: &[eval::Probe],
+    search: Search<'_>,
 ) -> Result<(Program, Vec<TensorId>)> {
     let mut floor_program = program.clone();
     let promote: Vec<TensorId> = protect::candidates(program)
@@ -101,7 +103,7 @@ fn every_tensor(
         .filter(|r| !b.invariant_roots.contains(r))
         .collect();
     protect::apply(&mut floor_program, &promote);
-    let keep8 = weights8(b, &floor_program, chosen, 0.0, (buckets, target, inputs))?;
+    let keep8 = weights8(b, &floor_program, chosen, 0.0, search)?;
     Ok((floor_program, keep8))
 }
 
@@ -115,11 +117,9 @@ fn within_budget(
     b: &Builder<'_>,
     unprotected: &Program,
     chosen: &[TensorId],
-    buckets: &[Bucket],
-    target: f64,
-    inputs: &[eval::Probe],
-    max_evals: usize,
+    search: Search<'_>,
 ) -> Result<(Program, Vec<TensorId>)> {
+    let (buckets, target, inputs, evals) = search;
     let inv: Vec<TensorId> = chosen
         .iter()
         .filter(|r| b.invariant_roots.contains(r))
@@ -127,14 +127,14 @@ fn within_budget(
         .collect();
     let mut start = unprotected.clone();
     protect::apply(&mut start, &inv);
-    let weights8 = weights8(b, &start, &inv, 0.1, (buckets, target, inputs))?;
+    let weights8 = weights8(b, &start, &inv, 0.1, search)?;
     let added = protect::floor_activations(
         &start,
         &b.invariant_roots,
         b.opts.a16_budget,
         target,
         inputs,
-        max_evals,
+        evals,
         |p, added| floor_only(b, p, buckets, &[&weights8[..], added].concat()),
     )?;
     let mut floor_program = start;
@@ -221,13 +221,13 @@ fn weights8(
     program: &Program,
     base: &[TensorId],
     min_db: f64,
-    (buckets, target, inputs): (&[Bucket], f64, &[eval::Probe]),
+    (buckets, target, inputs, evals): Search<'_>,
 ) -> Result<Vec<TensorId>> {
     if b.opts.weight_bits != 4 {
         return Ok(base.to_vec());
     }
     let single = |keep8: &[TensorId]| floor_only(b, program, buckets, keep8);
-    protect::floor_weights(program, base, min_db, target, inputs, single)
+    protect::floor_weights(program, base, min_db, target, inputs, evals, single)
 }
 
 /// The floor buckets alone, built as a model of their own running `program` (with `keep8`'s

@@ -115,7 +115,7 @@ fn compile_imported(
             (program0, &program),
             &chosen,
             &bytes,
-            budget.max_evals,
+            &budget.floor,
         )? {
             (buckets, bytes, plan, floor_steps) = (f.buckets, f.bytes, f.plan, f.steps);
             floored = Some((f.program, f.keep8));
@@ -135,11 +135,7 @@ fn compile_imported(
     let baseline = opts.baseline.then_some(&unprotected[..]);
     let (mut sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
     clock.mark("measurement");
-    let Built {
-        buckets,
-        bytes,
-        plan,
-    } = built;
+    let (buckets, bytes, plan) = (built.buckets, built.bytes, built.plan);
     let model = Model::load(&bytes).map_err(internal)?;
     let int16_per_stream = int16_shares(&model, &mut sqnr);
     debug_layers(&float, &program, &model, &bytes, opts)?;
@@ -161,6 +157,7 @@ fn compile_imported(
         calib_evaluations: cal.evaluations,
         calib_seconds,
         phase_seconds: clock.done,
+        runtime_evals: budget.spent(),
         calib_probed_steps: cal.probed_steps,
         calib_drifted_steps: cal.drifted_steps,
         t_range: (cal.t_min, cal.t_max),
@@ -343,9 +340,14 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     let g = |n: usize| n as f64 * macs as f64 / 1e9;
     let ranking = match opts.protect {
         Protect::Auto(_) => format!(
-            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs) and ",
+            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs), {}",
             b.max_evals,
-            g(b.max_evals)
+            g(b.max_evals),
+            if opts.floor_db > 0.0 {
+                "the quality floor if steps fall below --floor-db (as many) and "
+            } else {
+                "and "
+            }
         ),
         _ => String::new(),
     };
@@ -367,23 +369,37 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     )
 }
 
-/// Measurement scales with the model: each phase (sensitivity, final SQNR) gets about 60 G
-/// multiply-accumulates of runtime evaluations (seconds on a desktop core), at least a few.
+/// Measurement scales with the model: each phase (sensitivity ranking, quality floor, final SQNR)
+/// gets `--search-budget` multiply-accumulates of runtime evaluations (60 G by default: seconds on
+/// a desktop core), at least 40 evaluations; the searches count what they spend.
 struct Budget {
     max_evals: usize,
     eval_samples: usize,
+    ranking: protect::Evals,
+    floor: protect::Evals,
 }
 
 impl Budget {
     fn for_model(macs: u64, opts: &CompileOptions) -> Budget {
-        let max_evals = ((60e9 / macs as f64) as usize).max(40);
+        let max_evals = ((opts.search_budget_g * 1e9 / macs as f64) as usize).max(40);
         let eval_samples = opts
             .eval_samples
             .min((max_evals / (2 * opts.steps as usize).max(1)).max(2));
         Budget {
             max_evals,
             eval_samples,
+            ranking: protect::Evals::new(max_evals),
+            floor: protect::Evals::new(max_evals),
         }
+    }
+
+    /// (phase, runtime evaluations made, budget) of the searches.
+    fn spent(&self) -> Vec<(String, usize, usize)> {
+        let e = |name: &str, e: &protect::Evals| (name.to_string(), e.used(), self.max_evals);
+        vec![
+            e("sensitivity ranking", &self.ranking),
+            e("quality floor", &self.floor),
+        ]
     }
 }
 
@@ -424,11 +440,44 @@ fn protection(
                 *k,
                 opts.a16_budget,
                 &inputs,
-                budget.max_evals,
+                &budget.ranking,
+                &|c| local_noise(b, program, buckets, &picks, c),
                 |p| Ok(b.build(Programs::main(p, &[]), buckets)?.0),
             )?
         }
     })
+}
+
+/// The share of a tensor's signal its own int8 codes lose (rounding and clipping with its
+/// bucket's parameters) over the calibration samples of `steps`, before any other layer's error:
+/// the prior that picks which candidates a ranking too large for its budget measures.
+fn local_noise(
+    b: &Builder<'_>,
+    program: &Program,
+    buckets: &[Bucket],
+    steps: &[usize],
+    c: TensorId,
+) -> f64 {
+    let Some(stat) = program.t(c).stat else {
+        return 0.0;
+    };
+    let (mut noise, mut signal) = (0f64, 0f64);
+    for &s in steps {
+        let range = buckets
+            .iter()
+            .find(|k| k.steps.contains(&s))
+            .and_then(|k| k.ranges.get(&stat));
+        let (Some(r), Some(vals)) = (range, b.cal.samples.get(s).and_then(|m| m.get(&stat))) else {
+            continue;
+        };
+        let (scale, zero) = crate::quant::affine_params(r.min, r.max);
+        for &x in vals {
+            let q = ((x / scale).round() + zero as f32).clamp(-128.0, 127.0);
+            noise += ((x - (q - zero as f32) * scale) as f64).powi(2);
+            signal += (x as f64).powi(2);
+        }
+    }
+    noise / signal.max(1e-30)
 }
 
 /// `DMQ_DEBUG_LAYERS=I`: per-layer SQNR at step I of a float trajectory, on stderr.

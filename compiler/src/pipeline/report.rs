@@ -43,6 +43,9 @@ pub struct Report {
     /// wall-clock seconds of each phase of the compile, in order (calibration, baseline build,
     /// sensitivity ranking, build, quality floor, measurement)
     pub phase_seconds: Vec<(String, f64)>,
+    /// (search, runtime evaluations it made, its budget): the sensitivity ranking and the quality
+    /// floor, each within the budget the compile stated before it started
+    pub runtime_evals: Vec<(String, usize, usize)>,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
     pub calib_probed_steps: usize,
     /// sampling steps whose trajectories drifted far from the forward process's scale (a warning by
@@ -349,6 +352,15 @@ pub fn summary(r: &Report) -> String {
         .map(|(name, secs)| format!("{name} {secs:.1} s"))
         .collect();
     s += &format!("  time          {total:.1} s: {}\n", phases.join(", "));
+    let searches: Vec<String> = r
+        .runtime_evals
+        .iter()
+        .map(|(name, used, max)| format!("{name} {used} of {max}"))
+        .collect();
+    s += &format!(
+        "  searches      runtime evaluations: {}\n",
+        searches.join(", ")
+    );
     if let Some(g) = r.guidance {
         s += &format!(
             "  guidance      scale {g}: calibrated and measured on guided trajectories (conditional and

@@ -79,6 +79,12 @@ pub struct Args {
     /// desktop cores; an SD-1.5-sized UNet (400 G per evaluation) calibrates one 50-step trajectory
     #[arg(long, default_value_t = CompileOptions::default().calib_budget_g, value_parser = positive_g)]
     pub calib_budget: f64,
+    /// The multiply-accumulates, in G, that each search through the runtime may spend (the
+    /// sensitivity ranking, and the quality floor when steps fall below --floor-db), at least 40
+    /// evaluations each; it also sets how many trajectories the final measurement takes on a large
+    /// model. The compile states both budgets up front and what each search spent in its summary
+    #[arg(long, default_value_t = CompileOptions::default().search_budget_g, value_parser = positive_g)]
+    pub search_budget: f64,
     /// Timestep buckets, each with its own activation parameters (1 = one set for all steps)
     #[arg(long, default_value_t = CompileOptions::default().timestep_groups)]
     pub timestep_groups: usize,
@@ -177,6 +183,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         uncond,
         calib_samples,
         calib_budget,
+        search_budget,
         timestep_groups,
         weight_bits,
         act_bits,
@@ -248,6 +255,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         // --fast: at most 4 calibration and 2 measurement trajectories
         calib_samples: calib_samples.min(if fast { 4 } else { usize::MAX }).max(1),
         calib_budget_g: calib_budget,
+        search_budget_g: search_budget,
         eval_samples: eval_samples.min(if fast { 2 } else { usize::MAX }).max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
         weight_bits: weight_bits as u8,
