@@ -164,8 +164,7 @@ pub struct Sensitivity {
 
 /// Ranks candidates by how much protecting each alone reduces the output error; returns the best
 /// `budget` (those that help, in rank order, skipping any that would take the int16 share of the
-/// activation bytes past `a16_budget`, and, while `evals` lasts, any that does not lower the error
-/// by 2% more with the ones chosen before it) and the whole ranking, within `evals`. When measuring every
+/// activation bytes past `a16_budget`) and the whole ranking, within `evals`. When measuring every
 /// candidate on every input does not fit, a first pass measures candidates on the last input alone
 /// (the smallest t, where int8 is weakest) with half the evaluations (if not all candidates fit,
 /// those [`by_prior`] picks), and the best `4 * budget` (or `budget`) go on to as many of the
@@ -181,8 +180,7 @@ pub fn auto(
 ) -> Result<(Vec<TensorId>, Vec<Sensitivity>)> {
     let mut cands = candidates(p);
     let n = inputs.len();
-    // (error without protection, candidates by error ratio) on `inputs`
-    let measure = |cands: &[TensorId], inputs: &[Probe]| -> Result<(f64, Vec<(TensorId, f64)>)> {
+    let measure = |cands: &[TensorId], inputs: &[Probe]| -> Result<Vec<(TensorId, f64)>> {
         let base = output_error(&build(p)?, inputs, evals)?;
         let mut out = vec![];
         for &c in cands {
@@ -194,12 +192,11 @@ pub fn auto(
             ));
         }
         out.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
-        Ok((base, out))
+        Ok(out)
     };
-    let (mut base, mut ranked);
-    let mut probes = inputs.to_vec();
+    let mut ranked;
     if (cands.len() + 1) * n <= evals.left() || cands.is_empty() {
-        (base, ranked) = measure(&cands, inputs)?;
+        ranked = measure(&cands, inputs)?;
     } else {
         let first_n = if n > 1 {
             evals.left() / 2
@@ -207,8 +204,7 @@ pub fn auto(
             evals.left()
         };
         cands = by_prior(cands, prior, first_n.saturating_sub(1).max(1));
-        probes = inputs[n - 1..].to_vec();
-        (base, ranked) = measure(&cands, &probes)?;
+        ranked = measure(&cands, &inputs[n - 1..])?;
         let left = evals.left();
         let mut finalists = (4 * budget.max(1)).min(ranked.len());
         if left / (finalists + 1) < 2 {
@@ -217,24 +213,18 @@ pub fn auto(
         let k = (left / (finalists + 1)).min(n);
         if k >= 2 {
             let best: Vec<TensorId> = ranked.iter().take(finalists).map(|c| c.0).collect();
-            probes = spread(inputs, k);
-            (base, ranked) = measure(&best, &probes)?;
+            ranked = measure(&best, &spread(inputs, k))?;
         }
     }
-    let fits = |chosen: &[TensorId], c: TensorId| {
-        let extra: usize = chosen.iter().map(|&t| written(p, t)).sum();
-        let (all, wide) = act_bytes(p);
-        within((all + extra, wide + 2 * extra), written(p, c), a16_budget)
-    };
-    let together = |set: &[TensorId]| -> Result<Option<f64>> {
-        if evals.left() < probes.len() {
-            return Ok(None);
+    let mut bytes = act_bytes(p);
+    let mut chosen: Vec<TensorId> = vec![];
+    for &(c, r) in &ranked {
+        let n = written(p, c);
+        if r > 1.02 && chosen.len() < budget && within(bytes, n, a16_budget) {
+            chosen.push(c);
+            bytes = (bytes.0 + n, bytes.1 + 2 * n);
         }
-        let mut q = p.clone();
-        apply(&mut q, set);
-        Ok(Some(output_error(&build(&q)?, &probes, evals)?))
-    };
-    let chosen = choose(&ranked, budget, base, fits, together)?;
+    }
     let report = ranked
         .iter()
         .map(|(c, r)| Sensitivity {
@@ -243,35 +233,6 @@ pub fn auto(
         })
         .collect();
     Ok((chosen, report))
-}
-
-/// The protected set from a ranking: in rank order, each candidate that gained more than 2% alone,
-/// fits (`fits(chosen, c)`) and, measured together with those chosen before it (`together`, `None`
-/// once the budget is spent, when candidates are taken unconfirmed), lowers the error from `base` by
-/// 2% more; at most `budget` of them. Single-tensor gains do not add up: on the trained consistency
-/// fixture six unconfirmed picks measured 38.26 dB mean over 8 trajectories in `dmqc eval`, the four
-/// of them that held up 41.20 (patch DDPM: 34.16 with six, 34.18 with the three that held up).
-fn choose(
-    ranked: &[(TensorId, f64)],
-    budget: usize,
-    mut base: f64,
-    fits: impl Fn(&[TensorId], TensorId) -> bool,
-    mut together: impl FnMut(&[TensorId]) -> Result<Option<f64>>,
-) -> Result<Vec<TensorId>> {
-    let mut chosen: Vec<TensorId> = vec![];
-    for &(c, r) in ranked {
-        if r <= 1.02 || chosen.len() >= budget || !fits(&chosen, c) {
-            continue;
-        }
-        if let Some(e) = together(&[&chosen[..], &[c]].concat())? {
-            if e * 1.02 >= base {
-                continue;
-            }
-            base = e;
-        }
-        chosen.push(c);
-    }
-    Ok(chosen)
 }
 
 /// Integer activation bytes the program's ops write per evaluation (at their stored width), and the
@@ -520,41 +481,5 @@ mod tests {
             .collect();
         assert_eq!(picked, [0, 3, 5, 9]);
         assert_eq!(by_prior(ids.clone(), &noise, 10), ids);
-    }
-
-    #[test]
-    fn protected_tensors_are_confirmed_together_while_the_budget_lasts() {
-        // 1 and 2 each halve the error alone but not together (the same error fixed twice); 3
-        // gains little; 4 fails to fit. Error without protection: 1.0.
-        let ranked: Vec<(TensorId, f64)> = [(1, 2.0), (2, 1.9), (4, 1.8), (3, 1.3), (5, 1.01)]
-            .iter()
-            .map(|&(c, r)| (TensorId(c), r))
-            .collect();
-        let error = |set: &[TensorId]| {
-            let has = |c| set.contains(&TensorId(c));
-            let mut e = if has(1) || has(2) { 0.5 } else { 1.0 };
-            if has(3) {
-                e *= 0.8;
-            }
-            e
-        };
-        let fits = |_: &[TensorId], c: TensorId| c.0 != 4;
-        let ids = |v: Vec<TensorId>| v.iter().map(|t| t.0).collect::<Vec<_>>();
-        let mut measured = 0;
-        let chosen = choose(&ranked, 6, 1.0, fits, |s: &[TensorId]| {
-            measured += 1;
-            Ok(Some(error(s)))
-        });
-        assert_eq!(ids(chosen.unwrap()), [1, 3]);
-        assert_eq!(
-            measured, 3,
-            "1, 1+2, 1+3: 4 does not fit and 5 gains under 2% alone"
-        );
-        // no budget left to confirm: the ranking's order, as before confirmation
-        let chosen = choose(&ranked, 6, 1.0, fits, |_: &[TensorId]| Ok(None));
-        assert_eq!(ids(chosen.unwrap()), [1, 2, 3]);
-        // at most `budget`
-        let chosen = choose(&ranked, 1, 1.0, fits, |s: &[TensorId]| Ok(Some(error(s))));
-        assert_eq!(ids(chosen.unwrap()), [1]);
     }
 }
