@@ -157,13 +157,16 @@ fn compile_run_sample_inspect() {
         "baseline build",
         "sensitivity ranking",
         "quality floor",
+        "output correction",
         "measurement",
     ] {
         assert!(time.contains(&format!("{phase} ")), "{phase}: {out}");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(json["phase_seconds"].as_array().map(|a| a.len()), Some(6));
+    assert_eq!(json["phase_seconds"].as_array().map(|a| a.len()), Some(7));
+    // the output correction's line: per stream, or why it does not apply
+    assert!(out.contains("  correction    "), "{out}");
     // run: accepts a timestep between scheduled values
     let x = d.join("x.npy");
     let t = d.join("t.npy");

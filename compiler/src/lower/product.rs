@@ -393,7 +393,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
                 }));
             }
             let wq = row_weights(w, n, Layout::Packed { taps: 1 }, bits);
-            let (bq, rq, _) = fold_rows(&wq, bias, cx.q(*input), cx.q(*output).0);
+            let (bq, rq, _) = fold_rows(&wq, bias, cx.q(*input), cx.out_scale(*output));
             let blob = &mut *cx.blob;
             Ok(Op::Linear(wire::Linear {
                 input: *input,

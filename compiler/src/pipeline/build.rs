@@ -67,6 +67,10 @@ pub(crate) struct Builder<'c> {
     /// the same records in every stream and the runtime computes them once per generation.
     pub invariant_roots: HashSet<TensorId>,
     pub invariant_ranges: HashMap<usize, Range>,
+    /// the output's correlated-error correction (see `super::correct`): the root of the tensor the
+    /// output is dequantized from, and per sampling step the sums it is fitted on (empty: none)
+    pub output_root: Option<TensorId>,
+    pub output_fit: Vec<super::correct::Fit>,
 }
 
 impl<'c> Builder<'c> {
@@ -82,6 +86,8 @@ impl<'c> Builder<'c> {
             cfg: crate::sampler_config(opts),
             invariant_roots,
             invariant_ranges: HashMap::new(),
+            output_root: None,
+            output_fit: vec![],
         };
         if !stats.is_empty() {
             let all: Vec<usize> = (0..cal.timesteps.len()).collect();
@@ -159,7 +165,16 @@ impl<'c> Builder<'c> {
                     w.dtype = t.dtype;
                 }
             }
-            let q = quant::quantize(p, &ranges, &mut blob, self.opts.weight_bits, &k8)?;
+            let gains: Vec<(TensorId, f32)> = match (self.output_root, b.kind) {
+                (Some(root), Kind::Main | Kind::Floor) => {
+                    super::correct::gain(&self.output_fit, &b.steps)
+                        .map(|g| (root, g as f32))
+                        .into_iter()
+                        .collect()
+                }
+                _ => vec![],
+            };
+            let q = quant::quantize(p, &ranges, &mut blob, self.opts.weight_bits, &k8, &gains)?;
             streams.push((q, b.upper));
         }
         // ops that depend only on the extra inputs run once per generation: first in every stream

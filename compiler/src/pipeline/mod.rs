@@ -1,6 +1,7 @@
 //! The compile pipeline as stages: import → lower → calibrate → buckets → protection → quality floor
 //! → measurement → report. Each stage is a function of what the previous ones produced.
 mod build;
+mod correct;
 mod floor;
 pub mod fold_time;
 mod guard;
@@ -132,6 +133,8 @@ fn compile_imported(
         bytes,
         plan,
     };
+    let (builder, built, correction) = correct::output(builder, &float, programs, built)?;
+    clock.mark("output correction");
     let baseline = opts.baseline.then_some(&unprotected[..]);
     let (mut sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
     clock.mark("measurement");
@@ -158,6 +161,7 @@ fn compile_imported(
         calib_seconds,
         phase_seconds: clock.done,
         runtime_evals: budget.spent(),
+        output_correction: correction,
         calib_probed_steps: cal.probed_steps,
         calib_drifted_steps: cal.drifted_steps,
         t_range: (cal.t_min, cal.t_max),

@@ -41,11 +41,13 @@ pub struct Report {
     pub calib_evaluations: usize,
     pub calib_seconds: f64,
     /// wall-clock seconds of each phase of the compile, in order (calibration, baseline build,
-    /// sensitivity ranking, build, quality floor, measurement)
+    /// sensitivity ranking, build, quality floor, output correction, measurement)
     pub phase_seconds: Vec<(String, f64)>,
     /// (search, runtime evaluations it made, its budget): the sensitivity ranking and the quality
     /// floor, each within the budget the compile stated before it started
     pub runtime_evals: Vec<(String, usize, usize)>,
+    /// the output's correlated-error correction per op stream (see `pipeline::correct`)
+    pub output_correction: super::correct::Correction,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
     pub calib_probed_steps: usize,
     /// sampling steps whose trajectories drifted far from the forward process's scale (a warning by
@@ -274,6 +276,38 @@ fn quality_notes(r: &Report) -> String {
 }
 
 /// The summary table printed after compile.
+/// The summary's line on what each runtime search spent of its budget.
+fn searches_line(r: &Report) -> String {
+    let searches: Vec<String> = r
+        .runtime_evals
+        .iter()
+        .map(|(name, used, max)| format!("{name} {used} of {max}"))
+        .collect();
+    format!(
+        "  searches      runtime evaluations: {}\n",
+        searches.join(", ")
+    )
+}
+
+/// The summary's line on the output's correlated-error correction.
+fn correction_line(c: &super::correct::Correction) -> String {
+    if let Some(why) = &c.not_applied {
+        return format!("  correction    none: {why}\n");
+    }
+    let parts: Vec<String> = c
+        .streams
+        .iter()
+        .map(|(lo, hi, k)| match k {
+            Some(k) => format!("t {lo}..{hi} k = {k:+.4}"),
+            None => format!("t {lo}..{hi} none"),
+        })
+        .collect();
+    format!(
+        "  correction    output / (1 + k), the correlated part of its int8 error (PTQD), per stream: {}\n",
+        parts.join(", ")
+    )
+}
+
 pub fn summary(r: &Report) -> String {
     let mut s = String::new();
     s += &format!("dmqc: {}\n", r.model);
@@ -352,15 +386,8 @@ pub fn summary(r: &Report) -> String {
         .map(|(name, secs)| format!("{name} {secs:.1} s"))
         .collect();
     s += &format!("  time          {total:.1} s: {}\n", phases.join(", "));
-    let searches: Vec<String> = r
-        .runtime_evals
-        .iter()
-        .map(|(name, used, max)| format!("{name} {used} of {max}"))
-        .collect();
-    s += &format!(
-        "  searches      runtime evaluations: {}\n",
-        searches.join(", ")
-    );
+    s += &searches_line(r);
+    s += &correction_line(&r.output_correction);
     if let Some(g) = r.guidance {
         s += &format!(
             "  guidance      scale {g}: calibrated and measured on guided trajectories (conditional and

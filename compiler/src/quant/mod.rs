@@ -148,9 +148,23 @@ pub struct QuantCx<'a> {
     pub weight_bits: u8,
     /// quantization roots whose products keep 8-bit weights
     pub keep8: &'a [TensorId],
+    /// quantization roots whose producing conv or linear writes its values divided by a gain (the
+    /// output's correlated-error correction, see `pipeline::correct`)
+    pub gains: &'a [(TensorId, f32)],
 }
 
 impl QuantCx<'_> {
+    /// The scale a conv or linear requantizes `t` to: its own, times the gain set for its root
+    /// (so that the values it writes are divided by the gain).
+    pub fn out_scale(&self, t: TensorId) -> f32 {
+        let root = self.p.quant_root(t);
+        let g = self
+            .gains
+            .iter()
+            .find(|(r, _)| *r == root)
+            .map_or(1.0, |g| g.1);
+        self.q(t).0 * g
+    }
     pub fn q(&self, t: TensorId) -> (f32, i32) {
         self.params[t.0 as usize]
     }
@@ -174,6 +188,7 @@ pub fn quantize(
     blob: &mut Blob,
     weight_bits: u8,
     keep8: &[TensorId],
+    gains: &[(TensorId, f32)],
 ) -> Result<Quantized> {
     let mut params = choose_params(p, ranges)?;
     let channel_scales = split_concat::apply(p, &mut params);
@@ -184,6 +199,7 @@ pub fn quantize(
         blob,
         weight_bits,
         keep8,
+        gains,
     };
     let mut ops = vec![];
     let mut scratch = vec![];
