@@ -119,6 +119,19 @@ fn fast_compiles_state_their_smaller_costs() {
         !json["sensitivity"].as_array().unwrap().is_empty(),
         "{json}"
     );
+    // 50 steps: one trajectory of the output correction's runtime evaluations is over that
+    // budget, so it is left out of the stated costs and the summary says why it did not run
+    let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &d.join("c.dmq")).args([
+        "--fast",
+        "--protect",
+        "none",
+        "--search-budget",
+        "0.000001",
+    ]));
+    assert!(ok, "{err}");
+    assert!(!err.contains("output correction"), "{err}");
+    let why = "correction    none: one trajectory of runtime evaluations is over --search-budget";
+    assert!(out.contains(why), "{out}");
 }
 
 #[test]

@@ -69,6 +69,12 @@ pub fn output_root(p: &Program) -> Option<TensorId> {
     }
 }
 
+/// The trajectories the correction fits on: two, or one, as many as `max_evals` runtime
+/// evaluations (a search's budget) afford at `steps` each; none on a model too large for one.
+pub fn trajectories(steps: usize, max_evals: usize) -> usize {
+    (max_evals / steps.max(1)).min(2)
+}
+
 /// Fits the correction on `built` and rebuilds with it; the builder keeps the fit for later
 /// rebuilds (the baseline guard's).
 pub(crate) fn output<'c>(
@@ -76,22 +82,25 @@ pub(crate) fn output<'c>(
     float: &FloatModel,
     programs: Programs<'_>,
     built: Built,
+    max_evals: usize,
 ) -> Result<(Builder<'c>, Built, Correction)> {
-    let Some(root) = output_root(programs.main.0) else {
-        let why = "the output is not dequantized from a conv or linear".to_string();
-        return Ok((
-            b,
-            built,
-            Correction {
-                streams: vec![],
-                not_applied: Some(why),
-            },
-        ));
+    let not = |why: &str| Correction {
+        streams: vec![],
+        not_applied: Some(why.to_string()),
     };
+    let Some(root) = output_root(programs.main.0) else {
+        let why = not("the output is not dequantized from a conv or linear");
+        return Ok((b, built, why));
+    };
+    let seeds = trajectories(b.opts.steps as usize, max_evals);
+    if seeds == 0 {
+        let why = not("one trajectory of runtime evaluations is over --search-budget");
+        return Ok((b, built, why));
+    }
     let model = Model::load(&built.bytes).map_err(internal)?;
     let mut arena = eval::arena_for(&model);
     let mut fit = vec![[0f64; 3]; b.cal.timesteps.len()];
-    for seed in 0..2 {
+    for seed in 0..seeds as u64 {
         let traj = eval::float_trajectory_inputs(float, &model, b.opts, 3_000_000 + seed)?;
         let extras = traj.first().map(|p| p.3.clone()).unwrap_or_default();
         let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?;

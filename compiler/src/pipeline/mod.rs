@@ -133,7 +133,8 @@ fn compile_imported(
         bytes,
         plan,
     };
-    let (builder, built, correction) = correct::output(builder, &float, programs, built)?;
+    let (builder, built, correction) =
+        correct::output(builder, &float, programs, built, budget.max_evals)?;
     clock.mark("output correction");
     let baseline = opts.baseline.then_some(&unprotected[..]);
     let (mut sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
@@ -342,20 +343,41 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     let evals = opts.calib_samples * opts.steps as usize * passes;
     let b = Budget::for_model(macs, opts);
     let g = |n: usize| n as f64 * macs as f64 / 1e9;
-    let ranking = match opts.protect {
-        Protect::Auto(_) => format!(
-            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs), {}",
+    let steps = opts.steps as usize;
+    // the phases after calibration, each with its runtime and float evaluations
+    let mut then = vec![];
+    if let Protect::Auto(_) = opts.protect {
+        then.push(format!(
+            "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs; its probes: {} \
+             float evaluations)",
             b.max_evals,
             g(b.max_evals),
-            if opts.floor_db > 0.0 {
-                "the quality floor if steps fall below --floor-db (as many) and "
-            } else {
-                "and "
-            }
-        ),
-        _ => String::new(),
+            2 * steps * passes
+        ));
+        if opts.floor_db > 0.0 {
+            then.push("the quality floor if steps fall below --floor-db (as many)".to_string());
+        }
+    }
+    if let n @ 1.. = correct::trajectories(steps, b.max_evals) {
+        let floor = matches!(opts.protect, Protect::Auto(_)) && opts.floor_db > 0.0;
+        then.push(format!(
+            "the output correction ({} runtime evaluations; {} float{})",
+            n * steps,
+            n * steps * passes,
+            if floor { ", shared with the floor" } else { "" }
+        ));
+    }
+    let measure = b.eval_samples * steps;
+    then.push(format!(
+        "the measurement ({measure} inputs through the float model and the runtime, {:.1} G MACs \
+         each way)",
+        g(measure)
+    ));
+    let last = then.pop().unwrap_or_default();
+    let then = match then.is_empty() {
+        true => last,
+        false => format!("{} and {last}", then.join(", ")),
     };
-    let measure = b.eval_samples * opts.steps as usize;
     let capped = match calib_asked {
         Some(asked) => format!(
             "; CAPPED: {} of the {asked} trajectories asked for fit --calib-budget {} G",
@@ -365,11 +387,9 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     };
     format!(
         "dmqc: {:.3} G multiply-accumulates per evaluation. Calibration: {evals} float evaluations \
-         ({:.1} G MACs{capped}); then {ranking}the measurement ({measure} inputs through the float \
-         model and the runtime, {:.1} G MACs each way)",
+         ({:.1} G MACs{capped}); then {then}",
         macs as f64 / 1e9,
         g(evals),
-        g(measure)
     )
 }
 
