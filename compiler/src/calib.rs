@@ -101,7 +101,7 @@ pub fn buckets_by_ranges(
         return buckets(timesteps, g);
     }
     let mut order: Vec<usize> = (0..s).collect();
-    order.sort_by(|&a, &b| timesteps[a].partial_cmp(&timesteps[b]).unwrap());
+    order.sort_by(|&a, &b| timesteps[a].total_cmp(&timesteps[b]));
     let mut nodes: Vec<usize> = per_step.iter().flat_map(|m| m.keys().copied()).collect();
     nodes.sort();
     nodes.dedup();
@@ -197,7 +197,7 @@ pub fn with_bounds(
 /// each bucket's steps and the upper bound that separates it from the next (midpoint between them).
 pub fn buckets(timesteps: &[f32], groups: usize) -> Vec<(Vec<usize>, Option<f32>)> {
     let mut order: Vec<usize> = (0..timesteps.len()).collect();
-    order.sort_by(|&a, &b| timesteps[a].partial_cmp(&timesteps[b]).unwrap());
+    order.sort_by(|&a, &b| timesteps[a].total_cmp(&timesteps[b]));
     let g = groups.clamp(1, order.len().max(1));
     let mut out = vec![];
     for k in 0..g {

@@ -191,7 +191,7 @@ pub fn auto(
                 base / output_error(&build(&q)?, inputs, evals)?.max(1e-30),
             ));
         }
-        out.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(out)
     };
     let mut ranked;
