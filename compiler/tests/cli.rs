@@ -49,6 +49,21 @@ fn fast_compiles_state_their_smaller_costs() {
         "{err}"
     );
     assert!(out.contains("5 steps × 4 trajectories"), "{out}");
+    // a sigma-conditioned sampler also calibrates on forward-process probes at every step (two
+    // per step with 4 trajectories): the stated cost counts them, as the summary does
+    let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &d.join("e.dmq")).args([
+        "--steps",
+        "5",
+        "--fast",
+        "--sampler",
+        "euler",
+    ]));
+    assert!(ok, "{err}");
+    assert!(err.contains("Calibration: 30 float evaluations"), "{err}");
+    assert!(
+        out.contains("5 steps × 4 trajectories = 30 float evaluations"),
+        "{out}"
+    );
     assert!(
         out.contains("over 2 float-trajectory inputs per timestep"),
         "{out}"

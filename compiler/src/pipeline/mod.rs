@@ -340,7 +340,17 @@ fn calibration_budget(program: &Program, opts: &CompileOptions) -> (CompileOptio
 fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) -> String {
     let macs = lower::product_macs(program).max(1);
     let passes = if opts.guidance.is_some() { 2 } else { 1 };
-    let evals = opts.calib_samples * opts.steps as usize * passes;
+    // forward-process probes (see `calib`): merged at every step of a sigma-conditioned sampler,
+    // run where trajectories drift with `--calib-source forward` (not known before)
+    let probes = (opts.calib_samples / 4).max(2) * opts.steps as usize * passes;
+    let sigma = opts.sampler.sigma_conditioned();
+    let evals = opts.calib_samples * opts.steps as usize * passes + if sigma { probes } else { 0 };
+    let drift = match opts.calib_source {
+        crate::CalibSource::Forward if !sigma => {
+            format!(" and up to {probes} more on forward-process probes where trajectories drift")
+        }
+        _ => String::new(),
+    };
     let b = Budget::for_model(macs, opts);
     let g = |n: usize| n as f64 * macs as f64 / 1e9;
     let steps = opts.steps as usize;
@@ -387,7 +397,7 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     };
     format!(
         "dmqc: {:.3} G multiply-accumulates per evaluation. Calibration: {evals} float evaluations \
-         ({:.1} G MACs{capped}); then {then}",
+         ({:.1} G MACs{capped}){drift}; then {then}",
         macs as f64 / 1e9,
         g(evals),
     )
