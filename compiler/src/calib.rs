@@ -248,11 +248,10 @@ pub fn refine(
             continue;
         }
         let err = |a: f32| -> f64 {
-            let (scale, zero) = crate::quant::affine_params(r.min * a, r.max * a);
+            let params = crate::quant::affine_params(r.min * a, r.max * a);
             vals.iter()
                 .map(|&x| {
-                    let q = ((x / scale).round() + zero as f32).clamp(-128.0, 127.0);
-                    let d = (x - (q - zero as f32) * scale).abs() as f64;
+                    let d = (x - crate::quant::int8_roundtrip(x, params)).abs() as f64;
                     if p == 2.0 {
                         d * d
                     } else {

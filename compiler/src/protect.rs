@@ -70,6 +70,8 @@ pub fn apply(p: &mut Program, roots: &[TensorId]) {
 pub struct Evals {
     max: usize,
     used: std::cell::Cell<usize>,
+    /// set when the budget could not measure every candidate on every probe: what was measured
+    capped: std::cell::RefCell<Option<String>>,
 }
 
 impl Evals {
@@ -77,7 +79,12 @@ impl Evals {
         Evals {
             max,
             used: 0.into(),
+            capped: None.into(),
         }
+    }
+    /// What a search too large for the budget measured instead (`None`: everything).
+    pub fn capped(&self) -> Option<String> {
+        self.capped.borrow().clone()
     }
     pub fn used(&self) -> usize {
         self.used.get()
@@ -110,15 +117,12 @@ pub fn output_error(bytes: &[u8], inputs: &[Probe], evals: &Evals) -> Result<f64
 
 /// At most `n` of `cands`, those nearest the network's input and output ends (where the sensitive
 /// tensors of diffusion UNets sit: the model input, the first block, the last layers), in network
-/// order.
-fn ends(mut cands: Vec<TensorId>, n: usize) -> Vec<TensorId> {
-    if cands.len() > n {
-        let h = n.div_ceil(2);
-        let tail = cands.split_off(cands.len() - (n - h));
-        cands.truncate(h);
-        cands.extend(tail);
-    }
-    cands
+/// order: the first `n` of [`ends_first`].
+fn ends(cands: Vec<TensorId>, n: usize) -> Vec<TensorId> {
+    let mut out = ends_first(cands);
+    out.truncate(n);
+    out.sort();
+    out
 }
 
 /// At most `n` of `cands`, for a ranking that cannot measure them all: half of them nearest the
@@ -179,7 +183,7 @@ pub fn auto(
     build: impl Fn(&Program) -> Result<Vec<u8>>,
 ) -> Result<(Vec<TensorId>, Vec<Sensitivity>)> {
     let mut cands = candidates(p);
-    let n = inputs.len();
+    let (n, all) = (inputs.len(), cands.len());
     let measure = |cands: &[TensorId], inputs: &[Probe]| -> Result<Vec<(TensorId, f64)>> {
         let base = output_error(&build(p)?, inputs, evals)?;
         let mut out = vec![];
@@ -211,10 +215,17 @@ pub fn auto(
             finalists = budget.max(1).min(ranked.len());
         }
         let k = (left / (finalists + 1)).min(n);
+        let mut what = format!(
+            "{} of {all} candidates, half nearest the network's ends and half by their int8 \
+             noise, on 1 of {n} probes",
+            cands.len()
+        );
         if k >= 2 {
             let best: Vec<TensorId> = ranked.iter().take(finalists).map(|c| c.0).collect();
             ranked = measure(&best, &spread(inputs, k))?;
+            what += &format!(", then {} on {k}", best.len());
         }
+        *evals.capped.borrow_mut() = Some(what);
     }
     let mut bytes = act_bytes(p);
     let mut chosen: Vec<TensorId> = vec![];

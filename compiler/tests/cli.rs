@@ -94,7 +94,7 @@ fn fast_compiles_state_their_smaller_costs() {
     assert!(!ok && err.contains("not a positive number"), "{err}");
     assert!(!d.join("z.dmq").exists());
     // a search budget below 40 evaluations' cost: each search makes at most the 40 stated up
-    // front. With 10 steps the ranking has 12 probes and more candidates than fit, so it ranks
+    // front. With 10 steps the ranking has 10 probes and more candidates than fit, so it ranks
     // them on one probe, then its finalists on as many probes as the rest affords.
     let report = d.join("s.json");
     let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &d.join("s.dmq"))
@@ -130,6 +130,12 @@ fn fast_compiles_state_their_smaller_costs() {
         line.contains("runtime evaluations: sensitivity ranking ") && line.contains(" of 40"),
         "{out}"
     );
+    // and the fallback is said: which candidates and probes the ranking measured instead
+    assert!(
+        line.contains("(CAPPED: ") && line.contains(" on 1 of 10 probes"),
+        "{out}"
+    );
+    assert!(searches[0][3].as_str().is_some(), "{json}");
     assert!(
         !json["sensitivity"].as_array().unwrap().is_empty(),
         "{json}"

@@ -427,9 +427,11 @@ impl Budget {
         }
     }
 
-    /// (phase, runtime evaluations made, budget) of the searches.
-    fn spent(&self) -> Vec<(String, usize, usize)> {
-        let e = |name: &str, e: &protect::Evals| (name.to_string(), e.used(), self.max_evals);
+    /// (phase, runtime evaluations made, budget, what it measured when capped) of the searches.
+    fn spent(&self) -> Vec<(String, usize, usize, Option<String>)> {
+        let e = |name: &str, e: &protect::Evals| {
+            (name.to_string(), e.used(), self.max_evals, e.capped())
+        };
         vec![
             e("sensitivity ranking", &self.ranking),
             e("quality floor", &self.floor),
@@ -504,10 +506,9 @@ fn local_noise(
         let (Some(r), Some(vals)) = (range, b.cal.samples.get(s).and_then(|m| m.get(&stat))) else {
             continue;
         };
-        let (scale, zero) = crate::quant::affine_params(r.min, r.max);
+        let params = crate::quant::affine_params(r.min, r.max);
         for &x in vals {
-            let q = ((x / scale).round() + zero as f32).clamp(-128.0, 127.0);
-            noise += ((x - (q - zero as f32) * scale) as f64).powi(2);
+            noise += ((x - crate::quant::int8_roundtrip(x, params)) as f64).powi(2);
             signal += (x as f64).powi(2);
         }
     }

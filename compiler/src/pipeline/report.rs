@@ -43,9 +43,10 @@ pub struct Report {
     /// wall-clock seconds of each phase of the compile, in order (calibration, baseline build,
     /// sensitivity ranking, build, quality floor, output correction, measurement)
     pub phase_seconds: Vec<(String, f64)>,
-    /// (search, runtime evaluations it made, its budget): the sensitivity ranking and the quality
-    /// floor, each within the budget the compile stated before it started
-    pub runtime_evals: Vec<(String, usize, usize)>,
+    /// (search, runtime evaluations it made, its budget, what it measured when the budget could not
+    /// take every candidate on every probe): the sensitivity ranking and the quality floor, each
+    /// within the budget the compile stated before it started
+    pub runtime_evals: Vec<(String, usize, usize, Option<String>)>,
     /// the output's correlated-error correction per op stream (see `pipeline::correct`)
     pub output_correction: super::correct::Correction,
     /// sampling steps calibrated on forward-process probes (the model's own trajectories had drifted)
@@ -281,7 +282,10 @@ fn searches_line(r: &Report) -> String {
     let searches: Vec<String> = r
         .runtime_evals
         .iter()
-        .map(|(name, used, max)| format!("{name} {used} of {max}"))
+        .map(|(name, used, max, capped)| match capped {
+            Some(what) => format!("{name} {used} of {max} (CAPPED: {what})"),
+            None => format!("{name} {used} of {max}"),
+        })
         .collect();
     format!(
         "  searches      runtime evaluations: {}\n",

@@ -23,6 +23,12 @@ impl Range {
     }
 }
 
+/// `x` through int8 codes with `(scale, zero)` and back: rounded, clipped to the code range.
+pub fn int8_roundtrip(x: f32, (scale, zero): (f32, i32)) -> f32 {
+    let q = ((x / scale).round() + zero as f32).clamp(-128.0, 127.0);
+    (q - zero as f32) * scale
+}
+
 /// Per-tensor asymmetric int8 parameters covering `[lo, hi]` (which is widened to include 0).
 pub fn affine_params(lo: f32, hi: f32) -> (f32, i32) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));

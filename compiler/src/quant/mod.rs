@@ -6,7 +6,7 @@ pub mod activations;
 pub mod split_concat;
 pub mod weights;
 
-pub use activations::{affine_params, affine_params_for, choose_params, Range};
+pub use activations::{affine_params, affine_params_for, choose_params, int8_roundtrip, Range};
 pub use weights::{pack4, row_weights, Layout, RowWeights};
 
 use crate::ir::*;

@@ -46,7 +46,8 @@ pub fn row_weights(w: &Weights, rows: usize, layout: Layout, bits: u8) -> Arc<Ro
     let key = (Arc::as_ptr(w) as usize, rows, layout, bits);
     let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some((weak, hit)) = memo.lock().unwrap().get(&key) {
-        if weak.upgrade().is_some_and(|a| Arc::ptr_eq(&a, w)) {
+        // alive, so still at this address: the same array
+        if weak.strong_count() > 0 {
             return hit.clone();
         }
     }
