@@ -331,8 +331,8 @@ pub(super) fn lower_einsum(
 }
 
 /// The arena scratch of a product record: a linear's staged input (and unpacked 4-bit weights), a
-/// matmul's staged and packed operands.
-pub fn scratch_bytes(op: &Op<TensorId>) -> usize {
+/// matmul's staged and packed operands (more when `dtype` says an operand or its output is int16).
+pub fn scratch_bytes(op: &Op<TensorId>, dtype: impl Fn(TensorId) -> DType) -> usize {
     match op {
         Op::Linear(l) => {
             let g = &l.geom;
@@ -346,15 +346,20 @@ pub fn scratch_bytes(op: &Op<TensorId>) -> usize {
         Op::MatMul(mm) => {
             let g = &mm.geom;
             let u = |s: [u32; 4]| s.map(|v| v as usize);
-            dmq_runtime::ops::matmul::scratch_bytes(&dmq_runtime::ops::matmul::MatMulDims {
-                batch: [g.batch[0] as usize, g.batch[1] as usize],
-                m: g.m as usize,
-                n: g.n as usize,
-                k: g.k as usize,
-                a_s: u(g.a_strides),
-                b_s: u(g.b_strides),
-                o_s: u(g.o_strides),
-            })
+            dmq_runtime::ops::matmul::scratch_bytes(
+                &dmq_runtime::ops::matmul::MatMulDims {
+                    batch: [g.batch[0] as usize, g.batch[1] as usize],
+                    m: g.m as usize,
+                    n: g.n as usize,
+                    k: g.k as usize,
+                    a_s: u(g.a_strides),
+                    b_s: u(g.b_strides),
+                    o_s: u(g.o_strides),
+                },
+                [mm.a, mm.b, mm.output]
+                    .iter()
+                    .any(|&t| dtype(t) == DType::I16),
+            )
         }
         _ => 0,
     }

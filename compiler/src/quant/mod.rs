@@ -236,7 +236,7 @@ fn record(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<(Op<TensorId>, usize)> {
         IrOp::Conv { .. } => lower::conv::quantize(cx, op)?,
         IrOp::Linear { .. } | IrOp::MatMul { .. } => {
             let rec = lower::product::quantize(cx, op)?;
-            let scratch = lower::product::scratch_bytes(&rec);
+            let scratch = lower::product::scratch_bytes(&rec, |t| cx.p.t(t).dtype);
             (rec, scratch)
         }
         IrOp::Binary { .. } | IrOp::Lut { .. } | IrOp::Softmax { .. } | IrOp::Concat { .. } => {

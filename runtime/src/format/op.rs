@@ -129,8 +129,9 @@ macro_rules! op_list {
                 weights: Data<$crate::format::BlobRef>, bias: Data<$crate::format::BlobRef>,
                 requant: Data<$crate::format::BlobRef>, scratch: Data<u32>
             }
-            /// int8 x int8 product of two activations, per-tensor requantization. `scratch`: the
-            /// staged `A`, the packed `B` and their row sums (`ops::matmul::scratch_bytes`).
+            /// Product of two activations (int8 or int16 each, and the output), per-tensor
+            /// requantization. `scratch`: the staged `A`, the packed `B` and their row sums
+            /// (`ops::matmul::scratch_bytes`, larger when any of the three is int16).
             MatMul(matmul, "MatMulInt8", Int) {
                 a: In<T>, b: In<T>, output: Out<T>, geom: Data<$crate::format::MatMulGeom>,
                 requant: Data<$crate::format::Requant>, scratch: Data<u32>
@@ -152,8 +153,10 @@ macro_rules! op_list {
                 input: In<T>, output: Out<T>, groups: Data<u32>, eps: Data<f32>,
                 affine: Data<$crate::format::BlobRef>, in_scales: Data<Option<$crate::format::BlobRef>>
             }
-            /// Softmax along `axis`; `exp_table[d] = round(2^20 * exp(-d * scale_in))`, 256 u32.
-            /// Output codes have scale 1/255 and zero point -128.
+            /// Softmax along `axis`; `exp_table[d] = round(2^20 * exp(-d * scale_in))`, 256 u32 for
+            /// an int8 input; an int16 input appends `round(2^20 * exp(-256 d * scale_in))`, 512 u32
+            /// in all. Output codes (int8 or int16) count probability in steps of `1 / round(1 /
+            /// scale_out)` from the output's zero point (int8: scale 1/255, zero point -128).
             Softmax(softmax, "SoftmaxInt8", Int) {
                 input: In<T>, output: Out<T>, axis: Data<u8>, exp_table: Data<$crate::format::BlobRef>
             }

@@ -405,7 +405,7 @@ fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
 fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
     // one case in 8 deeper than a tier's blocks of weights prepared at a time (x86: 1024)
     let deep = if u(rng, 8) == 0 { 2000 } else { 300 };
-    let (m, n, k) = (1 + u(rng, 40), 1 + u(rng, 24), 1 + u(rng, deep));
+    let (m, mut n, k) = (1 + u(rng, 40), 1 + u(rng, 24), 1 + u(rng, deep));
     let s = if case % 2 == 0 { [k, 1] } else { [1, m] };
     let x: Vec<T> = acts(rng, m * k, case % 3 == 0);
     let k4 = pad4(k);
@@ -414,6 +414,13 @@ fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
         let b: Vec<i8> = acts(rng, k * n, false);
         let mut w = vec![0i8; pad4(n) * k4];
         stage::pack_operand(&b, n, k, [n, 1], &mut w).map_err(|e| format!("{e}"))?;
+        w
+    } else if case % 5 == 1 {
+        // an int16 attention operand as two planes of int8 (rows of both planes, padding too)
+        let b: Vec<i16> = acts(rng, k * n, case % 3 == 1);
+        let mut w = vec![0i8; 2 * pad4(n) * k4];
+        stage::pack_operand_i16(&b, n, k, [1, k], &mut w).map_err(|e| format!("{e}"))?;
+        n = 2 * pad4(n);
         w
     } else {
         weights(rng, n, k, Some, 8, k4)

@@ -330,3 +330,35 @@ pub fn pack_operand(x: &[i8], n: usize, k: usize, s: [usize; 2], out: &mut [i8])
     }
     Ok(())
 }
+
+/// Packs an int16 activation matrix as weights in two int8 planes (the second operand of an int16
+/// attention product): each value `v = 256 h + l + 128` with `h = v >> 8` and `l = (v & 255) -
+/// 128`. Row `r` of `n` (depth `k`, read at `x[q * s[0] + r * s[1]]`) puts `h` in packed row `8 (r /
+/// 4) + r % 4` and `l` in packed row `8 (r / 4) + 4 + r % 4`, so each 8-row group holds both planes
+/// of 4 rows; `2 pad4(n)` packed rows, zeros in the padding.
+pub fn pack_operand_i16(
+    x: &[i16],
+    n: usize,
+    k: usize,
+    s: [usize; 2],
+    out: &mut [i8],
+) -> Result<()> {
+    let k4 = pad4(k);
+    check_len(2 * pad4(n) * k4, out.len())?;
+    if n > 0 && k > 0 && (k - 1) * s[0] + (n - 1) * s[1] >= x.len() {
+        return Err(Error::BufferLength {
+            expected: (k - 1) * s[0] + (n - 1) * s[1] + 1,
+            got: x.len(),
+        });
+    }
+    out.fill(0);
+    for r in 0..n {
+        let (hr, lr) = (8 * (r / 4) + r % 4, 8 * (r / 4) + 4 + r % 4);
+        for q in 0..k {
+            let v = x[q * s[0] + r * s[1]];
+            out[super::gemm::packed_index(hr, q, k4)] = (v >> 8) as i8;
+            out[super::gemm::packed_index(lr, q, k4)] = ((v & 255) - 128) as i8;
+        }
+    }
+    Ok(())
+}

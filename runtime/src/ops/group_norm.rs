@@ -93,12 +93,13 @@ mod tests {
     use crate::ops::testutil::*;
 
     /// Cases 6..12: a split concat's input, every channel with its own scale and zero point 0;
-    /// cases 12..: int16 input, int8 output.
+    /// cases 12..16: int16 input, int8 output; cases 16..: int16 input and output.
     #[test]
     fn group_norm_matches_the_float_reference() {
         let mut rng = Rng::new(5);
-        for case in 0..16 {
+        for case in 0..20 {
             let (split, din) = (case >= 6 && case < 12, if case >= 12 { DType::I16 } else { DType::I8 });
+            let dout = if case >= 16 { DType::I16 } else { DType::I8 };
             // the last case is large enough to split across threads
             let (groups, cg, s) = if case == 15 { (8, 2, 9000) } else { (1 + case % 3, 1 + case % 4, 7 + case * 3) };
             let c = groups * cg;
@@ -126,10 +127,10 @@ mod tests {
                         + beta[ch] as f64) as f32;
                 }
             }
-            let qo = out_params(&real, DType::I8);
+            let qo = out_params(&real, dout);
             let mut b = Bench::new();
             let input = b.tensor(din, &[1, c as u32, s as u32], qx.0, qx.1);
-            let output = b.tensor(DType::I8, &[1, c as u32, s as u32], qo.0, qo.1);
+            let output = b.tensor(dout, &[1, c as u32, s as u32], qo.0, qo.1);
             match din {
                 DType::I16 => b.put_i16(&input, &x.iter().map(|&v| v as i16).collect::<Vec<_>>()),
                 _ => b.put_i8(&input, &x.iter().map(|&v| v as i8).collect::<Vec<_>>()),
@@ -152,7 +153,7 @@ mod tests {
             // split across two threads: the same bytes
             b2.run_threads(rec, Tier::Scalar, 2);
             assert_eq!(get_ints(&mut b2, &output), got, "case {case}: thread counts differ");
-            let worst = worst(&got, &real, qo, DType::I8);
+            let worst = worst(&got, &real, qo, dout);
             assert!(worst <= 1, "case {case}: worst {worst} codes");
         }
     }

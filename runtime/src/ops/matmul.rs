@@ -1,12 +1,17 @@
-//! MatMul: int8 × int8 product of two activations (attention scores and values) with zero points on
-//! both operands and per-tensor requantization. Per batch, `A`'s rows are staged and `B` is packed as
-//! the product engine's weights (`n` rows of depth `k`); the engine's raw sums `sum a·b` take the
-//! zero points by expansion, `sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + k za zb`, all in
-//! wrapping i32: the ring of the specification's loop, so the same bits.
+//! MatMul: the product of two activations (attention scores and values) with zero points on both
+//! operands and per-tensor requantization. Per batch, `A`'s rows are staged and `B` is packed as the
+//! product engine's weights (`n` rows of depth `k`); the engine's raw sums `sum a·b` take the zero
+//! points by expansion, `sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + k za zb`.
+//!
+//! All int8: the expansion in wrapping i32 (the ring of the specification's loop, so the same bits)
+//! inside the engine's epilogue. Any int16 operand or output (a protected attention): `A` staged as
+//! int16, an int16 `B` packed as two int8 planes (`stage::pack_operand_i16`, `b = 256 h + l +
+//! 128`), the engine's exact sums recombined and the expansion done in i64 here, then the
+//! engine's requantization rule ([`Epilogue::code_of`], exact).
 use super::{Cx, PreparedOp};
-use crate::arena::{carve, out_i8, View};
+use crate::arena::{carve, out_i8, out_ints, View};
 use crate::format::{DType, MatMul, TRef};
-use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants};
+use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants, RowConsts, Tile};
 use crate::kernels::reference::Code;
 use crate::kernels::{stage, Exec};
 use crate::{Error, Result};
@@ -24,17 +29,22 @@ pub struct MatMulDims {
     pub o_s: [usize; 4],
 }
 
-/// Scratch parts, each 16-byte aligned: staged `A` (room for i16), packed `B`, the row sums of `A`
-/// and of `B` (i32).
-fn parts(d: &MatMulDims) -> [usize; 4] {
+/// Scratch parts, each 16-byte aligned: staged `A` (room for i16), packed `B` (room for two planes
+/// when `wide`), the row sums of `A` and of `B` (i32; i64 when `wide`).
+fn parts(d: &MatMulDims, wide: bool) -> [usize; 4] {
     let a = |v: usize| v.div_ceil(16) * 16;
     let k4 = gemm::pad4(d.k);
-    [a(d.m * k4 * 2), a(gemm::pad4(d.n) * k4), a(4 * d.m), a(4 * d.n)]
+    let w = if wide { 2 } else { 1 };
+    [a(d.m * k4 * 2), a(w * gemm::pad4(d.n) * k4), a(4 * w * d.m), a(4 * w * d.n)]
 }
 
-pub fn scratch_bytes(d: &MatMulDims) -> usize {
-    parts(d).iter().sum()
+/// Arena scratch of a product; `wide` when an operand or the output is int16.
+pub fn scratch_bytes(d: &MatMulDims, wide: bool) -> usize {
+    parts(d, wide).iter().sum()
 }
+
+/// Pixels of `A` per pass of the wide path (its recombination buffer is on the stack).
+const WIDE_PIXELS: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Multiplier {
@@ -45,13 +55,16 @@ pub struct Multiplier {
     mult: i32,
     shift: u8,
     scratch: Range<usize>,
+    /// an operand or the output is int16
+    wide: bool,
 }
 pub type Plan<'a> = Multiplier;
 
 pub fn prepare<'a>(r: &MatMul<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
-    let a = cx.view(&r.a, DType::I8)?;
-    let b = cx.view(&r.b, DType::I8)?;
-    let output = cx.view(&r.output, DType::I8)?;
+    let a = cx.int(&r.a)?;
+    let b = cx.int(&r.b)?;
+    let output = cx.int(&r.output)?;
+    let wide = [&a, &b, &output].iter().any(|v| v.dtype == DType::I16);
     cx.disjoint(&output, &[&a, &b])?;
     cx.requant(&r.requant)?;
     let g = &r.geom;
@@ -70,10 +83,10 @@ pub fn prepare<'a>(r: &MatMul<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
         o_s: u(g.o_strides),
     };
     let k4 = gemm::pad4(d.k) as u64;
-    if (d.m as u64 + gemm::pad4(d.n) as u64) * k4 * 2 > u32::MAX as u64 {
+    if (d.m as u64 + 2 * gemm::pad4(d.n) as u64) * k4 * 2 > u32::MAX as u64 {
         return Err(cx.err("matmul too large"));
     }
-    let scratch = cx.scratch(r.scratch, scratch_bytes(&d), &[&a, &b, &output])?;
+    let scratch = cx.scratch(r.scratch, scratch_bytes(&d, wide), &[&a, &b, &output])?;
     Ok(Multiplier {
         a,
         b,
@@ -82,6 +95,7 @@ pub fn prepare<'a>(r: &MatMul<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
         mult: r.requant.mult,
         shift: r.requant.shift,
         scratch,
+        wide,
     })
 }
 
@@ -89,20 +103,17 @@ impl PreparedOp for Multiplier {
     fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, s, io) = carve(arena, self.output.range(), Some(self.scratch.clone()))?;
         let s = s.ok_or(misaligned())?;
-        let (x, y, out) = (io.i8(&self.a)?, io.i8(&self.b)?, out_i8(o));
-        let d = &self.d;
-        for i0 in 0..d.batch[0] {
-            for i1 in 0..d.batch[1] {
-                let at = |st: &[usize; 4]| i0 * st[0] + i1 * st[1];
-                let base = [at(&d.a_s), at(&d.b_s), at(&d.o_s)];
-                self.batch(ex, x, y, out, base, s)?;
-            }
+        if self.wide {
+            return crate::with_in!(io.ints(&self.a)?, |x| crate::with_in!(io.ints(&self.b)?, |y| {
+                crate::with_out!(out_ints(o, self.output.dtype)?, |out| self.batches(ex, x, y, out, s, Self::batch_wide))
+            }));
         }
-        Ok(())
+        self.batches(ex, io.i8(&self.a)?, io.i8(&self.b)?, out_i8(o), s, Self::batch)
     }
     fn work(&self) -> u64 {
         let d = &self.d;
-        [d.batch[0], d.batch[1], d.m, d.n, gemm::pad4(d.k)]
+        let planes = if self.wide && self.b.dtype == DType::I16 { 2 } else { 1 };
+        [d.batch[0], d.batch[1], d.m, planes * d.n, gemm::pad4(d.k)]
             .iter()
             .fold(1u64, |a, &b| a.saturating_mul(b as u64))
     }
@@ -111,13 +122,29 @@ impl PreparedOp for Multiplier {
     }
 }
 
+/// One batch's product: the operands, the output, the offsets of the batch in each, the scratch.
+type BatchFn<A, B, U> = fn(&Multiplier, Exec, &[A], &[B], &mut [U], [usize; 3], &mut [u8]) -> Result<()>;
+
 impl Multiplier {
+    /// Runs `f` on every batch.
+    fn batches<A: Code, B: Code, U: Code>(&self, ex: Exec, x: &[A], y: &[B], out: &mut [U], s: &mut [u8], f: BatchFn<A, B, U>) -> Result<()> {
+        let d = &self.d;
+        for i0 in 0..d.batch[0] {
+            for i1 in 0..d.batch[1] {
+                let at = |st: &[usize; 4]| i0 * st[0] + i1 * st[1];
+                let base = [at(&d.a_s), at(&d.b_s), at(&d.o_s)];
+                f(self, ex, x, y, out, base, s)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One batch: stage `A`, pack `B`, sum their rows, run the engine, correct for the zero points
     /// and requantize.
     fn batch(&self, ex: Exec, x: &[i8], y: &[i8], out: &mut [i8], [ab, bb, ob]: [usize; 3], s: &mut [u8]) -> Result<()> {
         let d = &self.d;
         let (m, n, k, k4) = (d.m, d.n, d.k, gemm::pad4(d.k));
-        let [pa, pb, psa, _] = parts(d);
+        let [pa, pb, psa, _] = parts(d, false);
         let (sa_b, rest) = s.split_at_mut(pa);
         let (wb, sums) = rest.split_at_mut(pb);
         let (sum_a, sum_b) = sums.split_at_mut(psa);
@@ -159,6 +186,99 @@ impl Multiplier {
             row_sums(st, k4, zb, sum_a);
             product(ex, d, w, st, bias, sum_a, q, out)
         }
+    }
+
+    /// One batch with an int16 operand or output: `A` staged as int16, `B` packed (two planes if
+    /// int16), the row sums of both in i64, then [`Self::wide_part`] over `A`'s rows, split across
+    /// threads when the output is token-major.
+    fn batch_wide<A: Code, B: Code, U: Code>(&self, ex: Exec, x: &[A], y: &[B], out: &mut [U], [ab, bb, ob]: [usize; 3], s: &mut [u8]) -> Result<()> {
+        let d = &self.d;
+        let (m, n, k, k4) = (d.m, d.n, d.k, gemm::pad4(d.k));
+        let [pa, pb, psa, _] = parts(d, true);
+        let (sa_b, rest) = s.split_at_mut(pa);
+        let (wb, sums) = rest.split_at_mut(pb);
+        let (sum_a, sum_b) = sums.split_at_mut(psa);
+        let sum_a: &mut [i64] = bytemuck::try_cast_slice_mut(&mut sum_a[..8 * m]).map_err(|_| misaligned())?;
+        let sum_b: &mut [i64] = bytemuck::try_cast_slice_mut(&mut sum_b[..8 * n]).map_err(|_| misaligned())?;
+        let xa = x.get(ab..).ok_or(bounds())?;
+        let yb = y.get(bb..).ok_or(bounds())?;
+        let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
+        // staging checks that every element of A is in bounds, packing every element of B
+        crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
+        let planes = if core::mem::size_of::<B>() == 2 { 2 } else { 1 };
+        let w: &mut [i8] = bytemuck::cast_slice_mut(&mut wb[..planes * gemm::pad4(n) * k4]);
+        let bs = [d.b_s[2], d.b_s[3]];
+        match (bytemuck::try_cast_slice::<B, i8>(yb), bytemuck::try_cast_slice::<B, i16>(yb)) {
+            (Ok(y8), _) if planes == 1 => stage::pack_operand(y8, n, k, bs, w)?,
+            (_, Ok(y16)) => stage::pack_operand_i16(y16, n, k, bs, w)?,
+            _ => return Err(misaligned()),
+        }
+        for (p, v) in sum_a.iter_mut().enumerate() {
+            *v = (0..k).map(|q| xa[p * d.a_s[2] + q * d.a_s[3]].get() as i64).sum();
+        }
+        for (r, v) in sum_b.iter_mut().enumerate() {
+            *v = (0..k).map(|q| yb[q * bs[0] + r * bs[1]].get() as i64).sum();
+        }
+        let (st, sum_a, sum_b, w) = (&*st, &*sum_a, &*sum_b, &*w);
+        let out = out.get_mut(ob..).ok_or(bounds())?;
+        let macs = m.saturating_mul(planes * n).saturating_mul(k4);
+        let part = |m0: usize, nm: usize, part: &mut [U]| self.wide_part(ex, (st, w, planes), (sum_a, sum_b), (m0, nm), part);
+        if d.o_s[3] == 1 && d.o_s[2] >= n {
+            ex.par_rows(m, d.o_s[2], macs, out, part)
+        } else {
+            part(0, m, out)
+        }
+    }
+
+    /// Rows `m0..m0 + nm` of `A` (written to `part`, row `m0` first): for every [`WIDE_PIXELS`] of
+    /// them and every 8 packed rows of `B`, the engine's exact sums recombined (`256 h + l` per
+    /// int16 row), then `sum (a-za)(b-zb)` in i64 and the epilogue's exact rule.
+    fn wide_part<U: Code>(&self, ex: Exec, (st, w, planes): (&[i16], &[i8], usize), (sum_a, sum_b): (&[i64], &[i64]), (m0, nm): (usize, usize), part: &mut [U]) -> Result<()> {
+        let d = &self.d;
+        let (n, k4) = (d.n, gemm::pad4(d.k));
+        let rows = planes * gemm::pad4(n);
+        let (za, zb) = (self.a.zero as i64, self.b.zero as i64);
+        let kzz = d.k as i64 * za * zb;
+        let epi = Epilogue { bias: &[], requant: Requants::Uniform { mult: self.mult, shift: self.shift }, col: &[], zo: self.output.zero, lo: U::MIN, hi: U::MAX };
+        let consts = RowConsts { bias: 0, mult: self.mult, shift: self.shift.clamp(1, 62) };
+        for p0 in (m0..m0 + nm).step_by(WIDE_PIXELS) {
+            let np = WIDE_PIXELS.min(m0 + nm - p0);
+            let prod = Product {
+                w,
+                n: rows,
+                stage: st.get(p0 * k4..(p0 + np) * k4).ok_or(bounds())?,
+                px: Pixels::rows(np, k4, k4),
+                exact: true,
+                full_range: true,
+                wsum: u64::MAX,
+            };
+            for r0 in (0..rows).step_by(8) {
+                let mut comb = [[0i64; 8]; WIDE_PIXELS];
+                gemm::run_rows(ex.tier, &prod, (r0, (r0 + 8).min(rows)), Finish::Sums, |t: &Tile| {
+                    for i in 0..t.rows {
+                        let local = t.r0 + i - r0;
+                        let (slot, f) = if planes == 2 { (local % 4, if local < 4 { 256 } else { 1 }) } else { (local, 1) };
+                        for j in 0..t.cols {
+                            comb[t.p0 + j][slot] += f * t.sums[i][j];
+                        }
+                    }
+                })?;
+                let first = r0 / planes;
+                for (slot, r) in (first..(first + 8 / planes).min(n)).enumerate() {
+                    for (j, c) in comb[..np].iter().enumerate() {
+                        let p = p0 + j;
+                        // each term below 2^62 (k < 2^31); their sum in i128, and a sum beyond
+                        // i64 (no real product reaches it) saturates
+                        let ab = c[slot] as i128 + if planes == 2 { 128 * sum_a[p] as i128 } else { 0 };
+                        let v = ab - (zb * sum_a[p]) as i128 - (za * sum_b[r]) as i128 + kzz as i128;
+                        let v = v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                        let o = part.get_mut((p - m0) * d.o_s[2] + r * d.o_s[3]).ok_or(bounds())?;
+                        *o = U::sat(epi.code_of(&consts, usize::MAX, v, true) as i64);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -282,7 +402,7 @@ mod tests {
                     b_s,
                     o_s: [m * n, 0, n, 1],
                 };
-                let scratch = b.scratch(super::scratch_bytes(&dims) as u32);
+                let scratch = b.scratch(super::scratch_bytes(&dims, false) as u32);
                 let rec = Op::MatMul(MatMul {
                     a: ta,
                     b: tb,
@@ -310,6 +430,78 @@ mod tests {
             assert!(results.windows(2).all(|w| w[0] == w[1]), "case {case}: tiers or thread counts differ");
             let worst = worst(&results[0], &real, qo, DType::I8);
             assert!(worst <= 1, "case {case}: worst difference {worst} codes");
+        }
+    }
+
+    /// int16 operands (`B` as two planes) and int16 outputs, with zero points on both operands:
+    /// every combination against float, on every tier and two threads, shapes whose row count is
+    /// not a multiple of 4 and one large enough to split.
+    #[test]
+    fn matmul_with_int16_operands_or_output_matches_the_float_reference() {
+        let mut rng = Rng::new(17);
+        let t = [DType::I8, DType::I16];
+        let combos: Vec<[DType; 3]> = (1..8).map(|c| [t[c & 1], t[(c >> 1) & 1], t[c >> 2]]).collect();
+        for case in 0..21 {
+            let [da, db, dout] = combos[case % 7];
+            let (b0, m, n, k) = if case >= 14 { (2, 58 + case, 47 + case, 70) } else { (
+                1 + case % 2,
+                1 + (rng.next_u64() % 9) as usize,
+                1 + (rng.next_u64() % 11) as usize,
+                1 + (rng.next_u64() % 40) as usize,
+            ) };
+            let qa = params(da, uni(&mut rng, -2.0, -0.1), uni(&mut rng, 0.1, 2.0));
+            let qb = params(db, uni(&mut rng, -2.0, -0.1), uni(&mut rng, 0.1, 2.0));
+            let (range_a, range_b) = (da.code_range(), db.code_range());
+            let pick = |rng: &mut Rng, (lo, hi): (i32, i32)| lo + (rng.next_u64() % (hi - lo + 1) as u64) as i32;
+            let a: Vec<i32> = (0..b0 * m * k).map(|_| pick(&mut rng, range_a)).collect();
+            let bv: Vec<i32> = (0..b0 * k * n).map(|_| pick(&mut rng, range_b)).collect();
+            let b_s = if case % 2 == 0 { [k * n, 0, n, 1] } else { [k * n, 0, 1, k] };
+            // token-major output, or channel-major (one thread)
+            let o_s = if case % 3 == 2 { [m * n, 0, 1, m] } else { [m * n, 0, n, 1] };
+            let deq = |c: i32, q: (f32, i32)| (c - q.1) as f64 * q.0 as f64;
+            let mut real = vec![0f32; b0 * m * n];
+            for bb in 0..b0 {
+                for i in 0..m {
+                    for j in 0..n {
+                        let acc: f64 = (0..k).map(|l| deq(a[bb * m * k + i * k + l], qa) * deq(bv[bb * b_s[0] + l * b_s[2] + j * b_s[3]], qb)).sum();
+                        real[bb * m * n + i * o_s[2] + j * o_s[3]] = acc as f32;
+                    }
+                }
+            }
+            let qo = out_params(&real, dout);
+            let u = |s: [usize; 4]| s.map(|v| v as u32);
+            let mut results = vec![];
+            for tier in tiers() {
+                let mut b = Bench::new();
+                let ta = b.tensor(da, &[(b0 * m * k) as u32], qa.0, qa.1);
+                let tb = b.tensor(db, &[(b0 * k * n) as u32], qb.0, qb.1);
+                let to = b.tensor(dout, &[(b0 * m * n) as u32], qo.0, qo.1);
+                for (tt, v) in [(&ta, &a), (&tb, &bv)] {
+                    match tt.dtype {
+                        DType::I16 => b.put_i16(tt, &v.iter().map(|&c| c as i16).collect::<Vec<_>>()),
+                        _ => b.put_i8(tt, &v.iter().map(|&c| c as i8).collect::<Vec<_>>()),
+                    }
+                }
+                let dims = super::MatMulDims { batch: [b0, 1], m, n, k, a_s: [m * k, 0, k, 1], b_s, o_s };
+                let scratch = b.scratch(super::scratch_bytes(&dims, true) as u32);
+                let rec = Op::MatMul(MatMul {
+                    a: ta,
+                    b: tb,
+                    output: to.clone(),
+                    geom: MatMulGeom { batch: [b0 as u32, 1], m: m as u32, n: n as u32, k: k as u32, a_strides: u([m * k, 0, k, 1]), b_strides: u(b_s), o_strides: u(o_s) },
+                    requant: requant_of(qa.0 as f64 * qb.0 as f64 / qo.0 as f64),
+                    scratch,
+                });
+                let snapshot = b.clone();
+                b.run_with(rec.clone(), tier);
+                results.push(get_ints(&mut b, &to));
+                let mut b2 = snapshot;
+                b2.run_threads(rec, tier, 2);
+                results.push(get_ints(&mut b2, &to));
+            }
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "case {case}: tiers or thread counts differ");
+            let worst = worst(&results[0], &real, qo, dout);
+            assert!(worst <= 1, "case {case} {da:?}x{db:?}->{dout:?}: worst difference {worst} codes");
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Integer softmax.
+use super::Code;
 use crate::kernels::{check_len, le_i32};
 use crate::Result;
 
@@ -57,6 +58,77 @@ pub fn softmax(
             let q = Quotient::new(sum);
             for j in 0..len {
                 out[at(j)] = q.code(e_of(mx, x[at(j)]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a softmax's probabilities become codes: `code = zo + min(floor((2 r e + sum) / (2 sum)), hi -
+/// zo)` for an element's exp value `e` and its row's sum `sum` (both 2^20 = 1): the probability in
+/// steps of `1 / r` from the zero point `zo`, clamped to the output's largest code `hi`. With `r =
+/// 255`, `zo = -128`, `hi = 127` this is [`softmax`]'s rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    pub r: u64,
+    pub zo: i32,
+    pub hi: i32,
+}
+
+/// The most steps per unit probability: with exp values at most 2^20 (checked with
+/// [`exp_table_ok`]) and rows shorter than 2^32, `2 r e + sum` stays below 2^53.
+pub const MAX_STEPS: u64 = 1 << 24;
+
+/// Whether every entry of an exp table is at most 2^20 (= 1), which bounds [`softmax_any`]'s sums.
+pub fn exp_table_ok(table: &[u8]) -> bool {
+    table
+        .chunks_exact(4)
+        .all(|e| u32::from_le_bytes([e[0], e[1], e[2], e[3]]) <= 1 << 20)
+}
+
+/// Softmax of int8 or int16 codes to int8 or int16 codes with any [`Steps`] (the general form of
+/// [`softmax`]; the same integers where both apply). The exp of `d = max - q` is `table[d]` for int8
+/// inputs (256 u32); for int16 inputs the table holds 512 u32, `lo[j] = exp(-j s)` then `hi[i] =
+/// exp(-256 i s)` (2^20 = 1), and `e = (hi[d >> 8] * lo[d & 255] + 2^19) >> 20`. Entries must be at
+/// most 2^20 and `r` at most [`MAX_STEPS`] (the caller checks both once), so every intermediate
+/// fits u64.
+pub fn softmax_any<T: Code, U: Code>(
+    x: &[T],
+    (outer, len, inner): (usize, usize, usize),
+    table: &[u8],
+    st: Steps,
+    out: &mut [U],
+) -> Result<()> {
+    check_len(outer * len * inner, x.len())?;
+    check_len(x.len(), out.len())?;
+    let wide = T::MAX > 127;
+    check_len(if wide { 512 * 4 } else { 256 * 4 }, table.len())?;
+    if st.r > MAX_STEPS || len as u64 >= 1 << 32 {
+        return Err(crate::Error::Unsupported(
+            "softmax steps or row length too large",
+        ));
+    }
+    let at = |i: usize| le_i32(table, i) as u32 as u64;
+    let e_of = |mx: i32, v: i32| {
+        let d = (mx - v) as usize;
+        if wide {
+            (at(256 + (d >> 8)) * at(d & 255) + (1 << 19)) >> 20
+        } else {
+            at(d)
+        }
+    };
+    let top = (st.hi - st.zo).max(0) as u64;
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            let mx = (0..len).map(|j| x[at(j)].get()).max().unwrap_or(0);
+            let sum = (0..len)
+                .map(|j| e_of(mx, x[at(j)].get()))
+                .sum::<u64>()
+                .max(1);
+            for j in 0..len {
+                let q = (2 * st.r * e_of(mx, x[at(j)].get()) + sum) / (2 * sum);
+                out[at(j)] = U::sat(st.zo as i64 + q.min(top) as i64);
             }
         }
     }
