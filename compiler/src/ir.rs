@@ -213,6 +213,9 @@ pub struct Program {
     /// f32 extra inputs (ONNX name, tensor) in the order of the import
     pub extras: Vec<(String, TensorId)>,
     pub output: Option<TensorId>,
+    /// every int16 tensor's range is `I16_HEADROOM` times its calibrated one (set where every
+    /// tensor that can be int16 is: the floor's streams, `--act-bits 16`)
+    pub i16_headroom: bool,
 }
 
 impl Program {

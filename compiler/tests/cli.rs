@@ -110,7 +110,7 @@ fn fast_compiles_state_their_smaller_costs() {
     assert!(ok, "{err}");
     assert!(
         err.contains("the sensitivity ranking (up to 40 runtime evaluations")
-            && err.contains("the quality floor if steps fall below --floor-db (as many)"),
+            && err.contains("the quality floor if steps fall near or below --floor-db (as many)"),
         "{err}"
     );
     let json: serde_json::Value =
@@ -507,8 +507,8 @@ fn trained_ddpm_on_photograph_patches_matches_onnx_runtime_at_every_noise_level(
     // (280 k parameters) trained briefly on 32x32 grayscale patches of scikit-learn's two sample
     // photographs, in [-1, 1] and not standardised. Default flags (lighter calibration): `dmqc run`
     // on noisy held-out patches against ONNX Runtime, and the summary's steps never below the
-    // one-range baseline. At t = 1 the int16 floor matters: on this input the file scores 34.6 dB
-    // with it, 3.5 dB with `--a16-budget 10` and -0.2 dB with one min-max range and no protection.
+    // one-range baseline. At t = 1 the int16 floor matters: on this input the file scores 33.2 dB
+    // with it, 3.4 dB with `--a16-budget 10` and -0.2 dB with one min-max range and no protection.
     let d = tmp("patches");
     let report = d.join("r.json");
     let cases: Vec<(String, String, String)> = [1, 50, 500, 950]
@@ -673,11 +673,11 @@ fn guided_diffusion_family_loses_little_more_than_its_8_bit_weights() {
     // consistency-models family (scale-shift GroupNorm from the time embedding, fused-qkv attention
     // with the legacy `bct,bcs->bts` einsums, average-pool downsampling, the preconditioning in the
     // graph), trained on 8x8 digits, both exporters; compiled with the published consistency
-    // model's sampler flags. With 16-bit activations the integer graph stays near a float
-    // simulation of its weights alone at 8 bits (symmetric per output channel, min-max: the
-    // fixture's `guided_wq8_*`): measured -0.4 to +0.8 dB, and -1.8 dB at sigma = 1, where the
-    // attention products and softmax, which stay int8 under --act-bits 16, cost most; asserted
-    // within 2 dB. W8A8 with default flags must hold 30 dB at every sigma (34.3-41.8 measured).
+    // model's sampler flags. With 16-bit activations (attention products and softmax included)
+    // the integer graph stays within 1 dB of a float simulation of its weights alone at 8 bits
+    // (symmetric per output channel, min-max: the fixture's `guided_wq8_*`): measured -0.15 to
+    // +0.32 dB (before int16 attention and the int16 range headroom: -1.8 dB at sigma = 1). W8A8
+    // with default flags must hold 30 dB at every sigma (34.5-40.4 measured).
     let sigmas = ["s80", "s5", "s1", "s0.4"];
     let sampler = [
         "--sampler",
@@ -733,7 +733,7 @@ fn guided_diffusion_family_loses_little_more_than_its_8_bit_weights() {
                 a16[k], w8a8[k]
             );
             assert!(
-                a16[k] >= sim - 2.0,
+                a16[k] >= sim - 1.0,
                 "{onnx} {n}: A16 {:.2} dB, simulation {sim:.2}",
                 a16[k]
             );

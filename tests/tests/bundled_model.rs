@@ -16,9 +16,10 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
     let r = &c.report;
     // size: int8 weights + tables must stay within 30% of the float ONNX (30.04% since format
     // 6.0: the packed layout pads the one-channel input and output convolutions to 4 channels,
-    // 1,728 bytes)
+    // 1,728 bytes; 30.17% since the floor's streams run int16 attention: their three softmaxes
+    // take two exp tables each, 3,072 bytes)
     assert!(
-        r.size_ratio <= 0.301,
+        r.size_ratio <= 0.302,
         "dmq is {:.1}% of the ONNX",
         100.0 * r.size_ratio
     );

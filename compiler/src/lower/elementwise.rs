@@ -351,10 +351,13 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
             output,
             axis,
         } => {
+            // exp(-d sx) for d = 0..256 (2^20 = 1); an int16 input also exp(-256 d sx)
             let (sx, _) = q(input);
-            let table: Vec<i32> = (0..256)
-                .map(|d| ((-(d as f64) * sx as f64).exp() * (1u64 << 20) as f64).round() as i32)
-                .collect();
+            let exp = |d: f64| ((-d * sx as f64).exp() * (1u64 << 20) as f64).round() as i32;
+            let mut table: Vec<i32> = (0..256).map(|d| exp(d as f64)).collect();
+            if cx.p.t(*input).dtype == DType::I16 {
+                table.extend((0..256).map(|d| exp(256.0 * d as f64)));
+            }
             Op::Softmax(wire::Softmax {
                 input: *input,
                 output: *output,

@@ -11,6 +11,10 @@ use crate::memplan::Plan;
 use crate::{calib, protect, CompileOptions, TimestepQuality};
 use anyhow::Result;
 
+/// How far above `--floor-db` a step must measure on the floor's probes to keep int8 activations,
+/// and what the floor's int16 aims at on them.
+pub(crate) const MARGIN_DB: f64 = 2.0;
+
 /// What the floor changed: the buckets, the file and its plan, and the weak steps as measured.
 pub(crate) struct Floored {
     pub buckets: Vec<Bucket>,
@@ -41,7 +45,12 @@ pub(crate) fn apply(
         ..opts.clone()
     };
     let q = eval::sqnr_over_schedule(float, &m, &probe_opts, 3_000_000)?;
-    let weak: Vec<bool> = q.iter().map(|q| q.min_db < opts.floor_db).collect();
+    // steps within the margin of the floor on these probes are weak: other inputs (the
+    // measurement's, a user's) land a dB or two either side of them
+    let weak: Vec<bool> = q
+        .iter()
+        .map(|q| q.min_db < opts.floor_db + MARGIN_DB)
+        .collect();
     if !weak.iter().any(|&w| w) || weak.len() != b.cal.timesteps.len() {
         return Ok(None);
     }
@@ -62,8 +71,8 @@ pub(crate) fn apply(
                 .map(|(_, x)| x),
         );
     }
-    // the floor's margin: 2 dB above it on the weak steps' probes
-    let target = 10f64.powf(-(opts.floor_db + 2.0) / 10.0);
+    // the floor's margin above it on the weak steps' probes
+    let target = 10f64.powf(-(opts.floor_db + MARGIN_DB) / 10.0);
     let (floor_program, floor_keep8) = if opts.a16_budget >= 1.0 {
         every_tensor(b, program, chosen, (&buckets, target, &inputs, evals))?
     } else {
@@ -103,6 +112,7 @@ fn every_tensor(
         .filter(|r| !b.invariant_roots.contains(r))
         .collect();
     protect::apply(&mut floor_program, &promote);
+    floor_program.i16_headroom = true;
     let keep8 = weights8(b, &floor_program, chosen, 0.0, search)?;
     Ok((floor_program, keep8))
 }

@@ -104,6 +104,7 @@ fn compile_imported(
         protection(&builder, &float, &program, &buckets, &unprotected, &budget)?;
     clock.mark("sensitivity ranking");
     protect::apply(&mut program, &chosen);
+    program.i16_headroom = matches!(opts.protect, Protect::All);
     let (bytes, mut plan) = builder.build(Programs::main(&program, &chosen), &buckets)?;
     let mut bytes = builder.fold(&program, bytes, &plan)?;
     clock.mark("build");
@@ -365,7 +366,9 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
             2 * steps * passes
         ));
         if opts.floor_db > 0.0 {
-            then.push("the quality floor if steps fall below --floor-db (as many)".to_string());
+            then.push(
+                "the quality floor if steps fall near or below --floor-db (as many)".to_string(),
+            );
         }
     }
     if let n @ 1.. = correct::trajectories(steps, b.max_evals) {

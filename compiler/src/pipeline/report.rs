@@ -237,8 +237,9 @@ fn quality_notes(r: &Report) -> String {
             )
         };
         s += &format!(
-            "  floor         below {:.0} dB with int8 activations at t = {}; those steps run buckets with\n                {what} ({} op streams in all)\n",
+            "  floor         below {:.0} dB (or within {:.0} dB of it) with int8 activations at t = {}; those steps\n                run buckets with {what} ({} op streams in all)\n",
             r.floor_db,
+            super::floor::MARGIN_DB,
             r.floor_steps
                 .iter()
                 .map(|(t, db)| format!("{} ({db:.1} dB)", fmt_t(*t)))

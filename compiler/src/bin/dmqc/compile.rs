@@ -105,10 +105,11 @@ pub struct Args {
     /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
     #[arg(long, default_value_t = 8)]
     pub weight_bits: u32,
-    /// Activation bits: 8, or 16 (every tensor that can be int16 is; attention products stay int8)
+    /// Activation bits: 8, or 16 (every tensor that can be int16 is, attention included)
     #[arg(long, default_value_t = 8)]
     pub act_bits: u32,
-    /// Quality floor in dB (with --protect auto): steps whose measured SQNR stays below it run in
+    /// Quality floor in dB (with --protect auto): steps whose measured SQNR stays below it (or within
+    /// 2 dB of it, on the floor's probes) run in
     /// buckets of their own, with the int16 tensors that help them most within --a16-budget (with
     /// 4-bit weights, 8-bit weights for the layers that help most, first). Default: 27 with 8-bit
     /// weights, 20 with 4-bit; 0 turns it off
