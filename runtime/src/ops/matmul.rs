@@ -265,13 +265,16 @@ impl Multiplier {
                 })?;
                 let first = r0 / planes;
                 for (slot, r) in (first..(first + 8 / planes).min(n)).enumerate() {
+                    // the row's term, then each pixel's: every term below 2^62 in magnitude
+                    // (k < 2^31); a sum beyond i64 (no real product reaches it) is taken in i128
+                    // and saturates
+                    let row = kzz - za * sum_b[r];
                     for (j, c) in comb[..np].iter().enumerate() {
                         let p = p0 + j;
-                        // each term below 2^62 (k < 2^31); their sum in i128, and a sum beyond
-                        // i64 (no real product reaches it) saturates
-                        let ab = c[slot] as i128 + if planes == 2 { 128 * sum_a[p] as i128 } else { 0 };
-                        let v = ab - (zb * sum_a[p]) as i128 - (za * sum_b[r]) as i128 + kzz as i128;
-                        let v = v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                        let col = if planes == 2 { 128 - zb } else { -zb } * sum_a[p];
+                        let v = c[slot].checked_add(col).and_then(|v| v.checked_add(row)).unwrap_or_else(|| {
+                            (c[slot] as i128 + col as i128 + row as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+                        });
                         let o = part.get_mut((p - m0) * d.o_s[2] + r * d.o_s[3]).ok_or(bounds())?;
                         *o = U::sat(epi.code_of(&consts, usize::MAX, v, true) as i64);
                     }

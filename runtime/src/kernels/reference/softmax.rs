@@ -222,6 +222,68 @@ mod tests {
         }
     }
 
+    /// The general rule against its definition with integer division: int8 and int16 codes, steps
+    /// up to MAX_STEPS, rows long and short.
+    #[test]
+    fn general_softmax_matches_its_definition() {
+        use super::{softmax_any, Steps, MAX_STEPS};
+        let mut seed = 9u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        for case in 0..40 {
+            let wide = case % 2 == 1;
+            let len = 1 + next() as usize % 900;
+            let r = [255, 65535, 1 + next() % MAX_STEPS, MAX_STEPS][case / 2 % 4];
+            let entries = if wide { 512 } else { 256 };
+            let table: Vec<u8> = (0..entries)
+                .flat_map(|d: u64| {
+                    (((1u64 << 20) >> (d % 256 / 16).min(20)) as u32 / (1 + d as u32 / 256))
+                        .to_le_bytes()
+                })
+                .collect();
+            let le =
+                |i: usize| u32::from_le_bytes(table[4 * i..4 * i + 4].try_into().unwrap()) as u64;
+            let e = |d: usize| {
+                if wide {
+                    (le(256 + (d >> 8)) * le(d & 255) + (1 << 19)) >> 20
+                } else {
+                    le(d)
+                }
+            };
+            // int16 probabilities from int8 or int16 codes
+            let st = Steps {
+                r,
+                zo: -32768,
+                hi: 32767,
+            };
+            let x: Vec<i32> = (0..len)
+                .map(|_| {
+                    if wide {
+                        (next() % 65536) as u16 as i16 as i32
+                    } else {
+                        (next() % 256) as u8 as i8 as i32
+                    }
+                })
+                .collect();
+            let mut got = vec![0i16; len];
+            if wide {
+                let x16: Vec<i16> = x.iter().map(|&v| v as i16).collect();
+                softmax_any(&x16, (1, len, 1), &table, st, &mut got).unwrap();
+            } else {
+                let x8: Vec<i8> = x.iter().map(|&v| v as i8).collect();
+                softmax_any(&x8, (1, len, 1), &table, st, &mut got).unwrap();
+            }
+            let mx = *x.iter().max().unwrap();
+            let sum = x.iter().map(|&v| e((mx - v) as usize)).sum::<u64>().max(1);
+            for (j, (&v, &g)) in x.iter().zip(&got).enumerate() {
+                let q = ((2 * r * e((mx - v) as usize) + sum) / (2 * sum)).min(65535);
+                assert_eq!(g as i64, -32768 + q as i64, "case {case} element {j}");
+            }
+        }
+    }
+
     /// The f64 quotient against integer division, at random and at the edges of each rounding.
     #[test]
     fn quotient_is_the_exact_rounded_code() {
