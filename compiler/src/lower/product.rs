@@ -343,24 +343,12 @@ pub fn scratch_bytes(op: &Op<TensorId>, dtype: impl Fn(TensorId) -> DType) -> us
                 l.weight_bits,
             )
         }
-        Op::MatMul(mm) => {
-            let g = &mm.geom;
-            let u = |s: [u32; 4]| s.map(|v| v as usize);
-            dmq_runtime::ops::matmul::scratch_bytes(
-                &dmq_runtime::ops::matmul::MatMulDims {
-                    batch: [g.batch[0] as usize, g.batch[1] as usize],
-                    m: g.m as usize,
-                    n: g.n as usize,
-                    k: g.k as usize,
-                    a_s: u(g.a_strides),
-                    b_s: u(g.b_strides),
-                    o_s: u(g.o_strides),
-                },
-                [mm.a, mm.b, mm.output]
-                    .iter()
-                    .any(|&t| dtype(t) == DType::I16),
-            )
-        }
+        Op::MatMul(mm) => dmq_runtime::ops::matmul::scratch_bytes(
+            &dmq_runtime::ops::matmul::MatMulDims::of(&mm.geom),
+            [mm.a, mm.b, mm.output]
+                .iter()
+                .any(|&t| dtype(t) == DType::I16),
+        ),
         _ => 0,
     }
 }

@@ -291,12 +291,7 @@ pub fn rows<T: Code, U: Code>(
 pub fn pack_operand(x: &[i8], n: usize, k: usize, s: [usize; 2], out: &mut [i8]) -> Result<()> {
     let (n4, k4) = (pad4(n), pad4(k));
     check_len(n4 * k4, out.len())?;
-    if n > 0 && k > 0 && (k - 1) * s[0] + (n - 1) * s[1] >= x.len() {
-        return Err(Error::BufferLength {
-            expected: (k - 1) * s[0] + (n - 1) * s[1] + 1,
-            got: x.len(),
-        });
-    }
+    operand_in_bounds(x.len(), n, k, s)?;
     out.fill(0);
     // whole blocks (4 rows x 4 depth) from runs of 4 consecutive bytes: along the depth when it
     // is contiguous, along the rows when they are; what is left element by element
@@ -345,12 +340,7 @@ pub fn pack_operand_i16(
 ) -> Result<()> {
     let k4 = pad4(k);
     check_len(2 * pad4(n) * k4, out.len())?;
-    if n > 0 && k > 0 && (k - 1) * s[0] + (n - 1) * s[1] >= x.len() {
-        return Err(Error::BufferLength {
-            expected: (k - 1) * s[0] + (n - 1) * s[1] + 1,
-            got: x.len(),
-        });
-    }
+    operand_in_bounds(x.len(), n, k, s)?;
     out.fill(0);
     for r in 0..n {
         let (hr, lr) = (8 * (r / 4) + r % 4, 8 * (r / 4) + 4 + r % 4);
@@ -359,6 +349,17 @@ pub fn pack_operand_i16(
             out[super::gemm::packed_index(hr, q, k4)] = (v >> 8) as i8;
             out[super::gemm::packed_index(lr, q, k4)] = ((v & 255) - 128) as i8;
         }
+    }
+    Ok(())
+}
+
+/// Whether `n` rows of depth `k` read at `q * s[0] + r * s[1]` lie in `len` elements.
+fn operand_in_bounds(len: usize, n: usize, k: usize, s: [usize; 2]) -> Result<()> {
+    if n > 0 && k > 0 && (k - 1) * s[0] + (n - 1) * s[1] >= len {
+        return Err(Error::BufferLength {
+            expected: (k - 1) * s[0] + (n - 1) * s[1] + 1,
+            got: len,
+        });
     }
     Ok(())
 }

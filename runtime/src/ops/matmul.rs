@@ -10,7 +10,7 @@
 //! engine's requantization rule ([`Epilogue::code_of`], exact).
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_i8, out_ints, View};
-use crate::format::{DType, MatMul, TRef};
+use crate::format::{DType, MatMul, MatMulGeom, TRef};
 use crate::kernels::gemm::{self, Epilogue, Finish, Pixels, Product, Requants, RowConsts, Tile};
 use crate::kernels::reference::Code;
 use crate::kernels::{stage, Exec};
@@ -27,6 +27,22 @@ pub struct MatMulDims {
     pub a_s: [usize; 4],
     pub b_s: [usize; 4],
     pub o_s: [usize; 4],
+}
+
+impl MatMulDims {
+    /// The geometry of a record (its checks are `prepare`'s).
+    pub fn of(g: &MatMulGeom) -> MatMulDims {
+        let u = |s: [u32; 4]| s.map(|v| v as usize);
+        MatMulDims {
+            batch: g.batch.map(|v| v as usize),
+            m: g.m as usize,
+            n: g.n as usize,
+            k: g.k as usize,
+            a_s: u(g.a_strides),
+            b_s: u(g.b_strides),
+            o_s: u(g.o_strides),
+        }
+    }
 }
 
 /// Scratch parts, each 16-byte aligned: staged `A` (room for i16), packed `B` (room for two planes
@@ -72,16 +88,7 @@ pub fn prepare<'a>(r: &MatMul<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     cx.fits(&[b0, b1, g.m, g.k], &g.a_strides, a.numel())?;
     cx.fits(&[b0, b1, g.k, g.n], &g.b_strides, b.numel())?;
     cx.distinct(&[b0, b1, g.m, g.n], &g.o_strides, output.numel())?;
-    let u = |s: [u32; 4]| s.map(|v| v as usize);
-    let d = MatMulDims {
-        batch: [b0 as usize, b1 as usize],
-        m: g.m as usize,
-        n: g.n as usize,
-        k: g.k as usize,
-        a_s: u(g.a_strides),
-        b_s: u(g.b_strides),
-        o_s: u(g.o_strides),
-    };
+    let d = MatMulDims::of(g);
     let k4 = gemm::pad4(d.k) as u64;
     if (d.m as u64 + 2 * gemm::pad4(d.n) as u64) * k4 * 2 > u32::MAX as u64 {
         return Err(cx.err("matmul too large"));
@@ -213,11 +220,17 @@ impl Multiplier {
             (_, Ok(y16)) => stage::pack_operand_i16(y16, n, k, bs, w)?,
             _ => return Err(misaligned()),
         }
+        // sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + k za zb, where an int16 B's planes give
+        // sum ab - 128 sum a: each pixel's term `(128 or 0 - zb) sum a` and each row's
+        // `k za zb - za sum b`, every one below 2^62 in magnitude (k < 2^31)
+        let (za, zb) = (self.a.zero as i64, self.b.zero as i64);
+        let by_a = if planes == 2 { 128 - zb } else { -zb };
         for (p, v) in sum_a.iter_mut().enumerate() {
-            *v = (0..k).map(|q| xa[p * d.a_s[2] + q * d.a_s[3]].get() as i64).sum();
+            *v = by_a * (0..k).map(|q| xa[p * d.a_s[2] + q * d.a_s[3]].get() as i64).sum::<i64>();
         }
         for (r, v) in sum_b.iter_mut().enumerate() {
-            *v = (0..k).map(|q| yb[q * bs[0] + r * bs[1]].get() as i64).sum();
+            let sum: i64 = (0..k).map(|q| yb[q * bs[0] + r * bs[1]].get() as i64).sum();
+            *v = k as i64 * za * zb - za * sum;
         }
         let (st, sum_a, sum_b, w) = (&*st, &*sum_a, &*sum_b, &*w);
         let out = out.get_mut(ob..).ok_or(bounds())?;
@@ -232,13 +245,12 @@ impl Multiplier {
 
     /// Rows `m0..m0 + nm` of `A` (written to `part`, row `m0` first): for every [`WIDE_PIXELS`] of
     /// them and every 8 packed rows of `B`, the engine's exact sums recombined (`256 h + l` per
-    /// int16 row), then `sum (a-za)(b-zb)` in i64 and the epilogue's exact rule.
-    fn wide_part<U: Code>(&self, ex: Exec, (st, w, planes): (&[i16], &[i8], usize), (sum_a, sum_b): (&[i64], &[i64]), (m0, nm): (usize, usize), part: &mut [U]) -> Result<()> {
+    /// int16 row), plus the pixel's and the row's zero-point terms (`by_pixel`, `by_row`), then the
+    /// epilogue's exact rule.
+    fn wide_part<U: Code>(&self, ex: Exec, (st, w, planes): (&[i16], &[i8], usize), (by_pixel, by_row): (&[i64], &[i64]), (m0, nm): (usize, usize), part: &mut [U]) -> Result<()> {
         let d = &self.d;
         let (n, k4) = (d.n, gemm::pad4(d.k));
         let rows = planes * gemm::pad4(n);
-        let (za, zb) = (self.a.zero as i64, self.b.zero as i64);
-        let kzz = d.k as i64 * za * zb;
         let epi = Epilogue { bias: &[], requant: Requants::Uniform { mult: self.mult, shift: self.shift }, col: &[], zo: self.output.zero, lo: U::MIN, hi: U::MAX };
         let consts = RowConsts { bias: 0, mult: self.mult, shift: self.shift.clamp(1, 62) };
         for p0 in (m0..m0 + nm).step_by(WIDE_PIXELS) {
@@ -265,13 +277,12 @@ impl Multiplier {
                 })?;
                 let first = r0 / planes;
                 for (slot, r) in (first..(first + 8 / planes).min(n)).enumerate() {
-                    // the row's term, then each pixel's: every term below 2^62 in magnitude
-                    // (k < 2^31); a sum beyond i64 (no real product reaches it) is taken in i128
-                    // and saturates
-                    let row = kzz - za * sum_b[r];
+                    let row = by_row[r];
                     for (j, c) in comb[..np].iter().enumerate() {
                         let p = p0 + j;
-                        let col = if planes == 2 { 128 - zb } else { -zb } * sum_a[p];
+                        let col = by_pixel[p];
+                        // a sum beyond i64 (no real product reaches it) is taken in i128 and
+                        // saturates
                         let v = c[slot].checked_add(col).and_then(|v| v.checked_add(row)).unwrap_or_else(|| {
                             (c[slot] as i128 + col as i128 + row as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
                         });
@@ -353,100 +364,18 @@ fn misaligned() -> Error {
 mod tests {
     use crate::ops::testutil::*;
 
-    /// Attention products: batches, zero points on both operands, `B` read transposed or not.
+    /// Attention products: batches, zero points on both operands, `B` read transposed or not, the
+    /// output token- or channel-major; all eight combinations of int8 and int16 operands and output
+    /// (an int16 `B` as two planes) against float, on every tier and two threads, shapes whose row
+    /// count is not a multiple of 4 and ones large enough to split.
     #[test]
     fn matmul_with_zero_points_matches_the_float_reference_on_every_tier() {
-        let mut rng = Rng::new(3);
-        for case in 0..13 {
-            // the last case is large enough to split across threads
-            let (b0, m, n, k) = if case == 12 { (2, 72, 64, 70) } else { (
-                1 + case % 3,
-                1 + (rng.next_u64() % 7) as usize,
-                1 + (rng.next_u64() % 7) as usize,
-                1 + (rng.next_u64() % 40) as usize,
-            ) };
-            let qa = params(DType::I8, uni(&mut rng, -2.0, -0.1), uni(&mut rng, 0.1, 2.0));
-            let qb = params(DType::I8, uni(&mut rng, -2.0, -0.1), uni(&mut rng, 0.1, 2.0));
-            let a = codes(&mut rng, b0 * m * k);
-            let bv = codes(&mut rng, b0 * k * n);
-            // B stored [k][n] (case even) or [n][k] (odd)
-            let b_s = if case % 2 == 0 { [k * n, 0, n, 1] } else { [k * n, 0, 1, k] };
-            let deq = |c: i8, q: (f32, i32)| (c as i32 - q.1) as f64 * q.0 as f64;
-            let mut real = vec![0f32; b0 * m * n];
-            for bb in 0..b0 {
-                for i in 0..m {
-                    for j in 0..n {
-                        let acc: f64 = (0..k)
-                            .map(|l| {
-                                deq(a[bb * m * k + i * k + l], qa)
-                                    * deq(bv[bb * b_s[0] + l * b_s[2] + j * b_s[3]], qb)
-                            })
-                            .sum();
-                        real[bb * m * n + i * n + j] = acc as f32;
-                    }
-                }
-            }
-            let qo = out_params(&real, DType::I8);
-            let u = |s: [usize; 4]| s.map(|v| v as u32);
-            let mut results = vec![];
-            for tier in tiers() {
-                let mut b = Bench::new();
-                let ta = b.tensor(DType::I8, &[(b0 * m * k) as u32], qa.0, qa.1);
-                let tb = b.tensor(DType::I8, &[(b0 * k * n) as u32], qb.0, qb.1);
-                let to = b.tensor(DType::I8, &[(b0 * m * n) as u32], qo.0, qo.1);
-                b.put_i8(&ta, &a);
-                b.put_i8(&tb, &bv);
-                let dims = super::MatMulDims {
-                    batch: [b0, 1],
-                    m,
-                    n,
-                    k,
-                    a_s: [m * k, 0, k, 1],
-                    b_s,
-                    o_s: [m * n, 0, n, 1],
-                };
-                let scratch = b.scratch(super::scratch_bytes(&dims, false) as u32);
-                let rec = Op::MatMul(MatMul {
-                    a: ta,
-                    b: tb,
-                    output: to.clone(),
-                    geom: MatMulGeom {
-                        batch: [b0 as u32, 1],
-                        m: m as u32,
-                        n: n as u32,
-                        k: k as u32,
-                        a_strides: u([m * k, 0, k, 1]),
-                        b_strides: u(b_s),
-                        o_strides: u([m * n, 0, n, 1]),
-                    },
-                    requant: requant_of(qa.0 as f64 * qb.0 as f64 / qo.0 as f64),
-                    scratch,
-                });
-                let snapshot = b.clone();
-                b.run_with(rec.clone(), tier);
-                results.push(get_ints(&mut b, &to));
-                // two threads: the same bytes
-                let mut b2 = snapshot;
-                b2.run_threads(rec, tier, 2);
-                results.push(get_ints(&mut b2, &to));
-            }
-            assert!(results.windows(2).all(|w| w[0] == w[1]), "case {case}: tiers or thread counts differ");
-            let worst = worst(&results[0], &real, qo, DType::I8);
-            assert!(worst <= 1, "case {case}: worst difference {worst} codes");
-        }
-    }
-
-    /// int16 operands (`B` as two planes) and int16 outputs, with zero points on both operands:
-    /// every combination against float, on every tier and two threads, shapes whose row count is
-    /// not a multiple of 4 and one large enough to split.
-    #[test]
-    fn matmul_with_int16_operands_or_output_matches_the_float_reference() {
         let mut rng = Rng::new(17);
         let t = [DType::I8, DType::I16];
-        let combos: Vec<[DType; 3]> = (1..8).map(|c| [t[c & 1], t[(c >> 1) & 1], t[c >> 2]]).collect();
-        for case in 0..21 {
-            let [da, db, dout] = combos[case % 7];
-            let (b0, m, n, k) = if case >= 14 { (2, 58 + case, 47 + case, 70) } else { (
+        let combos: Vec<[DType; 3]> = (0..8).map(|c| [t[c & 1], t[(c >> 1) & 1], t[c >> 2]]).collect();
+        for case in 0..24 {
+            let [da, db, dout] = combos[case % 8];
+            let (b0, m, n, k) = if case >= 16 { (2, 56 + case, 45 + case, 70) } else { (
                 1 + case % 2,
                 1 + (rng.next_u64() % 9) as usize,
                 1 + (rng.next_u64() % 11) as usize,
@@ -486,7 +415,8 @@ mod tests {
                     }
                 }
                 let dims = super::MatMulDims { batch: [b0, 1], m, n, k, a_s: [m * k, 0, k, 1], b_s, o_s };
-                let scratch = b.scratch(super::scratch_bytes(&dims, true) as u32);
+                let wide = [da, db, dout].contains(&DType::I16);
+                let scratch = b.scratch(super::scratch_bytes(&dims, wide) as u32);
                 let rec = Op::MatMul(MatMul {
                     a: ta,
                     b: tb,

@@ -19,6 +19,8 @@ pub struct Plan<'a> {
     inner: usize,
     exp_table: &'a [u8],
     steps: softmax::Steps,
+    /// int8 to int8 in steps of 1/255 from -128: [`softmax::softmax`] runs
+    classic: bool,
 }
 
 pub fn prepare<'a>(r: &Softmax<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
@@ -37,7 +39,10 @@ pub fn prepare<'a>(r: &Softmax<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     let steps = softmax::Steps { r: (inv + 0.5) as u64, zo: output.zero, hi: output.dtype.code_range().1 };
     let wide = input.dtype == DType::I16;
     let exp_table = cx.blob(&r.exp_table, if wide { 2048 } else { 1024 })?;
-    if !Plan::classic(&input, &output, steps) && !softmax::exp_table_ok(exp_table) {
+    let classic = input.dtype == DType::I8
+        && output.dtype == DType::I8
+        && steps == (softmax::Steps { r: 255, zo: -128, hi: 127 });
+    if !classic && !softmax::exp_table_ok(exp_table) {
         return Err(cx.err("softmax exp table entry above 1"));
     }
     let d = &input.dims()[..input.rank()];
@@ -52,20 +57,13 @@ pub fn prepare<'a>(r: &Softmax<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
         output,
         exp_table,
         steps,
+        classic,
     })
-}
-
-impl Plan<'_> {
-    /// int8 to int8 probabilities in steps of 1/255 from -128: the original softmax.
-    fn classic(input: &View, output: &View, st: softmax::Steps) -> bool {
-        input.dtype == DType::I8 && output.dtype == DType::I8 && st == softmax::Steps { r: 255, zo: -128, hi: 127 }
-    }
 }
 
 impl PreparedOp for Plan<'_> {
     fn run(&self, arena: &mut [u8], ex: Exec) -> Result<()> {
         let (o, _, io) = carve(arena, self.output.range(), None)?;
-        let classic = Self::classic(&self.input, &self.output, self.steps);
         crate::with_io!(io.ints(&self.input)?, out_ints(o, self.output.dtype)?, |x, y| {
             // slices along the outer axes split across threads; each computed as in one call
             let per = self.len * self.inner;
@@ -73,7 +71,7 @@ impl PreparedOp for Plan<'_> {
                 let xs = x.get(o0 * per..(o0 + no) * per).ok_or(crate::Error::BufferLength { expected: (o0 + no) * per, got: x.len() })?;
                 let shape = (no, self.len, self.inner);
                 on_tier(ex.tier, || {
-                    match (classic, bytemuck::try_cast_slice::<_, i8>(xs), bytemuck::try_cast_slice_mut::<_, i8>(part)) {
+                    match (self.classic, bytemuck::try_cast_slice::<_, i8>(xs), bytemuck::try_cast_slice_mut::<_, i8>(part)) {
                         (true, Ok(xs), Ok(part)) => softmax::softmax(xs, no, self.len, self.inner, self.exp_table, part),
                         _ => softmax::softmax_any(xs, shape, self.exp_table, self.steps, part),
                     }
