@@ -24,6 +24,31 @@ pub struct Calibration {
     pub t_min: f32,
     pub t_max: f32,
     pub evaluations: usize,
+    /// about [`KEPT_INPUTS`] of the trajectories' float inputs (see [`kept`]), for GPTQ's Hessians
+    pub kept: Vec<KeptInput>,
+    /// the products' input Hessians gathered on `kept` (empty with nearest weight rounding)
+    pub hessians: crate::quant::gptq::Hessians,
+}
+
+/// Float inputs calibration keeps, about.
+pub const KEPT_INPUTS: usize = 32;
+
+/// One float model input of a calibration trajectory: latent, timestep, and the extra inputs of the
+/// conditional and (with guidance) unconditional passes.
+#[derive(Clone)]
+pub struct KeptInput {
+    pub x: Vec<f32>,
+    pub t: f32,
+    pub cond: Vec<Vec<f32>>,
+    pub uncond: Vec<Vec<f32>>,
+}
+
+/// Whether step `i` of trajectory `s` is kept: trajectories below `seeds` (at most 4), every
+/// `stride`-th input of them in an order that interleaves the seeds, about [`KEPT_INPUTS`] in all.
+fn kept(i: usize, s: usize, steps: usize, trajectories: usize) -> bool {
+    let seeds = trajectories.min(4);
+    let stride = (steps * seeds / KEPT_INPUTS).max(1);
+    s < seeds && (i * seeds + s).is_multiple_of(stride)
 }
 
 /// Whether latents `x` at timestep `t` have drifted more than 3x (in RMS) from the forward process
@@ -304,24 +329,34 @@ fn observe(
     node: usize,
     out: &TVec<TValue>,
 ) {
-    if !wanted.contains(&node) {
-        return;
+    if wanted.contains(&node) {
+        with_values(out, |s| record(ranges, samples, salt, node, s));
     }
+}
+
+/// Calls `f` with a node's first output as f32 values (nothing when it has none): the tensor itself
+/// when contiguous (it is, as tract computes it), so no copy per observation.
+pub fn with_values(out: &TVec<TValue>, f: impl FnOnce(&[f32])) {
     let Ok(v) = out[0].cast_to::<f32>() else {
         return;
     };
     let Ok(view) = v.to_plain_array_view::<f32>() else {
         return;
     };
-    // the tensor itself when contiguous (it is, as tract computes it): no copy per observation
-    let owned: Vec<f32>;
-    let s: &[f32] = match view.as_slice() {
-        Some(s) => s,
-        None => {
-            owned = view.iter().copied().collect();
-            &owned
-        }
-    };
+    match view.as_slice() {
+        Some(s) => f(s),
+        None => f(&view.iter().copied().collect::<Vec<f32>>()),
+    }
+}
+
+/// Widens `node`'s range by the values `s` and appends a subsample of them to its samples.
+fn record(
+    ranges: &mut HashMap<usize, Range>,
+    samples: &mut HashMap<usize, Vec<f32>>,
+    salt: usize,
+    node: usize,
+    s: &[f32],
+) {
     let (lo, hi) = finite_min_max(s);
     if lo > hi {
         return;
@@ -347,6 +382,8 @@ struct Recorder<'w> {
     evaluations: usize,
     t_min: f32,
     t_max: f32,
+    /// kept inputs: (trajectory, step, latent, t)
+    kept: Vec<(usize, usize, Vec<f32>, f32)>,
 }
 
 /// The sampler run calibration follows: configuration, sampler, steps and options.
@@ -412,6 +449,7 @@ impl Recorder<'_> {
         self.t_min = self.t_min.min(other.t_min);
         self.t_max = self.t_max.max(other.t_max);
         self.evaluations = self.evaluations.max(other.evaluations);
+        self.kept.extend(other.kept);
     }
 
     /// One float sampler trajectory from `seed`, observing every evaluation (with guidance both
@@ -420,7 +458,7 @@ impl Recorder<'_> {
         &mut self,
         float: &FloatModel,
         run: &Run<'_>,
-        seed: u64,
+        (seed, s, trajectories): (u64, usize, usize),
         (cond, un): (&[Vec<f32>], &[Vec<f32>]),
         progress: &indicatif::ProgressBar,
     ) -> Result<()> {
@@ -444,6 +482,9 @@ impl Recorder<'_> {
                 let i = step.min(self.per_step.len() - 1);
                 step += 1;
                 self.timesteps[i] = t;
+                if kept(i, s, self.per_step.len(), trajectories) {
+                    self.kept.push((s, i, xin.to_vec(), t));
+                }
                 let (ranges, smp) = (&mut self.per_step[i], &mut self.samples[i]);
                 let (salt, wanted) = (self.evaluations, self.wanted);
                 self.traj_sq[i] += xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
@@ -548,6 +589,7 @@ pub fn calibrate(
         evaluations,
         t_min: f32::INFINITY,
         t_max: f32::NEG_INFINITY,
+        kept: vec![],
     };
     let guided = run.opts.guidance.is_some();
     let un_for = |seed| if guided { uncond(seed) } else { Ok(vec![]) };
@@ -576,7 +618,8 @@ pub fn calibrate(
                         for s in (k..trajectories).step_by(threads) {
                             let mut rec = fresh(s * per);
                             let (cond, un) = &inputs[s];
-                            rec.trajectory(&float, run, seed0 + s as u64, (cond, un), progress)?;
+                            let which = (seed0 + s as u64, s, trajectories);
+                            rec.trajectory(&float, run, which, (cond, un), progress)?;
                             mine.push((s, rec));
                         }
                         Ok(mine)
@@ -612,6 +655,17 @@ pub fn calibrate(
         t_min: rec.t_min,
         t_max: rec.t_max,
         evaluations: rec.evaluations,
+        kept: rec
+            .kept
+            .into_iter()
+            .map(|(s, _, x, t)| KeptInput {
+                x,
+                t,
+                cond: inputs[s].0.clone(),
+                uncond: inputs[s].1.clone(),
+            })
+            .collect(),
+        hessians: Default::default(),
     })
 }
 

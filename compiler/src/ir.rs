@@ -46,6 +46,9 @@ pub struct TensorInfo {
     pub alias: Option<TensorId>,
     /// fixed quantization (softmax output)
     pub fixed: Option<(f32, i32)>,
+    /// for an alias made by data movement: the tract node whose output is its float value (where
+    /// `stat` is `None`), for the products' input statistics (`quant::gptq`)
+    pub value: Option<usize>,
 }
 
 impl TensorInfo {

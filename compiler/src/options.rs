@@ -6,6 +6,16 @@ use dmq_runtime::format::Prediction;
 use dmq_runtime::SamplerKind;
 use std::path::Path;
 
+/// How weights are rounded to their codes (the scale of each row is the clipping search's either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightRounding {
+    /// each weight to its nearest code
+    Nearest,
+    /// GPTQ: rounding errors compensated through the products' input statistics on the model's own
+    /// trajectories (`quant::gptq`); a row keeps its nearest codes where those measure no worse
+    Gptq,
+}
+
 /// Which latents calibrate (and measure) a sampling step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibSource {
@@ -50,6 +60,7 @@ pub struct CompileOptions {
     pub protect: Protect,
     /// 8 or 4 (products touching protected tensors keep 8-bit weights)
     pub weight_bits: u8,
+    pub weight_rounding: WeightRounding,
     /// seeds used to measure quality (distinct from calibration seeds)
     pub eval_samples: usize,
     pub progress: bool,
@@ -99,6 +110,7 @@ impl Default for CompileOptions {
             baseline_guard: true,
             protect: Protect::Auto(6),
             weight_bits: 8,
+            weight_rounding: WeightRounding::Nearest,
             eval_samples: 8,
             progress: true,
             timesteps: None,
@@ -117,6 +129,16 @@ impl Default for CompileOptions {
 }
 
 impl CompileOptions {
+    /// The default weight rounding: GPTQ with 4-bit weights, nearest with 8-bit. At 4 bits GPTQ
+    /// raised the mean SQNR of all four trained models by 2.3-4.6 dB (int8 activations, no
+    /// protection); at 8 bits it moved them by -0.3..+0.2 dB, not worth its cost.
+    pub fn default_rounding(weight_bits: u8) -> WeightRounding {
+        if weight_bits == 4 {
+            WeightRounding::Gptq
+        } else {
+            WeightRounding::Nearest
+        }
+    }
     /// The default quality floor: 27 dB with 8-bit weights, 20 dB with 4-bit.
     pub fn default_floor_db(weight_bits: u8) -> f64 {
         if weight_bits == 4 {

@@ -170,7 +170,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<(Op<TensorId>, usize)
     let co = osh[1];
     let bits = cx.bits_for(*input, *output);
     let taps = kernel[0] * kernel[1];
-    let wq = row_weights(w, co, Layout::Packed { taps }, bits);
+    let wq = row_weights(w, co, Layout::Packed { taps }, bits, cx.hessians.get(w));
     let (bq, rq, inv) = fold_rows(&wq, bias, cx.q(*input), cx.out_scale(*output));
     let d = ConvDims {
         c: ish[1],

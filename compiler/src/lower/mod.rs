@@ -101,6 +101,7 @@ impl<'a> Ctx<'a> {
             stat,
             alias: None,
             fixed: None,
+            value: None,
         })
     }
     pub(super) fn alias(&mut self, name: &str, shape: Vec<usize>, of: TensorId) -> TensorId {

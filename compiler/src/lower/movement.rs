@@ -20,6 +20,24 @@ pub(super) fn lower_movement(
         bail!("rank {} is above the supported {MAX_RANK}", oshape.len());
     }
     let name = node.name.clone();
+    let out = lower_alias(cx, node, x, oshape, ishape, name)?;
+    if let Some(out) = out {
+        if out != x {
+            cx.prog.t_mut(out).value = Some(node.id);
+        }
+    }
+    Ok(out)
+}
+
+/// [`lower_movement`]'s op and output alias.
+fn lower_alias(
+    cx: &mut Ctx,
+    node: &TypedNode,
+    x: TensorId,
+    oshape: Vec<usize>,
+    ishape: Vec<usize>,
+    name: String,
+) -> Result<Option<TensorId>> {
     if let Some(ax) = node.op_as::<AxisOp>() {
         let out = cx.alias(&name, oshape.clone(), x);
         match ax {

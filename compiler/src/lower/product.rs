@@ -375,7 +375,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
             };
             let blob = &mut *cx.blob;
             if *float {
-                let wq = row_weights(w, n, Layout::Plain, 8);
+                let wq = row_weights(w, n, Layout::Plain, 8, None);
                 return Ok(Op::FLinear(wire::FLinear {
                     input: *input,
                     output: *output,
@@ -385,7 +385,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
                     bias: blob.push_f32(bias),
                 }));
             }
-            let wq = row_weights(w, n, Layout::Packed { taps: 1 }, bits);
+            let wq = row_weights(w, n, Layout::Packed { taps: 1 }, bits, cx.hessians.get(w));
             let (bq, rq, _) = fold_rows(&wq, bias, cx.q(*input), cx.out_scale(*output));
             let blob = &mut *cx.blob;
             Ok(Op::Linear(wire::Linear {

@@ -174,7 +174,8 @@ impl<'c> Builder<'c> {
                 }
                 _ => vec![],
             };
-            let q = quant::quantize(p, &ranges, &mut blob, self.opts.weight_bits, &k8, &gains)?;
+            let (bits, h) = (self.opts.weight_bits, &self.cal.hessians);
+            let q = quant::quantize(p, &ranges, &mut blob, bits, &k8, &gains, h)?;
             streams.push((q, b.upper));
         }
         // ops that depend only on the extra inputs run once per generation: first in every stream

@@ -9,7 +9,8 @@ pub mod report;
 
 use crate::import::{self, FloatModel};
 use crate::ir::{self, Program, TensorId};
-use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect};
+use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect, WeightRounding};
+use crate::quant::gptq;
 use crate::{calib, eval, lower, protect};
 use anyhow::{anyhow, bail, Result};
 use build::{Bucket, Builder, Programs};
@@ -78,13 +79,13 @@ fn compile_imported(
     opts: &CompileOptions,
 ) -> Result<Compiled> {
     let lowered = lower::lower(&imp).map_err(|list| anyhow!("{}", unsupported_message(&list)))?;
-    let (opts, sampler_from_input, calib_asked) = settle(&imp, &lowered.program, opts);
-    let opts = &opts;
+    let (ref opts, sampler_from_input, calib_asked) = settle(&imp, &lowered.program, opts);
     let float = FloatModel::new(&imp)?;
     check_extra_names(&float, opts)?;
     let mut clock = Phases::start();
-    let cal = calibrate(&float, &lowered.stat_nodes, opts)?;
+    let mut cal = calibrate(&float, &lowered.stat_nodes, opts)?;
     let calib_seconds = clock.mark("calibration");
+    weight_statistics(&float, opts, &lowered.program, &mut cal, &mut clock)?;
     let program0 = &lowered.program;
     let builder = Builder::new(program0, &cal, opts);
     let (unprotected, unprotected_plan) =
@@ -108,8 +109,7 @@ fn compile_imported(
     let (bytes, mut plan) = builder.build(Programs::main(&program, &chosen), &buckets)?;
     let mut bytes = builder.fold(&program, bytes, &plan)?;
     clock.mark("build");
-    let mut floor_steps = vec![];
-    let mut floored = None;
+    let (mut floor_steps, mut floored) = (vec![], None);
     if opts.floor_db > 0.0 && matches!(opts.protect, Protect::Auto(_)) {
         if let Some(f) = floor::apply(
             &builder,
@@ -169,6 +169,7 @@ fn compile_imported(
         t_range: (cal.t_min, cal.t_max),
         timestep_groups: opts.timestep_groups,
         weight_bits: opts.weight_bits,
+        gptq: gptq_stats(opts, &cal.hessians),
         sqnr_mean_db: sqnr.iter().map(|q| q.sqnr_db).sum::<f64>() / sqnr.len().max(1) as f64,
         sqnr_worst_db: sqnr.iter().map(|q| q.sqnr_db).fold(f64::INFINITY, f64::min),
         sqnr_per_timestep: sqnr,
@@ -189,6 +190,31 @@ fn compile_imported(
         bytes,
         report,
         program: lowered.program,
+    })
+}
+
+/// With GPTQ weight rounding, the products' input Hessians on calibration's kept inputs (the phase
+/// "weight statistics").
+fn weight_statistics(
+    float: &FloatModel,
+    opts: &CompileOptions,
+    program: &Program,
+    cal: &mut calib::Calibration,
+    clock: &mut Phases,
+) -> Result<()> {
+    if opts.weight_rounding == WeightRounding::Gptq {
+        cal.hessians = gptq::collect(float, opts, program, &cal.kept)?;
+        clock.mark("weight statistics");
+    }
+    Ok(())
+}
+
+/// What GPTQ rounding covered, for the report (`None` with nearest rounding).
+fn gptq_stats(opts: &CompileOptions, h: &gptq::Hessians) -> Option<report::GptqStats> {
+    (opts.weight_rounding == WeightRounding::Gptq).then_some(report::GptqStats {
+        products: h.layers,
+        nearest: h.skipped,
+        evaluations: h.evaluations,
     })
 }
 

@@ -57,6 +57,9 @@ pub struct Report {
     pub t_range: (f32, f32),
     pub timestep_groups: usize,
     pub weight_bits: u8,
+    /// with GPTQ weight rounding: products rounded with their input statistics, products left to
+    /// nearest rounding, and the float evaluations the statistics came from
+    pub gptq: Option<GptqStats>,
     pub sqnr_per_timestep: Vec<TimestepQuality>,
     /// float trajectories measured per timestep (fewer than asked for on large models)
     pub eval_samples: usize,
@@ -83,6 +86,14 @@ pub struct Report {
     pub streams: usize,
     /// what each stream computes at 16 bits
     pub int16_per_stream: Vec<Int16Share>,
+}
+
+/// What GPTQ weight rounding covered (see `quant::gptq`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GptqStats {
+    pub products: usize,
+    pub nearest: usize,
+    pub evaluations: usize,
 }
 
 /// Multiply-accumulates of one model evaluation.
@@ -313,6 +324,29 @@ fn correction_line(c: &super::correct::Correction) -> String {
     )
 }
 
+/// The summary's line on GPTQ weight rounding (empty with nearest rounding).
+fn weights_line(r: &Report) -> String {
+    let mut s = String::new();
+    if let Some(g) = &r.gptq {
+        s += &format!(
+            "  weights       {}-bit, GPTQ rounding for {} product(s) (input statistics from {} float evaluations of the\n                trajectories; a row keeps nearest rounding where that measures no worse){}\n",
+            r.weight_bits,
+            g.products,
+            g.evaluations,
+            if g.nearest > 0 {
+                format!(
+                    "; {} product(s) nearest\n                (no observed input of their shape, or depth above {})",
+                    g.nearest,
+                    crate::quant::gptq::MAX_DEPTH
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    s
+}
+
 pub fn summary(r: &Report) -> String {
     let mut s = String::new();
     s += &format!("dmqc: {}\n", r.model);
@@ -363,6 +397,7 @@ pub fn summary(r: &Report) -> String {
             r.arena_bytes
         );
     }
+    s += &weights_line(r);
     s += &quality_notes(r);
     s += &format!(
         "  size          {} bytes ({:.1}% of the ONNX file's {} bytes)\n",

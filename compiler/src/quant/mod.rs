@@ -3,6 +3,7 @@
 //! (`crate::lower::<family>`, next to the code that creates the IR op); this module holds what they
 //! share: the activation parameters, the weight codes, the split skip concats, the blob.
 pub mod activations;
+pub mod gptq;
 pub mod split_concat;
 pub mod weights;
 
@@ -151,6 +152,8 @@ pub struct QuantCx<'a> {
     /// quantization roots whose producing conv or linear writes its values divided by a gain (the
     /// output's correlated-error correction, see `pipeline::correct`)
     pub gains: &'a [(TensorId, f32)],
+    /// the products' input Hessians, for GPTQ rounding of their weights (empty: nearest rounding)
+    pub hessians: &'a gptq::Hessians,
 }
 
 impl QuantCx<'_> {
@@ -189,6 +192,7 @@ pub fn quantize(
     weight_bits: u8,
     keep8: &[TensorId],
     gains: &[(TensorId, f32)],
+    hessians: &gptq::Hessians,
 ) -> Result<Quantized> {
     let mut params = choose_params(p, ranges)?;
     let channel_scales = split_concat::apply(p, &mut params);
@@ -200,6 +204,7 @@ pub fn quantize(
         weight_bits,
         keep8,
         gains,
+        hessians,
     };
     let mut ops = vec![];
     let mut scratch = vec![];

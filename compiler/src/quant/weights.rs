@@ -1,5 +1,6 @@
 //! Weights: symmetric per-row codes (8 or 4 bits) with an error-minimising clipping search, their
 //! packing into the blob, and the int32 bias and requantization that fold the input zero point.
+use super::gptq::Hessian;
 use super::requant_of;
 use crate::ir::Weights;
 use dmq_runtime::format::Requant;
@@ -27,7 +28,9 @@ pub struct RowWeights {
 
 /// Symmetric per-row weights in `[-qmax, qmax]` (127 for 8 bits, 7 for 4 bits), laid out as
 /// `layout` says. The scale of each row is chosen by a grid search over clipping ratios minimising
-/// the squared rounding + clipping error (plain min-max is the ratio 1.0, always a candidate).
+/// the squared rounding + clipping error (plain min-max is the ratio 1.0, always a candidate). With
+/// the products' input Hessian `hess` the codes at those scales are GPTQ-rounded
+/// ([`super::gptq::round_rows`]) where that measures lower on it, else rounded to nearest.
 ///
 /// The search and the packing are the costly part of building a file, and the sensitivity ranking
 /// and the quality floor build one per candidate (89% of a 10 M-parameter UNet's ranking time was
@@ -36,22 +39,33 @@ pub struct RowWeights {
 /// weights are never changed after lowering), rows, layout and bits, and a later build takes them
 /// as they are. An entry holds a `Weak` of its array: the address cannot be reused while the
 /// entry lives, and an entry whose program is gone is dropped.
-pub fn row_weights(w: &Weights, rows: usize, layout: Layout, bits: u8) -> Arc<RowWeights> {
-    type Key = (usize, usize, Layout, u8);
-    type Memo = HashMap<Key, (Weak<Vec<f32>>, Arc<RowWeights>)>;
+pub fn row_weights(
+    w: &Weights,
+    rows: usize,
+    layout: Layout,
+    bits: u8,
+    hess: Option<&Arc<Hessian>>,
+) -> Arc<RowWeights> {
+    type Key = (usize, usize, Layout, u8, usize);
+    type Memo = HashMap<Key, (Weak<Vec<f32>>, Weak<Hessian>, Arc<RowWeights>)>;
     static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
     /// blob bytes kept at most: 1 GiB, more than an SD-1.5-sized UNet's 8-bit weights (a memo
     /// smaller than the model never hits)
     const KEEP: usize = 1 << 30;
-    let key = (Arc::as_ptr(w) as usize, rows, layout, bits);
+    let hkey = hess.map_or(0, |h| Arc::as_ptr(h) as usize);
+    let key = (Arc::as_ptr(w) as usize, rows, layout, bits, hkey);
     let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some((weak, hit)) = memo.lock().unwrap().get(&key) {
-        // alive, so still at this address: the same array
-        if weak.strong_count() > 0 {
+    if let Some((weak, weak_h, hit)) = memo.lock().unwrap().get(&key) {
+        // alive, so still at this address: the same array (and the same Hessian)
+        if weak.strong_count() > 0 && (hess.is_none() || weak_h.strong_count() > 0) {
             return hit.clone();
         }
     }
-    let (codes, scales) = search_rows(w, rows, bits);
+    let (mut codes, scales) = search_rows(w, rows, bits);
+    if let Some(h) = hess {
+        // rows whose GPTQ codes measure lower on the inputs' Hessian take them
+        super::gptq::round_rows(w, rows, bits, &scales, h, &mut codes);
+    }
     let k = if rows == 0 { 0 } else { codes.len() / rows };
     let sums = (0..rows)
         .map(|r| codes[r * k..(r + 1) * k].iter().map(|&v| v as i64).sum())
@@ -68,14 +82,15 @@ pub fn row_weights(w: &Weights, rows: usize, layout: Layout, bits: u8) -> Arc<Ro
         bytes: bytes.into(),
     });
     let mut m = memo.lock().unwrap();
-    let held = |m: &Memo| m.values().map(|e| e.1.bytes.len()).sum::<usize>();
+    let held = |m: &Memo| m.values().map(|e| e.2.bytes.len()).sum::<usize>();
     if held(&m) + found.bytes.len() > KEEP {
         m.retain(|_, e| e.0.strong_count() > 0);
         if held(&m) + found.bytes.len() > KEEP {
             m.clear();
         }
     }
-    m.insert(key, (Arc::downgrade(w), found.clone()));
+    let weak_h = hess.map_or_else(Weak::new, Arc::downgrade);
+    m.insert(key, (Arc::downgrade(w), weak_h, found.clone()));
     found
 }
 
@@ -120,7 +135,7 @@ fn search_rows(w: &[f32], rows: usize, bits: u8) -> (Vec<i8>, Vec<f32>) {
 /// `v / s` rounded half away from zero (as `f32::round`) and clamped to `±qmax`, without the libm
 /// call `round` is on x86-64 (which keeps the loop from vectorising); exact for every input.
 #[inline(always)]
-fn code(v: f32, s: f32, qmax: f32) -> f32 {
+pub(crate) fn code(v: f32, s: f32, qmax: f32) -> f32 {
     // clamping first is the same as after: `round` is monotone and `qmax` an integer
     let y = (v / s).clamp(-qmax, qmax);
     let r = (y as i32) as f32; // toward zero; `y - r` is exact

@@ -21,6 +21,12 @@ pub enum CalibSourceArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum WeightRoundingArg {
+    Nearest,
+    Gptq,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum ActRangeArg {
     Mse,
     Minmax,
@@ -105,6 +111,12 @@ pub struct Args {
     /// Weight bits: 8, or 4 (two per byte; layers touching int16-protected tensors keep 8)
     #[arg(long, default_value_t = 8)]
     pub weight_bits: u32,
+    /// Weight rounding: gptq (each row's rounding errors compensated along its depth through the
+    /// layer's input statistics on the model's own trajectories, GPTQ; a row keeps nearest rounding
+    /// where that measures no worse), or nearest. Default: gptq with 4-bit weights (2.3-4.6 dB
+    /// higher mean SQNR on the trained models measured), nearest with 8-bit (no gain measured)
+    #[arg(long, value_enum)]
+    pub weight_rounding: Option<WeightRoundingArg>,
     /// Activation bits: 8, or 16 (every tensor that can be int16 is, attention included)
     #[arg(long, default_value_t = 8)]
     pub act_bits: u32,
@@ -187,6 +199,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         search_budget,
         timestep_groups,
         weight_bits,
+        weight_rounding,
         act_bits,
         report,
         eval_samples,
@@ -260,18 +273,8 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         eval_samples: eval_samples.min(if fast { 2 } else { usize::MAX }).max(1),
         timestep_groups: timestep_groups.clamp(1, dmq_runtime::format::MAX_STREAMS),
         weight_bits: weight_bits as u8,
-        protect: match protect.as_str() {
-            _ if act_bits == 16 => dmq_compiler::Protect::All,
-            "auto" => dmq_compiler::Protect::Auto(protect_budget),
-            "none" => dmq_compiler::Protect::None,
-            names => dmq_compiler::Protect::Names(
-                names
-                    .split(',')
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty())
-                    .collect(),
-            ),
-        },
+        weight_rounding: rounding(weight_rounding, weight_bits as u8),
+        protect: protection(&protect, protect_budget, act_bits),
         baseline: !no_baseline,
         baseline_guard: !no_baseline_guard,
         a16_budget: a16_budget / 100.0,
@@ -287,6 +290,31 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         ..Default::default()
     };
     Ok((opts, model, output, report))
+}
+
+/// `--protect` with `--protect-budget` (every tensor with `--act-bits 16`).
+fn protection(protect: &str, budget: usize, act_bits: u32) -> dmq_compiler::Protect {
+    match protect {
+        _ if act_bits == 16 => dmq_compiler::Protect::All,
+        "auto" => dmq_compiler::Protect::Auto(budget),
+        "none" => dmq_compiler::Protect::None,
+        names => dmq_compiler::Protect::Names(
+            names
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        ),
+    }
+}
+
+/// `--weight-rounding`, or the default for the weight bits.
+fn rounding(arg: Option<WeightRoundingArg>, weight_bits: u8) -> dmq_compiler::WeightRounding {
+    match arg {
+        Some(WeightRoundingArg::Nearest) => dmq_compiler::WeightRounding::Nearest,
+        Some(WeightRoundingArg::Gptq) => dmq_compiler::WeightRounding::Gptq,
+        None => CompileOptions::default_rounding(weight_bits),
+    }
 }
 
 /// `--weight-bits`, `--act-bits` and `--a16-budget` take the values dmq supports.

@@ -22,6 +22,7 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     let opts4 = CompileOptions {
         weight_bits: 4,
         floor_db: CompileOptions::default_floor_db(4),
+        weight_rounding: CompileOptions::default_rounding(4),
         baseline: false,
         ..Default::default()
     };
