@@ -24,31 +24,10 @@ pub struct Calibration {
     pub t_min: f32,
     pub t_max: f32,
     pub evaluations: usize,
-    /// about [`KEPT_INPUTS`] of the trajectories' float inputs (see [`kept`]), for GPTQ's Hessians
-    pub kept: Vec<KeptInput>,
+    /// some of the trajectories' float inputs (see [`crate::quant::hessian::kept`]), for GPTQ's Hessians
+    pub kept: Vec<crate::quant::hessian::KeptInput>,
     /// the products' input Hessians gathered on `kept` (empty with nearest weight rounding)
-    pub hessians: crate::quant::gptq::Hessians,
-}
-
-/// Float inputs calibration keeps, about.
-pub const KEPT_INPUTS: usize = 32;
-
-/// One float model input of a calibration trajectory: latent, timestep, and the extra inputs of the
-/// conditional and (with guidance) unconditional passes.
-#[derive(Clone)]
-pub struct KeptInput {
-    pub x: Vec<f32>,
-    pub t: f32,
-    pub cond: Vec<Vec<f32>>,
-    pub uncond: Vec<Vec<f32>>,
-}
-
-/// Whether step `i` of trajectory `s` is kept: trajectories below `seeds` (at most 4), every
-/// `stride`-th input of them in an order that interleaves the seeds, about [`KEPT_INPUTS`] in all.
-fn kept(i: usize, s: usize, steps: usize, trajectories: usize) -> bool {
-    let seeds = trajectories.min(4);
-    let stride = (steps * seeds / KEPT_INPUTS).max(1);
-    s < seeds && (i * seeds + s).is_multiple_of(stride)
+    pub hessians: crate::quant::hessian::Hessians,
 }
 
 /// Whether latents `x` at timestep `t` have drifted more than 3x (in RMS) from the forward process
@@ -482,7 +461,7 @@ impl Recorder<'_> {
                 let i = step.min(self.per_step.len() - 1);
                 step += 1;
                 self.timesteps[i] = t;
-                if kept(i, s, self.per_step.len(), trajectories) {
+                if crate::quant::hessian::kept(i, s, self.per_step.len(), trajectories) {
                     self.kept.push((s, i, xin.to_vec(), t));
                 }
                 let (ranges, smp) = (&mut self.per_step[i], &mut self.samples[i]);
@@ -658,7 +637,7 @@ pub fn calibrate(
         kept: rec
             .kept
             .into_iter()
-            .map(|(s, _, x, t)| KeptInput {
+            .map(|(s, _, x, t)| crate::quant::hessian::KeptInput {
                 x,
                 t,
                 cond: inputs[s].0.clone(),

@@ -10,7 +10,7 @@ pub mod report;
 use crate::import::{self, FloatModel};
 use crate::ir::{self, Program, TensorId};
 use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect, WeightRounding};
-use crate::quant::gptq;
+use crate::quant::hessian;
 use crate::{calib, eval, lower, protect};
 use anyhow::{anyhow, bail, Result};
 use build::{Bucket, Builder, Programs};
@@ -203,14 +203,14 @@ fn weight_statistics(
     clock: &mut Phases,
 ) -> Result<()> {
     if opts.weight_rounding == WeightRounding::Gptq {
-        cal.hessians = gptq::collect(float, opts, program, &cal.kept)?;
+        cal.hessians = hessian::collect(float, opts, program, &cal.kept)?;
         clock.mark("weight statistics");
     }
     Ok(())
 }
 
 /// What GPTQ rounding covered, for the report (`None` with nearest rounding).
-fn gptq_stats(opts: &CompileOptions, h: &gptq::Hessians) -> Option<report::GptqStats> {
+fn gptq_stats(opts: &CompileOptions, h: &hessian::Hessians) -> Option<report::GptqStats> {
     (opts.weight_rounding == WeightRounding::Gptq).then_some(report::GptqStats {
         products: h.layers,
         nearest: h.skipped,
@@ -383,6 +383,14 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     let steps = opts.steps as usize;
     // the phases after calibration, each with its runtime and float evaluations
     let mut then = vec![];
+    if opts.weight_rounding == WeightRounding::Gptq {
+        let n = hessian::kept_count(steps, opts.calib_samples) * passes;
+        then.push(format!(
+            "GPTQ's weight statistics ({n} float evaluations again, {:.1} G MACs of input \
+             products)",
+            n as f64 * hessian::macs_per_eval(program) as f64 / 1e9
+        ));
+    }
     if let Protect::Auto(_) = opts.protect {
         then.push(format!(
             "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs; its probes: {} \

@@ -337,7 +337,7 @@ fn weights_line(r: &Report) -> String {
                 format!(
                     "; {} product(s) nearest\n                (no observed input of their shape, or depth above {})",
                     g.nearest,
-                    crate::quant::gptq::MAX_DEPTH
+                    crate::quant::hessian::MAX_DEPTH
                 )
             } else {
                 String::new()

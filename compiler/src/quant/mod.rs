@@ -4,6 +4,7 @@
 //! share: the activation parameters, the weight codes, the split skip concats, the blob.
 pub mod activations;
 pub mod gptq;
+pub mod hessian;
 pub mod split_concat;
 pub mod weights;
 
@@ -153,7 +154,7 @@ pub struct QuantCx<'a> {
     /// output's correlated-error correction, see `pipeline::correct`)
     pub gains: &'a [(TensorId, f32)],
     /// the products' input Hessians, for GPTQ rounding of their weights (empty: nearest rounding)
-    pub hessians: &'a gptq::Hessians,
+    pub hessians: &'a hessian::Hessians,
 }
 
 impl QuantCx<'_> {
@@ -192,7 +193,7 @@ pub fn quantize(
     weight_bits: u8,
     keep8: &[TensorId],
     gains: &[(TensorId, f32)],
-    hessians: &gptq::Hessians,
+    hessians: &hessian::Hessians,
 ) -> Result<Quantized> {
     let mut params = choose_params(p, ranges)?;
     let channel_scales = split_concat::apply(p, &mut params);

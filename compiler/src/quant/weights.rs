@@ -1,6 +1,6 @@
 //! Weights: symmetric per-row codes (8 or 4 bits) with an error-minimising clipping search, their
 //! packing into the blob, and the int32 bias and requantization that fold the input zero point.
-use super::gptq::Hessian;
+use super::hessian::Hessian;
 use super::requant_of;
 use crate::ir::Weights;
 use dmq_runtime::format::Requant;
