@@ -247,13 +247,25 @@ fn compile_run_sample_inspect() {
         .arg("eval")
         .arg(fixture("tiny_unet.onnx"))
         .arg(&dmq)
-        .args(["--samples", "1", "--plot"])
+        .args(["--samples", "1", "--final-samples", "2", "--plot"])
         .arg(&plot));
     assert!(ok, "{err}");
     assert!(
         out.contains("mean") && std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"),
         "{out}"
     );
+    // the final samples' PSNR against the float sampler from the same noise, over 2 seeds
+    let line = out
+        .lines()
+        .find(|l| l.contains("final sample PSNR against float over 2 seeds"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let db: f64 = line
+        .split("mean ")
+        .nth(1)
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(db.is_finite() && db > 0.0, "{line}");
     let (ok, out, _) = run(dmqc().arg("inspect").arg(&dmq).args(["--target", "pi4"]));
     assert!(
         ok && out.contains("multiply-accumulates") && out.contains("ESTIMATE"),

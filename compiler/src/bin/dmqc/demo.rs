@@ -1,6 +1,6 @@
 //! `dmqc demo`: the bundled model compiled at W8A8 and W4A8, sampled with float and int8 from the
 //! same seeds, side by side.
-use super::eval::plot_png;
+use super::eval::{float_sample, plot_png};
 use super::open_model;
 use super::sample::image_hw;
 use anyhow::{anyhow, Context, Result};
@@ -49,7 +49,7 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     for seed in 0..seeds {
         let mut noise = vec![0f32; n];
         Rng::new(seed).fill_gaussian(&mut noise);
-        let xf = float_sample(&float, &cfg, steps, seed, &noise, &pb)?;
+        let xf = float_sample(&float, (&cfg, SamplerKind::Ddim, steps), seed, &noise, &pb)?;
         let (mut x8, mut x4) = (noise.clone(), noise.clone());
         let t0 = std::time::Instant::now();
         s8.sample(SamplerKind::Ddim, steps, &mut x8, &mut Rng::new(seed))
@@ -124,36 +124,4 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     println!("wrote {} and {}", p8.display(), p4.display());
     println!("wrote {}", rpath.display());
     Ok(())
-}
-
-/// DDIM with the float model (tract) from `noise`, the same loop the runtime runs.
-fn float_sample(
-    float: &import::FloatModel,
-    cfg: &dmq_runtime::format::SamplerConfig,
-    steps: u32,
-    seed: u64,
-    noise: &[f32],
-    pb: &indicatif::ProgressBar,
-) -> Result<Vec<f32>> {
-    let mut x = noise.to_vec();
-    let mut buf = vec![0f32; x.len()];
-    let mut rng = Rng::new(seed);
-    dmq_runtime::sampler::sample(
-        cfg,
-        SamplerKind::Ddim,
-        steps,
-        &mut x,
-        &mut buf,
-        &mut rng,
-        |x, t, out| {
-            pb.inc(1);
-            let y = float
-                .run(x, t)
-                .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
-            out.copy_from_slice(&y);
-            Ok(())
-        },
-    )
-    .map_err(|e| anyhow!("{e}"))?;
-    Ok(x)
 }

@@ -2,6 +2,9 @@
 use super::{emit_stdout, load, open_model};
 use anyhow::{anyhow, bail, Result};
 use dmq_compiler::{eval, import, CompileOptions};
+use dmq_runtime::format::SamplerConfig;
+use dmq_runtime::sampler::Rng;
+use dmq_runtime::SamplerKind;
 use std::path::{Path, PathBuf};
 
 pub(crate) fn label_of(p: &Path) -> String {
@@ -51,6 +54,11 @@ pub struct Args {
     pub samples: usize,
     #[arg(long)]
     pub timestep_input: Option<String>,
+    /// also sample this many seeds with each model's own sampler and steps, from the same noise as
+    /// the float model (tract) running the same sampler, and report the final samples' PSNR
+    /// (values clamped to [-1, 1], as images); for models without extra inputs
+    #[arg(long, default_value_t = 0)]
+    pub final_samples: u64,
 }
 
 /// SQNR per scheduled timestep of each model against the float one, a table and optionally a plot.
@@ -59,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     let timestep_input = a.timestep_input.clone();
     let imp = import::import(onnx, timestep_input.as_deref())?;
     let float = import::FloatModel::new(&imp)?;
-    let mut series = vec![];
+    let (mut series, mut finals) = (vec![], vec![]);
     let mut t_max = 1.0f32;
     for path in models {
         let bytes = load(path)?;
@@ -75,6 +83,9 @@ pub fn run(a: Args) -> Result<()> {
             ..Default::default()
         };
         let q = eval::sqnr_over_schedule(&float, &model, &opts, 1_000_000)?;
+        if a.final_samples > 0 {
+            finals.push((label_of(path), final_psnr(&float, &model, a.final_samples)?));
+        }
         t_max = t_max.max(q.iter().map(|x| x.t).fold(0.0, f32::max));
         series.push((
             label_of(path),
@@ -103,6 +114,19 @@ pub fn run(a: Args) -> Result<()> {
         let worst = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
         out += &format!("{name}: mean {mean:.2} dB, worst {worst:.2} dB\n");
     }
+    for (name, psnr) in &finals {
+        let mean = psnr.iter().sum::<f64>() / psnr.len().max(1) as f64;
+        let mut sorted = psnr.clone();
+        sorted.sort_by(f64::total_cmp);
+        let seeds: Vec<String> = psnr.iter().map(|v| format!("{v:.1}")).collect();
+        out += &format!(
+            "{name}: final sample PSNR against float over {} seeds: mean {mean:.2} dB, median {:.2} dB, min {:.2} dB (per seed: {}; 200 = identical after clamping to [-1, 1])\n",
+            psnr.len(),
+            sorted[sorted.len() / 2],
+            sorted[0],
+            seeds.join(" ")
+        );
+    }
     emit_stdout(&out)?;
     if let Some(p) = plot {
         let t_max = ((t_max / 100.0).ceil() * 100.0).max(1.0);
@@ -110,6 +134,63 @@ pub fn run(a: Args) -> Result<()> {
         println!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// The PSNR of `model`'s final samples against the float model's, seeds `0..seeds`: each from the
+/// same noise with the model's default sampler and steps (the same sampler loop on both sides).
+fn final_psnr(
+    float: &import::FloatModel,
+    model: &dmq_runtime::Model,
+    seeds: u64,
+) -> Result<Vec<f64>> {
+    if !model.meta().extra_inputs.is_empty() {
+        bail!(
+            "--final-samples: the model takes extra inputs; sample it with `dmqc sample` instead"
+        );
+    }
+    let cfg = model.meta().sampler.clone();
+    let (kind, steps) = (cfg.default_sampler.into(), cfg.default_steps);
+    let mut arena = eval::arena_for(model);
+    let mut sess = dmq_runtime::Session::new(model, eval::arena_bytes(&mut arena))
+        .map_err(|e| anyhow!("{e}"))?;
+    let pb = dmq_compiler::progress_bar(seeds * 2 * steps as u64, "final samples", true);
+    let mut out = vec![];
+    for seed in 0..seeds {
+        let mut noise = vec![0f32; model.latent_len()];
+        Rng::new(seed).fill_gaussian(&mut noise);
+        let xf = float_sample(float, (&cfg, kind, steps), seed, &noise, &pb)?;
+        let mut xq = noise;
+        sess.sample(kind, steps, &mut xq, &mut Rng::new(seed))
+            .map_err(|e| anyhow!("{e}"))?;
+        pb.inc(steps as u64);
+        out.push(eval::psnr_db(&xf, &xq));
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// `kind` with `steps` (and `cfg`'s schedule) on the float model (tract) from `noise`, the same
+/// loop the runtime runs.
+pub(crate) fn float_sample(
+    float: &import::FloatModel,
+    (cfg, kind, steps): (&SamplerConfig, SamplerKind, u32),
+    seed: u64,
+    noise: &[f32],
+    pb: &indicatif::ProgressBar,
+) -> Result<Vec<f32>> {
+    let mut x = noise.to_vec();
+    let mut buf = vec![0f32; x.len()];
+    let mut rng = Rng::new(seed);
+    dmq_runtime::sampler::sample(cfg, kind, steps, &mut x, &mut buf, &mut rng, |x, t, out| {
+        pb.inc(1);
+        let y = float
+            .run(x, t)
+            .map_err(|_| dmq_runtime::Error::Unsupported("float evaluation failed"))?;
+        out.copy_from_slice(&y);
+        Ok(())
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    Ok(x)
 }
 
 /// A .dmq compiled from the ONNX model has its latent, timestep and extra inputs; refuses with
