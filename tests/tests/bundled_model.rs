@@ -203,8 +203,8 @@ fn bundled_model_w4a8() {
     };
     let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
     let r = &c.report;
-    // GPTQ rounding (the 4-bit default) covers every product: 32.0 dB mean measured, 28.5 with
-    // nearest rounding
+    // GPTQ rounding (the 4-bit default) covers every product, and the 24 dB floor holds every step:
+    // 32.8 dB mean and 28.3 worst measured (28.5 and 24.2 with nearest rounding and a 20 dB floor)
     let g = r.gptq.as_ref().expect("GPTQ is the 4-bit default");
     assert!(g.products > 0 && g.nearest == 0, "{g:?}");
     assert!(r.sqnr_mean_db >= 30.0, "mean {:.2} dB", r.sqnr_mean_db);
@@ -223,7 +223,7 @@ fn bundled_model_w4a8() {
     for q in &r.sqnr_per_timestep {
         println!("W4A8 t={:4} {:.2} dB", q.t, q.sqnr_db);
         assert!(
-            q.sqnr_db >= 20.0,
+            q.sqnr_db >= 24.0,
             "W4A8 SQNR {:.2} dB at t={}",
             q.sqnr_db,
             q.t

@@ -124,7 +124,7 @@ pub struct Args {
     /// 2 dB of it, on the floor's probes) run in
     /// buckets of their own, with the int16 tensors that help them most within --a16-budget (with
     /// 4-bit weights, 8-bit weights for the layers that help most, first). Default: 27 with 8-bit
-    /// weights, 20 with 4-bit; 0 turns it off
+    /// weights, 24 with 4-bit; 0 turns it off
     #[arg(long)]
     pub floor_db: Option<f64>,
     /// Activation ranges: minmax (each bucket's observed range), or mse (clipping that minimises the
