@@ -335,9 +335,10 @@ fn weights_line(r: &Report) -> String {
             g.evaluations,
             if g.nearest > 0 {
                 format!(
-                    "; {} product(s) nearest\n                (no observed input of their shape, or depth above {})",
+                    "; {} product(s) nearest\n                (no observed input of their shape, depth above {}, or past {} GiB of statistics)",
                     g.nearest,
-                    crate::quant::hessian::MAX_DEPTH
+                    crate::quant::hessian::MAX_DEPTH,
+                    crate::quant::hessian::HESSIAN_BYTES >> 30
                 )
             } else {
                 String::new()

@@ -13,6 +13,9 @@ use tract_onnx::prelude::tract_ndarray::{linalg::general_mat_mul, ArrayView2, Ar
 const ROWS_PER_EVAL: usize = 512;
 /// Products deeper than this keep nearest rounding (the factorisations cost `depth^3`).
 pub const MAX_DEPTH: usize = 4608;
+/// The products' Hessians held at once, at most (f64): past it the deepest products keep nearest
+/// rounding (an SD-sized UNet's would take several GB).
+pub const HESSIAN_BYTES: usize = 2 << 30;
 /// Float inputs calibration keeps, about.
 pub const KEPT_INPUTS: usize = 32;
 
@@ -264,7 +267,28 @@ fn layers(p: &Program) -> (Vec<Layer>, usize) {
             }
         }
     }
-    (out, skipped)
+    let dropped = within_memory(&mut out, HESSIAN_BYTES);
+    (out, skipped + dropped)
+}
+
+/// Keeps the shallowest of `layers` whose Hessians (f64, `depth^2` each) fit in `bytes` together,
+/// in their order; returns how many it dropped.
+fn within_memory(layers: &mut Vec<Layer>, bytes: usize) -> usize {
+    let size = |l: &Layer| l.rows.depth().pow(2) * 8;
+    let mut order: Vec<usize> = (0..layers.len()).collect();
+    order.sort_by_key(|&i| size(&layers[i]));
+    let mut keep = vec![false; layers.len()];
+    let mut total = 0;
+    for i in order {
+        if total + size(&layers[i]) <= bytes {
+            total += size(&layers[i]);
+            keep[i] = true;
+        }
+    }
+    let before = layers.len();
+    let mut k = keep.into_iter();
+    layers.retain(|_| k.next().unwrap_or(false));
+    before - layers.len()
 }
 
 /// Multiply-accumulates of the input products `x^T x` that [`collect`] adds per evaluation.
@@ -381,6 +405,27 @@ fn add_products(layers: &[Layer], x: &[(Vec<f32>, usize)], acc: &mut [(Vec<f64>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hessians_beyond_the_memory_cap_leave_the_deepest_products_to_nearest_rounding() {
+        let linear = |k: usize| Layer {
+            key: k,
+            node: 0,
+            numel: k,
+            rows: Rows::Linear {
+                m: 1,
+                k,
+                sm: k,
+                sk: 1,
+            },
+        };
+        let mut layers: Vec<Layer> = [100, 300, 50, 200].into_iter().map(linear).collect();
+        // room for 50^2 + 100^2 + 200^2 values, not 300^2 as well
+        let dropped = within_memory(&mut layers, 8 * (2_500 + 10_000 + 40_000 + 100));
+        assert_eq!(dropped, 1);
+        let kept: Vec<usize> = layers.iter().map(|l| l.rows.depth()).collect();
+        assert_eq!(kept, vec![100, 50, 200]);
+    }
 
     #[test]
     fn conv_rows_are_patches_in_weight_order() {
