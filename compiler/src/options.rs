@@ -140,8 +140,9 @@ impl CompileOptions {
         }
     }
     /// The default quality floor: 27 dB with 8-bit weights, 24 dB with 4-bit (20 before GPTQ
-    /// rounding, when most 4-bit steps measured 22-28 dB; with it the bundled model floors 5 of 50
-    /// steps at 24, the trained consistency fixture 23, and every trained model reaches 24 dB).
+    /// rounding, when most 4-bit steps measured 22-28 dB; with it the floor runs 4 of the bundled
+    /// model's 50 steps at int16 and 1 of the trained consistency fixture's, and the worst steps are
+    /// 24.2-29.2 dB on the trained fixtures, 23.1 at the bundled model's t = 1).
     pub fn default_floor_db(weight_bits: u8) -> f64 {
         if weight_bits == 4 {
             24.0

@@ -40,12 +40,14 @@ pub fn kept_count(steps: usize, trajectories: usize) -> usize {
         .sum()
 }
 
-/// Whether step `i` of trajectory `s` is kept: trajectories below `seeds` (at most 4), every
-/// `stride`-th input of them in an order that interleaves the seeds, about [`KEPT_INPUTS`] in all.
+/// Whether step `i` of trajectory `s` is kept: of the first (at most 4) trajectories one after
+/// another, every `stride`-th input, about [`KEPT_INPUTS`] in all; each trajectory's kept steps
+/// start where the previous one's left off, so that together they cover the steps more evenly.
 pub fn kept(i: usize, s: usize, steps: usize, trajectories: usize) -> bool {
     let seeds = trajectories.min(4);
-    let stride = (steps * seeds / KEPT_INPUTS).max(1);
-    s < seeds && (i * seeds + s).is_multiple_of(stride)
+    // rounded to the nearest stride: 50 steps of one trajectory keep 25, not all 50
+    let stride = ((steps * seeds + KEPT_INPUTS / 2) / KEPT_INPUTS).max(1);
+    s < seeds && (s * steps + i).is_multiple_of(stride)
 }
 
 /// `sum x x^T` over the gathered input rows of one weight array's products (`k x k`, row-major).
@@ -425,6 +427,21 @@ mod tests {
         assert_eq!(dropped, 1);
         let kept: Vec<usize> = layers.iter().map(|l| l.rows.depth()).collect();
         assert_eq!(kept, vec![100, 50, 200]);
+    }
+
+    #[test]
+    fn calibration_keeps_about_32_inputs_spread_over_steps_and_seeds() {
+        // (steps, trajectories) -> kept: DDIM-50 with 8 or 16 trajectories, the consistency
+        // sampler's 5 sigmas, one capped trajectory of 50 steps, 10 steps of 2
+        for ((steps, traj), want) in [((50, 8), 34), ((50, 16), 34), ((5, 8), 20), ((50, 1), 25)]
+            .into_iter()
+            .chain([((10, 2), 20)])
+        {
+            assert_eq!(kept_count(steps, traj), want, "{steps} steps x {traj}");
+        }
+        // every seed kept contributes, at different steps
+        assert!((0..4).all(|s| (0..50).filter(|&i| kept(i, s, 50, 8)).count() >= 8));
+        assert!(!kept(0, 1, 50, 8) && kept(4, 1, 50, 8));
     }
 
     #[test]
