@@ -131,7 +131,7 @@ impl Default for CompileOptions {
 impl CompileOptions {
     /// The default weight rounding: GPTQ with 4-bit weights, nearest with 8-bit. At 4 bits GPTQ
     /// raised the mean SQNR of all four trained models by 2.3-4.6 dB (int8 activations, no
-    /// protection); at 8 bits it moved them by -0.3..+0.2 dB, not worth its cost.
+    /// protection); at 8 bits it moved them by -0.3..+0.3 dB, not worth its cost.
     pub fn default_rounding(weight_bits: u8) -> WeightRounding {
         if weight_bits == 4 {
             WeightRounding::Gptq
