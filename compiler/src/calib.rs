@@ -361,8 +361,8 @@ struct Recorder<'w> {
     evaluations: usize,
     t_min: f32,
     t_max: f32,
-    /// kept inputs: (trajectory, step, latent, t)
-    kept: Vec<(usize, usize, Vec<f32>, f32)>,
+    /// inputs kept for GPTQ's statistics: (trajectory, latent, t), in step order
+    kept: Vec<(usize, Vec<f32>, f32)>,
 }
 
 /// The sampler run calibration follows: configuration, sampler, steps and options.
@@ -461,8 +461,9 @@ impl Recorder<'_> {
                 let i = step.min(self.per_step.len() - 1);
                 step += 1;
                 self.timesteps[i] = t;
-                if crate::quant::hessian::kept(i, s, self.per_step.len(), trajectories) {
-                    self.kept.push((s, i, xin.to_vec(), t));
+                let gptq = run.opts.weight_rounding == crate::WeightRounding::Gptq;
+                if gptq && crate::quant::hessian::kept(i, s, self.per_step.len(), trajectories) {
+                    self.kept.push((s, xin.to_vec(), t));
                 }
                 let (ranges, smp) = (&mut self.per_step[i], &mut self.samples[i]);
                 let (salt, wanted) = (self.evaluations, self.wanted);
@@ -637,7 +638,7 @@ pub fn calibrate(
         kept: rec
             .kept
             .into_iter()
-            .map(|(s, _, x, t)| crate::quant::hessian::KeptInput {
+            .map(|(s, x, t)| crate::quant::hessian::KeptInput {
                 x,
                 t,
                 cond: inputs[s].0.clone(),

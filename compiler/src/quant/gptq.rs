@@ -286,7 +286,7 @@ mod tests {
             }
         }
         let w: Vec<f32> = (0..4 * k).map(|_| rnd() * 0.3).collect();
-        (w, Hessian { k, h, rows: n })
+        (w, Hessian { k, h })
     }
 
     #[test]

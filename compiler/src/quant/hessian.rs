@@ -54,8 +54,6 @@ pub fn kept(i: usize, s: usize, steps: usize, trajectories: usize) -> bool {
 pub struct Hessian {
     pub k: usize,
     pub h: Vec<f64>,
-    /// input rows summed
-    pub rows: usize,
 }
 
 /// The Hessians of a program's products, by weight array ([`key`]).
@@ -63,7 +61,7 @@ pub struct Hessian {
 pub struct Hessians {
     by_weights: HashMap<usize, Arc<Hessian>>,
     /// products with a Hessian; products left to nearest rounding (no observed input of their
-    /// shape, or deeper than [`MAX_DEPTH`])
+    /// shape, deeper than [`MAX_DEPTH`] or past [`HESSIAN_BYTES`])
     pub layers: usize,
     pub skipped: usize,
     /// float evaluations run to gather them
@@ -73,9 +71,6 @@ pub struct Hessians {
 impl Hessians {
     pub fn get(&self, w: &Weights) -> Option<&Arc<Hessian>> {
         self.by_weights.get(&key(w))
-    }
-    pub fn is_empty(&self) -> bool {
-        self.by_weights.is_empty()
     }
 }
 
@@ -360,7 +355,6 @@ pub fn collect(
         let e = summed.entry(l.key).or_insert(Hessian {
             k,
             h: vec![0f64; k * k],
-            rows: 0,
         });
         if e.k != k {
             continue;
@@ -368,7 +362,6 @@ pub fn collect(
         for (a, b) in e.h.iter_mut().zip(&h) {
             *a += b;
         }
-        e.rows += rows;
     }
     hessians.by_weights = summed.into_iter().map(|(k, h)| (k, Arc::new(h))).collect();
     Ok(hessians)
