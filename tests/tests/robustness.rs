@@ -189,10 +189,7 @@ fn simd_kernels_equal_the_scalar_kernels_on_random_shapes() {
     // and 4-bit weights, tile writes, GroupNorm sums and affine, int8 lookups: the same property
     // check `dmq-board selftest` runs on the boards
     use dmq_runtime::kernels::Tier;
-    let tiers: Vec<Tier> = [Tier::Avx2, Tier::Neon, Tier::NeonDot]
-        .into_iter()
-        .filter(|t| t.supported())
-        .collect();
+    let tiers: Vec<Tier> = Tier::SIMD.into_iter().filter(|t| t.supported()).collect();
     let checked = dmq_runtime::kernels::check::tiers_match_scalar(&tiers, 200, 99).unwrap();
     println!("{checked} cases on {tiers:?}");
     assert_eq!(checked == 0, tiers.is_empty());
@@ -220,7 +217,7 @@ fn every_kernel_tier_of_this_cpu_gives_the_scalar_bits() {
     };
     for t in [1.0, 500.0, 999.0] {
         let (_, reference) = run(Tier::Scalar, t);
-        for tier in [Tier::Avx2, Tier::Neon, Tier::NeonDot] {
+        for tier in Tier::SIMD {
             let (used, y) = run(tier, t);
             if used == tier {
                 assert_eq!(

@@ -417,6 +417,8 @@ pub fn run_rows<T: Code>(
     if let Finish::Codes(e) = finish {
         e.check(prod.n, prod.px.count)?;
     }
+    #[cfg(target_arch = "x86_64")]
+    super::x86_vnni::check(tier, prod)?;
     let n = prod.n;
     let mut out = |t: &mut Tile| {
         t.rows = t.rows.min(n.saturating_sub(t.r0));
@@ -427,7 +429,10 @@ pub fn run_rows<T: Code>(
     match tier {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the Avx2 tier is only chosen after detecting AVX2
-        Tier::Avx2 => unsafe { super::x86::product_rows(prod, (r0, r1), finish, &mut out) },
+        Tier::Avx2 => unsafe { super::x86::product_rows(prod, (r0, r1), finish, &mut out, false) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the AvxVnni tier is only chosen after detecting AVX2 and AVX-VNNI
+        Tier::AvxVnni => unsafe { super::x86_vnni::product_rows(prod, (r0, r1), finish, &mut out) },
         #[cfg(target_arch = "aarch64")]
         Tier::Neon | Tier::NeonDot => {
             super::neon::product_rows(tier, prod, (r0, r1), finish, &mut out)

@@ -19,6 +19,8 @@ pub mod reference;
 pub mod stage;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_vnni;
 
 /// Highest tensor rank the kernels' stride arrays carry.
 pub const MAX_RANK: usize = 6;
@@ -34,9 +36,15 @@ pub enum Tier {
     NeonDot,
     /// x86-64 AVX2 (the host `dmqc` measures on; detected with std only)
     Avx2,
+    /// x86-64 AVX2 + AVX-VNNI (Intel Alder Lake, Sapphire Rapids and later; AMD Zen 5): int8
+    /// products with `VPDPBUSD`, int16 ones as on `Avx2`
+    AvxVnni,
 }
 
 impl Tier {
+    /// Every SIMD tier (a CPU supports some of them: [`Tier::supported`]).
+    pub const SIMD: [Tier; 4] = [Tier::Neon, Tier::NeonDot, Tier::Avx2, Tier::AvxVnni];
+
     /// The best tier this CPU supports (Linux: HWCAP via std; bare metal: the ID_AA64ISAR0_EL1
     /// register). A CPU without dotprod never gets `NeonDot`.
     pub fn detect() -> Tier {
@@ -63,7 +71,11 @@ impl Tier {
         }
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("avxvnni")
+            {
+                Tier::AvxVnni
+            } else if std::arch::is_x86_feature_detected!("avx2") {
                 Tier::Avx2
             } else {
                 Tier::Scalar
@@ -81,7 +93,8 @@ impl Tier {
             Tier::Scalar => true,
             Tier::Neon => cfg!(target_arch = "aarch64"),
             Tier::NeonDot => Tier::detect() == Tier::NeonDot,
-            Tier::Avx2 => Tier::detect() == Tier::Avx2,
+            Tier::Avx2 => matches!(Tier::detect(), Tier::Avx2 | Tier::AvxVnni),
+            Tier::AvxVnni => Tier::detect() == Tier::AvxVnni,
         }
     }
 }
@@ -94,8 +107,8 @@ impl Tier {
 pub fn on_tier<R>(tier: Tier, f: impl FnOnce() -> R) -> R {
     match tier {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the Avx2 tier is only chosen after detecting AVX2 (`Tier::supported`)
-        Tier::Avx2 => unsafe { with_avx2(f) },
+        // SAFETY: the x86 tiers are only chosen after detecting AVX2 (`Tier::supported`)
+        Tier::Avx2 | Tier::AvxVnni => unsafe { with_avx2(f) },
         _ => f(),
     }
 }

@@ -2,7 +2,7 @@
 //! of the input zero point and channels padded to a multiple of 4, and strided matrices to rows of
 //! depth padded to a multiple of 4. The AVX2 tier reads i16 stages, the others the input's own
 //! codes; [`stage_elem`] says which. The dotprod tier splits int16 codes for `SDOT` (see
-//! [`split_i16`]).
+//! [`split_i16`]); the AVX-VNNI tier flips int8 codes to unsigned bytes for `VPDPBUSD` ([`flips`]).
 use super::gemm::{pad4, Pixels};
 use super::reference::Code;
 use super::{check_len, Tier};
@@ -12,6 +12,7 @@ use crate::{Error, Result};
 pub fn stage_elem(tier: Tier, elem: usize) -> usize {
     match tier {
         Tier::Avx2 => 2,
+        // int8 codes for VPDPBUSD, int16 for the AVX2 tiles
         _ => elem,
     }
 }
@@ -120,7 +121,25 @@ pub fn image_rows<T: Code, U: Code>(
         transpose(tier, &x[y * g.w..], plane, g.c, g.w, &mut out[start..], c4);
     }
     split_i16(tier, out);
+    flip_i8(tier, out);
     Ok(())
+}
+
+/// Whether `tier` stages codes of `elem` bytes flipped: the AvxVnni tier stores each int8 code `x`
+/// as `x ^ 0x80`, which read as an unsigned byte is `x + 128` (`VPDPBUSD` takes unsigned bytes).
+pub fn flips(tier: Tier, elem: usize) -> bool {
+    tier == Tier::AvxVnni && elem == 1
+}
+
+/// Flips a staged int8 stage in place where [`flips`] says so (a no-op otherwise).
+#[inline(always)]
+pub fn flip_i8<U: Code>(tier: Tier, out: &mut [U]) {
+    if !flips(tier, core::mem::size_of::<U>()) {
+        return;
+    }
+    for b in bytemuck::cast_slice_mut::<U, u8>(out) {
+        *b ^= 0x80;
+    }
 }
 
 /// On the dotprod tier, int16 codes are staged as signed bytes: each value `v = 256 h + l + 128`
@@ -166,7 +185,8 @@ fn transpose<T: Code, U: Code>(
     )]
     let (mut c0, mut p_end) = (0, 0);
     #[cfg(target_arch = "x86_64")]
-    if tier == Tier::Avx2 && core::mem::size_of::<U>() == 2 && U::MAX > 127 {
+    if matches!(tier, Tier::Avx2 | Tier::AvxVnni) && core::mem::size_of::<U>() == 2 && U::MAX > 127
+    {
         // 8 x 8 blocks with SSE unpacks (the stage of the AVX2 tier is i16)
         let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
         if cb > 0 && pb > 0 {
@@ -190,6 +210,14 @@ fn transpose<T: Code, U: Code>(
             }
         }
         (c0, p_end) = (cb, pb);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if tier == Tier::AvxVnni
+        && core::mem::size_of::<T>() == 1
+        && core::mem::size_of::<U>() == 1
+        && T::MIN == U::MIN
+    {
+        (c0, p_end) = transpose_bytes(src, ch_stride, (nch, npx), dst, px_stride);
     }
     #[cfg(target_arch = "aarch64")]
     if matches!(tier, Tier::Neon | Tier::NeonDot)
@@ -240,6 +268,40 @@ fn transpose<T: Code, U: Code>(
     }
 }
 
+/// The whole 8 x 8 blocks of [`transpose`] for one-byte codes of one type, with SSE2 unpacks (the
+/// int8 stage of the AVX-VNNI tier); returns the channels and pixels the blocks covered.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose_bytes<T: Code, U: Code>(
+    src: &[T],
+    ch_stride: usize,
+    (nch, npx): (usize, usize),
+    dst: &mut [U],
+    px_stride: usize,
+) -> (usize, usize) {
+    let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
+    if cb > 0 && pb > 0 {
+        // the blocks' last read and write, checked once
+        let _ = &src[(cb - 1) * ch_stride + pb - 1];
+        let _ = &dst[(pb - 1) * px_stride + cb - 1];
+        for c in (0..cb).step_by(8) {
+            for p in (0..pb).step_by(8) {
+                // SAFETY: the block lies within the ranges checked above; the caller's T and U are
+                // the same one-byte code type
+                unsafe {
+                    super::x86::transpose8x8_b(
+                        src.as_ptr().add(c * ch_stride + p) as *const i8,
+                        ch_stride,
+                        dst.as_mut_ptr().add(p * px_stride + c) as *mut i8,
+                        px_stride,
+                    )
+                };
+            }
+        }
+    }
+    (cb, pb)
+}
+
 /// Stages a matrix of `m` rows and depth `k` read at `x[i * s[0] + q * s[1]]` into rows of
 /// `pad4(k)` values (zeros beyond `k`).
 #[inline(always)]
@@ -266,6 +328,7 @@ pub fn rows<T: Code, U: Code>(
         }
         transpose(tier, x, s[1], k, m, out, k4);
         split_i16(tier, out);
+        flip_i8(tier, out);
         return Ok(());
     }
     for (i, row) in out.chunks_exact_mut(k4.max(1)).enumerate().take(m) {
@@ -281,6 +344,7 @@ pub fn rows<T: Code, U: Code>(
         row[k..].fill(U::default());
     }
     split_i16(tier, out);
+    flip_i8(tier, out);
     Ok(())
 }
 

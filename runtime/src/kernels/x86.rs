@@ -45,16 +45,18 @@ type Acc = [[__m256i; NR]; 2];
 type Wide = [[[__m256i; 2]; NR]; 2];
 
 /// Rows `r0..r1` of `prod` (both multiples of 4) over every pixel. (Compiled for AVX2 as a whole,
-/// so the sink's code inlined here, writing codes, is too.)
+/// so the sink's code inlined here, writing codes, is too.) `fused` runs the block loop with
+/// AVX-VNNI's `vpdpwssd` in place of `vpmaddwd` + `vpaddd`.
 ///
 /// # Safety
-/// The CPU must have AVX2.
+/// The CPU must have AVX2, and AVX-VNNI when `fused`.
 #[target_feature(enable = "avx2")]
 pub unsafe fn product_rows<T: Code>(
     prod: &Product<'_, T>,
     (r0, r1): (usize, usize),
     finish: Finish<'_>,
     out: &mut impl FnMut(&mut Tile),
+    fused: bool,
 ) {
     // the stage of the AVX2 tier holds i16 values (see `super::stage`)
     let stage: &[i16] = match bytemuck::try_cast_slice(prod.stage) {
@@ -131,14 +133,12 @@ pub unsafe fn product_rows<T: Code>(
                     // bounds the pixels' extent) and the blocks `extend` just wrote; `acc[i]` is
                     // read only after the span from block 0 wrote it
                     unsafe {
-                        span(
-                            wbuf.as_ptr() as *const i16,
-                            stage,
-                            &bases[i],
-                            px,
-                            (qa, qb, at),
-                            acc[i].as_mut_ptr(),
-                        )
+                        let (w, a) = (wbuf.as_ptr() as *const i16, acc[i].as_mut_ptr());
+                        if fused {
+                            span_fused(w, stage, &bases[i], px, (qa, qb, at), a)
+                        } else {
+                            span(w, stage, &bases[i], px, (qa, qb, at), a)
+                        }
                     };
                     if wide {
                         // SAFETY: `acc[i]` was just written by `span`, `total[..n]` above for this
@@ -207,64 +207,87 @@ unsafe fn extend(w0: &[i8], w1: &[i8], (qa, qb): (usize, usize), d: *mut i16) {
     }
 }
 
-/// Blocks `qa..qb` of the depth of one tile (`qa` at block `b0` of kernel row `ky`), added into its
-/// accumulators (which it overwrites when `qa == 0`). `w` holds those blocks
-/// extended ([`extend`]). The taps of a kernel row are adjacent in the stage (tap `(ky, kx)` is at
-/// `ky * tap_row + kx * c4`), so a row's `kw * c4 / 4` blocks run as one loop: block `q` is at
-/// `(q / row) * tap_row + 4 * (q % row)`.
-///
-/// # Safety
-/// AVX2; every staged value read (pixel bases plus the taps' offsets) is inside `stage`; `w` holds
-/// blocks `qa..qb` (written by [`extend`]); `acc` is valid for writes, and initialised when
-/// `qa > 0`.
+/// Stamps out the tile's block loop for a target feature set, `$madd(acc, w, x)` adding the
+/// pairwise products of `w` and `x` into `acc`.
+macro_rules! span_fn {
+    ($name:ident, $feat:literal, $madd:ident) => {
+        /// Blocks `qa..qb` of the depth of one tile (`qa` at block `b0` of kernel row `ky`), added into its
+        /// accumulators (which it overwrites when `qa == 0`). `w` holds those blocks
+        /// extended ([`extend`]). The taps of a kernel row are adjacent in the stage (tap `(ky, kx)` is at
+        /// `ky * tap_row + kx * c4`), so a row's `kw * c4 / 4` blocks run as one loop: block `q` is at
+        /// `(q / row) * tap_row + 4 * (q % row)`.
+        ///
+        /// # Safety
+        /// `$feat`; every staged value read (pixel bases plus the taps' offsets) is inside `stage`; `w` holds
+        /// blocks `qa..qb` (written by [`extend`]); `acc` is valid for writes, and initialised when
+        /// `qa > 0`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn $name(
+            w: *const i16,
+            stage: &[i16],
+            bases: &[usize; NR],
+            px: &Pixels,
+            (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
+            acc: *mut Acc,
+        ) {
+            let row = px.kw * px.c4 / BLOCK;
+            if qa >= qb || row == 0 {
+                return;
+            }
+            // the first span of a tile starts from zero (no loads of the zeroed accumulators)
+            let mut a = if qa == 0 {
+                [[_mm256_setzero_si256(); NR]; 2]
+            } else {
+                // SAFETY: the caller's: written by the span from block 0
+                unsafe { acc.read() }
+            };
+            let (wp, sp) = (w, stage.as_ptr());
+            let mut q = qa;
+            while q < qb {
+                let b1 = row.min(b0 + (qb - q));
+                let tap = ky * px.tap_row;
+                // SAFETY: the caller's bounds; block `q + (b - b0)` of `w` is extended
+                unsafe {
+                    let wq = wp.add(32 * (q - qa));
+                    let at: [*const i16; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
+                    for b in 0..b1 - b0 {
+                        let wa = _mm256_loadu_si256(wq.add(32 * b) as *const __m256i);
+                        let wb = _mm256_loadu_si256(wq.add(32 * b + 16) as *const __m256i);
+                        for j in 0..NR {
+                            let x = _mm256_set1_epi64x(core::ptr::read_unaligned(
+                                at[j].add((b0 + b) * BLOCK) as *const i64,
+                            ));
+                            a[0][j] = $madd(a[0][j], wa, x);
+                            a[1][j] = $madd(a[1][j], wb, x);
+                        }
+                    }
+                }
+                q += b1 - b0;
+                (ky, b0) = (ky + 1, 0);
+            }
+            // SAFETY: the caller's: `acc` is valid for writes
+            unsafe { acc.write(a) };
+        }
+    };
+}
+
+/// `vpmaddwd` + `vpaddd`.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn span(
-    w: *const i16,
-    stage: &[i16],
-    bases: &[usize; NR],
-    px: &Pixels,
-    (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
-    acc: *mut Acc,
-) {
-    let row = px.kw * px.c4 / BLOCK;
-    if qa >= qb || row == 0 {
-        return;
-    }
-    // the first span of a tile starts from zero (no loads of the zeroed accumulators)
-    let mut a = if qa == 0 {
-        [[_mm256_setzero_si256(); NR]; 2]
-    } else {
-        // SAFETY: the caller's: written by the span from block 0
-        unsafe { acc.read() }
-    };
-    let (wp, sp) = (w, stage.as_ptr());
-    let mut q = qa;
-    while q < qb {
-        let b1 = row.min(b0 + (qb - q));
-        let tap = ky * px.tap_row;
-        // SAFETY: the caller's bounds; block `q + (b - b0)` of `w` is extended
-        unsafe {
-            let wq = wp.add(32 * (q - qa));
-            let at: [*const i16; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
-            for b in 0..b1 - b0 {
-                let wa = _mm256_loadu_si256(wq.add(32 * b) as *const __m256i);
-                let wb = _mm256_loadu_si256(wq.add(32 * b + 16) as *const __m256i);
-                for j in 0..NR {
-                    let x = _mm256_set1_epi64x(core::ptr::read_unaligned(
-                        at[j].add((b0 + b) * BLOCK) as *const i64,
-                    ));
-                    a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(wa, x));
-                    a[1][j] = _mm256_add_epi32(a[1][j], _mm256_madd_epi16(wb, x));
-                }
-            }
-        }
-        q += b1 - b0;
-        (ky, b0) = (ky + 1, 0);
-    }
-    // SAFETY: the caller's: `acc` is valid for writes
-    unsafe { acc.write(a) };
+unsafe fn madd_add(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_add_epi32(a, _mm256_madd_epi16(w, x))
 }
+
+/// `vpdpwssd` (AVX-VNNI): the same pairwise products and wrapping sums in one instruction.
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+unsafe fn dpwssd(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpwssd_avx_epi32(a, w, x)
+}
+
+span_fn!(span, "avx2", madd_add);
+span_fn!(span_fused, "avx2,avxvnni", dpwssd);
 
 /// Finishes one tile into codes or raw sums in `t`: from the wrapping i32 accumulators, or for
 /// int16 activations from their exact sums `wide` (see [`widen`]).
@@ -332,7 +355,7 @@ unsafe fn finish_tile(
 }
 
 /// The epilogue constants of 8 rows as vectors (see [`Consts::codes`]).
-struct Consts {
+pub(super) struct Consts {
     bias: __m256i,
     /// multipliers in lanes 0, 2, 4, 6 of each 64-bit pair (the even rows), and of the odd rows
     mult: __m256i,
@@ -350,7 +373,7 @@ struct Consts {
 impl Consts {
     /// Rows `r..r + 8` of `e`, or `None` when a shift is below 32 (then the scalar rule runs).
     #[target_feature(enable = "avx2")]
-    unsafe fn new(e: &Epilogue<'_>, r: usize) -> Option<Consts> {
+    pub(super) unsafe fn new(e: &Epilogue<'_>, r: usize) -> Option<Consts> {
         let rows: [_; 8] = core::array::from_fn(|i| e.row(r + i));
         if rows.iter().any(|c| c.shift < 32) {
             return None;
@@ -396,7 +419,13 @@ impl Consts {
     /// col` (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
     /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped.
     #[target_feature(enable = "avx2")]
-    unsafe fn codes(&self, e: &Epilogue<'_>, v: &[__m256i; NR], p0: usize, t: &mut Tile) {
+    pub(super) unsafe fn codes(
+        &self,
+        e: &Epilogue<'_>,
+        v: &[__m256i; NR],
+        p0: usize,
+        t: &mut Tile,
+    ) {
         for (j, &s) in v.iter().enumerate().take(t.cols) {
             let mut x = _mm256_add_epi32(s, self.bias);
             if let Some(&c) = e.col.get(p0 + j) {
@@ -464,6 +493,41 @@ pub unsafe fn transpose8x8<T: Code>(
         });
         for (p, v) in transpose_h(r).iter().enumerate() {
             _mm_storeu_si128(dst.add(p * px_stride) as *mut __m128i, *v);
+        }
+    }
+}
+
+/// Transposes 8 channels x 8 pixels of int8 codes into 8 pixels x 8 channels:
+/// `dst[p * px_stride + c] = src[c * ch_stride + p]` (SSE2 byte, word and dword unpacks).
+///
+/// # Safety
+/// The 64 reads and 64 writes must be in bounds.
+#[inline]
+pub unsafe fn transpose8x8_b(src: *const i8, ch_stride: usize, dst: *mut i8, px_stride: usize) {
+    // SAFETY: the caller guarantees the bounds; SSE2 is baseline on x86-64
+    unsafe {
+        let r: [__m128i; 8] =
+            core::array::from_fn(|c| _mm_loadl_epi64(src.add(c * ch_stride) as *const __m128i));
+        // channel pairs interleaved per pixel, then quads, then all 8 (two pixels per vector)
+        let t: [__m128i; 4] = core::array::from_fn(|i| _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]));
+        let u = [
+            _mm_unpacklo_epi16(t[0], t[1]),
+            _mm_unpackhi_epi16(t[0], t[1]),
+            _mm_unpacklo_epi16(t[2], t[3]),
+            _mm_unpackhi_epi16(t[2], t[3]),
+        ];
+        let v = [
+            _mm_unpacklo_epi32(u[0], u[2]),
+            _mm_unpackhi_epi32(u[0], u[2]),
+            _mm_unpacklo_epi32(u[1], u[3]),
+            _mm_unpackhi_epi32(u[1], u[3]),
+        ];
+        for (i, x) in v.iter().enumerate() {
+            _mm_storel_epi64(dst.add(2 * i * px_stride) as *mut __m128i, *x);
+            _mm_storel_epi64(
+                dst.add((2 * i + 1) * px_stride) as *mut __m128i,
+                _mm_unpackhi_epi64(*x, *x),
+            );
         }
     }
 }

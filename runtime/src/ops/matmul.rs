@@ -185,12 +185,12 @@ impl Multiplier {
         if stage::stage_elem(ex.tier, 1) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
-            row_sums(st, k4, zb, sum_a);
+            row_sums(st, k4, zb, false, sum_a);
             product(ex, d, w, st, bias, sum_a, q, out)
         } else {
             let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
-            row_sums(st, k4, zb, sum_a);
+            row_sums(st, k4, zb, stage::flips(ex.tier, 1), sum_a);
             product(ex, d, w, st, bias, sum_a, q, out)
         }
     }
@@ -342,9 +342,15 @@ fn epilogue<'e>(bias: &'e [u8], col: &'e [i32], (mult, shift, zo): (i32, u8, i32
 }
 
 /// `-zb * sum(row)` of each staged row of A (depth `k4`, zero padded), wrapping.
-fn row_sums<T: Code>(st: &[T], k4: usize, zb: i32, out: &mut [i32]) {
+fn row_sums<T: Code>(st: &[T], k4: usize, zb: i32, flipped: bool, out: &mut [i32]) {
     for (sv, row) in out.iter_mut().zip(st.chunks_exact(k4.max(1))) {
-        let sum = row.iter().fold(0i32, |acc, v| acc.wrapping_add(v.get()));
+        let sum = if flipped {
+            // codes staged as `x ^ 0x80` (`stage::flips`): as unsigned bytes `x + 128`
+            let u = row.iter().fold(0i32, |acc, v| acc.wrapping_add(v.get() as u8 as i32));
+            u.wrapping_sub((128 * k4) as i32)
+        } else {
+            row.iter().fold(0i32, |acc, v| acc.wrapping_add(v.get()))
+        };
         *sv = zb.wrapping_mul(sum).wrapping_neg();
     }
 }
