@@ -203,7 +203,7 @@ fn bundled_model_w4a8() {
     };
     let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
     let r = &c.report;
-    // GPTQ rounding (the 4-bit default) covers every product: 32.95 dB mean measured, 28.5 with
+    // GPTQ rounding (the 4-bit default) covers every product: 32.88 dB mean measured, 28.5 with
     // nearest rounding and the former 20 dB floor
     let g = r.gptq.as_ref().expect("GPTQ is the 4-bit default");
     assert!(g.products > 0 && g.nearest == 0, "{g:?}");
@@ -214,17 +214,21 @@ fn bundled_model_w4a8() {
         100.0 * r.size_ratio,
         r.sqnr_mean_db
     );
-    // the 4-bit body plus the 8-bit copies the quality floor chose for its weak steps
+    // the 4-bit body plus the 8-bit copies the quality floor chose for its weak steps: 25.7%
+    // measured (22.7% when the floor's search stopped short of 24 dB), the default W8A8 file 30.2%
     assert!(
-        r.size_ratio <= 0.26,
+        r.size_ratio <= 0.28,
         "W4 file is {:.1}% of the ONNX",
         100.0 * r.size_ratio
     );
-    // the 24 dB floor: every step above it but t = 1 (23.1 dB measured: its search for 8-bit weight
-    // layers ran out of runtime evaluations), which 8-bit weights took from 9.4 dB
+    // the 24 dB floor holds at every step: 27.5 dB worst (t = 81), 30.1 at t = 1 (int8
+    // activations gave it 7.4 dB; the floor's int16 and 8-bit weight layers, found by the lazy
+    // search in 960 runtime evaluations). Measured on a Xeon with AVX-512 tract kernels; the full
+    // search that measured every layer each round ran out of evaluations at 22.0 dB there, 23.1 on
+    // a Zen 3 (the float calibration's rounding differs by CPU)
     for q in &r.sqnr_per_timestep {
         println!("W4A8 t={:4} {:.2} dB", q.t, q.sqnr_db);
-        let want = if q.t <= 1.0 { 22.0 } else { 24.0 };
+        let want = 24.0;
         assert!(
             q.sqnr_db >= want,
             "W4A8 SQNR {:.2} dB at t={}",
