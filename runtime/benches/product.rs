@@ -279,6 +279,10 @@ fn tiers() -> Vec<Tier> {
     if best == Tier::NeonDot {
         t.push(Tier::Neon);
     }
+    if best == Tier::Avx512Vnni {
+        t.push(Tier::Avx2);
+        t.push(Tier::AvxVnni);
+    }
     if best == Tier::AvxVnni {
         t.push(Tier::Avx2);
     }
@@ -292,11 +296,12 @@ fn tiers() -> Vec<Tier> {
 /// product (int16 activations run the AVX2 tiles on the AVX-VNNI tier).
 fn peak_per_cycle(t: Tier, v: Variant) -> Option<f64> {
     match t {
-        Tier::AvxVnni if v == Variant::W8A16 => Some(32.0),
-        Tier::Avx2 => Some(32.0),    // 2 x vpmaddwd (16 MACs) per cycle
-        Tier::AvxVnni => Some(64.0), // 2 x vpdpbusd (32 MACs) per cycle
-        Tier::NeonDot => Some(32.0), // 2 x SDOT (16 MACs) per cycle on Cortex-A76/A78
-        Tier::Neon => Some(8.0),     // SMLAL: 8 x 8-bit MACs, about one per cycle on Cortex-A72
+        Tier::AvxVnni | Tier::Avx512Vnni if v == Variant::W8A16 => Some(32.0),
+        Tier::Avx512Vnni => Some(128.0), // 2 x vpdpbusd zmm (64 MACs) per cycle
+        Tier::Avx2 => Some(32.0),        // 2 x vpmaddwd (16 MACs) per cycle
+        Tier::AvxVnni => Some(64.0),     // 2 x vpdpbusd (32 MACs) per cycle
+        Tier::NeonDot => Some(32.0),     // 2 x SDOT (16 MACs) per cycle on Cortex-A76/A78
+        Tier::Neon => Some(8.0),         // SMLAL: 8 x 8-bit MACs, about one per cycle on Cortex-A72
         Tier::Scalar => None,
     }
 }
@@ -387,7 +392,7 @@ fn accumulate_ceiling() -> Option<f64> {
 /// The same for `VPDPBUSD` (AVX-VNNI): 12 independent accumulators on registers, 32 MACs each.
 #[cfg(target_arch = "x86_64")]
 fn vnni_ceiling() -> Option<f64> {
-    if Tier::detect() != Tier::AvxVnni {
+    if !Tier::AvxVnni.supported() {
         return None;
     }
     let n: u64 = 20_000_000;

@@ -25,7 +25,7 @@ mod npy;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--stream-weights BYTES]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--stream-weights BYTES] [--tier scalar|neon|neon-dot|avx2|avx-vnni|avx512-vnni]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -503,6 +503,18 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// The name `--tier` takes for a tier.
+fn tier_name(t: Tier) -> &'static str {
+    match t {
+        Tier::Scalar => "scalar",
+        Tier::Neon => "neon",
+        Tier::NeonDot => "neon-dot",
+        Tier::Avx2 => "avx2",
+        Tier::AvxVnni => "avx-vnni",
+        Tier::Avx512Vnni => "avx512-vnni",
+    }
+}
+
 fn cmd_bench(args: &[String]) -> Res<()> {
     let a = parse(args, &[]);
     let path = a.pos.first().ok_or_else(usage)?;
@@ -523,6 +535,18 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let t_prof: f32 = a.num("profile-t", t_mid)?;
     let mut ar = arena(&model);
     let mut sess = session(&model, bytes_mut(&mut ar), paging)?;
+    // `--tier`: another tier this CPU supports (to compare tiers on one machine)
+    if let Some(name) = a.get("tier") {
+        let tier = [Tier::Scalar]
+            .into_iter()
+            .chain(Tier::SIMD)
+            .find(|t| tier_name(*t) == name)
+            .ok_or_else(|| format!("--tier {name}: not a tier\n{}", usage()))?;
+        if !tier.supported() {
+            return Err(format!("--tier {name}: this CPU cannot run it"));
+        }
+        sess = sess.with_tier(tier);
+    }
     set_extras(&mut sess, &meta, &extras)?;
     // the one-thread output, to check that T threads compute the same bits
     let mut one = vec![0f32; n];

@@ -428,11 +428,10 @@ pub fn run_rows<T: Code>(
     };
     match tier {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the Avx2 tier is only chosen after detecting AVX2
-        Tier::Avx2 => unsafe { super::x86::product_rows(prod, (r0, r1), finish, &mut out, false) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the AvxVnni tier is only chosen after detecting AVX2 and AVX-VNNI
-        Tier::AvxVnni => unsafe { super::x86_vnni::product_rows(prod, (r0, r1), finish, &mut out) },
+        // SAFETY: each x86 tier is only chosen after detecting its features
+        Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni => unsafe {
+            super::x86_vnni::run_rows(tier, prod, (r0, r1), finish, &mut out)
+        },
         #[cfg(target_arch = "aarch64")]
         Tier::Neon | Tier::NeonDot => {
             super::neon::product_rows(tier, prod, (r0, r1), finish, &mut out)

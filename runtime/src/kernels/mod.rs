@@ -20,6 +20,8 @@ pub mod stage;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
+pub mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_vnni;
 
 /// Highest tensor rank the kernels' stride arrays carry.
@@ -39,11 +41,20 @@ pub enum Tier {
     /// x86-64 AVX2 + AVX-VNNI (Intel Alder Lake, Sapphire Rapids and later; AMD Zen 5): int8
     /// products with `VPDPBUSD`, int16 ones as on `Avx2`
     AvxVnni,
+    /// `AvxVnni` plus AVX-512 VNNI (Intel Sapphire Rapids and later, AMD Zen 5): int8 products
+    /// with `VPDPBUSD` on 512-bit registers
+    Avx512Vnni,
 }
 
 impl Tier {
     /// Every SIMD tier (a CPU supports some of them: [`Tier::supported`]).
-    pub const SIMD: [Tier; 4] = [Tier::Neon, Tier::NeonDot, Tier::Avx2, Tier::AvxVnni];
+    pub const SIMD: [Tier; 5] = [
+        Tier::Neon,
+        Tier::NeonDot,
+        Tier::Avx2,
+        Tier::AvxVnni,
+        Tier::Avx512Vnni,
+    ];
 
     /// The best tier this CPU supports (Linux: HWCAP via std; bare metal: the ID_AA64ISAR0_EL1
     /// register). A CPU without dotprod never gets `NeonDot`.
@@ -71,9 +82,14 @@ impl Tier {
         }
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("avxvnni")
+            let vnni = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("avxvnni");
+            if vnni
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
             {
+                Tier::Avx512Vnni
+            } else if vnni {
                 Tier::AvxVnni
             } else if std::arch::is_x86_feature_detected!("avx2") {
                 Tier::Avx2
@@ -93,8 +109,12 @@ impl Tier {
             Tier::Scalar => true,
             Tier::Neon => cfg!(target_arch = "aarch64"),
             Tier::NeonDot => Tier::detect() == Tier::NeonDot,
-            Tier::Avx2 => matches!(Tier::detect(), Tier::Avx2 | Tier::AvxVnni),
-            Tier::AvxVnni => Tier::detect() == Tier::AvxVnni,
+            Tier::Avx2 => matches!(
+                Tier::detect(),
+                Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni
+            ),
+            Tier::AvxVnni => matches!(Tier::detect(), Tier::AvxVnni | Tier::Avx512Vnni),
+            Tier::Avx512Vnni => Tier::detect() == Tier::Avx512Vnni,
         }
     }
 }
@@ -108,7 +128,7 @@ pub fn on_tier<R>(tier: Tier, f: impl FnOnce() -> R) -> R {
     match tier {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the x86 tiers are only chosen after detecting AVX2 (`Tier::supported`)
-        Tier::Avx2 | Tier::AvxVnni => unsafe { with_avx2(f) },
+        Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni => unsafe { with_avx2(f) },
         _ => f(),
     }
 }

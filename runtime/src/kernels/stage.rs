@@ -128,7 +128,7 @@ pub fn image_rows<T: Code, U: Code>(
 /// Whether `tier` stages codes of `elem` bytes flipped: the AvxVnni tier stores each int8 code `x`
 /// as `x ^ 0x80`, which read as an unsigned byte is `x + 128` (`VPDPBUSD` takes unsigned bytes).
 pub fn flips(tier: Tier, elem: usize) -> bool {
-    tier == Tier::AvxVnni && elem == 1
+    matches!(tier, Tier::AvxVnni | Tier::Avx512Vnni) && elem == 1
 }
 
 /// Flips a staged int8 stage in place where [`flips`] says so (a no-op otherwise).
@@ -185,7 +185,9 @@ fn transpose<T: Code, U: Code>(
     )]
     let (mut c0, mut p_end) = (0, 0);
     #[cfg(target_arch = "x86_64")]
-    if matches!(tier, Tier::Avx2 | Tier::AvxVnni) && core::mem::size_of::<U>() == 2 && U::MAX > 127
+    if matches!(tier, Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni)
+        && core::mem::size_of::<U>() == 2
+        && U::MAX > 127
     {
         // 8 x 8 blocks with SSE unpacks (the stage of the AVX2 tier is i16)
         let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
@@ -212,7 +214,7 @@ fn transpose<T: Code, U: Code>(
         (c0, p_end) = (cb, pb);
     }
     #[cfg(target_arch = "x86_64")]
-    if tier == Tier::AvxVnni
+    if flips(tier, 1)
         && core::mem::size_of::<T>() == 1
         && core::mem::size_of::<U>() == 1
         && T::MIN == U::MIN

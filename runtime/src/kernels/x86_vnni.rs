@@ -34,6 +34,27 @@ pub const EXACT_DEPTH: usize = 1 << 17;
 /// Accumulators of one tile: `[row register][pixel]`.
 type Acc = [[__m256i; NR]; 2];
 
+/// The x86 tiers' tiles for rows `r0..r1` of `prod`.
+///
+/// # Safety
+/// The CPU must have `tier`'s features.
+pub unsafe fn run_rows<T: super::reference::Code>(
+    tier: super::Tier,
+    prod: &Product<'_, T>,
+    rows: (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    // SAFETY: the caller's
+    unsafe {
+        match tier {
+            super::Tier::Avx512Vnni => super::x86_avx512::product_rows(prod, rows, finish, out),
+            super::Tier::AvxVnni => product_rows(prod, rows, finish, out),
+            _ => super::x86::product_rows(prod, rows, finish, out, false),
+        }
+    }
+}
+
 /// Refuses what this tier cannot compute exactly: exact sums of int8 activations (staged flipped)
 /// at a depth of [`EXACT_DEPTH`] or more. No op asks for those (int8 activations wrap).
 pub fn check<T: super::reference::Code>(
@@ -263,4 +284,36 @@ unsafe fn span<const V: usize>(
     }
     // SAFETY: the caller's: `acc` is valid for writes
     unsafe { acc.write(a) };
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::kernels::Tier;
+
+    #[test]
+    fn exact_int8_sums_too_deep_for_i32_are_refused_not_wrapped() {
+        if !Tier::AvxVnni.supported() {
+            return; // nothing to check on this CPU
+        }
+        for (k4, exact, ok) in [
+            (EXACT_DEPTH, true, false),
+            (EXACT_DEPTH - 4, true, true),
+            (EXACT_DEPTH, false, true),
+        ] {
+            let (w, st) = (std::vec![1i8; 4 * k4], std::vec![0i8; k4]);
+            let prod = Product {
+                w: &w,
+                n: 4,
+                stage: &st,
+                px: Pixels::rows(1, k4, k4),
+                exact,
+                full_range: false,
+                wsum: u64::MAX,
+            };
+            let r =
+                super::super::gemm::run_rows(Tier::AvxVnni, &prod, (0, 4), Finish::Sums, |_| {});
+            assert_eq!(r.is_ok(), ok, "depth {k4}, exact {exact}");
+        }
+    }
 }

@@ -28,15 +28,19 @@ pub fn softmax(
                     .iter()
                     .fold((i8::MAX, i8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
                 if len > (mx as i32 - mn as i32) as usize {
-                    // long rows: the sum from a histogram of the codes, and each present code's
-                    // output once (the same integers in another order)
-                    let mut hist = [0u32; 256];
-                    for &v in xs.iter() {
-                        hist[(v as i32 + 128) as usize] += 1;
+                    // long rows: each present code's output computed once, then a table lookup
+                    // (the same integers). The sum reads the exp table directly, in four
+                    // independent partial sums (a histogram's increments of one bin wait for
+                    // each other: attention rows repeat their codes)
+                    let mut part = [0u64; 4];
+                    let mut quads = xs.chunks_exact(4);
+                    for c in &mut quads {
+                        for (p, &v) in part.iter_mut().zip(c) {
+                            *p += e_of(mx, v);
+                        }
                     }
-                    let sum: u64 = (mn..=mx)
-                        .map(|v| hist[(v as i32 + 128) as usize] as u64 * e_of(mx, v))
-                        .sum();
+                    let rest: u64 = quads.remainder().iter().map(|&v| e_of(mx, v)).sum();
+                    let sum = part.iter().sum::<u64>() + rest;
                     let q = Quotient::new(sum);
                     let mut code = [0i8; 256];
                     for v in mn..=mx {

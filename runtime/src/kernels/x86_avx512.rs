@@ -1,0 +1,289 @@
+//! x86-64 AVX-512 VNNI tiles of the product engine ([`super::gemm`]) for int8 activations (the
+//! `Avx512Vnni` tier). The same arithmetic as [`super::x86_vnni`] (flipped stage, `VPDPBUSD`,
+//! `128 * sum(w)` subtracted per row) on 512-bit registers: 64 products per instruction.
+//!
+//! A tile is 32 rows (two registers of 16 rows: four weight blocks of 4 rows x 4 depth each, side
+//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators. Row groups of 16 run here; what is left of the rows (fewer than 16) and int16
+//! activations run the 256-bit tiles of [`super::x86_vnni`] and [`super::x86`].
+use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
+use super::x86::Consts;
+use core::arch::x86_64::*;
+use core::mem::MaybeUninit;
+
+/// Pixels per tile (16 accumulators, 2 weight registers and 8 broadcasts: 12 pixels made LLVM
+/// spill accumulators to the stack).
+const NR: usize = 8;
+/// Pixels per tile handed to the sink (the epilogue's width).
+const HALF: usize = 6;
+/// Output pixels per chunk: a chunk's staged activations stay in cache while every row group of
+/// the weights passes over them.
+const CHUNK: usize = 16 * NR;
+/// Tiles per chunk.
+const TILES: usize = CHUNK / NR;
+/// Depth blocks interleaved at a time (two registers of 64 bytes each: 32 KiB).
+const SEG: usize = 256;
+
+/// Accumulators of one tile: `[row register][pixel]`.
+type Acc = [[__m512i; NR]; 2];
+
+/// Rows `r0..r1` of `prod` (multiples of 4) over every pixel, for int8 activations staged flipped
+/// ([`super::stage::flips`]); the rows past the last whole group of 16, and int16 activations, go
+/// to the 256-bit tiles.
+///
+/// # Safety
+/// The CPU must have AVX2, AVX-VNNI, AVX-512F and AVX-512 VNNI.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+pub unsafe fn product_rows<T: super::reference::Code>(
+    prod: &Product<'_, T>,
+    (r0, r1): (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    let stage: &[i8] = match bytemuck::try_cast_slice(prod.stage) {
+        Ok(s) if T::MIN == -128 && T::MAX == 127 => s,
+        // SAFETY: the caller's features include the 256-bit tiers'
+        _ => return unsafe { super::x86_vnni::product_rows(prod, (r0, r1), finish, out) },
+    };
+    let r16 = r0 + (r1 - r0) / 16 * 16;
+    let px = &prod.px;
+    let k4 = px.k4();
+    let nq = k4 / BLOCK;
+    // blocks per kernel row (see `span`)
+    let row = px.kw * px.c4 / BLOCK;
+    let mut t = Tile::new();
+    // 32 KiB of interleaved weights and the accumulators, left uninitialised: every element is
+    // written before it is read
+    let mut wbuf = [MaybeUninit::<u8>::uninit(); SEG * 128];
+    let mut acc = [MaybeUninit::<Acc>::uninit(); TILES];
+    let mut bases = [[0usize; NR]; TILES];
+    for c0 in (0..px.count).step_by(CHUNK) {
+        if r16 == r0 {
+            break;
+        }
+        let c1 = (c0 + CHUNK).min(px.count);
+        let n = (c1 - c0).div_ceil(NR);
+        for (i, b) in bases.iter_mut().enumerate().take(n) {
+            *b = px.bases(c0 + i * NR);
+        }
+        let mut r = r0;
+        while r < r16 {
+            let g = if r + 32 <= r16 { 32 } else { 16 };
+            let blocks: [&[i8]; 8] = core::array::from_fn(|i| {
+                let b = r / BLOCK + if i < g / BLOCK { i } else { 0 };
+                &prod.w[b * BLOCK * k4..]
+            });
+            let mut corr = [_mm512_setzero_si512(); 2];
+            if nq == 0 {
+                for a in acc.iter_mut().take(n) {
+                    a.write([[_mm512_setzero_si512(); NR]; 2]);
+                }
+            }
+            for qa in (0..nq).step_by(SEG) {
+                let qb = (qa + SEG).min(nq);
+                let at = (qa / row, qa % row);
+                let wp = wbuf.as_mut_ptr() as *mut u8;
+                // SAFETY: the CPU has this tier's features; blocks `qa..qb` of the row blocks are
+                // inside the weights (`Product::check` bounds their length) and `wbuf` holds `SEG`
+                // blocks of two registers
+                unsafe {
+                    if g == 32 {
+                        interleave::<2>(&blocks, (qa, qb), wp, &mut corr);
+                    } else {
+                        interleave::<1>(&blocks, (qa, qb), wp, &mut corr);
+                    }
+                }
+                for i in 0..n {
+                    let w = wbuf.as_ptr() as *const u8;
+                    let a = acc[i].as_mut_ptr();
+                    // SAFETY: the CPU has this tier's features; every read is inside `stage`
+                    // (`Product::check` bounds the pixels' extent) and the blocks just
+                    // interleaved; `acc[i]` is read only after the span from block 0 wrote it
+                    unsafe {
+                        if g == 32 {
+                            span::<2>(w, stage, &bases[i], px, (qa, qb, at), a)
+                        } else {
+                            span::<1>(w, stage, &bases[i], px, (qa, qb, at), a)
+                        }
+                    };
+                }
+            }
+            // SAFETY: the CPU has this tier's features; the chunk's accumulators were written for
+            // this row group
+            unsafe {
+                emit(
+                    &acc[..n],
+                    &corr[..g / 16],
+                    (r, c0, px.count),
+                    prod,
+                    finish,
+                    &mut t,
+                    out,
+                )
+            };
+            r += g;
+        }
+    }
+    if r16 < r1 {
+        // SAFETY: the caller's features include the 256-bit tier's
+        unsafe { super::x86_vnni::product_rows(prod, (r16, r1), finish, out) };
+    }
+}
+
+/// Finishes and hands over a chunk's tiles for the row group from `r` (pixels from `c0` of
+/// `count`): 8 rows x 6 pixels at a time, each sum less its row's correction.
+///
+/// # Safety
+/// This tier's features; `acc` initialised.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+unsafe fn emit(
+    acc: &[MaybeUninit<Acc>],
+    corr: &[__m512i],
+    (r, c0, count): (usize, usize, usize),
+    prod: &Product<'_, impl super::reference::Code>,
+    finish: Finish<'_>,
+    t: &mut Tile,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    for (v, &cv) in corr.iter().enumerate() {
+        for h in 0..2 {
+            (t.r0, t.rows) = (r + 16 * v + 8 * h, 8);
+            let half = |z: __m512i| {
+                if h == 0 {
+                    _mm512_castsi512_si256(z)
+                } else {
+                    _mm512_extracti64x4_epi64::<1>(z)
+                }
+            };
+            let c = half(cv);
+            // SAFETY: AVX2 is among the features
+            let consts = match finish {
+                Finish::Codes(e) if !prod.exact => unsafe { Consts::new(e, t.r0) },
+                _ => None,
+            };
+            for (i, a) in acc.iter().enumerate() {
+                for j0 in (0..NR).step_by(HALF) {
+                    let p0 = c0 + i * NR + j0;
+                    if p0 >= count {
+                        break;
+                    }
+                    let m = HALF.min(NR - j0);
+                    (t.p0, t.cols) = (p0, m.min(count - p0));
+                    // SAFETY: the caller's: `acc` initialised; register arithmetic and stores
+                    // into the tile
+                    unsafe {
+                        let sums: [__m256i; HALF] = core::array::from_fn(|j| {
+                            let z = a.assume_init_ref()[v][j0 + j.min(m - 1)];
+                            _mm256_sub_epi32(half(z), c)
+                        });
+                        match (&consts, finish) {
+                            (Some(k), Finish::Codes(e)) => k.codes(e, &sums, p0, t),
+                            _ => {
+                                for (j, s) in sums.iter().enumerate() {
+                                    let mut l = [0i32; 8];
+                                    _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, *s);
+                                    for (row, &x) in l.iter().enumerate() {
+                                        t.sums[row][j] = x as i64;
+                                    }
+                                }
+                                finish_sums(t, finish, prod.exact);
+                            }
+                        }
+                    }
+                    out(t);
+                    t.rows = 8;
+                }
+            }
+        }
+    }
+}
+
+/// Interleaves depth blocks `qa..qb` of the row blocks into `d` (`V` registers of 64 bytes per
+/// block: register `v` holds blocks `4v..4v + 4`) and adds `128 * sum(w)` of every row into
+/// `corr`.
+///
+/// # Safety
+/// This tier's features; each of `blocks[..4 V]` holds `16 * qb` bytes, `qb - qa <= SEG` and `d`
+/// has room for `SEG` blocks of two registers.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+#[inline]
+unsafe fn interleave<const V: usize>(
+    blocks: &[&[i8]; 8],
+    (qa, qb): (usize, usize),
+    d: *mut u8,
+    corr: &mut [__m512i; 2],
+) {
+    let flip = _mm512_set1_epi8(-128);
+    for q in qa..qb {
+        for v in 0..V {
+            // SAFETY: the caller's bounds
+            unsafe {
+                let at = d.add(64 * (V * (q - qa) + v));
+                for b in 0..4 {
+                    let x =
+                        _mm_loadu_si128(blocks[4 * v + b].as_ptr().add(16 * q) as *const __m128i);
+                    _mm_storeu_si128(at.add(16 * b) as *mut __m128i, x);
+                }
+                let w = _mm512_loadu_si512(at as *const __m512i);
+                corr[v] = _mm512_dpbusd_epi32(corr[v], flip, w);
+            }
+        }
+    }
+}
+
+/// Blocks `qa..qb` of the depth of one tile (`qa` at block `b0` of kernel row `ky`), added into its
+/// `V` registers of accumulators (overwritten when `qa == 0`), from the weights [`interleave`]
+/// wrote. The taps of a kernel row are adjacent in the stage, so a row's blocks run as one loop
+/// (see `super::x86`).
+///
+/// # Safety
+/// This tier's features; every staged value read is inside `stage`; `w` holds blocks `qa..qb`;
+/// `acc` is valid for writes, and initialised when `qa > 0`.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+#[inline]
+unsafe fn span<const V: usize>(
+    w: *const u8,
+    stage: &[i8],
+    bases: &[usize; NR],
+    px: &Pixels,
+    (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
+    acc: *mut Acc,
+) {
+    let row = px.kw * px.c4 / BLOCK;
+    if qa >= qb || row == 0 {
+        return;
+    }
+    let mut a = if qa == 0 {
+        [[_mm512_setzero_si512(); NR]; 2]
+    } else {
+        // SAFETY: the caller's: written by the span from block 0
+        unsafe { acc.read() }
+    };
+    let sp = stage.as_ptr();
+    let mut q = qa;
+    while q < qb {
+        let b1 = row.min(b0 + (qb - q));
+        let tap = ky * px.tap_row;
+        // SAFETY: the caller's bounds; block `q + (b - b0)` is interleaved
+        unsafe {
+            let wq = w.add(64 * V * (q - qa));
+            let at: [*const i8; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
+            for b in 0..b1 - b0 {
+                let wv: [__m512i; V] = core::array::from_fn(|v| {
+                    _mm512_loadu_si512(wq.add(64 * (V * b + v)) as *const __m512i)
+                });
+                for j in 0..NR {
+                    let x = _mm512_set1_epi32(core::ptr::read_unaligned(
+                        at[j].add((b0 + b) * BLOCK) as *const i32,
+                    ));
+                    for v in 0..V {
+                        a[v][j] = _mm512_dpbusd_epi32(a[v][j], x, wv[v]);
+                    }
+                }
+            }
+        }
+        q += b1 - b0;
+        (ky, b0) = (ky + 1, 0);
+    }
+    // SAFETY: the caller's: `acc` is valid for writes
+    unsafe { acc.write(a) };
+}
