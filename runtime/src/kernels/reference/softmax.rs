@@ -17,16 +17,22 @@ pub fn softmax(
     check_len(outer * len * inner, x.len())?;
     check_len(x.len(), out.len())?;
     check_len(256 * 4, exp_table.len())?;
-    let e_of = |mx: i8, v: i8| le_i32(exp_table, (mx as i32 - v as i32) as usize) as u32 as u64;
+    // the table's entries as u64 once per call (each row reads them many times): `mx - v` is in
+    // 0..=255, so the masked index reads the same entry without a bounds check
+    let mut exp = [0u64; 256];
+    for (d, e) in exp.iter_mut().enumerate() {
+        *e = le_i32(exp_table, d) as u32 as u64;
+    }
+    let e_of = |mx: i8, v: i8| exp[(mx as i32 - v as i32) as usize & 255];
     for o in 0..outer {
         for i in 0..inner {
             if inner == 1 {
                 // contiguous rows (the usual last-axis softmax)
                 let xs = &x[o * len..(o + 1) * len];
                 let ys = &mut out[o * len..(o + 1) * len];
-                let (mn, mx) = xs
-                    .iter()
-                    .fold((i8::MAX, i8::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                // two plain reductions, which vectorize (a fold of the pair did not)
+                let mn = xs.iter().copied().min().unwrap_or(i8::MAX);
+                let mx = xs.iter().copied().max().unwrap_or(i8::MIN);
                 if len > (mx as i32 - mn as i32) as usize {
                     // long rows: each present code's output computed once, then a table lookup
                     // (the same integers). The sum reads the exp table directly, in four
@@ -167,7 +173,11 @@ impl Quotient {
     #[inline(always)]
     fn code(&self, e: u64) -> i8 {
         let q = match self.inv {
-            Some(inv) => ((e * 510 + self.sum) as i64 as f64 * inv + LIFT) as i64,
+            // SAFETY: finite and in [0, 256] (the bounds above: `n < 2^53`, `0 < inv <= 1/2`),
+            // so truncation is exact and fits i64 (a plain `as` adds NaN and range checks)
+            Some(inv) => unsafe {
+                ((e * 510 + self.sum) as i64 as f64 * inv + LIFT).to_int_unchecked::<i64>()
+            },
             None => ((e * 510).saturating_add(self.sum) / self.d) as i64,
         };
         (q.min(255) - 128) as i8
