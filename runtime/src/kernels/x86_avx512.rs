@@ -230,60 +230,12 @@ unsafe fn interleave<const V: usize>(
     }
 }
 
-/// Blocks `qa..qb` of the depth of one tile (`qa` at block `b0` of kernel row `ky`), added into its
-/// `V` registers of accumulators (overwritten when `qa == 0`), from the weights [`interleave`]
-/// wrote. The taps of a kernel row are adjacent in the stage, so a row's blocks run as one loop
-/// (see `super::x86`).
-///
-/// # Safety
-/// This tier's features; every staged value read is inside `stage`; `w` holds blocks `qa..qb`;
-/// `acc` is valid for writes, and initialised when `qa > 0`.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
-#[inline]
-unsafe fn span<const V: usize>(
-    w: *const u8,
-    stage: &[i8],
-    bases: &[usize; NR],
-    px: &Pixels,
-    (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
-    acc: *mut Acc,
-) {
-    let row = px.kw * px.c4 / BLOCK;
-    if qa >= qb || row == 0 {
-        return;
-    }
-    let mut a = if qa == 0 {
-        [[_mm512_setzero_si512(); NR]; 2]
-    } else {
-        // SAFETY: the caller's: written by the span from block 0
-        unsafe { acc.read() }
-    };
-    let sp = stage.as_ptr();
-    let mut q = qa;
-    while q < qb {
-        let b1 = row.min(b0 + (qb - q));
-        let tap = ky * px.tap_row;
-        // SAFETY: the caller's bounds; block `q + (b - b0)` is interleaved
-        unsafe {
-            let wq = w.add(64 * V * (q - qa));
-            let at: [*const i8; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
-            for b in 0..b1 - b0 {
-                let wv: [__m512i; V] = core::array::from_fn(|v| {
-                    _mm512_loadu_si512(wq.add(64 * (V * b + v)) as *const __m512i)
-                });
-                for j in 0..NR {
-                    let x = _mm512_set1_epi32(core::ptr::read_unaligned(
-                        at[j].add((b0 + b) * BLOCK) as *const i32,
-                    ));
-                    for v in 0..V {
-                        a[v][j] = _mm512_dpbusd_epi32(a[v][j], x, wv[v]);
-                    }
-                }
-            }
-        }
-        q += b1 - b0;
-        (ky, b0) = (ky + 1, 0);
-    }
-    // SAFETY: the caller's: `acc` is valid for writes
-    unsafe { acc.write(a) };
-}
+super::x86_vnni::vnni_span!(
+    "avx2,avxvnni,avx512f,avx512vnni",
+    __m512i,
+    64,
+    _mm512_setzero_si512,
+    _mm512_loadu_si512,
+    _mm512_set1_epi32,
+    _mm512_dpbusd_epi32
+);

@@ -228,63 +228,84 @@ unsafe fn interleave<const V: usize>(
     }
 }
 
-/// Blocks `qa..qb` of the depth of one tile (`qa` at block `b0` of kernel row `ky`), added into its
-/// `V` registers of accumulators (overwritten when `qa == 0`), from the weights [`interleave`]
-/// wrote. The taps of a kernel row are adjacent in the stage, so a row's blocks run as one loop
-/// (see `super::x86`).
+/// Stamps out a VNNI tile's block loop, `span::<V>`: blocks `qa..qb` of the depth of one tile (`qa`
+/// at block `b0` of kernel row `ky`) added into its `V` registers of accumulators per pixel
+/// (overwritten when `qa == 0`), from the weights `interleave` wrote (`$bytes` per register). The
+/// taps of a kernel row are adjacent in the stage, so a row's blocks run as one loop (see
+/// `super::x86`). For registers `$vec` under the features `$feat`: `$zero`, `$load`, `$set1` (a
+/// broadcast block of 4 flipped codes) and `$dot(acc, x, w)` (`VPDPBUSD`). Used with the module's
+/// `NR` (pixels per tile).
 ///
-/// # Safety
-/// AVX2 and AVX-VNNI; every staged value read is inside `stage`; `w` holds blocks `qa..qb`; `acc`
-/// is valid for writes, and initialised when `qa > 0`.
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
-unsafe fn span<const V: usize>(
-    w: *const u8,
-    stage: &[i8],
-    bases: &[usize; NR],
-    px: &Pixels,
-    (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
-    acc: *mut Acc,
-) {
-    let row = px.kw * px.c4 / BLOCK;
-    if qa >= qb || row == 0 {
-        return;
-    }
-    let mut a = if qa == 0 {
-        [[_mm256_setzero_si256(); NR]; 2]
-    } else {
-        // SAFETY: the caller's: written by the span from block 0
-        unsafe { acc.read() }
-    };
-    let sp = stage.as_ptr();
-    let mut q = qa;
-    while q < qb {
-        let b1 = row.min(b0 + (qb - q));
-        let tap = ky * px.tap_row;
-        // SAFETY: the caller's bounds; block `q + (b - b0)` is interleaved
-        unsafe {
-            let wq = w.add(32 * V * (q - qa));
-            let at: [*const i8; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
-            for b in 0..b1 - b0 {
-                let wv: [__m256i; V] = core::array::from_fn(|v| {
-                    _mm256_loadu_si256(wq.add(32 * (V * b + v)) as *const __m256i)
-                });
-                for j in 0..NR {
-                    let x = _mm256_set1_epi32(core::ptr::read_unaligned(
-                        at[j].add((b0 + b) * BLOCK) as *const i32,
-                    ));
-                    for v in 0..V {
-                        a[v][j] = _mm256_dpbusd_avx_epi32(a[v][j], x, wv[v]);
+/// The function's safety contract: the features; every staged value read is inside `stage`; `w`
+/// holds blocks `qa..qb`; `acc` is valid for writes, and initialised when `qa > 0`.
+macro_rules! vnni_span {
+    ($feat:literal, $vec:ty, $bytes:literal, $zero:ident, $load:ident, $set1:ident, $dot:ident) => {
+        /// The tile's block loop (see `x86_vnni::vnni_span`).
+        ///
+        /// # Safety
+        /// See `x86_vnni::vnni_span`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn span<const V: usize>(
+            w: *const u8,
+            stage: &[i8],
+            bases: &[usize; NR],
+            px: &Pixels,
+            (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
+            acc: *mut [[$vec; NR]; 2],
+        ) {
+            let row = px.kw * px.c4 / BLOCK;
+            if qa >= qb || row == 0 {
+                return;
+            }
+            let mut a = if qa == 0 {
+                [[$zero(); NR]; 2]
+            } else {
+                // SAFETY: the caller's: written by the span from block 0
+                unsafe { acc.read() }
+            };
+            let sp = stage.as_ptr();
+            let mut q = qa;
+            while q < qb {
+                let b1 = row.min(b0 + (qb - q));
+                let tap = ky * px.tap_row;
+                // SAFETY: the caller's bounds; block `q + (b - b0)` is interleaved
+                unsafe {
+                    let wq = w.add($bytes * V * (q - qa));
+                    let at: [*const i8; NR] = core::array::from_fn(|j| sp.add(bases[j] + tap));
+                    for b in 0..b1 - b0 {
+                        let wv: [$vec; V] = core::array::from_fn(|v| {
+                            $load(wq.add($bytes * (V * b + v)) as *const $vec)
+                        });
+                        for j in 0..NR {
+                            let x = $set1(core::ptr::read_unaligned(
+                                at[j].add((b0 + b) * BLOCK) as *const i32
+                            ));
+                            for v in 0..V {
+                                a[v][j] = $dot(a[v][j], x, wv[v]);
+                            }
+                        }
                     }
                 }
+                q += b1 - b0;
+                (ky, b0) = (ky + 1, 0);
             }
+            // SAFETY: the caller's: `acc` is valid for writes
+            unsafe { acc.write(a) };
         }
-        q += b1 - b0;
-        (ky, b0) = (ky + 1, 0);
-    }
-    // SAFETY: the caller's: `acc` is valid for writes
-    unsafe { acc.write(a) };
+    };
 }
+pub(super) use vnni_span;
+
+vnni_span!(
+    "avx2,avxvnni",
+    __m256i,
+    32,
+    _mm256_setzero_si256,
+    _mm256_loadu_si256,
+    _mm256_set1_epi32,
+    _mm256_dpbusd_avx_epi32
+);
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
