@@ -17,7 +17,7 @@ mkdir -p "$CROSS_DIR"
 MODEL="$CROSS_DIR/digits_unet.dmq"
 ./target/release/dmqc compile models/digits_unet.onnx -o "$MODEL" --no-baseline --eval-samples 1 --calib-samples 4 >/dev/null
 host=$(./target/release/dmq-board sample "$MODEL" --seed 7 --steps 12 --checksum 2>/dev/null | grep '^checksum:')
-echo "host x86_64 ($(./target/release/dmq-board info | grep -o "Scalar\|AvxVnni\|Avx2" | head -1) tier): $host"
+echo "host x86_64 ($(./target/release/dmq-board info | grep -o "Scalar\|Avx512Vnni\|AvxVnni\|Avx2" | head -1) tier): $host"
 
 # cross side
 export RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$CROSS_DIR"
