@@ -105,10 +105,11 @@ def main():
         out = run(["target/release/dmq-board", "bench", a.dmq, "--runs", str(runs), "--threads", str(a.threads)] + flags)
         m = re.search(r"min ([0-9.]+) ms", out)
         dmq_min = float(m.group(1))
+        tier = (re.search(r"kernel tier (\w+)", out) or [None, "?"])[1]
         rows.append((ort_min, dmq_min))
         print(f"round {r + 1}: ONNX Runtime f32 {ort_min:.3f} ms, dmq {dmq_min:.3f} ms, ratio {dmq_min / ort_min:.3f}")
     o, d = min(x[0] for x in rows), min(x[1] for x in rows)
-    print(f"{os.path.basename(a.onnx)}, {a.threads} thread(s), {runs} evaluations x {a.rounds} rounds: "
+    print(f"{os.path.basename(a.onnx)}, {a.threads} thread(s), dmq tier {tier}, {runs} evaluations x {a.rounds} rounds: "
           f"ONNX Runtime f32 {o:.3f} ms, dmq {d:.3f} ms, ratio {d / o:.3f} (best against best)")
 
 
