@@ -274,7 +274,8 @@ fn moments_case<T: Code>(rng: &mut Rng) -> Check {
     Ok(1)
 }
 
-/// The int8 table lookup as run (NEON on aarch64) against a direct loop.
+/// The int8 table lookup as run (NEON on aarch64, AVX-512 VBMI on x86 where present) against a
+/// direct loop.
 fn lut_case(rng: &mut Rng) -> Check {
     let n = u(rng, 100);
     let x: Vec<i8> = acts(rng, n, false);

@@ -239,3 +239,35 @@ super::x86_vnni::vnni_span!(
     _mm512_set1_epi32,
     _mm512_dpbusd_epi32
 );
+
+/// `out[i] = table[x[i] + 128]` (int8 codes through a 256-entry table) for the whole 64-byte chunks
+/// of `x`, with AVX-512 VBMI: the index is `x ^ 0x80`, two `vpermi2b` look it up in the table's
+/// halves (bits 0-6) and its top bit picks the half. Returns how many values it wrote.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW and AVX-512 VBMI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub unsafe fn lut8(x: &[i8], table: &[u8], out: &mut [i8]) -> usize {
+    if table.len() < 256 {
+        return 0;
+    }
+    let n = x.len().min(out.len()) / 64 * 64;
+    // SAFETY: `table` holds 256 bytes; every chunk read and written lies below `n`
+    unsafe {
+        let t: [__m512i; 4] = core::array::from_fn(|k| {
+            _mm512_loadu_si512(table.as_ptr().add(64 * k) as *const __m512i)
+        });
+        let flip = _mm512_set1_epi8(-128);
+        for i in (0..n).step_by(64) {
+            let idx = _mm512_xor_si512(
+                _mm512_loadu_si512(x.as_ptr().add(i) as *const __m512i),
+                flip,
+            );
+            let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+            let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+            let r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, r);
+        }
+    }
+    n
+}

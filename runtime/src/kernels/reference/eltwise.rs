@@ -80,7 +80,17 @@ pub fn lut(x: &[i8], table: &[u8], out: &mut [i8]) -> Result<()> {
     // aarch64: 16 lookups per four-register `TBL`/`TBX` chain (the same table entries)
     #[cfg(target_arch = "aarch64")]
     let done = crate::kernels::neon_ops::lut8(x, table, out);
-    #[cfg(not(target_arch = "aarch64"))]
+    // x86-64 with AVX-512 VBMI (std builds detect it): 64 lookups per two `vpermi2b`
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let done = if std::arch::is_x86_feature_detected!("avx512vbmi")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the features were just detected
+        unsafe { crate::kernels::x86_avx512::lut8(x, table, out) }
+    } else {
+        0
+    };
+    #[cfg(not(any(target_arch = "aarch64", all(target_arch = "x86_64", feature = "std"))))]
     let done = 0;
     for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
         *o = table[(v as i32 + 128) as usize] as i8;
