@@ -430,7 +430,7 @@ pub fn run_rows<T: Code>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: each x86 tier is only chosen after detecting its features
         Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni => unsafe {
-            super::x86_vnni::run_rows(tier, prod, (r0, r1), finish, &mut out)
+            super::x86::run_rows(tier, prod, (r0, r1), finish, &mut out)
         },
         #[cfg(target_arch = "aarch64")]
         Tier::Neon | Tier::NeonDot => {

@@ -189,75 +189,52 @@ fn transpose<T: Code, U: Code>(
         && core::mem::size_of::<U>() == 2
         && U::MAX > 127
     {
-        // 8 x 8 blocks with SSE unpacks (the stage of the AVX2 tier is i16)
-        let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
-        if cb > 0 && pb > 0 {
-            // the blocks' last read and write, checked once
-            let _ = &src[(cb - 1) * ch_stride + pb - 1];
-            let _ = &dst[(pb - 1) * px_stride + cb - 1];
-            let d: &mut [i16] = bytemuck::cast_slice_mut(dst);
-            for c in (0..cb).step_by(8) {
-                for p in (0..pb).step_by(8) {
-                    // SAFETY: AVX2 was detected for this tier; the block lies within the ranges
-                    // checked above
-                    unsafe {
-                        super::x86::transpose8x8(
-                            src.as_ptr().add(c * ch_stride + p),
-                            ch_stride,
-                            d.as_mut_ptr().add(p * px_stride + c),
-                            px_stride,
-                        )
-                    };
-                }
-            }
-        }
-        (c0, p_end) = (cb, pb);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if flips(tier, 1)
+        // SSE unpacks (the stage of the AVX2 tiles is i16)
+        (c0, p_end) = blocks8(src, ch_stride, (nch, npx), dst, px_stride, |from, to| {
+            // SAFETY: AVX2 was detected for these tiers; `blocks8` checked the block's bounds; U
+            // is a two-byte code
+            unsafe { super::x86::transpose8x8(from, ch_stride, to as *mut i16, px_stride) }
+        });
+    } else if flips(tier, 1)
         && core::mem::size_of::<T>() == 1
         && core::mem::size_of::<U>() == 1
         && T::MIN == U::MIN
     {
-        (c0, p_end) = transpose_bytes(src, ch_stride, (nch, npx), dst, px_stride);
+        // SSE2 byte unpacks (the int8 stage of the VNNI tiers holds the input's codes)
+        (c0, p_end) = blocks8(src, ch_stride, (nch, npx), dst, px_stride, |from, to| {
+            // SAFETY: `blocks8` checked the block's bounds; T and U are the same one-byte code
+            unsafe {
+                super::x86::transpose8x8_b(from as *const i8, ch_stride, to as *mut i8, px_stride)
+            }
+        });
     }
     #[cfg(target_arch = "aarch64")]
     if matches!(tier, Tier::Neon | Tier::NeonDot)
         && core::mem::size_of::<T>() == core::mem::size_of::<U>()
         && T::MAX == U::MAX
     {
-        // 8 x 8 blocks with NEON zips (the stage of the NEON tiers holds the input's codes)
-        let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
-        if cb > 0 && pb > 0 {
-            // the blocks' last read and write, checked once
-            let _ = &src[(cb - 1) * ch_stride + pb - 1];
-            let _ = &dst[(pb - 1) * px_stride + cb - 1];
-            for c in (0..cb).step_by(8) {
-                for p in (0..pb).step_by(8) {
-                    let (from, to) = (c * ch_stride + p, p * px_stride + c);
-                    // SAFETY: NEON is baseline on aarch64; the block lies within the ranges
-                    // checked above; T and U are the same code type (equal size and range)
-                    unsafe {
-                        if core::mem::size_of::<T>() == 1 {
-                            super::neon_ops::transpose8x8_b(
-                                src.as_ptr().add(from) as *const i8,
-                                ch_stride,
-                                dst.as_mut_ptr().add(to) as *mut i8,
-                                px_stride,
-                            )
-                        } else {
-                            super::neon_ops::transpose8x8_h(
-                                src.as_ptr().add(from) as *const i16,
-                                ch_stride,
-                                dst.as_mut_ptr().add(to) as *mut i16,
-                                px_stride,
-                            )
-                        }
-                    };
+        // NEON zips (the stage of the NEON tiers holds the input's codes)
+        (c0, p_end) = blocks8(src, ch_stride, (nch, npx), dst, px_stride, |from, to| {
+            // SAFETY: NEON is baseline on aarch64; `blocks8` checked the block's bounds; T and U
+            // are the same code type (equal size and range)
+            unsafe {
+                if core::mem::size_of::<T>() == 1 {
+                    super::neon_ops::transpose8x8_b(
+                        from as *const i8,
+                        ch_stride,
+                        to as *mut i8,
+                        px_stride,
+                    )
+                } else {
+                    super::neon_ops::transpose8x8_h(
+                        from as *const i16,
+                        ch_stride,
+                        to as *mut i16,
+                        px_stride,
+                    )
                 }
             }
-        }
-        (c0, p_end) = (cb, pb);
+        });
     }
     let _ = tier;
     // what the blocks left: channels c0.. of every pixel, and channels ..c0 of pixels p_end..
@@ -270,34 +247,29 @@ fn transpose<T: Code, U: Code>(
     }
 }
 
-/// The whole 8 x 8 blocks of [`transpose`] for one-byte codes of one type, with SSE2 unpacks (the
-/// int8 stage of the AVX-VNNI tier); returns the channels and pixels the blocks covered.
-#[cfg(target_arch = "x86_64")]
+/// Walks the whole 8 x 8 blocks of [`transpose`] (channels `..nch / 8 * 8` by pixels `..npx / 8
+/// * 8`): checks the blocks' last read and write once (panicking like an index out of range, as
+/// [`transpose`] says), then hands each block's first source and destination element to `block`.
+/// Returns the channels and pixels the blocks covered.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
-fn transpose_bytes<T: Code, U: Code>(
+fn blocks8<T, U>(
     src: &[T],
     ch_stride: usize,
     (nch, npx): (usize, usize),
     dst: &mut [U],
     px_stride: usize,
+    mut block: impl FnMut(*const T, *mut U),
 ) -> (usize, usize) {
     let (cb, pb) = (nch / 8 * 8, npx / 8 * 8);
     if cb > 0 && pb > 0 {
-        // the blocks' last read and write, checked once
         let _ = &src[(cb - 1) * ch_stride + pb - 1];
         let _ = &dst[(pb - 1) * px_stride + cb - 1];
         for c in (0..cb).step_by(8) {
             for p in (0..pb).step_by(8) {
-                // SAFETY: the block lies within the ranges checked above; the caller's T and U are
-                // the same one-byte code type
-                unsafe {
-                    super::x86::transpose8x8_b(
-                        src.as_ptr().add(c * ch_stride + p) as *const i8,
-                        ch_stride,
-                        dst.as_mut_ptr().add(p * px_stride + c) as *mut i8,
-                        px_stride,
-                    )
-                };
+                // inside both slices by the checks above
+                let from = src.as_ptr().wrapping_add(c * ch_stride + p);
+                block(from, dst.as_mut_ptr().wrapping_add(p * px_stride + c));
             }
         }
     }

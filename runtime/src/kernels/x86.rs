@@ -44,6 +44,27 @@ type Acc = [[__m256i; NR]; 2];
 /// `[weight block][pixel][lanes 0-3, lanes 4-7]`.
 type Wide = [[[__m256i; 2]; NR]; 2];
 
+/// The x86 tiers' tiles for rows `r0..r1` of `prod`.
+///
+/// # Safety
+/// The CPU must have `tier`'s features.
+pub unsafe fn run_rows<T: super::reference::Code>(
+    tier: super::Tier,
+    prod: &Product<'_, T>,
+    rows: (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    // SAFETY: the caller's
+    unsafe {
+        match tier {
+            super::Tier::Avx512Vnni => super::x86_avx512::product_rows(prod, rows, finish, out),
+            super::Tier::AvxVnni => super::x86_vnni::product_rows(prod, rows, finish, out),
+            _ => product_rows(prod, rows, finish, out, false),
+        }
+    }
+}
+
 /// Rows `r0..r1` of `prod` (both multiples of 4) over every pixel. (Compiled for AVX2 as a whole,
 /// so the sink's code inlined here, writing codes, is too.) `fused` runs the block loop with
 /// AVX-VNNI's `vpdpwssd` in place of `vpmaddwd` + `vpaddd`.

@@ -3,8 +3,11 @@
 //! `128 * sum(w)` subtracted per row) on 512-bit registers: 64 products per instruction.
 //!
 //! A tile is 32 rows (two registers of 16 rows: four weight blocks of 4 rows x 4 depth each, side
-//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators. Row groups of 16 run here; what is left of the rows (fewer than 16) and int16
-//! activations run the 256-bit tiles of [`super::x86_vnni`] and [`super::x86`].
+//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators. Row groups of 16
+//! run here; what is left of the rows (fewer than 16) and int16 activations run the 256-bit tiles
+//! of [`super::x86_vnni`] and [`super::x86`].
+//!
+//! Also here: [`lut8`], int8 table lookups with AVX-512 VBMI.
 use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
 use super::x86::Consts;
 use core::arch::x86_64::*;
@@ -217,13 +220,16 @@ unsafe fn interleave<const V: usize>(
         for v in 0..V {
             // SAFETY: the caller's bounds
             unsafe {
-                let at = d.add(64 * (V * (q - qa) + v));
-                for b in 0..4 {
-                    let x =
-                        _mm_loadu_si128(blocks[4 * v + b].as_ptr().add(16 * q) as *const __m128i);
-                    _mm_storeu_si128(at.add(16 * b) as *mut __m128i, x);
-                }
-                let w = _mm512_loadu_si512(at as *const __m512i);
+                // the register assembled from its four blocks (four narrow stores read back
+                // as one wide load would miss store forwarding)
+                let blk = |b: usize| {
+                    _mm_loadu_si128(blocks[4 * v + b].as_ptr().add(16 * q) as *const __m128i)
+                };
+                let w = _mm512_castsi128_si512(blk(0));
+                let w = _mm512_inserti32x4::<1>(w, blk(1));
+                let w = _mm512_inserti32x4::<2>(w, blk(2));
+                let w = _mm512_inserti32x4::<3>(w, blk(3));
+                _mm512_storeu_si512(d.add(64 * (V * (q - qa) + v)) as *mut __m512i, w);
                 corr[v] = _mm512_dpbusd_epi32(corr[v], flip, w);
             }
         }

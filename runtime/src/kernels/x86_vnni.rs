@@ -34,27 +34,6 @@ pub const EXACT_DEPTH: usize = 1 << 17;
 /// Accumulators of one tile: `[row register][pixel]`.
 type Acc = [[__m256i; NR]; 2];
 
-/// The x86 tiers' tiles for rows `r0..r1` of `prod`.
-///
-/// # Safety
-/// The CPU must have `tier`'s features.
-pub unsafe fn run_rows<T: super::reference::Code>(
-    tier: super::Tier,
-    prod: &Product<'_, T>,
-    rows: (usize, usize),
-    finish: Finish<'_>,
-    out: &mut impl FnMut(&mut Tile),
-) {
-    // SAFETY: the caller's
-    unsafe {
-        match tier {
-            super::Tier::Avx512Vnni => super::x86_avx512::product_rows(prod, rows, finish, out),
-            super::Tier::AvxVnni => product_rows(prod, rows, finish, out),
-            _ => super::x86::product_rows(prod, rows, finish, out, false),
-        }
-    }
-}
-
 /// Refuses what this tier cannot compute exactly: exact sums of int8 activations (staged flipped)
 /// at a depth of [`EXACT_DEPTH`] or more. No op asks for those (int8 activations wrap).
 pub fn check<T: super::reference::Code>(
