@@ -6,7 +6,8 @@
 //! `cargo bench -p dmq-runtime --features std --bench product` (criterion's `--quick` shortens it);
 //! `-- --summary` prints only the summary. Its environment: `DMQ_BENCH_ROUNDS` (passes over the
 //! cases, each keeping its fastest; default 3), `DMQ_BENCH_SHAPE` (only shapes whose name contains
-//! it), `DMQ_BENCH_STAGE` (also time the staging alone, as a share of the op).
+//! it), `DMQ_BENCH_TIER` (only tiers whose `Debug` name contains it, e.g. `Avx512` for a profile
+//! of one tier), `DMQ_BENCH_STAGE` (also time the staging alone, as a share of the op).
 use criterion::{criterion_group, Criterion, Throughput};
 use dmq_runtime::kernels::gemm::{self, pad4, Epilogue, Finish, Pixels, Product, Requants};
 use dmq_runtime::kernels::reference::Code;
@@ -506,13 +507,17 @@ fn summary() {
         .unwrap_or(3)
         .max(1);
     let only = std::env::var("DMQ_BENCH_SHAPE").unwrap_or_default();
+    let only_tier = std::env::var("DMQ_BENCH_TIER").unwrap_or_default();
     let mut cases = Vec::new();
     for s in SHAPES
         .into_iter()
         .filter(|s| s.name.contains(only.as_str()))
     {
         for (v, vname) in variants() {
-            for tier in tiers().into_iter().filter(|&t| t != Tier::Scalar) {
+            for tier in tiers()
+                .into_iter()
+                .filter(|&t| t != Tier::Scalar && format!("{t:?}").contains(only_tier.as_str()))
+            {
                 cases.push((s, v, vname, tier, f64::MAX, f64::MAX));
             }
         }

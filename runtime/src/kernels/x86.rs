@@ -343,7 +343,7 @@ unsafe fn finish_tile(
             match (consts, finish) {
                 (Some(c), Finish::Codes(e)) if c.narrow(e, total, p0) => {
                     // every sum and sum + bias + col fits i32: the wrapping rule is exact
-                    let v = core::array::from_fn(|j| {
+                    let v: [__m256i; NR] = core::array::from_fn(|j| {
                         let a: [i32; 8] = core::array::from_fn(|i| total[i][j] as i32);
                         _mm256_loadu_si256(a.as_ptr() as *const __m256i)
                     });
@@ -440,13 +440,7 @@ impl Consts {
     /// col` (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
     /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn codes(
-        &self,
-        e: &Epilogue<'_>,
-        v: &[__m256i; NR],
-        p0: usize,
-        t: &mut Tile,
-    ) {
+    pub(super) unsafe fn codes(&self, e: &Epilogue<'_>, v: &[__m256i], p0: usize, t: &mut Tile) {
         for (j, &s) in v.iter().enumerate().take(t.cols) {
             let mut x = _mm256_add_epi32(s, self.bias);
             if let Some(&c) = e.col.get(p0 + j) {
@@ -620,8 +614,11 @@ pub(crate) unsafe fn write_tile8(
         }
         for (i, v) in transpose_h(px).iter().enumerate() {
             let d = dst.add(i * rs * bytes);
-            // the AVX2 tile's full width (6 pixels) stored straight from the register
+            // the tiles' full widths (6 pixels: AVX2 and AVX-VNNI; 8: AVX-512) stored straight
+            // from the register
             match (bytes, cols) {
+                (1, 8) => _mm_storel_epi64(d as *mut __m128i, _mm_packs_epi16(*v, *v)),
+                (2, 8) => _mm_storeu_si128(d as *mut __m128i, *v),
                 (1, 6) => {
                     let b = _mm_packs_epi16(*v, *v);
                     (d as *mut i32).write_unaligned(_mm_cvtsi128_si32(b));

@@ -14,10 +14,8 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 /// Pixels per tile (16 accumulators, 2 weight registers and 8 broadcasts: 12 pixels made LLVM
-/// spill accumulators to the stack).
+/// spill accumulators to the stack); also the width of the tiles handed to the sink.
 const NR: usize = 8;
-/// Pixels per tile handed to the sink (the epilogue's width).
-const HALF: usize = 6;
 /// Output pixels per chunk: a chunk's staged activations stay in cache while every row group of
 /// the weights passes over them.
 const CHUNK: usize = 16 * NR;
@@ -133,7 +131,7 @@ pub unsafe fn product_rows<T: super::reference::Code>(
 }
 
 /// Finishes and hands over a chunk's tiles for the row group from `r` (pixels from `c0` of
-/// `count`): 8 rows x 6 pixels at a time, each sum less its row's correction.
+/// `count`): 8 rows x 8 pixels at a time, each sum less its row's correction.
 ///
 /// # Safety
 /// This tier's features; `acc` initialised.
@@ -164,37 +162,33 @@ unsafe fn emit(
                 _ => None,
             };
             for (i, a) in acc.iter().enumerate() {
-                for j0 in (0..NR).step_by(HALF) {
-                    let p0 = c0 + i * NR + j0;
-                    if p0 >= count {
-                        break;
-                    }
-                    let m = HALF.min(NR - j0);
-                    (t.p0, t.cols) = (p0, m.min(count - p0));
-                    // SAFETY: the caller's: `acc` initialised; register arithmetic and stores
-                    // into the tile
-                    unsafe {
-                        let sums: [__m256i; HALF] = core::array::from_fn(|j| {
-                            let z = a.assume_init_ref()[v][j0 + j.min(m - 1)];
-                            _mm256_sub_epi32(half(z), c)
-                        });
-                        match (&consts, finish) {
-                            (Some(k), Finish::Codes(e)) => k.codes(e, &sums, p0, t),
-                            _ => {
-                                for (j, s) in sums.iter().enumerate() {
-                                    let mut l = [0i32; 8];
-                                    _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, *s);
-                                    for (row, &x) in l.iter().enumerate() {
-                                        t.sums[row][j] = x as i64;
-                                    }
+                let p0 = c0 + i * NR;
+                if p0 >= count {
+                    break;
+                }
+                (t.p0, t.cols) = (p0, NR.min(count - p0));
+                // SAFETY: the caller's: `acc` initialised; register arithmetic and stores into the
+                // tile
+                unsafe {
+                    let sums: [__m256i; NR] = core::array::from_fn(|j| {
+                        _mm256_sub_epi32(half(a.assume_init_ref()[v][j]), c)
+                    });
+                    match (&consts, finish) {
+                        (Some(k), Finish::Codes(e)) => k.codes(e, &sums, p0, t),
+                        _ => {
+                            for (j, s) in sums.iter().enumerate() {
+                                let mut l = [0i32; 8];
+                                _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, *s);
+                                for (row, &x) in l.iter().enumerate() {
+                                    t.sums[row][j] = x as i64;
                                 }
-                                finish_sums(t, finish, prod.exact);
                             }
+                            finish_sums(t, finish, prod.exact);
                         }
                     }
-                    out(t);
-                    t.rows = 8;
                 }
+                out(t);
+                t.rows = 8;
             }
         }
     }
