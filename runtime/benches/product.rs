@@ -297,7 +297,8 @@ fn tiers() -> Vec<Tier> {
 /// product (int16 activations run the AVX2 tiles on the AVX-VNNI tier).
 fn peak_per_cycle(t: Tier, v: Variant) -> Option<f64> {
     match t {
-        Tier::AvxVnni | Tier::Avx512Vnni if v == Variant::W8A16 => Some(32.0),
+        Tier::AvxVnni if v == Variant::W8A16 => Some(32.0), // 2 x vpdpwssd (16 MACs) per cycle
+        Tier::Avx512Vnni if v == Variant::W8A16 => Some(64.0), // 2 x vpdpwssd zmm (32 MACs)
         Tier::Avx512Vnni => Some(128.0), // 2 x vpdpbusd zmm (64 MACs) per cycle
         Tier::Avx2 => Some(32.0),        // 2 x vpmaddwd (16 MACs) per cycle
         Tier::AvxVnni => Some(64.0),     // 2 x vpdpbusd (32 MACs) per cycle

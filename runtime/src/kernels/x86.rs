@@ -26,10 +26,10 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 /// Pixels per tile.
-const NR: usize = 6;
+pub(super) const NR: usize = 6;
 /// Blocks a lane accumulates for int16 activations before it is widened: a lane adds two
 /// products of at most 2^15 * 2^7 per block, and 255 * 2^23 < 2^31.
-const WIDEN_EVERY: usize = 255;
+pub(super) const WIDEN_EVERY: usize = 255;
 /// Output pixels per chunk of [`product_rows`]: a chunk's staged activations stay in cache while
 /// every row group of the weights passes over them.
 const CHUNK: usize = 16 * NR;
@@ -39,10 +39,10 @@ const TILES: usize = CHUNK / NR;
 const SEG: usize = 256;
 
 /// Accumulators of one tile: `[weight block][pixel]`.
-type Acc = [[__m256i; NR]; 2];
+pub(super) type Acc = [[__m256i; NR]; 2];
 /// Exact sums of one tile for int16 activations: the accumulators' lanes as i64,
 /// `[weight block][pixel][lanes 0-3, lanes 4-7]`.
-type Wide = [[[__m256i; 2]; NR]; 2];
+pub(super) type Wide = [[[__m256i; 2]; NR]; 2];
 
 /// The x86 tiers' tiles for rows `r0..r1` of `prod`.
 ///
@@ -316,7 +316,7 @@ span_fn!(span_fused, "avx2,avxvnni", dpwssd);
 /// # Safety
 /// AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn finish_tile(
+pub(super) unsafe fn finish_tile(
     acc: &Acc,
     wide: Option<&Wide>,
     consts: Option<&Consts>,
@@ -471,7 +471,7 @@ unsafe fn row_sums(a: __m256i, b: __m256i) -> __m256i {
 /// Adds the accumulators' lanes, sign-extended, into the exact i64 lanes and clears them.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn widen(acc: &mut Acc, total: &mut Wide) {
+pub(super) unsafe fn widen(acc: &mut Acc, total: &mut Wide) {
     for (a, t) in acc.iter_mut().zip(total.iter_mut()) {
         for (v, t) in a.iter_mut().zip(t.iter_mut()) {
             let lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(*v));

@@ -42,8 +42,8 @@ pub unsafe fn product_rows<T: super::reference::Code>(
 ) {
     let stage: &[i8] = match bytemuck::try_cast_slice(prod.stage) {
         Ok(s) if T::MIN == -128 && T::MAX == 127 => s,
-        // SAFETY: the caller's features include the 256-bit tiers'
-        _ => return unsafe { super::x86_vnni::product_rows(prod, (r0, r1), finish, out) },
+        // SAFETY: the caller's features
+        _ => return unsafe { product_rows_i16(prod, (r0, r1), finish, out) },
     };
     let r16 = r0 + (r1 - r0) / 16 * 16;
     let px = &prod.px;
@@ -128,6 +128,229 @@ pub unsafe fn product_rows<T: super::reference::Code>(
         // SAFETY: the caller's features include the 256-bit tier's
         unsafe { super::x86_vnni::product_rows(prod, (r16, r1), finish, out) };
     }
+}
+
+/// Rows `r0..r1` of `prod` for int16 activations (any other stage goes to the 256-bit tiles).
+///
+/// # Safety
+/// The CPU must have AVX2, AVX-VNNI, AVX-512F and AVX-512 VNNI.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+unsafe fn product_rows_i16<T: super::reference::Code>(
+    prod: &Product<'_, T>,
+    (r0, r1): (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    use super::x86::{finish_tile, widen, Acc, Wide, NR as NR6, WIDEN_EVERY};
+    let stage: &[i16] = match bytemuck::try_cast_slice(prod.stage) {
+        Ok(s) if core::mem::size_of::<T>() == 2 => s,
+        // SAFETY: the caller's features include the 256-bit tiers'
+        _ => return unsafe { super::x86_vnni::product_rows(prod, (r0, r1), finish, out) },
+    };
+    const CHUNK16: usize = 16 * NR6;
+    // blocks extended at a time (two registers of 32 i16 each: 32 KiB), at least a widening span
+    const SEG16: usize = 256;
+    const { assert!(WIDEN_EVERY <= SEG16) };
+    let r16 = r0 + (r1 - r0) / 16 * 16;
+    let col = super::gemm::col_max(finish);
+    let px = &prod.px;
+    let k4 = px.k4();
+    let nq = k4 / BLOCK;
+    let row = px.kw * px.c4 / BLOCK;
+    let mut t = Tile::new();
+    // 32 KiB of extended weights, the accumulators and exact sums, left uninitialised: every
+    // element is written before it is read
+    let mut wbuf = [MaybeUninit::<i16>::uninit(); SEG16 * 64];
+    let mut acc = [MaybeUninit::<[[__m512i; NR6]; 2]>::uninit(); 16];
+    let mut total = [MaybeUninit::<[Wide; 2]>::uninit(); 16];
+    let mut bases = [[0usize; NR6]; 16];
+    // the 256-bit accumulators of rows `8 v..8 v + 8` of a tile: its registers' halves
+    let halves = |z: &[[__m512i; NR6]; 2], v: usize| -> Acc {
+        [
+            core::array::from_fn(|j| _mm512_castsi512_si256(z[v][j])),
+            core::array::from_fn(|j| _mm512_extracti64x4_epi64::<1>(z[v][j])),
+        ]
+    };
+    for c0 in (0..px.count).step_by(CHUNK16) {
+        if r16 == r0 {
+            break;
+        }
+        let c1 = (c0 + CHUNK16).min(px.count);
+        let n = (c1 - c0).div_ceil(NR6);
+        for (i, b) in bases.iter_mut().enumerate().take(n) {
+            *b = px.bases(c0 + i * NR6);
+        }
+        for r in (r0..r16).step_by(16) {
+            let blocks: [&[i8]; 4] =
+                core::array::from_fn(|i| &prod.w[(r / BLOCK + i) * BLOCK * k4..]);
+            // SAFETY: AVX2 is among the features
+            let consts = [0, 1].map(|v| match finish {
+                Finish::Codes(e) => unsafe { super::x86::Consts::new(e, r + 8 * v) },
+                _ => None,
+            });
+            // exact sums unless both halves' sums provably fit i32 (then i32 lanes and the
+            // wrapping epilogue are exact)
+            let wide = prod.exact
+                && !(0..2).all(|v| {
+                    consts[v].is_some()
+                        && super::gemm::fits_i32(
+                            prod.wsum,
+                            col,
+                            &blocks[2 * v][..BLOCK * k4],
+                            &blocks[2 * v + 1][..BLOCK * k4],
+                            finish,
+                            r + 8 * v,
+                        )
+                });
+            let zero = [[_mm512_setzero_si512(); NR6]; 2];
+            if nq == 0 {
+                for a in acc.iter_mut().take(n) {
+                    a.write(zero);
+                }
+            }
+            if wide {
+                for s in total.iter_mut().take(n) {
+                    s.write([[[[_mm256_setzero_si256(); 2]; NR6]; 2]; 2]);
+                }
+            }
+            let seg = if wide { WIDEN_EVERY } else { SEG16 };
+            for qa in (0..nq).step_by(seg) {
+                let qb = (qa + seg).min(nq);
+                let at = (qa / row, qa % row);
+                // SAFETY: this tier's features; blocks `qa..qb` of the four row blocks are inside
+                // the weights (`Product::check` bounds their length) and `wbuf` holds `SEG16`
+                // blocks of two registers (`seg <= SEG16`)
+                unsafe { extend16(&blocks, (qa, qb), wbuf.as_mut_ptr() as *mut i16) };
+                for i in 0..n {
+                    let a = acc[i].as_mut_ptr();
+                    // SAFETY: this tier's features; every read is inside `stage`
+                    // (`Product::check` bounds the pixels' extent) and the blocks just extended;
+                    // `acc[i]` is read only after the span from block 0 wrote it
+                    unsafe {
+                        span16(
+                            wbuf.as_ptr() as *const i16,
+                            stage,
+                            &bases[i],
+                            px,
+                            (qa, qb, at),
+                            a,
+                        )
+                    };
+                    if wide {
+                        // SAFETY: `acc[i]` was just written, `total[i]` above for this row
+                        // group; register arithmetic and local stores
+                        unsafe {
+                            let z = acc[i].assume_init_mut();
+                            let s = total[i].assume_init_mut();
+                            for (v, sv) in s.iter_mut().enumerate() {
+                                let mut h = halves(z, v);
+                                widen(&mut h, sv);
+                            }
+                            *z = zero;
+                        }
+                    }
+                }
+            }
+            for (v, k) in consts.iter().enumerate() {
+                (t.r0, t.rows) = (r + 8 * v, 8);
+                for i in 0..n {
+                    let p0 = c0 + i * NR6;
+                    (t.p0, t.cols) = (p0, NR6.min(px.count - p0));
+                    // SAFETY: this tier's features; `acc[..n]` (and `total[..n]` when wide) were
+                    // written for this row group
+                    unsafe {
+                        let h = halves(acc[i].assume_init_ref(), v);
+                        let sums = wide.then(|| &total[i].assume_init_ref()[v]);
+                        finish_tile(&h, sums, k.as_ref(), finish, &mut t);
+                    }
+                    out(&mut t);
+                    t.rows = 8;
+                }
+            }
+        }
+    }
+    if r16 < r1 {
+        // SAFETY: the caller's features include AVX2 and AVX-VNNI
+        unsafe { super::x86::product_rows(prod, (r16, r1), finish, out, true) };
+    }
+}
+
+/// Extends depth blocks `qa..qb` of four row blocks to i16 into `d`: per block, register 0 holds
+/// blocks 0 and 1 (the AVX2 tile's layout of 8 rows), register 1 blocks 2 and 3.
+///
+/// # Safety
+/// This tier's features; each of `blocks` holds `16 * qb` bytes and `d` has room for `qb - qa`
+/// blocks of two registers.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+#[inline]
+unsafe fn extend16(blocks: &[&[i8]; 4], (qa, qb): (usize, usize), d: *mut i16) {
+    for q in qa..qb {
+        for (b, blk) in blocks.iter().enumerate() {
+            // SAFETY: the caller's bounds
+            unsafe {
+                let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    blk.as_ptr().add(16 * q) as *const __m128i
+                ));
+                _mm256_storeu_si256(d.add(64 * (q - qa) + 16 * b) as *mut __m256i, w);
+            }
+        }
+    }
+}
+
+/// The int16 tile's block loop: blocks `qa..qb` of one tile's depth (`qa` at block `b0` of kernel
+/// row `ky`) added into its accumulators (overwritten when `qa == 0`) with `VPDPWSSD`, each pixel's
+/// 4 staged values broadcast to every 64-bit lane (see `super::x86`'s `span`).
+///
+/// # Safety
+/// This tier's features; every staged value read is inside `stage`; `w` holds blocks `qa..qb`
+/// (written by [`extend16`]); `acc` is valid for writes, and initialised when `qa > 0`.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+#[inline]
+unsafe fn span16(
+    w: *const i16,
+    stage: &[i16],
+    bases: &[usize; super::x86::NR],
+    px: &Pixels,
+    (qa, qb, (mut ky, mut b0)): (usize, usize, (usize, usize)),
+    acc: *mut [[__m512i; super::x86::NR]; 2],
+) {
+    const N: usize = super::x86::NR;
+    let row = px.kw * px.c4 / BLOCK;
+    if qa >= qb || row == 0 {
+        return;
+    }
+    let mut a = if qa == 0 {
+        [[_mm512_setzero_si512(); N]; 2]
+    } else {
+        // SAFETY: the caller's: written by the span from block 0
+        unsafe { acc.read() }
+    };
+    let sp = stage.as_ptr();
+    let mut q = qa;
+    while q < qb {
+        let b1 = row.min(b0 + (qb - q));
+        let tap = ky * px.tap_row;
+        // SAFETY: the caller's bounds; block `q + (b - b0)` of `w` is extended
+        unsafe {
+            let wq = w.add(64 * (q - qa));
+            let at: [*const i16; N] = core::array::from_fn(|j| sp.add(bases[j] + tap));
+            for b in 0..b1 - b0 {
+                let wa = _mm512_loadu_si512(wq.add(64 * b) as *const __m512i);
+                let wb = _mm512_loadu_si512(wq.add(64 * b + 32) as *const __m512i);
+                for j in 0..N {
+                    let x = _mm512_set1_epi64(core::ptr::read_unaligned(
+                        at[j].add((b0 + b) * BLOCK) as *const i64,
+                    ));
+                    a[0][j] = _mm512_dpwssd_epi32(a[0][j], wa, x);
+                    a[1][j] = _mm512_dpwssd_epi32(a[1][j], wb, x);
+                }
+            }
+        }
+        q += b1 - b0;
+        (ky, b0) = (ky + 1, 0);
+    }
+    // SAFETY: the caller's: `acc` is valid for writes
+    unsafe { acc.write(a) };
 }
 
 /// Finishes and hands over a chunk's tiles for the row group from `r` (pixels from `c0` of
