@@ -51,7 +51,7 @@ fn estimate_text(path: &Path, board: Board) -> Result<String> {
     let total = conv + lin + mm;
     // (name, core, GHz, executed instructions per MAC of one evaluation, IPC of the hot loop): the
     // instruction counts measured by scripts/arm-evidence.sh on the bundled model (qemu, one
-    // evaluation alone: 14.77 M instructions on cortex-a72, 8.09 M on cortex-a76 for 33.34 M MACs),
+    // evaluation alone: 14.72 M instructions on cortex-a72, 8.04 M on cortex-a76 for 33.34 M MACs),
     // the IPC by llvm-mca on the product engine's hot loop (tile_neon on cortex-a72, tile_sdot on
     // cortex-a76 and cortex-a78); Orin runs the same dotprod binary as the Pi 5
     let (name, core, ghz, ipm, ipc) = match board {
@@ -59,21 +59,21 @@ fn estimate_text(path: &Path, board: Board) -> Result<String> {
             "Raspberry Pi 4",
             "Cortex-A72, NEON tier",
             1.5,
-            14.77 / 33.34,
+            14.72 / 33.34,
             1.81,
         ),
         Board::Pi5 => (
             "Raspberry Pi 5",
             "Cortex-A76, dotprod tier",
             2.4,
-            8.09 / 33.34,
+            8.04 / 33.34,
             2.25,
         ),
         Board::Orin => (
             "Jetson Orin",
             "Cortex-A78AE, dotprod tier",
             2.2,
-            8.09 / 33.34,
+            8.04 / 33.34,
             2.25,
         ),
     };
