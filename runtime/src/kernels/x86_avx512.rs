@@ -141,7 +141,7 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
     finish: Finish<'_>,
     out: &mut impl FnMut(&mut Tile),
 ) {
-    use super::x86::{finish_tile, widen, Acc, Wide, NR as NR6, WIDEN_EVERY};
+    use super::x86::{widen, Wide, NR as NR6, WIDEN_EVERY};
     let stage: &[i16] = match bytemuck::try_cast_slice(prod.stage) {
         Ok(s) if core::mem::size_of::<T>() == 2 => s,
         // SAFETY: the caller's features include the 256-bit tiers'
@@ -164,13 +164,6 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
     let mut acc = [MaybeUninit::<[[__m512i; NR6]; 2]>::uninit(); 16];
     let mut total = [MaybeUninit::<[Wide; 2]>::uninit(); 16];
     let mut bases = [[0usize; NR6]; 16];
-    // the 256-bit accumulators of rows `8 v..8 v + 8` of a tile: its registers' halves
-    let halves = |z: &[[__m512i; NR6]; 2], v: usize| -> Acc {
-        [
-            core::array::from_fn(|j| _mm512_castsi512_si256(z[v][j])),
-            core::array::from_fn(|j| _mm512_extracti64x4_epi64::<1>(z[v][j])),
-        ]
-    };
     for c0 in (0..px.count).step_by(CHUNK16) {
         if r16 == r0 {
             break;
@@ -192,15 +185,12 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
             // wrapping epilogue are exact)
             let wide = prod.exact
                 && !(0..2).all(|v| {
+                    let (w0, w1) = (
+                        &blocks[2 * v][..BLOCK * k4],
+                        &blocks[2 * v + 1][..BLOCK * k4],
+                    );
                     consts[v].is_some()
-                        && super::gemm::fits_i32(
-                            prod.wsum,
-                            col,
-                            &blocks[2 * v][..BLOCK * k4],
-                            &blocks[2 * v + 1][..BLOCK * k4],
-                            finish,
-                            r + 8 * v,
-                        )
+                        && super::gemm::fits_i32(prod.wsum, col, w0, w1, finish, r + 8 * v)
                 });
             let zero = [[_mm512_setzero_si512(); NR6]; 2];
             if nq == 0 {
@@ -251,27 +241,61 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
                     }
                 }
             }
-            for (v, k) in consts.iter().enumerate() {
-                (t.r0, t.rows) = (r + 8 * v, 8);
-                for i in 0..n {
-                    let p0 = c0 + i * NR6;
-                    (t.p0, t.cols) = (p0, NR6.min(px.count - p0));
-                    // SAFETY: this tier's features; `acc[..n]` (and `total[..n]` when wide) were
-                    // written for this row group
-                    unsafe {
-                        let h = halves(acc[i].assume_init_ref(), v);
-                        let sums = wide.then(|| &total[i].assume_init_ref()[v]);
-                        finish_tile(&h, sums, k.as_ref(), finish, &mut t);
-                    }
-                    out(&mut t);
-                    t.rows = 8;
-                }
-            }
+            let done = (&acc[..n], wide.then_some(&total[..n]));
+            // SAFETY: this tier's features; `acc[..n]` (and `total[..n]` when wide) were written
+            // for this row group
+            unsafe { emit16(done, &consts, (r, c0, px.count), finish, &mut t, out) };
         }
     }
     if r16 < r1 {
         // SAFETY: the caller's features include AVX2 and AVX-VNNI
         unsafe { super::x86::product_rows(prod, (r16, r1), finish, out, true) };
+    }
+}
+
+/// The 256-bit accumulators of rows `8 v..8 v + 8` of an int16 tile: its registers' halves.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn halves(z: &[[__m512i; super::x86::NR]; 2], v: usize) -> super::x86::Acc {
+    [
+        core::array::from_fn(|j| _mm512_castsi512_si256(z[v][j])),
+        core::array::from_fn(|j| _mm512_extracti64x4_epi64::<1>(z[v][j])),
+    ]
+}
+
+/// Finishes and hands over an int16 chunk's tiles for the row group from `r` (pixels from `c0` of
+/// `count`): each 8-row half by the AVX2 epilogue, from the wrapping accumulators or from the
+/// exact sums `wide`.
+///
+/// # Safety
+/// This tier's features; `acc` (and `wide`) initialised.
+#[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
+unsafe fn emit16(
+    (acc, wide): (
+        &[MaybeUninit<[[__m512i; super::x86::NR]; 2]>],
+        Option<&[MaybeUninit<[super::x86::Wide; 2]>]>,
+    ),
+    consts: &[Option<super::x86::Consts>; 2],
+    (r, c0, count): (usize, usize, usize),
+    finish: Finish<'_>,
+    t: &mut Tile,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    const N: usize = super::x86::NR;
+    for (v, k) in consts.iter().enumerate() {
+        (t.r0, t.rows) = (r + 8 * v, 8);
+        for (i, a) in acc.iter().enumerate() {
+            let p0 = c0 + i * N;
+            (t.p0, t.cols) = (p0, N.min(count - p0));
+            // SAFETY: the caller's: initialised; the AVX2 epilogue under this tier's features
+            unsafe {
+                let h = halves(a.assume_init_ref(), v);
+                let sums = wide.map(|w| &w[i].assume_init_ref()[v]);
+                super::x86::finish_tile(&h, sums, k.as_ref(), finish, t);
+            }
+            out(t);
+            t.rows = 8;
+        }
     }
 }
 
