@@ -299,11 +299,11 @@ fn peak_per_cycle(t: Tier, v: Variant) -> Option<f64> {
     match t {
         Tier::AvxVnni if v == Variant::W8A16 => Some(32.0), // 2 x vpdpwssd (16 MACs) per cycle
         Tier::Avx512Vnni if v == Variant::W8A16 => Some(64.0), // 2 x vpdpwssd zmm (32 MACs)
-        Tier::Avx512Vnni => Some(128.0), // 2 x vpdpbusd zmm (64 MACs) per cycle
-        Tier::Avx2 => Some(32.0),        // 2 x vpmaddwd (16 MACs) per cycle
-        Tier::AvxVnni => Some(64.0),     // 2 x vpdpbusd (32 MACs) per cycle
-        Tier::NeonDot => Some(32.0),     // 2 x SDOT (16 MACs) per cycle on Cortex-A76/A78
-        Tier::Neon => Some(8.0),         // SMLAL: 8 x 8-bit MACs, about one per cycle on Cortex-A72
+        Tier::Avx512Vnni => Some(128.0),                    // 2 x vpdpbusd zmm (64 MACs) per cycle
+        Tier::Avx2 => Some(32.0),                           // 2 x vpmaddwd (16 MACs) per cycle
+        Tier::AvxVnni => Some(64.0),                        // 2 x vpdpbusd (32 MACs) per cycle
+        Tier::NeonDot => Some(32.0), // 2 x SDOT (16 MACs) per cycle on Cortex-A76/A78
+        Tier::Neon => Some(8.0),     // SMLAL: 8 x 8-bit MACs, about one per cycle on Cortex-A72
         Tier::Scalar => None,
     }
 }

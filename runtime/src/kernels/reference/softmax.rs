@@ -118,13 +118,22 @@ pub fn softmax_any<T: Code, U: Code>(
             "softmax steps or row length too large",
         ));
     }
-    let at = |i: usize| le_i32(table, i) as u32 as u64;
+    // the table as u64 once per call; `d = mx - v` is below 2^16 (int16) or 2^8, so the masked
+    // indices read the same entries without bounds checks
+    let mut lo = [0u64; 256];
+    let mut hi = [0u64; 256];
+    for d in 0..256 {
+        lo[d] = le_i32(table, d) as u32 as u64;
+        if wide {
+            hi[d] = le_i32(table, 256 + d) as u32 as u64;
+        }
+    }
     let e_of = |mx: i32, v: i32| {
         let d = (mx - v) as usize;
         if wide {
-            (at(256 + (d >> 8)) * at(d & 255) + (1 << 19)) >> 20
+            (hi[(d >> 8) & 255] * lo[d & 255] + (1 << 19)) >> 20
         } else {
-            at(d)
+            lo[d & 255]
         }
     };
     let top = (st.hi - st.zo).max(0) as u64;
@@ -136,13 +145,48 @@ pub fn softmax_any<T: Code, U: Code>(
                 .map(|j| e_of(mx, x[at(j)].get()))
                 .sum::<u64>()
                 .max(1);
+            let div = FloorDiv::new(2 * sum);
             for j in 0..len {
-                let q = (2 * st.r * e_of(mx, x[at(j)].get()) + sum) / (2 * sum);
+                let q = div.of(2 * st.r * e_of(mx, x[at(j)].get()) + sum);
                 out[at(j)] = U::sat(st.zo as i64 + q.min(top) as i64);
             }
         }
     }
     Ok(())
+}
+
+/// `floor(n / d)` without a division, for `n < 2^53` and `0 < d < 2^53` ([`softmax_any`]'s bounds:
+/// `n = 2 r e + sum`, `d = 2 sum` with `e <= sum`, so the quotient is at most `r + 1`): both are
+/// exact in f64, `n * fl(1/d)` is within 2^-26 of `n / d`, its truncation is the floor or one off
+/// it, and one integer comparison each way corrects it (in place of a u64 division per element).
+struct FloorDiv {
+    d: u64,
+    inv: f64,
+}
+
+impl FloorDiv {
+    fn new(d: u64) -> Self {
+        let d = d.max(1);
+        FloorDiv {
+            d,
+            inv: 1.0 / d as f64,
+        }
+    }
+    #[inline(always)]
+    fn of(&self, n: u64) -> u64 {
+        // SAFETY: finite and in [0, 2^53] (`n < 2^53`, `0 < inv <= 1`), so the truncation is
+        // exact and fits i64 (plain `as` conversions of u64 add range checks and fix-ups)
+        let q = unsafe { (n as i64 as f64 * self.inv).to_int_unchecked::<i64>() } as u64;
+        // q <= n / d + 1, so q * d <= n + d < 2^54
+        let p = q.wrapping_mul(self.d);
+        if p > n {
+            q - 1
+        } else if n - p >= self.d {
+            q + 1
+        } else {
+            q
+        }
+    }
 }
 
 /// `round(255 * e / sum) - 128` as `floor((510 e + sum) / (2 sum)) - 128`, clamped to 127.
@@ -294,6 +338,31 @@ mod tests {
             for (j, (&v, &g)) in x.iter().zip(&got).enumerate() {
                 let q = ((2 * r * e((mx - v) as usize) + sum) / (2 * sum)).min(65535);
                 assert_eq!(g as i64, -32768 + q as i64, "case {case} element {j}");
+            }
+        }
+    }
+
+    /// The division-free floor against integer division: random operands within its bounds,
+    /// exact multiples and their neighbours, the largest operands.
+    #[test]
+    fn floor_div_is_integer_division() {
+        let mut seed = 3u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 11
+        };
+        for _ in 0..300_000 {
+            let d = 1 + next() % (1u64 << (1 + next() % 52));
+            let q = next() % (1u64 << (next() % 26));
+            let n = (q.saturating_mul(d) + next() % (2 * d)).min((1 << 53) - 1);
+            for n in [n, n.saturating_sub(1), (n + 1).min((1 << 53) - 1)] {
+                assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
+            }
+        }
+        let top = (1u64 << 53) - 1;
+        for d in [1u64, 2, 3, 7, 1 << 20, (1 << 52) + 1, top] {
+            for n in [0, 1, d - 1, d, d + 1, top - 1, top] {
+                assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
             }
         }
     }
