@@ -518,3 +518,148 @@ pub unsafe fn lut8(x: &[i8], table: &[u8], out: &mut [i8]) -> usize {
     }
     n
 }
+
+/// The exp tables of an int8 softmax ([`super::reference::softmax::softmax`]) as AVX-512 reads
+/// them: the entries' three low bytes as byte planes (for [`exp_sum8`]; only when every entry is
+/// below 2^24) and the entries as f64 in reverse order (`rev[j] = exp[255 - j]`, for
+/// [`softmax_codes8`]).
+pub struct SoftmaxTables {
+    planes: Option<[[u8; 256]; 3]>,
+    rev: [f64; 256],
+}
+
+impl SoftmaxTables {
+    /// The tables of `exp` (u32 entries as u64), or `None` when the CPU lacks AVX-512 F, BW, DQ
+    /// or VBMI (std builds detect them; other builds never take this path).
+    pub fn new(exp: &[u64; 256]) -> Option<SoftmaxTables> {
+        #[cfg(feature = "std")]
+        let ok = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vbmi");
+        #[cfg(not(feature = "std"))]
+        let ok = false;
+        if !ok {
+            return None;
+        }
+        let planes = exp
+            .iter()
+            .all(|&e| e < 1 << 24)
+            .then(|| core::array::from_fn(|k| core::array::from_fn(|d| (exp[d] >> (8 * k)) as u8)));
+        Some(SoftmaxTables {
+            planes,
+            rev: core::array::from_fn(|j| exp[255 - j] as f64),
+        })
+    }
+
+    /// `sum(exp[mx - x[i]])` over the whole 64-byte chunks of `x` (every `x[i] <= mx`): returns
+    /// how many values it summed (0 without byte planes) and their sum. Each plane's bytes are
+    /// looked up like [`lut8`] (the index `mx - x` as a byte) and added by `vpsadbw` into u64 lanes;
+    /// the planes are recombined as `s0 + 2^8 s1 + 2^16 s2`: the same integer as a scalar sum.
+    pub fn exp_sum(&self, x: &[i8], mx: i8) -> (usize, u64) {
+        match &self.planes {
+            // SAFETY: `new` detected the features
+            Some(p) => unsafe { exp_sum8(x, mx, p) },
+            None => (0, 0),
+        }
+    }
+
+    /// `code[v + 128] = min(trunc(f64(510 e + sum) * inv + lift), 255) - 128` with `e = exp[mx -
+    /// v]`, for every `v` in `mn..=mx`: the scalar quotient's operations (an exact integer in f64,
+    /// one rounded product, one rounded sum, truncation), 8 codes per step.
+    pub fn codes(
+        &self,
+        (mn, mx): (i8, i8),
+        sum: u64,
+        (inv, lift): (f64, f64),
+        code: &mut [i8; 256],
+    ) {
+        // SAFETY: `new` detected the features
+        unsafe { softmax_codes8(&self.rev, (mn, mx), sum, (inv, lift), code) }
+    }
+}
+
+/// See [`SoftmaxTables::exp_sum`].
+///
+/// # Safety
+/// AVX-512 F, BW and VBMI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn exp_sum8(x: &[i8], mx: i8, planes: &[[u8; 256]; 3]) -> (usize, u64) {
+    let n = x.len() / 64 * 64;
+    if n == 0 {
+        return (0, 0);
+    }
+    // SAFETY: every plane holds 256 bytes; every chunk read lies below `n`
+    unsafe {
+        let t: [[__m512i; 4]; 3] = core::array::from_fn(|k| {
+            core::array::from_fn(|q| {
+                _mm512_loadu_si512(planes[k].as_ptr().add(64 * q) as *const __m512i)
+            })
+        });
+        let top = _mm512_set1_epi8(mx);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [zero; 3];
+        for i in (0..n).step_by(64) {
+            let v = _mm512_loadu_si512(x.as_ptr().add(i) as *const __m512i);
+            // mx - v in 0..=255, as a byte
+            let idx = _mm512_sub_epi8(top, v);
+            let hi = _mm512_movepi8_mask(idx);
+            for k in 0..3 {
+                let lo_half = _mm512_permutex2var_epi8(t[k][0], idx, t[k][1]);
+                let hi_half = _mm512_permutex2var_epi8(t[k][2], idx, t[k][3]);
+                let b = _mm512_mask_blend_epi8(hi, lo_half, hi_half);
+                acc[k] = _mm512_add_epi64(acc[k], _mm512_sad_epu8(b, zero));
+            }
+        }
+        let s: [u64; 3] = core::array::from_fn(|k| _mm512_reduce_add_epi64(acc[k]) as u64);
+        (n, s[0] + (s[1] << 8) + (s[2] << 16))
+    }
+}
+
+/// See [`SoftmaxTables::codes`].
+///
+/// # Safety
+/// AVX-512 F and DQ.
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn softmax_codes8(
+    rev: &[f64; 256],
+    (mn, mx): (i8, i8),
+    sum: u64,
+    (inv, lift): (f64, f64),
+    code: &mut [i8; 256],
+) {
+    if mn > mx {
+        return;
+    }
+    let (first, count) = (
+        (mn as i32 + 128) as usize,
+        (mx as i32 - mn as i32 + 1) as usize,
+    );
+    // v = mn + i reads rev[255 - (mx - v)] = rev[base + i]
+    let base = 255 - (mx as i32 - mn as i32) as usize;
+    let (k510, s, inv, lift) = (
+        _mm512_set1_pd(510.0),
+        _mm512_set1_pd(sum as f64),
+        _mm512_set1_pd(inv),
+        _mm512_set1_pd(lift),
+    );
+    let (max, off) = (_mm512_set1_epi64(255), _mm512_set1_epi64(128));
+    for i in (0..count).step_by(8) {
+        let m: __mmask8 = if count - i >= 8 {
+            0xff
+        } else {
+            (1u8 << (count - i)) - 1
+        };
+        // SAFETY: the masked lanes read `rev[base + i..base + count]` (`base + count = 256`) and
+        // write `code[first + i..first + count]` (`first + count <= 256`)
+        unsafe {
+            let e = _mm512_maskz_loadu_pd(m, rev.as_ptr().add(base + i));
+            let q = _mm512_add_pd(
+                _mm512_mul_pd(_mm512_add_pd(_mm512_mul_pd(e, k510), s), inv),
+                lift,
+            );
+            let q = _mm512_sub_epi64(_mm512_min_epi64(_mm512_cvttpd_epi64(q), max), off);
+            _mm512_mask_cvtepi64_storeu_epi8(code.as_mut_ptr().add(first + i) as *mut i8, m, q);
+        }
+    }
+}

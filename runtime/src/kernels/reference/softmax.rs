@@ -24,6 +24,9 @@ pub fn softmax(
         *e = le_i32(exp_table, d) as u32 as u64;
     }
     let e_of = |mx: i8, v: i8| exp[(mx as i32 - v as i32) as usize & 255];
+    // AVX-512 (std builds detect it): the long rows' sums and code tables, the same integers
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let wide = crate::kernels::x86_avx512::SoftmaxTables::new(&exp);
     for o in 0..outer {
         for i in 0..inner {
             if inner == 1 {
@@ -38,8 +41,12 @@ pub fn softmax(
                     // (the same integers). The sum reads the exp table directly, in four
                     // independent partial sums (a histogram's increments of one bin wait for
                     // each other: attention rows repeat their codes)
-                    let mut part = [0u64; 4];
-                    let mut quads = xs.chunks_exact(4);
+                    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+                    let (done, head) = wide.as_ref().map_or((0, 0), |w| w.exp_sum(xs, mx));
+                    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+                    let (done, head) = (0, 0);
+                    let mut part = [head, 0, 0, 0];
+                    let mut quads = xs[done..].chunks_exact(4);
                     for c in &mut quads {
                         for (p, &v) in part.iter_mut().zip(c) {
                             *p += e_of(mx, v);
@@ -49,8 +56,20 @@ pub fn softmax(
                     let sum = part.iter().sum::<u64>() + rest;
                     let q = Quotient::new(sum);
                     let mut code = [0i8; 256];
-                    for v in mn..=mx {
-                        code[(v as i32 + 128) as usize] = q.code(e_of(mx, v));
+                    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+                    let done = match (&wide, q.inv) {
+                        (Some(w), Some(inv)) => {
+                            w.codes((mn, mx), q.sum, (inv, LIFT), &mut code);
+                            true
+                        }
+                        _ => false,
+                    };
+                    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+                    let done = false;
+                    if !done {
+                        for v in mn..=mx {
+                            code[(v as i32 + 128) as usize] = q.code(e_of(mx, v));
+                        }
                     }
                     super::eltwise::lut(xs, bytemuck::cast_slice(&code), ys)?;
                 } else {
@@ -363,6 +382,76 @@ mod tests {
         for d in [1u64, 2, 3, 7, 1 << 20, (1 << 52) + 1, top] {
             for n in [0, 1, d - 1, d, d + 1, top - 1, top] {
                 assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    /// The AVX-512 row sums and code tables against the scalar rule (when the CPU has them):
+    /// random tables (some with entries of 2^24 or more, which have no byte planes), rows of any
+    /// length and spread, sums from a single element's (probability 1, the clamp at 255) up to
+    /// just below 2^39; codes outside `mn..=mx` untouched.
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn avx512_sums_and_codes_equal_the_scalar_rule() {
+        use crate::kernels::x86_avx512::SoftmaxTables;
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 11
+        };
+        for case in 0..400 {
+            let cap = if case % 5 == 0 {
+                u32::MAX as u64
+            } else {
+                (1 << 24) - 1
+            };
+            let exp: [u64; 256] = core::array::from_fn(|_| match next() % 4 {
+                0 => 0,
+                1 => cap,
+                _ => next() % (cap + 1),
+            });
+            let Some(t) = SoftmaxTables::new(&exp) else {
+                return; // no AVX-512 VBMI here: nothing to compare
+            };
+            let len = next() as usize % 300;
+            let x: Vec<i8> = (0..len).map(|_| next() as i8).collect();
+            let mx = x.iter().copied().max().unwrap_or(0);
+            let (n, got) = t.exp_sum(&x, mx);
+            let want: u64 = x[..n]
+                .iter()
+                .map(|&v| exp[(mx as i32 - v as i32) as usize])
+                .sum();
+            assert_eq!(got, want, "case {case}: sum of {n} of {len}");
+            assert!(
+                n == 0 || n == len / 64 * 64,
+                "case {case}: {n} summed of {len}"
+            );
+            let (a, b) = (next() as i8, next() as i8);
+            let (mn, mx) = (a.min(b), a.max(b));
+            let emax = (mn..=mx)
+                .map(|v| exp[(mx as i32 - v as i32) as usize])
+                .max()
+                .unwrap();
+            let sum = match next() % 3 {
+                0 => emax.max(1),
+                1 => (1 << 39) - 1,
+                _ => emax.max(1) + next() % (1 << 38),
+            };
+            let q = super::Quotient::new(sum);
+            let Some(inv) = q.inv else { continue };
+            let mut got = [55i8; 256];
+            t.codes((mn, mx), q.sum, (inv, super::LIFT), &mut got);
+            for v in -128i32..=127 {
+                let want = if (mn as i32..=mx as i32).contains(&v) {
+                    q.code(exp[(mx as i32 - v) as usize])
+                } else {
+                    55
+                };
+                assert_eq!(
+                    got[(v + 128) as usize],
+                    want,
+                    "case {case}: code of {v} in {mn}..={mx}, sum {sum}"
+                );
             }
         }
     }
