@@ -26,6 +26,9 @@ const SEG: usize = 256;
 
 /// Accumulators of one tile: `[row register][pixel]`.
 type Acc = [[__m512i; NR]; 2];
+/// Accumulators of one int16 tile (`[8-row register][pixel]`) and its exact sums per 8-row half.
+type Acc16 = [[__m512i; super::x86::NR]; 2];
+type Wide16 = [super::x86::Wide; 2];
 
 /// Rows `r0..r1` of `prod` (multiples of 4) over every pixel, for int8 activations staged flipped
 /// ([`super::stage::flips`]); the rows past the last whole group of 16, and int16 activations, go
@@ -141,7 +144,7 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
     finish: Finish<'_>,
     out: &mut impl FnMut(&mut Tile),
 ) {
-    use super::x86::{widen, Wide, NR as NR6, WIDEN_EVERY};
+    use super::x86::{widen, NR as NR6, WIDEN_EVERY};
     let stage: &[i16] = match bytemuck::try_cast_slice(prod.stage) {
         Ok(s) if core::mem::size_of::<T>() == 2 => s,
         // SAFETY: the caller's features include the 256-bit tiers'
@@ -161,8 +164,8 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
     // 32 KiB of extended weights, the accumulators and exact sums, left uninitialised: every
     // element is written before it is read
     let mut wbuf = [MaybeUninit::<i16>::uninit(); SEG16 * 64];
-    let mut acc = [MaybeUninit::<[[__m512i; NR6]; 2]>::uninit(); 16];
-    let mut total = [MaybeUninit::<[Wide; 2]>::uninit(); 16];
+    let mut acc = [MaybeUninit::<Acc16>::uninit(); 16];
+    let mut total = [MaybeUninit::<Wide16>::uninit(); 16];
     let mut bases = [[0usize; NR6]; 16];
     for c0 in (0..px.count).step_by(CHUNK16) {
         if r16 == r0 {
@@ -271,10 +274,7 @@ fn halves(z: &[[__m512i; super::x86::NR]; 2], v: usize) -> super::x86::Acc {
 /// This tier's features; `acc` (and `wide`) initialised.
 #[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
 unsafe fn emit16(
-    (acc, wide): (
-        &[MaybeUninit<[[__m512i; super::x86::NR]; 2]>],
-        Option<&[MaybeUninit<[super::x86::Wide; 2]>]>,
-    ),
+    (acc, wide): (&[MaybeUninit<Acc16>], Option<&[MaybeUninit<Wide16>]>),
     consts: &[Option<super::x86::Consts>; 2],
     (r, c0, count): (usize, usize, usize),
     finish: Finish<'_>,
@@ -659,7 +659,7 @@ unsafe fn softmax_codes8(
                 lift,
             );
             let q = _mm512_sub_epi64(_mm512_min_epi64(_mm512_cvttpd_epi64(q), max), off);
-            _mm512_mask_cvtepi64_storeu_epi8(code.as_mut_ptr().add(first + i) as *mut i8, m, q);
+            _mm512_mask_cvtepi64_storeu_epi8(code.as_mut_ptr().add(first + i), m, q);
         }
     }
 }
