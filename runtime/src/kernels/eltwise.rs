@@ -103,9 +103,45 @@ fn rows<A: Code, B: Code, U: Code, const KIND: u8>(
     // code - zero fits i32 (|d| < 2^17), so the products below are 32 x 32 -> 64 bits
     let (za, zb) = (p.za, p.zb);
     let op = |x: i32, y: i32| -> U { c.apply::<U, KIND>(x, y) };
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let wide = is_i8::<A>()
+        && is_i8::<B>()
+        && is_i8::<U>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq");
     let mut rows = Rows::new(shape, [sa, sb, so], [0, 0, 0]);
     while let Some(([ia, ib, io], n, [ta, tb, to])) = rows.next() {
         let o = &mut out[io..];
+        // int8 runs of contiguous (or broadcast) operands: 8 per step on 512 bits (the same i64
+        // rule), the rest below
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        let (ia, ib, o, n) = if wide && to == 1 && ta <= 1 && tb <= 1 && (ta, tb) != (0, 0) {
+            use super::x86_avx512_ops::{binary8, Side};
+            fn side(v: &[i8], i: usize, t: usize, z: i32, n: usize) -> Side<'_> {
+                if t == 1 {
+                    Side::Run(&v[i..i + n], z)
+                } else {
+                    Side::Scalar(v[i] as i32 - z)
+                }
+            }
+            let (a8, b8): (&[i8], &[i8]) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
+            let o8: &mut [i8] = bytemuck::cast_slice_mut(&mut o[..n]);
+            let coef = [c.ma, c.mb, c.round, c.shift as i64, c.zo];
+            // SAFETY: the features were just detected; the runs hold `n` codes (sliced above)
+            let done = unsafe {
+                binary8(
+                    side(a8, ia, ta, za, n),
+                    side(b8, ib, tb, zb, n),
+                    o8,
+                    KIND,
+                    coef,
+                )
+            };
+            (ia + ta * done, ib + tb * done, &mut o[done..], n - done)
+        } else {
+            (ia, ib, o, n)
+        };
         match (ta, tb, to) {
             (1, 1, 1) => {
                 for ((d, &x), &y) in o[..n].iter_mut().zip(&a[ia..ia + n]).zip(&b[ib..ib + n]) {
@@ -131,6 +167,12 @@ fn rows<A: Code, B: Code, U: Code, const KIND: u8>(
             }
         }
     }
+}
+
+/// Whether `T` is the int8 code type.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn is_i8<T: Code>() -> bool {
+    core::mem::size_of::<T>() == 1 && T::MIN == -128 && T::MAX == 127
 }
 
 #[derive(Clone, Copy)]
@@ -220,5 +262,72 @@ mod tests {
             }
         }
         assert!(compared > 150, "only {compared} cases fit i64");
+    }
+
+    /// The same for int8 operands and output with rows long enough for the 512-bit path (where
+    /// the CPU has it): contiguous rows, either operand broadcast along them, every kind, the
+    /// compiler's kind of multipliers (about 2^30) and extreme ones.
+    #[test]
+    fn int8_rows_equal_the_reference() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        for case in 0..300 {
+            let shape = [
+                1 + next() as usize % 3,
+                1 + next() as usize % 4,
+                1 + next() as usize % 70,
+            ];
+            // b broadcast along the rows, a along them, or neither
+            let (ashape, bshape) = match case % 3 {
+                0 => (shape, [shape[0], shape[1], 1]),
+                1 => ([shape[0], 1, 1], shape),
+                _ => (shape, shape),
+            };
+            let kind = [BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul][case / 3 % 3];
+            let mult = |v: u64| match v % 4 {
+                0 => i32::MAX - (v % 1000) as i32,
+                1 => -(1 << 30) + (v % 1000) as i32,
+                _ => (v % (1 << 31)) as i32 - (1 << 30),
+            };
+            let p = BinaryParams {
+                kind,
+                mult_a: mult(next()),
+                mult_b: mult(next()),
+                shift: (1 + next() % 62) as u8,
+                za: next() as i32 % 256 - 128,
+                zb: next() as i32 % 256 - 128,
+                zo: next() as i32 % 200 - 100,
+            };
+            let codes = |n: usize, next: &mut dyn FnMut() -> u64| -> Vec<i8> {
+                (0..n).map(|_| next() as i8).collect()
+            };
+            let a = codes(ashape.iter().product(), &mut next);
+            let b = codes(bshape.iter().product(), &mut next);
+            let so = contiguous_strides(&shape);
+            let sa = broadcast_strides(&ashape, &shape).unwrap();
+            let sb = broadcast_strides(&bshape, &shape).unwrap();
+            let n = shape.iter().product::<usize>();
+            let (mut want, mut got) = (vec![0i8; n], vec![0i8; n]);
+            let (ma, mb) = (p.mult_a as i128, p.mult_b as i128);
+            let combine = |x: i128, y: i128| match kind {
+                BinaryKind::Add => ma * x + mb * y,
+                BinaryKind::Sub => ma * x - mb * y,
+                BinaryKind::Mul => ma * x * y,
+            };
+            binary(
+                &a, p.za, &sa, &b, p.zb, &sb, &shape, &so, combine, p.shift, p.zo, &mut want,
+            )
+            .unwrap();
+            let reach = |z: i32| (127 - z).abs().max((-128 - z).abs()) as u32;
+            assert!(p.fits_i64(reach(p.za), reach(p.zb)), "case {case}");
+            binary_i64(&a, &sa, &b, &sb, &shape, &so, &p, &mut got).unwrap();
+            assert_eq!(
+                got, want,
+                "case {case}: {shape:?} {ashape:?} x {bshape:?} {p:?}"
+            );
+        }
     }
 }

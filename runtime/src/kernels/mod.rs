@@ -22,6 +22,8 @@ pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
+pub mod x86_avx512_ops;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_vnni;
 
 /// Highest tensor rank the kernels' stride arrays carry.

@@ -86,7 +86,7 @@ pub fn lut(x: &[i8], table: &[u8], out: &mut [i8]) -> Result<()> {
         && std::arch::is_x86_feature_detected!("avx512bw")
     {
         // SAFETY: the features were just detected
-        unsafe { crate::kernels::x86_avx512::lut8(x, table, out) }
+        unsafe { crate::kernels::x86_avx512_ops::lut8(x, table, out) }
     } else {
         0
     };

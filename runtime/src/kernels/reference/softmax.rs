@@ -26,7 +26,7 @@ pub fn softmax(
     let e_of = |mx: i8, v: i8| exp[(mx as i32 - v as i32) as usize & 255];
     // AVX-512 (std builds detect it): the long rows' sums and code tables, the same integers
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let wide = crate::kernels::x86_avx512::SoftmaxTables::new(&exp);
+    let wide = crate::kernels::x86_avx512_ops::SoftmaxTables::new(&exp);
     for o in 0..outer {
         for i in 0..inner {
             if inner == 1 {
@@ -393,7 +393,7 @@ mod tests {
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     #[test]
     fn avx512_sums_and_codes_equal_the_scalar_rule() {
-        use crate::kernels::x86_avx512::SoftmaxTables;
+        use crate::kernels::x86_avx512_ops::SoftmaxTables;
         let mut seed = 11u64;
         let mut next = || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);

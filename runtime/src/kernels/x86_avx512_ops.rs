@@ -1,0 +1,228 @@
+//! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
+//! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
+//! tables ([`SoftmaxTables`]) and int8 element-wise binary rows ([`binary8`]). Each computes the
+//! same integers as the scalar code it stands in for; the selftest and unit tests compare them.
+use core::arch::x86_64::*;
+
+/// `out[i] = table[x[i] + 128]` (int8 codes through a 256-entry table) for the whole 64-byte chunks
+/// of `x`, with AVX-512 VBMI: the index is `x ^ 0x80`, two `vpermi2b` look it up in the table's
+/// halves (bits 0-6) and its top bit picks the half. Returns how many values it wrote.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW and AVX-512 VBMI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub unsafe fn lut8(x: &[i8], table: &[u8], out: &mut [i8]) -> usize {
+    if table.len() < 256 {
+        return 0;
+    }
+    let n = x.len().min(out.len()) / 64 * 64;
+    // SAFETY: `table` holds 256 bytes; every chunk read and written lies below `n`
+    unsafe {
+        let t: [__m512i; 4] = core::array::from_fn(|k| {
+            _mm512_loadu_si512(table.as_ptr().add(64 * k) as *const __m512i)
+        });
+        let flip = _mm512_set1_epi8(-128);
+        for i in (0..n).step_by(64) {
+            let idx = _mm512_xor_si512(
+                _mm512_loadu_si512(x.as_ptr().add(i) as *const __m512i),
+                flip,
+            );
+            let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+            let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+            let r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, r);
+        }
+    }
+    n
+}
+
+/// The exp tables of an int8 softmax ([`super::reference::softmax::softmax`]) as AVX-512 reads
+/// them: the entries' three low bytes as byte planes (for [`exp_sum8`]; only when every entry is
+/// below 2^24) and the entries as f64 in reverse order (`rev[j] = exp[255 - j]`, for
+/// [`softmax_codes8`]).
+pub struct SoftmaxTables {
+    planes: Option<[[u8; 256]; 3]>,
+    rev: [f64; 256],
+}
+
+impl SoftmaxTables {
+    /// The tables of `exp` (u32 entries as u64), or `None` when the CPU lacks AVX-512 F, BW, DQ
+    /// or VBMI (std builds detect them; other builds never take this path).
+    pub fn new(exp: &[u64; 256]) -> Option<SoftmaxTables> {
+        #[cfg(feature = "std")]
+        let ok = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vbmi");
+        #[cfg(not(feature = "std"))]
+        let ok = false;
+        if !ok {
+            return None;
+        }
+        let planes = exp
+            .iter()
+            .all(|&e| e < 1 << 24)
+            .then(|| core::array::from_fn(|k| core::array::from_fn(|d| (exp[d] >> (8 * k)) as u8)));
+        Some(SoftmaxTables {
+            planes,
+            rev: core::array::from_fn(|j| exp[255 - j] as f64),
+        })
+    }
+
+    /// `sum(exp[mx - x[i]])` over the whole 64-byte chunks of `x` (every `x[i] <= mx`): returns
+    /// how many values it summed (0 without byte planes) and their sum. Each plane's bytes are
+    /// looked up like [`lut8`] (the index `mx - x` as a byte) and added by `vpsadbw` into u64 lanes;
+    /// the planes are recombined as `s0 + 2^8 s1 + 2^16 s2`: the same integer as a scalar sum.
+    pub fn exp_sum(&self, x: &[i8], mx: i8) -> (usize, u64) {
+        match &self.planes {
+            // SAFETY: `new` detected the features
+            Some(p) => unsafe { exp_sum8(x, mx, p) },
+            None => (0, 0),
+        }
+    }
+
+    /// `code[v + 128] = min(trunc(f64(510 e + sum) * inv + lift), 255) - 128` with `e = exp[mx -
+    /// v]`, for every `v` in `mn..=mx`: the scalar quotient's operations (an exact integer in f64,
+    /// one rounded product, one rounded sum, truncation), 8 codes per step.
+    pub fn codes(
+        &self,
+        (mn, mx): (i8, i8),
+        sum: u64,
+        (inv, lift): (f64, f64),
+        code: &mut [i8; 256],
+    ) {
+        // SAFETY: `new` detected the features
+        unsafe { softmax_codes8(&self.rev, (mn, mx), sum, (inv, lift), code) }
+    }
+}
+
+/// See [`SoftmaxTables::exp_sum`].
+///
+/// # Safety
+/// AVX-512 F, BW and VBMI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn exp_sum8(x: &[i8], mx: i8, planes: &[[u8; 256]; 3]) -> (usize, u64) {
+    let n = x.len() / 64 * 64;
+    if n == 0 {
+        return (0, 0);
+    }
+    // SAFETY: every plane holds 256 bytes; every chunk read lies below `n`
+    unsafe {
+        let t: [[__m512i; 4]; 3] = core::array::from_fn(|k| {
+            core::array::from_fn(|q| {
+                _mm512_loadu_si512(planes[k].as_ptr().add(64 * q) as *const __m512i)
+            })
+        });
+        let top = _mm512_set1_epi8(mx);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [zero; 3];
+        for i in (0..n).step_by(64) {
+            let v = _mm512_loadu_si512(x.as_ptr().add(i) as *const __m512i);
+            // mx - v in 0..=255, as a byte
+            let idx = _mm512_sub_epi8(top, v);
+            let hi = _mm512_movepi8_mask(idx);
+            for k in 0..3 {
+                let lo_half = _mm512_permutex2var_epi8(t[k][0], idx, t[k][1]);
+                let hi_half = _mm512_permutex2var_epi8(t[k][2], idx, t[k][3]);
+                let b = _mm512_mask_blend_epi8(hi, lo_half, hi_half);
+                acc[k] = _mm512_add_epi64(acc[k], _mm512_sad_epu8(b, zero));
+            }
+        }
+        let s: [u64; 3] = core::array::from_fn(|k| _mm512_reduce_add_epi64(acc[k]) as u64);
+        (n, s[0] + (s[1] << 8) + (s[2] << 16))
+    }
+}
+
+/// See [`SoftmaxTables::codes`].
+///
+/// # Safety
+/// AVX-512 F and DQ.
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn softmax_codes8(
+    rev: &[f64; 256],
+    (mn, mx): (i8, i8),
+    sum: u64,
+    (inv, lift): (f64, f64),
+    code: &mut [i8; 256],
+) {
+    if mn > mx {
+        return;
+    }
+    let (first, count) = (
+        (mn as i32 + 128) as usize,
+        (mx as i32 - mn as i32 + 1) as usize,
+    );
+    // v = mn + i reads rev[255 - (mx - v)] = rev[base + i]
+    let base = 255 - (mx as i32 - mn as i32) as usize;
+    let (k510, s, inv, lift) = (
+        _mm512_set1_pd(510.0),
+        _mm512_set1_pd(sum as f64),
+        _mm512_set1_pd(inv),
+        _mm512_set1_pd(lift),
+    );
+    let (max, off) = (_mm512_set1_epi64(255), _mm512_set1_epi64(128));
+    for i in (0..count).step_by(8) {
+        let m: __mmask8 = if count - i >= 8 {
+            0xff
+        } else {
+            (1u8 << (count - i)) - 1
+        };
+        // SAFETY: the masked lanes read `rev[base + i..base + count]` (`base + count = 256`) and
+        // write `code[first + i..first + count]` (`first + count <= 256`)
+        unsafe {
+            let e = _mm512_maskz_loadu_pd(m, rev.as_ptr().add(base + i));
+            let q = _mm512_add_pd(
+                _mm512_mul_pd(_mm512_add_pd(_mm512_mul_pd(e, k510), s), inv),
+                lift,
+            );
+            let q = _mm512_sub_epi64(_mm512_min_epi64(_mm512_cvttpd_epi64(q), max), off);
+            _mm512_mask_cvtepi64_storeu_epi8(code.as_mut_ptr().add(first + i), m, q);
+        }
+    }
+}
+
+/// One run of an int8 binary op's operand: its codes, or one broadcast value (code minus zero).
+#[derive(Clone, Copy)]
+pub enum Side<'a> {
+    Run(&'a [i8], i32),
+    Scalar(i32),
+}
+
+/// `out[i] = sat8(((combine(x_i, y_i) + round) >> shift) + zo)` for whole chunks of 8, with `x_i`,
+/// `y_i` the operands' codes minus their zero points, `combine` `ma x + mb y` (`kind` 0), `ma x -
+/// mb y` (1) or `ma (x y)` (2): the scalar i64 rule of [`super::eltwise`] (products by
+/// `vpmuldq`, the arithmetic shift and the saturating narrowing native on 512 bits). `coef` is
+/// `[ma, mb, round, shift, zo]`. Returns how many values it wrote.
+///
+/// # Safety
+/// AVX-512 F, BW and DQ; each run holds at least `out.len()` codes.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq")]
+pub unsafe fn binary8(x: Side<'_>, y: Side<'_>, out: &mut [i8], kind: u8, coef: [i64; 5]) -> usize {
+    let n = out.len() / 8 * 8;
+    let [ma, mb, round, _, zo] = coef.map(|c| _mm512_set1_epi64(c));
+    let count = _mm_cvtsi64_si128(coef[3]);
+    // SAFETY: every load of a run and every store lies below `n <= out.len()`
+    unsafe {
+        let side = |s: Side<'_>, i: usize| match s {
+            Side::Run(v, z) => _mm512_sub_epi64(
+                _mm512_cvtepi8_epi64(_mm_loadl_epi64(v.as_ptr().add(i) as *const __m128i)),
+                _mm512_set1_epi64(z as i64),
+            ),
+            Side::Scalar(c) => _mm512_set1_epi64(c as i64),
+        };
+        for i in (0..n).step_by(8) {
+            let (a, b) = (side(x, i), side(y, i));
+            let v = match kind {
+                0 => _mm512_add_epi64(_mm512_mul_epi32(a, ma), _mm512_mul_epi32(b, mb)),
+                1 => _mm512_sub_epi64(_mm512_mul_epi32(a, ma), _mm512_mul_epi32(b, mb)),
+                _ => _mm512_mul_epi32(_mm512_mul_epi32(a, b), ma),
+            };
+            let r = _mm512_add_epi64(_mm512_sra_epi64(_mm512_add_epi64(v, round), count), zo);
+            _mm_storel_epi64(
+                out.as_mut_ptr().add(i) as *mut __m128i,
+                _mm512_cvtsepi64_epi8(r),
+            );
+        }
+    }
+    n
+}
