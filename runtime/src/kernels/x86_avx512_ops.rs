@@ -226,3 +226,82 @@ pub unsafe fn binary8(x: Side<'_>, y: Side<'_>, out: &mut [i8], kind: u8, coef: 
     }
     n
 }
+
+/// Whether a std build runs on a CPU with AVX-512 F and BW (for [`gn_affine8`] and [`moments8`]).
+#[cfg(feature = "std")]
+pub fn has_bw() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
+/// GroupNorm's affine rule (`super::reference::norm::gn_affine_i32`: the low 32 bits of `(d * a32 +
+/// bm) >> 16`, logical, clamped to int8) for int8 codes to int8 codes, 16 per step: `vpmuldq` on
+/// the even and the odd lanes, each result's bits 16..47 put back in its lane, the saturating
+/// narrowing as the clamp. Returns how many values it wrote.
+///
+/// # Safety
+/// AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn gn_affine8(x: &[i8], out: &mut [i8], zx: i32, a32: i32, bm: i64) -> usize {
+    let n = x.len().min(out.len()) / 16 * 16;
+    let (z, a, b) = (
+        _mm512_set1_epi32(zx),
+        _mm512_set1_epi64(a32 as i64),
+        _mm512_set1_epi64(bm),
+    );
+    for i in (0..n).step_by(16) {
+        // SAFETY: 16 codes read and written below `n`
+        unsafe {
+            let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
+            let d = _mm512_sub_epi32(v, z);
+            let even = _mm512_add_epi64(_mm512_mul_epi32(d, a), b);
+            let odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(d), a), b);
+            let r = _mm512_mask_blend_epi32(
+                0xaaaa,
+                _mm512_srli_epi64::<16>(even),
+                _mm512_slli_epi64::<16>(odd),
+            );
+            _mm_storeu_si128(
+                out.as_mut_ptr().add(i) as *mut __m128i,
+                _mm512_cvtsepi32_epi8(r),
+            );
+        }
+    }
+    n
+}
+
+/// GroupNorm's exact sums of int8 codes (`sum(d)`, `sum(d^2)`, `d = x - zx`), 32 per step with
+/// `vpmaddwd` into i32 lanes, widened to i64 every 8192 steps (a lane adds at most 2 * 255^2 per
+/// step). Returns how many values it summed and the two sums.
+///
+/// # Safety
+/// AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
+    let n = x.len() / 32 * 32;
+    let (z, one) = (_mm512_set1_epi16(zx as i16), _mm512_set1_epi16(1));
+    let (mut sum, mut sumsq) = (0i64, 0i64);
+    for c in (0..n).step_by(32 * 8192) {
+        let (mut s, mut q) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for i in (c..n.min(c + 32 * 8192)).step_by(32) {
+            // SAFETY: 32 codes read below `n`; `x - zx` fits i16 (both in the int8 range)
+            unsafe {
+                let v =
+                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i));
+                let d = _mm512_sub_epi16(v, z);
+                s = _mm512_add_epi32(s, _mm512_madd_epi16(d, one));
+                q = _mm512_add_epi32(q, _mm512_madd_epi16(d, d));
+            }
+        }
+        // i32 lanes: |s| <= 8192 * 510, q <= 8192 * 130050 < 2^31
+        sum += _mm512_reduce_add_epi64(_mm512_add_epi64(
+            _mm512_cvtepi32_epi64(_mm512_castsi512_si256(s)),
+            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(s)),
+        ));
+        sumsq += _mm512_reduce_add_epi64(_mm512_add_epi64(
+            _mm512_cvtepi32_epi64(_mm512_castsi512_si256(q)),
+            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(q)),
+        ));
+    }
+    (n, sum, sumsq)
+}
