@@ -104,9 +104,9 @@ fn rows<A: Code, B: Code, U: Code, const KIND: u8>(
     let (za, zb) = (p.za, p.zb);
     let op = |x: i32, y: i32| -> U { c.apply::<U, KIND>(x, y) };
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let wide = is_i8::<A>()
-        && is_i8::<B>()
-        && is_i8::<U>()
+    let wide = crate::kernels::is_i8::<A>()
+        && crate::kernels::is_i8::<B>()
+        && crate::kernels::is_i8::<U>()
         && std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512dq");
@@ -167,12 +167,6 @@ fn rows<A: Code, B: Code, U: Code, const KIND: u8>(
             }
         }
     }
-}
-
-/// Whether `T` is the int8 code type.
-#[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn is_i8<T: Code>() -> bool {
-    core::mem::size_of::<T>() == 1 && T::MIN == -128 && T::MAX == 127
 }
 
 #[derive(Clone, Copy)]

@@ -26,6 +26,12 @@ pub mod x86_avx512_ops;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_vnni;
 
+/// Whether `T` is the int8 code type (the AVX-512 paths of the non-GEMM ops take int8 only).
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+pub(crate) fn is_i8<T: reference::Code>() -> bool {
+    core::mem::size_of::<T>() == 1 && T::MIN == -128 && T::MAX == 127
+}
+
 /// Highest tensor rank the kernels' stride arrays carry.
 pub const MAX_RANK: usize = 6;
 

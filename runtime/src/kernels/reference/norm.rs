@@ -55,7 +55,9 @@ pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32:
         bytemuck::try_cast_slice_mut::<U, i8>(out),
     ) {
         (Ok(x8), Ok(o8))
-            if is_i8::<T>() && is_i8::<U>() && crate::kernels::x86_avx512_ops::has_bw() =>
+            if crate::kernels::is_i8::<T>()
+                && crate::kernels::is_i8::<U>()
+                && crate::kernels::x86_avx512_ops::has_bw() =>
         {
             // SAFETY: the features were just detected
             unsafe { crate::kernels::x86_avx512_ops::gn_affine8(x8, o8, zx, a32, bm) }
@@ -82,7 +84,7 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     // x86-64, int8 codes, AVX-512 BW (std builds detect it): 32 at a time, the same exact sums
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if let Ok(x8) = bytemuck::try_cast_slice::<T, i8>(x) {
-        if is_i8::<T>() && crate::kernels::x86_avx512_ops::has_bw() {
+        if crate::kernels::is_i8::<T>() && crate::kernels::x86_avx512_ops::has_bw() {
             // SAFETY: the features were just detected
             let (done, sum, sumsq) = unsafe { crate::kernels::x86_avx512_ops::moments8(x8, zx) };
             let (s, q) = moments_scalar(&x[done..], zx);
@@ -90,12 +92,6 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
         }
     }
     moments_scalar(x, zx)
-}
-
-/// Whether `T` is the int8 code type.
-#[cfg(all(target_arch = "x86_64", feature = "std"))]
-fn is_i8<T: Code>() -> bool {
-    core::mem::size_of::<T>() == 1 && T::MIN == -128 && T::MAX == 127
 }
 
 #[inline(always)]
