@@ -3,9 +3,16 @@
 //! `128 * sum(w)` subtracted per row) on 512-bit registers: 64 products per instruction.
 //!
 //! A tile is 32 rows (two registers of 16 rows: four weight blocks of 4 rows x 4 depth each, side
-//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators. Row groups of 16
-//! run here; what is left of the rows (fewer than 16) and int16 activations run the 256-bit tiles
-//! of [`super::x86_vnni`] and [`super::x86`].
+//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators, finished and
+//! handed over as 8 x 8 tiles. Row groups of 16 run here; what is left of the rows (fewer than 16)
+//! runs the 256-bit tiles of [`super::x86_vnni`].
+//!
+//! Int16 activations: the AVX2 tile's arithmetic ([`super::x86`]: int8 weights extended to i16,
+//! pairs multiplied and added into i32 lanes, exact i64 sums where i32 could overflow) with
+//! `VPDPWSSD` on 512-bit registers, 32 products per instruction. A tile is 16 rows (two registers of
+//! 8 rows, each the AVX2 tile's two weight blocks side by side) x 6 pixels, so each register's
+//! halves are the AVX2 tile's accumulators and its epilogue finishes them; rows past the last group
+//! of 16 run the AVX2 tiles.
 //!
 //! The non-GEMM ops' AVX-512 paths are in [`super::x86_avx512_ops`].
 use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
@@ -31,8 +38,8 @@ type Acc16 = [[__m512i; super::x86::NR]; 2];
 type Wide16 = [super::x86::Wide; 2];
 
 /// Rows `r0..r1` of `prod` (multiples of 4) over every pixel, for int8 activations staged flipped
-/// ([`super::stage::flips`]); the rows past the last whole group of 16, and int16 activations, go
-/// to the 256-bit tiles.
+/// ([`super::stage::flips`]; the rows past the last whole group of 16 go to the 256-bit tiles),
+/// and for int16 activations ([`product_rows_i16`]).
 ///
 /// # Safety
 /// The CPU must have AVX2, AVX-VNNI, AVX-512F and AVX-512 VNNI.

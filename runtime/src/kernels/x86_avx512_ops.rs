@@ -1,12 +1,13 @@
 //! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
 //! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
-//! tables ([`SoftmaxTables`]) and int8 element-wise binary rows ([`binary8`]). Each computes the
-//! same integers as the scalar code it stands in for; the selftest and unit tests compare them.
+//! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]) and GroupNorm's exact
+//! sums and affine rule on int8 ([`moments8`], [`gn_affine8`]). Each computes the same integers as
+//! the scalar code it stands in for; the selftest and unit tests compare them.
 use core::arch::x86_64::*;
 
 /// `out[i] = table[x[i] + 128]` (int8 codes through a 256-entry table) for the whole 64-byte chunks
-/// of `x`, with AVX-512 VBMI: the index is `x ^ 0x80`, two `vpermi2b` look it up in the table's
-/// halves (bits 0-6) and its top bit picks the half. Returns how many values it wrote.
+/// of `x`, with AVX-512 VBMI: the index is `x ^ 0x80` ([`lookup256`]). Returns how many values it
+/// wrote.
 ///
 /// # Safety
 /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VBMI.
@@ -27,13 +28,20 @@ pub unsafe fn lut8(x: &[i8], table: &[u8], out: &mut [i8]) -> usize {
                 _mm512_loadu_si512(x.as_ptr().add(i) as *const __m512i),
                 flip,
             );
-            let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
-            let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
-            let r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi);
-            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, r);
+            _mm512_storeu_si512(out.as_mut_ptr().add(i) as *mut __m512i, lookup256(&t, idx));
         }
     }
     n
+}
+
+/// `table[idx]` for 64 byte indices into a 256-byte table held in four registers: two `vpermi2b`
+/// look each index up in the table's halves (bits 0-6) and its top bit picks the half.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[inline]
+fn lookup256(t: &[__m512i; 4], idx: __m512i) -> __m512i {
+    let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+    let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+    _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi)
 }
 
 /// The exp tables of an int8 softmax ([`super::reference::softmax::softmax`]) as AVX-512 reads
@@ -120,11 +128,8 @@ unsafe fn exp_sum8(x: &[i8], mx: i8, planes: &[[u8; 256]; 3]) -> (usize, u64) {
             let v = _mm512_loadu_si512(x.as_ptr().add(i) as *const __m512i);
             // mx - v in 0..=255, as a byte
             let idx = _mm512_sub_epi8(top, v);
-            let hi = _mm512_movepi8_mask(idx);
             for k in 0..3 {
-                let lo_half = _mm512_permutex2var_epi8(t[k][0], idx, t[k][1]);
-                let hi_half = _mm512_permutex2var_epi8(t[k][2], idx, t[k][3]);
-                let b = _mm512_mask_blend_epi8(hi, lo_half, hi_half);
+                let b = lookup256(&t[k], idx);
                 acc[k] = _mm512_add_epi64(acc[k], _mm512_sad_epu8(b, zero));
             }
         }

@@ -118,9 +118,9 @@ pub fn exp_table_ok(table: &[u8]) -> bool {
 /// Softmax of int8 or int16 codes to int8 or int16 codes with any [`Steps`] (the general form of
 /// [`softmax`]; the same integers where both apply). The exp of `d = max - q` is `table[d]` for int8
 /// inputs (256 u32); for int16 inputs the table holds 512 u32, `lo[j] = exp(-j s)` then `hi[i] =
-/// exp(-256 i s)` (2^20 = 1), and `e = (hi[d >> 8] * lo[d & 255] + 2^19) >> 20`. Entries must be at
-/// most 2^20 and `r` at most [`MAX_STEPS`] (the caller checks both once), so every intermediate
-/// fits u64.
+/// exp(-256 i s)` (2^20 = 1), and `e = (hi[d >> 8] * lo[d & 255] + 2^19) >> 20`. Entries above
+/// 2^20 (the op's prepare refuses them too, [`exp_table_ok`]) and `r` above [`MAX_STEPS`] are
+/// refused here as well, so every intermediate stays below 2^53 ([`FloorDiv`]'s bound).
 pub fn softmax_any<T: Code, U: Code>(
     x: &[T],
     (outer, len, inner): (usize, usize, usize),
@@ -146,6 +146,9 @@ pub fn softmax_any<T: Code, U: Code>(
         if wide {
             hi[d] = le_i32(table, 256 + d) as u32 as u64;
         }
+    }
+    if lo.iter().chain(&hi).any(|&e| e > 1 << 20) {
+        return Err(crate::Error::Unsupported("softmax exp table entry above 1"));
     }
     let e_of = |mx: i32, v: i32| {
         let d = (mx - v) as usize;
@@ -296,6 +299,29 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A table entry above 2^20 is refused (the division-free quotient's bound needs it), not
+    /// computed with wrong or undefined intermediates.
+    #[test]
+    fn general_softmax_refuses_entries_above_one() {
+        use super::{softmax_any, Steps};
+        let st = Steps {
+            r: 65535,
+            zo: -32768,
+            hi: 32767,
+        };
+        for (wide, at) in [(false, 3usize), (true, 300)] {
+            let mut table = vec![0u8; if wide { 2048 } else { 1024 }];
+            table[4 * at..4 * at + 4].copy_from_slice(&((1u32 << 20) + 1).to_le_bytes());
+            let mut out = vec![0i16; 8];
+            let r = if wide {
+                softmax_any(&[7i16; 8], (1, 8, 1), &table, st, &mut out)
+            } else {
+                softmax_any(&[7i8; 8], (1, 8, 1), &table, st, &mut out)
+            };
+            assert!(r.is_err(), "wide {wide}");
         }
     }
 
