@@ -7,7 +7,9 @@
 //! `-- --summary` prints only the summary. Its environment: `DMQ_BENCH_ROUNDS` (passes over the
 //! cases, each keeping its fastest; default 3), `DMQ_BENCH_SHAPE` (only shapes whose name contains
 //! it), `DMQ_BENCH_TIER` (only tiers whose `Debug` name contains it, e.g. `Avx512` for a profile
-//! of one tier), `DMQ_BENCH_STAGE` (also time the staging alone, as a share of the op).
+//! of one tier), `DMQ_BENCH_KIND` (only kinds containing it: `W8A8`, `W4A8`, `W8A16`),
+//! `DMQ_BENCH_REPS` (multiplies the timed runs per case, for a profile under `perf record`),
+//! `DMQ_BENCH_STAGE` (also time the staging alone, as a share of the op).
 use criterion::{criterion_group, Criterion, Throughput};
 use dmq_runtime::kernels::gemm::{self, pad4, Epilogue, Finish, Pixels, Product, Requants};
 use dmq_runtime::kernels::reference::Code;
@@ -509,12 +511,21 @@ fn summary() {
         .max(1);
     let only = std::env::var("DMQ_BENCH_SHAPE").unwrap_or_default();
     let only_tier = std::env::var("DMQ_BENCH_TIER").unwrap_or_default();
+    let only_kind = std::env::var("DMQ_BENCH_KIND").unwrap_or_default();
+    let more: f64 = std::env::var("DMQ_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1.0f64)
+        .max(1.0);
     let mut cases = Vec::new();
     for s in SHAPES
         .into_iter()
         .filter(|s| s.name.contains(only.as_str()))
     {
-        for (v, vname) in variants() {
+        for (v, vname) in variants()
+            .into_iter()
+            .filter(|(_, n)| n.contains(only_kind.as_str()))
+        {
             for tier in tiers()
                 .into_iter()
                 .filter(|&t| t != Tier::Scalar && format!("{t:?}").contains(only_tier.as_str()))
@@ -527,7 +538,7 @@ fn summary() {
     for _ in 0..rounds {
         ghz = ghz.max(clock_ghz());
         for (s, v, _, tier, best, stage) in cases.iter_mut() {
-            let reps = (1e9 / s.macs() as f64).clamp(5.0, 200.0) as usize;
+            let reps = ((1e9 / s.macs() as f64).clamp(5.0, 200.0) * more) as usize;
             let (s, v, tier) = (*s, *v, *tier);
             *best = best.min(time_case(s, v, tier, reps, false));
             if std::env::var("DMQ_BENCH_STAGE").is_ok() {
