@@ -80,9 +80,10 @@ impl RandomEpilogue {
             wide_out: case % 2 == 0,
         };
         let mult = |rng: &mut Rng| (1i64 << 30) as i32 + u(rng, 1 << 30) as i32;
-        // mostly shifts >= 32 (the common case), sometimes smaller ones
+        // shifts >= 32 (the common case, and every row's for the 512-bit epilogue of 16 rows) but
+        // in one case in 3, where some are smaller
         let shift = |rng: &mut Rng| {
-            if u(rng, 4) == 0 {
+            if case % 3 == 0 && u(rng, 4) == 0 {
                 20 + u(rng, 12) as u8
             } else {
                 32 + u(rng, 19) as u8
@@ -165,7 +166,7 @@ fn sums<S: Code>(
         for i in 0..t.rows {
             for j in 0..t.cols {
                 let v = match epi {
-                    Some(_) => t.codes[j][i] as i64,
+                    Some(_) => t.code(i, j) as i64,
                     None if exact => t.sums[i][j],
                     None => t.sums[i][j] as i32 as i64,
                 };
@@ -182,8 +183,15 @@ fn sums<S: Code>(
 /// strided layouts; nothing outside the tile is touched.
 fn write_case<U: Code>(rng: &mut Rng) -> Check {
     let mut t = gemm::Tile::new();
-    t.rows = [4, 8, 8][u(rng, 3)];
-    t.cols = if u(rng, 2) == 0 { 8 } else { 1 + u(rng, 8) };
+    // the packed form (int8 codes as bytes, up to 16 rows x 128 pixels) for either output type
+    t.packed = u(rng, 2) == 0;
+    if t.packed {
+        t.rows = [4, 8, 16, 1 + u(rng, 16)][u(rng, 4)];
+        t.cols = [8, 128, 1 + u(rng, 128)][u(rng, 3)];
+    } else {
+        t.rows = [4, 8, 8][u(rng, 3)];
+        t.cols = if u(rng, 2) == 0 { 8 } else { 1 + u(rng, 8) };
+    }
     (t.r0, t.p0) = (4 * u(rng, 3), u(rng, 5));
     for j in 0..gemm::MAX_NR {
         for i in 0..gemm::MAX_MR {
@@ -193,6 +201,9 @@ fn write_case<U: Code>(rng: &mut Rng) -> Check {
                 U::MIN + u(rng, (U::MAX - U::MIN + 1) as u64) as i32
             };
         }
+    }
+    for row in t.bytes.iter_mut() {
+        row.fill_with(|| rng.next_u64() as i8);
     }
     let rbase = t.r0 - 4 * u(rng, (t.r0 / 4 + 1) as u64);
     let (rs, ps) = match u(rng, 3) {
@@ -211,7 +222,7 @@ fn write_case<U: Code>(rng: &mut Rng) -> Check {
         .map_err(|e| format!("tile write: {e}"))?;
     for i in 0..t.rows {
         for j in 0..t.cols {
-            want[(t.r0 - rbase + i) * rs + (t.p0 + j) * ps] = U::sat(t.codes[j][i] as i64);
+            want[(t.r0 - rbase + i) * rs + (t.p0 + j) * ps] = U::sat(t.code(i, j) as i64);
         }
     }
     if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
@@ -362,11 +373,14 @@ fn conv_direct<T: Code>(
 }
 
 fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
+    // one case in 4 larger: more than one chunk of pixels and more than one row group of the
+    // 512-bit tiles (their weights and epilogue constants are kept across chunks)
+    let big = if u(rng, 4) == 0 { 2 } else { 1 };
     let (c, h, w, co) = (
         1 + u(rng, 24),
-        1 + u(rng, 12),
-        1 + u(rng, 12),
-        1 + u(rng, 20),
+        1 + u(rng, 12 * big as u64),
+        1 + u(rng, 12 * big as u64),
+        1 + u(rng, 20 * big as u64 + 8 * (big as u64 - 1)),
     );
     let k = [1usize, 2, 3, 5][u(rng, 4)];
     let st = 1 + u(rng, 2);

@@ -17,10 +17,13 @@ pub mod neon_i16;
 pub mod neon_ops;
 pub mod reference;
 pub mod stage;
+pub mod tile;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_avx512_epi;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512_ops;
 #[cfg(target_arch = "x86_64")]

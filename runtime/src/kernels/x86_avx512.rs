@@ -17,22 +17,23 @@
 //! The non-GEMM ops' AVX-512 paths are in [`super::x86_avx512_ops`].
 use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
 use super::x86::Consts;
+use super::x86_avx512_epi::{emit_packed, Held};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 /// Pixels per tile (16 accumulators, 2 weight registers and 8 broadcasts: 12 pixels made LLVM
 /// spill accumulators to the stack); also the width of the tiles handed to the sink.
-const NR: usize = 8;
+pub(super) const NR: usize = 8;
 /// Output pixels per chunk: a chunk's staged activations stay in cache while every row group of
 /// the weights passes over them.
-const CHUNK: usize = 16 * NR;
+pub(super) const CHUNK: usize = 16 * NR;
 /// Tiles per chunk.
 const TILES: usize = CHUNK / NR;
 /// Depth blocks interleaved at a time (two registers of 64 bytes each: 32 KiB).
 const SEG: usize = 256;
 
 /// Accumulators of one tile: `[row register][pixel]`.
-type Acc = [[__m512i; NR]; 2];
+pub(super) type Acc = [[__m512i; NR]; 2];
 /// Accumulators of one int16 tile (`[8-row register][pixel]`) and its exact sums per 8-row half.
 type Acc16 = [[__m512i; super::x86::NR]; 2];
 type Wide16 = [super::x86::Wide; 2];
@@ -67,6 +68,7 @@ pub unsafe fn product_rows<T: super::reference::Code>(
     let mut wbuf = [MaybeUninit::<u8>::uninit(); SEG * 128];
     let mut acc = [MaybeUninit::<Acc>::uninit(); TILES];
     let mut bases = [[0usize; NR]; TILES];
+    let mut held = Held::new(r0);
     for c0 in (0..px.count).step_by(CHUNK) {
         if r16 == r0 {
             break;
@@ -93,14 +95,23 @@ pub unsafe fn product_rows<T: super::reference::Code>(
                 let qb = (qa + SEG).min(nq);
                 let at = (qa / row, qa % row);
                 let wp = wbuf.as_mut_ptr() as *mut u8;
-                // SAFETY: the CPU has this tier's features; blocks `qa..qb` of the row blocks are
-                // inside the weights (`Product::check` bounds their length) and `wbuf` holds `SEG`
-                // blocks of two registers
-                unsafe {
-                    if g == 32 {
-                        interleave::<2>(&blocks, (qa, qb), wp, &mut corr);
-                    } else {
-                        interleave::<1>(&blocks, (qa, qb), wp, &mut corr);
+                // the whole depth in one segment: the buffer may still hold this row group
+                let whole = nq <= SEG;
+                if whole && held.group == Some((r, g)) {
+                    corr = held.corr;
+                } else {
+                    // SAFETY: the CPU has this tier's features; blocks `qa..qb` of the row blocks
+                    // are inside the weights (`Product::check` bounds their length) and `wbuf`
+                    // holds `SEG` blocks of two registers
+                    unsafe {
+                        if g == 32 {
+                            interleave::<2>(&blocks, (qa, qb), wp, &mut corr);
+                        } else {
+                            interleave::<1>(&blocks, (qa, qb), wp, &mut corr);
+                        }
+                    }
+                    if whole {
+                        (held.group, held.corr) = (Some((r, g)), corr);
                     }
                 }
                 for i in 0..n {
@@ -123,7 +134,7 @@ pub unsafe fn product_rows<T: super::reference::Code>(
             unsafe {
                 emit(
                     &acc[..n],
-                    &corr[..g / 16],
+                    (&corr[..g / 16], &mut held),
                     (r, c0, px.count),
                     prod,
                     finish,
@@ -392,7 +403,7 @@ unsafe fn span16(
 #[target_feature(enable = "avx2,avxvnni,avx512f,avx512vnni")]
 unsafe fn emit(
     acc: &[MaybeUninit<Acc>],
-    corr: &[__m512i],
+    (corr, held): (&[__m512i], &mut Held),
     (r, c0, count): (usize, usize, usize),
     prod: &Product<'_, impl super::reference::Code>,
     finish: Finish<'_>,
@@ -400,6 +411,14 @@ unsafe fn emit(
     out: &mut impl FnMut(&mut Tile),
 ) {
     for (v, &cv) in corr.iter().enumerate() {
+        // SAFETY: AVX-512F is among the features
+        let wide = unsafe { held.consts(prod, finish, r + 16 * v) };
+        if let (Some(k), Finish::Codes(e)) = (&wide, finish) {
+            // SAFETY: the caller's: `acc` initialised; this tier's features
+            unsafe { emit_packed(acc, (v, cv), k, e, (r + 16 * v, c0, count), t, out) };
+            continue;
+        }
+        t.packed = false;
         for h in 0..2 {
             (t.r0, t.rows) = (r + 16 * v + 8 * h, 8);
             let half = |z: __m512i| {
