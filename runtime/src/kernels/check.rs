@@ -67,6 +67,7 @@ struct RandomEpilogue {
     uniform: Option<(i32, u8)>,
     zo: i32,
     wide_out: bool,
+    by_pixel: bool,
 }
 
 impl RandomEpilogue {
@@ -78,6 +79,7 @@ impl RandomEpilogue {
             uniform: None,
             zo: 0,
             wide_out: case % 2 == 0,
+            by_pixel: false,
         };
         let mult = |rng: &mut Rng| (1i64 << 30) as i32 + u(rng, 1 << 30) as i32;
         // shifts >= 32 (the common case, and every row's for the 512-bit epilogue of 16 rows) but
@@ -105,6 +107,7 @@ impl RandomEpilogue {
             e.uniform = Some((mult(rng), shift(rng)));
         }
         e.zo = u(rng, 200) as i32 - 100;
+        e.by_pixel = u(rng, 2) == 0;
         e
     }
     fn get(&self) -> Epilogue<'_> {
@@ -123,6 +126,8 @@ impl RandomEpilogue {
             zo: self.zo,
             lo,
             hi,
+            // a layout hint only: the values must not depend on it
+            by_pixel: self.by_pixel,
         }
     }
     /// The specification's codes of the sums `want` (`[row][pixel]`).
@@ -183,11 +188,13 @@ fn sums<S: Code>(
 /// strided layouts; nothing outside the tile is touched.
 fn write_case<U: Code>(rng: &mut Rng) -> Check {
     let mut t = gemm::Tile::new();
-    // the packed form (int8 codes as bytes, up to 16 rows x 128 pixels) for either output type
+    // the packed form (int8 codes as bytes, up to 16 rows x 128 pixels, by row or by pixel) for
+    // either output type
     t.packed = u(rng, 2) == 0;
     if t.packed {
         t.rows = [4, 8, 16, 1 + u(rng, 16)][u(rng, 4)];
         t.cols = [8, 128, 1 + u(rng, 128)][u(rng, 3)];
+        t.by_pixel = u(rng, 2) == 0;
     } else {
         t.rows = [4, 8, 8][u(rng, 3)];
         t.cols = if u(rng, 2) == 0 { 8 } else { 1 + u(rng, 8) };

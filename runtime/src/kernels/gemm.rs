@@ -455,7 +455,9 @@ pub enum Requants<'a> {
 
 /// The epilogue of a product: the int32 bias per row (little endian) and, optionally, one per
 /// pixel (`col`, empty for none) added to the sum, then the row's requantization to output codes
-/// with zero point `zo`, clamped to `lo..=hi` (the output type's code range).
+/// with zero point `zo`, clamped to `lo..=hi` (the output type's code range). `by_pixel` is a
+/// hint of the sink's layout, not of the values: set when it writes pixel-major (row stride 1), so
+/// that a packed tile carries each pixel's rows together ([`Tile::by_pixel`]).
 ///
 /// `code = clamp(round_shift((bias[r] + col[p] + acc) * mult[r], shift[r]) + zo, lo, hi)` with the
 /// additions wrapping in i32 for int8 activations and exact (the product in i128) for int16 ones.
@@ -467,6 +469,7 @@ pub struct Epilogue<'a> {
     pub zo: i32,
     pub lo: i32,
     pub hi: i32,
+    pub by_pixel: bool,
 }
 
 /// One row's epilogue constants (the shift clamped to 1..=62).
@@ -487,6 +490,15 @@ impl<'a> Epilogue<'a> {
             zo,
             lo: U::MIN,
             hi: U::MAX,
+            by_pixel: false,
+        }
+    }
+
+    /// The same epilogue for a sink that writes pixel-major (`by_pixel`).
+    pub fn by_pixel(self) -> Self {
+        Epilogue {
+            by_pixel: true,
+            ..self
         }
     }
 

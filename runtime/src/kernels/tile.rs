@@ -16,8 +16,9 @@ pub const PACKED_NR: usize = 128;
 /// output's code range) or raw sums (`sums[i][j]`, exact or wrapped in i32 and read as i32), as the
 /// [`super::gemm::Finish`] asked. A tile whose codes all fit int8 may carry them instead as `bytes`
 /// (`bytes[i][j]`, row-major like an NCHW output) with `packed` set, up to [`PACKED_MR`] x
-/// [`PACKED_NR`], which the AVX-512 epilogue does (it narrows and transposes 16 rows at a time in
-/// registers). The arrays not in use hold no
+/// [`PACKED_NR`], which the AVX-512 epilogue does (it narrows 16 rows at a time in registers and
+/// transposes them to rows); or, with `by_pixel` also set, as each pixel's rows together
+/// (`bytes` read as `[[i8; PACKED_MR]; PACKED_NR]`), for a sink that writes pixel-major. The arrays not in use hold no
 /// meaning; [`Tile::code`] reads a code from either form.
 #[derive(Debug, Clone)]
 pub struct Tile {
@@ -30,6 +31,8 @@ pub struct Tile {
     /// codes as bytes, row-major: read when `packed`
     pub bytes: [[i8; PACKED_NR]; PACKED_MR],
     pub packed: bool,
+    /// packed codes by pixel (`PACKED_MR` bytes each), not by row
+    pub by_pixel: bool,
 }
 
 impl Tile {
@@ -43,13 +46,25 @@ impl Tile {
             sums: [[0; MAX_NR]; MAX_MR],
             bytes: [[0; PACKED_NR]; PACKED_MR],
             packed: false,
+            by_pixel: false,
         }
+    }
+
+    /// The packed codes of pixel `p0 + j` by row, when `by_pixel`.
+    #[inline(always)]
+    fn pixel(&self, j: usize) -> &[i8; PACKED_MR] {
+        let flat = self.bytes.as_flattened();
+        // the first PACKED_MR bytes of a slice at least that long
+        let run = &flat[j * PACKED_MR..(j + 1) * PACKED_MR];
+        run.try_into().unwrap_or(&[0; PACKED_MR])
     }
 
     /// The code of row `r0 + i`, pixel `p0 + j`, from whichever form the tile carries.
     #[inline(always)]
     pub fn code(&self, i: usize, j: usize) -> i32 {
-        if self.packed {
+        if self.packed && self.by_pixel {
+            self.pixel(j)[i] as i32
+        } else if self.packed {
             self.bytes[i][j] as i32
         } else {
             self.codes[j][i]
@@ -145,6 +160,28 @@ impl Tile {
     fn write_bytes<U: Code>(&self, out: &mut [U], base: usize, rs: usize, ps: usize) {
         let (rows, cols) = (self.rows.min(PACKED_MR), self.cols.min(PACKED_NR));
         let one = core::mem::size_of::<U>() == 1;
+        if self.by_pixel {
+            for j in 0..cols {
+                let px = self.pixel(j);
+                if one && rs == 1 {
+                    // SAFETY: pixel `j`'s `rows` codes are in `out` (checked by the caller); U is
+                    // one byte
+                    unsafe {
+                        let dst = out.as_mut_ptr().add(base + j * ps) as *mut i8;
+                        if rows == PACKED_MR {
+                            (dst as *mut [i8; PACKED_MR]).write_unaligned(*px);
+                        } else {
+                            core::ptr::copy_nonoverlapping(px.as_ptr(), dst, rows);
+                        }
+                    }
+                } else {
+                    for (i, &b) in px.iter().enumerate().take(rows) {
+                        out[base + i * rs + j * ps] = U::sat(b as i64);
+                    }
+                }
+            }
+            return;
+        }
         if one && ps == 1 {
             for (i, row) in self.bytes.iter().enumerate().take(rows) {
                 // 16 bytes at a time inline (a `copy_nonoverlapping` of a run-time length is a

@@ -146,8 +146,9 @@ impl Consts16 {
 
 /// Hands over row register `v` (rows `r..r + 16`, correction `cv`) of a chunk as one packed tile
 /// of 16 rows x the chunk's pixels: per pixel, 16 codes narrowed to bytes in one register; per 8
-/// pixels, their registers transposed to rows of 8 bytes (byte, word and dword unpacks). The sink
-/// then writes each row as one run of bytes.
+/// pixels, their registers transposed to rows of 8 bytes (byte, word and dword unpacks), so that the
+/// sink writes each row as one run of bytes; or, for a pixel-major sink (`Epilogue::by_pixel`),
+/// each pixel's register stored as it is.
 ///
 /// # Safety
 /// This tier's features; `acc` initialised.
@@ -174,6 +175,14 @@ pub(super) unsafe fn emit_packed(
         let mut px = [_mm_setzero_si128(); NR];
         for (j, x) in px.iter_mut().enumerate() {
             *x = k.bytes(e, _mm512_sub_epi32(a[v][j], cv), c0 + i * NR + j);
+        }
+        if e.by_pixel {
+            // a pixel-major sink: each pixel's 16 rows as they are
+            for (j, &x) in px.iter().enumerate() {
+                // SAFETY: `bytes` is `CHUNK` pixels of 16 bytes and `i * NR + j < CHUNK`
+                unsafe { _mm_storeu_si128(dst.add(16 * (i * NR + j)) as *mut __m128i, x) };
+            }
+            continue;
         }
         // rows 8 h..8 h + 8 of pixel pairs, then of pixel quads, then of all 8 pixels
         for h in 0..2 {
@@ -209,7 +218,7 @@ pub(super) unsafe fn emit_packed(
             }
         }
     }
-    t.packed = true;
+    (t.packed, t.by_pixel) = (true, e.by_pixel);
     (t.r0, t.rows, t.p0, t.cols) = (r, 16, c0, CHUNK.min(count - c0));
     out(t);
 }

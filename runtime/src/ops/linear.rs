@@ -130,7 +130,8 @@ impl Plan<'_> {
                     wsum: self.wsum,
                 };
                 let mut res = Ok(());
-                gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(epi), |t| {
+                let epi = epi.by_pixel();
+                gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epi), |t| {
                     if res.is_ok() {
                         res = t.write(part, 0, 1, o_s[0]);
                     }

@@ -251,7 +251,7 @@ impl Multiplier {
         let d = &self.d;
         let (n, k4) = (d.n, gemm::pad4(d.k));
         let rows = planes * gemm::pad4(n);
-        let epi = Epilogue { bias: &[], requant: Requants::Uniform { mult: self.mult, shift: self.shift }, col: &[], zo: self.output.zero, lo: U::MIN, hi: U::MAX };
+        let epi = Epilogue { bias: &[], requant: Requants::Uniform { mult: self.mult, shift: self.shift }, col: &[], zo: self.output.zero, lo: U::MIN, hi: U::MAX, by_pixel: false };
         let consts = RowConsts { bias: 0, mult: self.mult, shift: self.shift.clamp(1, 62) };
         for p0 in (m0..m0 + nm).step_by(WIDE_PIXELS) {
             let np = WIDE_PIXELS.min(m0 + nm - p0);
@@ -316,7 +316,7 @@ fn product<S: Code>(ex: Exec, d: &MatMulDims, w: &[i8], st: &[S], bias: &[u8], s
             };
             let col = sum_a.get(m0..m0 + nm).ok_or(bounds())?;
             let mut res = Ok(());
-            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, col, q)), |t| {
+            gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, col, q).by_pixel()), |t| {
                 if res.is_ok() {
                     res = t.write(part, 0, 1, d.o_s[2]);
                 }
@@ -338,7 +338,7 @@ fn product<S: Code>(ex: Exec, d: &MatMulDims, w: &[i8], st: &[S], bias: &[u8], s
 /// The epilogue once A's row sums (its pixel terms, `col`) are known: uniform requantization to
 /// int8 codes.
 fn epilogue<'e>(bias: &'e [u8], col: &'e [i32], (mult, shift, zo): (i32, u8, i32)) -> Epilogue<'e> {
-    Epilogue { bias, requant: Requants::Uniform { mult, shift }, col, zo, lo: -128, hi: 127 }
+    Epilogue { bias, requant: Requants::Uniform { mult, shift }, col, zo, lo: -128, hi: 127, by_pixel: false }
 }
 
 /// `-zb * sum(row)` of each staged row of A (depth `k4`, zero padded), wrapping.
