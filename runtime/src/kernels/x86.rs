@@ -522,25 +522,35 @@ pub unsafe fn transpose8x8_b(src: *const i8, ch_stride: usize, dst: *mut i8, px_
             core::array::from_fn(|c| _mm_loadl_epi64(src.add(c * ch_stride) as *const __m128i));
         // channel pairs interleaved per pixel, then quads, then all 8 (two pixels per vector)
         let t: [__m128i; 4] = core::array::from_fn(|i| _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]));
-        let u = [
-            _mm_unpacklo_epi16(t[0], t[1]),
-            _mm_unpackhi_epi16(t[0], t[1]),
-            _mm_unpacklo_epi16(t[2], t[3]),
-            _mm_unpackhi_epi16(t[2], t[3]),
-        ];
-        let v = [
-            _mm_unpacklo_epi32(u[0], u[2]),
-            _mm_unpackhi_epi32(u[0], u[2]),
-            _mm_unpacklo_epi32(u[1], u[3]),
-            _mm_unpackhi_epi32(u[1], u[3]),
-        ];
-        for (i, x) in v.iter().enumerate() {
+        for (i, x) in pairs_to_rows(t).iter().enumerate() {
             _mm_storel_epi64(dst.add(2 * i * px_stride) as *mut __m128i, *x);
             _mm_storel_epi64(
                 dst.add((2 * i + 1) * px_stride) as *mut __m128i,
                 _mm_unpackhi_epi64(*x, *x),
             );
         }
+    }
+}
+
+/// 8 rows of byte pairs (`t[m]`: word `i` holds row `i`'s pixels `2m` and `2m + 1`) to rows of 8
+/// pixels, two rows per register (row `2k` in the low 8 bytes of register `k`, row `2k + 1` in
+/// the high): word, then dword unpacks. SSE2.
+#[inline(always)]
+pub(super) fn pairs_to_rows(t: [__m128i; 4]) -> [__m128i; 4] {
+    // SAFETY: SSE2 is baseline on x86-64
+    unsafe {
+        let u = [
+            _mm_unpacklo_epi16(t[0], t[1]),
+            _mm_unpackhi_epi16(t[0], t[1]),
+            _mm_unpacklo_epi16(t[2], t[3]),
+            _mm_unpackhi_epi16(t[2], t[3]),
+        ];
+        [
+            _mm_unpacklo_epi32(u[0], u[2]),
+            _mm_unpackhi_epi32(u[0], u[2]),
+            _mm_unpacklo_epi32(u[1], u[3]),
+            _mm_unpackhi_epi32(u[1], u[3]),
+        ]
     }
 }
 

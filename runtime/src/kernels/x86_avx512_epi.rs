@@ -194,19 +194,7 @@ pub(super) unsafe fn emit_packed(
                     _mm_unpackhi_epi8(px[2 * m], px[2 * m + 1])
                 };
             }
-            let quad = [
-                _mm_unpacklo_epi16(pair[0], pair[1]),
-                _mm_unpackhi_epi16(pair[0], pair[1]),
-                _mm_unpacklo_epi16(pair[2], pair[3]),
-                _mm_unpackhi_epi16(pair[2], pair[3]),
-            ];
-            let rows = [
-                _mm_unpacklo_epi32(quad[0], quad[2]),
-                _mm_unpackhi_epi32(quad[0], quad[2]),
-                _mm_unpacklo_epi32(quad[1], quad[3]),
-                _mm_unpackhi_epi32(quad[1], quad[3]),
-            ];
-            for (m, &two) in rows.iter().enumerate() {
+            for (m, &two) in super::x86::pairs_to_rows(pair).iter().enumerate() {
                 let row = 8 * h + 2 * m;
                 // SAFETY: `bytes` is 16 rows of `CHUNK` bytes and `i < CHUNK / NR`: rows `row` and
                 // `row + 1`, bytes `8 i..8 i + 8` of each
