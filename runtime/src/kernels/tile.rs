@@ -17,9 +17,9 @@ pub const PACKED_NR: usize = 128;
 /// [`super::gemm::Finish`] asked. A tile whose codes all fit int8 may carry them instead as `bytes`
 /// (`bytes[i][j]`, row-major like an NCHW output) with `packed` set, up to [`PACKED_MR`] x
 /// [`PACKED_NR`], which the AVX-512 epilogue does (it narrows 16 rows at a time in registers and
-/// transposes them to rows); or, with `by_pixel` also set, as each pixel's rows together
-/// (`bytes` read as `[[i8; PACKED_MR]; PACKED_NR]`), for a sink that writes pixel-major. The arrays not in use hold no
-/// meaning; [`Tile::code`] reads a code from either form.
+/// transposes them to rows); or, with `by_pixel` also set, as each pixel's rows together (`bytes`
+/// read as `[[i8; PACKED_MR]; PACKED_NR]`), for a sink that writes pixel-major. The arrays not in
+/// use hold no meaning; [`Tile::code`] reads a code from any form.
 #[derive(Debug, Clone)]
 pub struct Tile {
     pub r0: usize,
@@ -53,10 +53,7 @@ impl Tile {
     /// The packed codes of pixel `p0 + j` by row, when `by_pixel`.
     #[inline(always)]
     fn pixel(&self, j: usize) -> &[i8; PACKED_MR] {
-        let flat = self.bytes.as_flattened();
-        // the first PACKED_MR bytes of a slice at least that long
-        let run = &flat[j * PACKED_MR..(j + 1) * PACKED_MR];
-        run.try_into().unwrap_or(&[0; PACKED_MR])
+        &self.bytes.as_flattened().as_chunks::<PACKED_MR>().0[j]
     }
 
     /// The code of row `r0 + i`, pixel `p0 + j`, from whichever form the tile carries.
@@ -88,10 +85,8 @@ impl Tile {
         let base = (self.r0 - rbase) * rs + self.p0 * ps;
         let (rows, cols) = (self.rows, self.cols);
         if self.packed {
-            return {
-                self.write_bytes(out, base, rs, ps);
-                Ok(())
-            };
+            self.write_bytes(out, base, rs, ps);
+            return Ok(());
         }
         // codes are in U's range (the epilogue clamps), so `sat` only converts
         #[cfg(target_arch = "aarch64")]
@@ -153,9 +148,9 @@ impl Tile {
         Ok(())
     }
 
-    /// The packed form's write (the tile's extent already checked against `out` from `base`): each
-    /// row's bytes copied as one run into an int8 output with `ps == 1`; with `rs == 1`, 8 x 8
-    /// blocks transposed (SSE2); otherwise code by code.
+    /// The packed form's write (the tile's extent already checked against `out` from `base`): into
+    /// an int8 output, each pixel's 16 bytes stored whole (`by_pixel`, `rs == 1`) or each row's
+    /// bytes copied as one run (`ps == 1`); otherwise code by code.
     #[inline(always)]
     fn write_bytes<U: Code>(&self, out: &mut [U], base: usize, rs: usize, ps: usize) {
         let (rows, cols) = (self.rows.min(PACKED_MR), self.cols.min(PACKED_NR));
@@ -203,28 +198,11 @@ impl Tile {
             }
             return;
         }
-        // the 8 x 8 blocks of a pixel-major int8 output, then what is left code by code
-        let (r8, c8) = if one && rs == 1 && cfg!(target_arch = "x86_64") {
-            (rows / 8 * 8, cols / 8 * 8)
-        } else {
-            (0, 0)
-        };
-        #[cfg(target_arch = "x86_64")]
-        for i in (0..r8).step_by(8) {
-            for j in (0..c8).step_by(8) {
-                // SAFETY: the block's codes are in `out`, as above; U is one byte; `bytes` rows
-                // are `PACKED_NR` apart
-                unsafe {
-                    let dst = out.as_mut_ptr().add(base + i + j * ps) as *mut i8;
-                    let src = (self.bytes.as_ptr() as *const i8).add(i * PACKED_NR + j);
-                    super::x86::transpose8x8_b(src, PACKED_NR, dst, ps)
-                };
-            }
-        }
-        for i in 0..rows {
-            let from = if i < r8 { c8 } else { 0 };
-            for j in from..cols {
-                out[base + i * rs + j * ps] = U::sat(self.bytes[i][j] as i64);
+        // rows into a pixel-major or strided output: the sinks that write pixel-major set
+        // `Epilogue::by_pixel`, so this is the general case only
+        for (i, row) in self.bytes.iter().enumerate().take(rows) {
+            for (j, &b) in row.iter().enumerate().take(cols) {
+                out[base + i * rs + j * ps] = U::sat(b as i64);
             }
         }
     }

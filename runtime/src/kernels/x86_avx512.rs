@@ -3,8 +3,9 @@
 //! `128 * sum(w)` subtracted per row) on 512-bit registers: 64 products per instruction.
 //!
 //! A tile is 32 rows (two registers of 16 rows: four weight blocks of 4 rows x 4 depth each, side
-//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators, finished and
-//! handed over as 8 x 8 tiles. Row groups of 16 run here; what is left of the rows (fewer than 16)
+//! by side, so lane `i` is row `i`'s 4 depth values) x 8 pixels, 16 accumulators, finished by
+//! [`super::x86_avx512_epi`] (16 rows per register, handed over as one packed tile per chunk) or,
+//! where that does not apply, as 8 x 8 tiles by the 256-bit epilogue. Row groups of 16 run here; what is left of the rows (fewer than 16)
 //! runs the 256-bit tiles of [`super::x86_vnni`].
 //!
 //! Int16 activations: the AVX2 tile's arithmetic ([`super::x86`]: int8 weights extended to i16,
