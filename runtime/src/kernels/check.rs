@@ -67,6 +67,8 @@ struct RandomEpilogue {
     uniform: Option<(i32, u8)>,
     zo: i32,
     wide_out: bool,
+    /// a clamp narrower than the output type's range (a fused ReLU's, say): (below min, below max)
+    narrow: Option<(i32, i32)>,
     by_pixel: bool,
 }
 
@@ -79,9 +81,19 @@ impl RandomEpilogue {
             uniform: None,
             zo: 0,
             wide_out: case % 2 == 0,
+            narrow: None,
             by_pixel: false,
         };
-        let mult = |rng: &mut Rng| (1i64 << 30) as i32 + u(rng, 1 << 30) as i32;
+        // normalised multipliers (in [2^30, 2^31)), but in one case in 4 smaller ones (a shift of
+        // 32 with a multiplier below 2^30 is exactly a shift of 33 with twice the multiplier)
+        let small = case % 4 == 1;
+        let mult = |rng: &mut Rng| {
+            if small && u(rng, 2) == 0 {
+                u(rng, 1 << 30) as i32
+            } else {
+                (1i64 << 30) as i32 + u(rng, 1 << 30) as i32
+            }
+        };
         // shifts >= 32 (the common case, and every row's for the 512-bit epilogue of 16 rows) but
         // in one case in 3, where some are smaller
         let shift = |rng: &mut Rng| {
@@ -107,6 +119,12 @@ impl RandomEpilogue {
             e.uniform = Some((mult(rng), shift(rng)));
         }
         e.zo = u(rng, 200) as i32 - 100;
+        if case % 5 == 3 {
+            e.narrow = Some((
+                u(rng, 100) as i32 * (u(rng, 2) as i32),
+                u(rng, 100) as i32 * (u(rng, 2) as i32),
+            ));
+        }
         e.by_pixel = u(rng, 2) == 0;
         e
     }
@@ -115,6 +133,10 @@ impl RandomEpilogue {
             (i16::MIN as i32, i16::MAX as i32)
         } else {
             (-128, 127)
+        };
+        let (lo, hi) = match self.narrow {
+            Some((a, b)) => (lo + a, hi - b),
+            None => (lo, hi),
         };
         Epilogue {
             bias: &self.bias,

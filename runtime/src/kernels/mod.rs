@@ -52,8 +52,8 @@ pub enum Tier {
     /// x86-64 AVX2 + AVX-VNNI (Intel Alder Lake, Sapphire Rapids and later; AMD Zen 5): int8
     /// products with `VPDPBUSD`, int16 ones as on `Avx2`
     AvxVnni,
-    /// `AvxVnni` plus AVX-512 VNNI (Intel Sapphire Rapids and later, AMD Zen 5): int8 products
-    /// with `VPDPBUSD` on 512-bit registers
+    /// `AvxVnni` plus AVX-512 BW and VNNI (Intel Sapphire Rapids and later, AMD Zen 5): int8
+    /// products with `VPDPBUSD` on 512-bit registers
     Avx512Vnni,
 }
 
@@ -97,6 +97,7 @@ impl Tier {
                 && std::arch::is_x86_feature_detected!("avxvnni");
             if vnni
                 && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
             {
                 Tier::Avx512Vnni
