@@ -405,10 +405,21 @@ fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
     // one case in 4 larger: more than one chunk of pixels and more than one row group of the
     // 512-bit tiles (their weights and epilogue constants are kept across chunks)
     let big = if u(rng, 4) == 0 { 2 } else { 1 };
+    // in one case in 8, 16 or more channels and a width of 16 or 32 (the AVX-512 tier stages
+    // such images in runs of 64 pixels across rows)
+    let runs = u(rng, 8) == 0;
     let (c, h, w, co) = (
-        1 + u(rng, 24),
+        if runs {
+            16 + u(rng, 24)
+        } else {
+            1 + u(rng, 24)
+        },
         1 + u(rng, 12 * big as u64),
-        1 + u(rng, 12 * big as u64),
+        if runs {
+            16 * (1 + u(rng, 2))
+        } else {
+            1 + u(rng, 12 * big as u64)
+        },
         1 + u(rng, 20 * big as u64 + 8 * (big as u64 - 1)),
     );
     let k = [1usize, 2, 3, 5][u(rng, 4)];
@@ -449,7 +460,13 @@ fn conv_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
 fn rows_case<T: Code>(rng: &mut Rng, tiers: &[Tier], case: usize) -> Check {
     // one case in 8 deeper than a tier's blocks of weights prepared at a time (x86: 1024)
     let deep = if u(rng, 8) == 0 { 2000 } else { 300 };
-    let (m, mut n, k) = (1 + u(rng, 40), 1 + u(rng, 24), 1 + u(rng, deep));
+    // many tokens in one case in 6 (the 64-pixel staging blocks of the AVX-512 tier)
+    let m = if u(rng, 6) == 0 {
+        64 + u(rng, 100)
+    } else {
+        1 + u(rng, 40)
+    };
+    let (mut n, k) = (1 + u(rng, 24), 1 + u(rng, deep));
     let s = if case % 2 == 0 { [k, 1] } else { [1, m] };
     let x: Vec<T> = acts(rng, m * k, case % 3 == 0);
     let k4 = pad4(k);

@@ -99,6 +99,8 @@ pub fn image_rows<T: Code, U: Code>(
     }
     check_len((rows.end - rows.start) * wp * c4, out.len())?;
     let [pt, pl, _, _] = g.pad;
+    let flip = flips(tier, core::mem::size_of::<U>());
+    let (zx, zero) = (staged(zx, flip), staged(U::default(), flip));
     // the border rows and columns, then every interior pixel's padded channels (whole slices, not
     // a loop over every pixel: that loop cost as much as the transposes on a 32-channel image)
     for (k, row) in out.chunks_exact_mut(wp * c4).enumerate() {
@@ -113,21 +115,51 @@ pub fn image_rows<T: Code, U: Code>(
         right.fill(zx);
         if g.c < c4 {
             for px in mid.chunks_exact_mut(c4) {
-                px[g.c..].fill(U::default());
+                px[g.c..].fill(zero);
             }
         }
     }
     let plane = g.h * g.w;
-    for y in 0..g.h {
-        if !rows.contains(&(y + pt)) {
-            continue;
+    // the image rows inside `rows`
+    let (ya, yb) = (
+        rows.start.saturating_sub(pt).min(g.h),
+        rows.end.saturating_sub(pt).min(g.h),
+    );
+    // channels ..done.0 of the source pixels ..done.1 staged
+    #[allow(unused_mut)]
+    let mut done = (0, ya * g.w);
+    #[cfg(target_arch = "x86_64")]
+    if g.w.is_multiple_of(16) && ya < yb {
+        // runs of 64 pixels across image rows (16 at a time stay in one row)
+        let lane = |q: usize| ((q / g.w + pt - rows.start) * wp + pl + q % g.w) * c4;
+        let qs = (ya * g.w, yb * g.w);
+        if let Some(d) = blocks16x64(tier, x, plane, g.c, qs, out, lane, c4) {
+            done = d;
         }
+    }
+    for y in ya..yb {
         let start = ((y + pt - rows.start) * wp + pl) * c4;
-        // channels of image row y (stride `plane`) to its pixels (stride c4)
-        transpose(tier, &x[y * g.w..], plane, g.c, g.w, &mut out[start..], c4);
+        // channels of image row y (stride `plane`) to its pixels (stride c4): those the blocks
+        // did not stage
+        let (cb, x0) = (done.0, done.1.saturating_sub(y * g.w).min(g.w));
+        if cb > 0 && x0 < g.w {
+            let at = start + x0 * c4;
+            transpose(
+                tier,
+                &x[y * g.w + x0..],
+                plane,
+                cb,
+                g.w - x0,
+                &mut out[at..],
+                c4,
+            );
+        }
+        if cb < g.c {
+            let (from, to) = (&x[cb * plane + y * g.w..], &mut out[start + cb..]);
+            transpose(tier, from, plane, g.c - cb, g.w, to, c4);
+        }
     }
     split_i16(tier, out);
-    flip_i8(tier, out);
     Ok(())
 }
 
@@ -146,6 +178,18 @@ pub fn flip_i8<U: Code>(tier: Tier, out: &mut [U]) {
     for b in bytemuck::cast_slice_mut::<U, u8>(out) {
         *b ^= 0x80;
     }
+}
+
+/// `v` as staged: flipped (`x ^ 0x80`, see [`flips`]) where `flip` (one-byte codes only).
+#[inline(always)]
+fn staged<U: Code>(v: U, flip: bool) -> U {
+    let mut x = v;
+    if flip {
+        for b in bytemuck::bytes_of_mut(&mut x) {
+            *b ^= 0x80;
+        }
+    }
+    x
 }
 
 /// On the dotprod tier, int16 codes are staged as signed bytes: each value `v = 256 h + l + 128`
@@ -171,9 +215,60 @@ pub fn split_i16<U: Code>(tier: Tier, out: &mut [U]) {
 }
 
 /// `dst[p * px_stride + c] = src[c * ch_stride + p]` for `c < nch`, `p < npx` (the caller checks
-/// that both ranges are in bounds, or this panics): channel-major codes to pixel-major.
+/// that both ranges are in bounds, or this panics): channel-major codes to pixel-major, flipped
+/// where [`flips`] says so.
 #[inline(always)]
 fn transpose<T: Code, U: Code>(
+    tier: Tier,
+    src: &[T],
+    ch_stride: usize,
+    nch: usize,
+    npx: usize,
+    dst: &mut [U],
+    px_stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some((cb, pb)) = blocks16x64(
+        tier,
+        src,
+        ch_stride,
+        nch,
+        (0, npx),
+        dst,
+        |q| q * px_stride,
+        px_stride,
+    ) {
+        // what the blocks left: pixels pb.. of channels ..cb, then channels cb.. of every pixel
+        if pb < npx {
+            transpose8(
+                tier,
+                &src[pb..],
+                ch_stride,
+                cb,
+                npx - pb,
+                &mut dst[pb * px_stride..],
+                px_stride,
+            );
+        }
+        if cb < nch {
+            transpose8(
+                tier,
+                &src[cb * ch_stride..],
+                ch_stride,
+                nch - cb,
+                npx,
+                &mut dst[cb..],
+                px_stride,
+            );
+        }
+        return;
+    }
+    transpose8(tier, src, ch_stride, nch, npx, dst, px_stride)
+}
+
+/// [`transpose`] by 8 x 8 blocks where the tier has them, and value by value.
+#[inline(always)]
+fn transpose8<T: Code, U: Code>(
     tier: Tier,
     src: &[T],
     ch_stride: usize,
@@ -185,6 +280,7 @@ fn transpose<T: Code, U: Code>(
     if nch == 0 || npx == 0 {
         return;
     }
+    let flip = flips(tier, core::mem::size_of::<U>());
     #[cfg_attr(
         not(any(target_arch = "x86_64", target_arch = "aarch64")),
         allow(unused_mut)
@@ -210,7 +306,13 @@ fn transpose<T: Code, U: Code>(
         (c0, p_end) = blocks8(src, ch_stride, (nch, npx), dst, px_stride, |from, to| {
             // SAFETY: `blocks8` checked the block's bounds; T and U are the same one-byte code
             unsafe {
-                super::x86::transpose8x8_b(from as *const i8, ch_stride, to as *mut i8, px_stride)
+                super::x86::transpose8x8_b(
+                    from as *const i8,
+                    ch_stride,
+                    to as *mut i8,
+                    px_stride,
+                    flip,
+                )
             }
         });
     }
@@ -248,7 +350,7 @@ fn transpose<T: Code, U: Code>(
         let p_start = if c < c0 { p_end } else { 0 };
         let s = &src[c * ch_stride..];
         for p in p_start..npx {
-            dst[p * px_stride + c] = U::sat(s[p].get() as i64);
+            dst[p * px_stride + c] = staged(U::sat(s[p].get() as i64), flip);
         }
     }
 }
@@ -282,6 +384,55 @@ fn blocks8<T, U>(
     (cb, pb)
 }
 
+/// The AVX-512 int8 blocks of a staging transpose ([`super::x86_avx512_ops::transpose16x64_b`],
+/// flipped), where the tier is `Avx512Vnni` and the stage flips: channels `..nch / 16 * 16` of the
+/// source pixels `q0..` in runs of 64 (`src[c * ch_stride + q]`), source pixel `q` (a multiple of
+/// 16 from `q0`) and its next 15 to `dst[lane(q) + j * px_stride + c]`. Checks every block's
+/// reads and writes (panicking like an index out of range); returns the channels and the end of
+/// the pixels the blocks covered, or `None` (nothing done) where they do not apply.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn blocks16x64<T: Code, U: Code>(
+    tier: Tier,
+    src: &[T],
+    ch_stride: usize,
+    nch: usize,
+    (q0, q1): (usize, usize),
+    dst: &mut [U],
+    lane: impl Fn(usize) -> usize,
+    px_stride: usize,
+) -> Option<(usize, usize)> {
+    let one = core::mem::size_of::<T>() == 1 && core::mem::size_of::<U>() == 1 && T::MIN == U::MIN;
+    let (cb, qb) = (nch / 16 * 16, q0 + (q1.saturating_sub(q0)) / 64 * 64);
+    if tier != Tier::Avx512Vnni || !flips(tier, 1) || !one || cb == 0 || qb == q0 {
+        return None;
+    }
+    let _ = &src[(cb - 1) * ch_stride + qb - 1];
+    for q in (q0..qb).step_by(64) {
+        let lanes: [*mut i8; 4] = core::array::from_fn(|l| {
+            let at = lane(q + 16 * l);
+            let _ = &dst[at + 15 * px_stride + cb - 1];
+            dst.as_mut_ptr().wrapping_add(at) as *mut i8
+        });
+        for c in (0..cb).step_by(16) {
+            // SAFETY: the tier detected AVX-512 F and BW; the block's last read (channel `cb - 1`,
+            // pixel `qb - 1`) and each lane's last write were checked above; T and U are the same
+            // one-byte code
+            unsafe {
+                super::x86_avx512_ops::transpose16x64_b(
+                    src.as_ptr().add(c * ch_stride + q) as *const i8,
+                    ch_stride,
+                    lanes.map(|p| p.wrapping_add(c)),
+                    px_stride,
+                    true,
+                )
+            }
+        }
+    }
+    Some((cb, qb))
+}
+
 /// Stages a matrix of `m` rows and depth `k` read at `x[i * s[0] + q * s[1]]` into rows of
 /// `pad4(k)` values (zeros beyond `k`).
 #[inline(always)]
@@ -303,12 +454,12 @@ pub fn rows<T: Code, U: Code>(
     }
     if s[0] == 1 && m > 0 && k > 0 {
         // channel-major (a 1x1 convolution's input): a transpose
+        let zero = staged(U::default(), flips(tier, core::mem::size_of::<U>()));
         for row in out.chunks_exact_mut(k4.max(1)) {
-            row[k..].fill(U::default());
+            row[k..].fill(zero);
         }
         transpose(tier, x, s[1], k, m, out, k4);
         split_i16(tier, out);
-        flip_i8(tier, out);
         return Ok(());
     }
     for (i, row) in out.chunks_exact_mut(k4.max(1)).enumerate().take(m) {

@@ -510,16 +510,25 @@ pub unsafe fn transpose8x8<T: Code>(
 }
 
 /// Transposes 8 channels x 8 pixels of int8 codes into 8 pixels x 8 channels:
-/// `dst[p * px_stride + c] = src[c * ch_stride + p]` (SSE2 byte, word and dword unpacks).
+/// `dst[p * px_stride + c] = src[c * ch_stride + p]` (SSE2 byte, word and dword unpacks), each
+/// code flipped (`x ^ 0x80`) where `flip`.
 ///
 /// # Safety
 /// The 64 reads and 64 writes must be in bounds.
 #[inline]
-pub unsafe fn transpose8x8_b(src: *const i8, ch_stride: usize, dst: *mut i8, px_stride: usize) {
+pub unsafe fn transpose8x8_b(
+    src: *const i8,
+    ch_stride: usize,
+    dst: *mut i8,
+    px_stride: usize,
+    flip: bool,
+) {
     // SAFETY: the caller guarantees the bounds; SSE2 is baseline on x86-64
     unsafe {
-        let r: [__m128i; 8] =
-            core::array::from_fn(|c| _mm_loadl_epi64(src.add(c * ch_stride) as *const __m128i));
+        let f = _mm_set1_epi8(if flip { -128 } else { 0 });
+        let r: [__m128i; 8] = core::array::from_fn(|c| {
+            _mm_xor_si128(_mm_loadl_epi64(src.add(c * ch_stride) as *const __m128i), f)
+        });
         // channel pairs interleaved per pixel, then quads, then all 8 (two pixels per vector)
         let t: [__m128i; 4] = core::array::from_fn(|i| _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]));
         for (i, x) in pairs_to_rows(t).iter().enumerate() {

@@ -310,3 +310,69 @@ pub unsafe fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
     }
     (n, sum, sumsq)
 }
+
+/// A 16 x 64 byte transpose for staging int8 codes: 16 channels (`src + c * ch_stride`, 64
+/// pixels each) to 64 pixels of 16 channels, the pixels `16 l..16 l + 16` at `lanes[l]` (each
+/// `px_stride` after the previous); every code flipped (`x ^ 0x80`) where `flip`. Four stages of
+/// in-lane unpacks (bytes, words, dwords, qwords) leave each 128-bit lane holding one pixel's 16
+/// channels: lane `l` of register `8 h + 4 g + 2 f + e` is pixel `16 l + 8 h + 4 g + 2 f + e`.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512BW; the 1024 reads and 1024 writes must be in bounds.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn transpose16x64_b(
+    src: *const i8,
+    ch_stride: usize,
+    lanes: [*mut i8; 4],
+    px_stride: usize,
+    flip: bool,
+) {
+    let f = _mm512_set1_epi8(if flip { -128 } else { 0 });
+    let mut r = [_mm512_setzero_si512(); 16];
+    for (c, x) in r.iter_mut().enumerate() {
+        // SAFETY: the caller's bounds
+        let v = unsafe { _mm512_loadu_si512(src.add(c * ch_stride) as *const __m512i) };
+        *x = _mm512_xor_si512(v, f);
+    }
+    // (loops over arrays, not closures: closures would not inherit this function's features)
+    // channel pairs: register 2 i + h holds pixels 8 h..8 h + 8 of each lane
+    let mut s = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        s[2 * i] = _mm512_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+        s[2 * i + 1] = _mm512_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+    }
+    // channel quads: register 4 j + 2 h + g, pixels 8 h + 4 g..
+    for j in 0..4 {
+        for h in 0..2 {
+            let (a, b) = (s[4 * j + h], s[4 * j + 2 + h]);
+            r[4 * j + 2 * h] = _mm512_unpacklo_epi16(a, b);
+            r[4 * j + 2 * h + 1] = _mm512_unpackhi_epi16(a, b);
+        }
+    }
+    // 8 channels: register 8 k + 2 m + f (m = 2 h + g), pixels 4 m + 2 f..
+    for k in 0..2 {
+        for m in 0..4 {
+            let (a, b) = (r[8 * k + m], r[8 * k + 4 + m]);
+            s[8 * k + 2 * m] = _mm512_unpacklo_epi32(a, b);
+            s[8 * k + 2 * m + 1] = _mm512_unpackhi_epi32(a, b);
+        }
+    }
+    // 16 channels: register 2 n + e (n = 2 m + f), pixel 2 n + e of each lane
+    for n in 0..8 {
+        let (a, b) = (s[n], s[8 + n]);
+        r[2 * n] = _mm512_unpacklo_epi64(a, b);
+        r[2 * n + 1] = _mm512_unpackhi_epi64(a, b);
+    }
+    for (p, &x) in r.iter().enumerate() {
+        let lane = [
+            _mm512_castsi512_si128(x),
+            _mm512_extracti32x4_epi32::<1>(x),
+            _mm512_extracti32x4_epi32::<2>(x),
+            _mm512_extracti32x4_epi32::<3>(x),
+        ];
+        for (l, &y) in lane.iter().enumerate() {
+            // SAFETY: the caller's bounds
+            unsafe { _mm_storeu_si128(lanes[l].add(p * px_stride) as *mut __m128i, y) };
+        }
+    }
+}
