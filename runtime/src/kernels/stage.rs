@@ -239,31 +239,29 @@ fn transpose<T: Code, U: Code>(
         px_stride,
     ) {
         // what the blocks left: pixels pb.. of channels ..cb, then channels cb.. of every pixel
-        if pb < npx {
-            transpose8(
-                tier,
-                &src[pb..],
-                ch_stride,
-                cb,
-                npx - pb,
-                &mut dst[pb * px_stride..],
-                px_stride,
-            );
-        }
-        if cb < nch {
-            transpose8(
-                tier,
-                &src[cb * ch_stride..],
-                ch_stride,
-                nch - cb,
-                npx,
-                &mut dst[cb..],
-                px_stride,
-            );
-        }
+        part(tier, src, ch_stride, (0, cb), (pb, npx), dst, px_stride);
+        part(tier, src, ch_stride, (cb, nch), (0, npx), dst, px_stride);
         return;
     }
     transpose8(tier, src, ch_stride, nch, npx, dst, px_stride)
+}
+
+/// [`transpose8`] of channels `c0..c1` by pixels `p0..p1` (nothing where either is empty).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn part<T: Code, U: Code>(
+    tier: Tier,
+    src: &[T],
+    ch_stride: usize,
+    (c0, c1): (usize, usize),
+    (p0, p1): (usize, usize),
+    dst: &mut [U],
+    px_stride: usize,
+) {
+    if c0 < c1 && p0 < p1 {
+        let (from, to) = (&src[c0 * ch_stride + p0..], &mut dst[p0 * px_stride + c0..]);
+        transpose8(tier, from, ch_stride, c1 - c0, p1 - p0, to, px_stride);
+    }
 }
 
 /// [`transpose`] by 8 x 8 blocks where the tier has them, and value by value.

@@ -242,13 +242,7 @@ pub(super) unsafe fn emit_packed(
                     _mm512_unpackhi_epi64(a[m], b[m]),
                 ];
                 for (o, &x) in pair.iter().enumerate() {
-                    let lanes = [
-                        _mm512_castsi512_si128(x),
-                        _mm512_extracti32x4_epi32::<1>(x),
-                        _mm512_extracti32x4_epi32::<2>(x),
-                        _mm512_extracti32x4_epi32::<3>(x),
-                    ];
-                    for (l, &y) in lanes.iter().enumerate() {
+                    for (l, &y) in super::x86_avx512_ops::lanes4(x).iter().enumerate() {
                         let row = 4 * l + 2 * m + o;
                         // SAFETY: `bytes` is 16 rows of `CHUNK` bytes, `i` is even and below
                         // `CHUNK / NR`: bytes `8 i..8 i + 16` of row `row`

@@ -364,15 +364,21 @@ pub unsafe fn transpose16x64_b(
         r[2 * n + 1] = _mm512_unpackhi_epi64(a, b);
     }
     for (p, &x) in r.iter().enumerate() {
-        let lane = [
-            _mm512_castsi512_si128(x),
-            _mm512_extracti32x4_epi32::<1>(x),
-            _mm512_extracti32x4_epi32::<2>(x),
-            _mm512_extracti32x4_epi32::<3>(x),
-        ];
-        for (l, &y) in lane.iter().enumerate() {
+        for (l, &y) in lanes4(x).iter().enumerate() {
             // SAFETY: the caller's bounds
             unsafe { _mm_storeu_si128(lanes[l].add(p * px_stride) as *mut __m128i, y) };
         }
     }
+}
+
+/// The four 128-bit lanes of `x`, lowest first.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn lanes4(x: __m512i) -> [__m128i; 4] {
+    [
+        _mm512_castsi512_si128(x),
+        _mm512_extracti32x4_epi32::<1>(x),
+        _mm512_extracti32x4_epi32::<2>(x),
+        _mm512_extracti32x4_epi32::<3>(x),
+    ]
 }
