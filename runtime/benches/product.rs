@@ -206,7 +206,7 @@ impl<T: Code> Job<T> {
         let s = self.s;
         let (oh, ow) = s.out_hw();
         if let Some(p) = &self.w4 {
-            gemm::unpack4(p, &mut self.w).unwrap();
+            gemm::unpack4(tier, p, &mut self.w).unwrap();
         }
         let px = if s.k == 0 {
             Pixels::rows(s.h, s.k4(), s.k4())

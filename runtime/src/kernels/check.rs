@@ -330,6 +330,24 @@ fn lut_case(rng: &mut Rng) -> Check {
     Ok(1)
 }
 
+/// 4-bit weights unpacked on each tier (whole SIMD runs and the rest) against the specification.
+fn unpack_case(rng: &mut Rng, tiers: &[Tier]) -> Check {
+    let n = u(rng, 200);
+    let src: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+    let mut want = vec![0i8; 2 * n];
+    super::gemm::unpack4_scalar(&src, &mut want);
+    for &t in tiers {
+        let mut got = vec![0i8; 2 * n];
+        super::gemm::unpack4(t, &src, &mut got).map_err(|e| format!("unpack4: {e}"))?;
+        if got != want {
+            return Err(format!(
+                "tier {t:?}: 4-bit unpack of {n} bytes differs from the specification"
+            ));
+        }
+    }
+    Ok(tiers.len())
+}
+
 /// A convolution's sums on `tier` (staged as that tier stages).
 #[allow(clippy::too_many_arguments)]
 fn conv_sums<T: Code>(
@@ -553,6 +571,7 @@ pub fn tiers_match_scalar(
             + affine_case::<i16, i16>(&mut rng)?;
         checked +=
             lut_case(&mut rng)? + moments_case::<i8>(&mut rng)? + moments_case::<i16>(&mut rng)?;
+        checked += unpack_case(&mut rng, &all)?;
     }
     // long products of extreme values: int16 lanes widen before they overflow
     for k in [1000usize, 4099] {

@@ -81,19 +81,33 @@ pub fn packed_index(r: usize, q: usize, k4: usize) -> usize {
 }
 
 /// Unpacks 4-bit packed weights (two codes per byte, low nibble first, codes in [-8, 7]) to int8
-/// in the same order.
-pub fn unpack4(src: &[u8], dst: &mut [i8]) -> Result<()> {
+/// in the same order: whole runs with `tier`'s registers (32 bytes per AVX2 step, 16 per NEON
+/// step), the rest as [`unpack4_scalar`], which they equal.
+pub fn unpack4(tier: Tier, src: &[u8], dst: &mut [i8]) -> Result<()> {
     if dst.len() != 2 * src.len() {
         return Err(Error::BufferLength {
             expected: 2 * src.len(),
             got: dst.len(),
         });
     }
+    let done = match tier {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the x86 tiers are only chosen after detecting AVX2 (`Tier::supported`)
+        Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni => unsafe { super::x86::unpack4(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        Tier::Neon | Tier::NeonDot => super::neon_ops::unpack4(src, dst),
+        _ => 0,
+    };
+    unpack4_scalar(&src[done..], &mut dst[2 * done..]);
+    Ok(())
+}
+
+/// The specification of [`unpack4`] (`dst` holds two codes per byte of `src`).
+pub fn unpack4_scalar(src: &[u8], dst: &mut [i8]) {
     for (b, d) in src.iter().zip(dst.chunks_exact_mut(2)) {
         d[0] = ((b << 4) as i8) >> 4;
         d[1] = (*b as i8) >> 4;
     }
-    Ok(())
 }
 
 /// Where each output pixel's depth values start in the stage, and the taps of the kernel.

@@ -266,3 +266,21 @@ pub(crate) fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
     }
     (n, sum, sumsq)
 }
+
+/// 4-bit weights to int8 on whole runs of 16 bytes (32 codes), as
+/// [`super::gemm::unpack4_scalar`]: the low nibble by `SHL` then `SSHR`, the high one by `SSHR`,
+/// stored interleaved by `ST2`. Returns how many bytes of `src` it did.
+pub(crate) fn unpack4(src: &[u8], dst: &mut [i8]) -> usize {
+    let n = src.len().min(dst.len() / 2) / 16 * 16;
+    // SAFETY: NEON is baseline on aarch64; bytes i..i + 16 of `src` and codes 2i..2i + 32 of `dst`
+    // are within `n`
+    unsafe {
+        for i in (0..n).step_by(16) {
+            let v = vld1q_s8(src.as_ptr().add(i) as *const i8);
+            let lo = vshrq_n_s8::<4>(vshlq_n_s8::<4>(v));
+            let hi = vshrq_n_s8::<4>(v);
+            vst2q_s8(dst.as_mut_ptr().add(2 * i), int8x16x2_t(lo, hi));
+        }
+    }
+    n
+}

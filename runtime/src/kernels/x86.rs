@@ -658,3 +658,32 @@ pub(crate) unsafe fn write_tile8(
         }
     }
 }
+
+/// 4-bit weights to int8 on whole runs of 32 bytes (64 codes), as
+/// [`super::gemm::unpack4_scalar`]: each nibble `v` becomes `(v ^ 8) - 8`, and the low and high
+/// nibbles are interleaved (in-lane byte unpacks, then the two lanes' halves swapped into order).
+/// Returns how many bytes of `src` it did.
+///
+/// # Safety
+/// The CPU must support AVX2; `dst` must hold `2 * src.len()` codes.
+#[target_feature(enable = "avx2")]
+pub unsafe fn unpack4(src: &[u8], dst: &mut [i8]) -> usize {
+    let n = src.len().min(dst.len() / 2) / 32 * 32;
+    let (low, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
+    for i in (0..n).step_by(32) {
+        // SAFETY: bytes i..i + 32 of `src` and codes 2i..2i + 64 of `dst` are within `n`
+        let v = unsafe { _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i) };
+        let lo = _mm256_xor_si256(_mm256_and_si256(v, low), eight);
+        let hi = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(v), low), eight);
+        let (lo, hi) = (_mm256_sub_epi8(lo, eight), _mm256_sub_epi8(hi, eight));
+        // lane 0: bytes 0-7 | 16-23 interleaved; lane 1: bytes 8-15 | 24-31
+        let (a, b) = (_mm256_unpacklo_epi8(lo, hi), _mm256_unpackhi_epi8(lo, hi));
+        // SAFETY: as above
+        unsafe {
+            let d = dst.as_mut_ptr().add(2 * i) as *mut __m256i;
+            _mm256_storeu_si256(d, _mm256_permute2x128_si256::<0x20>(a, b));
+            _mm256_storeu_si256(d.add(1), _mm256_permute2x128_si256::<0x31>(a, b));
+        }
+    }
+    n
+}

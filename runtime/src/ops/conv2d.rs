@@ -204,7 +204,7 @@ impl PreparedOp for Plan<'_> {
         let (wbuf, bias_buf) = rest.split_at_mut(self.parts.weights);
         let w: &[i8] = if self.bits == 4 {
             let w = &mut bytemuck::cast_slice_mut::<u8, i8>(wbuf)[..gemm::pad4(self.d.co) * self.d.k4()];
-            gemm::unpack4(self.weights, w)?;
+            gemm::unpack4(ex.tier, self.weights, w)?;
             w
         } else {
             bytemuck::cast_slice(self.weights)

@@ -78,7 +78,7 @@ impl PreparedOp for Plan<'_> {
         let (stage_b, wbuf) = s.split_at_mut(stage_bytes);
         let w: &[i8] = if self.bits == 4 {
             let w = &mut bytemuck::cast_slice_mut::<u8, i8>(wbuf)[..gemm::pad4(self.n) * k4];
-            gemm::unpack4(self.weights, w)?;
+            gemm::unpack4(ex.tier, self.weights, w)?;
             w
         } else {
             bytemuck::cast_slice(self.weights)
