@@ -280,3 +280,37 @@ fn bundled_model_within_an_int16_budget() {
         "{text}"
     );
 }
+
+#[test]
+fn bundled_model_floor_takes_a_whole_level_within_a_larger_budget() {
+    // `--a16-budget 70`: at t = 1 no single tensor gains after the first seven (16.8 dB on the
+    // floor's probes, 15.1% of bytes); the search then takes the remaining tensors of the 16 x 16
+    // level together (+5.8 dB). Before it measured levels it stopped there: t = 1 at 19.9 dB with
+    // any budget from 20% to 99%.
+    let onnx = std::fs::read(common::bundled()).unwrap();
+    let opts = CompileOptions {
+        progress: false,
+        eval_samples: 4,
+        baseline: false,
+        a16_budget: 0.70,
+        ..Default::default()
+    };
+    let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
+    let q = c
+        .report
+        .sqnr_per_timestep
+        .iter()
+        .find(|q| q.t <= 1.0)
+        .unwrap();
+    println!(
+        "budget 70%: t=1 {:.2} dB, int16 {:.1}% of bytes",
+        q.sqnr_db,
+        100.0 * q.int16_bytes
+    );
+    assert!(q.sqnr_db >= 21.5, "SQNR {:.2} dB at t=1", q.sqnr_db);
+    assert!(
+        q.int16_bytes > 0.5 && q.int16_bytes <= 0.70,
+        "int16 {:.3} of bytes",
+        q.int16_bytes
+    );
+}
