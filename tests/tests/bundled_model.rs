@@ -238,6 +238,19 @@ fn bundled_model_w4a8() {
     }
 }
 
+/// The bundled model compiled with `--a16-budget` (a fraction) and a light measurement.
+fn compile_within_budget(a16_budget: f64) -> dmq_compiler::Compiled {
+    let onnx = std::fs::read(common::bundled()).unwrap();
+    let opts = CompileOptions {
+        progress: false,
+        eval_samples: 4,
+        baseline: false,
+        a16_budget,
+        ..Default::default()
+    };
+    dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap()
+}
+
 #[test]
 fn bundled_model_within_an_int16_budget() {
     // `--a16-budget 10`: at most 10% of each step's activation bytes int16. The protected tensors
@@ -247,15 +260,7 @@ fn bundled_model_within_an_int16_budget() {
     // noise 100x smaller than the image, through int8 features. That error reaches the sample
     // scaled by sqrt(1 - abar) = 0.01: the final-sample PSNR holds (37.29 dB mean over 16 seeds
     // against 37.34 without the budget, `dmqc demo`).
-    let onnx = std::fs::read(common::bundled()).unwrap();
-    let opts = CompileOptions {
-        progress: false,
-        eval_samples: 4,
-        baseline: false,
-        a16_budget: 0.10,
-        ..Default::default()
-    };
-    let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
+    let c = compile_within_budget(0.10);
     let r = &c.report;
     assert!(!r.floor_steps.is_empty(), "the floor did not fire");
     for q in &r.sqnr_per_timestep {
@@ -287,15 +292,7 @@ fn bundled_model_floor_takes_a_whole_level_within_a_larger_budget() {
     // floor's probes, 15.1% of bytes); the search then takes the remaining tensors of the 16 x 16
     // level together (+5.8 dB). Before it measured levels it stopped there: t = 1 at 19.9 dB with
     // any budget from 20% to 99%.
-    let onnx = std::fs::read(common::bundled()).unwrap();
-    let opts = CompileOptions {
-        progress: false,
-        eval_samples: 4,
-        baseline: false,
-        a16_budget: 0.70,
-        ..Default::default()
-    };
-    let c = dmq_compiler::compile_bytes(&onnx, "digits_unet.onnx", &opts).unwrap();
+    let c = compile_within_budget(0.70);
     let q = c
         .report
         .sqnr_per_timestep
