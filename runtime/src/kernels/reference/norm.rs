@@ -6,29 +6,55 @@ use crate::{Error, Result};
 /// Fixed-point fraction bits of the GroupNorm per-channel affine.
 pub const GN_FRAC_BITS: u8 = 16;
 
+/// The fixed-point multiplier and offset of `a*(x - zx) + b` with `GN_FRAC_BITS` fraction bits,
+/// the rounding of the shift folded into the offset: `|am| < 2^40`, `|bm| < 2^50`.
+#[inline(always)]
+fn fixed_affine(a: f32, b: f32) -> (i64, i64) {
+    let one = (1i64 << GN_FRAC_BITS) as f32;
+    let am = rint(a * one).clamp(-1.0e12, 1.0e12) as i64;
+    let bm = rint(b * one).clamp(-1.0e15, 1.0e15) as i64;
+    (am, bm + (1i64 << (GN_FRAC_BITS - 1)))
+}
+
+/// The affine's rule for one code: `(d*am + bm) >> GN_FRAC_BITS`, saturated to U
+/// (`|d| < 2^17`, so the sum stays below 2^58: exact in i64).
+#[inline(always)]
+fn affine_one<T: Code, U: Code>(v: T, zx: i32, am: i64, bm: i64) -> U {
+    U::sat(((v.get() - zx) as i64 * am + bm) >> GN_FRAC_BITS)
+}
+
+/// Round to the nearest integer, ties to even: `libm::rintf` in the default rounding mode, written
+/// so that loops over it vectorize. Below 2^23 in magnitude, adding 2^23 leaves an ulp of 1, so the
+/// addition rounds (ties to even: 2^23 is even) and the subtraction is exact; from 2^23 up (and
+/// NaN) the value is already integral.
+#[inline(always)]
+pub(crate) fn rint(v: f32) -> f32 {
+    const BIG: f32 = 8_388_608.0; // 2^23
+    let m = f32::from_bits(v.to_bits() & 0x7fff_ffff);
+    if m < BIG {
+        f32::from_bits(((m + BIG) - BIG).to_bits() | (v.to_bits() & 0x8000_0000))
+    } else {
+        v
+    }
+}
+
 /// `out = zo + a*(x - zx) + b` per element in fixed point with `GN_FRAC_BITS` fraction bits
 /// (`zo` is folded into `b`).
 #[inline(always)]
 fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) {
-    let one = (1i64 << GN_FRAC_BITS) as f32;
-    let am = libm::rintf(a * one).clamp(-1.0e12, 1.0e12) as i64;
-    let bm = libm::rintf(b * one).clamp(-1.0e15, 1.0e15) as i64;
-    // |d| < 2^17 (a zero point lies in its code range), |am| < 2^40, |bm| < 2^50: exact in i64
-    let bm = bm + (1i64 << (GN_FRAC_BITS - 1));
+    let (am, bm) = fixed_affine(a, b);
     if let Ok(a32) = i32::try_from(am) {
         if (a32.unsigned_abs() as i64) * (T::MAX - T::MIN) as i64 + bm.abs() < 1i64 << 46 {
             // the usual case: |d * am + bm| < 2^46, so the shifted value fits i32 and is the low
             // half of the logical shift (a form the compiler vectorizes on x86: sign-extended
             // 32x32 products, then 32-bit clamps; NEON has no 64-bit vector multiply, so aarch64
-            // runs the same rule with `SMULL`)
+            // runs the same rule with `SMULL`); it equals `affine_one`
             affine_i32(x, out, zx, a32, bm);
             return;
         }
     }
     for (dst, &v) in out.iter_mut().zip(x) {
-        let d = (v.get() - zx) as i64;
-        let r = (d * am + bm) >> GN_FRAC_BITS;
-        *dst = U::sat(r.clamp(-(1i64 << 40), 1i64 << 40));
+        *dst = affine_one(v, zx, am, bm);
     }
 }
 
@@ -203,12 +229,25 @@ pub fn group_norm<T: Code, U: Code>(
             let var_q = num as f32 / (count as f32 * count as f32);
             let mean_q = sum as f32 / count as f32;
             let rstd = 1.0 / libm::sqrtf(var_q * sx * sx + eps);
-            for cc in 0..cg {
-                let ch = g * cg + cc;
-                let gamma = le_f32(affine, ch);
-                let beta = le_f32(affine, c + ch);
+            // channel ch's `a` and `b` (the output's zero point folded in)
+            let coeffs = |ch: usize| {
+                let (gamma, beta) = (le_f32(affine, ch), le_f32(affine, c + ch));
                 let a = gamma * rstd * sx / so;
-                let b = (beta - gamma * rstd * sx * mean_q) / so + zo as f32;
+                (a, (beta - gamma * rstd * sx * mean_q) / so + zo as f32)
+            };
+            if s == 1 {
+                // LayerNorm (a token per row, one value per channel): each channel's affine is
+                // applied to one code, so it is computed inline rather than per call
+                let dst = &mut out[at(r)..at(r) + cg];
+                for (cc, (d, &v)) in dst.iter_mut().zip(xs).enumerate() {
+                    let (a, b) = coeffs(g * cg + cc);
+                    let (am, bm) = fixed_affine(a, b);
+                    *d = affine_one(v, zx, am, bm);
+                }
+                continue;
+            }
+            for cc in 0..cg {
+                let (a, b) = coeffs(g * cg + cc);
                 let (o, p) = (start + cc * s, at(r) + cc * s);
                 gn_affine(&x[o..o + s], &mut out[p..p + s], zx, a, b);
             }
@@ -219,6 +258,88 @@ pub fn group_norm<T: Code, U: Code>(
 
 #[cfg(test)]
 mod tests {
+    /// The vectorizable `rint` is `libm::rintf`: around every power of two up to 2^24, at halves
+    /// and their neighbours, at the extremes, and on a million random bit patterns.
+    #[test]
+    fn rint_is_libm_rintf() {
+        let mut v = vec![
+            0.0f32,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        for e in 0..26 {
+            let p = (1u32 << e) as f32;
+            for d in [-1.5f32, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5] {
+                for x in [p + d, p * 1.5 + d, 0.5 * p + d] {
+                    for y in [
+                        x,
+                        f32::from_bits(x.to_bits() + 1),
+                        f32::from_bits(x.to_bits().max(1) - 1),
+                    ] {
+                        v.extend([y, -y]);
+                    }
+                }
+            }
+        }
+        let mut seed = 7u64;
+        v.extend((0..1_000_000).map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            f32::from_bits((seed >> 32) as u32)
+        }));
+        for x in v {
+            assert_eq!(super::rint(x).to_bits(), libm::rintf(x).to_bits(), "{x:e}");
+        }
+    }
+
+    /// The per-code rule the LayerNorm path applies (`affine_one`) equals the per-channel path
+    /// (`gn_affine`: its i32 and SIMD forms, or its i64 form) for every code, multipliers and
+    /// offsets from tiny to past the i32 form's limits, int8 and int16 in and out.
+    #[test]
+    fn layer_norm_rule_equals_the_channel_path() {
+        let codes8: Vec<i8> = (-128..=127).collect();
+        let codes16: Vec<i16> = (-32768..=32767).step_by(7).chain([32767]).collect();
+        for a in [0.0f32, 1e-6, 0.37, -2.5, 13.0, 300.0, -4.0e4, 7.0e5, 3.0e7] {
+            for b in [0.0f32, -0.5, 0.5, 1.5, -100.25, 3.0e4, -9.0e9] {
+                let (am, bm) = super::fixed_affine(a, b);
+                for zx in [-128, 0, 5, 127] {
+                    let mut o8 = vec![0i8; codes8.len()];
+                    super::gn_affine(&codes8, &mut o8, zx, a, b);
+                    for (&x, &y) in codes8.iter().zip(&o8) {
+                        assert_eq!(
+                            super::affine_one::<i8, i8>(x, zx, am, bm),
+                            y,
+                            "a {a} b {b} zx {zx} x {x}"
+                        );
+                    }
+                    let mut o16 = vec![0i16; codes16.len()];
+                    super::gn_affine(&codes16, &mut o16, zx, a, b);
+                    for (&x, &y) in codes16.iter().zip(&o16) {
+                        assert_eq!(
+                            super::affine_one::<i16, i16>(x, zx, am, bm),
+                            y,
+                            "a {a} b {b} zx {zx} x {x}"
+                        );
+                    }
+                    let mut o816 = vec![0i16; codes8.len()];
+                    super::gn_affine(&codes8, &mut o816, zx, a, b);
+                    for (&x, &y) in codes8.iter().zip(&o816) {
+                        assert_eq!(
+                            super::affine_one::<i8, i16>(x, zx, am, bm),
+                            y,
+                            "a {a} b {b} zx {zx} x {x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The exact sums past the vector path's widening interval (8192 steps of 32 codes), at the
     /// codes' extremes (the largest squares) and at random, against a direct loop.
     #[test]
