@@ -302,39 +302,24 @@ mod tests {
     /// offsets from tiny to past the i32 form's limits, int8 and int16 in and out.
     #[test]
     fn layer_norm_rule_equals_the_channel_path() {
+        use super::Code;
+        fn check<T: Code, U: Code>(codes: &[T], zx: i32, a: f32, b: f32) {
+            let (am, bm) = super::fixed_affine(a, b);
+            let mut out = vec![U::default(); codes.len()];
+            super::gn_affine(codes, &mut out, zx, a, b);
+            for (i, (&x, &y)) in codes.iter().zip(&out).enumerate() {
+                let want: U = super::affine_one(x, zx, am, bm);
+                assert_eq!(want.get(), y.get(), "a {a} b {b} zx {zx} code #{i}");
+            }
+        }
         let codes8: Vec<i8> = (-128..=127).collect();
         let codes16: Vec<i16> = (-32768..=32767).step_by(7).chain([32767]).collect();
         for a in [0.0f32, 1e-6, 0.37, -2.5, 13.0, 300.0, -4.0e4, 7.0e5, 3.0e7] {
             for b in [0.0f32, -0.5, 0.5, 1.5, -100.25, 3.0e4, -9.0e9] {
-                let (am, bm) = super::fixed_affine(a, b);
                 for zx in [-128, 0, 5, 127] {
-                    let mut o8 = vec![0i8; codes8.len()];
-                    super::gn_affine(&codes8, &mut o8, zx, a, b);
-                    for (&x, &y) in codes8.iter().zip(&o8) {
-                        assert_eq!(
-                            super::affine_one::<i8, i8>(x, zx, am, bm),
-                            y,
-                            "a {a} b {b} zx {zx} x {x}"
-                        );
-                    }
-                    let mut o16 = vec![0i16; codes16.len()];
-                    super::gn_affine(&codes16, &mut o16, zx, a, b);
-                    for (&x, &y) in codes16.iter().zip(&o16) {
-                        assert_eq!(
-                            super::affine_one::<i16, i16>(x, zx, am, bm),
-                            y,
-                            "a {a} b {b} zx {zx} x {x}"
-                        );
-                    }
-                    let mut o816 = vec![0i16; codes8.len()];
-                    super::gn_affine(&codes8, &mut o816, zx, a, b);
-                    for (&x, &y) in codes8.iter().zip(&o816) {
-                        assert_eq!(
-                            super::affine_one::<i8, i16>(x, zx, am, bm),
-                            y,
-                            "a {a} b {b} zx {zx} x {x}"
-                        );
-                    }
+                    check::<i8, i8>(&codes8, zx, a, b);
+                    check::<i16, i16>(&codes16, zx, a, b);
+                    check::<i8, i16>(&codes8, zx, a, b);
                 }
             }
         }
