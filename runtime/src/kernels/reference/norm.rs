@@ -28,7 +28,7 @@ fn affine_one<T: Code, U: Code>(v: T, zx: i32, am: i64, bm: i64) -> U {
 /// addition rounds (ties to even: 2^23 is even) and the subtraction is exact; from 2^23 up (and
 /// NaN) the value is already integral.
 #[inline(always)]
-pub(crate) fn rint(v: f32) -> f32 {
+fn rint(v: f32) -> f32 {
     const BIG: f32 = 8_388_608.0; // 2^23
     let m = f32::from_bits(v.to_bits() & 0x7fff_ffff);
     if m < BIG {
@@ -258,7 +258,7 @@ pub fn group_norm<T: Code, U: Code>(
 
 #[cfg(test)]
 mod tests {
-    /// The vectorizable `rint` is `libm::rintf`: around every power of two up to 2^24, at halves
+    /// The vectorizable `rint` is `libm::rintf`: around every power of two up to 2^25, at halves
     /// and their neighbours, at the extremes, and on a million random bit patterns.
     #[test]
     fn rint_is_libm_rintf() {
