@@ -2,7 +2,7 @@
 //! 16 rows per register ([`super::x86::Consts`]' rule, twice as wide), narrowed to bytes and handed
 //! over as one packed tile of 16 rows by a chunk of pixels; and what the tiles keep across chunks
 //! (the interleaved weights' row group, the constants of the first row registers).
-use super::gemm::{Finish, Product, Tile};
+use super::gemm::{Finish, Product, Requants, Tile};
 use super::x86_avx512::{Acc, CHUNK, NR};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -21,6 +21,9 @@ pub(super) struct Held {
     /// bit `i`: `k16[i]` is made
     made: u32,
     k16: [MaybeUninit<Option<Consts16>>; KEPT],
+    /// for a uniform requantization: the constants of a row register whose rows all have a bias
+    /// (made on first use), which every such register shares but for its bias
+    uniform: Option<Option<Consts16>>,
 }
 
 impl Held {
@@ -33,6 +36,7 @@ impl Held {
             r0,
             made: 0,
             k16: [MaybeUninit::uninit(); KEPT],
+            uniform: None,
         }
     }
 
@@ -45,6 +49,23 @@ impl Held {
         finish: Finish<'_>,
         r: usize,
     ) -> Option<Consts16> {
+        if let Finish::Codes(e) = finish {
+            if !prod.exact
+                && matches!(e.requant, Requants::Uniform { .. })
+                && 4 * (r + 16) <= e.bias.len()
+            {
+                // every row's multiplier and shift are the same, so `Consts16::new` gives the
+                // same constants but for the bias (all 16 rows have one, so none takes the
+                // missing row's zero multiplier)
+                let u = match self.uniform {
+                    Some(u) => u,
+                    // SAFETY: the features
+                    None => *self.uniform.insert(unsafe { Consts16::new(e, r) }),
+                };
+                // (not `Option::map`: a closure would not inherit this function's features)
+                return Some(u?.with_bias(&e.bias[4 * r..4 * (r + 16)]));
+            }
+        }
         let i = (r - self.r0) / 16;
         // SAFETY: the features
         let fresh = || unsafe {
@@ -127,6 +148,19 @@ impl Consts16 {
             lo: (e.lo > -128).then_some(_mm512_set1_epi8(e.lo as i8)),
             hi: (e.hi < 127).then_some(_mm512_set1_epi8(e.hi as i8)),
         })
+    }
+
+    /// The same constants with the bias of 16 rows from `bias` (64 bytes: little-endian i32 per
+    /// row, as [`super::gemm::Epilogue::row`] reads them).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn with_bias(self, bias: &[u8]) -> Consts16 {
+        assert!(bias.len() == 64);
+        Consts16 {
+            // SAFETY: 64 bytes, checked above; x86 is little-endian
+            bias: unsafe { _mm512_loadu_si512(bias.as_ptr() as *const __m512i) },
+            ..self
+        }
     }
 
     /// The codes (before the clamp) of 16 rows' sums `x` (the wrapped sum with the bias and any

@@ -185,12 +185,13 @@ impl Multiplier {
         if stage::stage_elem(ex.tier, 1) == 2 {
             let st: &mut [i16] = bytemuck::try_cast_slice_mut(&mut sa_b[..m * k4 * 2]).map_err(|_| misaligned())?;
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
-            row_sums(st, k4, zb, false, sum_a);
+            crate::kernels::on_tier(ex.tier, || row_sums(st, k4, zb, false, sum_a));
             product(ex, d, w, st, bias, sum_a, q, out)
         } else {
             let st: &mut [i8] = bytemuck::cast_slice_mut(&mut sa_b[..m * k4]);
             crate::kernels::on_tier(ex.tier, || stage::rows(ex.tier, xa, m, k, [d.a_s[2], d.a_s[3]], st))?;
-            row_sums(st, k4, zb, stage::flips(ex.tier, 1), sum_a);
+            let flipped = stage::flips(ex.tier, 1);
+            crate::kernels::on_tier(ex.tier, || row_sums(st, k4, zb, flipped, sum_a));
             product(ex, d, w, st, bias, sum_a, q, out)
         }
     }
@@ -341,7 +342,9 @@ fn epilogue<'e>(bias: &'e [u8], col: &'e [i32], (mult, shift, zo): (i32, u8, i32
     Epilogue { bias, requant: Requants::Uniform { mult, shift }, col, zo, lo: -128, hi: 127, by_pixel: false }
 }
 
-/// `-zb * sum(row)` of each staged row of A (depth `k4`, zero padded), wrapping.
+/// `-zb * sum(row)` of each staged row of A (depth `k4`, zero padded), wrapping. Inlined into
+/// [`crate::kernels::on_tier`]'s call, so that the sums vectorize for the tier.
+#[inline(always)]
 fn row_sums<T: Code>(st: &[T], k4: usize, zb: i32, flipped: bool, out: &mut [i32]) {
     for (sv, row) in out.iter_mut().zip(st.chunks_exact(k4.max(1))) {
         let sum = if flipped {
