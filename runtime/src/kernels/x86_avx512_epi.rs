@@ -49,11 +49,12 @@ impl Held {
         finish: Finish<'_>,
         r: usize,
     ) -> Option<Consts16> {
-        if let Finish::Codes(e) = finish {
-            if !prod.exact
-                && matches!(e.requant, Requants::Uniform { .. })
-                && 4 * (r + 16) <= e.bias.len()
-            {
+        if let (Finish::Codes(e), false) = (finish, prod.exact) {
+            let bias = e
+                .bias
+                .get(4 * r..4 * (r + 16))
+                .and_then(|b| <&[u8; 64]>::try_from(b).ok());
+            if let (Requants::Uniform { .. }, Some(bias)) = (e.requant, bias) {
                 // every row's multiplier and shift are the same, so `Consts16::new` gives the
                 // same constants but for the bias (all 16 rows have one, so none takes the
                 // missing row's zero multiplier)
@@ -63,7 +64,7 @@ impl Held {
                     None => *self.uniform.insert(unsafe { Consts16::new(e, r) }),
                 };
                 // (not `Option::map`: a closure would not inherit this function's features)
-                return Some(u?.with_bias(&e.bias[4 * r..4 * (r + 16)]));
+                return Some(u?.with_bias(bias));
             }
         }
         let i = (r - self.r0) / 16;
@@ -154,10 +155,9 @@ impl Consts16 {
     /// row, as [`super::gemm::Epilogue::row`] reads them).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn with_bias(self, bias: &[u8]) -> Consts16 {
-        assert!(bias.len() == 64);
+    fn with_bias(self, bias: &[u8; 64]) -> Consts16 {
         Consts16 {
-            // SAFETY: 64 bytes, checked above; x86 is little-endian
+            // SAFETY: 64 bytes; x86 is little-endian
             bias: unsafe { _mm512_loadu_si512(bias.as_ptr() as *const __m512i) },
             ..self
         }

@@ -21,19 +21,14 @@ pub(crate) use outln;
 /// faulted in and cleared them again (`clear_page_erms` was 20% of a `perf` profile of tract on an
 /// SD-1.5-sized UNet). With the pages kept, one float evaluation of that UNet took 15.7-18.0 s
 /// against 20.8-24.8 s (`dmqc bench`, alternating). dmqc is a batch tool whose peak RSS is the
-/// largest evaluation's either way.
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+/// largest evaluation's either way. x86-64 only: a jemalloc built for 4 KiB pages fails on the
+/// 16 and 64 KiB pages of some aarch64 kernels (the Pi 5's default among them).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (read at its first allocation): never purge freed pages.
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
