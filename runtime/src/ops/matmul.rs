@@ -59,8 +59,10 @@ pub fn scratch_bytes(d: &MatMulDims, wide: bool) -> usize {
     parts(d, wide).iter().sum()
 }
 
-/// Pixels of `A` per pass of the wide path (its recombination buffer is on the stack).
-const WIDE_PIXELS: usize = 32;
+/// Pixels of `A` and packed rows of `B` per engine call of the wide path (its recombination and
+/// code buffers, 12 KiB, are on the stack).
+const WIDE_PIXELS: usize = 64;
+const WIDE_ROWS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Multiplier {
@@ -226,12 +228,15 @@ impl Multiplier {
         // `k za zb - za sum b`, every one below 2^62 in magnitude (k < 2^31)
         let (za, zb) = (self.a.zero as i64, self.b.zero as i64);
         let by_a = if planes == 2 { 128 - zb } else { -zb };
-        for (p, v) in sum_a.iter_mut().enumerate() {
-            *v = by_a * (0..k).map(|q| xa[p * d.a_s[2] + q * d.a_s[3]].get() as i64).sum::<i64>();
+        crate::kernels::on_tier(ex.tier, || {
+            operand_sums(xa, (m, k), [d.a_s[2], d.a_s[3]], sum_a)?;
+            operand_sums(yb, (n, k), [bs[1], bs[0]], sum_b)
+        })?;
+        for v in sum_a.iter_mut() {
+            *v *= by_a;
         }
-        for (r, v) in sum_b.iter_mut().enumerate() {
-            let sum: i64 = (0..k).map(|q| yb[q * bs[0] + r * bs[1]].get() as i64).sum();
-            *v = k as i64 * za * zb - za * sum;
+        for v in sum_b.iter_mut() {
+            *v = k as i64 * za * zb - za * *v;
         }
         let (st, sum_a, sum_b, w) = (&*st, &*sum_a, &*sum_b, &*w);
         let out = out.get_mut(ob..).ok_or(bounds())?;
@@ -245,17 +250,24 @@ impl Multiplier {
     }
 
     /// Rows `m0..m0 + nm` of `A` (written to `part`, row `m0` first): for every [`WIDE_PIXELS`] of
-    /// them and every 8 packed rows of `B`, the engine's exact sums recombined (`256 h + l` per
-    /// int16 row), plus the pixel's and the row's zero-point terms (`by_pixel`, `by_row`), then the
-    /// epilogue's exact rule.
+    /// them and every [`WIDE_ROWS`] packed rows of `B`, one engine call for the exact sums, each
+    /// output row's planes recombined (`256 h + l` per int16 row), then the pixel's and the row's
+    /// zero-point terms (`by_pixel`, `by_row`) and the epilogue's exact rule ([`wide_codes`], or
+    /// [`Epilogue::code_of`] for a row it cannot take).
     fn wide_part<U: Code>(&self, ex: Exec, (st, w, planes): (&[i16], &[i8], usize), (by_pixel, by_row): (&[i64], &[i64]), (m0, nm): (usize, usize), part: &mut [U]) -> Result<()> {
         let d = &self.d;
         let (n, k4) = (d.n, gemm::pad4(d.k));
         let rows = planes * gemm::pad4(n);
         let epi = Epilogue { bias: &[], requant: Requants::Uniform { mult: self.mult, shift: self.shift }, col: &[], zo: self.output.zero, lo: U::MIN, hi: U::MAX, by_pixel: false };
         let consts = RowConsts { bias: 0, mult: self.mult, shift: self.shift.clamp(1, 62) };
+        // the fast rule's terms must stay below 2^59 each (see `wide_codes`)
+        let small = |v: &[i64]| v.iter().all(|t| t.unsigned_abs() < 1 << 59);
+        let terms_small = small(by_row) && by_pixel.get(m0..m0 + nm).is_some_and(small);
+        let mut comb = [[0i64; WIDE_PIXELS]; WIDE_ROWS];
+        let mut codes = [[0i32; WIDE_PIXELS]; WIDE_ROWS];
         for p0 in (m0..m0 + nm).step_by(WIDE_PIXELS) {
             let np = WIDE_PIXELS.min(m0 + nm - p0);
+            let col = by_pixel.get(p0..p0 + np).ok_or(bounds())?;
             let prod = Product {
                 w,
                 n: rows,
@@ -265,36 +277,125 @@ impl Multiplier {
                 full_range: true,
                 wsum: u64::MAX,
             };
-            for r0 in (0..rows).step_by(8) {
-                let mut comb = [[0i64; 8]; WIDE_PIXELS];
-                gemm::run_rows(ex.tier, &prod, (r0, (r0 + 8).min(rows)), Finish::Sums, |t: &Tile| {
+            for r0 in (0..rows).step_by(WIDE_ROWS) {
+                let r1 = (r0 + WIDE_ROWS).min(rows);
+                // output rows of this call: `first..first + nr`
+                let (first, nr) = (r0 / planes, ((r1 - r0) / planes).min(n.saturating_sub(r0 / planes)));
+                for c in comb.iter_mut().take(nr) {
+                    c[..np].fill(0);
+                }
+                gemm::run_rows(ex.tier, &prod, (r0, r1), Finish::Sums, |t: &Tile| {
                     for i in 0..t.rows {
                         let local = t.r0 + i - r0;
-                        let (slot, f) = if planes == 2 { (local % 4, if local < 4 { 256 } else { 1 }) } else { (local, 1) };
-                        for j in 0..t.cols {
-                            comb[t.p0 + j][slot] += f * t.sums[i][j];
+                        // an int16 B's 8-row groups: the high planes of 4 rows, then their low planes
+                        let (slot, f) = if planes == 2 { (local / 8 * 4 + local % 4, if local % 8 < 4 { 256 } else { 1 }) } else { (local, 1) };
+                        if let Some(c) = comb.get_mut(slot) {
+                            for (v, &s) in c[t.p0..].iter_mut().zip(&t.sums[i][..t.cols]) {
+                                *v += f * s;
+                            }
                         }
                     }
                 })?;
-                let first = r0 / planes;
-                for (slot, r) in (first..(first + 8 / planes).min(n)).enumerate() {
-                    let row = by_row[r];
-                    for (j, c) in comb[..np].iter().enumerate() {
-                        let p = p0 + j;
-                        let col = by_pixel[p];
-                        // a sum beyond i64 (no real product reaches it) is taken in i128 and
-                        // saturates
-                        let v = c[slot].checked_add(col).and_then(|v| v.checked_add(row)).unwrap_or_else(|| {
-                            (c[slot] as i128 + col as i128 + row as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
-                        });
-                        let o = part.get_mut((p - m0) * d.o_s[2] + r * d.o_s[3]).ok_or(bounds())?;
-                        *o = U::sat(epi.code_of(&consts, usize::MAX, v, true) as i64);
+                for (s, (c, out)) in comb.iter().zip(codes.iter_mut()).take(nr).enumerate() {
+                    let r = first + s;
+                    let row = *by_row.get(r).ok_or(bounds())?;
+                    let rule = (self.mult, consts.shift, self.output.zero, U::MIN, U::MAX);
+                    if !(terms_small && crate::kernels::on_tier(ex.tier, || wide_codes(&c[..np], col, row, rule, &mut out[..np]))) {
+                        for ((o, &v), &cv) in out[..np].iter_mut().zip(&c[..np]).zip(col) {
+                            // a sum beyond i64 (no real product reaches it) is taken in i128
+                            // and saturates
+                            let v = v.checked_add(cv).and_then(|v| v.checked_add(row)).unwrap_or_else(|| {
+                                (v as i128 + cv as i128 + row as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+                            });
+                            *o = epi.code_of(&consts, usize::MAX, v, true);
+                        }
+                    }
+                }
+                // written pixel by pixel when a pixel's rows are contiguous (a token-major output),
+                // otherwise row by row
+                let at = |j: usize, s: usize| (p0 + j - m0) * d.o_s[2] + (first + s) * d.o_s[3];
+                if d.o_s[3] == 1 {
+                    for j in 0..np {
+                        let dst = part.get_mut(at(j, 0)..at(j, 0) + nr).ok_or(bounds())?;
+                        for (o, c) in dst.iter_mut().zip(&codes) {
+                            *o = U::sat(c[j] as i64);
+                        }
+                    }
+                } else {
+                    for (s, c) in codes.iter().enumerate().take(nr) {
+                        for (j, &v) in c[..np].iter().enumerate() {
+                            *part.get_mut(at(j, s)).ok_or(bounds())? = U::sat(v as i64);
+                        }
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The sum of each of the `rows` rows of an operand (`depth` values each, value `q` of row `r` at
+/// `x[r * s[0] + q * s[1]]`) into `out`, in i64: along contiguous rows, or over contiguous runs
+/// across the rows (plain loops the compiler vectorizes), otherwise element by element.
+#[inline(always)]
+fn operand_sums<T: Code>(x: &[T], (rows, depth): (usize, usize), s: [usize; 2], out: &mut [i64]) -> Result<()> {
+    let out = out.get_mut(..rows).ok_or(bounds())?;
+    if s[1] == 1 {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = x.get(r * s[0]..r * s[0] + depth).ok_or(bounds())?.iter().map(|v| v.get() as i64).sum();
+        }
+    } else if s[0] == 1 {
+        out.fill(0);
+        for q in 0..depth {
+            for (o, v) in out.iter_mut().zip(x.get(q * s[1]..q * s[1] + rows).ok_or(bounds())?) {
+                *o += v.get() as i64;
+            }
+        }
+    } else {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = 0;
+            for q in 0..depth {
+                *o += x.get(r * s[0] + q * s[1]).ok_or(bounds())?.get() as i64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The exact requantization of one output row of the wide path, `code = clamp(floor((v mult +
+/// 2^(shift - 1)) / 2^shift) + zo, lo, hi)` with `v = sums[j] + col[j] + row`
+/// ([`Epilogue::code_of`]'s exact rule), in i64 only and in a loop the compiler vectorizes: with
+/// `v = 2^31 vh + vl` (`0 <= vl < 2^31`), `v mult + 2^(shift - 1) = 2^31 a + b` where `a = vh mult`
+/// and `b = vl mult + 2^(shift - 1)` (|a| < 2^61, |b| < 2^63 for |v| < 2^61), so the floor is `(a +
+/// (b >> 31)) >> (shift - 31)` for shifts of 31 and more and `a 2^(31 - shift) + (b >> shift)`
+/// below (saturating: a result that large clamps to the same code). The caller keeps `col` and
+/// `row` below 2^59 in magnitude; a sum of 2^60 or more makes this return `false` (the row's codes
+/// are then not all written by this rule).
+#[inline(always)]
+fn wide_codes(sums: &[i64], col: &[i64], row: i64, (mult, shift, zo, lo, hi): (i32, u8, i32, i32, i32), out: &mut [i32]) -> bool {
+    let (m, shift) = (mult as i64, shift.clamp(1, 62) as u32);
+    let half = 1i64 << (shift - 1);
+    let (zo, lo, hi) = (zo as i64, lo as i64, hi as i64);
+    let big = if shift >= 31 {
+        wide_rule(sums, col, (row, m, half), (zo, lo, hi), out, |a, b| a.wrapping_add(b >> 31) >> (shift - 31))
+    } else {
+        wide_rule(sums, col, (row, m, half), (zo, lo, hi), out, |a, b| a.saturating_mul(1 << (31 - shift)).saturating_add(b >> shift))
+    };
+    big == 0
+}
+
+/// [`wide_codes`]'s loop with its final step `f(a, b)`; nonzero when a sum is 2^60 or more.
+#[inline(always)]
+fn wide_rule(sums: &[i64], col: &[i64], (row, m, half): (i64, i64, i64), (zo, lo, hi): (i64, i64, i64), out: &mut [i32], f: impl Fn(i64, i64) -> i64) -> u64 {
+    let mut big = 0u64;
+    for ((o, &s), &c) in out.iter_mut().zip(sums).zip(col) {
+        big |= s.unsigned_abs() >> 60;
+        let v = s.wrapping_add(c).wrapping_add(row);
+        let (vh, vl) = (v >> 31, v & 0x7fff_ffff);
+        let y = f(vh.wrapping_mul(m), vl.wrapping_mul(m).wrapping_add(half));
+        *o = y.saturating_add(zo).clamp(lo, hi) as i32;
+    }
+    big
 }
 
 /// The engine over one batch's staged `A` and packed `B`. With a token-major output (each row of
@@ -372,6 +473,45 @@ fn misaligned() -> Error {
 #[cfg(test)]
 mod tests {
     use crate::ops::testutil::*;
+
+    /// The wide path's vectorizable requantization against the epilogue's exact rule: every
+    /// shift, multipliers of either sign (`i32::MIN` too), sums and terms small and near the
+    /// rule's bounds, int8 and int16 code ranges; a sum of 2^60 or more is refused, not miscomputed.
+    #[test]
+    fn wide_codes_equal_the_exact_epilogue_rule() {
+        use crate::kernels::gemm::{Epilogue, Requants, RowConsts};
+        let mut rng = Rng::new(23);
+        let mut pick = |bits: u32| {
+            let v = (rng.next_u64() >> (64 - bits.clamp(1, 63))) as i64;
+            if rng.next_u64() & 1 == 0 { v } else { -v }
+        };
+        for case in 0..4000 {
+            let shift = 1 + (case % 62) as u8;
+            let mult = match case % 7 {
+                0 => i32::MIN,
+                1 => i32::MAX,
+                2 => 0,
+                _ => pick(31) as i32,
+            };
+            let (lo, hi) = if case % 2 == 0 { (-128, 127) } else { (-32768, 32767) };
+            let zo = pick(15) as i32 % (hi + 1);
+            let row = pick((case % 60) as u32);
+            let col: Vec<i64> = (0..37).map(|_| pick(1 + (case % 59) as u32)).collect();
+            let sums: Vec<i64> = (0..37).map(|j| if j == 5 && case % 11 == 0 { 1 << 60 } else { pick(1 + (case * 7 % 60) as u32) }).collect();
+            let mut got = vec![0i32; 37];
+            let ok = super::wide_codes(&sums, &col, row, (mult, shift, zo, lo, hi), &mut got);
+            assert_eq!(ok, case % 11 != 0, "case {case}: the bound");
+            if !ok {
+                continue;
+            }
+            let epi = Epilogue { bias: &[], requant: Requants::Uniform { mult, shift }, col: &[], zo, lo, hi, by_pixel: false };
+            let consts = RowConsts { bias: 0, mult, shift: shift.clamp(1, 62) };
+            for j in 0..37 {
+                let want = epi.code_of(&consts, usize::MAX, sums[j] + col[j] + row, true);
+                assert_eq!(got[j], want, "case {case} element {j}: shift {shift} mult {mult} v {}", sums[j] + col[j] + row);
+            }
+        }
+    }
 
     /// Attention products: batches, zero points on both operands, `B` read transposed or not, the
     /// output token- or channel-major; all eight combinations of int8 and int16 operands and output
