@@ -15,6 +15,8 @@ pub trait Code: Copy + Default + bytemuck::Pod + Send + Sync + 'static {
     const MAX: i32;
     fn get(self) -> i32;
     fn sat(v: i64) -> Self;
+    /// `v` known to be in `MIN..=MAX` (no clamp; outside it, the low bits)
+    fn wrap(v: i64) -> Self;
 }
 
 impl Code for i8 {
@@ -28,6 +30,10 @@ impl Code for i8 {
     fn sat(v: i64) -> Self {
         v.clamp(-128, 127) as i8
     }
+    #[inline(always)]
+    fn wrap(v: i64) -> Self {
+        v as i8
+    }
 }
 
 impl Code for i16 {
@@ -40,6 +46,10 @@ impl Code for i16 {
     #[inline(always)]
     fn sat(v: i64) -> Self {
         v.clamp(-32768, 32767) as i16
+    }
+    #[inline(always)]
+    fn wrap(v: i64) -> Self {
+        v as i16
     }
 }
 

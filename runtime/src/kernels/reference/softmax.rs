@@ -159,6 +159,43 @@ pub fn softmax_any<T: Code, U: Code>(
         }
     };
     let top = (st.hi - st.zo).max(0) as u64;
+    let code = |div: &FloorDiv, sum: u64, e: u64| {
+        U::sat(st.zo as i64 + div.of(2 * st.r * e + sum).min(top) as i64)
+    };
+    // a quotient is at most `r` (`e <= sum`): where every `zo + q` for `q` in `0..=r` is a code
+    // of `U` at most `hi`, neither the clamp to `top` nor the saturation can act (the usual case:
+    // `r = hi - zo`), and the loop runs without them (their branches depend on the data)
+    let plain = st.zo >= U::MIN && st.zo as i64 + st.r as i64 <= st.hi.min(U::MAX) as i64;
+    if inner == 1 {
+        // contiguous rows (the usual last-axis softmax): plain loops over slices, the sum in
+        // four independent parts
+        for (xs, ys) in x
+            .chunks_exact(len.max(1))
+            .zip(out.chunks_exact_mut(len.max(1)))
+        {
+            let mx = xs.iter().map(|v| v.get()).max().unwrap_or(0);
+            let mut part = [0u64; 4];
+            let mut quads = xs.chunks_exact(4);
+            for c in &mut quads {
+                for (p, v) in part.iter_mut().zip(c) {
+                    *p += e_of(mx, v.get());
+                }
+            }
+            let rest: u64 = quads.remainder().iter().map(|v| e_of(mx, v.get())).sum();
+            let sum = (part.iter().sum::<u64>() + rest).max(1);
+            let div = FloorDiv::new(2 * sum);
+            if plain {
+                for (y, v) in ys.iter_mut().zip(xs) {
+                    *y = U::wrap(st.zo as i64 + div.of(2 * st.r * e_of(mx, v.get()) + sum) as i64);
+                }
+            } else {
+                for (y, v) in ys.iter_mut().zip(xs) {
+                    *y = code(&div, sum, e_of(mx, v.get()));
+                }
+            }
+        }
+        return Ok(());
+    }
     for o in 0..outer {
         for i in 0..inner {
             let at = |j: usize| (o * len + j) * inner + i;
@@ -169,45 +206,37 @@ pub fn softmax_any<T: Code, U: Code>(
                 .max(1);
             let div = FloorDiv::new(2 * sum);
             for j in 0..len {
-                let q = div.of(2 * st.r * e_of(mx, x[at(j)].get()) + sum);
-                out[at(j)] = U::sat(st.zo as i64 + q.min(top) as i64);
+                out[at(j)] = code(&div, sum, e_of(mx, x[at(j)].get()));
             }
         }
     }
     Ok(())
 }
 
-/// `floor(n / d)` without a division, for `n < 2^53` and `0 < d < 2^53` ([`softmax_any`]'s bounds:
-/// `n = 2 r e + sum`, `d = 2 sum` with `e <= sum`, so the quotient is at most `r + 1`): both are
-/// exact in f64, `n * fl(1/d)` is within 2^-26 of `n / d`, its truncation is the floor or one off
-/// it, and one integer comparison each way corrects it (in place of a u64 division per element).
+/// `floor(n / d)` for `n < 2^53` and `2 <= d <= 2^53` ([`softmax_any`]'s bounds: `n = 2 r e + sum`,
+/// `d = 2 sum`) by one multiplication and a shift (Granlund and Montgomery, "Division by invariant
+/// integers using multiplication", theorem 4.2): with `l >= log2 d` and `m = ceil(2^(53 + l) / d)`,
+/// `m d - 2^(53 + l) < d <= 2^l`, so `floor(n m / 2^(53 + l)) = floor(n / d)` for every `n < 2^53`.
+/// Here `l = max(ceil(log2 d), 11)`: the shift is 64 or more, so the quotient is the high half of
+/// the 128-bit product shifted, and `m` fits 64 bits (`ceil(2^64 / d) <= 2^63` for `d >= 2`, else
+/// below 2^54). One division per row, none per element.
 struct FloorDiv {
-    d: u64,
-    inv: f64,
+    m: u64,
+    s: u32,
 }
 
 impl FloorDiv {
     fn new(d: u64) -> Self {
-        let d = d.max(1);
+        let d = d.clamp(2, 1 << 53);
+        let l = (64 - (d - 1).leading_zeros()).max(11);
         FloorDiv {
-            d,
-            inv: 1.0 / d as f64,
+            m: (1u128 << (53 + l)).div_ceil(d as u128) as u64,
+            s: l - 11,
         }
     }
     #[inline(always)]
     fn of(&self, n: u64) -> u64 {
-        // SAFETY: finite and in [0, 2^53] (`n < 2^53`, `0 < inv <= 1`), so the truncation is
-        // exact and fits i64 (plain `as` conversions of u64 add range checks and fix-ups)
-        let q = unsafe { (n as i64 as f64 * self.inv).to_int_unchecked::<i64>() } as u64;
-        // q <= n / d + 1, so q * d <= n + d < 2^54
-        let p = q.wrapping_mul(self.d);
-        if p > n {
-            q - 1
-        } else if n - p >= self.d {
-            q + 1
-        } else {
-            q
-        }
+        (((n as u128 * self.m as u128) >> 64) as u64) >> self.s
     }
 }
 
@@ -397,7 +426,7 @@ mod tests {
             seed >> 11
         };
         for _ in 0..300_000 {
-            let d = 1 + next() % (1u64 << (1 + next() % 52));
+            let d = 2 + next() % (1u64 << (1 + next() % 52));
             let q = next() % (1u64 << (next() % 26));
             let n = (q.saturating_mul(d) + next() % (2 * d)).min((1 << 53) - 1);
             for n in [n, n.saturating_sub(1), (n + 1).min((1 << 53) - 1)] {
@@ -405,8 +434,20 @@ mod tests {
             }
         }
         let top = (1u64 << 53) - 1;
-        for d in [1u64, 2, 3, 7, 1 << 20, (1 << 52) + 1, top] {
-            for n in [0, 1, d - 1, d, d + 1, top - 1, top] {
+        for d in [
+            2u64,
+            3,
+            7,
+            1 << 11,
+            (1 << 11) + 1,
+            1 << 20,
+            (1 << 52) + 1,
+            1 << 53,
+        ] {
+            for n in [0, 1, d - 1, d, d + 1, top - 1, top]
+                .into_iter()
+                .filter(|&n| n <= top)
+            {
                 assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
             }
         }
