@@ -285,12 +285,12 @@ impl Multiplier {
                     c[..np].fill(0);
                 }
                 gemm::run_rows(ex.tier, &prod, (r0, r1), Finish::Sums, |t: &Tile| {
-                    for i in 0..t.rows {
-                        let local = t.r0 + i - r0;
+                    for (i, sums) in t.sums.iter().enumerate().take(t.rows) {
+                        let local = (t.r0 + i).wrapping_sub(r0);
                         // an int16 B's 8-row groups: the high planes of 4 rows, then their low planes
                         let (slot, f) = if planes == 2 { (local / 8 * 4 + local % 4, if local % 8 < 4 { 256 } else { 1 }) } else { (local, 1) };
                         if let Some(c) = comb.get_mut(slot) {
-                            for (v, &s) in c[t.p0..].iter_mut().zip(&t.sums[i][..t.cols]) {
+                            for (v, &s) in c.iter_mut().skip(t.p0).zip(sums.iter().take(t.cols)) {
                                 *v += f * s;
                             }
                         }
