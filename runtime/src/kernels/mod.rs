@@ -93,15 +93,12 @@ impl Tier {
         }
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
         {
-            let vnni = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("avxvnni");
-            if vnni
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
+            // AVX-512 VNNI does not imply AVX-VNNI (AMD Zen 4, Intel Cascade Lake and Ice Lake
+            // servers have only the first): the `Avx512Vnni` tier needs only its own features
+            // (its 256-bit tiles use the EVEX encodings, `x86::Madd`)
+            if avx512_vnni() {
                 Tier::Avx512Vnni
-            } else if vnni {
+            } else if avx_vnni() {
                 Tier::AvxVnni
             } else if std::arch::is_x86_feature_detected!("avx2") {
                 Tier::Avx2
@@ -125,10 +122,35 @@ impl Tier {
                 Tier::detect(),
                 Tier::Avx2 | Tier::AvxVnni | Tier::Avx512Vnni
             ),
-            Tier::AvxVnni => matches!(Tier::detect(), Tier::AvxVnni | Tier::Avx512Vnni),
+            Tier::AvxVnni => {
+                #[cfg(all(target_arch = "x86_64", feature = "std"))]
+                {
+                    avx_vnni()
+                }
+                #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+                {
+                    false
+                }
+            }
             Tier::Avx512Vnni => Tier::detect() == Tier::Avx512Vnni,
         }
     }
+}
+
+/// Whether this CPU has the `Avx512Vnni` tier's features: AVX2, AVX-512F, BW, VL and VNNI.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn avx512_vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether this CPU has the `AvxVnni` tier's features: AVX2 and AVX-VNNI (VEX).
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn avx_vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("avxvnni")
 }
 
 /// Runs `f` compiled for `tier`'s instruction set where that differs from the build's baseline

@@ -60,24 +60,24 @@ pub unsafe fn run_rows<T: super::reference::Code>(
         match tier {
             super::Tier::Avx512Vnni => super::x86_avx512::product_rows(prod, rows, finish, out),
             super::Tier::AvxVnni => super::x86_vnni::product_rows(prod, rows, finish, out),
-            _ => product_rows(prod, rows, finish, out, false),
+            _ => product_rows(prod, rows, finish, out, Madd::Avx2),
         }
     }
 }
 
 /// Rows `r0..r1` of `prod` (both multiples of 4) over every pixel. (Compiled for AVX2 as a whole,
-/// so the sink's code inlined here, writing codes, is too.) `fused` runs the block loop with
-/// AVX-VNNI's `vpdpwssd` in place of `vpmaddwd` + `vpaddd`.
+/// so the sink's code inlined here, writing codes, is too.) `madd` picks the block loop's
+/// instruction ([`Madd`]).
 ///
 /// # Safety
-/// The CPU must have AVX2, and AVX-VNNI when `fused`.
+/// The CPU must have AVX2 and `madd`'s features.
 #[target_feature(enable = "avx2")]
 pub unsafe fn product_rows<T: Code>(
     prod: &Product<'_, T>,
     (r0, r1): (usize, usize),
     finish: Finish<'_>,
     out: &mut impl FnMut(&mut Tile),
-    fused: bool,
+    madd: Madd,
 ) {
     // the stage of the AVX2 tier holds i16 values (see `super::stage`)
     let stage: &[i16] = match bytemuck::try_cast_slice(prod.stage) {
@@ -155,10 +155,11 @@ pub unsafe fn product_rows<T: Code>(
                     // read only after the span from block 0 wrote it
                     unsafe {
                         let (w, a) = (wbuf.as_ptr() as *const i16, acc[i].as_mut_ptr());
-                        if fused {
-                            span_fused(w, stage, &bases[i], px, (qa, qb, at), a)
-                        } else {
-                            span(w, stage, &bases[i], px, (qa, qb, at), a)
+                        let (base, ks) = (&bases[i], (qa, qb, at));
+                        match madd {
+                            Madd::Avx2 => span(w, stage, base, px, ks, a),
+                            Madd::Vex => span_vex(w, stage, base, px, ks, a),
+                            Madd::Evex => span_evex(w, stage, base, px, ks, a),
                         }
                     };
                     if wide {
@@ -307,8 +308,27 @@ unsafe fn dpwssd(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpwssd_avx_epi32(a, w, x)
 }
 
+/// The same `vpdpwssd` on 256-bit registers in its AVX-512 VNNI (EVEX) encoding.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dpwssd_evex(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(a, w, x)
+}
+
+/// Which instruction adds a tile's pairwise int16 products: AVX2's `vpmaddwd` + `vpaddd`, or one
+/// `vpdpwssd` in its AVX-VNNI (VEX) or its AVX-512 VNNI (EVEX) encoding. The same wrapping sums
+/// either way. A CPU can have AVX-512 VNNI without AVX-VNNI (AMD Zen 4; Intel's Cascade Lake and
+/// Ice Lake servers), where the VEX form faults, so the `Avx512Vnni` tier uses the EVEX form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Madd {
+    Avx2,
+    Vex,
+    Evex,
+}
+
 span_fn!(span, "avx2", madd_add);
-span_fn!(span_fused, "avx2,avxvnni", dpwssd);
+span_fn!(span_vex, "avx2,avxvnni", dpwssd);
+span_fn!(span_evex, "avx2,avx512f,avx512vl,avx512vnni", dpwssd_evex);
 
 /// Finishes one tile into codes or raw sums in `t`: from the wrapping i32 accumulators, or for
 /// int16 activations from their exact sums `wide` (see [`widen`]).

@@ -44,8 +44,8 @@ type Wide16 = [super::x86::Wide; 2];
 /// and for int16 activations ([`product_rows_i16`]).
 ///
 /// # Safety
-/// The CPU must have AVX2, AVX-VNNI, AVX-512F, AVX-512BW and AVX-512 VNNI.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+/// The CPU must have AVX2, AVX-512F, AVX-512BW, AVX-512VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn product_rows<T: super::reference::Code>(
     prod: &Product<'_, T>,
     (r0, r1): (usize, usize),
@@ -148,15 +148,15 @@ pub unsafe fn product_rows<T: super::reference::Code>(
     }
     if r16 < r1 {
         // SAFETY: the caller's features include the 256-bit tier's
-        unsafe { super::x86_vnni::product_rows(prod, (r16, r1), finish, out) };
+        unsafe { super::x86_vnni::product_rows_evex(prod, (r16, r1), finish, out) };
     }
 }
 
 /// Rows `r0..r1` of `prod` for int16 activations (any other stage goes to the 256-bit tiles).
 ///
 /// # Safety
-/// The CPU must have AVX2, AVX-VNNI, AVX-512F, AVX-512BW and AVX-512 VNNI.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+/// The CPU must have AVX2, AVX-512F, AVX-512BW, AVX-512VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn product_rows_i16<T: super::reference::Code>(
     prod: &Product<'_, T>,
     (r0, r1): (usize, usize),
@@ -167,7 +167,7 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
     let stage: &[i16] = match bytemuck::try_cast_slice(prod.stage) {
         Ok(s) if core::mem::size_of::<T>() == 2 => s,
         // SAFETY: the caller's features include the 256-bit tiers'
-        _ => return unsafe { super::x86_vnni::product_rows(prod, (r0, r1), finish, out) },
+        _ => return unsafe { super::x86_vnni::product_rows_evex(prod, (r0, r1), finish, out) },
     };
     const CHUNK16: usize = 16 * NR6;
     // blocks extended at a time (two registers of 32 i16 each: 32 KiB), at least a widening span
@@ -270,8 +270,8 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
         }
     }
     if r16 < r1 {
-        // SAFETY: the caller's features include AVX2 and AVX-VNNI
-        unsafe { super::x86::product_rows(prod, (r16, r1), finish, out, true) };
+        // SAFETY: the caller's features include AVX2 and AVX-512 VNNI on 256-bit registers (VL)
+        unsafe { super::x86::product_rows(prod, (r16, r1), finish, out, super::x86::Madd::Evex) };
     }
 }
 
@@ -291,7 +291,7 @@ fn halves(z: &[[__m512i; super::x86::NR]; 2], v: usize) -> super::x86::Acc {
 ///
 /// # Safety
 /// This tier's features; `acc` (and `wide`) initialised.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn emit16(
     (acc, wide): (&[MaybeUninit<Acc16>], Option<&[MaybeUninit<Wide16>]>),
     consts: &[Option<super::x86::Consts>; 2],
@@ -324,7 +324,7 @@ unsafe fn emit16(
 /// # Safety
 /// This tier's features; each of `blocks` holds `16 * qb` bytes and `d` has room for `qb - qa`
 /// blocks of two registers.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn extend16(blocks: &[&[i8]; 4], (qa, qb): (usize, usize), d: *mut i16) {
     for q in qa..qb {
@@ -347,7 +347,7 @@ unsafe fn extend16(blocks: &[&[i8]; 4], (qa, qb): (usize, usize), d: *mut i16) {
 /// # Safety
 /// This tier's features; every staged value read is inside `stage`; `w` holds blocks `qa..qb`
 /// (written by [`extend16`]); `acc` is valid for writes, and initialised when `qa > 0`.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn span16(
     w: *const i16,
@@ -401,7 +401,7 @@ unsafe fn span16(
 ///
 /// # Safety
 /// This tier's features; `acc` initialised.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn emit(
     acc: &[MaybeUninit<Acc>],
     (corr, held): (&[__m512i], &mut Held),
@@ -475,7 +475,7 @@ unsafe fn emit(
 /// # Safety
 /// This tier's features; each of `blocks[..4 V]` holds `16 * qb` bytes, `qb - qa <= SEG` and `d`
 /// has room for `SEG` blocks of two registers.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 unsafe fn interleave<const V: usize>(
     blocks: &[&[i8]; 8],
@@ -505,7 +505,8 @@ unsafe fn interleave<const V: usize>(
 }
 
 super::x86_vnni::vnni_span!(
-    "avx2,avxvnni,avx512f,avx512bw,avx512vnni",
+    ,
+    "avx2,avx512f,avx512bw,avx512vl,avx512vnni",
     __m512i,
     64,
     _mm512_setzero_si512,

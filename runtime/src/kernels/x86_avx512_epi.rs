@@ -221,7 +221,7 @@ impl Consts16 {
 ///
 /// # Safety
 /// This tier's features; `acc` initialised.
-#[target_feature(enable = "avx2,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn emit_packed(
     acc: &[MaybeUninit<Acc>],
     (v, cv): (usize, __m512i),

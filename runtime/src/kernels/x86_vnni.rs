@@ -15,7 +15,7 @@
 //! of a row group are interleaved into that order once per chunk of pixels (with the correction
 //! `128 * sum(w)` computed by the same instruction), not per tile.
 use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
-use super::x86::Consts;
+use super::x86::{Consts, Madd};
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
@@ -50,13 +50,47 @@ pub fn check<T: super::reference::Code>(
 }
 
 /// Rows `r0..r1` of `prod` (multiples of 4) over every pixel, for int8 activations staged flipped
-/// (int16 activations go to the AVX2 tiles). Exact sums need a depth below [`EXACT_DEPTH`]
-/// ([`super::gemm::run_rows`] refuses deeper ones).
+/// (int16 activations go to the AVX2 tiles, with `vpdpwssd`). Exact sums need a depth below
+/// [`EXACT_DEPTH`] ([`super::gemm::run_rows`] refuses deeper ones).
 ///
 /// # Safety
 /// The CPU must have AVX2 and AVX-VNNI.
 #[target_feature(enable = "avx2,avxvnni")]
 pub unsafe fn product_rows<T: super::reference::Code>(
+    prod: &Product<'_, T>,
+    rows: (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    // SAFETY: the caller's
+    unsafe { rows_in::<T, false>(prod, rows, finish, out) }
+}
+
+/// [`product_rows`] with the 256-bit `VPDPBUSD` and `VPDPWSSD` in their AVX-512 VNNI (EVEX)
+/// encoding: the `Avx512Vnni` tier's rows past its 512-bit tiles, on a CPU that may lack AVX-VNNI
+/// ([`super::x86::Madd`]).
+///
+/// # Safety
+/// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+pub unsafe fn product_rows_evex<T: super::reference::Code>(
+    prod: &Product<'_, T>,
+    rows: (usize, usize),
+    finish: Finish<'_>,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    // SAFETY: the caller's
+    unsafe { rows_in::<T, true>(prod, rows, finish, out) }
+}
+
+/// The body of [`product_rows`] (`EVEX` false) and [`product_rows_evex`]: only the weights'
+/// interleave and the tiles' block loop differ, and each is its own function with its features.
+///
+/// # Safety
+/// The features of the encoding `EVEX` picks (see the two callers).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn rows_in<T: super::reference::Code, const EVEX: bool>(
     prod: &Product<'_, T>,
     (r0, r1): (usize, usize),
     finish: Finish<'_>,
@@ -64,8 +98,11 @@ pub unsafe fn product_rows<T: super::reference::Code>(
 ) {
     let stage: &[i8] = match bytemuck::try_cast_slice(prod.stage) {
         Ok(s) if T::MIN == -128 && T::MAX == 127 => s,
-        // SAFETY: AVX2 and AVX-VNNI are part of this tier
-        _ => return unsafe { super::x86::product_rows(prod, (r0, r1), finish, out, true) },
+        _ => {
+            let madd = if EVEX { Madd::Evex } else { Madd::Vex };
+            // SAFETY: AVX2 and `madd`'s features are part of this tier
+            return unsafe { super::x86::product_rows(prod, (r0, r1), finish, out, madd) };
+        }
     };
     let px = &prod.px;
     let k4 = px.k4();
@@ -116,10 +153,11 @@ pub unsafe fn product_rows<T: super::reference::Code>(
                 // are inside the weights (`Product::check` bounds their length) and `wbuf` holds
                 // `SEG` blocks of two registers
                 unsafe {
-                    if g == 16 {
-                        interleave::<2>(&blocks, (qa, qb), wp, &mut corr);
-                    } else {
-                        interleave::<1>(&blocks, (qa, qb), wp, &mut corr);
+                    match (g == 16, EVEX) {
+                        (true, false) => vex::interleave::<2>(&blocks, (qa, qb), wp, &mut corr),
+                        (false, false) => vex::interleave::<1>(&blocks, (qa, qb), wp, &mut corr),
+                        (true, true) => evex::interleave::<2>(&blocks, (qa, qb), wp, &mut corr),
+                        (false, true) => evex::interleave::<1>(&blocks, (qa, qb), wp, &mut corr),
                     }
                 }
                 for i in 0..n {
@@ -129,10 +167,12 @@ pub unsafe fn product_rows<T: super::reference::Code>(
                     // (`Product::check` bounds the pixels' extent) and the blocks just
                     // interleaved; `acc[i]` is read only after the span from block 0 wrote it
                     unsafe {
-                        if g == 16 {
-                            span::<2>(w, stage, &bases[i], px, (qa, qb, at), a)
-                        } else {
-                            span::<1>(w, stage, &bases[i], px, (qa, qb, at), a)
+                        let (base, ks) = (&bases[i], (qa, qb, at));
+                        match (g == 16, EVEX) {
+                            (true, false) => vex::span::<2>(w, stage, base, px, ks, a),
+                            (false, false) => vex::span::<1>(w, stage, base, px, ks, a),
+                            (true, true) => evex::span::<2>(w, stage, base, px, ks, a),
+                            (false, true) => evex::span::<1>(w, stage, base, px, ks, a),
                         }
                     };
                 }
@@ -177,34 +217,45 @@ pub unsafe fn product_rows<T: super::reference::Code>(
     }
 }
 
-/// Interleaves depth blocks `qa..qb` of the row blocks into `d` (`V` registers of 32 bytes per
-/// block: register `v` holds blocks `2v` and `2v + 1`) and adds `128 * sum(w)` of every row into
+/// Stamps out `interleave::<V>` for the features `$feat` with `$dot` (256-bit `VPDPBUSD`):
+/// depth blocks `qa..qb` of the row blocks interleaved into `d` (`V` registers of 32 bytes per
+/// block: register `v` holds blocks `2v` and `2v + 1`), and `128 * sum(w)` of every row added into
 /// `corr`.
 ///
-/// # Safety
-/// AVX2 and AVX-VNNI; each of `blocks[..2 V]` holds `16 * qb` bytes, `qb - qa <= SEG` and `d` has
-/// room for `SEG` blocks of two registers.
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
-unsafe fn interleave<const V: usize>(
-    blocks: &[&[i8]; 4],
-    (qa, qb): (usize, usize),
-    d: *mut u8,
-    corr: &mut [__m256i; 2],
-) {
-    let flip = _mm256_set1_epi8(-128);
-    for q in qa..qb {
-        for v in 0..V {
-            // SAFETY: the caller's bounds
-            unsafe {
-                let lo = _mm_loadu_si128(blocks[2 * v].as_ptr().add(16 * q) as *const __m128i);
-                let hi = _mm_loadu_si128(blocks[2 * v + 1].as_ptr().add(16 * q) as *const __m128i);
-                let w = _mm256_set_m128i(hi, lo);
-                corr[v] = _mm256_dpbusd_avx_epi32(corr[v], flip, w);
-                _mm256_storeu_si256(d.add(32 * (V * (q - qa) + v)) as *mut __m256i, w);
+/// The function's safety contract: the features; each of `blocks[..2 V]` holds `16 * qb` bytes,
+/// `qb - qa <= SEG` and `d` has room for `SEG` blocks of two registers.
+macro_rules! vnni_interleave {
+    ($feat:literal, $dot:ident) => {
+        /// The weights' interleave (see `x86_vnni::vnni_interleave`).
+        ///
+        /// # Safety
+        /// See `x86_vnni::vnni_interleave`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        pub(super) unsafe fn interleave<const V: usize>(
+            blocks: &[&[i8]; 4],
+            (qa, qb): (usize, usize),
+            d: *mut u8,
+            corr: &mut [__m256i; 2],
+        ) {
+            let flip = _mm256_set1_epi8(-128);
+            for q in qa..qb {
+                for v in 0..V {
+                    // SAFETY: the caller's bounds
+                    unsafe {
+                        let lo =
+                            _mm_loadu_si128(blocks[2 * v].as_ptr().add(16 * q) as *const __m128i);
+                        let hi = _mm_loadu_si128(
+                            blocks[2 * v + 1].as_ptr().add(16 * q) as *const __m128i
+                        );
+                        let w = _mm256_set_m128i(hi, lo);
+                        corr[v] = $dot(corr[v], flip, w);
+                        _mm256_storeu_si256(d.add(32 * (V * (q - qa) + v)) as *mut __m256i, w);
+                    }
+                }
             }
         }
-    }
+    };
 }
 
 /// Stamps out a VNNI tile's block loop, `span::<V>`: blocks `qa..qb` of the depth of one tile (`qa`
@@ -218,14 +269,14 @@ unsafe fn interleave<const V: usize>(
 /// The function's safety contract: the features; every staged value read is inside `stage`; `w`
 /// holds blocks `qa..qb`; `acc` is valid for writes, and initialised when `qa > 0`.
 macro_rules! vnni_span {
-    ($feat:literal, $vec:ty, $bytes:literal, $zero:ident, $load:ident, $set1:ident, $dot:ident) => {
+    ($vis:vis, $feat:literal, $vec:ty, $bytes:literal, $zero:ident, $load:ident, $set1:ident, $dot:ident) => {
         /// The tile's block loop (see `x86_vnni::vnni_span`).
         ///
         /// # Safety
         /// See `x86_vnni::vnni_span`.
         #[target_feature(enable = $feat)]
         #[inline]
-        unsafe fn span<const V: usize>(
+        $vis unsafe fn span<const V: usize>(
             w: *const u8,
             stage: &[i8],
             bases: &[usize; NR],
@@ -276,15 +327,38 @@ macro_rules! vnni_span {
 }
 pub(super) use vnni_span;
 
-vnni_span!(
-    "avx2,avxvnni",
-    __m256i,
-    32,
-    _mm256_setzero_si256,
-    _mm256_loadu_si256,
-    _mm256_set1_epi32,
-    _mm256_dpbusd_avx_epi32
-);
+/// The tiles in AVX-VNNI's (VEX) encoding: the `AvxVnni` tier.
+mod vex {
+    use super::*;
+    vnni_interleave!("avx2,avxvnni", _mm256_dpbusd_avx_epi32);
+    vnni_span!(
+        pub(super),
+        "avx2,avxvnni",
+        __m256i,
+        32,
+        _mm256_setzero_si256,
+        _mm256_loadu_si256,
+        _mm256_set1_epi32,
+        _mm256_dpbusd_avx_epi32
+    );
+}
+
+/// The same tiles in AVX-512 VNNI's (EVEX) encoding on 256-bit registers: the `Avx512Vnni` tier's
+/// rows past its 512-bit tiles, on CPUs with or without AVX-VNNI.
+mod evex {
+    use super::*;
+    vnni_interleave!("avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32);
+    vnni_span!(
+        pub(super),
+        "avx2,avx512f,avx512vl,avx512vnni",
+        __m256i,
+        32,
+        _mm256_setzero_si256,
+        _mm256_loadu_si256,
+        _mm256_set1_epi32,
+        _mm256_dpbusd_epi32
+    );
+}
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
