@@ -301,30 +301,8 @@ unsafe fn madd_add(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_add_epi32(a, _mm256_madd_epi16(w, x))
 }
 
-/// `vpdpwssd` (AVX-VNNI): the same pairwise products and wrapping sums in one instruction.
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
-unsafe fn dpwssd(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpwssd_avx_epi32(a, w, x)
-}
-
-/// The same `vpdpwssd` on 256-bit registers in its AVX-512 VNNI (EVEX) encoding.
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dpwssd_evex(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
-    _mm256_dpwssd_epi32(a, w, x)
-}
-
-/// Which instruction adds a tile's pairwise int16 products: AVX2's `vpmaddwd` + `vpaddd`, or one
-/// `vpdpwssd` in its AVX-VNNI (VEX) or its AVX-512 VNNI (EVEX) encoding. The same wrapping sums
-/// either way. A CPU can have AVX-512 VNNI without AVX-VNNI (AMD Zen 4; Intel's Cascade Lake and
-/// Ice Lake servers), where the VEX form faults, so the `Avx512Vnni` tier uses the EVEX form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Madd {
-    Avx2,
-    Vex,
-    Evex,
-}
+pub use super::x86_vnni::Madd;
+use super::x86_vnni::{dpwssd, dpwssd_evex};
 
 span_fn!(span, "avx2", madd_add);
 span_fn!(span_vex, "avx2,avxvnni", dpwssd);

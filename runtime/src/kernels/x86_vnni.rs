@@ -15,7 +15,7 @@
 //! of a row group are interleaved into that order once per chunk of pixels (with the correction
 //! `128 * sum(w)` computed by the same instruction), not per tile.
 use super::gemm::{finish_sums, Finish, Pixels, Product, Tile, BLOCK};
-use super::x86::{Consts, Madd};
+use super::x86::Consts;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
@@ -152,29 +152,14 @@ unsafe fn rows_in<T: super::reference::Code, const EVEX: bool>(
                 // SAFETY: the CPU has this tier's features; blocks `qa..qb` of the four row blocks
                 // are inside the weights (`Product::check` bounds their length) and `wbuf` holds
                 // `SEG` blocks of two registers
-                unsafe {
-                    match (g == 16, EVEX) {
-                        (true, false) => vex::interleave::<2>(&blocks, (qa, qb), wp, &mut corr),
-                        (false, false) => vex::interleave::<1>(&blocks, (qa, qb), wp, &mut corr),
-                        (true, true) => evex::interleave::<2>(&blocks, (qa, qb), wp, &mut corr),
-                        (false, true) => evex::interleave::<1>(&blocks, (qa, qb), wp, &mut corr),
-                    }
-                }
+                unsafe { interleave_in::<EVEX>(g == 16, &blocks, (qa, qb), wp, &mut corr) };
                 for i in 0..n {
                     let w = wbuf.as_ptr() as *const u8;
                     let a = acc[i].as_mut_ptr();
                     // SAFETY: the CPU has this tier's features; every read is inside `stage`
                     // (`Product::check` bounds the pixels' extent) and the blocks just
                     // interleaved; `acc[i]` is read only after the span from block 0 wrote it
-                    unsafe {
-                        let (base, ks) = (&bases[i], (qa, qb, at));
-                        match (g == 16, EVEX) {
-                            (true, false) => vex::span::<2>(w, stage, base, px, ks, a),
-                            (false, false) => vex::span::<1>(w, stage, base, px, ks, a),
-                            (true, true) => evex::span::<2>(w, stage, base, px, ks, a),
-                            (false, true) => evex::span::<1>(w, stage, base, px, ks, a),
-                        }
-                    };
+                    unsafe { span_in::<EVEX>(g == 16, w, stage, &bases[i], px, (qa, qb, at), a) };
                 }
             }
             for (v, &cv) in corr.iter().enumerate().take(g.div_ceil(2 * BLOCK)) {
@@ -213,6 +198,79 @@ unsafe fn rows_in<T: super::reference::Code, const EVEX: bool>(
                 }
             }
             r += g;
+        }
+    }
+}
+
+/// `vpdpwssd` (AVX-VNNI): the same pairwise products and wrapping sums in one instruction.
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+pub(super) unsafe fn dpwssd(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpwssd_avx_epi32(a, w, x)
+}
+
+/// The same `vpdpwssd` on 256-bit registers in its AVX-512 VNNI (EVEX) encoding.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+pub(super) unsafe fn dpwssd_evex(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(a, w, x)
+}
+
+/// Which instruction adds a tile's pairwise int16 products: AVX2's `vpmaddwd` + `vpaddd`, or one
+/// `vpdpwssd` in its AVX-VNNI (VEX) or its AVX-512 VNNI (EVEX) encoding. The same wrapping sums
+/// either way. A CPU can have AVX-512 VNNI without AVX-VNNI (AMD Zen 4; Intel's Cascade Lake and
+/// Ice Lake servers), where the VEX form faults, so the `Avx512Vnni` tier uses the EVEX form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Madd {
+    Avx2,
+    Vex,
+    Evex,
+}
+
+/// `interleave::<2>` (`two`) or `::<1>` in the encoding `EVEX` picks.
+///
+/// # Safety
+/// That encoding's features, and `interleave`'s contract.
+#[inline(always)]
+unsafe fn interleave_in<const EVEX: bool>(
+    two: bool,
+    blocks: &[&[i8]; 4],
+    qs: (usize, usize),
+    d: *mut u8,
+    corr: &mut [__m256i; 2],
+) {
+    // SAFETY: the caller's
+    unsafe {
+        match (two, EVEX) {
+            (true, false) => vex::interleave::<2>(blocks, qs, d, corr),
+            (false, false) => vex::interleave::<1>(blocks, qs, d, corr),
+            (true, true) => evex::interleave::<2>(blocks, qs, d, corr),
+            (false, true) => evex::interleave::<1>(blocks, qs, d, corr),
+        }
+    }
+}
+
+/// `span::<2>` (`two`) or `::<1>` in the encoding `EVEX` picks.
+///
+/// # Safety
+/// That encoding's features, and `span`'s contract.
+#[inline(always)]
+unsafe fn span_in<const EVEX: bool>(
+    two: bool,
+    w: *const u8,
+    stage: &[i8],
+    bases: &[usize; NR],
+    px: &Pixels,
+    ks: (usize, usize, (usize, usize)),
+    acc: *mut Acc,
+) {
+    // SAFETY: the caller's
+    unsafe {
+        match (two, EVEX) {
+            (true, false) => vex::span::<2>(w, stage, bases, px, ks, acc),
+            (false, false) => vex::span::<1>(w, stage, bases, px, ks, acc),
+            (true, true) => evex::span::<2>(w, stage, bases, px, ks, acc),
+            (false, true) => evex::span::<1>(w, stage, bases, px, ks, acc),
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Integer softmax.
+use super::softmax_div::{FloorDiv, Quotient, RowQuot, LIFT};
 use super::Code;
 use crate::kernels::{check_len, le_i32};
 use crate::Result;
@@ -137,8 +138,7 @@ pub fn softmax_any<T: Code, U: Code>(
             "softmax steps or row length too large",
         ));
     }
-    // the table as u64 once per call; `d = mx - v` is below 2^16 (int16) or 2^8, so the masked
-    // indices read the same entries without bounds checks
+    // the table as u64 once per call
     let mut lo = [0u64; 256];
     let mut hi = [0u64; 256];
     for d in 0..256 {
@@ -150,50 +150,23 @@ pub fn softmax_any<T: Code, U: Code>(
     if lo.iter().chain(&hi).any(|&e| e > 1 << 20) {
         return Err(crate::Error::Unsupported("softmax exp table entry above 1"));
     }
-    let e_of = |mx: i32, v: i32| {
-        let d = (mx - v) as usize;
-        if wide {
-            (hi[(d >> 8) & 255] * lo[d & 255] + (1 << 19)) >> 20
-        } else {
-            lo[d & 255]
-        }
-    };
+    let ex = Exps { lo, hi, wide };
+    let e_of = |mx: i32, v: i32| ex.of(mx, v);
     let top = (st.hi - st.zo).max(0) as u64;
     let code = |div: &FloorDiv, sum: u64, e: u64| {
         U::sat(st.zo as i64 + div.of(2 * st.r * e + sum).min(top) as i64)
     };
-    // a quotient is at most `r` (`e <= sum`): where every `zo + q` for `q` in `0..=r` is a code
-    // of `U` at most `hi`, neither the clamp to `top` nor the saturation can act (the usual case:
-    // `r = hi - zo`), and the loop runs without them (their branches depend on the data)
-    let plain = st.zo >= U::MIN && st.zo as i64 + st.r as i64 <= st.hi.min(U::MAX) as i64;
     if inner == 1 {
-        // contiguous rows (the usual last-axis softmax): plain loops over slices, the sum in
-        // four independent parts
-        for (xs, ys) in x
-            .chunks_exact(len.max(1))
-            .zip(out.chunks_exact_mut(len.max(1)))
-        {
-            let mx = xs.iter().map(|v| v.get()).max().unwrap_or(0);
-            let mut part = [0u64; 4];
-            let mut quads = xs.chunks_exact(4);
-            for c in &mut quads {
-                for (p, v) in part.iter_mut().zip(c) {
-                    *p += e_of(mx, v.get());
-                }
-            }
-            let rest: u64 = quads.remainder().iter().map(|v| e_of(mx, v.get())).sum();
-            let sum = (part.iter().sum::<u64>() + rest).max(1);
-            let div = FloorDiv::new(2 * sum);
-            if plain {
-                for (y, v) in ys.iter_mut().zip(xs) {
-                    *y = U::wrap(st.zo as i64 + div.of(2 * st.r * e_of(mx, v.get()) + sum) as i64);
-                }
-            } else {
-                for (y, v) in ys.iter_mut().zip(xs) {
-                    *y = code(&div, sum, e_of(mx, v.get()));
-                }
-            }
+        // contiguous rows (the usual last-axis softmax): plain loops over slices, compiled for
+        // AVX2 where the CPU has it (the same integers: the loops' f64 operations are exact
+        // or corrected, [`RowQuot`], and never contracted)
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected
+            unsafe { rows_avx2(x, out, len, &ex, st) };
+            return Ok(());
         }
+        rows(x, out, len, &ex, st);
         return Ok(());
     }
     for o in 0..outer {
@@ -213,71 +186,110 @@ pub fn softmax_any<T: Code, U: Code>(
     Ok(())
 }
 
-/// `floor(n / d)` for `n < 2^53` and `2 <= d <= 2^53` ([`softmax_any`]'s bounds: `n = 2 r e + sum`,
-/// `d = 2 sum`) by one multiplication and a shift (Granlund and Montgomery, "Division by invariant
-/// integers using multiplication", theorem 4.2): with `l >= log2 d` and `m = ceil(2^(53 + l) / d)`,
-/// `m d - 2^(53 + l) < d <= 2^l`, so `floor(n m / 2^(53 + l)) = floor(n / d)` for every `n < 2^53`.
-/// Here `l = max(ceil(log2 d), 11)`: the shift is 64 or more, so the quotient is the high half of
-/// the 128-bit product shifted, and `m` fits 64 bits (`ceil(2^64 / d) <= 2^63` for `d >= 2`, else
-/// below 2^54). One division per row, none per element.
-struct FloorDiv {
-    m: u64,
-    s: u32,
+/// The exp values of [`softmax_any`]'s table as u64 (`hi` unused for int8 inputs).
+struct Exps {
+    lo: [u64; 256],
+    hi: [u64; 256],
+    wide: bool,
 }
 
-impl FloorDiv {
-    fn new(d: u64) -> Self {
-        let d = d.clamp(2, 1 << 53);
-        let l = (64 - (d - 1).leading_zeros()).max(11);
-        FloorDiv {
-            m: (1u128 << (53 + l)).div_ceil(d as u128) as u64,
-            s: l - 11,
+impl Exps {
+    /// The exp of `d = mx - v`: below 2^16 (int16) or 2^8, so the masked indices read the same
+    /// entries without bounds checks.
+    #[inline(always)]
+    fn of(&self, mx: i32, v: i32) -> u64 {
+        let d = (mx - v) as usize;
+        if self.wide {
+            (self.hi[(d >> 8) & 255] * self.lo[d & 255] + (1 << 19)) >> 20
+        } else {
+            self.lo[d & 255]
         }
     }
-    #[inline(always)]
-    fn of(&self, n: u64) -> u64 {
-        (((n as u128 * self.m as u128) >> 64) as u64) >> self.s
-    }
 }
 
-/// `round(255 * e / sum) - 128` as `floor((510 e + sum) / (2 sum)) - 128`, clamped to 127.
+/// [`rows`] compiled for AVX2.
 ///
-/// For `sum < 2^39` (every real row: `e <= 2^20` per element) without a division: with `n = 510 e
-/// + sum < 2^53` and `d = 2 sum < 2^40` exact in f64, `p = n * fl(1/d)` is within `2^-44` of
-/// `n / d < 256`; adding `2^-42` lifts an exact integer quotient above itself yet keeps any other
-/// (at least `1/d >= 2^-40` below the next integer) below the next, so truncation is the floor.
-struct Quotient {
-    sum: u64,
-    d: u64,
-    inv: Option<f64>,
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2<T: Code, U: Code>(x: &[T], out: &mut [U], len: usize, ex: &Exps, st: Steps) {
+    rows(x, out, len, ex, st)
 }
 
-/// The lift of [`Quotient`]: above the product's error, below the gap to the next integer.
-const LIFT: f64 = 1.0 / (1u64 << 42) as f64;
-
-impl Quotient {
-    fn new(sum: u64) -> Self {
-        let sum = sum.max(1);
-        let d = sum.saturating_mul(2);
-        Quotient {
-            sum,
-            d,
-            inv: (sum < 1 << 39).then(|| 1.0 / d as f64),
+/// [`softmax_any`] over contiguous rows of `len` (its checks done).
+#[inline(always)]
+fn rows<T: Code, U: Code>(x: &[T], out: &mut [U], len: usize, ex: &Exps, st: Steps) {
+    let top = (st.hi - st.zo).max(0) as u64;
+    // a quotient is at most `r` (`e <= sum`): where every `zo + q` for `q` in `0..=r` is a code
+    // of `U` at most `hi`, neither the clamp to `top` nor the saturation can act (the usual case:
+    // `r = hi - zo`), and the loop runs without them (their branches depend on the data)
+    let plain = st.zo >= U::MIN && st.zo as i64 + st.r as i64 <= st.hi.min(U::MAX) as i64;
+    let mut keep = [0u32; KEEP];
+    for (xs, ys) in x
+        .chunks_exact(len.max(1))
+        .zip(out.chunks_exact_mut(len.max(1)))
+    {
+        let mx = xs.iter().map(|v| v.get()).max().unwrap_or(0);
+        if let Some(es) = keep.get_mut(..xs.len()) {
+            // each exp once: kept for the quotients (`e <= 2^20` fits u32), the sum in four
+            // independent parts
+            let mut part = [0u64; 4];
+            let (mut ec, mut xc) = (es.chunks_exact_mut(4), xs.chunks_exact(4));
+            for (e4, x4) in (&mut ec).zip(&mut xc) {
+                for i in 0..4 {
+                    let ev = ex.of(mx, x4[i].get());
+                    e4[i] = ev as u32;
+                    part[i] += ev;
+                }
+            }
+            for (e, v) in ec.into_remainder().iter_mut().zip(xc.remainder()) {
+                let ev = ex.of(mx, v.get());
+                *e = ev as u32;
+                part[0] += ev;
+            }
+            let sum = part.iter().sum::<u64>().max(1);
+            let q = RowQuot::new(st.r, sum);
+            if plain {
+                for (y, &e) in ys.iter_mut().zip(es.iter()) {
+                    *y = U::wrap(st.zo as i64 + q.of(e) as i64);
+                }
+            } else {
+                for (y, &e) in ys.iter_mut().zip(es.iter()) {
+                    *y = U::sat(st.zo as i64 + q.of(e).min(top) as i64);
+                }
+            }
+            continue;
+        }
+        // longer rows: each exp computed twice, the sum in four independent parts
+        let mut part = [0u64; 4];
+        let mut quads = xs.chunks_exact(4);
+        for c in &mut quads {
+            for (p, v) in part.iter_mut().zip(c) {
+                *p += ex.of(mx, v.get());
+            }
+        }
+        let rest: u64 = quads.remainder().iter().map(|v| ex.of(mx, v.get())).sum();
+        let sum = (part.iter().sum::<u64>() + rest).max(1);
+        let div = FloorDiv::new(2 * sum);
+        for (y, v) in ys.iter_mut().zip(xs) {
+            let q = div.of(2 * st.r * ex.of(mx, v.get()) + sum);
+            *y = if plain {
+                U::wrap(st.zo as i64 + q as i64)
+            } else {
+                U::sat(st.zo as i64 + q.min(top) as i64)
+            };
         }
     }
-    #[inline(always)]
-    fn code(&self, e: u64) -> i8 {
-        let q = match self.inv {
-            // SAFETY: finite and in [0, 256] (the bounds above: `n < 2^53`, `0 < inv <= 1/2`),
-            // so truncation is exact and fits i64 (a plain `as` adds NaN and range checks)
-            Some(inv) => unsafe {
-                ((e * 510 + self.sum) as i64 as f64 * inv + LIFT).to_int_unchecked::<i64>()
-            },
-            None => ((e * 510).saturating_add(self.sum) / self.d) as i64,
-        };
-        (q.min(255) - 128) as i8
-    }
 }
+
+/// Rows of [`softmax_any`] up to this long keep their exp values on the stack (16 KiB on 64-bit
+/// targets, 1 KiB on 32-bit ones such as Cortex-M) and compute each once; longer rows compute each
+/// twice.
+#[cfg(target_pointer_width = "64")]
+const KEEP: usize = 4096;
+#[cfg(not(target_pointer_width = "64"))]
+const KEEP: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -366,7 +378,12 @@ mod tests {
         };
         for case in 0..40 {
             let wide = case % 2 == 1;
-            let len = 1 + next() as usize % 900;
+            // rows short, and around the longest whose exp values are kept (`KEEP`)
+            let len = if case % 5 == 4 {
+                super::KEEP - 2 + next() as usize % 5
+            } else {
+                1 + next() as usize % 900
+            };
             let r = [255, 65535, 1 + next() % MAX_STEPS, MAX_STEPS][case / 2 % 4];
             let entries = if wide { 512 } else { 256 };
             let table: Vec<u8> = (0..entries)
@@ -449,6 +466,50 @@ mod tests {
                 .filter(|&n| n <= top)
             {
                 assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    /// The vectorizable row quotient against integer division: random steps, sums and exp values
+    /// within [`super::softmax_any`]'s bounds, and exp values around every kind of exact quotient
+    /// (`n / d` just below, at and above an integer and a half-integer step).
+    #[test]
+    fn row_quotient_is_integer_division() {
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 11
+        };
+        let check = |r: u64, sum: u64, e: u64| {
+            if e > sum.min(1 << 20) || 2 * r * e + sum >= 1 << 53 {
+                return;
+            }
+            let want = (2 * r * e + sum) / (2 * sum);
+            assert_eq!(
+                super::RowQuot::new(r, sum).of(e as u32),
+                want,
+                "r {r} sum {sum} e {e}"
+            );
+        };
+        for i in 0..200_000 {
+            let r = [255, 65535, super::MAX_STEPS, 1 + next() % super::MAX_STEPS][i % 4];
+            let sum = 1 + next() % (1u64 << (1 + next() % 52));
+            let e = next() % (sum.min(1 << 20) + 1);
+            check(r, sum, e);
+            // `r e / sum + 1/2` near the integer `k`: `e` near `(2 k - 1) sum / (2 r)`
+            let k = 1 + next() % r;
+            let e0 = ((2 * k - 1) as u128 * sum as u128 / (2 * r) as u128) as u64;
+            for e in [e0.saturating_sub(1), e0, e0 + 1] {
+                check(r, sum, e);
+            }
+        }
+        for (r, sum) in [
+            (super::MAX_STEPS, 1 << 20),
+            (super::MAX_STEPS, (1 << 28) - 1),
+            (65535, 1),
+        ] {
+            for e in [0, 1, sum.min(1 << 20) - 1, sum.min(1 << 20)] {
+                check(r, sum, e);
             }
         }
     }
