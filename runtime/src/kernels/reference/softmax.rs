@@ -1,4 +1,6 @@
 //! Integer softmax.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+use super::softmax_div::exps16_avx2;
 use super::softmax_div::{FloorDiv, Quotient, RowQuot, LIFT};
 use super::Code;
 use crate::kernels::{check_len, le_i32};
@@ -150,7 +152,8 @@ pub fn softmax_any<T: Code, U: Code>(
     if lo.iter().chain(&hi).any(|&e| e > 1 << 20) {
         return Err(crate::Error::Unsupported("softmax exp table entry above 1"));
     }
-    let ex = Exps { lo, hi, wide };
+    let u32s = [lo.map(|e| e as u32), hi.map(|e| e as u32)];
+    let ex = Exps { lo, hi, wide, u32s };
     let e_of = |mx: i32, v: i32| ex.of(mx, v);
     let top = (st.hi - st.zo).max(0) as u64;
     let code = |div: &FloorDiv, sum: u64, e: u64| {
@@ -166,7 +169,7 @@ pub fn softmax_any<T: Code, U: Code>(
             unsafe { rows_avx2(x, out, len, &ex, st) };
             return Ok(());
         }
-        rows(x, out, len, &ex, st);
+        rows::<T, U, false>(x, out, len, &ex, st);
         return Ok(());
     }
     for o in 0..outer {
@@ -191,6 +194,8 @@ struct Exps {
     lo: [u64; 256],
     hi: [u64; 256],
     wide: bool,
+    /// `lo` then `hi` as u32 (every entry is at most 2^20), for [`exps16_avx2`]'s gathers
+    u32s: [[u32; 256]; 2],
 }
 
 impl Exps {
@@ -214,12 +219,20 @@ impl Exps {
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 #[target_feature(enable = "avx2")]
 unsafe fn rows_avx2<T: Code, U: Code>(x: &[T], out: &mut [U], len: usize, ex: &Exps, st: Steps) {
-    rows(x, out, len, ex, st)
+    rows::<T, U, true>(x, out, len, ex, st)
 }
 
-/// [`softmax_any`] over contiguous rows of `len` (its checks done).
+/// [`softmax_any`] over contiguous rows of `len` (its checks done). `AVX2`: the caller runs on a
+/// CPU with AVX2, so the exp values of int16 codes are looked up 8 at a time by its gathers
+/// ([`exps16_avx2`]; the same integers).
 #[inline(always)]
-fn rows<T: Code, U: Code>(x: &[T], out: &mut [U], len: usize, ex: &Exps, st: Steps) {
+fn rows<T: Code, U: Code, const AVX2: bool>(
+    x: &[T],
+    out: &mut [U],
+    len: usize,
+    ex: &Exps,
+    st: Steps,
+) {
     let top = (st.hi - st.zo).max(0) as u64;
     // a quotient is at most `r` (`e <= sum`): where every `zo + q` for `q` in `0..=r` is a code
     // of `U` at most `hi`, neither the clamp to `top` nor the saturation can act (the usual case:
@@ -235,7 +248,13 @@ fn rows<T: Code, U: Code>(x: &[T], out: &mut [U], len: usize, ex: &Exps, st: Ste
             // each exp once: kept for the quotients (`e <= 2^20` fits u32), the sum in four
             // independent parts
             let mut part = [0u64; 4];
-            let (mut ec, mut xc) = (es.chunks_exact_mut(4), xs.chunks_exact(4));
+            let mut done = 0;
+            #[cfg(all(target_arch = "x86_64", feature = "std"))]
+            if let (true, Ok(x16)) = (AVX2 && ex.wide, bytemuck::try_cast_slice::<T, i16>(xs)) {
+                // SAFETY: the caller runs on a CPU with AVX2 (`AVX2`)
+                (part[1], done) = unsafe { exps16_avx2(x16, mx, &ex.u32s, es) };
+            }
+            let (mut ec, mut xc) = (es[done..].chunks_exact_mut(4), xs[done..].chunks_exact(4));
             for (e4, x4) in (&mut ec).zip(&mut xc) {
                 for i in 0..4 {
                     let ev = ex.of(mx, x4[i].get());

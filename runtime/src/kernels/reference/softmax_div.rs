@@ -1,6 +1,6 @@
 //! The exact quotients of the integer softmax ([`super::softmax::softmax`] and
 //! [`super::softmax::softmax_any`]): each rounds a probability to its code without a division per
-//! element.
+//! element. And the general softmax's exp lookups for int16 codes by AVX2 gathers.
 
 /// A row's quotients `floor((2 r e + sum) / (2 sum))` ([`super::softmax::Steps`]) for
 /// `r <= 2^24`, `1 <= sum`, `e <= sum` and `2 r e + sum < 2^53` (the bounds of
@@ -108,5 +108,110 @@ impl Quotient {
             None => ((e * 510).saturating_add(self.sum) / self.d) as i64,
         };
         (q.min(255) - 128) as i8
+    }
+}
+
+/// The exp values of int16 codes `xs` below their row's maximum `mx`, 8 at a time by AVX2 gathers:
+/// `e = (hi[d >> 8] * lo[d & 255] + 2^19) >> 20` for `d = mx - x` (`tables = [lo, hi]`, entries at
+/// most 2^20), the same integers as the scalar lookup, written to `es` with their sum. Returns the
+/// sum and how many were done (`xs.len()` rounded down to 8); the caller does the rest. The
+/// indices are masked to 0..=255, so no code reads outside the tables.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn exps16_avx2(
+    xs: &[i16],
+    mx: i32,
+    tables: &[[u32; 256]; 2],
+    es: &mut [u32],
+) -> (u64, usize) {
+    use core::arch::x86_64::*;
+    let (lo, hi) = (
+        tables[0].as_ptr() as *const i32,
+        tables[1].as_ptr() as *const i32,
+    );
+    let (m, byte) = (_mm256_set1_epi32(mx), _mm256_set1_epi32(255));
+    let half = _mm256_set1_epi64x(1 << 19);
+    let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let n = xs.len().min(es.len()) / 8 * 8;
+    for (x8, e8) in xs[..n].chunks_exact(8).zip(es[..n].chunks_exact_mut(8)) {
+        // SAFETY: 8 codes read and 8 values written inside the chunks; the gathers' indices are
+        // masked to the tables' 256 entries
+        unsafe {
+            let x = _mm256_cvtepi16_epi32(_mm_loadu_si128(x8.as_ptr() as *const __m128i));
+            let d = _mm256_sub_epi32(m, x);
+            let il = _mm256_and_si256(d, byte);
+            let ih = _mm256_and_si256(_mm256_srli_epi32::<8>(d), byte);
+            let l = _mm256_i32gather_epi32::<4>(lo, il);
+            let h = _mm256_i32gather_epi32::<4>(hi, ih);
+            // the even lanes' products in the 64-bit lanes, then the odd lanes'
+            let pe = _mm256_srli_epi64::<20>(_mm256_add_epi64(_mm256_mul_epu32(h, l), half));
+            let po = _mm256_srli_epi64::<20>(_mm256_add_epi64(
+                _mm256_mul_epu32(_mm256_srli_epi64::<32>(h), _mm256_srli_epi64::<32>(l)),
+                half,
+            ));
+            even = _mm256_add_epi64(even, pe);
+            odd = _mm256_add_epi64(odd, po);
+            let e = _mm256_or_si256(pe, _mm256_slli_epi64::<32>(po));
+            _mm256_storeu_si256(e8.as_mut_ptr() as *mut __m256i, e);
+        }
+    }
+    let mut lanes = [0u64; 4];
+    // SAFETY: a local store of one register
+    unsafe {
+        _mm256_storeu_si256(
+            lanes.as_mut_ptr() as *mut __m256i,
+            _mm256_add_epi64(even, odd),
+        )
+    };
+    (lanes.iter().sum(), n)
+}
+
+#[cfg(all(test, target_arch = "x86_64", feature = "std"))]
+mod tests {
+    /// The AVX2 gathers against the scalar lookup: random tables with entries up to 2^20, rows of
+    /// every length up to 40 and a long one, codes over the whole int16 range (`d` up to 65535).
+    #[test]
+    fn avx2_exp_lookups_equal_the_scalar_rule() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return; // nothing to check on this CPU
+        }
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            seed >> 33
+        };
+        for case in 0..60 {
+            let tables: [[u32; 256]; 2] = core::array::from_fn(|_| {
+                core::array::from_fn(|_| (next() % (1 << 21)).min(1 << 20) as u32)
+            });
+            let len = if case == 59 { 4100 } else { case % 41 };
+            let xs: Vec<i16> = (0..len).map(|_| next() as u16 as i16).collect();
+            let mx = if case % 3 == 0 {
+                32767
+            } else {
+                xs.iter().map(|&x| x as i32).max().unwrap_or(0)
+            };
+            let mut es = vec![0u32; len];
+            // SAFETY: AVX2 was detected
+            let (sum, done) = unsafe { super::exps16_avx2(&xs, mx, &tables, &mut es) };
+            assert_eq!(done, len / 8 * 8, "case {case}");
+            let want: Vec<u64> = xs[..done]
+                .iter()
+                .map(|&x| {
+                    let d = (mx - x as i32) as usize;
+                    (tables[1][d >> 8] as u64 * tables[0][d & 255] as u64 + (1 << 19)) >> 20
+                })
+                .collect();
+            let got: Vec<u64> = es[..done].iter().map(|&e| e as u64).collect();
+            assert_eq!(got, want, "case {case}");
+            assert_eq!(sum, want.iter().sum::<u64>(), "case {case}");
+            assert!(
+                es[done..].iter().all(|&e| e == 0),
+                "case {case}: wrote past {done}"
+            );
+        }
     }
 }
