@@ -399,12 +399,7 @@ fn vnni_ceiling() -> Option<f64> {
     if !Tier::AvxVnni.supported() {
         return None;
     }
-    let n: u64 = 20_000_000;
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let hz = clock_ghz() * 1e9;
-        let t = Instant::now();
-        let mut left = n;
+    let best = best_cycles(|mut left| {
         // SAFETY: AVX-VNNI is present (the tier was detected); register-only arithmetic
         unsafe {
             std::arch::asm!(
@@ -425,10 +420,23 @@ fn vnni_ceiling() -> Option<f64> {
                 options(nomem, nostack))
         };
         let _ = left;
-        let cycles = t.elapsed().as_secs_f64() * hz / n as f64;
-        best = best.min(cycles);
-    }
+    });
     Some(12.0 * 32.0 / best)
+}
+
+/// The fewest cycles per iteration of `run(n)` (a register-only loop of `n` iterations) in 3 tries,
+/// at the clock measured before each.
+#[cfg(target_arch = "x86_64")]
+fn best_cycles(run: impl Fn(u64)) -> f64 {
+    let n: u64 = 20_000_000;
+    (0..3)
+        .map(|_| {
+            let hz = clock_ghz() * 1e9;
+            let t = Instant::now();
+            run(n);
+            t.elapsed().as_secs_f64() * hz / n as f64
+        })
+        .fold(f64::MAX, f64::min)
 }
 
 /// The same for `VPDPBUSD` on 512-bit registers (AVX-512 VNNI, EVEX): 12 independent accumulators,
@@ -464,15 +472,8 @@ fn vnni512_ceiling() -> Option<f64> {
         };
         let _ = left;
     }
-    let n: u64 = 20_000_000;
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let hz = clock_ghz() * 1e9;
-        let t = Instant::now();
-        // SAFETY: the tier was detected, so the CPU has both features
-        unsafe { run(n) };
-        best = best.min(t.elapsed().as_secs_f64() * hz / n as f64);
-    }
+    // SAFETY: the tier was detected, so the CPU has both features
+    let best = best_cycles(|n| unsafe { run(n) });
     Some(12.0 * 64.0 / best)
 }
 
