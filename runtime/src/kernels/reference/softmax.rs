@@ -1,7 +1,7 @@
 //! Integer softmax.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 use super::softmax_div::exps16_avx2;
-use super::softmax_div::{FloorDiv, Quotient, RowQuot, LIFT};
+use super::softmax_div::{Quotient, RowQuot, LIFT};
 use super::Code;
 use crate::kernels::{check_len, le_i32};
 use crate::Result;
@@ -123,7 +123,7 @@ pub fn exp_table_ok(table: &[u8]) -> bool {
 /// inputs (256 u32); for int16 inputs the table holds 512 u32, `lo[j] = exp(-j s)` then `hi[i] =
 /// exp(-256 i s)` (2^20 = 1), and `e = (hi[d >> 8] * lo[d & 255] + 2^19) >> 20`. Entries above
 /// 2^20 (the op's prepare refuses them too, [`exp_table_ok`]) and `r` above [`MAX_STEPS`] are
-/// refused here as well, so every intermediate stays below 2^53 ([`FloorDiv`]'s bound).
+/// refused here as well, so every intermediate stays below 2^53 ([`RowQuot`]'s bound).
 pub fn softmax_any<T: Code, U: Code>(
     x: &[T],
     (outer, len, inner): (usize, usize, usize),
@@ -140,25 +140,20 @@ pub fn softmax_any<T: Code, U: Code>(
             "softmax steps or row length too large",
         ));
     }
-    // the table as u64 once per call
-    let mut lo = [0u64; 256];
-    let mut hi = [0u64; 256];
+    // the table once per call (`hi` stays zero for int8 inputs)
+    let mut ex = Exps {
+        lohi: [[0; 256]; 2],
+        wide,
+    };
     for d in 0..256 {
-        lo[d] = le_i32(table, d) as u32 as u64;
+        ex.lohi[0][d] = le_i32(table, d) as u32;
         if wide {
-            hi[d] = le_i32(table, 256 + d) as u32 as u64;
+            ex.lohi[1][d] = le_i32(table, 256 + d) as u32;
         }
     }
-    if lo.iter().chain(&hi).any(|&e| e > 1 << 20) {
+    if ex.lohi.iter().flatten().any(|&e| e > 1 << 20) {
         return Err(crate::Error::Unsupported("softmax exp table entry above 1"));
     }
-    let u32s = [lo.map(|e| e as u32), hi.map(|e| e as u32)];
-    let ex = Exps { lo, hi, wide, u32s };
-    let e_of = |mx: i32, v: i32| ex.of(mx, v);
-    let top = (st.hi - st.zo).max(0) as u64;
-    let code = |div: &FloorDiv, sum: u64, e: u64| {
-        U::sat(st.zo as i64 + div.of(2 * st.r * e + sum).min(top) as i64)
-    };
     if inner == 1 {
         // contiguous rows (the usual last-axis softmax): plain loops over slices, compiled for
         // AVX2 where the CPU has it (the same integers: the loops' f64 operations are exact
@@ -172,30 +167,30 @@ pub fn softmax_any<T: Code, U: Code>(
         rows::<T, U, false>(x, out, len, &ex, st);
         return Ok(());
     }
+    let top = (st.hi - st.zo).max(0) as u64;
     for o in 0..outer {
         for i in 0..inner {
             let at = |j: usize| (o * len + j) * inner + i;
             let mx = (0..len).map(|j| x[at(j)].get()).max().unwrap_or(0);
             let sum = (0..len)
-                .map(|j| e_of(mx, x[at(j)].get()))
+                .map(|j| ex.of(mx, x[at(j)].get()))
                 .sum::<u64>()
                 .max(1);
-            let div = FloorDiv::new(2 * sum);
+            let q = RowQuot::new(st.r, sum);
             for j in 0..len {
-                out[at(j)] = code(&div, sum, e_of(mx, x[at(j)].get()));
+                let e = ex.of(mx, x[at(j)].get()) as u32;
+                out[at(j)] = U::sat(st.zo as i64 + q.of(e).min(top) as i64);
             }
         }
     }
     Ok(())
 }
 
-/// The exp values of [`softmax_any`]'s table as u64 (`hi` unused for int8 inputs).
+/// The exp values of [`softmax_any`]'s table, `lo` then `hi` (every entry at most 2^20; `hi` unused
+/// for int8 inputs).
 struct Exps {
-    lo: [u64; 256],
-    hi: [u64; 256],
+    lohi: [[u32; 256]; 2],
     wide: bool,
-    /// `lo` then `hi` as u32 (every entry is at most 2^20), for [`exps16_avx2`]'s gathers
-    u32s: [[u32; 256]; 2],
 }
 
 impl Exps {
@@ -204,10 +199,11 @@ impl Exps {
     #[inline(always)]
     fn of(&self, mx: i32, v: i32) -> u64 {
         let d = (mx - v) as usize;
+        let [lo, hi] = &self.lohi;
         if self.wide {
-            (self.hi[(d >> 8) & 255] * self.lo[d & 255] + (1 << 19)) >> 20
+            (hi[(d >> 8) & 255] as u64 * lo[d & 255] as u64 + (1 << 19)) >> 20
         } else {
-            self.lo[d & 255]
+            lo[d & 255] as u64
         }
     }
 }
@@ -252,7 +248,7 @@ fn rows<T: Code, U: Code, const AVX2: bool>(
             #[cfg(all(target_arch = "x86_64", feature = "std"))]
             if let (true, Ok(x16)) = (AVX2 && ex.wide, bytemuck::try_cast_slice::<T, i16>(xs)) {
                 // SAFETY: the caller runs on a CPU with AVX2 (`AVX2`)
-                (part[1], done) = unsafe { exps16_avx2(x16, mx, &ex.u32s, es) };
+                (part[1], done) = unsafe { exps16_avx2(x16, mx, &ex.lohi, es) };
             }
             let (mut ec, mut xc) = (es[done..].chunks_exact_mut(4), xs[done..].chunks_exact(4));
             for (e4, x4) in (&mut ec).zip(&mut xc) {
@@ -290,9 +286,9 @@ fn rows<T: Code, U: Code, const AVX2: bool>(
         }
         let rest: u64 = quads.remainder().iter().map(|v| ex.of(mx, v.get())).sum();
         let sum = (part.iter().sum::<u64>() + rest).max(1);
-        let div = FloorDiv::new(2 * sum);
+        let q = RowQuot::new(st.r, sum);
         for (y, v) in ys.iter_mut().zip(xs) {
-            let q = div.of(2 * st.r * ex.of(mx, v.get()) + sum);
+            let q = q.of(ex.of(mx, v.get()) as u32);
             *y = if plain {
                 U::wrap(st.zo as i64 + q as i64)
             } else {
@@ -448,43 +444,6 @@ mod tests {
             for (j, (&v, &g)) in x.iter().zip(&got).enumerate() {
                 let q = ((2 * r * e((mx - v) as usize) + sum) / (2 * sum)).min(65535);
                 assert_eq!(g as i64, -32768 + q as i64, "case {case} element {j}");
-            }
-        }
-    }
-
-    /// The division-free floor against integer division: random operands within its bounds,
-    /// exact multiples and their neighbours, the largest operands.
-    #[test]
-    fn floor_div_is_integer_division() {
-        let mut seed = 3u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            seed >> 11
-        };
-        for _ in 0..300_000 {
-            let d = 2 + next() % (1u64 << (1 + next() % 52));
-            let q = next() % (1u64 << (next() % 26));
-            let n = (q.saturating_mul(d) + next() % (2 * d)).min((1 << 53) - 1);
-            for n in [n, n.saturating_sub(1), (n + 1).min((1 << 53) - 1)] {
-                assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
-            }
-        }
-        let top = (1u64 << 53) - 1;
-        for d in [
-            2u64,
-            3,
-            7,
-            1 << 11,
-            (1 << 11) + 1,
-            1 << 20,
-            (1 << 52) + 1,
-            1 << 53,
-        ] {
-            for n in [0, 1, d - 1, d, d + 1, top - 1, top]
-                .into_iter()
-                .filter(|&n| n <= top)
-            {
-                assert_eq!(super::FloorDiv::new(d).of(n), n / d, "{n} / {d}");
             }
         }
     }

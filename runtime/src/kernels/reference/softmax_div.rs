@@ -8,10 +8,11 @@
 /// f64, so `p = fl(n * fl(1 / d))` is within `(r + 1) 2^-52 < 1/2` of `n / d` and its truncation
 /// `q0` is the quotient or one of its neighbours; the remainder `n - q0 d` (exact in wrapping u64:
 /// its true value is below `2 d < 2^55` in magnitude) says which, and one comparison each way
-/// corrects it. The same integers as [`FloorDiv`]. (Within these bounds only the upward correction
-/// acts, where `n / d` is an integer and `p` rounds below it: `n / d` just below an integer `k` is
-/// at least `1 / d >= (2 k - 1) / 2^46` from it, since `r e <= 2^44`, and `p`'s error is below
-/// `k 2^-51`. The downward one is kept so that the rule does not rest on that argument.)
+/// corrects it: the exact floor, one division per row. (Within these bounds only the upward
+/// correction acts, where `n / d` is an integer and `p` rounds below it: `n / d` just below an
+/// integer `k` is at least `1 / d >= (2 k - 1) / 2^46` from it, since `r e <= 2^44`, and `p`'s
+/// error is below `k 2^-51`. The downward one is kept so that the rule does not rest on that
+/// argument.)
 pub(super) struct RowQuot {
     r2: u32,
     sum: u64,
@@ -41,34 +42,6 @@ impl RowQuot {
         let rem = n.wrapping_sub(q0.wrapping_mul(self.d)) as i64;
         q0.wrapping_add((rem >= self.d as i64) as u64)
             .wrapping_sub((rem < 0) as u64)
-    }
-}
-
-/// `floor(n / d)` for `n < 2^53` and `2 <= d <= 2^53` (the bounds of
-/// [`super::softmax::softmax_any`]: `n = 2 r e + sum`, `d = 2 sum`) by one multiplication and a
-/// shift (Granlund and Montgomery, "Division by invariant integers using multiplication", theorem
-/// 4.2): with `l >= log2 d` and `m = ceil(2^(53 + l) / d)`,
-/// `m d - 2^(53 + l) < d <= 2^l`, so `floor(n m / 2^(53 + l)) = floor(n / d)` for every `n < 2^53`.
-/// Here `l = max(ceil(log2 d), 11)`: the shift is 64 or more, so the quotient is the high half of
-/// the 128-bit product shifted, and `m` fits 64 bits (`ceil(2^64 / d) <= 2^63` for `d >= 2`, else
-/// below 2^54). One division per row, none per element.
-pub(super) struct FloorDiv {
-    m: u64,
-    s: u32,
-}
-
-impl FloorDiv {
-    pub(super) fn new(d: u64) -> Self {
-        let d = d.clamp(2, 1 << 53);
-        let l = (64 - (d - 1).leading_zeros()).max(11);
-        FloorDiv {
-            m: (1u128 << (53 + l)).div_ceil(d as u128) as u64,
-            s: l - 11,
-        }
-    }
-    #[inline(always)]
-    pub(super) fn of(&self, n: u64) -> u64 {
-        (((n as u128 * self.m as u128) >> 64) as u64) >> self.s
     }
 }
 
