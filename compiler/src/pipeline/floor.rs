@@ -27,20 +27,20 @@ pub(crate) struct Floored {
     pub keep8: Vec<TensorId>,
 }
 
-/// Measures `bytes` per step and, when some steps fall below the floor, rebuilds with floor
-/// buckets for them. `None` when every step is above it.
+/// Measures `bytes` per step on probes from `trajectories` float trajectories and, when some steps
+/// fall below the floor, rebuilds with floor buckets for them. `None` when every step is above it.
 pub(crate) fn apply(
     b: &Builder<'_>,
     float: &FloatModel,
     (unprotected, program): (&Program, &Program),
     chosen: &[TensorId],
     bytes: &[u8],
-    evals: &protect::Evals,
+    (evals, trajectories): (&protect::Evals, usize),
 ) -> Result<Option<Floored>> {
     let opts = b.opts;
     let m = dmq_runtime::Model::load(bytes).map_err(|e| anyhow::anyhow!("internal error: {e}"))?;
     let probe_opts = CompileOptions {
-        eval_samples: 2,
+        eval_samples: trajectories,
         progress: false,
         ..opts.clone()
     };
@@ -62,7 +62,7 @@ pub(crate) fn apply(
         .map(|(q, _)| (q.t, q.min_db))
         .collect();
     let mut inputs = vec![];
-    for seed in 0..2 {
+    for seed in 0..trajectories as u64 {
         let traj = eval::float_trajectory_inputs(float, &m, opts, 3_000_000 + seed)?;
         inputs.extend(
             traj.into_iter()

@@ -1,5 +1,6 @@
 //! The compile pipeline as stages: import → lower → calibrate → buckets → protection → quality floor
 //! → measurement → report. Each stage is a function of what the previous ones produced.
+mod budget;
 mod build;
 mod correct;
 mod floor;
@@ -13,6 +14,7 @@ use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect, Wei
 use crate::quant::hessian;
 use crate::{calib, eval, lower, protect};
 use anyhow::{anyhow, bail, Result};
+use budget::Budget;
 use build::{Bucket, Builder, Programs};
 use dmq_runtime::format::{Prediction, SamplerConfig, SamplerKindCfg, MAX_SCHEDULE};
 use dmq_runtime::{Model, SamplerKind};
@@ -117,7 +119,7 @@ fn compile_imported(
             (program0, &program),
             &chosen,
             &bytes,
-            &budget.floor,
+            (&budget.floor, budget.probe_trajectories),
         )? {
             (buckets, bytes, plan, floor_steps) = (f.buckets, f.bytes, f.plan, f.steps);
             floored = Some((f.program, f.keep8));
@@ -397,7 +399,7 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
              float evaluations)",
             b.max_evals,
             g(b.max_evals),
-            2 * steps * passes
+            b.probe_trajectories * steps * passes
         ));
         if opts.floor_db > 0.0 {
             then.push(
@@ -440,42 +442,6 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     )
 }
 
-/// Measurement scales with the model: each phase (sensitivity ranking, quality floor, final SQNR)
-/// gets `--search-budget` multiply-accumulates of runtime evaluations (60 G by default: seconds on
-/// a desktop core), at least 40 evaluations; the searches count what they spend.
-struct Budget {
-    max_evals: usize,
-    eval_samples: usize,
-    ranking: protect::Evals,
-    floor: protect::Evals,
-}
-
-impl Budget {
-    fn for_model(macs: u64, opts: &CompileOptions) -> Budget {
-        let max_evals = ((opts.search_budget_g * 1e9 / macs as f64) as usize).max(40);
-        let eval_samples = opts
-            .eval_samples
-            .min((max_evals / (2 * opts.steps as usize).max(1)).max(2));
-        Budget {
-            max_evals,
-            eval_samples,
-            ranking: protect::Evals::new(max_evals),
-            floor: protect::Evals::new(max_evals),
-        }
-    }
-
-    /// (phase, runtime evaluations made, budget, what it measured when capped) of the searches.
-    fn spent(&self) -> Vec<(String, usize, usize, Option<String>)> {
-        let e = |name: &str, e: &protect::Evals| {
-            (name.to_string(), e.used(), self.max_evals, e.capped())
-        };
-        vec![
-            e("sensitivity ranking", &self.ranking),
-            e("quality floor", &self.floor),
-        ]
-    }
-}
-
 /// The tensors that get int16 activations, and the sensitivity ranking when it was measured.
 fn protection(
     b: &Builder<'_>,
@@ -504,7 +470,7 @@ fn protection(
             picks.sort();
             picks.dedup();
             let mut inputs = vec![];
-            for seed in 0..2 {
+            for seed in 0..budget.probe_trajectories as u64 {
                 let traj = eval::float_trajectory_inputs(float, &m0, opts, 2_000_000 + seed)?;
                 inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
             }
