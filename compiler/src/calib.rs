@@ -276,18 +276,25 @@ pub fn refine(
     }
 }
 
-/// The smallest and largest finite values of `v` (`(inf, -inf)` when there is none): eight
-/// independent lanes with selects instead of branches, which the compiler vectorizes (calibration
-/// runs this over every observed tensor of every float evaluation).
+/// The smallest and largest finite values of `v` (`(inf, -inf)` when there is none): sixteen
+/// independent lanes with selects instead of branches, a non-finite value taking each side's
+/// neutral element, which the compiler vectorizes (calibration runs this over every observed
+/// tensor of every float evaluation; the former eight lanes with `finite && x < lo` stayed
+/// scalar and took 12% of an SD-sized calibration's `perf` samples).
 fn finite_min_max(v: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
-    let mut chunks = v.chunks_exact(8);
+    const L: usize = 16;
+    let (mut lo, mut hi) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L]);
+    let mut chunks = v.chunks_exact(L);
     for c in &mut chunks {
-        for k in 0..8 {
+        for k in 0..L {
             let x = c[k];
-            let ok = x.is_finite();
-            lo[k] = if ok && x < lo[k] { x } else { lo[k] };
-            hi[k] = if ok && x > hi[k] { x } else { hi[k] };
+            let finite = x.abs() < f32::INFINITY;
+            let (xl, xh) = match finite {
+                true => (x, x),
+                false => (f32::INFINITY, f32::NEG_INFINITY),
+            };
+            lo[k] = if xl < lo[k] { xl } else { lo[k] };
+            hi[k] = if xh > hi[k] { xh } else { hi[k] };
         }
     }
     let mut l = lo.iter().copied().fold(f32::INFINITY, f32::min);
