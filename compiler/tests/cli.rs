@@ -136,6 +136,9 @@ fn fast_compiles_state_their_smaller_costs() {
         "{out}"
     );
     assert!(searches[0][3].as_str().is_some(), "{json}");
+    // two trajectories of 10 steps fit the 40 evaluations: the probes come from two
+    assert_eq!(json["probe_trajectories"], 2, "{json}");
+    assert!(!out.contains("PROBES CAPPED"), "{out}");
     assert!(
         !json["sensitivity"].as_array().unwrap().is_empty(),
         "{json}"
@@ -153,6 +156,14 @@ fn fast_compiles_state_their_smaller_costs() {
     assert!(!err.contains("output correction"), "{err}");
     let why = "correction    none: one trajectory of runtime evaluations is over --search-budget";
     assert!(out.contains(why), "{out}");
+    // and two trajectories of 50 steps are over it too: the probes and the measurement come from
+    // one, stated before the compile (50 float evaluations of probes) and in the summary
+    assert!(err.contains("the measurement (50 inputs"), "{err}");
+    assert!(
+        out.contains("PROBES CAPPED: the ranking's and the floor's probes and the measurement")
+            && out.contains("over 1 float-trajectory inputs per timestep"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ pub(crate) struct Budget {
     pub eval_samples: usize,
     /// float trajectories the searches draw their probes from (the ranking's, the floor's): two,
     /// or one when the budget cannot run two through every step (an SD-sized model over 50 steps:
-    /// each trajectory costs as many float evaluations as the whole runtime budget)
+    /// one trajectory is 50 float evaluations, the whole budget 40 runtime ones)
     pub probe_trajectories: usize,
     pub ranking: protect::Evals,
     pub floor: protect::Evals,
@@ -31,6 +31,14 @@ impl Budget {
             probe_trajectories,
             ranking: protect::Evals::new(max_evals),
             floor: protect::Evals::new(max_evals),
+        }
+    }
+
+    /// `opts` with the measurement's trajectories within the budget.
+    pub fn options(&self, opts: &CompileOptions) -> CompileOptions {
+        CompileOptions {
+            eval_samples: self.eval_samples,
+            ..opts.clone()
         }
     }
 
@@ -60,7 +68,7 @@ mod tests {
 
     #[test]
     fn probes_come_from_one_trajectory_only_when_two_exceed_the_budget() {
-        // 60 G MACs by default: a 33 M-MAC model runs 1800 evaluations, two 50-step trajectories
+        // 60 G MACs by default: a 33 M-MAC model runs 1818 evaluations, two 50-step trajectories
         // fit and the measurement takes as many as it asks for
         let small = Budget::for_model(33_000_000, &opts(50));
         assert_eq!(

@@ -95,10 +95,7 @@ fn compile_imported(
     clock.mark("baseline build"); // one min-max range for all steps, every activation int8
     let macs = macs_per_eval(&Model::load(&unprotected).map_err(internal)?).max(1);
     let budget = Budget::for_model(macs, opts);
-    let opts = &CompileOptions {
-        eval_samples: budget.eval_samples,
-        ..opts.clone()
-    };
+    let opts = &budget.options(opts);
     let builder = Builder { opts, ..builder };
     let mut buckets = builder.buckets();
     // int16 protection of the most sensitive tensors, measured through the runtime
@@ -176,6 +173,7 @@ fn compile_imported(
         sqnr_worst_db: sqnr.iter().map(|q| q.sqnr_db).fold(f64::INFINITY, f64::min),
         sqnr_per_timestep: sqnr,
         eval_samples: opts.eval_samples,
+        probe_trajectories: budget.probe_trajectories,
         macs_per_eval: macs,
         baseline_bytes: baseline.map(|b| b.len()),
         protected: chosen.iter().map(|&t| program.t(t).name.clone()).collect(),

@@ -63,6 +63,9 @@ pub struct Report {
     pub sqnr_per_timestep: Vec<TimestepQuality>,
     /// float trajectories measured per timestep (fewer than asked for on large models)
     pub eval_samples: usize,
+    /// float trajectories the ranking's and the floor's probes came from: 2, or 1 when two
+    /// trajectories' steps were over the search budget (see `pipeline::budget`)
+    pub probe_trajectories: usize,
     /// multiply-accumulates of one evaluation
     pub macs_per_eval: u64,
     pub sqnr_mean_db: f64,
@@ -299,10 +302,14 @@ fn searches_line(r: &Report) -> String {
             None => format!("{name} {used} of {max}"),
         })
         .collect();
-    format!(
+    let mut line = format!(
         "  searches      runtime evaluations: {}\n",
         searches.join(", ")
-    )
+    );
+    if r.probe_trajectories < 2 {
+        line += "  PROBES CAPPED: the ranking's and the floor's probes and the measurement come from one float\n                trajectory each (two trajectories' steps are over --search-budget)\n";
+    }
+    line
 }
 
 /// The summary's line on the output's correlated-error correction.
