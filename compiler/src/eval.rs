@@ -61,13 +61,44 @@ pub struct Trajectories {
     values: usize,
 }
 
-/// A session over `arena` with the probe's extra inputs set.
+/// Threads of the compile's runtime evaluations (see [`runtime_threads_for`]); 1 until a compile
+/// sets it.
+static RUNTIME_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Evaluations of a model this large (multiply-accumulates per evaluation) run on every core.
+pub const THREADED_MACS: u64 = 1_000_000_000;
+
+/// The threads a compile's runtime evaluations of a model with `macs` multiply-accumulates take: all
+/// `cores` from [`THREADED_MACS`] on (an SD-sized UNet's int16 evaluation: 7.8 s on one thread,
+/// 4.1 s on two), one below it, where an evaluation takes milliseconds and the tests of a suite
+/// share the cores. The output is the same bits for any count (the runtime's guarantee).
+pub fn runtime_threads_for(macs: u64, cores: usize) -> usize {
+    if macs >= THREADED_MACS {
+        cores.max(1)
+    } else {
+        1
+    }
+}
+
+/// Sets the threads of the runtime evaluations that follow (every [`session_for`]).
+pub fn set_runtime_threads(threads: usize) {
+    RUNTIME_THREADS.store(threads.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The threads [`session_for`] gives its sessions.
+pub fn runtime_threads() -> usize {
+    RUNTIME_THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A session over `arena` with the probe's extra inputs set, on [`runtime_threads`] threads.
 pub fn session_for<'m, 'a, 'r>(
     model: &'m Model<'a>,
     arena: &'r mut [u8],
     extras: &'r [Vec<f32>],
 ) -> Result<Session<'m, 'a, 'r>> {
-    let mut sess = Session::new(model, arena).map_err(|e| anyhow!("{e}"))?;
+    let mut sess = Session::new(model, arena)
+        .map_err(|e| anyhow!("{e}"))?
+        .with_threads(runtime_threads());
     for (e, v) in model.meta().extra_inputs.iter().zip(extras) {
         sess.set_input(e.name.as_str(), v)
             .map_err(|err| anyhow!("input {:?}: {err}", e.name.as_str()))?;
@@ -337,5 +368,21 @@ pub fn scalar_exec() -> dmq_runtime::kernels::Exec {
     dmq_runtime::kernels::Exec {
         tier: dmq_runtime::kernels::Tier::Scalar,
         threads: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_large_models_runtime_evaluations_take_every_core() {
+        // the bundled model and every trained fixture: tens to hundreds of M MACs
+        assert_eq!(runtime_threads_for(33_300_000, 2), 1);
+        assert_eq!(runtime_threads_for(THREADED_MACS - 1, 8), 1);
+        // the 128x128 UNet (9.8 G) and an SD-sized one (402 G)
+        assert_eq!(runtime_threads_for(9_800_000_000, 2), 2);
+        assert_eq!(runtime_threads_for(401_609_000_000, 4), 4);
+        assert_eq!(runtime_threads_for(401_609_000_000, 0), 1);
     }
 }

@@ -138,6 +138,8 @@ fn fast_compiles_state_their_smaller_costs() {
     assert!(searches[0][3].as_str().is_some(), "{json}");
     // two trajectories of 10 steps fit the 40 evaluations: the probes come from two
     assert_eq!(json["probe_trajectories"], 2, "{json}");
+    // a small model's runtime evaluations stay on one thread (see eval::runtime_threads_for)
+    assert_eq!(json["runtime_threads"], 1, "{json}");
     assert!(!out.contains("PROBES CAPPED"), "{out}");
     assert!(
         !json["sensitivity"].as_array().unwrap().is_empty(),

@@ -174,6 +174,7 @@ fn compile_imported(
         sqnr_per_timestep: sqnr,
         eval_samples: opts.eval_samples,
         probe_trajectories: budget.probe_trajectories,
+        runtime_threads: crate::eval::runtime_threads(),
         macs_per_eval: macs,
         baseline_bytes: baseline.map(|b| b.len()),
         protected: chosen.iter().map(|&t| program.t(t).name.clone()).collect(),
@@ -335,9 +336,12 @@ fn settle(
     let (opts, calib_asked) = calibration_budget(program, &opts);
     // a large model's float evaluations outside calibration's threads (which set their own share)
     // run tract's products on every core; on a small one the hand-offs cost more than they save
-    if lower::product_macs(program) >= 1_000_000_000 {
+    let macs = lower::product_macs(program);
+    if macs >= crate::eval::THREADED_MACS {
         import::set_tract_threads(import::cores());
     }
+    // and the runtime's evaluations (the searches and the measurement) likewise
+    crate::eval::set_runtime_threads(crate::eval::runtime_threads_for(macs, import::cores()));
     if opts.progress {
         eprintln!("{}", plan(program, &opts, calib_asked));
     }
@@ -432,9 +436,13 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
         ),
         None => String::new(),
     };
+    let threads = match crate::eval::runtime_threads() {
+        1 => String::new(),
+        t => format!(" (runtime evaluations on {t} threads)"),
+    };
     format!(
         "dmqc: {:.3} G multiply-accumulates per evaluation. Calibration: {evals} float evaluations \
-         ({:.1} G MACs{capped}){drift}; then {then}",
+         ({:.1} G MACs{capped}){drift}; then {then}{threads}",
         macs as f64 / 1e9,
         g(evals),
     )

@@ -66,6 +66,9 @@ pub struct Report {
     /// float trajectories the ranking's and the floor's probes came from: 2, or 1 when two
     /// trajectories' steps were over the search budget (see `pipeline::budget`)
     pub probe_trajectories: usize,
+    /// threads of the compile's runtime evaluations (every core from 1 G MACs per evaluation on;
+    /// see `eval::runtime_threads_for`); the output is the same bits for any count
+    pub runtime_threads: usize,
     /// multiply-accumulates of one evaluation
     pub macs_per_eval: u64,
     pub sqnr_mean_db: f64,
@@ -433,7 +436,14 @@ pub fn summary(r: &Report) -> String {
         .iter()
         .map(|(name, secs)| format!("{name} {secs:.1} s"))
         .collect();
-    s += &format!("  time          {total:.1} s: {}\n", phases.join(", "));
+    let threads = match r.runtime_threads {
+        1 => String::new(),
+        t => format!(" (runtime evaluations on {t} threads)"),
+    };
+    s += &format!(
+        "  time          {total:.1} s{threads}: {}\n",
+        phases.join(", ")
+    );
     s += &searches_line(r);
     s += &correction_line(&r.output_correction);
     if let Some(g) = r.guidance {
