@@ -378,6 +378,20 @@ pub struct Run<'a> {
     pub kind: SamplerKind,
     pub steps: u32,
     pub opts: &'a crate::CompileOptions,
+    /// forward-process probes per probed step (see [`probes_per_step`])
+    pub probes: usize,
+}
+
+/// Forward-process probes per probed step for `trajectories` calibration trajectories: a quarter as
+/// many, at least 2; only 1 when `--calib-budget` capped the trajectories, since the probes are
+/// float evaluations of the same budget (an SD-sized UNet at 50 steps, whose one trajectory fills
+/// it: 44 drifted steps' probes took 88 evaluations of 8 s, 1.8 times the trajectory itself).
+pub fn probes_per_step(trajectories: usize, capped: bool) -> usize {
+    if capped {
+        1
+    } else {
+        (trajectories / 4).max(2)
+    }
 }
 
 /// Model evaluations one sampler trajectory makes (the sampler run on a zero model).
@@ -630,9 +644,8 @@ pub fn calibrate(
     }
     // with guidance the probes go through both passes too (values of the first trajectory)
     let (cond, un) = (extras(seed0)?, un_for(seed0)?);
-    let count = (trajectories / 4).max(2);
     let (probed_steps, drifted_steps) =
-        rec.probes(float, run, (count, seed0, merge_probes), (&cond, &un))?;
+        rec.probes(float, run, (run.probes, seed0, merge_probes), (&cond, &un))?;
     Ok(Calibration {
         per_step: rec.per_step,
         samples: rec.samples,
@@ -658,7 +671,16 @@ pub fn calibrate(
 
 #[cfg(test)]
 mod tests {
-    use super::finite_min_max;
+    use super::{finite_min_max, probes_per_step};
+
+    #[test]
+    fn a_capped_calibration_takes_one_probe_per_step() {
+        assert_eq!(probes_per_step(16, false), 4);
+        assert_eq!(probes_per_step(4, false), 2);
+        assert_eq!(probes_per_step(1, false), 2);
+        assert_eq!(probes_per_step(1, true), 1);
+        assert_eq!(probes_per_step(3, true), 1);
+    }
 
     #[test]
     fn finite_min_max_equals_the_plain_fold_and_skips_non_finite_values() {

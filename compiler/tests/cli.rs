@@ -89,6 +89,23 @@ fn fast_compiles_state_their_smaller_costs() {
         out.contains("CALIBRATION CAPPED: 1 of the 4 trajectories asked for"),
         "{out}"
     );
+    // and a capped sigma-conditioned calibration takes 1 forward-process probe per step, not 2
+    let (ok, out, err) = run(compile(fixture("tiny_unet.onnx"), &d.join("c.dmq")).args([
+        "--steps",
+        "5",
+        "--fast",
+        "--sampler",
+        "euler",
+        "--calib-budget",
+        "0.000001",
+    ]));
+    assert!(ok, "{err}");
+    assert!(err.contains("Calibration: 10 float evaluations"), "{err}");
+    assert!(
+        out.contains("5 steps × 1 trajectories = 10 float evaluations")
+            && out.contains("and 1 forward-process\n                probe per probed step"),
+        "{out}"
+    );
     let (ok, _, err) =
         run(compile(fixture("tiny_unet.onnx"), &d.join("z.dmq")).args(["--calib-budget", "0"]));
     assert!(!ok && err.contains("not a positive number"), "{err}");

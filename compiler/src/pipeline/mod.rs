@@ -85,7 +85,7 @@ fn compile_imported(
     let float = FloatModel::new(&imp)?;
     check_extra_names(&float, opts)?;
     let mut clock = Phases::start();
-    let mut cal = calibrate(&float, &lowered.stat_nodes, opts)?;
+    let mut cal = calibrate(&float, &lowered.stat_nodes, opts, calib_asked.is_some())?;
     let calib_seconds = clock.mark("calibration");
     weight_statistics(&float, opts, &lowered.program, &mut cal, &mut clock)?;
     let program0 = &lowered.program;
@@ -292,10 +292,12 @@ fn check_extra_names(float: &FloatModel, opts: &CompileOptions) -> Result<()> {
 }
 
 /// The float model inside the deployed sampler, observed at every step, with a progress bar.
+/// `capped`: `--calib-budget` ran fewer trajectories than asked for (and so fewer probes).
 fn calibrate(
     float: &FloatModel,
     stat_nodes: &[usize],
     opts: &CompileOptions,
+    capped: bool,
 ) -> Result<calib::Calibration> {
     let cfg = sampler_config(opts);
     let pb = progress_bar(
@@ -308,6 +310,7 @@ fn calibrate(
         kind: opts.sampler,
         steps: opts.steps,
         opts,
+        probes: calib::probes_per_step(opts.calib_samples, capped),
     };
     let cal = calib::calibrate(
         float,
@@ -373,7 +376,8 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     let passes = if opts.guidance.is_some() { 2 } else { 1 };
     // forward-process probes (see `calib`): merged at every step of a sigma-conditioned sampler,
     // run where trajectories drift with `--calib-source forward` (not known before)
-    let probes = (opts.calib_samples / 4).max(2) * opts.steps as usize * passes;
+    let per_step = calib::probes_per_step(opts.calib_samples, calib_asked.is_some());
+    let probes = per_step * opts.steps as usize * passes;
     let sigma = opts.sampler.sigma_conditioned();
     let evals = opts.calib_samples * opts.steps as usize * passes + if sigma { probes } else { 0 };
     let drift = match opts.calib_source {

@@ -425,8 +425,9 @@ pub fn summary(r: &Report) -> String {
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
     if let Some(asked) = r.calib_trajectories_asked {
+        // and the forward-process probes with them (calib::probes_per_step)
         s += &format!(
-            "  CALIBRATION CAPPED: {} of the {asked} trajectories asked for fit --calib-budget; raise it for more\n",
+            "  CALIBRATION CAPPED: {} of the {asked} trajectories asked for fit --calib-budget, and 1 forward-process\n                probe per probed step; raise it for more\n",
             r.calib_trajectories
         );
     }
