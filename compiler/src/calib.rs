@@ -378,20 +378,8 @@ pub struct Run<'a> {
     pub kind: SamplerKind,
     pub steps: u32,
     pub opts: &'a crate::CompileOptions,
-    /// forward-process probes per probed step (see [`probes_per_step`])
+    /// forward-process probes per probed step (see `pipeline::budget::probes_per_step`)
     pub probes: usize,
-}
-
-/// Forward-process probes per probed step for `trajectories` calibration trajectories: a quarter as
-/// many, at least 2; only 1 when `--calib-budget` capped the trajectories, since the probes are
-/// float evaluations of the same budget (an SD-sized UNet at 50 steps, whose one trajectory fills
-/// it: 44 drifted steps' probes took 88 evaluations of 8 s, 1.8 times the trajectory itself).
-pub fn probes_per_step(trajectories: usize, capped: bool) -> usize {
-    if capped {
-        1
-    } else {
-        (trajectories / 4).max(2)
-    }
 }
 
 /// Model evaluations one sampler trajectory makes (the sampler run on a zero model).
@@ -671,16 +659,7 @@ pub fn calibrate(
 
 #[cfg(test)]
 mod tests {
-    use super::{finite_min_max, probes_per_step};
-
-    #[test]
-    fn a_capped_calibration_takes_one_probe_per_step() {
-        assert_eq!(probes_per_step(16, false), 4);
-        assert_eq!(probes_per_step(4, false), 2);
-        assert_eq!(probes_per_step(1, false), 2);
-        assert_eq!(probes_per_step(1, true), 1);
-        assert_eq!(probes_per_step(3, true), 1);
-    }
+    use super::finite_min_max;
 
     #[test]
     fn finite_min_max_equals_the_plain_fold_and_skips_non_finite_values() {

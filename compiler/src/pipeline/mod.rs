@@ -310,7 +310,7 @@ fn calibrate(
         kind: opts.sampler,
         steps: opts.steps,
         opts,
-        probes: calib::probes_per_step(opts.calib_samples, capped),
+        probes: budget::probes_per_step(opts.calib_samples, capped),
     };
     let cal = calib::calibrate(
         float,
@@ -376,7 +376,7 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     let passes = if opts.guidance.is_some() { 2 } else { 1 };
     // forward-process probes (see `calib`): merged at every step of a sigma-conditioned sampler,
     // run where trajectories drift with `--calib-source forward` (not known before)
-    let per_step = calib::probes_per_step(opts.calib_samples, calib_asked.is_some());
+    let per_step = budget::probes_per_step(opts.calib_samples, calib_asked.is_some());
     let probes = per_step * opts.steps as usize * passes;
     let sigma = opts.sampler.sigma_conditioned();
     let evals = opts.calib_samples * opts.steps as usize * passes + if sigma { probes } else { 0 };

@@ -296,6 +296,24 @@ fn quality_notes(r: &Report) -> String {
 
 /// The summary table printed after compile.
 /// The summary's line on what each runtime search spent of its budget.
+/// Where the compile's time went, phase by phase.
+fn time_line(r: &Report) -> String {
+    let total: f64 = r.phase_seconds.iter().map(|p| p.1).sum();
+    let phases: Vec<String> = r
+        .phase_seconds
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.1} s"))
+        .collect();
+    let threads = match r.runtime_threads {
+        1 => String::new(),
+        t => format!(" (runtime evaluations on {t} threads)"),
+    };
+    format!(
+        "  time          {total:.1} s{threads}: {}\n",
+        phases.join(", ")
+    )
+}
+
 fn searches_line(r: &Report) -> String {
     let searches: Vec<String> = r
         .runtime_evals
@@ -425,26 +443,13 @@ pub fn summary(r: &Report) -> String {
         r.sampler, r.steps, r.calib_trajectories, r.calib_evaluations, r.calib_seconds
     );
     if let Some(asked) = r.calib_trajectories_asked {
-        // and the forward-process probes with them (calib::probes_per_step)
+        // and the forward-process probes with them (budget::probes_per_step)
         s += &format!(
             "  CALIBRATION CAPPED: {} of the {asked} trajectories asked for fit --calib-budget, and 1 forward-process\n                probe per probed step; raise it for more\n",
             r.calib_trajectories
         );
     }
-    let total: f64 = r.phase_seconds.iter().map(|p| p.1).sum();
-    let phases: Vec<String> = r
-        .phase_seconds
-        .iter()
-        .map(|(name, secs)| format!("{name} {secs:.1} s"))
-        .collect();
-    let threads = match r.runtime_threads {
-        1 => String::new(),
-        t => format!(" (runtime evaluations on {t} threads)"),
-    };
-    s += &format!(
-        "  time          {total:.1} s{threads}: {}\n",
-        phases.join(", ")
-    );
+    s += &time_line(r);
     s += &searches_line(r);
     s += &correction_line(&r.output_correction);
     if let Some(g) = r.guidance {
