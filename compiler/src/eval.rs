@@ -65,7 +65,8 @@ pub struct Trajectories {
 /// sets it.
 static RUNTIME_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
-/// Evaluations of a model this large (multiply-accumulates per evaluation) run on every core.
+/// Evaluations of a model this large (multiply-accumulates per evaluation) run on every core, the
+/// float model's (tract) and the runtime's.
 pub const THREADED_MACS: u64 = 1_000_000_000;
 
 /// The threads a compile's runtime evaluations of a model with `macs` multiply-accumulates take: all
@@ -88,6 +89,14 @@ pub fn set_runtime_threads(threads: usize) {
 /// The threads [`session_for`] gives its sessions.
 pub fn runtime_threads() -> usize {
     RUNTIME_THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What the plan and the summary say of `threads` runtime threads (nothing for one).
+pub fn threads_note(threads: usize) -> String {
+    match threads {
+        1 => String::new(),
+        t => format!(" (runtime evaluations on {t} threads)"),
+    }
 }
 
 /// A session over `arena` with the probe's extra inputs set, on [`runtime_threads`] threads.

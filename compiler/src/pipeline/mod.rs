@@ -339,12 +339,12 @@ fn settle(
     let (opts, calib_asked) = calibration_budget(program, &opts);
     // a large model's float evaluations outside calibration's threads (which set their own share)
     // run tract's products on every core; on a small one the hand-offs cost more than they save
-    let macs = lower::product_macs(program);
-    if macs >= crate::eval::THREADED_MACS {
-        import::set_tract_threads(import::cores());
+    // and so do the runtime's evaluations (the searches and the measurement)
+    let threads = crate::eval::runtime_threads_for(lower::product_macs(program), import::cores());
+    if threads > 1 {
+        import::set_tract_threads(threads);
     }
-    // and the runtime's evaluations (the searches and the measurement) likewise
-    crate::eval::set_runtime_threads(crate::eval::runtime_threads_for(macs, import::cores()));
+    crate::eval::set_runtime_threads(threads);
     if opts.progress {
         eprintln!("{}", plan(program, &opts, calib_asked));
     }
@@ -440,10 +440,7 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
         ),
         None => String::new(),
     };
-    let threads = match crate::eval::runtime_threads() {
-        1 => String::new(),
-        t => format!(" (runtime evaluations on {t} threads)"),
-    };
+    let threads = crate::eval::threads_note(crate::eval::runtime_threads());
     format!(
         "dmqc: {:.3} G multiply-accumulates per evaluation. Calibration: {evals} float evaluations \
          ({:.1} G MACs{capped}){drift}; then {then}{threads}",

@@ -294,8 +294,6 @@ fn quality_notes(r: &Report) -> String {
     s
 }
 
-/// The summary table printed after compile.
-/// The summary's line on what each runtime search spent of its budget.
 /// Where the compile's time went, phase by phase.
 fn time_line(r: &Report) -> String {
     let total: f64 = r.phase_seconds.iter().map(|p| p.1).sum();
@@ -304,16 +302,14 @@ fn time_line(r: &Report) -> String {
         .iter()
         .map(|(name, secs)| format!("{name} {secs:.1} s"))
         .collect();
-    let threads = match r.runtime_threads {
-        1 => String::new(),
-        t => format!(" (runtime evaluations on {t} threads)"),
-    };
     format!(
-        "  time          {total:.1} s{threads}: {}\n",
+        "  time          {total:.1} s{}: {}\n",
+        crate::eval::threads_note(r.runtime_threads),
         phases.join(", ")
     )
 }
 
+/// The summary's line on what each runtime search spent of its budget.
 fn searches_line(r: &Report) -> String {
     let searches: Vec<String> = r
         .runtime_evals
@@ -376,6 +372,7 @@ fn weights_line(r: &Report) -> String {
     s
 }
 
+/// The summary table printed after compile.
 pub fn summary(r: &Report) -> String {
     let mut s = String::new();
     s += &format!("dmqc: {}\n", r.model);
