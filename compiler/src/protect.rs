@@ -333,6 +333,21 @@ fn within((all, wide): (usize, usize), extra: usize, budget: f64) -> bool {
     (wide + 2 * extra) as f64 <= budget * (all + extra) as f64 + 0.5
 }
 
+/// The roots of `roots`, in their order, that `p` can make int16 with the int16 share of its
+/// activation bytes staying within `a16_budget` (each taken if it still fits after the ones before).
+pub fn fitting(p: &Program, roots: &[TensorId], a16_budget: f64) -> Vec<TensorId> {
+    let mut q = p.clone();
+    let mut out = vec![];
+    for &r in roots {
+        let n = written(&q, r);
+        if n > 0 && within(act_bytes(&q), n, a16_budget) {
+            apply(&mut q, &[r]);
+            out.push(r);
+        }
+    }
+    out
+}
+
 /// Int16 activations for the quality floor, tensor by tensor under a byte budget: each round adds
 /// the candidate whose int16 codes lower the output error on `inputs` (the weak steps) the most per
 /// extra activation byte, among those that keep the int16 share within `a16_budget`, until the
