@@ -166,9 +166,9 @@ fn within_budget(
     Ok((floor_program, keep8))
 }
 
-/// Buckets that are intervals of t: runs of weak steps neighbouring in t become floor buckets and
-/// the strong steps share the remaining buckets (the file keeps `timestep_groups` streams where it
-/// can). When there are more runs than buckets, the weak run least below the floor rejoins the
+/// Buckets that are intervals of t: runs of weak steps neighbouring in t become floor buckets, runs
+/// of strong steps main buckets, and buckets left over split the longest runs by their ranges (the
+/// file keeps `timestep_groups` streams where it can). When there are more runs than buckets, the weak run least below the floor rejoins the
 /// others. Returns the buckets and which steps are still weak.
 fn floor_buckets(
     b: &Builder<'_>,
@@ -193,23 +193,20 @@ fn floor_buckets(
             _ => break runs,
         }
     };
-    let strong: Vec<&Vec<usize>> = runs.iter().filter(|r| !weak[r[0]]).collect();
-    let mut split: Vec<(Vec<usize>, Option<f32>)> = runs
-        .iter()
-        .filter(|r| weak[r[0]])
-        .map(|r| (r.clone(), None))
-        .collect();
-    // the remaining buckets go to the strong runs, one each and the rest to the longest
-    let mut share = vec![1usize; strong.len()];
-    for _ in 0..groups.saturating_sub(split.len() + strong.len()) {
-        if let Some(k) = (0..strong.len())
-            .filter(|&k| share[k] < strong[k].len())
-            .max_by_key(|&k| strong[k].len() / share[k])
+    // every run gets a bucket and the remaining ones go to the longest runs, weak or strong: a run
+    // of weak steps is split by its ranges as a strong one is (one int16 range for all steps of a
+    // model whose output scale follows 1/σ lost 10 bits at its large σ)
+    let mut share = vec![1usize; runs.len()];
+    for _ in 0..groups.saturating_sub(runs.len()) {
+        if let Some(k) = (0..runs.len())
+            .filter(|&k| share[k] < runs[k].len())
+            .max_by_key(|&k| runs[k].len() / share[k])
         {
             share[k] += 1;
         }
     }
-    for (run, g) in strong.iter().zip(share) {
+    let mut split: Vec<(Vec<usize>, Option<f32>)> = Vec::new();
+    for (run, g) in runs.iter().zip(share) {
         let sub_ranges: Vec<_> = run.iter().map(|&i| cal.per_step[i].clone()).collect();
         let sub_t: Vec<f32> = run.iter().map(|&i| cal.timesteps[i]).collect();
         for (steps, _) in calib::buckets_by_ranges(&sub_ranges, &sub_t, g) {
