@@ -1,7 +1,8 @@
 //! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
 //! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
 //! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]) and GroupNorm's exact
-//! sums and affine rule on int8 ([`moments8`], [`gn_affine8`]). Each computes the same integers as
+//! sums and affine rule on int8 and int16 ([`moments8`], [`gn_affine8`], [`moments16`],
+//! [`gn_affine16`]). Each computes the same integers as
 //! the scalar code it stands in for; the selftest and unit tests compare them.
 use core::arch::x86_64::*;
 
@@ -309,6 +310,94 @@ pub unsafe fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
         ));
     }
     (n, sum, sumsq)
+}
+
+/// [`gn_affine8`]'s lanes for 16 int16 codes `v` (sign-extended to i32): the low 32 bits of
+/// `(d * a32 + bm) >> 16`, logical, `d = v - zx`, before the clamp.
+///
+/// # Safety
+/// AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn affine_lanes(v: __m512i, z: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let d = _mm512_sub_epi32(v, z);
+    let even = _mm512_add_epi64(_mm512_mul_epi32(d, a), b);
+    let odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(d), a), b);
+    _mm512_mask_blend_epi32(
+        0xaaaa,
+        _mm512_srli_epi64::<16>(even),
+        _mm512_slli_epi64::<16>(odd),
+    )
+}
+
+/// GroupNorm's affine rule ([`gn_affine8`]'s) for int16 codes to int16 codes (`O16`) or to int8
+/// codes, 16 per step; the saturating narrowing is the clamp. Returns how many values it wrote.
+///
+/// # Safety
+/// AVX-512 F and BW; `out` holds `out_len` codes of 2 bytes (`O16`) or 1 byte.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn gn_affine16<const O16: bool>(
+    x: &[i16],
+    out: *mut u8,
+    out_len: usize,
+    zx: i32,
+    a32: i32,
+    bm: i64,
+) -> usize {
+    let n = x.len().min(out_len) / 16 * 16;
+    let (z, a, b) = (
+        _mm512_set1_epi32(zx),
+        _mm512_set1_epi64(a32 as i64),
+        _mm512_set1_epi64(bm),
+    );
+    for i in (0..n).step_by(16) {
+        // SAFETY: 16 codes read and written below `n`
+        unsafe {
+            let v = _mm512_cvtepi16_epi32(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i));
+            let r = affine_lanes(v, z, a, b);
+            if O16 {
+                let o = out.add(2 * i) as *mut __m256i;
+                _mm256_storeu_si256(o, _mm512_cvtsepi32_epi16(r));
+            } else {
+                let o = out.add(i) as *mut __m128i;
+                _mm_storeu_si128(o, _mm512_cvtsepi32_epi8(r));
+            }
+        }
+    }
+    n
+}
+
+/// GroupNorm's exact sums of int16 codes (`sum(d)`, `sum(d^2)`, `d = x - zx`, |d| < 2^17), 16 per
+/// step: `d` in i32 lanes (4096 steps add at most 2^29 to a lane), `d^2` by `vpmuldq` on the even
+/// and the odd lanes into i64 lanes. Returns how many values it summed and the two sums.
+///
+/// # Safety
+/// AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn moments16(x: &[i16], zx: i32) -> (usize, i64, i64) {
+    let n = x.len() / 16 * 16;
+    let z = _mm512_set1_epi32(zx);
+    let (mut sum, mut q) = (0i64, _mm512_setzero_si512());
+    for c in (0..n).step_by(16 * 4096) {
+        let mut s = _mm512_setzero_si512();
+        for i in (c..n.min(c + 16 * 4096)).step_by(16) {
+            // SAFETY: 16 codes read below `n`
+            unsafe {
+                let v =
+                    _mm512_cvtepi16_epi32(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i));
+                let d = _mm512_sub_epi32(v, z);
+                let odd = _mm512_srli_epi64::<32>(d);
+                s = _mm512_add_epi32(s, d);
+                q = _mm512_add_epi64(q, _mm512_mul_epi32(d, d));
+                q = _mm512_add_epi64(q, _mm512_mul_epi32(odd, odd));
+            }
+        }
+        sum += _mm512_reduce_add_epi64(_mm512_add_epi64(
+            _mm512_cvtepi32_epi64(_mm512_castsi512_si256(s)),
+            _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(s)),
+        ));
+    }
+    // an i64 lane adds at most 2^35 per step: exact for any slice that fits in memory
+    (n, sum, _mm512_reduce_add_epi64(q))
 }
 
 /// A 16 x 64 byte transpose for staging int8 codes: 16 channels (`src + c * ch_stride`, 64
