@@ -156,28 +156,6 @@ fn finals_line(psnr: &[f64]) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn identical_seeds_stay_out_of_the_mean() {
-        let line = super::finals_line(&[200.0, 20.0, 200.0, 30.0, 40.0]);
-        assert!(
-            line.contains("over 5 seeds: mean 30.00 dB, median 30.00 dB, min 20.00 dB over the 3 that differ, 2 identical"),
-            "{line}"
-        );
-        let line = super::finals_line(&[36.5, 37.5]);
-        assert!(
-            line.contains("mean 37.00 dB") && !line.contains("identical"),
-            "{line}"
-        );
-        let line = super::finals_line(&[200.0]);
-        assert!(
-            line.ends_with("every sample identical after clamping to [-1, 1] (per seed: 200.0)"),
-            "{line}"
-        );
-    }
-}
-
 /// The PSNR of `model`'s final samples against the float model's, seeds `0..seeds`: each from the
 /// same noise with the model's default sampler and steps (the same sampler loop on both sides).
 fn final_psnr(
@@ -263,4 +241,26 @@ fn same_model(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn identical_seeds_stay_out_of_the_mean() {
+        let line = super::finals_line(&[200.0, 20.0, 200.0, 30.0, 40.0]);
+        assert!(
+            line.contains("over 5 seeds: mean 30.00 dB, median 30.00 dB, min 20.00 dB over the 3 that differ, 2 identical"),
+            "{line}"
+        );
+        let line = super::finals_line(&[36.5, 37.5]);
+        assert!(
+            line.contains("mean 37.00 dB") && !line.contains("identical"),
+            "{line}"
+        );
+        let line = super::finals_line(&[200.0]);
+        assert!(
+            line.ends_with("every sample identical after clamping to [-1, 1] (per seed: 200.0)"),
+            "{line}"
+        );
+    }
 }
