@@ -267,6 +267,39 @@ pub(crate) fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
     (n, sum, sumsq)
 }
 
+/// Exact `sum(x - zx)` and `sum((x - zx)^2)` of int16 codes over whole runs of 8 (`zx` in the
+/// int16 range, so each difference fits i32 and each square i64): `SSUBL`/`SSUBL2`, `ADD`,
+/// `SMLAL`/`SMLAL2` into i64 lanes. Returns how many values it did and the two sums.
+pub(crate) fn moments16(x: &[i16], zx: i32) -> (usize, i64, i64) {
+    let n = x.len() / 8 * 8;
+    let Ok(z16) = i16::try_from(zx) else {
+        return (0, 0, 0);
+    };
+    let mut sum = 0i64;
+    // SAFETY: NEON is baseline on aarch64; loads within the first `n` values
+    let sumsq = unsafe {
+        let (z, zq) = (vdup_n_s16(z16), vdupq_n_s16(z16));
+        let (mut q0, mut q1) = (vdupq_n_s64(0), vdupq_n_s64(0));
+        // at most 4096 runs per flush: a lane adds below 2^18 per run, so its sum stays below 2^30
+        for chunk in (0..n).step_by(8 * 4096) {
+            let end = (chunk + 8 * 4096).min(n);
+            let mut s = vdupq_n_s32(0);
+            for i in (chunk..end).step_by(8) {
+                let v = vld1q_s16(x.as_ptr().add(i));
+                let d0 = vsubl_s16(vget_low_s16(v), z);
+                let d1 = vsubl_high_s16(v, zq);
+                s = vaddq_s32(s, vaddq_s32(d0, d1));
+                q0 = vmlal_high_s32(vmlal_s32(q0, vget_low_s32(d0), vget_low_s32(d0)), d0, d0);
+                q1 = vmlal_high_s32(vmlal_s32(q1, vget_low_s32(d1), vget_low_s32(d1)), d1, d1);
+            }
+            sum += vaddlvq_s32(s);
+        }
+        // an i64 lane adds below 2^35 per run: exact for any slice that fits in memory
+        vaddvq_s64(vaddq_s64(q0, q1))
+    };
+    (n, sum, sumsq)
+}
+
 /// 4-bit weights to int8 on whole runs of 16 bytes (32 codes), as
 /// [`super::gemm::unpack4_scalar`]: the low nibble by `SHL` then `SSHR`, the high one by `SSHR`,
 /// stored interleaved by `ST2`. Returns how many bytes of `src` it did.

@@ -1,8 +1,7 @@
 //! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
 //! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
 //! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]) and GroupNorm's exact
-//! sums and affine rule on int8 and int16 ([`moments8`], [`gn_affine8`], [`moments16`],
-//! [`gn_affine16`]). Each computes the same integers as
+//! sums and affine rule on int8 and int16 codes ([`moments8`], [`moments16`], [`gn_affine`]). Each computes the same integers as
 //! the scalar code it stands in for; the selftest and unit tests compare them.
 use core::arch::x86_64::*;
 
@@ -233,47 +232,11 @@ pub unsafe fn binary8(x: Side<'_>, y: Side<'_>, out: &mut [i8], kind: u8, coef: 
     n
 }
 
-/// Whether a std build runs on a CPU with AVX-512 F and BW (for [`gn_affine8`] and [`moments8`]).
+/// Whether a std build runs on a CPU with AVX-512 F and BW (for [`gn_affine`] and the moments).
 #[cfg(feature = "std")]
 pub fn has_bw() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
-}
-
-/// GroupNorm's affine rule (`super::reference::norm::gn_affine_i32`: the low 32 bits of `(d * a32 +
-/// bm) >> 16`, logical, clamped to int8) for int8 codes to int8 codes, 16 per step: `vpmuldq` on
-/// the even and the odd lanes, each result's bits 16..47 put back in its lane, the saturating
-/// narrowing as the clamp. Returns how many values it wrote.
-///
-/// # Safety
-/// AVX-512 F and BW.
-#[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn gn_affine8(x: &[i8], out: &mut [i8], zx: i32, a32: i32, bm: i64) -> usize {
-    let n = x.len().min(out.len()) / 16 * 16;
-    let (z, a, b) = (
-        _mm512_set1_epi32(zx),
-        _mm512_set1_epi64(a32 as i64),
-        _mm512_set1_epi64(bm),
-    );
-    for i in (0..n).step_by(16) {
-        // SAFETY: 16 codes read and written below `n`
-        unsafe {
-            let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
-            let d = _mm512_sub_epi32(v, z);
-            let even = _mm512_add_epi64(_mm512_mul_epi32(d, a), b);
-            let odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(d), a), b);
-            let r = _mm512_mask_blend_epi32(
-                0xaaaa,
-                _mm512_srli_epi64::<16>(even),
-                _mm512_slli_epi64::<16>(odd),
-            );
-            _mm_storeu_si128(
-                out.as_mut_ptr().add(i) as *mut __m128i,
-                _mm512_cvtsepi32_epi8(r),
-            );
-        }
-    }
-    n
 }
 
 /// GroupNorm's exact sums of int8 codes (`sum(d)`, `sum(d^2)`, `d = x - zx`), 32 per step with
@@ -312,8 +275,9 @@ pub unsafe fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
     (n, sum, sumsq)
 }
 
-/// [`gn_affine8`]'s lanes for 16 int16 codes `v` (sign-extended to i32): the low 32 bits of
-/// `(d * a32 + bm) >> 16`, logical, `d = v - zx`, before the clamp.
+/// The affine rule's lanes for 16 codes `v` sign-extended to i32: the low 32 bits of
+/// `(d * a32 + bm) >> 16`, logical, `d = v - zx`, before the clamp (`vpmuldq` on the even and the
+/// odd lanes, each result's bits 16..47 put back in its lane).
 ///
 /// # Safety
 /// AVX-512 F.
@@ -329,21 +293,23 @@ unsafe fn affine_lanes(v: __m512i, z: __m512i, a: __m512i, b: __m512i) -> __m512
     )
 }
 
-/// GroupNorm's affine rule ([`gn_affine8`]'s) for int16 codes to int16 codes (`O16`) or to int8
-/// codes, 16 per step; the saturating narrowing is the clamp. Returns how many values it wrote.
+/// GroupNorm's affine rule (`super::reference::norm::gn_affine_i32`: the low 32 bits of `(d * a32 +
+/// bm) >> 16`, logical, clamped to the output's range) for `len` int8 or int16 (`I16`) codes to
+/// int8 or int16 (`O16`) codes, 16 per step: [`affine_lanes`], the saturating narrowing as the
+/// clamp. Returns how many values it wrote.
 ///
 /// # Safety
-/// AVX-512 F and BW; `out` holds `out_len` codes of 2 bytes (`O16`) or 1 byte.
+/// AVX-512 F and BW; `x` and `out` hold `len` codes of their widths.
 #[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn gn_affine16<const O16: bool>(
-    x: &[i16],
+pub unsafe fn gn_affine<const I16: bool, const O16: bool>(
+    x: *const u8,
     out: *mut u8,
-    out_len: usize,
+    len: usize,
     zx: i32,
     a32: i32,
     bm: i64,
 ) -> usize {
-    let n = x.len().min(out_len) / 16 * 16;
+    let n = len / 16 * 16;
     let (z, a, b) = (
         _mm512_set1_epi32(zx),
         _mm512_set1_epi64(a32 as i64),
@@ -352,14 +318,16 @@ pub unsafe fn gn_affine16<const O16: bool>(
     for i in (0..n).step_by(16) {
         // SAFETY: 16 codes read and written below `n`
         unsafe {
-            let v = _mm512_cvtepi16_epi32(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i));
+            let v = if I16 {
+                _mm512_cvtepi16_epi32(_mm256_loadu_si256(x.add(2 * i) as *const __m256i))
+            } else {
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(i) as *const __m128i))
+            };
             let r = affine_lanes(v, z, a, b);
             if O16 {
-                let o = out.add(2 * i) as *mut __m256i;
-                _mm256_storeu_si256(o, _mm512_cvtsepi32_epi16(r));
+                _mm256_storeu_si256(out.add(2 * i) as *mut __m256i, _mm512_cvtsepi32_epi16(r));
             } else {
-                let o = out.add(i) as *mut __m128i;
-                _mm_storeu_si128(o, _mm512_cvtsepi32_epi8(r));
+                _mm_storeu_si128(out.add(i) as *mut __m128i, _mm512_cvtsepi32_epi8(r));
             }
         }
     }

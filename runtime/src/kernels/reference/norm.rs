@@ -74,48 +74,40 @@ pub(crate) fn gn_affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a
 pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) {
     #[cfg(target_arch = "aarch64")]
     let done = crate::kernels::neon_ops::gn_affine(x, out, zx, a32, bm);
-    // x86-64, int8 to int8, AVX-512 BW (std builds detect it): 16 per step, the same rule
+    // x86-64, int8 or int16 codes in and out, AVX-512 BW (std builds detect it): 16 per step,
+    // the same rule
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let done = match (
-        bytemuck::try_cast_slice::<T, i8>(x),
-        bytemuck::try_cast_slice_mut::<U, i8>(out),
-    ) {
-        (Ok(x8), Ok(o8))
-            if crate::kernels::is_i8::<T>()
-                && crate::kernels::is_i8::<U>()
-                && crate::kernels::x86_avx512_ops::has_bw() =>
-        {
-            // SAFETY: the features were just detected
-            unsafe { crate::kernels::x86_avx512_ops::gn_affine8(x8, o8, zx, a32, bm) }
-        }
-        _ => affine16(x, out, zx, a32, bm),
-    };
+    let done = affine_x86(x, out, zx, a32, bm);
     #[cfg(not(any(target_arch = "aarch64", all(target_arch = "x86_64", feature = "std"))))]
     let done = 0;
     gn_affine_i32(&x[done..], &mut out[done..], zx, a32, bm);
 }
 
-/// [`affine_i32`]'s int16-input cases on x86-64 with AVX-512 BW (int16 or int8 out): how many
-/// values it wrote, 0 for other types or CPUs.
+/// [`affine_i32`] on x86-64 with AVX-512 BW for int8 and int16 codes: how many values it wrote,
+/// 0 for other types or CPUs.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 #[inline(always)]
-fn affine16<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) -> usize {
-    use crate::kernels::x86_avx512_ops::{gn_affine16, has_bw};
-    let Ok(x16) = bytemuck::try_cast_slice::<T, i16>(x) else {
+fn affine_x86<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) -> usize {
+    use crate::kernels::{is_i8, x86_avx512_ops::gn_affine};
+    let width = |i8: bool, i16: bool| if i8 { Some(false) } else { i16.then_some(true) };
+    let (Some(i16_in), Some(i16_out)) = (
+        width(is_i8::<T>(), is_i16::<T>()),
+        width(is_i8::<U>(), is_i16::<U>()),
+    ) else {
         return 0;
     };
-    if !is_i16::<T>() || !has_bw() {
+    if !crate::kernels::x86_avx512_ops::has_bw() {
         return 0;
     }
-    let (o, len) = (out.as_mut_ptr() as *mut u8, out.len());
-    // SAFETY: the features were just detected; `out` holds `len` codes of U's size
+    let (src, dst) = (x.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
+    let len = x.len().min(out.len());
+    // SAFETY: the features were just detected; `x` and `out` hold `len` codes of these widths
     unsafe {
-        if is_i16::<U>() {
-            gn_affine16::<true>(x16, o, len, zx, a32, bm)
-        } else if crate::kernels::is_i8::<U>() {
-            gn_affine16::<false>(x16, o, len, zx, a32, bm)
-        } else {
-            0
+        match (i16_in, i16_out) {
+            (false, false) => gn_affine::<false, false>(src, dst, len, zx, a32, bm),
+            (false, true) => gn_affine::<false, true>(src, dst, len, zx, a32, bm),
+            (true, false) => gn_affine::<true, false>(src, dst, len, zx, a32, bm),
+            (true, true) => gn_affine::<true, true>(src, dst, len, zx, a32, bm),
         }
     }
 }
@@ -134,6 +126,15 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     if let Ok(x8) = bytemuck::try_cast_slice::<T, i8>(x) {
         if core::mem::size_of::<T>() == 1 {
             let (done, sum, sumsq) = crate::kernels::neon_ops::moments8(x8, zx);
+            let (s, q) = moments_scalar(&x[done..], zx);
+            return (sum + s, sumsq + q);
+        }
+    }
+    // aarch64, int16 codes: 8 at a time, d in i32 and d^2 in i64 lanes (the same exact sums)
+    #[cfg(target_arch = "aarch64")]
+    if let Ok(x16) = bytemuck::try_cast_slice::<T, i16>(x) {
+        if core::mem::size_of::<T>() == 2 && T::MIN == -32768 && T::MAX == 32767 {
+            let (done, sum, sumsq) = crate::kernels::neon_ops::moments16(x16, zx);
             let (s, q) = moments_scalar(&x[done..], zx);
             return (sum + s, sumsq + q);
         }
@@ -367,62 +368,50 @@ mod tests {
         }
     }
 
-    /// The exact sums past the vector path's widening interval (8192 steps of 32 codes), at the
-    /// codes' extremes (the largest squares) and at random, against a direct loop.
-    #[test]
-    fn moments_of_long_int8_rows_are_exact() {
-        let mut seed = 13u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-            (seed >> 33) as i8
-        };
-        // every `every`-th code random, the others at the far extreme (|d| = 255 for zx = 127)
-        for (zx, n, every) in [(127, 700_001, 0), (-128, 262_144, 3), (3, 600_037, 2)] {
-            let x: Vec<i8> = (0..n)
+    /// Runs of `n` codes, every `every`-th random and the others at the extreme farthest from
+    /// `zx` (the largest squares; all of them where `every` is 0), summed against a direct loop.
+    fn long_rows_are_exact<T: super::Code>(
+        cases: &[(i32, usize, usize)],
+        mut next: impl FnMut() -> T,
+    ) {
+        for &(zx, n, every) in cases {
+            let far = T::sat(if zx > 0 { T::MIN } else { T::MAX } as i64);
+            let x: Vec<T> = (0..n)
                 .map(|i| {
                     if every > 0 && i % every == 0 {
                         next()
-                    } else if zx > 0 {
-                        -128
                     } else {
-                        127
+                        far
                     }
                 })
                 .collect();
-            let want = x.iter().fold((0i64, 0i64), |(s, q), &v| {
-                let d = v as i64 - zx as i64;
+            let want = x.iter().fold((0i64, 0i64), |(s, q), v| {
+                let d = v.get() as i64 - zx as i64;
                 (s + d, q + d * d)
             });
             assert_eq!(super::moments(&x, zx), want, "zx {zx}, {n} codes");
         }
     }
 
-    /// The int16 sums past the vector path's widening interval (4096 steps of 16 codes), at the
-    /// codes' extremes (|d| up to 65535) and at random, against a direct loop.
+    /// The int8 sums past the AVX-512 path's widening interval (8192 steps of 32 codes).
+    #[test]
+    fn moments_of_long_int8_rows_are_exact() {
+        let mut seed = 13u64;
+        let cases = [(127, 700_001, 0), (-128, 262_144, 3), (3, 600_037, 2)];
+        long_rows_are_exact::<i8>(&cases, || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 33) as i8
+        });
+    }
+
+    /// The int16 sums past the vector paths' flush interval (4096 runs; |d| up to 65535).
     #[test]
     fn moments_of_long_int16_rows_are_exact() {
         let mut seed = 17u64;
-        let mut next = || {
+        let cases = [(32767, 300_001, 0), (-32768, 131_072, 3), (-7, 200_023, 2)];
+        long_rows_are_exact::<i16>(&cases, || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             (seed >> 33) as i16
-        };
-        for (zx, n, every) in [(32767, 300_001, 0), (-32768, 131_072, 3), (-7, 200_023, 2)] {
-            let x: Vec<i16> = (0..n)
-                .map(|i| {
-                    if every > 0 && i % every == 0 {
-                        next()
-                    } else if zx > 0 {
-                        -32768
-                    } else {
-                        32767
-                    }
-                })
-                .collect();
-            let want = x.iter().fold((0i64, 0i64), |(s, q), &v| {
-                let d = v as i64 - zx as i64;
-                (s + d, q + d * d)
-            });
-            assert_eq!(super::moments(&x, zx), want, "zx {zx}, {n} codes");
-        }
+        });
     }
 }
