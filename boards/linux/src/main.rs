@@ -499,7 +499,7 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
     let tiers: Vec<Tier> = Tier::SIMD.into_iter().filter(|t| t.supported()).collect();
     let checked = dmq_runtime::kernels::check::tiers_match_scalar(&tiers, cases, 2024)
         .map_err(|e| format!("selftest: {e}"))?;
-    println!("selftest: {checked} random kernel cases (convolutions, linears, attention operands; sums, requantized codes, tile writes; GroupNorm sums and affine, int8 lookups, 4-bit unpacks) bit-identical to the scalar kernels on tiers {tiers:?} (detected {best:?})");
+    println!("selftest: {checked} random kernel cases (convolutions, linears, attention operands; sums, requantized codes, tile writes; GroupNorm sums and affine, int8 lookups, int16 table interpolation, 4-bit unpacks) bit-identical to the scalar kernels on tiers {tiers:?} (detected {best:?})");
     Ok(())
 }
 

@@ -330,6 +330,40 @@ fn lut_case(rng: &mut Rng) -> Check {
     Ok(1)
 }
 
+/// The int16 table's interpolation as run (AVX-512 on x86 where present) against a direct loop,
+/// on random points (extremes included: a hostile file's table) and codes.
+fn lut16_case<U: Code>(rng: &mut Rng) -> Check {
+    let n = u(rng, 100);
+    let extreme = u(rng, 3) == 0;
+    let x: Vec<i16> = acts(rng, n, extreme);
+    let points: Vec<i32> = (0..257)
+        .map(|_| match u(rng, 8) {
+            0 => i32::MIN,
+            1 => i32::MAX,
+            2 => rng.next_u64() as i32,
+            _ => (rng.next_u64() % (1 << 24)) as i32 - (1 << 23),
+        })
+        .collect();
+    let table: Vec<u8> = points.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let mut got = vec![U::default(); n];
+    super::reference::eltwise::lut_16(&x, &table, &mut got).map_err(|e| format!("lut16: {e}"))?;
+    for (i, (&v, g)) in x.iter().zip(&got).enumerate() {
+        let u = (v as i32 + 32768) as usize;
+        let (k, f) = (u >> 8, (u & 255) as i64);
+        let sum = points[k] as i64 * (256 - f) + points[k + 1] as i64 * f;
+        let want = U::sat(super::round_shift(sum, 16));
+        if g.get() != want.get() {
+            return Err(format!(
+                "int16 table interpolation of {n} values to {}: #{i} gives {}, not {}",
+                core::any::type_name::<U>(),
+                g.get(),
+                want.get()
+            ));
+        }
+    }
+    Ok(1)
+}
+
 /// 4-bit weights unpacked on each tier (whole SIMD runs and the rest) against the specification.
 fn unpack_case(rng: &mut Rng, tiers: &[Tier]) -> Check {
     let n = u(rng, 200);
@@ -571,6 +605,7 @@ pub fn tiers_match_scalar(
             + affine_case::<i16, i16>(&mut rng)?;
         checked +=
             lut_case(&mut rng)? + moments_case::<i8>(&mut rng)? + moments_case::<i16>(&mut rng)?;
+        checked += lut16_case::<i8>(&mut rng)? + lut16_case::<i16>(&mut rng)?;
         checked += unpack_case(&mut rng, &all)?;
     }
     // long products of extreme values: int16 lanes widen before they overflow

@@ -1,6 +1,7 @@
 //! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
 //! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
-//! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]) and GroupNorm's exact
+//! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]), the int16 table's
+//! interpolation ([`lut16`]) and GroupNorm's exact
 //! sums and affine rule on int8 and int16 codes ([`moments8`], [`moments16`], [`gn_affine`]). Each computes the same integers as
 //! the scalar code it stands in for; the selftest and unit tests compare them.
 use core::arch::x86_64::*;
@@ -324,6 +325,60 @@ pub unsafe fn gn_affine<const I16: bool, const O16: bool>(
                 _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(i) as *const __m128i))
             };
             let r = affine_lanes(v, z, a, b);
+            if O16 {
+                _mm256_storeu_si256(out.add(2 * i) as *mut __m256i, _mm512_cvtsepi32_epi16(r));
+            } else {
+                _mm_storeu_si128(out.add(i) as *mut __m128i, _mm512_cvtsepi32_epi8(r));
+            }
+        }
+    }
+    n
+}
+
+/// The int16 table's linear interpolation (`super::reference::eltwise::lut_16`: `u = x + 32768`,
+/// `(p[u >> 8] * (256 - f) + p[(u >> 8) + 1] * f + 2^15) >> 16` with `f = u & 255`, saturated) for
+/// `len` int16 codes to int8 or int16 (`O16`) codes, 16 per step: the two points by `vpgatherdd`,
+/// the sums in i64 by `vpmuldq` on the even and the odd lanes (|sum| < 2^40, and the shifted value
+/// fits i32, so its bits 16..47 are the value), the saturating narrowing as the clamp. Returns how
+/// many values it wrote.
+///
+/// # Safety
+/// AVX-512 F and BW; `out` holds `len` codes of its width.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn lut16<const O16: bool>(
+    x: &[i16],
+    points: &[i32; 257],
+    out: *mut u8,
+    len: usize,
+) -> usize {
+    let n = x.len().min(len) / 16 * 16;
+    let (bias, low, full) = (
+        _mm512_set1_epi32(32768),
+        _mm512_set1_epi32(255),
+        _mm512_set1_epi32(256),
+    );
+    let (one, half) = (_mm512_set1_epi32(1), _mm512_set1_epi64(1 << 15));
+    for i in (0..n).step_by(16) {
+        // SAFETY: 16 codes read and written below `n`; the indices are 0..=256 of `points`
+        unsafe {
+            let x = x.as_ptr().add(i) as *const __m256i;
+            let u = _mm512_add_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256(x)), bias);
+            let at = _mm512_srli_epi32::<8>(u);
+            let f = _mm512_and_si512(u, low);
+            let g = _mm512_sub_epi32(full, f);
+            let p0 = _mm512_i32gather_epi32::<4>(at, points.as_ptr() as *const _);
+            let p1 =
+                _mm512_i32gather_epi32::<4>(_mm512_add_epi32(at, one), points.as_ptr() as *const _);
+            let even = _mm512_add_epi64(_mm512_mul_epi32(p0, g), _mm512_mul_epi32(p1, f));
+            let hi = _mm512_add_epi64(
+                _mm512_mul_epi32(_mm512_srli_epi64::<32>(p0), _mm512_srli_epi64::<32>(g)),
+                _mm512_mul_epi32(_mm512_srli_epi64::<32>(p1), _mm512_srli_epi64::<32>(f)),
+            );
+            let r = _mm512_mask_blend_epi32(
+                0xaaaa,
+                _mm512_srli_epi64::<16>(_mm512_add_epi64(even, half)),
+                _mm512_slli_epi64::<16>(_mm512_add_epi64(hi, half)),
+            );
             if O16 {
                 _mm256_storeu_si256(out.add(2 * i) as *mut __m256i, _mm512_cvtsepi32_epi16(r));
             } else {

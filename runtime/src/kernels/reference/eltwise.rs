@@ -63,7 +63,25 @@ pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
     for (p, b) in points.iter_mut().zip(table.chunks_exact(4)) {
         *p = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
-    for (o, &v) in out.iter_mut().zip(x) {
+    // x86-64 with AVX-512 BW (std builds detect it), int8 or int16 out: 16 per step, the same rule
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let done = if crate::kernels::x86_avx512_ops::has_bw() && U::MIN <= -128 {
+        let (o, len) = (out.as_mut_ptr() as *mut u8, out.len());
+        // SAFETY: the features were just detected; `out` holds `len` codes of U's width (1 or 2
+        // bytes: the codes are int8 or int16)
+        unsafe {
+            match core::mem::size_of::<U>() {
+                1 => crate::kernels::x86_avx512_ops::lut16::<false>(x, &points, o, len),
+                2 => crate::kernels::x86_avx512_ops::lut16::<true>(x, &points, o, len),
+                _ => 0,
+            }
+        }
+    } else {
+        0
+    };
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    let done = 0;
+    for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
         let u = (v as i32 + 32768) as usize;
         let (i, f) = (u >> 8, (u & 255) as i64);
         let v = points[i] as i64 * (256 - f) + points[i + 1] as i64 * f;
