@@ -168,8 +168,9 @@ fn within_budget(
 
 /// Buckets that are intervals of t: runs of weak steps neighbouring in t become floor buckets, runs
 /// of strong steps main buckets, and buckets left over split the longest runs by their ranges (the
-/// file keeps `timestep_groups` streams where it can). When there are more runs than buckets, the weak run least below the floor rejoins the
-/// others. Returns the buckets and which steps are still weak.
+/// file keeps `timestep_groups` streams where it can). When there are more runs than buckets, the
+/// weak run least below the floor rejoins the others. Returns the buckets and which steps are
+/// still weak.
 fn floor_buckets(
     b: &Builder<'_>,
     q: &[TimestepQuality],

@@ -35,6 +35,13 @@ pub(crate) fn is_i8<T: reference::Code>() -> bool {
     core::mem::size_of::<T>() == 1 && T::MIN == -128 && T::MAX == 127
 }
 
+/// Whether `T` is the int16 code type (for the SIMD paths that take either width).
+#[cfg(any(target_arch = "aarch64", all(target_arch = "x86_64", feature = "std")))]
+#[inline(always)]
+pub(crate) fn is_i16<T: reference::Code>() -> bool {
+    core::mem::size_of::<T>() == 2 && T::MIN == -32768 && T::MAX == 32767
+}
+
 /// Highest tensor rank the kernels' stride arrays carry.
 pub const MAX_RANK: usize = 6;
 

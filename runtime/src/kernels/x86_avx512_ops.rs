@@ -1,9 +1,9 @@
 //! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
 //! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
 //! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]), the int16 table's
-//! interpolation ([`lut16`]) and GroupNorm's exact
-//! sums and affine rule on int8 and int16 codes ([`moments8`], [`moments16`], [`gn_affine`]). Each computes the same integers as
-//! the scalar code it stands in for; the selftest and unit tests compare them.
+//! interpolation ([`lut16`]) and GroupNorm's exact sums and affine rule on int8 and int16 codes
+//! ([`moments8`], [`moments16`], [`gn_affine`]). Each computes the same integers as the scalar code
+//! it stands in for; the selftest and unit tests compare them.
 use core::arch::x86_64::*;
 
 /// `out[i] = table[x[i] + 128]` (int8 codes through a 256-entry table) for the whole 64-byte chunks
@@ -276,9 +276,40 @@ pub unsafe fn moments8(x: &[i8], zx: i32) -> (usize, i64, i64) {
     (n, sum, sumsq)
 }
 
+/// Sixteen i32 lanes from two vectors of eight i64 values (the even lanes' and the odd lanes'),
+/// each value's bits 16..47: `v >> 16` where that fits i32, for any rounding already added.
+///
+/// # Safety
+/// AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn shifted_lanes(even: __m512i, odd: __m512i) -> __m512i {
+    _mm512_mask_blend_epi32(
+        0xaaaa,
+        _mm512_srli_epi64::<16>(even),
+        _mm512_slli_epi64::<16>(odd),
+    )
+}
+
+/// Sixteen i32 lanes stored as codes `i..i + 16` of `out`, int16 (`O16`) or int8, by saturating
+/// narrowing (the clamp to the code range).
+///
+/// # Safety
+/// AVX-512 F and BW; the 16 codes are inside `out`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn store_codes<const O16: bool>(out: *mut u8, i: usize, r: __m512i) {
+    // SAFETY: the caller's
+    unsafe {
+        if O16 {
+            _mm256_storeu_si256(out.add(2 * i) as *mut __m256i, _mm512_cvtsepi32_epi16(r));
+        } else {
+            _mm_storeu_si128(out.add(i) as *mut __m128i, _mm512_cvtsepi32_epi8(r));
+        }
+    }
+}
+
 /// The affine rule's lanes for 16 codes `v` sign-extended to i32: the low 32 bits of
 /// `(d * a32 + bm) >> 16`, logical, `d = v - zx`, before the clamp (`vpmuldq` on the even and the
-/// odd lanes, each result's bits 16..47 put back in its lane).
+/// odd lanes, then [`shifted_lanes`]).
 ///
 /// # Safety
 /// AVX-512 F.
@@ -287,11 +318,8 @@ unsafe fn affine_lanes(v: __m512i, z: __m512i, a: __m512i, b: __m512i) -> __m512
     let d = _mm512_sub_epi32(v, z);
     let even = _mm512_add_epi64(_mm512_mul_epi32(d, a), b);
     let odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(d), a), b);
-    _mm512_mask_blend_epi32(
-        0xaaaa,
-        _mm512_srli_epi64::<16>(even),
-        _mm512_slli_epi64::<16>(odd),
-    )
+    // SAFETY: the same features as this function
+    unsafe { shifted_lanes(even, odd) }
 }
 
 /// GroupNorm's affine rule (`super::reference::norm::gn_affine_i32`: the low 32 bits of `(d * a32 +
@@ -324,12 +352,7 @@ pub unsafe fn gn_affine<const I16: bool, const O16: bool>(
             } else {
                 _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(i) as *const __m128i))
             };
-            let r = affine_lanes(v, z, a, b);
-            if O16 {
-                _mm256_storeu_si256(out.add(2 * i) as *mut __m256i, _mm512_cvtsepi32_epi16(r));
-            } else {
-                _mm_storeu_si128(out.add(i) as *mut __m128i, _mm512_cvtsepi32_epi8(r));
-            }
+            store_codes::<O16>(out, i, affine_lanes(v, z, a, b));
         }
     }
     n
@@ -374,16 +397,8 @@ pub unsafe fn lut16<const O16: bool>(
                 _mm512_mul_epi32(_mm512_srli_epi64::<32>(p0), _mm512_srli_epi64::<32>(g)),
                 _mm512_mul_epi32(_mm512_srli_epi64::<32>(p1), _mm512_srli_epi64::<32>(f)),
             );
-            let r = _mm512_mask_blend_epi32(
-                0xaaaa,
-                _mm512_srli_epi64::<16>(_mm512_add_epi64(even, half)),
-                _mm512_slli_epi64::<16>(_mm512_add_epi64(hi, half)),
-            );
-            if O16 {
-                _mm256_storeu_si256(out.add(2 * i) as *mut __m256i, _mm512_cvtsepi32_epi16(r));
-            } else {
-                _mm_storeu_si128(out.add(i) as *mut __m128i, _mm512_cvtsepi32_epi8(r));
-            }
+            let r = shifted_lanes(_mm512_add_epi64(even, half), _mm512_add_epi64(hi, half));
+            store_codes::<O16>(out, i, r);
         }
     }
     n

@@ -144,10 +144,10 @@ fn finals_line(psnr: &[f64]) -> String {
             differ[0]
         ),
     };
-    let same = match same {
-        _ if differ.is_empty() => String::new(),
-        0 => String::new(),
-        k => format!(", {k} identical after clamping to [-1, 1] (200 below)"),
+    let same = if same == 0 || differ.is_empty() {
+        String::new()
+    } else {
+        format!(", {same} identical after clamping to [-1, 1] (200 below)")
     };
     format!(
         "final sample PSNR against float over {} seeds: {stats}{same} (per seed: {})",

@@ -65,19 +65,20 @@ pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
     }
     // x86-64 with AVX-512 BW (std builds detect it), int8 or int16 out: 16 per step, the same rule
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let done = if crate::kernels::x86_avx512_ops::has_bw() && U::MIN <= -128 {
+    let done = {
+        use crate::kernels::{
+            is_i16, is_i8,
+            x86_avx512_ops::{has_bw, lut16},
+        };
         let (o, len) = (out.as_mut_ptr() as *mut u8, out.len());
-        // SAFETY: the features were just detected; `out` holds `len` codes of U's width (1 or 2
-        // bytes: the codes are int8 or int16)
+        // SAFETY: the features are detected first; `out` holds `len` codes of U's width
         unsafe {
-            match core::mem::size_of::<U>() {
-                1 => crate::kernels::x86_avx512_ops::lut16::<false>(x, &points, o, len),
-                2 => crate::kernels::x86_avx512_ops::lut16::<true>(x, &points, o, len),
+            match (is_i8::<U>(), is_i16::<U>()) {
+                (true, _) if has_bw() => lut16::<false>(x, &points, o, len),
+                (_, true) if has_bw() => lut16::<true>(x, &points, o, len),
                 _ => 0,
             }
         }
-    } else {
-        0
     };
     #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
     let done = 0;

@@ -88,7 +88,7 @@ pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32:
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 #[inline(always)]
 fn affine_x86<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) -> usize {
-    use crate::kernels::{is_i8, x86_avx512_ops::gn_affine};
+    use crate::kernels::{is_i16, is_i8, x86_avx512_ops::gn_affine};
     let width = |i8: bool, i16: bool| if i8 { Some(false) } else { i16.then_some(true) };
     let (Some(i16_in), Some(i16_out)) = (
         width(is_i8::<T>(), is_i16::<T>()),
@@ -112,12 +112,6 @@ fn affine_x86<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i
     }
 }
 
-#[cfg(all(target_arch = "x86_64", feature = "std"))]
-#[inline(always)]
-fn is_i16<T: Code>() -> bool {
-    core::mem::size_of::<T>() == 2 && T::MIN == -32768 && T::MAX == 32767
-}
-
 /// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17).
 #[inline(always)]
 pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
@@ -133,7 +127,7 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     // aarch64, int16 codes: 8 at a time, d in i32 and d^2 in i64 lanes (the same exact sums)
     #[cfg(target_arch = "aarch64")]
     if let Ok(x16) = bytemuck::try_cast_slice::<T, i16>(x) {
-        if core::mem::size_of::<T>() == 2 && T::MIN == -32768 && T::MAX == 32767 {
+        if crate::kernels::is_i16::<T>() {
             let (done, sum, sumsq) = crate::kernels::neon_ops::moments16(x16, zx);
             let (s, q) = moments_scalar(&x[done..], zx);
             return (sum + s, sumsq + q);
@@ -152,7 +146,7 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
     // x86-64, int16 codes, AVX-512 BW: 16 at a time, the same exact sums
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if let Ok(x16) = bytemuck::try_cast_slice::<T, i16>(x) {
-        if is_i16::<T>() && crate::kernels::x86_avx512_ops::has_bw() {
+        if crate::kernels::is_i16::<T>() && crate::kernels::x86_avx512_ops::has_bw() {
             // SAFETY: the features were just detected
             let (done, sum, sumsq) = unsafe { crate::kernels::x86_avx512_ops::moments16(x16, zx) };
             let (s, q) = moments_scalar(&x[done..], zx);
