@@ -44,7 +44,7 @@ fn main() {
         Some("bench") => cmd_bench(&args[1..]),
         Some("selftest") => cmd_selftest(&args[1..]),
         Some("info") => {
-            println!("kernel tier: {:?}", Tier::detect());
+            println!("kernel tier: {:?}{}", Tier::detect(), ops_note());
             Ok(())
         }
         _ => Err(usage()),
@@ -503,6 +503,15 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// On x86, the non-GEMM ops' SIMD level (`kernels::ops_isa`); aarch64 always runs their NEON paths.
+fn ops_note() -> String {
+    if cfg!(target_arch = "x86_64") {
+        format!(" (non-GEMM ops: {:?})", dmq_runtime::kernels::ops_isa())
+    } else {
+        String::new()
+    }
+}
+
 /// The name `--tier` takes for a tier.
 fn tier_name(t: Tier) -> &'static str {
     match t {
@@ -535,7 +544,8 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let t_prof: f32 = a.num("profile-t", t_mid)?;
     let mut ar = arena(&model);
     let mut sess = session(&model, bytes_mut(&mut ar), paging)?;
-    // `--tier`: another tier this CPU supports (to compare tiers on one machine)
+    // `--tier`: another tier this CPU supports (to compare tiers on one machine); on x86 the
+    // non-GEMM ops are capped at its instruction set too, as on a CPU whose best tier it is
     if let Some(name) = a.get("tier") {
         let tier = [Tier::Scalar]
             .into_iter()
@@ -545,6 +555,8 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         if !tier.supported() {
             return Err(format!("--tier {name}: this CPU cannot run it"));
         }
+        #[cfg(target_arch = "x86_64")]
+        dmq_runtime::kernels::cap_ops_isa(tier);
         sess = sess.with_tier(tier);
     }
     set_extras(&mut sess, &meta, &extras)?;
@@ -582,8 +594,9 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         model.streams()
     );
     println!(
-        "kernel tier {:?}, {} thread(s){}{}",
+        "kernel tier {:?}{}, {} thread(s){}{}",
         sess.tier(),
+        ops_note(),
         sess.threads(),
         if sess.threads() < threads {
             format!(" ({threads} requested: at most one per core)")

@@ -265,7 +265,7 @@ fn write_case<U: Code>(rng: &mut Rng) -> Check {
     Ok(1)
 }
 
-/// GroupNorm's affine as run (NEON on aarch64) against its rule, within the bound under which
+/// GroupNorm's affine as run (NEON on aarch64, each x86 level: [`isas`]) against its rule, within the bound under which
 /// it is used (|d * a + b| < 2^46).
 fn affine_case<T: Code, U: Code>(rng: &mut Rng) -> Check {
     use super::reference::norm;
@@ -282,20 +282,33 @@ fn affine_case<T: Code, U: Code>(rng: &mut Rng) -> Check {
     } else {
         0
     };
-    let (mut got, mut want) = (vec![U::default(); n], vec![U::default(); n]);
-    norm::affine_i32(&x, &mut got, zx, a, b);
+    let mut want = vec![U::default(); n];
     norm::gn_affine_i32(&x, &mut want, zx, a, b);
-    if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
-        return Err(format!(
-            "groupnorm affine of {n} values (a {a}, b {b}, {} -> {}) differs from its rule",
-            core::any::type_name::<T>(),
-            core::any::type_name::<U>()
-        ));
+    for isa in isas() {
+        let mut got = vec![U::default(); n];
+        norm::affine_i32_on(&x, &mut got, zx, a, b, isa);
+        if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
+            return Err(format!(
+                "groupnorm affine of {n} values (a {a}, b {b}, {} -> {}, {isa:?}) differs from its rule",
+                core::any::type_name::<T>(),
+                core::any::type_name::<U>()
+            ));
+        }
     }
     Ok(1)
 }
 
-/// GroupNorm's exact sums as run (NEON on aarch64) against a direct loop.
+/// The x86 levels of the non-GEMM ops this CPU runs, the widest first (`Scalar` alone elsewhere).
+fn isas() -> Vec<super::OpsIsa> {
+    use super::OpsIsa;
+    let top = super::ops_isa();
+    [OpsIsa::Avx512, OpsIsa::Avx2, OpsIsa::Scalar]
+        .into_iter()
+        .filter(|&l| l <= top)
+        .collect()
+}
+
+/// GroupNorm's exact sums as run (NEON on aarch64, each x86 level) against a direct loop.
 fn moments_case<T: Code>(rng: &mut Rng) -> Check {
     let n = u(rng, 3000);
     let extreme = u(rng, 3) == 0;
@@ -305,11 +318,13 @@ fn moments_case<T: Code>(rng: &mut Rng) -> Check {
         let d = (v.get() - zx) as i64;
         (s + d, q + d * d)
     });
-    if super::reference::norm::moments(&x, zx) != want {
-        return Err(format!(
-            "groupnorm sums of {n} values ({}) differ from the direct loop",
-            core::any::type_name::<T>()
-        ));
+    for isa in isas() {
+        if super::reference::norm::moments_on(&x, zx, isa) != want {
+            return Err(format!(
+                "groupnorm sums of {n} values ({}, {isa:?}) differ from the direct loop",
+                core::any::type_name::<T>()
+            ));
+        }
     }
     Ok(1)
 }
@@ -330,7 +345,7 @@ fn lut_case(rng: &mut Rng) -> Check {
     Ok(1)
 }
 
-/// The int16 table's interpolation as run (AVX-512 on x86 where present) against a direct loop,
+/// The int16 table's interpolation as run (AVX-512 and AVX2 on x86 where present) against a direct loop,
 /// on random points (extremes included: a hostile file's table) and codes.
 fn lut16_case<U: Code>(rng: &mut Rng) -> Check {
     let n = u(rng, 100);
@@ -345,9 +360,23 @@ fn lut16_case<U: Code>(rng: &mut Rng) -> Check {
         })
         .collect();
     let table: Vec<u8> = points.iter().flat_map(|p| p.to_le_bytes()).collect();
-    let mut got = vec![U::default(); n];
-    super::reference::eltwise::lut_16(&x, &table, &mut got).map_err(|e| format!("lut16: {e}"))?;
-    for (i, (&v, g)) in x.iter().zip(&got).enumerate() {
+    for isa in isas() {
+        let mut got = vec![U::default(); n];
+        super::reference::eltwise::lut_16_on(&x, &table, &mut got, isa)
+            .map_err(|e| format!("lut16: {e}"))?;
+        lut16_matches(&x, &points, &got).map_err(|e| format!("{e} ({isa:?})"))?;
+    }
+    Ok(1)
+}
+
+/// `got` against the int16 table's rule on `points`.
+fn lut16_matches<U: Code>(
+    x: &[i16],
+    points: &[i32],
+    got: &[U],
+) -> core::result::Result<(), String> {
+    let n = x.len();
+    for (i, (&v, g)) in x.iter().zip(got).enumerate() {
         let u = (v as i32 + 32768) as usize;
         let (k, f) = (u >> 8, (u & 255) as i64);
         let sum = points[k] as i64 * (256 - f) + points[k + 1] as i64 * f;
@@ -361,7 +390,7 @@ fn lut16_case<U: Code>(rng: &mut Rng) -> Check {
             ));
         }
     }
-    Ok(1)
+    Ok(())
 }
 
 /// 4-bit weights unpacked on each tier (whole SIMD runs and the rest) against the specification.

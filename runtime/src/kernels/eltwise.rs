@@ -107,8 +107,7 @@ fn rows<A: Code, B: Code, U: Code, const KIND: u8>(
     let wide = crate::kernels::is_i8::<A>()
         && crate::kernels::is_i8::<B>()
         && crate::kernels::is_i8::<U>()
-        && std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
+        && crate::kernels::ops_isa() == crate::kernels::OpsIsa::Avx512
         && std::arch::is_x86_feature_detected!("avx512dq");
     let mut rows = Rows::new(shape, [sa, sb, so], [0, 0, 0]);
     while let Some(([ia, ib, io], n, [ta, tb, to])) = rows.next() {

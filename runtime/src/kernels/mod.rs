@@ -21,6 +21,8 @@ pub mod tile;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
+pub mod x86_avx2_ops;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512_epi;
@@ -28,6 +30,55 @@ pub mod x86_avx512_epi;
 pub mod x86_avx512_ops;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_vnni;
+
+/// The widest x86 SIMD the non-GEMM ops (GroupNorm, tables, softmax, element-wise) use: what the
+/// CPU has, at most what [`cap_ops_isa`] allows. The GEMM-class ops follow the session's tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OpsIsa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+static OPS_CAP: core::sync::atomic::AtomicU8 =
+    core::sync::atomic::AtomicU8::new(OpsIsa::Avx512 as u8);
+
+/// Caps the non-GEMM ops' x86 SIMD at `tier`'s instruction set for this process (`Scalar`: none,
+/// `Avx2` and `AvxVnni`: AVX2, `Avx512Vnni`: AVX-512), so that `dmq-board bench --tier avx2` on an
+/// AVX-512 CPU times what an AVX2-only CPU runs. Every level computes the same integers.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+pub fn cap_ops_isa(tier: Tier) {
+    let cap = match tier {
+        Tier::Avx512Vnni => OpsIsa::Avx512,
+        Tier::Avx2 | Tier::AvxVnni => OpsIsa::Avx2,
+        _ => OpsIsa::Scalar,
+    };
+    OPS_CAP.store(cap as u8, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The non-GEMM ops' x86 SIMD level on this CPU under the cap: AVX-512 needs F and BW (`Scalar`
+/// on other targets and without std).
+#[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+pub fn ops_isa() -> OpsIsa {
+    OpsIsa::Scalar
+}
+
+/// The non-GEMM ops' x86 SIMD level on this CPU under the cap: AVX-512 needs F and BW.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+pub fn ops_isa() -> OpsIsa {
+    let cap = OPS_CAP.load(core::sync::atomic::Ordering::Relaxed);
+    if cap >= OpsIsa::Avx512 as u8
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        OpsIsa::Avx512
+    } else if cap >= OpsIsa::Avx2 as u8 && std::arch::is_x86_feature_detected!("avx2") {
+        OpsIsa::Avx2
+    } else {
+        OpsIsa::Scalar
+    }
+}
 
 /// Whether `T` is the int8 code type (the AVX-512 paths of the non-GEMM ops take int8 only).
 #[cfg(all(target_arch = "x86_64", feature = "std"))]

@@ -1,8 +1,9 @@
-//! AVX-512 paths of non-GEMM ops, used where a std build detects the features (the tier need not
-//! be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
+//! AVX-512 paths of non-GEMM ops, used where a std build detects the features ([`super::ops_isa`];
+//! the tier need not be `Avx512Vnni`): int8 table lookups ([`lut8`], VBMI), the int8 softmax's row sums and code
 //! tables ([`SoftmaxTables`]), int8 element-wise binary rows ([`binary8`]), the int16 table's
 //! interpolation ([`lut16`]) and GroupNorm's exact sums and affine rule on int8 and int16 codes
-//! ([`moments8`], [`moments16`], [`gn_affine`]). Each computes the same integers as the scalar code
+//! ([`moments8`], [`moments16`], [`gn_affine`]; [`super::x86_avx2_ops`] has these four for AVX2).
+//! Each computes the same integers as the scalar code
 //! it stands in for; the selftest and unit tests compare them.
 use core::arch::x86_64::*;
 
@@ -59,8 +60,7 @@ impl SoftmaxTables {
     /// or VBMI (std builds detect them; other builds never take this path).
     pub fn new(exp: &[u64; 256]) -> Option<SoftmaxTables> {
         #[cfg(feature = "std")]
-        let ok = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
+        let ok = crate::kernels::ops_isa() == crate::kernels::OpsIsa::Avx512
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vbmi");
         #[cfg(not(feature = "std"))]
@@ -231,13 +231,6 @@ pub unsafe fn binary8(x: Side<'_>, y: Side<'_>, out: &mut [i8], kind: u8, coef: 
         }
     }
     n
-}
-
-/// Whether a std build runs on a CPU with AVX-512 F and BW (for [`gn_affine`] and the moments).
-#[cfg(feature = "std")]
-pub fn has_bw() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// GroupNorm's exact sums of int8 codes (`sum(d)`, `sum(d^2)`, `d = x - zx`), 32 per step with

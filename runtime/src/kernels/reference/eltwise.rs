@@ -55,6 +55,20 @@ pub fn lut_8_16(x: &[i8], table: &[u8], out: &mut [i16]) -> Result<()> {
 /// int16 input: 257-point table (i32, output codes x 256), linear interpolation.
 #[inline(always)]
 pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
+    lut_16_on(x, table, out, crate::kernels::ops_isa())
+}
+
+/// [`lut_16`] with the x86 level `isa` (lowered to what the CPU has).
+#[inline(always)]
+pub(crate) fn lut_16_on<U: Code>(
+    x: &[i16],
+    table: &[u8],
+    out: &mut [U],
+    isa: crate::kernels::OpsIsa,
+) -> Result<()> {
+    // never above what the CPU has (the levels' kernels need their features)
+    let isa = isa.min(crate::kernels::ops_isa());
+    let _ = isa;
     check_len(257 * 4, table.len())?;
     check_len(x.len(), out.len())?;
     // the points as i32 once (a run is thousands of values): then each value reads two entries
@@ -63,19 +77,19 @@ pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
     for (p, b) in points.iter_mut().zip(table.chunks_exact(4)) {
         *p = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
-    // x86-64 with AVX-512 BW (std builds detect it), int8 or int16 out: 16 per step, the same rule
+    // x86-64 with AVX-512 BW or AVX2 (std builds detect them), int8 or int16 out: 16 or 8 per
+    // step, the same rule
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     let done = {
-        use crate::kernels::{
-            is_i16, is_i8,
-            x86_avx512_ops::{has_bw, lut16},
-        };
+        use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5, OpsIsa};
         let (o, len) = (out.as_mut_ptr() as *mut u8, out.len());
-        // SAFETY: the features are detected first; `out` holds `len` codes of U's width
+        // SAFETY: the level's features were detected; `out` holds `len` codes of U's width
         unsafe {
-            match (is_i8::<U>(), is_i16::<U>()) {
-                (true, _) if has_bw() => lut16::<false>(x, &points, o, len),
-                (_, true) if has_bw() => lut16::<true>(x, &points, o, len),
+            match (isa, is_i8::<U>(), is_i16::<U>()) {
+                (OpsIsa::Avx512, true, _) => v5::lut16::<false>(x, &points, o, len),
+                (OpsIsa::Avx512, _, true) => v5::lut16::<true>(x, &points, o, len),
+                (OpsIsa::Avx2, true, _) => v2::lut16::<false>(x, &points, o, len),
+                (OpsIsa::Avx2, _, true) => v2::lut16::<true>(x, &points, o, len),
                 _ => 0,
             }
         }
@@ -101,8 +115,8 @@ pub fn lut(x: &[i8], table: &[u8], out: &mut [i8]) -> Result<()> {
     let done = crate::kernels::neon_ops::lut8(x, table, out);
     // x86-64 with AVX-512 VBMI (std builds detect it): 64 lookups per two `vpermi2b`
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let done = if std::arch::is_x86_feature_detected!("avx512vbmi")
-        && std::arch::is_x86_feature_detected!("avx512bw")
+    let done = if crate::kernels::ops_isa() == crate::kernels::OpsIsa::Avx512
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
     {
         // SAFETY: the features were just detected
         unsafe { crate::kernels::x86_avx512_ops::lut8(x, table, out) }

@@ -69,52 +69,90 @@ pub(crate) fn gn_affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a
     }
 }
 
-/// [`gn_affine_i32`] with NEON on aarch64 (checked against it by `kernels::check`).
+/// [`gn_affine_i32`] with NEON on aarch64, AVX-512 or AVX2 on x86-64 (checked against it by
+/// `kernels::check`).
 #[inline(always)]
 pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) {
+    affine_i32_on(x, out, zx, a32, bm, crate::kernels::ops_isa())
+}
+
+/// [`affine_i32`] with the x86 level `isa` (lowered to what the CPU has).
+#[inline(always)]
+pub(crate) fn affine_i32_on<T: Code, U: Code>(
+    x: &[T],
+    out: &mut [U],
+    zx: i32,
+    a32: i32,
+    bm: i64,
+    isa: crate::kernels::OpsIsa,
+) {
+    // never above what the CPU has (the levels' kernels need their features)
+    let isa = isa.min(crate::kernels::ops_isa());
+    let _ = isa;
     #[cfg(target_arch = "aarch64")]
     let done = crate::kernels::neon_ops::gn_affine(x, out, zx, a32, bm);
-    // x86-64, int8 or int16 codes in and out, AVX-512 BW (std builds detect it): 16 per step,
-    // the same rule
+    // x86-64, int8 or int16 codes in and out, AVX-512 BW or AVX2: 16 or 8 per step, the same rule
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    let done = affine_x86(x, out, zx, a32, bm);
+    let done = affine_x86(x, out, zx, a32, bm, isa);
     #[cfg(not(any(target_arch = "aarch64", all(target_arch = "x86_64", feature = "std"))))]
     let done = 0;
     gn_affine_i32(&x[done..], &mut out[done..], zx, a32, bm);
 }
 
-/// [`affine_i32`] on x86-64 with AVX-512 BW for int8 and int16 codes: how many values it wrote,
-/// 0 for other types or CPUs.
+/// [`affine_i32`] on x86-64 with AVX-512 BW or AVX2 ([`crate::kernels::ops_isa`]) for int8 and
+/// int16 codes: how many values it wrote, 0 for other types or CPUs.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 #[inline(always)]
-fn affine_x86<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) -> usize {
-    use crate::kernels::{is_i16, is_i8, x86_avx512_ops::gn_affine};
-    let width = |i8: bool, i16: bool| if i8 { Some(false) } else { i16.then_some(true) };
+fn affine_x86<T: Code, U: Code>(
+    x: &[T],
+    out: &mut [U],
+    zx: i32,
+    a32: i32,
+    bm: i64,
+    isa: crate::kernels::OpsIsa,
+) -> usize {
+    use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5, OpsIsa};
+    type Affine = unsafe fn(*const u8, *mut u8, usize, i32, i32, i64) -> usize;
+    let width = |i8: bool, i16: bool| if i8 { Some(0) } else { i16.then_some(1) };
     let (Some(i16_in), Some(i16_out)) = (
         width(is_i8::<T>(), is_i16::<T>()),
         width(is_i8::<U>(), is_i16::<U>()),
     ) else {
         return 0;
     };
-    if !crate::kernels::x86_avx512_ops::has_bw() {
-        return 0;
-    }
+    // by input width, then output width
+    let kernels: [Affine; 4] = match isa {
+        OpsIsa::Avx512 => [
+            v5::gn_affine::<false, false>,
+            v5::gn_affine::<false, true>,
+            v5::gn_affine::<true, false>,
+            v5::gn_affine::<true, true>,
+        ],
+        OpsIsa::Avx2 => [
+            v2::gn_affine::<false, false>,
+            v2::gn_affine::<false, true>,
+            v2::gn_affine::<true, false>,
+            v2::gn_affine::<true, true>,
+        ],
+        OpsIsa::Scalar => return 0,
+    };
     let (src, dst) = (x.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
-    let len = x.len().min(out.len());
-    // SAFETY: the features were just detected; `x` and `out` hold `len` codes of these widths
-    unsafe {
-        match (i16_in, i16_out) {
-            (false, false) => gn_affine::<false, false>(src, dst, len, zx, a32, bm),
-            (false, true) => gn_affine::<false, true>(src, dst, len, zx, a32, bm),
-            (true, false) => gn_affine::<true, false>(src, dst, len, zx, a32, bm),
-            (true, true) => gn_affine::<true, true>(src, dst, len, zx, a32, bm),
-        }
-    }
+    // SAFETY: the level's features were detected; `x` and `out` hold `len` codes of these widths
+    unsafe { kernels[2 * i16_in + i16_out](src, dst, x.len().min(out.len()), zx, a32, bm) }
 }
 
 /// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17).
 #[inline(always)]
 pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
+    moments_on(x, zx, crate::kernels::ops_isa())
+}
+
+/// [`moments`] with the x86 level `isa` (lowered to what the CPU has).
+#[inline(always)]
+pub(crate) fn moments_on<T: Code>(x: &[T], zx: i32, isa: crate::kernels::OpsIsa) -> (i64, i64) {
+    // never above what the CPU has (the levels' kernels need their features)
+    let isa = isa.min(crate::kernels::ops_isa());
+    let _ = isa;
     // aarch64, int8 codes: 16 at a time with widening NEON arithmetic (the same exact sums)
     #[cfg(target_arch = "aarch64")]
     if let Ok(x8) = bytemuck::try_cast_slice::<T, i8>(x) {
@@ -133,22 +171,28 @@ pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
             return (sum + s, sumsq + q);
         }
     }
-    // x86-64, int8 codes, AVX-512 BW (std builds detect it): 32 at a time, the same exact sums
+    // x86-64, int8 or int16 codes, AVX-512 BW or AVX2 (std builds detect them): 32 or 16 int8
+    // codes, 16 or 8 int16 codes per step, the same exact sums
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    if let Ok(x8) = bytemuck::try_cast_slice::<T, i8>(x) {
-        if crate::kernels::is_i8::<T>() && crate::kernels::x86_avx512_ops::has_bw() {
-            // SAFETY: the features were just detected
-            let (done, sum, sumsq) = unsafe { crate::kernels::x86_avx512_ops::moments8(x8, zx) };
-            let (s, q) = moments_scalar(&x[done..], zx);
-            return (sum + s, sumsq + q);
-        }
-    }
-    // x86-64, int16 codes, AVX-512 BW: 16 at a time, the same exact sums
-    #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    if let Ok(x16) = bytemuck::try_cast_slice::<T, i16>(x) {
-        if crate::kernels::is_i16::<T>() && crate::kernels::x86_avx512_ops::has_bw() {
-            // SAFETY: the features were just detected
-            let (done, sum, sumsq) = unsafe { crate::kernels::x86_avx512_ops::moments16(x16, zx) };
+    {
+        use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5, OpsIsa};
+        // SAFETY (both): the level's features were just detected
+        let wide = if let (true, Ok(x8)) = (is_i8::<T>(), bytemuck::try_cast_slice::<T, i8>(x)) {
+            match isa {
+                OpsIsa::Avx512 => Some(unsafe { v5::moments8(x8, zx) }),
+                OpsIsa::Avx2 => Some(unsafe { v2::moments8(x8, zx) }),
+                OpsIsa::Scalar => None,
+            }
+        } else if let (true, Ok(x16)) = (is_i16::<T>(), bytemuck::try_cast_slice::<T, i16>(x)) {
+            match isa {
+                OpsIsa::Avx512 => Some(unsafe { v5::moments16(x16, zx) }),
+                OpsIsa::Avx2 => Some(unsafe { v2::moments16(x16, zx) }),
+                OpsIsa::Scalar => None,
+            }
+        } else {
+            None
+        };
+        if let Some((done, sum, sumsq)) = wide {
             let (s, q) = moments_scalar(&x[done..], zx);
             return (sum + s, sumsq + q);
         }

@@ -159,7 +159,7 @@ pub fn softmax_any<T: Code, U: Code>(
         // AVX2 where the CPU has it (the same integers: the loops' f64 operations are exact
         // or corrected, [`RowQuot`], and never contracted)
         #[cfg(all(target_arch = "x86_64", feature = "std"))]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if crate::kernels::ops_isa() >= crate::kernels::OpsIsa::Avx2 {
             // SAFETY: AVX2 was just detected
             unsafe { rows_avx2(x, out, len, &ex, st) };
             return Ok(());
