@@ -7,7 +7,8 @@
 //! dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] -o OUT.npy|OUT.pgm [--checksum]
 //! dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy]
 //!     sample and bench take --stream-weights BYTES: the weights stay in the file and are read
-//!     through a cache of BYTES (k/M suffixes), for boards with less RAM than the model
+//!     through a cache of BYTES (k/M suffixes), for boards with less RAM than the model, and
+//!     --tier NAME: another kernel tier this CPU has (on x86 the non-GEMM ops are capped at it too)
 //! dmq-board selftest [--cases N]     every SIMD tier this CPU has against the scalar kernels
 //! dmq-board info
 //! ```
@@ -25,7 +26,7 @@ mod npy;
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--stream-weights BYTES] [--tier scalar|neon|neon-dot|avx2|avx-vnni|avx512-vnni]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES] [--tier NAME]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--stream-weights BYTES] [--tier scalar|neon|neon-dot|avx2|avx-vnni|avx512-vnni]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -432,7 +433,8 @@ fn cmd_sample(args: &[String]) -> Res<()> {
         return Err("--guidance S and --uncond NAME=FILE.npy go together".into());
     }
     let mut scratch = vec![0f32; model.guidance_scratch_len()];
-    let mut sess = session(&model, bytes_mut(&mut ar), paging)?.with_threads(a.num("threads", 1)?);
+    let sess = session(&model, bytes_mut(&mut ar), paging)?;
+    let mut sess = with_tier_arg(&a, sess)?.with_threads(a.num("threads", 1)?);
     set_extras(&mut sess, &meta, &extras)?;
     for (name, v) in &uncond {
         sess.set_uncond_input(name, v)
@@ -503,6 +505,25 @@ fn cmd_selftest(args: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// `--tier`: another tier this CPU supports (to compare tiers on one machine); on x86 the non-GEMM
+/// ops are capped at its instruction set too, as on a CPU whose best tier it is.
+fn with_tier_arg<'m, 'a, 'r>(a: &Args, sess: Session<'m, 'a, 'r>) -> Res<Session<'m, 'a, 'r>> {
+    let Some(name) = a.get("tier") else {
+        return Ok(sess);
+    };
+    let tier = [Tier::Scalar]
+        .into_iter()
+        .chain(Tier::SIMD)
+        .find(|t| tier_name(*t) == name)
+        .ok_or_else(|| format!("--tier {name}: not a tier\n{}", usage()))?;
+    if !tier.supported() {
+        return Err(format!("--tier {name}: this CPU cannot run it"));
+    }
+    #[cfg(target_arch = "x86_64")]
+    dmq_runtime::kernels::cap_ops_isa(tier);
+    Ok(sess.with_tier(tier))
+}
+
 /// On x86, the non-GEMM ops' SIMD level (`kernels::ops_isa`); aarch64 always runs their NEON paths.
 fn ops_note() -> String {
     if cfg!(target_arch = "x86_64") {
@@ -544,21 +565,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let t_prof: f32 = a.num("profile-t", t_mid)?;
     let mut ar = arena(&model);
     let mut sess = session(&model, bytes_mut(&mut ar), paging)?;
-    // `--tier`: another tier this CPU supports (to compare tiers on one machine); on x86 the
-    // non-GEMM ops are capped at its instruction set too, as on a CPU whose best tier it is
-    if let Some(name) = a.get("tier") {
-        let tier = [Tier::Scalar]
-            .into_iter()
-            .chain(Tier::SIMD)
-            .find(|t| tier_name(*t) == name)
-            .ok_or_else(|| format!("--tier {name}: not a tier\n{}", usage()))?;
-        if !tier.supported() {
-            return Err(format!("--tier {name}: this CPU cannot run it"));
-        }
-        #[cfg(target_arch = "x86_64")]
-        dmq_runtime::kernels::cap_ops_isa(tier);
-        sess = sess.with_tier(tier);
-    }
+    sess = with_tier_arg(&a, sess)?;
     set_extras(&mut sess, &meta, &extras)?;
     // the one-thread output, to check that T threads compute the same bits
     let mut one = vec![0f32; n];

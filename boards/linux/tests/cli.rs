@@ -112,3 +112,65 @@ fn usage_errors_exit_with_2() {
         );
     }
 }
+
+/// `sample --tier NAME` on every tier this CPU has (on x86 the non-GEMM ops capped at the tier's
+/// instruction set, down to none for `scalar`) prints the same checksum, for a model whose streams
+/// are int16 throughout (the hostile-suite fixture) and one whose streams are int8 throughout (the
+/// class-conditional fixture): GroupNorms, tables, softmax, element-wise ops and products of both widths.
+#[test]
+fn every_tier_samples_the_same_checksum() {
+    let d = tmp("tiers");
+    let label = d.join("label.npy");
+    npy(&label, &[1], false, &[3.0]);
+    let class = tiny_dmq().with_file_name("class_fold.dmq");
+    let models = [
+        (tiny_dmq(), vec![]),
+        (
+            class,
+            vec![
+                "--input".to_string(),
+                format!("class_labels={}", label.display()),
+            ],
+        ),
+    ];
+    for (model, extra) in models {
+        let mut sums = vec![];
+        for tier in [
+            "scalar",
+            "neon",
+            "neon-dot",
+            "avx2",
+            "avx-vnni",
+            "avx512-vnni",
+        ] {
+            let o = board()
+                .args([
+                    "sample",
+                    model.to_str().unwrap(),
+                    "--seed",
+                    "4",
+                    "--steps",
+                    "6",
+                ])
+                .args(["--checksum", "--tier", tier])
+                .args(&extra)
+                .output()
+                .unwrap();
+            let (out, err) = (
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+            );
+            if err.contains("this CPU cannot run it") {
+                continue;
+            }
+            assert!(o.status.success(), "{model:?} --tier {tier}: {err}");
+            let sum = out
+                .lines()
+                .find_map(|l| l.strip_prefix("checksum: "))
+                .unwrap_or_else(|| panic!("{model:?} --tier {tier}: no checksum in {out}"));
+            sums.push((tier, sum.to_string()));
+        }
+        assert!(sums.len() >= 2, "{model:?}: only {sums:?} ran");
+        assert!(sums.iter().all(|s| s.1 == sums[0].1), "{model:?}: {sums:?}");
+    }
+}
