@@ -15,7 +15,7 @@
 use dmq_runtime::blob::FileSource;
 use dmq_runtime::format::{DType, Header, ModelMeta, Op, TRef, HEADER_LEN};
 use dmq_runtime::kernels::Tier;
-use dmq_runtime::sampler::sample_checksum;
+use dmq_runtime::sampler::{sample_checksum, schedule_value};
 use dmq_runtime::sampler::Rng;
 use dmq_runtime::{Model, SamplerKind, Session};
 use std::path::{Path, PathBuf};
@@ -558,7 +558,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
     let n = model.latent_len();
     let mut x = vec![0f32; n];
     Rng::new(1).fill_gaussian(&mut x);
-    // timesteps spread over the calibrated range (golden-ratio steps), profiles at its middle
+    // the warm-up and the profile at the middle of the calibrated range
     let t_at = |f: f32| meta.t_min + (meta.t_max - meta.t_min) * f;
     let t_mid = t_at(0.5);
     // `--profile-t T`: the per-op profile at another timestep (another stream's ops)
@@ -585,13 +585,20 @@ fn cmd_bench(args: &[String]) -> Res<()> {
             "bench: {threads} threads computed other bits than 1 thread"
         ));
     }
+    // the sampler's own timesteps in sampling order, each for `runs / steps` consecutive runs (or
+    // every `steps / runs`-th): the op streams switch (and prepare their ops) where a generation
+    // switches them, and the mean is a generation's mean step
+    let kind = sampler_of(&a, &model)?;
+    let steps = meta.sampler.default_steps.max(1);
     let mut times = vec![];
     for i in 0..runs.max(1) {
-        let t = t_at((i as f32 * 0.618_034).fract());
+        let j = (i as u64 * steps as u64 / runs.max(1) as u64) as u32;
+        let t = schedule_value(&meta.sampler, kind, steps, j) as f32;
         let t0 = Instant::now();
         sess.run(&x, t, &mut out).map_err(|e| e.to_string())?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "model {path}: {} bytes, arena {} bytes, {} ops x {} timestep bucket(s)",
@@ -617,8 +624,9 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         }
     );
     println!(
-        "latency per denoising step over {} runs: median {:.3} ms, min {:.3} ms, max {:.3} ms",
+        "latency per denoising step over {} runs ({:?} {steps} steps in sampling order): mean {mean:.3} ms, median {:.3} ms, min {:.3} ms, max {:.3} ms",
         times.len(),
+        kind,
         times[times.len() / 2],
         times[0],
         times[times.len() - 1]
