@@ -15,8 +15,8 @@
 use dmq_runtime::blob::FileSource;
 use dmq_runtime::format::{DType, Header, ModelMeta, Op, TRef, HEADER_LEN};
 use dmq_runtime::kernels::Tier;
-use dmq_runtime::sampler::{sample_checksum, schedule_value};
 use dmq_runtime::sampler::Rng;
+use dmq_runtime::sampler::{sample_checksum, schedule_value};
 use dmq_runtime::{Model, SamplerKind, Session};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

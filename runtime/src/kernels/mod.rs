@@ -242,6 +242,10 @@ pub struct Exec {
 /// Multiply-accumulates below which an op stays on one thread (spawning would cost more).
 pub const PAR_MIN_MACS: usize = 1 << 18;
 
+/// The most parts [`Exec::par_rows`] splits an op into (more threads share them).
+#[cfg(feature = "std")]
+const MAX_PARTS: usize = 64;
+
 impl Exec {
     /// Runs `f(first_row, rows_in_part, part)` over `rows` rows of `row_stride` elements of `out`,
     /// split into at most `threads` contiguous parts (whole 4-row register tiles) that run on a pool
@@ -258,13 +262,15 @@ impl Exec {
     ) -> Result<()> {
         #[cfg(feature = "std")]
         if self.threads > 1 && macs >= PAR_MIN_MACS && rows >= 8 {
-            extern crate std;
-            use std::vec::Vec;
-            let per = rows.div_ceil(self.threads).next_multiple_of(4);
+            // fixed arrays on the stack, not vectors: a parallel op allocates nothing
+            let per = rows
+                .div_ceil(self.threads.min(MAX_PARTS))
+                .next_multiple_of(4);
             // (first row, rows, output part): each taken once, by the thread that runs it
             type Part<'o, U> = std::sync::Mutex<Option<(usize, usize, &'o mut [U])>>;
-            let mut parts: Vec<Part<'_, U>> = Vec::new();
-            let (mut rest, mut r0) = (out, 0);
+            let mut parts: [Part<'_, U>; MAX_PARTS] =
+                core::array::from_fn(|_| std::sync::Mutex::new(None));
+            let (mut rest, mut r0, mut n) = (out, 0, 0);
             while r0 < rows {
                 let r1 = (r0 + per).min(rows);
                 let take = if r1 == rows {
@@ -279,13 +285,15 @@ impl Exec {
                     });
                 }
                 let (part, tail) = rest.split_at_mut(take);
-                parts.push(std::sync::Mutex::new(Some((r0, r1 - r0, part))));
+                // at most MAX_PARTS parts of `per >= rows / MAX_PARTS` rows
+                let slot = parts.get_mut(n).ok_or(Error::WorkerPanicked)?;
+                *slot.get_mut().map_err(|_| Error::WorkerPanicked)? = Some((r0, r1 - r0, part));
                 rest = tail;
                 r0 = r1;
+                n += 1;
             }
-            let n = parts.len();
-            let results: Vec<std::sync::Mutex<Result<()>>> =
-                (0..n).map(|_| std::sync::Mutex::new(Ok(()))).collect();
+            let results: [std::sync::Mutex<Result<()>>; MAX_PARTS] =
+                core::array::from_fn(|_| std::sync::Mutex::new(Ok(())));
             let job = |i: usize| {
                 let part = parts[i].lock().ok().and_then(|mut g| g.take());
                 let r = match part {
@@ -301,6 +309,7 @@ impl Exec {
             }
             return results
                 .into_iter()
+                .take(n)
                 .try_for_each(|m| m.into_inner().unwrap_or(Err(Error::WorkerPanicked)));
         }
         let _ = (macs, row_stride);
