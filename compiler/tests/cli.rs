@@ -983,6 +983,107 @@ fn class_conditional_unet_takes_labels_through_an_embedding() {
 }
 
 #[test]
+fn a_vector_condition_per_image_runs_on_the_time_path() {
+    // A random-weight UNet2DModel with `class_embed_type="identity"`: `class_labels` is a [1, 128]
+    // float vector added to the time embedding as it is (as SDXL adds its pooled text embeddings).
+    // A `[batch, features]` input belongs to the f32 time path; it used to be quantized like a
+    // token input, and the compile failed ("conv bias computed from the latent").
+    let dbs = sqnr_against_onnx_runtime(
+        "vector_cond",
+        "unet2d_vector_cond.onnx",
+        &[
+            "--calib",
+            "class_labels=normal:0,1",
+            "--calib-source",
+            "forward",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "1",
+        ],
+        ("sample", "timestep"),
+        &[("class_labels", "vector_cond_v.npy")],
+        &[
+            (
+                "vector_cond_x.npy",
+                "diffusers_t50.npy",
+                "vector_cond_ref_t50.npy",
+            ),
+            (
+                "vector_cond_x.npy",
+                "diffusers_t500.npy",
+                "vector_cond_ref_t500.npy",
+            ),
+            (
+                "vector_cond_x.npy",
+                "diffusers_t950.npy",
+                "vector_cond_ref_t950.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}
+
+#[test]
+fn sdxl_style_text_time_conditions_compile_with_five_inputs() {
+    // A random-weight UNet2DConditionModel with SDXL's `addition_embed_type="text_time"`: text
+    // tokens for cross-attention, and a pooled text vector [1, 32] and six size conditions (each
+    // through sinusoidal features) added to the time embedding. Evaluation reaches the inputs in
+    // another order than the model lists them; the file's extra inputs used to follow evaluation
+    // and calibration's values were set on the wrong inputs ("buffer length 112, expected 32").
+    let fixed = [
+        (
+            "encoder_hidden_states",
+            "text_time_encoder_hidden_states.npy",
+        ),
+        ("text_embeds", "text_time_text_embeds.npy"),
+        ("time_ids", "text_time_time_ids.npy"),
+    ];
+    let dbs = sqnr_against_onnx_runtime(
+        "text_time",
+        "unet2d_text_time.onnx",
+        &[
+            "--calib",
+            "encoder_hidden_states=normal:0,1",
+            "--calib",
+            "text_embeds=normal:0,1",
+            "--calib",
+            "time_ids=uniform:0,64",
+            "--calib-source",
+            "forward",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "1",
+        ],
+        ("sample", "timestep"),
+        &fixed,
+        &[
+            (
+                "text_time_sample.npy",
+                "condition_t50.npy",
+                "text_time_ref_t50.npy",
+            ),
+            (
+                "text_time_sample.npy",
+                "condition_t500.npy",
+                "text_time_ref_t500.npy",
+            ),
+            (
+                "text_time_sample.npy",
+                "condition_t950.npy",
+                "text_time_ref_t950.npy",
+            ),
+        ],
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}
+
+#[test]
 fn classifier_free_guidance_samples_like_the_guided_float_model() {
     // The class-conditional fixture sampled with guidance (label 3 against label 0, scale 3), DDIM 10
     // steps from a fixed latent: `dmqc sample --guidance` (int8 runtime, calibrated on guided

@@ -295,6 +295,10 @@ fn lower_inner(imp: &Imported) -> Result<Lowered, LowerError> {
     if !cx.unsupported.is_empty() {
         return Err(LowerError::Unsupported(cx.unsupported));
     }
+    // the extra inputs in the model's input order (the float model's, which calibration draws
+    // values for), not in the order evaluation first reaches them
+    let input_rank = |name: &str| inputs.iter().position(|o| model.node(o.node).name == name);
+    cx.prog.extras.sort_by_key(|(name, _)| input_rank(name));
     let mut stat_nodes: Vec<usize> = cx.prog.tensors.iter().filter_map(|t| t.stat).collect();
     stat_nodes.sort();
     stat_nodes.dedup();
@@ -411,8 +415,10 @@ fn lower_input(
         let f = cx.tensor(&node.name, shape, DType::F32, Some(node.id));
         cx.prog.timestep = Some(f);
         cx.vals.insert(outlet, Val::Time(f));
-    } else if shape.iter().product::<usize>() <= 64 {
-        // a scalar condition: part of the f32 time path
+    } else if shape.iter().product::<usize>() <= 64 || shape.len() <= 2 {
+        // a scalar condition, or a vector per image (`[batch, features]`: a class embedding given
+        // as such, SDXL-style pooled text embeddings and size conditions): part of the f32 time
+        // path, which adds them to the time embedding; token and spatial inputs are quantized
         let f = cx.tensor(&node.name, shape, DType::F32, Some(node.id));
         cx.prog.extras.push((node.name.clone(), f));
         cx.vals.insert(outlet, Val::Time(f));
