@@ -48,12 +48,6 @@ pub(super) fn lower_conv(
     let Val::Const(w) = &ins[1] else {
         bail!("conv weights must be constant")
     };
-    if conv.group != 1 {
-        bail!(
-            "grouped convolution (group {}) is not supported yet",
-            conv.group
-        );
-    }
     let ps = &conv.pool_spec;
     if ps.data_format != DataFormat::NCHW
         || conv.kernel_fmt != KernelFormat::OIHW
@@ -85,11 +79,17 @@ pub(super) fn lower_conv(
         }
         Some(Val::Main(_)) => bail!("conv bias computed from the latent is not supported"),
     };
+    let ci = cx.prog.t(x).shape[1];
+    let weights = if conv.group == 1 {
+        f32s(w)?
+    } else {
+        block_diagonal(&f32s(w)?, conv.group, [co, ci], ks[0] * ks[1])?
+    };
     let out = cx.tensor(&node.name, oshape, DType::I8, Some(node.id));
     cx.prog.ops.push(IrOp::Conv {
         input: x,
         output: out,
-        w: f32s(w)?.into(),
+        w: weights.into(),
         bias,
         time_bias,
         kernel: [ks[0], ks[1]],
@@ -98,6 +98,29 @@ pub(super) fn lower_conv(
         node: node.name.clone(),
     });
     Ok(Val::Main(out))
+}
+
+/// The weights of a grouped convolution (`groups` groups; depthwise when every group has one
+/// channel) as a dense convolution's: each output channel's weights on its group's input channels,
+/// zeros elsewhere. Exact, at `groups` times the multiply-accumulates; refused past 2^24 weights.
+fn block_diagonal(w: &[f32], groups: usize, [co, ci]: [usize; 2], taps: usize) -> Result<Vec<f32>> {
+    if groups == 0 || co % groups != 0 || ci % groups != 0 || w.len() != co * (ci / groups) * taps {
+        bail!("grouped convolution: {groups} groups do not divide {co} output and {ci} input channels");
+    }
+    if co * ci * taps > 1 << 24 {
+        bail!(
+            "grouped convolution (group {groups}) lowered as a dense convolution would need {} weights (at most 2^24)",
+            co * ci * taps
+        );
+    }
+    let (gi, go) = (ci / groups, co / groups);
+    let mut dense = vec![0f32; co * ci * taps];
+    for o in 0..co {
+        let first = o / go * gi;
+        let src = &w[o * gi * taps..(o + 1) * gi * taps];
+        dense[(o * ci + first) * taps..(o * ci + first + gi) * taps].copy_from_slice(src);
+    }
+    Ok(dense)
 }
 
 /// Average pooling (diffusers' ResNet downsampling): a convolution whose weights are `1/(kh·kw)` on
