@@ -3,7 +3,7 @@ fn main() -> anyhow::Result<()> {
     let path = std::env::args()
         .nth(1)
         .expect("usage: dump_graph MODEL.onnx");
-    let imp = dmq_compiler::import::import(std::path::Path::new(&path), None)?;
+    let imp = dmq_compiler::import::import(std::path::Path::new(&path), None, &[])?;
     for n in imp.model.nodes() {
         let ins: Vec<String> = n
             .inputs

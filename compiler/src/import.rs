@@ -38,22 +38,6 @@ pub struct Imported {
     pub output_name: String,
 }
 
-fn pinned_shape(fact: &InferenceFact) -> Option<Vec<usize>> {
-    let dims: Vec<usize> = fact
-        .shape
-        .dims()
-        .map(|d| match d.concretize() {
-            Some(TDim::Val(v)) if v >= 0 => v as usize,
-            _ => 1, // symbolic (batch) or unknown: batch 1
-        })
-        .collect();
-    if fact.shape.is_open() {
-        None
-    } else {
-        Some(dims)
-    }
-}
-
 /// tract's ONNX loader, told to ignore the `value_info` of intermediate tensors: exporters write
 /// them with the symbolic batch (`batch`) that dmq pins to 1, and tract then fails to unify the two
 /// ("Impossible to unify Sym(batch) with Val(1)"); tract infers every intermediate shape itself.
@@ -61,16 +45,23 @@ fn onnx() -> tract_onnx::Onnx {
     tract_onnx::onnx().with_ignore_value_info(true)
 }
 
+use crate::shapes::pinned_shape;
 /// Loads an ONNX file (with external data next to it, as the dynamo exporter writes), identifies the
 /// latent and timestep inputs, pins batch 1 and declutters.
-pub fn import(path: &std::path::Path, timestep_input: Option<&str>) -> Result<Imported> {
+pub use crate::shapes::{parse_shape, shapes_of, Shapes};
+
+pub fn import(
+    path: &std::path::Path,
+    timestep_input: Option<&str>,
+    shapes: &Shapes,
+) -> Result<Imported> {
     std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     let label = path.display().to_string();
     let proto = onnx()
         .proto_model_for_path(path)
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
     let dir = path.parent().and_then(|d| d.to_str());
-    import_proto(proto, dir, &label, timestep_input)
+    import_proto(proto, dir, &label, timestep_input, shapes)
 }
 
 /// The bytes of the external data files an ONNX file's initializers name (each file once): the
@@ -97,11 +88,16 @@ pub fn external_data_bytes(path: &std::path::Path) -> u64 {
 }
 
 /// [`import`] from bytes in memory (no external data); `label` names the model in messages.
-pub fn import_bytes(bytes: &[u8], label: &str, timestep_input: Option<&str>) -> Result<Imported> {
+pub fn import_bytes(
+    bytes: &[u8],
+    label: &str,
+    timestep_input: Option<&str>,
+    shapes: &Shapes,
+) -> Result<Imported> {
     let proto = onnx()
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow::anyhow!("{label} is not a loadable ONNX model: {e}"))?;
-    import_proto(proto, None, label, timestep_input)
+    import_proto(proto, None, label, timestep_input, shapes)
 }
 
 fn import_proto(
@@ -109,6 +105,7 @@ fn import_proto(
     dir: Option<&str>,
     label: &str,
     timestep_input: Option<&str>,
+    shapes: &Shapes,
 ) -> Result<Imported> {
     let widened = widen_f16(&mut proto).with_context(|| format!("{label}: fp16 model"))?;
     if widened > 0 {
@@ -125,7 +122,7 @@ fn import_proto(
             parsed.unresolved_inputs
         );
     }
-    import_model(parsed.model, timestep_input)
+    import_model(parsed.model, timestep_input, shapes)
 }
 
 /// Rewrites an fp16 ONNX graph as f32, in the protobuf before tract reads it: fp16 initializers and
@@ -216,8 +213,12 @@ fn widen_tensor(t: &mut tract_onnx::pb::TensorProto) -> Result<usize> {
     Ok(1)
 }
 
-fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Result<Imported> {
-    let inputs = describe_inputs(&model)?;
+fn import_model(
+    mut model: InferenceModel,
+    timestep_input: Option<&str>,
+    shapes: &Shapes,
+) -> Result<Imported> {
+    let inputs = describe_inputs(&model, shapes)?;
     let ts_idx = find_timestep(&inputs, timestep_input)?;
     for inp in &inputs {
         model.set_input_fact(
@@ -288,15 +289,29 @@ fn import_model(mut model: InferenceModel, timestep_input: Option<&str>) -> Resu
 }
 
 /// The model's inputs with their shapes (a symbolic batch pinned to 1) and element types.
-fn describe_inputs(model: &InferenceModel) -> Result<Vec<InputDesc>> {
+fn describe_inputs(model: &InferenceModel, shapes: &Shapes) -> Result<Vec<InputDesc>> {
+    if let Some((n, _)) = shapes.iter().find(|(n, _)| {
+        !(0..model.input_outlets().map_or(0, |o| o.len())).any(|i| {
+            model
+                .input_outlets()
+                .is_ok_and(|o| model.node(o[i].node).name == *n)
+        })
+    }) {
+        bail!("--input-shape {n}: the model has no such input");
+    }
     let n_in = model.input_outlets()?.len();
     let mut inputs = vec![];
     for i in 0..n_in {
         let node = model.input_outlets()?[i].node;
         let name = model.node(node).name.clone();
         let fact = model.input_fact(i)?.clone();
-        let shape =
-            pinned_shape(&fact).with_context(|| format!("input {name:?} has an unknown rank"))?;
+        let given = shapes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| d.as_slice());
+        let shape = pinned_shape(&name, &fact, given)?.with_context(|| {
+            format!("input {name:?} has an unknown rank (give it with --input-shape {name}=DIMS)")
+        })?;
         let dtype = fact.datum_type.concretize().unwrap_or(f32::datum_type());
         inputs.push(InputDesc {
             name,

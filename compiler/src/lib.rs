@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod protect;
 pub mod quant;
+pub mod shapes;
 
 pub use import::float_output;
 pub use options::*;

@@ -32,6 +32,8 @@ pub enum CalibSource {
 #[derive(Debug, Clone)]
 pub struct CompileOptions {
     pub timestep_input: Option<String>,
+    /// shapes of inputs exported with symbolic dimensions besides the batch (`--input-shape`)
+    pub input_shapes: Vec<(String, Vec<usize>)>,
     /// `sampler` and `prediction` are defaults the user did not choose: a timestep input named
     /// `sigma` or `sigmas` (an EDM- or consistency-style denoiser) switches them to Euler over the
     /// Karras sigmas with sample prediction
@@ -97,6 +99,7 @@ impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
             timestep_input: None,
+            input_shapes: vec![],
             sampler_by_input_name: false,
             sampler: SamplerKind::Ddim,
             prediction: Prediction::Epsilon,

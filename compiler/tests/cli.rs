@@ -1125,6 +1125,57 @@ fn grouped_and_depthwise_convolutions_lower_as_block_diagonal_ones() {
 }
 
 #[test]
+fn symbolic_height_and_width_are_set_with_input_shape() {
+    // A random-weight UNet2DModel exported with dynamic batch, height and width. Without
+    // `--input-shape` the compile says which dimensions are symbolic and how to set them (it used
+    // to pin them to 1 and fail in tract's type inference); with it, the model compiles at 16x16.
+    let d = tmp("dynamic_hw");
+    let (ok, _, err) = run(&mut compile(
+        fixture("unet2d_dynamic_hw.onnx"),
+        d.join("x.dmq"),
+    ));
+    assert!(!ok, "compiled without a shape");
+    assert!(
+        err.contains("symbolic dimensions") && err.contains("--input-shape sample=1x1xNxN"),
+        "{err}"
+    );
+    assert!(!d.join("x.dmq").exists(), "a failed compile left a file");
+    let (ok, _, err) = run(compile(fixture("unet2d_dynamic_hw.onnx"), d.join("x.dmq"))
+        .args(["--input-shape", "sample=1x2x16x16"]));
+    assert!(
+        !ok && err.contains("the model's input has shape ?x1x?x?"),
+        "{err}"
+    );
+    let cases = [50, 500, 950].map(|t| {
+        (
+            format!("dynamic_hw_x_t{t}.npy"),
+            format!("diffusers_t{t}.npy"),
+            format!("dynamic_hw_ref_t{t}.npy"),
+        )
+    });
+    let dbs = sqnr_against_onnx_runtime(
+        "dynamic_hw",
+        "unet2d_dynamic_hw.onnx",
+        &[
+            "--input-shape",
+            "sample=1x1x16x16",
+            "--calib-source",
+            "forward",
+            "--calib-samples",
+            "4",
+            "--eval-samples",
+            "1",
+        ],
+        ("sample", "timestep"),
+        &[],
+        &cases,
+    );
+    for db in dbs {
+        assert!(db >= 30.0, "{db:.2} dB against ONNX Runtime");
+    }
+}
+
+#[test]
 fn classifier_free_guidance_samples_like_the_guided_float_model() {
     // The class-conditional fixture sampled with guidance (label 3 against label 0, scale 3), DDIM 10
     // steps from a fixed latent: `dmqc sample --guidance` (int8 runtime, calibrated on guided
@@ -1179,7 +1230,8 @@ fn classifier_free_guidance_samples_like_the_guided_float_model() {
     // the float reference: the runtime's own DDIM loop around tract, both passes per step
     let bytes = std::fs::read(&dmq).unwrap();
     let model = dmq_runtime::Model::load(&bytes).unwrap();
-    let float = FloatModel::new(&import(&fixture("unet2d_class.onnx"), None).unwrap()).unwrap();
+    let float =
+        FloatModel::new(&import(&fixture("unet2d_class.onnx"), None, &[]).unwrap()).unwrap();
     let (_, mut x) = read_npy(&fixture("class_x.npy")).unwrap();
     let mut buf = vec![0f32; x.len()];
     let cfg = model.meta().sampler.clone();

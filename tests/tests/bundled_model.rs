@@ -75,7 +75,7 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
     assert!(r.streams <= opts.timestep_groups);
     // final DDIM-50 sample: int8 vs float from the same seed
     let model = Model::load(&c.bytes).unwrap();
-    let imp = import::import_bytes(&onnx, "bundled", None).unwrap();
+    let imp = import::import_bytes(&onnx, "bundled", None, &[]).unwrap();
     let float = import::FloatModel::new(&imp).unwrap();
     let cfg = model.meta().sampler.clone();
     let n = model.latent_len();

@@ -57,7 +57,7 @@ pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
 
 /// Compiles an ONNX model to `.dmq` bytes and measures its quality through the runtime.
 pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
-    let imp = import::import(path, opts.timestep_input.as_deref())?;
+    let imp = import::import(path, opts.timestep_input.as_deref(), &opts.input_shapes)?;
     // the float model's size: the file and the external data files it names
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let size = size + import::external_data_bytes(path);
@@ -66,7 +66,12 @@ pub fn compile(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
 
 /// [`compile`] from ONNX bytes in memory.
 pub fn compile_bytes(onnx: &[u8], label: &str, opts: &CompileOptions) -> Result<Compiled> {
-    let imp = import::import_bytes(onnx, label, opts.timestep_input.as_deref())?;
+    let imp = import::import_bytes(
+        onnx,
+        label,
+        opts.timestep_input.as_deref(),
+        &opts.input_shapes,
+    )?;
     compile_imported(imp, onnx.len() as u64, label, opts)
 }
 

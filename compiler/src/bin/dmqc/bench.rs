@@ -43,7 +43,8 @@ pub fn run(args: Args) -> Result<()> {
         .timestep
         .as_ref()
         .map(|_| meta.timestep_name.to_string());
-    let imp = import::import(&args.onnx, ts_name.as_deref())?;
+    let imp = import::import(&args.onnx, ts_name.as_deref(), &import::shapes_of(&meta))
+        .or_else(|_| import::import(&args.onnx, ts_name.as_deref(), &[]))?;
     let float = import::FloatModel::new(&imp)?;
     let extras = extra_inputs(&meta, &args.inputs)?;
     // the float model's extra inputs in its own order, by name

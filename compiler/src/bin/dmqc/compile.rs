@@ -42,6 +42,10 @@ pub struct Args {
     /// Input carrying the timestep or sigma (default: detected by name)
     #[arg(long)]
     pub timestep_input: Option<String>,
+    /// NAME=DIMS, e.g. sample=1x4x64x64: the shape of an input exported with symbolic dimensions
+    /// besides the batch (dynamic height, width or tokens); repeat for each such input
+    #[arg(long = "input-shape")]
+    pub input_shape: Vec<String>,
     /// Sampler to calibrate with (the one the device will run). Default: ddim, or euler when the
     /// timestep input is named sigma/sigmas and --prediction is not given either
     #[arg(long, value_enum)]
@@ -185,6 +189,7 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         model,
         output,
         timestep_input,
+        input_shape,
         sampler,
         prediction,
         steps,
@@ -251,6 +256,10 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         .collect::<Result<Vec<_>>>()?;
     let opts = CompileOptions {
         timestep_input,
+        input_shapes: input_shape
+            .iter()
+            .map(|s| dmq_compiler::import::parse_shape(s))
+            .collect::<Result<Vec<_>>>()?,
         sampler_by_input_name,
         guidance,
         uncond_inputs,

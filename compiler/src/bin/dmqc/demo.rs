@@ -33,7 +33,7 @@ pub fn run(dir: &Path, seeds: u64) -> Result<()> {
     let p8 = dir.join("digits_unet_w8a8.dmq");
     let p4 = dir.join("digits_unet_w4a8.dmq");
     let (m8, m4) = (open_model(&c8.bytes)?, open_model(&c4.bytes)?);
-    let imp = import::import_bytes(BUNDLED_ONNX, "bundled", None)?;
+    let imp = import::import_bytes(BUNDLED_ONNX, "bundled", None, &[])?;
     let float = import::FloatModel::new(&imp)?;
     let meta = m8.meta().clone();
     let cfg = meta.sampler.clone();

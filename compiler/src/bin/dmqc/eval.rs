@@ -65,7 +65,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let (onnx, models, plot, samples) = (&a.onnx, &a.models, a.plot.as_deref(), a.samples);
     let timestep_input = a.timestep_input.clone();
-    let imp = import::import(onnx, timestep_input.as_deref())?;
+    // the ONNX model with the input shapes the first file was compiled for (symbolic dimensions)
+    let shapes = match models.first() {
+        Some(p) => import::shapes_of(open_model(&load(p)?)?.meta()),
+        None => vec![],
+    };
+    // (shapes that contradict the model's: imported as it is, and the check below names the mismatch)
+    let imp = import::import(onnx, timestep_input.as_deref(), &shapes)
+        .or_else(|_| import::import(onnx, timestep_input.as_deref(), &[]))?;
     let float = import::FloatModel::new(&imp)?;
     let (mut series, mut finals) = (vec![], vec![]);
     let mut t_max = 1.0f32;
