@@ -290,20 +290,17 @@ fn import_model(
 
 /// The model's inputs with their shapes (a symbolic batch pinned to 1) and element types.
 fn describe_inputs(model: &InferenceModel, shapes: &Shapes) -> Result<Vec<InputDesc>> {
-    if let Some((n, _)) = shapes.iter().find(|(n, _)| {
-        !(0..model.input_outlets().map_or(0, |o| o.len())).any(|i| {
-            model
-                .input_outlets()
-                .is_ok_and(|o| model.node(o[i].node).name == *n)
-        })
-    }) {
+    let names: Vec<&str> = model
+        .input_outlets()?
+        .iter()
+        .map(|o| model.node(o.node).name.as_str())
+        .collect();
+    if let Some((n, _)) = shapes.iter().find(|(n, _)| !names.contains(&n.as_str())) {
         bail!("--input-shape {n}: the model has no such input");
     }
-    let n_in = model.input_outlets()?.len();
     let mut inputs = vec![];
-    for i in 0..n_in {
-        let node = model.input_outlets()?[i].node;
-        let name = model.node(node).name.clone();
+    for (i, name) in names.into_iter().enumerate() {
+        let name = name.to_string();
         let fact = model.input_fact(i)?.clone();
         let given = shapes
             .iter()
@@ -319,6 +316,12 @@ fn describe_inputs(model: &InferenceModel, shapes: &Shapes) -> Result<Vec<InputD
             shape,
             dtype,
         });
+    }
+    if let Some((n, _)) = shapes
+        .iter()
+        .find(|(n, _)| inputs.iter().all(|i| i.name != *n))
+    {
+        bail!("--input-shape {n}: the model has no such input");
     }
     Ok(inputs)
 }

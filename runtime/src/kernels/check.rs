@@ -286,7 +286,8 @@ fn affine_case<T: Code, U: Code>(rng: &mut Rng) -> Check {
     norm::gn_affine_i32(&x, &mut want, zx, a, b);
     for isa in isas() {
         let mut got = vec![U::default(); n];
-        norm::affine_i32_on(&x, &mut got, zx, a, b, isa);
+        // SAFETY: `isas` lists levels up to the CPU's
+        unsafe { norm::affine_i32_on(&x, &mut got, zx, a, b, isa) };
         if bytemuck::cast_slice::<U, u8>(&got) != bytemuck::cast_slice::<U, u8>(&want) {
             return Err(format!(
                 "groupnorm affine of {n} values (a {a}, b {b}, {} -> {}, {isa:?}) differs from its rule",
@@ -319,7 +320,8 @@ fn moments_case<T: Code>(rng: &mut Rng) -> Check {
         (s + d, q + d * d)
     });
     for isa in isas() {
-        if super::reference::norm::moments_on(&x, zx, isa) != want {
+        // SAFETY: `isas` lists levels up to the CPU's
+        if unsafe { super::reference::norm::moments_on(&x, zx, isa) } != want {
             return Err(format!(
                 "groupnorm sums of {n} values ({}, {isa:?}) differ from the direct loop",
                 core::any::type_name::<T>()
@@ -362,7 +364,8 @@ fn lut16_case<U: Code>(rng: &mut Rng) -> Check {
     let table: Vec<u8> = points.iter().flat_map(|p| p.to_le_bytes()).collect();
     for isa in isas() {
         let mut got = vec![U::default(); n];
-        super::reference::eltwise::lut_16_on(&x, &table, &mut got, isa)
+        // SAFETY: `isas` lists levels up to the CPU's
+        unsafe { super::reference::eltwise::lut_16_on(&x, &table, &mut got, isa) }
             .map_err(|e| format!("lut16: {e}"))?;
         lut16_matches(&x, &points, &got).map_err(|e| format!("{e} ({isa:?})"))?;
     }

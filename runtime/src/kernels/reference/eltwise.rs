@@ -55,19 +55,21 @@ pub fn lut_8_16(x: &[i8], table: &[u8], out: &mut [i16]) -> Result<()> {
 /// int16 input: 257-point table (i32, output codes x 256), linear interpolation.
 #[inline(always)]
 pub fn lut_16<U: Code>(x: &[i16], table: &[u8], out: &mut [U]) -> Result<()> {
-    lut_16_on(x, table, out, crate::kernels::ops_isa())
+    // SAFETY: the level is the CPU's
+    unsafe { lut_16_on(x, table, out, crate::kernels::ops_isa()) }
 }
 
-/// [`lut_16`] with the x86 level `isa` (lowered to what the CPU has).
+/// [`lut_16`] with the x86 level `isa`.
+///
+/// # Safety
+/// `isa` is at most [`crate::kernels::ops_isa`] (the level's kernels need its features).
 #[inline(always)]
-pub(crate) fn lut_16_on<U: Code>(
+pub(crate) unsafe fn lut_16_on<U: Code>(
     x: &[i16],
     table: &[u8],
     out: &mut [U],
     isa: crate::kernels::OpsIsa,
 ) -> Result<()> {
-    // never above what the CPU has (the levels' kernels need their features)
-    let isa = isa.min(crate::kernels::ops_isa());
     let _ = isa;
     check_len(257 * 4, table.len())?;
     check_len(x.len(), out.len())?;
@@ -83,7 +85,8 @@ pub(crate) fn lut_16_on<U: Code>(
     let done = {
         use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5, OpsIsa};
         let (o, len) = (out.as_mut_ptr() as *mut u8, out.len());
-        // SAFETY: the level's features were detected; `out` holds `len` codes of U's width
+        // SAFETY: the level's features are the CPU's (`lut_16_on`'s caller); `out` holds `len`
+        // codes of U's width
         unsafe {
             match (isa, is_i8::<U>(), is_i16::<U>()) {
                 (OpsIsa::Avx512, true, _) => v5::lut16::<false>(x, &points, o, len),

@@ -1,6 +1,6 @@
 //! GroupNorm with exact integer statistics and a fixed-point per-channel affine.
 use super::Code;
-use crate::kernels::{check_len, le_f32};
+use crate::kernels::{check_len, le_f32, OpsIsa};
 use crate::{Error, Result};
 
 /// Fixed-point fraction bits of the GroupNorm per-channel affine.
@@ -39,9 +39,9 @@ fn rint(v: f32) -> f32 {
 }
 
 /// `out = zo + a*(x - zx) + b` per element in fixed point with `GN_FRAC_BITS` fraction bits
-/// (`zo` is folded into `b`).
+/// (`zo` is folded into `b`), with the x86 level `isa` (from [`crate::kernels::ops_isa`]).
 #[inline(always)]
-fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) {
+fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, (a, b): (f32, f32), isa: OpsIsa) {
     let (am, bm) = fixed_affine(a, b);
     if let Ok(a32) = i32::try_from(am) {
         if (a32.unsigned_abs() as i64) * (T::MAX - T::MIN) as i64 + bm.abs() < 1i64 << 46 {
@@ -49,7 +49,8 @@ fn gn_affine<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a: f32, b: f32) 
             // half of the logical shift (a form the compiler vectorizes on x86: sign-extended
             // 32x32 products, then 32-bit clamps; NEON has no 64-bit vector multiply, so aarch64
             // runs the same rule with `SMULL`); it equals `affine_one`
-            affine_i32(x, out, zx, a32, bm);
+            // SAFETY: `isa` comes from `ops_isa` (the caller's)
+            unsafe { affine_i32_on(x, out, zx, a32, bm, isa) };
             return;
         }
     }
@@ -69,25 +70,20 @@ pub(crate) fn gn_affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a
     }
 }
 
-/// [`gn_affine_i32`] with NEON on aarch64, AVX-512 or AVX2 on x86-64 (checked against it by
-/// `kernels::check`).
+/// [`gn_affine_i32`] with NEON on aarch64, AVX-512 or AVX2 on x86-64 at the level `isa` (checked
+/// against it by `kernels::check`).
+///
+/// # Safety
+/// `isa` is at most [`crate::kernels::ops_isa`] (the level's kernels need its features).
 #[inline(always)]
-pub(crate) fn affine_i32<T: Code, U: Code>(x: &[T], out: &mut [U], zx: i32, a32: i32, bm: i64) {
-    affine_i32_on(x, out, zx, a32, bm, crate::kernels::ops_isa())
-}
-
-/// [`affine_i32`] with the x86 level `isa` (lowered to what the CPU has).
-#[inline(always)]
-pub(crate) fn affine_i32_on<T: Code, U: Code>(
+pub(crate) unsafe fn affine_i32_on<T: Code, U: Code>(
     x: &[T],
     out: &mut [U],
     zx: i32,
     a32: i32,
     bm: i64,
-    isa: crate::kernels::OpsIsa,
+    isa: OpsIsa,
 ) {
-    // never above what the CPU has (the levels' kernels need their features)
-    let isa = isa.min(crate::kernels::ops_isa());
     let _ = isa;
     #[cfg(target_arch = "aarch64")]
     let done = crate::kernels::neon_ops::gn_affine(x, out, zx, a32, bm);
@@ -99,8 +95,8 @@ pub(crate) fn affine_i32_on<T: Code, U: Code>(
     gn_affine_i32(&x[done..], &mut out[done..], zx, a32, bm);
 }
 
-/// [`affine_i32`] on x86-64 with AVX-512 BW or AVX2 ([`crate::kernels::ops_isa`]) for int8 and
-/// int16 codes: how many values it wrote, 0 for other types or CPUs.
+/// [`affine_i32_on`] on x86-64 with AVX-512 BW or AVX2 for int8 and int16 codes: how many values
+/// it wrote, 0 for other types or levels.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 #[inline(always)]
 fn affine_x86<T: Code, U: Code>(
@@ -109,9 +105,9 @@ fn affine_x86<T: Code, U: Code>(
     zx: i32,
     a32: i32,
     bm: i64,
-    isa: crate::kernels::OpsIsa,
+    isa: OpsIsa,
 ) -> usize {
-    use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5, OpsIsa};
+    use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5};
     type Affine = unsafe fn(*const u8, *mut u8, usize, i32, i32, i64) -> usize;
     let width = |i8: bool, i16: bool| if i8 { Some(0) } else { i16.then_some(1) };
     let (Some(i16_in), Some(i16_out)) = (
@@ -137,21 +133,26 @@ fn affine_x86<T: Code, U: Code>(
         OpsIsa::Scalar => return 0,
     };
     let (src, dst) = (x.as_ptr() as *const u8, out.as_mut_ptr() as *mut u8);
-    // SAFETY: the level's features were detected; `x` and `out` hold `len` codes of these widths
+    // SAFETY: the level's features were detected (`affine_i32_on`'s caller); `x` and `out` hold
+    // `len` codes of these widths
     unsafe { kernels[2 * i16_in + i16_out](src, dst, x.len().min(out.len()), zx, a32, bm) }
 }
 
-/// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17).
-#[inline(always)]
+/// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17), at the CPU's
+/// level (`group_norm` takes the level once per call and runs [`moments_on`]).
+#[cfg(test)]
 pub(crate) fn moments<T: Code>(x: &[T], zx: i32) -> (i64, i64) {
-    moments_on(x, zx, crate::kernels::ops_isa())
+    // SAFETY: the level is the CPU's
+    unsafe { moments_on(x, zx, crate::kernels::ops_isa()) }
 }
 
-/// [`moments`] with the x86 level `isa` (lowered to what the CPU has).
+/// Exact sum and sum of squares of `x - zx` (`zx` in the code range: |d| < 2^17) with the x86
+/// level `isa`.
+///
+/// # Safety
+/// `isa` is at most [`crate::kernels::ops_isa`] (the level's kernels need its features).
 #[inline(always)]
-pub(crate) fn moments_on<T: Code>(x: &[T], zx: i32, isa: crate::kernels::OpsIsa) -> (i64, i64) {
-    // never above what the CPU has (the levels' kernels need their features)
-    let isa = isa.min(crate::kernels::ops_isa());
+pub(crate) unsafe fn moments_on<T: Code>(x: &[T], zx: i32, isa: OpsIsa) -> (i64, i64) {
     let _ = isa;
     // aarch64, int8 codes: 16 at a time with widening NEON arithmetic (the same exact sums)
     #[cfg(target_arch = "aarch64")]
@@ -175,8 +176,8 @@ pub(crate) fn moments_on<T: Code>(x: &[T], zx: i32, isa: crate::kernels::OpsIsa)
     // codes, 16 or 8 int16 codes per step, the same exact sums
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     {
-        use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5, OpsIsa};
-        // SAFETY (both): the level's features were just detected
+        use crate::kernels::{is_i16, is_i8, x86_avx2_ops as v2, x86_avx512_ops as v5};
+        // SAFETY (both): the level's features are the CPU's (`moments_on`'s caller)
         let wide = if let (true, Ok(x8)) = (is_i8::<T>(), bytemuck::try_cast_slice::<T, i8>(x)) {
             match isa {
                 OpsIsa::Avx512 => Some(unsafe { v5::moments8(x8, zx) }),
@@ -262,6 +263,8 @@ pub fn group_norm<T: Code, U: Code>(
     if count == 0 {
         return Ok(());
     }
+    // the x86 level of the sums and the affine, once per call (not per group or channel)
+    let isa = crate::kernels::ops_isa();
     if let Some(sc) = ch_scales {
         check_len(c * 4, sc.len())?;
         if (0..c).any(|ch| !(le_f32(sc, ch) > 0.0 && le_f32(sc, ch).is_finite())) {
@@ -277,7 +280,8 @@ pub fn group_norm<T: Code, U: Code>(
                 let (mut m1, mut m2) = (0f64, 0f64);
                 for cc in 0..cg {
                     let o = start + cc * s;
-                    let (sum, sumsq) = moments(&x[o..o + s], zx);
+                    // SAFETY: the level is the CPU's
+                    let (sum, sumsq) = unsafe { moments_on(&x[o..o + s], zx, isa) };
                     let sc_c = le_f32(sc, g * cg + cc) as f64;
                     m1 += sc_c * sum as f64;
                     m2 += sc_c * sc_c * sumsq as f64;
@@ -292,7 +296,7 @@ pub fn group_norm<T: Code, U: Code>(
                     let a = gamma * rstd * sc_c / so;
                     let b = (beta - gamma * rstd * mean as f32) / so + zo as f32;
                     let (o, p) = (start + cc * s, at(r) + cc * s);
-                    gn_affine(&x[o..o + s], &mut out[p..p + s], zx, a, b);
+                    gn_affine(&x[o..o + s], &mut out[p..p + s], zx, (a, b), isa);
                 }
             }
         }
@@ -303,7 +307,8 @@ pub fn group_norm<T: Code, U: Code>(
         {
             let start = (ni * c + g * cg) * s;
             let xs = &x[start..start + cg * s];
-            let (sum, sumsq) = moments(xs, zx);
+            // SAFETY: the level is the CPU's
+            let (sum, sumsq) = unsafe { moments_on(xs, zx, isa) };
             // exact numerator of the variance in code units: (n*sumsq - sum^2) / n^2
             let num = count as i128 * sumsq as i128 - sum as i128 * sum as i128;
             let var_q = num as f32 / (count as f32 * count as f32);
@@ -329,7 +334,7 @@ pub fn group_norm<T: Code, U: Code>(
             for cc in 0..cg {
                 let (a, b) = coeffs(g * cg + cc);
                 let (o, p) = (start + cc * s, at(r) + cc * s);
-                gn_affine(&x[o..o + s], &mut out[p..p + s], zx, a, b);
+                gn_affine(&x[o..o + s], &mut out[p..p + s], zx, (a, b), isa);
             }
         }
     }
@@ -386,7 +391,7 @@ mod tests {
         fn check<T: Code, U: Code>(codes: &[T], zx: i32, a: f32, b: f32) {
             let (am, bm) = super::fixed_affine(a, b);
             let mut out = vec![U::default(); codes.len()];
-            super::gn_affine(codes, &mut out, zx, a, b);
+            super::gn_affine(codes, &mut out, zx, (a, b), crate::kernels::ops_isa());
             for (i, (&x, &y)) in codes.iter().zip(&out).enumerate() {
                 let want: U = super::affine_one(x, zx, am, bm);
                 assert_eq!(want.get(), y.get(), "a {a} b {b} zx {zx} code #{i}");
