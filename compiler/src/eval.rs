@@ -201,6 +201,33 @@ fn run_trajectory(
     }
 }
 
+/// The inputs a compile measures on, for trajectory `seed`: the float trajectory's, except that with
+/// `--calib-source forward`, where the trajectory has drifted away from the forward process (see
+/// calib), a forward-process sample (drawn from `probe_seed` and the step) with its float output,
+/// as calibration took. The measurement, the ranking's and the floor's probes and the output
+/// correction's fit all take these, so that none of them judges on inputs the others never see.
+pub fn measured_inputs(
+    float: &FloatModel,
+    model: &Model,
+    opts: &CompileOptions,
+    seed: u64,
+    probe_seed: u64,
+) -> Result<Vec<Probe>> {
+    let mut traj = float_trajectory_inputs(float, model, opts, seed)?;
+    if opts.calib_source != crate::CalibSource::Forward {
+        return Ok(traj);
+    }
+    for (i, (t, x, yf, _)) in traj.iter_mut().enumerate() {
+        let cfg = &model.meta().sampler;
+        if let Some(p) = crate::calib::drift_probe(cfg, opts.sampler, *t, x, probe_seed ^ i as u64)
+        {
+            *yf = float.run(&p, *t)?;
+            *x = p;
+        }
+    }
+    Ok(traj)
+}
+
 /// SQNR per scheduled timestep (every step of the schedule), median over `opts.eval_samples` float
 /// trajectories started from seeds `seed0..`.
 pub fn sqnr_over_schedule(
@@ -233,33 +260,17 @@ pub fn sqnr_of_models(
         opts.progress,
     );
     for s in 0..opts.eval_samples {
-        let traj = float_trajectory_inputs(float, first, opts, seed0 + s as u64)?;
-        let extras = traj.first().map(|p| p.3.clone()).unwrap_or_default();
-        // with `--calib-source forward`, where the trajectory has drifted away from the forward
-        // process (see calib), measure on a forward-process sample instead, as calibration did
-        let mut inputs = Vec::with_capacity(traj.len());
-        for (i, (t, x, yf, _)) in traj.iter().enumerate() {
-            let probe = match opts.calib_source {
-                crate::CalibSource::Forward => crate::calib::drift_probe(
-                    &first.meta().sampler,
-                    opts.sampler,
-                    *t,
-                    x,
-                    seed0 ^ ((s as u64) << 20) ^ i as u64,
-                ),
-                crate::CalibSource::Trajectories => None,
-            };
-            inputs.push(match probe {
-                Some(p) => {
-                    let y = float.run(&p, *t)?;
-                    (*t, p, y)
-                }
-                None => (*t, x.clone(), yf.clone()),
-            });
-        }
+        let inputs = measured_inputs(
+            float,
+            first,
+            opts,
+            seed0 + s as u64,
+            seed0 ^ ((s as u64) << 20),
+        )?;
+        let extras = inputs.first().map(|p| p.3.clone()).unwrap_or_default();
         for ((model, arena), per_t) in models.iter().zip(&mut arenas).zip(&mut per_t) {
             let mut sess = session_for(model, arena_bytes(arena), &extras)?;
-            for (i, (t, x, yf)) in inputs.iter().enumerate() {
+            for (i, (t, x, yf, _)) in inputs.iter().enumerate() {
                 let mut yq = vec![0f32; n];
                 sess.run(x, *t, &mut yq).map_err(|e| anyhow!("{e}"))?;
                 if per_t.len() <= i {

@@ -277,6 +277,7 @@ fn import_model(
     let model = typed
         .into_decluttered()
         .map_err(|e| anyhow::anyhow!("decluttering failed: {e:?}"))?;
+    let model = crate::deconv::rewrite_deconvs(model)?;
     let model = unfuse_scaled_convs(model)?;
     Ok(Imported {
         model,

@@ -6,6 +6,7 @@
 //! [`eval`] (quality measured by running dmq-runtime on the host).
 pub mod calib;
 pub mod cli_io;
+pub mod deconv;
 pub mod emit;
 pub mod eval;
 pub mod import;

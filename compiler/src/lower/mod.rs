@@ -55,7 +55,7 @@ pub(super) fn const_of(model: &Model, o: OutletId) -> Option<Arc<Tensor>> {
     model.outlet_fact(o).ok()?.konst.clone()
 }
 
-pub(super) fn f32s(t: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn f32s(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.cast_to::<f32>()?
         .to_plain_array_view::<f32>()?
         .iter()

@@ -27,7 +27,7 @@ pub struct Correction {
 }
 
 /// The gain (`1 + k`) of a stream serving `steps`, if it lowers the error on their fitted probes
-/// by 0.05 dB and raises it at none of them.
+/// by 0.05 dB and raises it at none of them, and is between 0.5 and 2.
 pub fn gain(fit: &[Fit], steps: &[usize]) -> Option<f64> {
     let [qq, qf, ff] = steps
         .iter()
@@ -38,6 +38,12 @@ pub fn gain(fit: &[Fit], steps: &[usize]) -> Option<f64> {
     }
     // the least-squares `1 + k` of `y_q` on `y`, and the error of `y_q / g` against `y`
     let g = qf / ff;
+    // PTQD's k is a small correlation of the quantization error with the output; an output that
+    // is off by half or more is not float plus noise, and dividing by its scale would only hide
+    // what broke (a probe the stream cannot represent)
+    if !(0.5..=2.0).contains(&g) {
+        return None;
+    }
     let err = |[qq, qf, ff]: Fit, g: f64| qq / (g * g) - 2.0 * qf / g + ff;
     let pays = err([qq, qf, ff], g) < err([qq, qf, ff], 1.0) * 10f64.powf(-0.005);
     // and no step of the stream worse for it (one stream's k can suit its large t and not its
@@ -101,7 +107,7 @@ pub(crate) fn output<'c>(
     let mut arena = eval::arena_for(&model);
     let mut fit = vec![[0f64; 3]; b.cal.timesteps.len()];
     for seed in 0..seeds as u64 {
-        let traj = eval::float_trajectory_inputs(float, &model, b.opts, 3_000_000 + seed)?;
+        let traj = eval::measured_inputs(float, &model, b.opts, 3_000_000 + seed, seed << 40)?;
         let extras = traj.first().map(|p| p.3.clone()).unwrap_or_default();
         let mut sess = eval::session_for(&model, eval::arena_bytes(&mut arena), &extras)?;
         for (i, (t, x, yf, _)) in traj.iter().enumerate().take(fit.len()) {
@@ -176,5 +182,8 @@ mod tests {
         let shrunk = fit(&[0.9, -1.8, 0.45]);
         let big = [scaled[0] * 4.0, scaled[1] * 4.0, scaled[2] * 4.0];
         assert_eq!(gain(&[big, shrunk], &[0, 1]), None);
+        // an output a hundred times too small is a broken stream, not a correlated error
+        let collapsed = fit(&[0.011, -0.022, 0.0055]);
+        assert_eq!(gain(&[collapsed], &[0]), None);
     }
 }

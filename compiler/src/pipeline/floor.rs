@@ -63,7 +63,7 @@ pub(crate) fn apply(
         .collect();
     let mut inputs = vec![];
     for seed in 0..trajectories as u64 {
-        let traj = eval::float_trajectory_inputs(float, &m, opts, 3_000_000 + seed)?;
+        let traj = eval::measured_inputs(float, &m, opts, 3_000_000 + seed, seed << 40)?;
         inputs.extend(
             traj.into_iter()
                 .enumerate()

@@ -483,7 +483,7 @@ fn protection(
             picks.dedup();
             let mut inputs = vec![];
             for seed in 0..budget.probe_trajectories as u64 {
-                let traj = eval::float_trajectory_inputs(float, &m0, opts, 2_000_000 + seed)?;
+                let traj = eval::measured_inputs(float, &m0, opts, 2_000_000 + seed, seed << 48)?;
                 inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
             }
             protect::auto(
@@ -542,7 +542,7 @@ fn debug_layers(
         return Ok(());
     };
     let pick: usize = v.to_str().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let traj = eval::float_trajectory_inputs(float, model, opts, 1_000_000)?;
+    let traj = eval::measured_inputs(float, model, opts, 1_000_000, 1_000_000)?;
     for (t, x, _, extras) in traj.iter().skip(pick).take(1) {
         for (i, kind, name, db) in eval::per_layer_sqnr(float, program, bytes, x, *t, extras)? {
             eprintln!("t={t} op {i:4} {kind:<16} {db:8.2} dB  {name}");
