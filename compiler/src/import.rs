@@ -278,6 +278,8 @@ fn import_model(
         .into_decluttered()
         .map_err(|e| anyhow::anyhow!("decluttering failed: {e:?}"))?;
     let model = crate::deconv::rewrite_deconvs(model)?;
+    let model = crate::rewrite::scalar_gathers(model)?;
+    let model = crate::rewrite::separable_resizes(model)?;
     let model = unfuse_scaled_convs(model)?;
     Ok(Imported {
         model,

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod protect;
 pub mod quant;
+pub mod rewrite;
 pub mod shapes;
 
 pub use import::float_output;

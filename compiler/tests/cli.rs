@@ -1181,6 +1181,61 @@ fn transposed_convolutions_lower_as_phase_convolutions() {
 }
 
 #[test]
+fn max_pooling_bilinear_upsampling_and_packed_attention_projections_lower() {
+    // A random-weight UNet in the style of the widely copied from-scratch DDPM code: MaxPool2d
+    // down-sampling, bilinear Upsample with align_corners, nn.MultiheadAttention (its packed
+    // projection split by scalar Gathers). Max pooling runs on the codes (exact), the resize as
+    // two products with the interpolation matrices read off tract's op, the gathers as slices:
+    // the float graph after these rewrites matches ONNX Runtime, and the integer one keeps
+    // >= 36 dB with int16 activations and >= 30 dB with default flags. All three used to be refused.
+    use dmq_compiler::import::{import, FloatModel};
+    let float =
+        FloatModel::new(&import(&fixture("maxpool_bilinear.onnx"), None, &[]).unwrap()).unwrap();
+    for t in [50, 500, 950] {
+        let (_, x) = read_npy(&fixture(&format!("maxpool_x_t{t}.npy"))).unwrap();
+        let (_, reference) = read_npy(&fixture(&format!("maxpool_ref_t{t}.npy"))).unwrap();
+        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
+        assert!(
+            db > 90.0,
+            "float rewrite at t = {t}: {db:.1} dB against ONNX Runtime"
+        );
+    }
+    let cases = [50, 500, 950].map(|t| {
+        (
+            format!("maxpool_x_t{t}.npy"),
+            format!("maxpool_t{t}.npy"),
+            format!("maxpool_ref_t{t}.npy"),
+        )
+    });
+    let flags = [
+        "--calib-source",
+        "forward",
+        "--calib-samples",
+        "4",
+        "--eval-samples",
+        "1",
+    ];
+    for (bits, least) in [("16", 36.0), ("8", 30.0)] {
+        let mut f = flags.to_vec();
+        f.extend(["--act-bits", bits]);
+        let dbs = sqnr_against_onnx_runtime(
+            "maxpool",
+            "maxpool_bilinear.onnx",
+            &f,
+            ("sample", "timestep"),
+            &[],
+            &cases,
+        );
+        for db in dbs {
+            assert!(
+                db >= least,
+                "--act-bits {bits}: {db:.2} dB against ONNX Runtime"
+            );
+        }
+    }
+}
+
+#[test]
 fn symbolic_height_and_width_are_set_with_input_shape() {
     // A random-weight UNet2DModel exported with dynamic batch, height and width. Without
     // `--input-shape` the compile says which dimensions are symbolic and how to set them (it used

@@ -1,4 +1,5 @@
-//! Data movement shared by both paths (reshape, axis moves, slices, nearest upsampling, broadcast):
+//! Data movement shared by both paths (reshape, axis moves, slices, nearest upsampling, broadcast,
+//! max pooling):
 //! the output aliases the input's quantization.
 use super::{shape_of, Ctx};
 use crate::ir::*;
@@ -7,6 +8,8 @@ use dmq_runtime::format::{self as wire, Op, MAX_RANK};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::Slice;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::MaxPool;
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Data-movement ops shared by both paths: the output aliases the input's quantization.
 pub(super) fn lower_movement(
@@ -67,6 +70,44 @@ fn lower_alias(
             output: out,
             axis: sl.axis as u8,
             start: start as u32,
+        })));
+        return Ok(Some(out));
+    }
+    if let Some(mp) = node.op_as::<MaxPool>() {
+        let ps = &mp.pool_spec;
+        if mp.with_index_outputs.is_some()
+            || ps.data_format != DataFormat::NCHW
+            || ps.kernel_shape.len() != 2
+            || ishape.len() != 4
+        {
+            bail!("only 2-D NCHW max pooling without index outputs is supported");
+        }
+        if ps
+            .dilations
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|&x| x != 1))
+        {
+            bail!("dilated max pooling is not supported");
+        }
+        let (st, pad) = super::conv::window(&ishape, ps);
+        let small = |v: usize| u16::try_from(v).ok();
+        let (Some(kernel), Some(stride), Some(pad)) = (
+            ps.kernel_shape
+                .iter()
+                .map(|&v| small(v))
+                .collect::<Option<Vec<_>>>(),
+            st.iter().map(|&v| small(v)).collect::<Option<Vec<_>>>(),
+            pad.iter().map(|&v| small(v)).collect::<Option<Vec<_>>>(),
+        ) else {
+            bail!("max pooling window, stride or padding above 65535");
+        };
+        let out = cx.alias(&name, oshape, x);
+        cx.prog.ops.push(IrOp::Plain(Op::MaxPool(wire::MaxPool {
+            input: x,
+            output: out,
+            kernel: [kernel[0], kernel[1]],
+            stride: [stride[0], stride[1]],
+            pad: [pad[0], pad[1], pad[2], pad[3]],
         })));
         return Ok(Some(out));
     }

@@ -29,7 +29,8 @@ pub use tensor::*;
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
 pub const MAJOR_VERSION: u16 = 6;
-pub const MINOR_VERSION: u16 = 0;
+/// 1: the `MaxPool` op (appended to the op list; 6.0 files read unchanged)
+pub const MINOR_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.
 pub const MAX_RANK: usize = crate::kernels::MAX_RANK;

@@ -202,6 +202,14 @@ macro_rules! op_list {
             }
             /// f32 concat along `axis` (timestep path).
             FConcat(fconcat, "TimeConcatF32", Time) { inputs: List<T>, output: Out<T>, axis: Data<u8> }
+            /// 2-D max pooling of NCHW codes (any element type; the output keeps the input's
+            /// quantization, so the integer max is exact): the largest value of each `kernel`
+            /// window at `stride`, the `pad` (`[top, left, bottom, right]`) positions left out.
+            /// Format 6.1.
+            MaxPool(maxpool, "MaxPool", Move) {
+                input: In<T>, output: Out<T>, kernel: Data<[u16; 2]>, stride: Data<[u16; 2]>,
+                pad: Data<[u16; 4]>
+            }
         }
     };
 }

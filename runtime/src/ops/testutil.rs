@@ -153,6 +153,17 @@ impl Bench {
     pub fn run(&mut self, op: Op<TRef>) {
         self.run_with(op, Tier::Scalar)
     }
+    /// Prepares and runs `op` on the scalar tier, returning its check's or its run's error.
+    pub fn try_run(&mut self, op: Op<TRef>) -> crate::Result<()> {
+        let blob = core::mem::take(&mut self.blob);
+        let ex = Exec {
+            tier: Tier::Scalar,
+            threads: 1,
+        };
+        let r = crate::ops::run_record(&op, self.bytes(), &blob, ex);
+        self.blob = blob;
+        r
+    }
 }
 
 /// Every tier this CPU runs (the scalar reference first).

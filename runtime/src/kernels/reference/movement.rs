@@ -37,6 +37,48 @@ pub fn strided_map<T: Copy, U>(
     Ok(())
 }
 
+/// 2-D max pooling of `planes` NCHW planes of `h × w` into `oh × ow`: the largest value of each
+/// `k` window at stride `s`, rows and columns outside the input (the `pad` before them) left out.
+/// Every window must hold at least one input element (`pad < k`, `(o − 1)·s < extent + pad`).
+#[inline(always)]
+pub fn max_pool<T: Copy + PartialOrd>(
+    x: &[T],
+    [planes, h, w]: [usize; 3],
+    out: &mut [T],
+    [oh, ow]: [usize; 2],
+    [kh, kw, sh, sw]: [usize; 4],
+    [pt, pl]: [usize; 2],
+) -> Result<()> {
+    check_len(planes * h * w, x.len())?;
+    check_len(planes * oh * ow, out.len())?;
+    let window = |o: usize, s: usize, p: usize, k: usize, n: usize| {
+        let lo = (o * s).saturating_sub(p);
+        let hi = (o * s + k).saturating_sub(p).min(n);
+        (lo, hi)
+    };
+    for (src, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for oy in 0..oh {
+            let (y0, y1) = window(oy, sh, pt, kh, h);
+            for ox in 0..ow {
+                let (x0, x1) = window(ox, sw, pl, kw, w);
+                if y0 >= y1 || x0 >= x1 {
+                    return Err(Error::Unsupported("max pool window outside the input"));
+                }
+                let mut m = src[y0 * w + x0];
+                for row in src[y0 * w..y1 * w].chunks_exact(w) {
+                    for &v in &row[x0..x1] {
+                        if v > m {
+                            m = v;
+                        }
+                    }
+                }
+                dst[oy * ow + ox] = m;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Nearest upsampling by integer factors `out_shape[d] / in_shape[d]`.
 #[inline(always)]
 pub fn upsample<T: Copy>(

@@ -1,0 +1,177 @@
+//! Small rewrites of tract's decluttered graph into ops the lowering knows.
+use anyhow::Result;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::{Gather, Slice};
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+/// A `Gather` of one constant scalar index (how `t[0]`, `t[1]`, `t[2]` of a packed projection
+/// export, as in `nn.MultiheadAttention`'s q, k and v) becomes a one-element `Slice` of that axis
+/// and the axis' removal. Tract declutters a one-element index list to the slice itself, not a
+/// scalar index.
+pub fn scalar_gathers(mut model: TypedModel) -> Result<TypedModel> {
+    loop {
+        let mut found = None;
+        for node in model.nodes() {
+            let Some(g) = node.op_as::<Gather>() else {
+                continue;
+            };
+            if node.inputs.len() != 2 {
+                continue;
+            }
+            let Some(idx) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
+                continue;
+            };
+            if idx.rank() != 0 || !idx.datum_type().is_integer() {
+                continue;
+            }
+            let data = model.outlet_fact(node.inputs[0])?;
+            let Some(n) = data.shape.get(g.axis).and_then(|d| d.to_i64().ok()) else {
+                continue;
+            };
+            let i = idx.cast_to_scalar::<i64>()?;
+            let i = if i < 0 { i + n } else { i };
+            if (0..n).contains(&i) {
+                found = Some((node.id, g.axis, i as usize));
+                break;
+            }
+        }
+        let Some((id, axis, i)) = found else {
+            return Ok(model);
+        };
+        let name = model.node(id).name.clone();
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(&model, model.node(id).inputs[0])?;
+        let y = patch.wire_node(format!("{name}.slice"), Slice::new(axis, i, i + 1), &[x])?[0];
+        let y = patch.wire_node(format!("{name}.rm"), AxisOp::Rm(axis), &[y])?[0];
+        patch.shunt_outside(&model, id.into(), y)?;
+        patch.apply(&mut model)?;
+        model = model.into_compact()?;
+    }
+}
+
+/// A `Resize` other than a whole-factor nearest one (bilinear with any coordinate rule, cubic,
+/// nearest by fractional factors) becomes two products with constant matrices: `y = R_h · x · R_wᵀ`
+/// per plane. The matrices are read off tract's own op, run on one-hot rows and columns; the
+/// rewrite is kept only if `R_h · x · R_wᵀ` reproduces the op on a random input, so a resize that
+/// is not separable and the same for every plane stays refused.
+pub fn separable_resizes(mut model: TypedModel) -> Result<TypedModel> {
+    loop {
+        let mut found = None;
+        for node in model.nodes() {
+            if node.op.name() != "Resize" || node.inputs.is_empty() {
+                continue;
+            }
+            if let Some(m) = resize_matrices(&model, node)? {
+                found = Some((node.id, m));
+                break;
+            }
+        }
+        let Some((id, (rh, rw))) = found else {
+            return Ok(model);
+        };
+        let name = model.node(id).name.clone();
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(&model, model.node(id).inputs[0])?;
+        let rh = patch.add_const(format!("{name}.rows"), rh)?;
+        let rw = patch.add_const(format!("{name}.cols"), rw)?;
+        let product =
+            |spec: &str| -> Result<EinSum> { Ok(EinSum::new(spec.parse()?, f32::datum_type())) };
+        // rows as the last axis for the first product, then back
+        let y = patch.wire_node(format!("{name}.to_h"), AxisOp::Move(2, 3), &[x])?[0];
+        let y = patch.wire_node(format!("{name}.h"), product("ncwh,uh->ncwu")?, &[y, rh])?[0];
+        let y = patch.wire_node(format!("{name}.from_h"), AxisOp::Move(3, 2), &[y])?[0];
+        let y = patch.wire_node(format!("{name}.w"), product("ncuw,vw->ncuv")?, &[y, rw])?[0];
+        patch.shunt_outside(&model, id.into(), y)?;
+        patch.apply(&mut model)?;
+        model = model.into_compact()?;
+    }
+}
+
+/// `(R_h [OH, H], R_w [OW, W])` of a 4-D f32 resize node with constant parameters, if separable.
+fn resize_matrices(model: &TypedModel, node: &TypedNode) -> Result<Option<(Tensor, Tensor)>> {
+    let fact = model.outlet_fact(node.inputs[0])?;
+    let out = model.outlet_fact(node.id.into())?;
+    let (Some(ishape), Some(oshape)) = (fact.shape.as_concrete(), out.shape.as_concrete()) else {
+        return Ok(None);
+    };
+    if fact.datum_type != f32::datum_type()
+        || ishape.len() != 4
+        || oshape.len() != 4
+        || ishape[..2] != oshape[..2]
+        || (ishape[2..] == oshape[2..])
+    {
+        return Ok(None);
+    }
+    let mut params = vec![];
+    for o in &node.inputs[1..] {
+        match &model.outlet_fact(*o)?.konst {
+            Some(k) => params.push(k.clone().into_tvalue()),
+            None => return Ok(None),
+        }
+    }
+    let (h, w, oh, ow) = (ishape[2], ishape[3], oshape[2], oshape[3]);
+    let eval = |img: &dyn Fn(usize, usize) -> f32| -> Result<Vec<f32>> {
+        let planes = ishape[0] * ishape[1];
+        let x: Vec<f32> = (0..planes * h * w).map(|i| img(i / w % h, i % w)).collect();
+        let mut inputs: TVec<TValue> = tvec![Tensor::from_shape(ishape, &x)?.into_tvalue()];
+        inputs.extend(params.iter().cloned());
+        let Some(mut ys) = node.op.eval_out_of_plan(inputs)? else {
+            anyhow::bail!("resize cannot be evaluated on its own");
+        };
+        let y = ys.remove(0);
+        let y = y.cast_to::<f32>()?;
+        let v = y.to_plain_array_view::<f32>()?;
+        Ok(v.iter().copied().collect())
+    };
+    // a row of ones at r gives R_h[u, r]·(R_w's row sums)[v], a column of ones at c gives
+    // (R_h's row sums)[u]·R_w[v, c]; interpolation rows sum to 1, and the check below refuses
+    // anything else
+    let mut rh = vec![0f32; oh * h];
+    let mut rw = vec![0f32; ow * w];
+    for r in 0..h {
+        let y = eval(&|i, _| (i == r) as u8 as f32)?;
+        for u in 0..oh {
+            rh[u * h + r] = y[u * ow];
+        }
+    }
+    for c in 0..w {
+        let y = eval(&|_, j| (j == c) as u8 as f32)?;
+        for v in 0..ow {
+            rw[v * w + c] = y[v];
+        }
+    }
+    // the product check decides: R_h · x · R_wᵀ against the op on a random image
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let img: Vec<f32> = (0..h * w)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let got = eval(&|i, j| img[i * w + j])?;
+    let mut err = 0f64;
+    let mut sig = 0f64;
+    for u in 0..oh {
+        for v in 0..ow {
+            let mut s = 0f64;
+            for r in 0..h {
+                for c in 0..w {
+                    s += (rh[u * h + r] * img[r * w + c] * rw[v * w + c]) as f64;
+                }
+            }
+            let g = got[u * ow + v] as f64;
+            err += (s - g) * (s - g);
+            sig += g * g;
+        }
+    }
+    if err > sig * 1e-10 {
+        return Ok(None);
+    }
+    Ok(Some((
+        Tensor::from_shape(&[oh, h], &rh)?,
+        Tensor::from_shape(&[ow, w], &rw)?,
+    )))
+}
