@@ -57,6 +57,7 @@ pub fn emit(
         invariant_bytes: plan.invariant_bytes,
     };
     let mut ops_b = vec![];
+    let mut minor = 0;
     let mut offsets = heapless::Vec::<u32, { dmq_runtime::format::MAX_STREAMS }>::new();
     let mut uppers = heapless::Vec::<f32, { dmq_runtime::format::MAX_STREAMS }>::new();
     for (q, upper) in streams {
@@ -77,6 +78,7 @@ pub fn emit(
                 Op::MatMul(m) => m.scratch = plan.scratch[i],
                 _ => {}
             }
+            minor = minor.max(dmq_runtime::format::minor_version_of(&rec));
             ops_b.extend(postcard::to_allocvec(&rec)?);
         }
     }
@@ -85,7 +87,7 @@ pub fn emit(
     meta.bucket_upper = uppers;
     meta.ops_per_stream = q0.ops.len() as u32;
     let n_ops = (q0.ops.len() * streams.len()) as u32;
-    assemble(&meta, &ops_b, &blob.bytes, n_ops)
+    assemble(&meta, &ops_b, &blob.bytes, n_ops, minor)
 }
 
 /// The arena reference of every tensor of a stream.
@@ -108,13 +110,21 @@ fn name(p: &Program, t: Option<TensorId>) -> Result<heapless::String<64>> {
 
 /// Lays out a `.dmq` file: header, postcard metadata and op records (checksummed together), then the
 /// 64-byte aligned blob.
-fn assemble(meta: &ModelMeta, ops_b: &[u8], blob: &[u8], n_ops: u32) -> Result<Vec<u8>> {
+fn assemble(
+    meta: &ModelMeta,
+    ops_b: &[u8],
+    blob: &[u8],
+    n_ops: u32,
+    minor: u16,
+) -> Result<Vec<u8>> {
     let meta_b = postcard::to_allocvec(meta)?;
     let total = (HEADER_LEN + meta_b.len() + ops_b.len() + 64) as u64 + blob.len() as u64;
     if total > u32::MAX as u64 {
         bail!("the model would take {total} bytes; a .dmq holds at most 4 GiB (32-bit offsets)");
     }
-    Ok(dmq_runtime::format::assemble(&meta_b, ops_b, n_ops, blob))
+    Ok(dmq_runtime::format::assemble(
+        &meta_b, ops_b, n_ops, blob, minor,
+    ))
 }
 
 /// The timestep path folded for the scheduled timesteps (see `dmq_runtime::format::TimeTable`).
@@ -178,7 +188,7 @@ pub fn with_meta(
     let ops_b = get(h.ops)?.to_vec();
     let mut blob = get(h.blob)?.to_vec();
     edit(&mut meta, &mut blob)?;
-    assemble(&meta, &ops_b, &blob, h.n_ops)
+    assemble(&meta, &ops_b, &blob, h.n_ops, h.minor)
 }
 
 /// Writes a file atomically (temporary file in the same folder, then rename): a failure never leaves

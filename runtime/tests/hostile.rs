@@ -10,7 +10,7 @@
 //! `DMQ_HOSTILE_CASES=1 DMQ_HOSTILE_SEED=<seed>` (`DMQ_HOSTILE_DUMP=PREFIX` writes each case's bytes to `PREFIX.<fixture>.<seed>`).
 mod exercise;
 
-use dmq_runtime::format::{assemble, Header, ModelMeta, Op, TRef};
+use dmq_runtime::format::{assemble, minor_version_of, Header, ModelMeta, Op, TRef};
 use dmq_runtime::sampler::Rng;
 use dmq_runtime::{Error, Limits, Model};
 use exercise::{exercise, limits_for, Outcome};
@@ -70,7 +70,14 @@ fn encode(d: &Decoded, keep_offsets: bool) -> Vec<u8> {
     }
     let n_ops = d.streams.iter().map(|s| s.len()).sum::<usize>() as u32;
     let meta_b = postcard::to_allocvec(&meta).expect("encodes");
-    assemble(&meta_b, &ops, n_ops, &d.blob)
+    let minor = d
+        .streams
+        .iter()
+        .flatten()
+        .map(minor_version_of)
+        .max()
+        .unwrap_or(0);
+    assemble(&meta_b, &ops, n_ops, &d.blob, minor)
 }
 
 /// Every leaf (number) and array of a JSON tree, by path.

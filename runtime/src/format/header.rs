@@ -198,16 +198,16 @@ impl Header {
     }
 }
 
-/// Lays out a file: header, metadata, op records, zero padding to the blob's alignment, blob; with
-/// both checksums set.
+/// Lays out a file of format `MAJOR_VERSION.minor`: header, metadata, op records, zero padding to
+/// the blob's alignment, blob; with both checksums set.
 #[cfg(feature = "std")]
-pub fn assemble(meta: &[u8], ops: &[u8], n_ops: u32, blob: &[u8]) -> std::vec::Vec<u8> {
+pub fn assemble(meta: &[u8], ops: &[u8], n_ops: u32, blob: &[u8], minor: u16) -> std::vec::Vec<u8> {
     extern crate std;
     let ops_off = HEADER_LEN + meta.len();
     let blob_off = (ops_off + ops.len()).div_ceil(BLOB_ALIGN as usize) * BLOB_ALIGN as usize;
     let mut h = Header {
         major: MAJOR_VERSION,
-        minor: MINOR_VERSION,
+        minor,
         meta: (HEADER_LEN as u32, meta.len() as u32),
         ops: (ops_off as u32, ops.len() as u32),
         n_ops,

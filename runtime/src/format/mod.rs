@@ -29,8 +29,18 @@ pub use tensor::*;
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
 pub const MAJOR_VERSION: u16 = 6;
-/// 1: the `MaxPool` op (appended to the op list; 6.0 files read unchanged)
+/// 1: the `MaxPool` op (appended to the op list; 6.0 files read unchanged). A file states the
+/// lowest minor version whose readers know all its ops ([`minor_version_of`]).
 pub const MINOR_VERSION: u16 = 1;
+
+/// The minor format version that introduced `op`: a file's header states the highest of its ops',
+/// so that a file without the newer ops stays readable by older runtimes.
+pub fn minor_version_of<T>(op: &Op<T>) -> u16 {
+    match op {
+        Op::MaxPool(_) => 1,
+        _ => 0,
+    }
+}
 pub const HEADER_LEN: usize = 64;
 /// Highest tensor rank the format carries.
 pub const MAX_RANK: usize = crate::kernels::MAX_RANK;

@@ -34,7 +34,9 @@ pub fn prepare<'a>(r: &MaxPool<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     let [pt, pl, pb, pr] = r.pad.map(usize::from);
     // every window holds at least one input element, and the output is the floor-mode count
     // or one more (ceil mode), whose last window still starts inside the input
+    // (in u64: no sum overflows on a 32-bit target)
     let axis_ok = |n: usize, k: usize, s: usize, p0: usize, p1: usize, out: usize| {
+        let [n, k, s, p0, p1, out] = [n, k, s, p0, p1, out].map(|v| v as u64);
         k > 0
             && s > 0
             && p0 < k
@@ -68,7 +70,7 @@ impl PreparedOp for Pool {
         })
     }
     fn work(&self) -> u64 {
-        (self.output.numel() * self.window[0] * self.window[1]) as u64
+        self.output.numel() as u64 * self.window[0] as u64 * self.window[1] as u64
     }
     fn output(&self) -> &View {
         &self.output
@@ -120,6 +122,37 @@ mod tests {
                 assert_eq!(got, want, "{dt:?} k={k} s={s} pad={pad:?}");
             }
         }
+    }
+
+    #[test]
+    fn any_accepted_geometry_runs_and_none_panics() {
+        // random kernels, strides, paddings and output sizes around the valid ones: the check
+        // either refuses the record or the run succeeds (the kernel's own window test never fires)
+        let mut rng = Rng::new(5);
+        let mut pick = |n: u64| (rng.next_u64() % n) as u16;
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let (h, w) = (1 + pick(6) as u32, 1 + pick(6) as u32);
+            let (k, s) = (pick(5), pick(4));
+            let pad = [pick(4), pick(4), pick(4), pick(4)];
+            let (oh, ow) = (1 + pick(7) as u32, 1 + pick(7) as u32);
+            let mut b = Bench::new();
+            let x = b.tensor(DType::I16, &[1, 2, h, w], 1.0, 0);
+            let y = b.tensor(DType::I16, &[1, 2, oh, ow], 1.0, 0);
+            let r = b.try_run(Op::MaxPool(MaxPool {
+                input: x,
+                output: y,
+                kernel: [k, k],
+                stride: [s, s],
+                pad,
+            }));
+            match r {
+                Ok(()) => accepted += 1,
+                Err(crate::Error::Invalid { .. }) => refused += 1,
+                Err(e) => panic!("h={h} w={w} k={k} s={s} pad={pad:?} out={oh}x{ow}: {e}"),
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted} accepted, {refused} refused");
     }
 
     #[test]
