@@ -1083,17 +1083,35 @@ fn sdxl_style_text_time_conditions_compile_with_five_inputs() {
     }
 }
 
-#[test]
-fn grouped_and_depthwise_convolutions_lower_as_block_diagonal_ones() {
-    // A random-weight denoiser with a depthwise 7x7 (32 groups), a stride-2 convolution in 4 groups
-    // and a 3x3 in 2 groups: each runs as a dense convolution whose weights are zero outside its
-    // group. With int16 activations only the 8-bit weights differ from ONNX Runtime (the lowering
-    // is exact); with int8 activations this random toy keeps >= 24 dB.
+/// A random-weight import fixture `onnx` against its ONNX Runtime references at t = 50/500/950
+/// (`{prefix}_x_t{t}.npy`, `{prefix}_ref_t{t}.npy`; the timestep from `time(t)`): tract's float
+/// model after dmqc's graph rewrites is above `float_db` when given, and the compile with
+/// `--calib-source forward` and each `(--act-bits, least dB)` is at least that at every t.
+fn import_fixture_holds(
+    onnx: &str,
+    prefix: &str,
+    time: fn(u32) -> String,
+    float_db: Option<f64>,
+    bits_least: &[(&str, f64)],
+) {
+    if let Some(least) = float_db {
+        use dmq_compiler::import::{import, FloatModel};
+        let float = FloatModel::new(&import(&fixture(onnx), None, &[]).unwrap()).unwrap();
+        for t in [50, 500, 950] {
+            let (_, x) = read_npy(&fixture(&format!("{prefix}_x_t{t}.npy"))).unwrap();
+            let (_, reference) = read_npy(&fixture(&format!("{prefix}_ref_t{t}.npy"))).unwrap();
+            let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
+            assert!(
+                db > least,
+                "float graph at t = {t}: {db:.1} dB against ONNX Runtime"
+            );
+        }
+    }
     let cases = [50, 500, 950].map(|t| {
         (
-            format!("grouped_x_t{t}.npy"),
-            format!("condition_t{t}.npy"),
-            format!("grouped_ref_t{t}.npy"),
+            format!("{prefix}_x_t{t}.npy"),
+            time(t),
+            format!("{prefix}_ref_t{t}.npy"),
         )
     });
     let flags = [
@@ -1104,24 +1122,33 @@ fn grouped_and_depthwise_convolutions_lower_as_block_diagonal_ones() {
         "--eval-samples",
         "1",
     ];
-    for (bits, least) in [("16", 38.0), ("8", 24.0)] {
+    for &(bits, least) in bits_least {
         let mut f = flags.to_vec();
         f.extend(["--act-bits", bits]);
-        let dbs = sqnr_against_onnx_runtime(
-            "grouped",
-            "grouped_conv.onnx",
-            &f,
-            ("sample", "timestep"),
-            &[],
-            &cases,
-        );
+        let dbs = sqnr_against_onnx_runtime(prefix, onnx, &f, ("sample", "timestep"), &[], &cases);
         for db in dbs {
             assert!(
                 db >= least,
-                "--act-bits {bits}: {db:.2} dB against ONNX Runtime"
+                "{onnx} --act-bits {bits}: {db:.2} dB against ONNX Runtime"
             );
         }
     }
+}
+
+#[test]
+fn grouped_and_depthwise_convolutions_lower_as_block_diagonal_ones() {
+    // A random-weight denoiser with a depthwise 7x7 (32 groups), a stride-2 convolution in 4 groups
+    // and a 3x3 in 2 groups: each runs as a dense convolution whose weights are zero outside its
+    // group. With int16 activations only the 8-bit weights differ from ONNX Runtime (the lowering
+    // is exact); with int8 activations this random toy keeps >= 24 dB.
+    let condition = |t| format!("condition_t{t}.npy");
+    import_fixture_holds(
+        "grouped_conv.onnx",
+        "grouped",
+        condition,
+        None,
+        &[("16", 38.0), ("8", 24.0)],
+    );
 }
 
 #[test]
@@ -1132,52 +1159,15 @@ fn transposed_convolutions_lower_as_phase_convolutions() {
     // float (tract against ONNX Runtime); with int16 activations only the 8-bit weights differ;
     // at W8A8 with default flags it keeps >= 30 dB (21.6 dB before the floor and the output
     // correction took the measurement's forward-process probes).
-    use dmq_compiler::import::{import, FloatModel};
-    let float =
-        FloatModel::new(&import(&fixture("conv_transpose.onnx"), None, &[]).unwrap()).unwrap();
-    for t in [50, 500, 950] {
-        let (_, x) = read_npy(&fixture(&format!("deconv_x_t{t}.npy"))).unwrap();
-        let (_, reference) = read_npy(&fixture(&format!("deconv_ref_t{t}.npy"))).unwrap();
-        let y = float.run(&x, t as f32).unwrap();
-        let db = sqnr_db(&reference, &y);
-        assert!(
-            db > 100.0,
-            "float rewrite at t = {t}: {db:.1} dB against ONNX Runtime"
-        );
-    }
-    let cases = [50, 500, 950].map(|t| {
-        (
-            format!("deconv_x_t{t}.npy"),
-            format!("condition_t{t}.npy"),
-            format!("deconv_ref_t{t}.npy"),
-        )
-    });
-    let flags = [
-        "--calib-source",
-        "forward",
-        "--calib-samples",
-        "4",
-        "--eval-samples",
-        "1",
-    ];
-    for (bits, least) in [("16", 40.0), ("8", 30.0)] {
-        let mut f = flags.to_vec();
-        f.extend(["--act-bits", bits]);
-        let dbs = sqnr_against_onnx_runtime(
-            "deconv",
-            "conv_transpose.onnx",
-            &f,
-            ("sample", "timestep"),
-            &[],
-            &cases,
-        );
-        for db in dbs {
-            assert!(
-                db >= least,
-                "--act-bits {bits}: {db:.2} dB against ONNX Runtime"
-            );
-        }
-    }
+    let condition = |t| format!("condition_t{t}.npy");
+    let bits = [("16", 40.0), ("8", 30.0)];
+    import_fixture_holds(
+        "conv_transpose.onnx",
+        "deconv",
+        condition,
+        Some(100.0),
+        &bits,
+    );
 }
 
 #[test]
@@ -1188,51 +1178,9 @@ fn max_pooling_bilinear_upsampling_and_packed_attention_projections_lower() {
     // two products with the interpolation matrices read off tract's op, the gathers as slices:
     // the float graph after these rewrites matches ONNX Runtime, and the integer one keeps
     // >= 36 dB with int16 activations and >= 30 dB with default flags. All three used to be refused.
-    use dmq_compiler::import::{import, FloatModel};
-    let float =
-        FloatModel::new(&import(&fixture("maxpool_bilinear.onnx"), None, &[]).unwrap()).unwrap();
-    for t in [50, 500, 950] {
-        let (_, x) = read_npy(&fixture(&format!("maxpool_x_t{t}.npy"))).unwrap();
-        let (_, reference) = read_npy(&fixture(&format!("maxpool_ref_t{t}.npy"))).unwrap();
-        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
-        assert!(
-            db > 90.0,
-            "float rewrite at t = {t}: {db:.1} dB against ONNX Runtime"
-        );
-    }
-    let cases = [50, 500, 950].map(|t| {
-        (
-            format!("maxpool_x_t{t}.npy"),
-            format!("maxpool_t{t}.npy"),
-            format!("maxpool_ref_t{t}.npy"),
-        )
-    });
-    let flags = [
-        "--calib-source",
-        "forward",
-        "--calib-samples",
-        "4",
-        "--eval-samples",
-        "1",
-    ];
-    for (bits, least) in [("16", 36.0), ("8", 30.0)] {
-        let mut f = flags.to_vec();
-        f.extend(["--act-bits", bits]);
-        let dbs = sqnr_against_onnx_runtime(
-            "maxpool",
-            "maxpool_bilinear.onnx",
-            &f,
-            ("sample", "timestep"),
-            &[],
-            &cases,
-        );
-        for db in dbs {
-            assert!(
-                db >= least,
-                "--act-bits {bits}: {db:.2} dB against ONNX Runtime"
-            );
-        }
-    }
+    let time = |t| format!("maxpool_t{t}.npy");
+    let bits = [("16", 36.0), ("8", 30.0)];
+    import_fixture_holds("maxpool_bilinear.onnx", "maxpool", time, Some(90.0), &bits);
 }
 
 #[test]
