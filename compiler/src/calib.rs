@@ -28,6 +28,9 @@ pub struct Calibration {
     pub kept: Vec<crate::quant::hessian::KeptInput>,
     /// the products' input Hessians gathered on `kept` (empty with nearest weight rounding)
     pub hessians: crate::quant::hessian::Hessians,
+    /// nodes whose values are a softmax's probabilities: recorded for their peak, and left out of
+    /// the bucket boundaries' choice (their codes are not spread over a min-max range)
+    pub probs: HashSet<usize>,
 }
 
 /// Whether latents `x` at timestep `t` have drifted more than 3x (in RMS) from the forward process
@@ -98,6 +101,7 @@ pub fn buckets_by_ranges(
     per_step: &[HashMap<usize, Range>],
     timesteps: &[f32],
     groups: usize,
+    skip: &HashSet<usize>,
 ) -> Vec<(Vec<usize>, Option<f32>)> {
     let s = timesteps.len();
     let g = groups.clamp(1, s.max(1));
@@ -107,6 +111,7 @@ pub fn buckets_by_ranges(
     let mut order: Vec<usize> = (0..s).collect();
     order.sort_by(|&a, &b| timesteps[a].total_cmp(&timesteps[b]));
     let mut nodes: Vec<usize> = per_step.iter().flat_map(|m| m.keys().copied()).collect();
+    nodes.retain(|n| !skip.contains(n));
     nodes.sort();
     nodes.dedup();
     // widths (ranges include 0, as the quantizer does)
@@ -654,6 +659,7 @@ pub fn calibrate(
             })
             .collect(),
         hessians: Default::default(),
+        probs: Default::default(),
     })
 }
 

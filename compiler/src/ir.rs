@@ -44,8 +44,11 @@ pub struct TensorInfo {
     pub stat: Option<usize>,
     /// shares the quantization of another tensor (reshape, slice, transpose, upsample...)
     pub alias: Option<TensorId>,
-    /// fixed quantization (softmax output)
+    /// fixed quantization (constants; a softmax's probabilities before calibration)
     pub fixed: Option<(f32, i32)>,
+    /// a softmax's probabilities: zero point at the code range's bottom and a step `1/r` (whole
+    /// `r`) chosen from the observed peak ([`crate::quant::activations::probs_params`])
+    pub probs: bool,
     /// for an alias made by data movement: the tract node whose output is its float value (where
     /// `stat` is `None`), for the products' input statistics (`quant::gptq`)
     pub value: Option<usize>,

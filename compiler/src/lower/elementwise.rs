@@ -262,8 +262,14 @@ pub(super) fn lower_softmax(
     if sm.axes.len() != 1 {
         bail!("softmax over several axes");
     }
-    let out = cx.tensor(&node.name, oshape, DType::I8, None);
+    // Rows longer than LONG_ROWS: steps of 1/255 leave a near-uniform row under two codes per
+    // probability (all zeros at 1024 tokens), so the step follows the observed peak. Shorter
+    // rows keep 1/255, as every file before.
+    const LONG_ROWS: usize = 128;
+    let long = oshape.get(sm.axes[0]).is_some_and(|&n| n > LONG_ROWS);
+    let out = cx.tensor(&node.name, oshape, DType::I8, long.then_some(node.id));
     cx.prog.t_mut(out).fixed = Some((1.0 / 255.0, -128));
+    cx.prog.t_mut(out).probs = long;
     cx.prog.ops.push(IrOp::Softmax {
         input: x,
         output: out,

@@ -101,6 +101,7 @@ impl<'a> Ctx<'a> {
             stat,
             alias: None,
             fixed: None,
+            probs: false,
             value: None,
         })
     }

@@ -124,15 +124,20 @@ impl<'c> Builder<'c> {
     /// `timestep_groups` buckets of neighbouring steps that lose the fewest bits.
     pub fn buckets(&self) -> Vec<Bucket> {
         let cal = self.cal;
-        calib::buckets_by_ranges(&cal.per_step, &cal.timesteps, self.opts.timestep_groups)
-            .into_iter()
-            .map(|(steps, upper)| Bucket {
-                ranges: self.ranges_of(&steps, true),
-                upper,
-                steps,
-                kind: Kind::Main,
-            })
-            .collect()
+        calib::buckets_by_ranges(
+            &cal.per_step,
+            &cal.timesteps,
+            self.opts.timestep_groups,
+            &cal.probs,
+        )
+        .into_iter()
+        .map(|(steps, upper)| Bucket {
+            ranges: self.ranges_of(&steps, true),
+            upper,
+            steps,
+            kind: Kind::Main,
+        })
+        .collect()
     }
 
     /// One op stream per bucket, sharing weights through the blob; each bucket runs the program of

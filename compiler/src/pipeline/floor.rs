@@ -210,7 +210,7 @@ fn floor_buckets(
     for (run, g) in runs.iter().zip(share) {
         let sub_ranges: Vec<_> = run.iter().map(|&i| cal.per_step[i].clone()).collect();
         let sub_t: Vec<f32> = run.iter().map(|&i| cal.timesteps[i]).collect();
-        for (steps, _) in calib::buckets_by_ranges(&sub_ranges, &sub_t, g) {
+        for (steps, _) in calib::buckets_by_ranges(&sub_ranges, &sub_t, g, &cal.probs) {
             split.push((steps.iter().map(|&k| run[k]).collect(), None));
         }
     }

@@ -90,7 +90,7 @@ fn compile_imported(
     let float = FloatModel::new(&imp)?;
     check_extra_names(&float, opts)?;
     let mut clock = Phases::start();
-    let mut cal = calibrate(&float, &lowered.stat_nodes, opts, calib_asked.is_some())?;
+    let mut cal = calibrate(&float, &lowered, opts, calib_asked.is_some())?;
     let calib_seconds = clock.mark("calibration");
     weight_statistics(&float, opts, &lowered.program, &mut cal, &mut clock)?;
     let program0 = &lowered.program;
@@ -300,10 +300,11 @@ fn check_extra_names(float: &FloatModel, opts: &CompileOptions) -> Result<()> {
 /// `capped`: `--calib-budget` ran fewer trajectories than asked for (and so fewer probes).
 fn calibrate(
     float: &FloatModel,
-    stat_nodes: &[usize],
+    lowered: &lower::Lowered,
     opts: &CompileOptions,
     capped: bool,
 ) -> Result<calib::Calibration> {
+    let stat_nodes = &lowered.stat_nodes;
     let cfg = sampler_config(opts);
     let pb = progress_bar(
         (opts.calib_samples as u64) * opts.steps as u64,
@@ -329,7 +330,11 @@ fn calibrate(
         &pb,
     )?;
     pb.finish_and_clear();
-    Ok(cal)
+    let probs = lowered.program.tensors.iter().filter(|t| t.probs);
+    Ok(calib::Calibration {
+        probs: probs.filter_map(|t| t.stat).collect(),
+        ..cal
+    })
 }
 
 /// The options a compile runs with (the sampler a timestep input's name implies, calibration
@@ -521,7 +526,11 @@ fn local_noise(
         let (Some(r), Some(vals)) = (range, b.cal.samples.get(s).and_then(|m| m.get(&stat))) else {
             continue;
         };
-        let params = crate::quant::affine_params(r.min, r.max);
+        let params = if program.t(c).probs {
+            crate::quant::activations::probs_params(dmq_runtime::format::DType::I8, r.max)
+        } else {
+            crate::quant::affine_params(r.min, r.max)
+        };
         for &x in vals {
             noise += ((x - crate::quant::int8_roundtrip(x, params)) as f64).powi(2);
             signal += (x as f64).powi(2);

@@ -57,6 +57,24 @@ pub fn affine_params_for(dtype: DType, lo: f32, hi: f32) -> (f32, i32) {
     (scale, zero)
 }
 
+/// How far above the largest probability calibration saw a softmax's codes reach.
+pub const PROBS_HEADROOM: f32 = 2.0;
+
+/// A softmax's output parameters for probabilities up to `peak` (observed): zero point at the code
+/// range's bottom and a step `1/r` with whole `r` (the runtime's softmax computes
+/// `zo + round(r·e/sum)`), `r` as large as keeps `PROBS_HEADROOM·peak` representable, at least
+/// the steps that reach 1 (255 at int8, as before calibration chose) and at most the runtime's
+/// limit. With one step of 1/255, a near-uniform attention over 1024 or 4096 tokens (each
+/// probability 1/1024 or 1/4096) rounded to all zeros.
+pub fn probs_params(dtype: DType, peak: f32) -> (f32, i32) {
+    let (lo, hi) = dtype.code_range();
+    let codes = (hi - lo) as f64;
+    let top = (PROBS_HEADROOM * peak).clamp(1e-9, 1.0) as f64;
+    let max_steps = dmq_runtime::kernels::reference::softmax::MAX_STEPS as f64;
+    let r = (codes / top).floor().clamp(codes, max_steps);
+    ((1.0 / r) as f32, lo)
+}
+
 /// Chosen quantization of every tensor (int8: scale, zero; f32: 1, 0).
 pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<(f32, i32)>> {
     let mut out = vec![(1.0f32, 0i32); p.tensors.len()];
@@ -66,7 +84,17 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
         if t.dtype == DType::F32 {
             continue;
         }
-        out[i] = if let Some(f) = t.fixed {
+        let range = |s: usize| {
+            ranges
+                .get(&s)
+                .ok_or_else(|| anyhow!("no calibration range for tensor {}", t.name))
+        };
+        out[i] = if t.probs {
+            match t.stat {
+                Some(s) => probs_params(t.dtype, range(s)?.max),
+                None => t.fixed.unwrap_or((1.0 / 255.0, -128)),
+            }
+        } else if let Some(f) = t.fixed {
             f
         } else if let Some(s) = t.stat {
             let r = ranges
@@ -86,4 +114,27 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
         };
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_step_follows_the_peak_within_the_runtime_limits() {
+        // a peak of 1 (or above half, with the headroom) keeps steps of 1/255 from -128
+        assert_eq!(probs_params(DType::I8, 1.0), (1.0 / 255.0, -128));
+        assert_eq!(probs_params(DType::I8, 0.6), (1.0 / 255.0, -128));
+        // a peak of 1/512: twice it reaches code 127, a probability of 1/1024 is about 32 codes
+        let (s, z) = probs_params(DType::I8, 1.0 / 512.0);
+        assert_eq!(z, -128);
+        let r = (1.0 / s as f64).round();
+        assert_eq!(r, (255.0f64 * 256.0).floor());
+        assert!(255.0 / r >= 2.0 / 512.0 - 1e-9);
+        // int16 from -32768, and never past the runtime's step limit
+        let (s, z) = probs_params(DType::I16, 1e-6);
+        assert_eq!(z, -32768);
+        let max = dmq_runtime::kernels::reference::softmax::MAX_STEPS as f64;
+        assert!((1.0 / s as f64).round() <= max);
+    }
 }

@@ -1,7 +1,7 @@
 //! Integer softmax.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 use super::softmax_div::exps16_avx2;
-use super::softmax_div::{Quotient, RowQuot, LIFT};
+use super::softmax_div::{row_by_code, Quotient, RowQuot, LIFT};
 use super::Code;
 use crate::kernels::{check_len, le_i32};
 use crate::Result;
@@ -144,12 +144,18 @@ pub fn softmax_any<T: Code, U: Code>(
     let mut ex = Exps {
         lohi: [[0; 256]; 2],
         wide,
+        #[cfg(all(target_arch = "x86_64", feature = "std"))]
+        bytes: None,
     };
     for d in 0..256 {
         ex.lohi[0][d] = le_i32(table, d) as u32;
         if wide {
             ex.lohi[1][d] = le_i32(table, 256 + d) as u32;
         }
+    }
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    if !wide && len > 2 * 256 {
+        ex.bytes = crate::kernels::x86_avx512_ops::SoftmaxTables::new(&ex.lohi[0].map(u64::from));
     }
     if ex.lohi.iter().flatten().any(|&e| e > 1 << 20) {
         return Err(crate::Error::Unsupported("softmax exp table entry above 1"));
@@ -188,16 +194,19 @@ pub fn softmax_any<T: Code, U: Code>(
 
 /// The exp values of [`softmax_any`]'s table, `lo` then `hi` (every entry at most 2^20; `hi` unused
 /// for int8 inputs).
-struct Exps {
-    lohi: [[u32; 256]; 2],
-    wide: bool,
+pub(super) struct Exps {
+    pub(super) lohi: [[u32; 256]; 2],
+    pub(super) wide: bool,
+    /// int8 codes' AVX-512 sums (std builds on CPUs with VBMI; the same integers)
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    pub(super) bytes: Option<crate::kernels::x86_avx512_ops::SoftmaxTables>,
 }
 
 impl Exps {
     /// The exp of `d = mx - v`: below 2^16 (int16) or 2^8, so the masked indices read the same
     /// entries without bounds checks.
     #[inline(always)]
-    fn of(&self, mx: i32, v: i32) -> u64 {
+    pub(super) fn of(&self, mx: i32, v: i32) -> u64 {
         let d = (mx - v) as usize;
         let [lo, hi] = &self.lohi;
         if self.wide {
@@ -240,6 +249,10 @@ fn rows<T: Code, U: Code, const AVX2: bool>(
         .zip(out.chunks_exact_mut(len.max(1)))
     {
         let mx = xs.iter().map(|v| v.get()).max().unwrap_or(0);
+        if !ex.wide && xs.len() > 2 * 256 {
+            row_by_code(xs, ys, mx, ex, st, (plain, top));
+            continue;
+        }
         if let Some(es) = keep.get_mut(..xs.len()) {
             // each exp once: kept for the quotients (`e <= 2^20` fits u32), the sum in four
             // independent parts
@@ -444,6 +457,22 @@ mod tests {
             for (j, (&v, &g)) in x.iter().zip(&got).enumerate() {
                 let q = ((2 * r * e((mx - v) as usize) + sum) / (2 * sum)).min(65535);
                 assert_eq!(g as i64, -32768 + q as i64, "case {case} element {j}");
+            }
+            if !wide {
+                let (x8, mut got8) = (
+                    x.iter().map(|&v| v as i8).collect::<Vec<_>>(),
+                    vec![0i8; len],
+                );
+                let st8 = Steps {
+                    zo: -128,
+                    hi: 127,
+                    ..st
+                };
+                softmax_any(&x8, (1, len, 1), &table, st8, &mut got8).unwrap();
+                for (j, (&v, &g)) in x.iter().zip(&got8).enumerate() {
+                    let q = ((2 * r * e((mx - v) as usize) + sum) / (2 * sum)).min(255);
+                    assert_eq!(g as i64, -128 + q as i64, "int8 case {case} element {j}");
+                }
             }
         }
     }

@@ -1,6 +1,10 @@
 //! The exact quotients of the integer softmax ([`super::softmax::softmax`] and
 //! [`super::softmax::softmax_any`]): each rounds a probability to its code without a division per
-//! element. And the general softmax's exp lookups for int16 codes by AVX2 gathers.
+//! element. And the general softmax's exp lookups for int16 codes by AVX2 gathers, and its long
+//! rows of int8 codes by a table of the codes.
+
+use super::softmax::{Exps, Steps};
+use super::Code;
 
 /// A row's quotients `floor((2 r e + sum) / (2 sum))` ([`super::softmax::Steps`]) for
 /// `r <= 2^24`, `1 <= sum`, `e <= sum` and `2 r e + sum < 2^53` (the bounds of
@@ -140,6 +144,61 @@ pub(super) unsafe fn exps16_avx2(
         )
     };
     (lanes.iter().sum(), n)
+}
+
+/// A long row of int8 codes for [`super::softmax::softmax_any`]: each present code's output once
+/// (the quotient its per-element rows compute), then a table lookup.
+#[inline(always)]
+pub(super) fn row_by_code<T: Code, U: Code>(
+    xs: &[T],
+    ys: &mut [U],
+    mx: i32,
+    ex: &Exps,
+    st: Steps,
+    (plain, top): (bool, u64),
+) {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    let (done, head) = match (&ex.bytes, bytemuck::try_cast_slice::<T, i8>(xs)) {
+        (Some(w), Ok(x8)) => w.exp_sum(x8, mx as i8),
+        _ => (0, 0),
+    };
+    #[cfg(not(all(target_arch = "x86_64", feature = "std")))]
+    let (done, head) = (0, 0);
+    let mut part = [head, 0, 0, 0];
+    let mut quads = xs[done..].chunks_exact(4);
+    for c in &mut quads {
+        for (p, v) in part.iter_mut().zip(c) {
+            *p += ex.of(mx, v.get());
+        }
+    }
+    let rest: u64 = quads.remainder().iter().map(|v| ex.of(mx, v.get())).sum();
+    let q = RowQuot::new(st.r, (part.iter().sum::<u64>() + rest).max(1));
+    let (mn, mut code) = (
+        xs.iter().map(|v| v.get()).min().unwrap_or(0),
+        [U::default(); 256],
+    );
+    for c in (mn + 128).max(0) as usize..=(mx + 128).min(255) as usize {
+        let v = q.of(ex.of(mx, c as i32 - 128) as u32);
+        code[c] = if plain {
+            U::wrap(st.zo as i64 + v as i64)
+        } else {
+            U::sat(st.zo as i64 + v.min(top) as i64)
+        };
+    }
+    // int8 to int8: the SIMD table lookup of the element-wise ops (the same entries)
+    let (x8, c8) = (
+        bytemuck::try_cast_slice(xs),
+        bytemuck::try_cast_slice(&code),
+    );
+    let simd = match (x8, c8, bytemuck::try_cast_slice_mut::<U, i8>(ys)) {
+        (Ok(x8), Ok(c8), Ok(y8)) => super::eltwise::lut(x8, c8, y8).is_ok(),
+        _ => false,
+    };
+    if !simd {
+        for (y, v) in ys.iter_mut().zip(xs) {
+            *y = code[(v.get() + 128) as usize & 255];
+        }
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64", feature = "std"))]
