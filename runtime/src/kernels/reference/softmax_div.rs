@@ -177,9 +177,10 @@ pub(super) fn row_by_code<T: Code, U: Code>(
         xs.iter().map(|v| v.get()).min().unwrap_or(0),
         [U::default(); 256],
     );
-    for c in (mn + 128).max(0) as usize..=(mx + 128).min(255) as usize {
+    let (lo, hi) = ((mn + 128).max(0) as usize, (mx + 128).min(255) as usize);
+    for (c, y) in code[..=hi].iter_mut().enumerate().skip(lo) {
         let v = q.of(ex.of(mx, c as i32 - 128) as u32);
-        code[c] = if plain {
+        *y = if plain {
             U::wrap(st.zo as i64 + v as i64)
         } else {
             U::sat(st.zo as i64 + v.min(top) as i64)
