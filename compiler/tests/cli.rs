@@ -1184,6 +1184,29 @@ fn max_pooling_bilinear_upsampling_and_packed_attention_projections_lower() {
 }
 
 #[test]
+fn a_one_group_norm_over_a_whole_image_keeps_one_affine() {
+    // GroupNorm(1, C) as exporters spell it (a norm over [N, 1, C*H*W], the affine after the
+    // reshape back) lowers as one channel over C*H*W positions: it used to carry one affine entry
+    // per element (262,144 of them, 2 MB each, in a 64x64 UNet) and took 26 % of its int8 step.
+    use dmq_compiler::import::import;
+    use dmq_compiler::ir::IrOp;
+    let imp = import(&fixture("maxpool_bilinear.onnx"), None, &[]).unwrap();
+    let lowered = dmq_compiler::lower::lower(&imp).unwrap();
+    let norms: Vec<usize> = lowered
+        .program
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            IrOp::GroupNorm { gamma, .. } => Some(gamma.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(norms.len() >= 10, "{norms:?}");
+    // the widest real channel count of the fixture is 32; one entry per element would be >= 64
+    assert!(norms.iter().all(|&n| n <= 32), "affine lengths {norms:?}");
+}
+
+#[test]
 fn long_attention_rows_keep_their_probabilities_at_int8() {
     // Self-attention over 1,024 tokens with near-uniform rows (random weights): in steps of 1/255
     // every probability rounded to zero and the pure int8 graph measured 1.5/9.1/9.4 dB against

@@ -383,14 +383,25 @@ fn emit_layer_norm(cx: &mut Ctx, node: &TypedNode, g: &GroupNormMatch, x0: Tenso
     let shape = cx.prog.t(x).shape.clone();
     let c = *shape.last().unwrap_or(&1);
     let tokens = shape.iter().product::<usize>() / c.max(1);
-    let xin = cx.alias(&format!("{}.tokens", node.name), vec![tokens, c, 1], x);
+    let gamma = g.gamma.clone().unwrap_or(vec![1.0; c]);
+    let beta = g.beta.clone().unwrap_or(vec![0.0; c]);
+    // one affine for the whole axis (no affine, or GroupNorm(1, C) as exporters spell it: a norm
+    // over [N, 1, C·H·W]): the axis as one channel's positions, `[tokens, 1, C]`, the same group
+    // and the same integers, without one affine entry and one pass setup per element
+    let uniform = gamma.windows(2).all(|w| w[0] == w[1]) && beta.windows(2).all(|w| w[0] == w[1]);
+    let (gshape, gamma, beta) = if uniform && c > 1 {
+        (vec![tokens, 1, c], gamma[..1].to_vec(), beta[..1].to_vec())
+    } else {
+        (vec![tokens, c, 1], gamma, beta)
+    };
+    let xin = cx.alias(&format!("{}.tokens", node.name), gshape.clone(), x);
     cx.prog.ops.push(IrOp::Plain(Op::Reshape(wire::Reshape {
         input: x,
         output: xin,
     })));
     let normed = cx.tensor(
         &format!("{}.ln", node.name),
-        vec![tokens, c, 1],
+        gshape,
         DType::I8,
         Some(node.id),
     );
@@ -399,8 +410,8 @@ fn emit_layer_norm(cx: &mut Ctx, node: &TypedNode, g: &GroupNormMatch, x0: Tenso
         output: normed,
         groups: 1,
         eps: g.eps,
-        gamma: g.gamma.clone().unwrap_or(vec![1.0; c]),
-        beta: g.beta.clone().unwrap_or(vec![0.0; c]),
+        gamma,
+        beta,
     });
     let name = if moved {
         format!("{}.normed", node.name)
