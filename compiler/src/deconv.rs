@@ -19,23 +19,19 @@ use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, PaddingSpec, 
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Every `Deconv` node of `model` replaced by its phase convolution and interleave.
-pub fn rewrite_deconvs(mut model: TypedModel) -> Result<TypedModel> {
-    loop {
-        let Some(id) = model
-            .nodes()
-            .iter()
-            .find(|n| n.op_as::<Deconv>().is_some())
-            .map(|n| n.id)
-        else {
-            return Ok(model);
-        };
-        let name = model.node(id).name.clone();
-        let patch = phase_patch(&model, id).with_context(|| {
-            format!("transposed convolution {name:?} (ConvTranspose) cannot be lowered")
+pub fn rewrite_deconvs(model: TypedModel) -> Result<TypedModel> {
+    crate::rewrite::patch_each(model, |model, node| {
+        if node.op_as::<Deconv>().is_none() {
+            return Ok(None);
+        }
+        let patch = phase_patch(model, node.id).with_context(|| {
+            format!(
+                "transposed convolution {:?} (ConvTranspose) cannot be lowered",
+                node.name
+            )
         })?;
-        patch.apply(&mut model)?;
-        model = model.into_compact()?;
-    }
+        Ok(Some(patch))
+    })
 }
 
 /// One spatial axis of a transposed convolution.

@@ -9,45 +9,57 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 /// export, as in `nn.MultiheadAttention`'s q, k and v) becomes a one-element `Slice` of that axis
 /// and the axis' removal. Tract declutters a one-element index list to the slice itself, not a
 /// scalar index.
-pub fn scalar_gathers(mut model: TypedModel) -> Result<TypedModel> {
-    loop {
-        let mut found = None;
-        for node in model.nodes() {
-            let Some(g) = node.op_as::<Gather>() else {
-                continue;
-            };
-            if node.inputs.len() != 2 {
-                continue;
-            }
-            let Some(idx) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
-                continue;
-            };
-            if idx.rank() != 0 || !idx.datum_type().is_integer() {
-                continue;
-            }
-            let data = model.outlet_fact(node.inputs[0])?;
-            let Some(n) = data.shape.get(g.axis).and_then(|d| d.to_i64().ok()) else {
-                continue;
-            };
-            let i = idx.cast_to_scalar::<i64>()?;
-            let i = if i < 0 { i + n } else { i };
-            if (0..n).contains(&i) {
-                found = Some((node.id, g.axis, i as usize));
-                break;
-            }
-        }
-        let Some((id, axis, i)) = found else {
-            return Ok(model);
+pub fn scalar_gathers(model: TypedModel) -> Result<TypedModel> {
+    patch_each(model, |model, node| {
+        let Some(g) = node.op_as::<Gather>() else {
+            return Ok(None);
         };
-        let name = model.node(id).name.clone();
+        let idx = match node.inputs.get(1) {
+            Some(o) if node.inputs.len() == 2 => model.outlet_fact(*o)?.konst.clone(),
+            _ => None,
+        };
+        let Some(idx) = idx.filter(|i| i.rank() == 0 && i.datum_type().is_integer()) else {
+            return Ok(None);
+        };
+        let data = model.outlet_fact(node.inputs[0])?;
+        let Some(n) = data.shape.get(g.axis).and_then(|d| d.to_i64().ok()) else {
+            return Ok(None);
+        };
+        let i = idx.cast_to_scalar::<i64>()?;
+        let i = if i < 0 { i + n } else { i };
+        if !(0..n).contains(&i) {
+            return Ok(None);
+        }
+        let (name, axis, i) = (&node.name, g.axis, i as usize);
         let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(&model, model.node(id).inputs[0])?;
+        let x = patch.tap_model(model, node.inputs[0])?;
         let y = patch.wire_node(format!("{name}.slice"), Slice::new(axis, i, i + 1), &[x])?[0];
         let y = patch.wire_node(format!("{name}.rm"), AxisOp::Rm(axis), &[y])?[0];
-        patch.shunt_outside(&model, id.into(), y)?;
-        patch.apply(&mut model)?;
-        model = model.into_compact()?;
+        patch.shunt_outside(model, node.id.into(), y)?;
+        Ok(Some(patch))
+    })
+}
+
+/// `model` with `rewrite`'s patch applied for every node it returns one for: each node of the
+/// graph as it stands is offered once (a patch adds nodes and rewires the replaced one's
+/// successors; ids stay valid until the one compaction at the end).
+pub fn patch_each(
+    mut model: TypedModel,
+    rewrite: impl Fn(&TypedModel, &TypedNode) -> Result<Option<TypedModelPatch>>,
+) -> Result<TypedModel> {
+    let n = model.nodes().len();
+    let mut changed = false;
+    for id in 0..n {
+        if let Some(patch) = rewrite(&model, model.node(id))? {
+            patch.apply(&mut model)?;
+            changed = true;
+        }
     }
+    Ok(if changed {
+        model.into_compact()?
+    } else {
+        model
+    })
 }
 
 /// A `Resize` other than a whole-factor nearest one (bilinear with any coordinate rule, cubic,
@@ -55,24 +67,17 @@ pub fn scalar_gathers(mut model: TypedModel) -> Result<TypedModel> {
 /// per plane. The matrices are read off tract's own op, run on one-hot rows and columns; the
 /// rewrite is kept only if `R_h · x · R_wᵀ` reproduces the op on a random input, so a resize that
 /// is not separable and the same for every plane stays refused.
-pub fn separable_resizes(mut model: TypedModel) -> Result<TypedModel> {
-    loop {
-        let mut found = None;
-        for node in model.nodes() {
-            if node.op.name() != "Resize" || node.inputs.is_empty() {
-                continue;
-            }
-            if let Some(m) = resize_matrices(&model, node)? {
-                found = Some((node.id, m));
-                break;
-            }
+pub fn separable_resizes(model: TypedModel) -> Result<TypedModel> {
+    patch_each(model, |model, node| {
+        if node.op.name() != "Resize" || node.inputs.is_empty() {
+            return Ok(None);
         }
-        let Some((id, (rh, rw))) = found else {
-            return Ok(model);
+        let Some((rh, rw)) = resize_matrices(model, node)? else {
+            return Ok(None);
         };
-        let name = model.node(id).name.clone();
+        let name = &node.name;
         let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(&model, model.node(id).inputs[0])?;
+        let x = patch.tap_model(model, node.inputs[0])?;
         let rh = patch.add_const(format!("{name}.rows"), rh)?;
         let rw = patch.add_const(format!("{name}.cols"), rw)?;
         let product =
@@ -82,10 +87,9 @@ pub fn separable_resizes(mut model: TypedModel) -> Result<TypedModel> {
         let y = patch.wire_node(format!("{name}.h"), product("ncwh,uh->ncwu")?, &[y, rh])?[0];
         let y = patch.wire_node(format!("{name}.from_h"), AxisOp::Move(3, 2), &[y])?[0];
         let y = patch.wire_node(format!("{name}.w"), product("ncuw,vw->ncuv")?, &[y, rw])?[0];
-        patch.shunt_outside(&model, id.into(), y)?;
-        patch.apply(&mut model)?;
-        model = model.into_compact()?;
-    }
+        patch.shunt_outside(model, node.id.into(), y)?;
+        Ok(Some(patch))
+    })
 }
 
 /// `(R_h [OH, H], R_w [OW, W])` of a 4-D f32 resize node with constant parameters, if separable.
@@ -141,27 +145,24 @@ fn resize_matrices(model: &TypedModel, node: &TypedNode) -> Result<Option<(Tenso
             rw[v * w + c] = y[v];
         }
     }
-    // the product check decides: R_h · x · R_wᵀ against the op on a random image
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let img: Vec<f32> = (0..h * w)
-        .map(|_| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
+    // the product check decides: R_h · x · R_wᵀ (rows first: OH·H·W + OH·OW·W operations)
+    // against the op on a random image
+    let mut img = vec![0f32; h * w];
+    dmq_runtime::sampler::Rng::new(7).fill_gaussian(&mut img);
     let got = eval(&|i, j| img[i * w + j])?;
-    let mut err = 0f64;
-    let mut sig = 0f64;
+    let mut rows = vec![0f64; oh * w];
+    for u in 0..oh {
+        for r in 0..h {
+            let a = rh[u * h + r] as f64;
+            for c in 0..w {
+                rows[u * w + c] += a * img[r * w + c] as f64;
+            }
+        }
+    }
+    let (mut err, mut sig) = (0f64, 0f64);
     for u in 0..oh {
         for v in 0..ow {
-            let mut s = 0f64;
-            for r in 0..h {
-                for c in 0..w {
-                    s += (rh[u * h + r] * img[r * w + c] * rw[v * w + c]) as f64;
-                }
-            }
+            let s: f64 = (0..w).map(|c| rows[u * w + c] * rw[v * w + c] as f64).sum();
             let g = got[u * ow + v] as f64;
             err += (s - g) * (s - g);
             sig += g * g;

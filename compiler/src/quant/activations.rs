@@ -89,11 +89,8 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
                 .get(&s)
                 .ok_or_else(|| anyhow!("no calibration range for tensor {}", t.name))
         };
-        out[i] = if t.probs {
-            match t.stat {
-                Some(s) => probs_params(t.dtype, range(s)?.max),
-                None => t.fixed.unwrap_or((1.0 / 255.0, -128)),
-            }
+        out[i] = if let (true, Some(s)) = (t.probs, t.stat) {
+            probs_params(t.dtype, range(s)?.max)
         } else if let Some(f) = t.fixed {
             f
         } else if let Some(s) = t.stat {

@@ -1,7 +1,7 @@
 //! Integer softmax.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 use super::softmax_div::exps16_avx2;
-use super::softmax_div::{row_by_code, Quotient, RowQuot, LIFT};
+use super::softmax_div::{row_by_code, Quotient, RowQuot, CODE_TABLE_ROWS, LIFT};
 use super::Code;
 use crate::kernels::{check_len, le_i32};
 use crate::Result;
@@ -154,7 +154,7 @@ pub fn softmax_any<T: Code, U: Code>(
         }
     }
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    if !wide && len > 2 * 256 {
+    if !wide && len > CODE_TABLE_ROWS {
         ex.bytes = crate::kernels::x86_avx512_ops::SoftmaxTables::new(&ex.lohi[0].map(u64::from));
     }
     if ex.lohi.iter().flatten().any(|&e| e > 1 << 20) {
@@ -249,7 +249,7 @@ fn rows<T: Code, U: Code, const AVX2: bool>(
         .zip(out.chunks_exact_mut(len.max(1)))
     {
         let mx = xs.iter().map(|v| v.get()).max().unwrap_or(0);
-        if !ex.wide && xs.len() > 2 * 256 {
+        if !ex.wide && xs.len() > CODE_TABLE_ROWS {
             row_by_code(xs, ys, mx, ex, st, (plain, top));
             continue;
         }

@@ -146,6 +146,9 @@ pub(super) unsafe fn exps16_avx2(
     (lanes.iter().sum(), n)
 }
 
+/// Rows of int8 codes longer than this take [`row_by_code`]: 256 quotients, then a lookup each.
+pub(super) const CODE_TABLE_ROWS: usize = 2 * 256;
+
 /// A long row of int8 codes for [`super::softmax::softmax_any`]: each present code's output once
 /// (the quotient its per-element rows compute), then a table lookup.
 #[inline(always)]
