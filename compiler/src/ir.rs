@@ -117,10 +117,12 @@ pub enum IrOp {
         output: TensorId,
         chain: Vec<ScalarFn>,
     },
+    /// GroupNorm over NC..., or (`rms`) an RMS norm over the channels at every position
     GroupNorm {
         input: TensorId,
         output: TensorId,
         groups: usize,
+        rms: bool,
         eps: f32,
         gamma: Vec<f32>,
         beta: Vec<f32>,
@@ -199,7 +201,8 @@ impl IrOp {
             IrOp::MatMul { .. } => "MatMulInt8",
             IrOp::Binary { .. } => "BinaryInt8",
             IrOp::Lut { .. } => "LutInt8",
-            IrOp::GroupNorm { .. } => "GroupNormInt8",
+            IrOp::GroupNorm { rms: false, .. } => "GroupNormInt8",
+            IrOp::GroupNorm { rms: true, .. } => "RmsNormInt8",
             IrOp::Softmax { .. } => "SoftmaxInt8",
             IrOp::Concat { .. } => "ConcatInt8",
             IrOp::Const { .. } => "Const",

@@ -1767,3 +1767,55 @@ fn cross_attention_keys_and_values_run_once_per_generation() {
         "guidance changes the sample"
     );
 }
+
+#[test]
+fn denoising_diffusion_pytorch_unets_lower_with_rms_norms_and_memory_keys() {
+    // lucidrains' denoising-diffusion-pytorch `Unet`, trained briefly on digits by the committed
+    // maker: its RMSNorm, `F.normalize(x, dim=1) * g * sqrt(C)` (tract: Square, Sum over the
+    // channels, Sqrt, Max eps, Recip, Mul), runs as the runtime's RmsNorm; the learned memory keys
+    // and values its attentions concatenate run as int8 constant operands of activation products.
+    // Both used to be refused. The float graph matches ONNX Runtime; the compile with default
+    // flags on the model's own trajectories keeps >= 30 dB but at t = 1, where even int16
+    // activations stop at ~26.5 dB (its 8-bit weights: the last 1x1 convs' outputs cancel).
+    use dmq_compiler::import::{import, FloatModel};
+    let float = FloatModel::new(&import(&fixture("ddp_unet.onnx"), None, &[]).unwrap()).unwrap();
+    let ts = [1u32, 50, 500, 950];
+    for t in ts {
+        let (_, x) = read_npy(&fixture(&format!("ddp_x_t{t}.npy"))).unwrap();
+        let (_, reference) = read_npy(&fixture(&format!("ddp_ref_t{t}.npy"))).unwrap();
+        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
+        assert!(
+            db > 90.0,
+            "float graph at t = {t}: {db:.1} dB against ONNX Runtime"
+        );
+    }
+    let cases = ts.map(|t| {
+        (
+            format!("ddp_x_t{t}.npy"),
+            format!("ddp_t{t}.npy"),
+            format!("ddp_ref_t{t}.npy"),
+        )
+    });
+    let flags = ["--calib-samples", "4", "--eval-samples", "1"];
+    for (bits, least) in [
+        ("8", [25.0, 30.0, 30.0, 30.0]),
+        ("16", [25.0, 38.0, 43.0, 43.0]),
+    ] {
+        let mut f = flags.to_vec();
+        f.extend(["--act-bits", bits]);
+        let dbs = sqnr_against_onnx_runtime(
+            "ddp",
+            "ddp_unet.onnx",
+            &f,
+            ("sample", "timestep"),
+            &[],
+            &cases,
+        );
+        for ((db, least), t) in dbs.iter().zip(least).zip(ts) {
+            assert!(
+                *db >= least,
+                "--act-bits {bits} at t = {t}: {db:.2} dB against ONNX Runtime"
+            );
+        }
+    }
+}

@@ -24,6 +24,8 @@ pub(super) struct GroupNormMatch {
     /// group over `[tokens, C, 1]` (after a transpose when the axis is not the last: tract moves
     /// the token transpose of channel-major features past the norm)
     layer_norm: Option<usize>,
+    /// an RMS norm over the channel axis at every position (no mean taken out): [`find_rms_norms`]
+    rms: bool,
 }
 
 pub(super) enum Role {
@@ -176,6 +178,7 @@ pub(super) fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
                 gamma,
                 beta,
                 layer_norm: Some(axis),
+                rms: false,
             };
             claim(model, &mut roles, members, root, m);
             continue;
@@ -224,11 +227,156 @@ pub(super) fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
             gamma,
             beta,
             layer_norm: None,
+            rms: false,
         };
         claim(model, &mut roles, members, root, m);
     }
     find_expanded_group_norms(model, &mut roles)?;
+    find_rms_norms(model, &mut roles)?;
     Ok(roles)
+}
+
+/// Finds RMS norms over the channel axis 1 (no mean taken out) and their affine:
+/// - `F.normalize(x, dim=1)` as tract spells ONNX `ReduceL2 -> Clip(min) -> Div`: Square -> Sum
+///   over axis 1 -> Sqrt -> [Max eps] -> Recip -> Mul x (the denoising-diffusion-pytorch RMSNorm,
+///   `F.normalize(x, dim=1) * g * sqrt(C)`);
+/// - `x * rsqrt(mean(x^2, 1) + eps)`: MeanOfSquares or Square -> Sum over axis 1 -> [Add eps] ->
+///   Rsqrt, or Sqrt -> Recip, -> Mul x; and tract's own `RmsNorm` over axis 1.
+///
+/// Each is `x / sqrt(mean_c x^2 + eps) * gamma + beta` with the sum's `1/sqrt(C)` folded into gamma,
+/// an eps added under the root divided by C, and a `Max` on the root taken as its square (the two
+/// differ only at positions whose every channel is below the eps).
+fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()> {
+    let op_is = |n: usize, name: &str| model.node(n).op.name() == name;
+    for node in model.nodes() {
+        if roles.contains_key(&node.id) {
+            continue;
+        }
+        // (x, the nodes so far, the last one, eps)
+        let (x, mut members, mut at, eps_pre) = if let Some(rms) = node.op_as::<RmsNorm>() {
+            if rms.axis != 1 || op_is(node.inputs[0].node, "Sub") {
+                continue;
+            }
+            let eps = f32s(&rms.eps)?.first().copied().unwrap_or(0.0);
+            (node.inputs[0], vec![], node.id, eps)
+        } else if let Some(red) = node.op_as::<Reduce>() {
+            if red.axes.as_slice() != [1] {
+                continue;
+            }
+            let src = node.inputs[0];
+            match red.reducer {
+                Reducer::MeanOfSquares => (src, vec![node.id], node.id, 0.0),
+                Reducer::Sum
+                    if op_is(src.node, "Square")
+                        && single_succ(model, src.node) == Some(node.id) =>
+                {
+                    (
+                        model.node(src.node).inputs[0],
+                        vec![src.node, node.id],
+                        node.id,
+                        0.0,
+                    )
+                }
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        let xshape = shape_of(model, x)?;
+        if xshape.len() < 2 {
+            continue;
+        }
+        let c = xshape[1];
+        // a sum of squares is C mean squares (tract's RmsNorm and a mean are one)
+        let sums = node
+            .op_as::<Reduce>()
+            .is_some_and(|r| matches!(r.reducer, Reducer::Sum));
+        let k = if sums { c as f32 } else { 1.0 };
+        let mut eps = eps_pre;
+        if node.op_as::<RmsNorm>().is_none() {
+            let Some((more, last, e)) = rms_tail(model, at, x, k) else {
+                continue;
+            };
+            if shape_of(model, last.into())? != xshape {
+                continue;
+            }
+            members.extend(more);
+            at = last;
+            eps += e;
+        } else {
+            members.push(node.id);
+        }
+        // gamma: every per-channel Mul that follows (a parameter, then a constant such as
+        // sqrt(C)), with the sum's 1/sqrt(C); then beta
+        let rank = xshape.len();
+        let mut gamma = vec![1.0 / k.sqrt(); c];
+        while let Some(g) = take_affine(model, &mut at, &mut members, "Mul", |t| {
+            per_channel(t, c, rank)
+        }) {
+            gamma.iter_mut().zip(&g).for_each(|(a, b)| *a *= b);
+        }
+        let beta = take_affine(model, &mut at, &mut members, "Add", |t| {
+            per_channel(t, c, rank)
+        });
+        let m = GroupNormMatch {
+            x,
+            grouped_shape: None,
+            groups: 1,
+            eps,
+            gamma: Some(gamma),
+            beta,
+            layer_norm: None,
+            rms: true,
+        };
+        claim(model, roles, members, at, m);
+    }
+    Ok(())
+}
+
+/// The rest of an RMS norm after its reduction `at` (the sum or mean of `x`'s squares, `k` mean
+/// squares): `[Add eps] -> (Rsqrt | Sqrt [Max eps] Recip) -> Mul x`. Returns its nodes, the `Mul`,
+/// and the eps under the root in mean-square units.
+fn rms_tail(model: &Model, mut at: usize, x: OutletId, k: f32) -> Option<(Vec<usize>, usize, f32)> {
+    let op_is = |n: usize, name: &str| model.node(n).op.name() == name;
+    // the scalar operand of binary node `n` whose other operand comes from `from`
+    let scalar_beside = |n: usize, from: usize| -> Option<f32> {
+        let ins = &model.node(n).inputs;
+        let o = match ins.iter().position(|o| o.node == from)? {
+            0 => *ins.get(1)?,
+            _ => ins[0],
+        };
+        let v = f32s(&*const_of(model, o)?).ok()?;
+        (v.len() == 1 && v[0].is_finite() && v[0] >= 0.0).then_some(v[0])
+    };
+    let (mut members, mut eps) = (vec![], 0.0);
+    if let Some(add) = single_succ(model, at).filter(|&n| op_is(n, "Add")) {
+        eps += scalar_beside(add, at)? / k;
+        members.push(add);
+        at = add;
+    }
+    let next = single_succ(model, at)?;
+    members.push(next);
+    at = next;
+    if op_is(next, "Sqrt") {
+        if let Some(mx) = single_succ(model, at).filter(|&n| op_is(n, "Max")) {
+            let e = scalar_beside(mx, at)?;
+            eps += e * e / k;
+            members.push(mx);
+            at = mx;
+        }
+        let rc = single_succ(model, at).filter(|&n| op_is(n, "Recip"))?;
+        members.push(rc);
+        at = rc;
+    } else if !op_is(next, "Rsqrt") {
+        return None;
+    }
+    let mul = single_succ(model, at).filter(|&n| op_is(n, "Mul"))?;
+    let ins = &model.node(mul).inputs;
+    if !(ins.len() == 2 && ins.contains(&x) && ins.iter().any(|o| o.node == at)) {
+        return None;
+    }
+    members.push(mul);
+    Some((members, mul, eps))
 }
 
 /// Finds tract's expansion of ONNX `GroupNormalization` (opsets 18 and 21): x -> Reshape
@@ -339,6 +487,7 @@ fn find_expanded_group_norms(model: &Model, roles: &mut HashMap<usize, Role>) ->
             gamma,
             beta,
             layer_norm: None,
+            rms: false,
         };
         claim(model, roles, members, root, m);
     }
@@ -409,6 +558,7 @@ fn emit_layer_norm(cx: &mut Ctx, node: &TypedNode, g: &GroupNormMatch, x0: Tenso
         input: xin,
         output: normed,
         groups: 1,
+        rms: false,
         eps: g.eps,
         gamma,
         beta,
@@ -447,6 +597,7 @@ fn emit_group_norm(cx: &mut Ctx, node: &TypedNode, g: &GroupNormMatch, x: Tensor
         input: x,
         output: out,
         groups: g.groups,
+        rms: g.rms,
         eps: g.eps,
         gamma: g.gamma.clone().unwrap_or(vec![1.0; c]),
         beta: g.beta.clone().unwrap_or(vec![0.0; c]),
@@ -471,6 +622,7 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
         input,
         output,
         groups,
+        rms,
         eps,
         gamma,
         beta,
@@ -481,6 +633,14 @@ pub fn quantize(cx: &mut QuantCx<'_>, op: &IrOp) -> Result<Op<TensorId>> {
     let mut aff = gamma.clone();
     aff.extend_from_slice(beta);
     let affine = cx.blob.push_f32(&aff);
+    if *rms {
+        return Ok(Op::RmsNorm(wire::RmsNorm {
+            input: *input,
+            output: *output,
+            eps: *eps,
+            affine,
+        }));
+    }
     let in_scales = cx.channel_scales.get(input).map(|s| cx.blob.push_f32(s));
     Ok(Op::GroupNorm(wire::GroupNorm {
         input: *input,

@@ -311,14 +311,21 @@ pub(super) fn lower_einsum(
     let sb = shape_of(cx.model, node.inputs[1])?;
     let p = plan_einsum(ein, &sa, &sb, &oshape).map_err(|e| anyhow!(e))?;
     match (&ins[0], &ins[1]) {
-        (Val::Main(a), Val::Const(w)) => lower_linear(cx, node, *a, w, &p, false, false),
-        (Val::Const(w), Val::Main(b)) => lower_linear(cx, node, *b, w, &p, true, false),
+        // a constant with batch axes (a head's memory keys or values concatenated to an
+        // attention's) is no weight matrix: it runs as an int8 operand of an activation product
+        (Val::Main(a), Val::Const(w)) if p.batch.is_empty() => {
+            lower_linear(cx, node, *a, w, &p, false, false)
+        }
+        (Val::Const(w), Val::Main(b)) if p.batch.is_empty() => {
+            lower_linear(cx, node, *b, w, &p, true, false)
+        }
         (a, b) => {
             let name = &node.name;
             let a = match a {
                 Val::Main(t) => *t,
                 Val::Time(t) => cx.quantized(*t),
-                Val::Const(_) => bail!("an einsum of two constants"),
+                Val::Const(_) if matches!(b, Val::Const(_)) => bail!("an einsum of two constants"),
+                Val::Const(c) => cx.int8_const(&format!("{name}.a"), c, sa.len(), &f32s(c)?)?,
             };
             let b = match b {
                 Val::Main(t) => *t,

@@ -40,7 +40,7 @@ pub fn split_concats(p: &Program) -> (Vec<TensorId>, Vec<(TensorId, TensorId, us
                 continue;
             }
             match o {
-                IrOp::GroupNorm { .. } => {}
+                IrOp::GroupNorm { rms: false, .. } => {}
                 IrOp::Plain(Op::Slice(wire::Slice {
                     output: so,
                     axis: 1,

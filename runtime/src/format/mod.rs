@@ -29,15 +29,17 @@ pub use tensor::*;
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
 pub const MAJOR_VERSION: u16 = 6;
-/// 1: the `MaxPool` op (appended to the op list; 6.0 files read unchanged). A file states the
-/// lowest minor version whose readers know all its ops ([`minor_version_of`]).
-pub const MINOR_VERSION: u16 = 1;
+/// 1: the `MaxPool` op, 2: the `RmsNorm` op (each appended to the op list; older files read
+/// unchanged). A file states the lowest minor version whose readers know all its ops
+/// ([`minor_version_of`]).
+pub const MINOR_VERSION: u16 = 2;
 
 /// The minor format version that introduced `op`: a file's header states the highest of its ops',
 /// so that a file without the newer ops stays readable by older runtimes.
 pub fn minor_version_of<T>(op: &Op<T>) -> u16 {
     match op {
         Op::MaxPool(_) => 1,
+        Op::RmsNorm(_) => 2,
         _ => 0,
     }
 }

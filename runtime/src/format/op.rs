@@ -210,6 +210,13 @@ macro_rules! op_list {
                 input: In<T>, output: Out<T>, kernel: Data<[u16; 2]>, stride: Data<[u16; 2]>,
                 pad: Data<[u16; 4]>
             }
+            /// RMS norm over the channel axis 1 of NC... at every position (F.normalize over the
+            /// channels, RMSNorm): the exact integer sum of squares per position, then per element
+            /// `x * gamma_c / sqrt(mean_c x^2 + eps) + beta_c` in f32 (`kernels::reference::norm::
+            /// rms_norm`). `affine` holds gamma[C] then beta[C] as f32. Format 6.2.
+            RmsNorm(rms_norm, "RmsNormInt8", Int) {
+                input: In<T>, output: Out<T>, eps: Data<f32>, affine: Data<$crate::format::BlobRef>
+            }
         }
     };
 }

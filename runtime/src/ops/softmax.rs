@@ -19,7 +19,8 @@ pub struct Plan<'a> {
     inner: usize,
     exp_table: &'a [u8],
     steps: softmax::Steps,
-    /// int8 to int8 in steps of 1/255 from -128: [`softmax::softmax`] runs
+    /// int8 to int8 in steps of 1/255 from -128 along the last axis (or with a table above 1):
+    /// [`softmax::softmax`] runs
     classic: bool,
 }
 
@@ -49,10 +50,14 @@ pub fn prepare<'a>(r: &Softmax<TRef>, cx: &Cx<'a>) -> Result<Plan<'a>> {
     if d[a] as u64 >= 1 << 32 {
         return Err(cx.err("softmax row too long"));
     }
+    // over an outer axis the general kernel's column blocks run (the same integers) unless the
+    // table is one only the classic kernel takes
+    let inner: usize = d[a + 1..].iter().product();
+    let classic = classic && (inner == 1 || !softmax::exp_table_ok(exp_table));
     Ok(Plan {
         outer: d[..a].iter().product(),
         len: d[a],
-        inner: d[a + 1..].iter().product(),
+        inner,
         input,
         output,
         exp_table,

@@ -341,6 +341,130 @@ pub fn group_norm<T: Code, U: Code>(
     Ok(())
 }
 
+/// RMS norm over the channel axis of `[n, c, s]` codes, at every one of the `s` positions of the
+/// images `images` (written to `out`, image `images.start` first): the exact sum of squares
+/// `ss = sum_c (x - zx)^2` in i64; the position's scale `r = 1 / sqrt(ss * (sx^2 / c) + eps)` in
+/// f32 (0 where `ss * (sx^2 / c) + eps` is not positive and finite: an all-zero position with
+/// `eps = 0` gives `b_c`); then per element `rint((x - zx) * (a_c * r) + b_c)` in f32, clamped to
+/// U's range (NaN, from a non-finite affine, to U's minimum), with `a_c = gamma_c * sx / so` and
+/// `b_c = beta_c / so + zo` (`affine`: gamma[c], beta[c]).
+///
+/// One rule at every x86 level: the AVX2 build of the same loops ([`crate::kernels::ops_isa`])
+/// changes no rounding (no contraction into FMA; `rint`, the square root and the conversions are
+/// exact IEEE operations).
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm<T: Code, U: Code>(
+    x: &[T],
+    (n, c, s): (usize, usize, usize),
+    (zx, sx): (i32, f32),
+    eps: f32,
+    affine: &[u8],
+    (so, zo): (f32, i32),
+    images: core::ops::Range<usize>,
+    out: &mut [U],
+) -> Result<()> {
+    let per = c * s;
+    check_len(n * per, x.len())?;
+    if images.start > images.end || images.end > n {
+        return Err(Error::Unsupported("rms norm images outside the tensor"));
+    }
+    check_len((images.end - images.start) * per, out.len())?;
+    check_len(c * 8, affine.len())?;
+    if zx < T::MIN || zx > T::MAX {
+        return Err(Error::Unsupported(
+            "rms norm zero point outside the code range",
+        ));
+    }
+    let x = &x[images.start * per..images.end * per];
+    let call = RmsCall {
+        c,
+        s,
+        zx,
+        sx,
+        eps,
+        so,
+        zo,
+    };
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    if !matches!(crate::kernels::ops_isa(), OpsIsa::Scalar) {
+        // SAFETY: `ops_isa` found AVX2 on this CPU
+        unsafe { rms_norm_avx2(&call, x, affine, out) };
+        return Ok(());
+    }
+    rms_norm_rule(&call, x, affine, out);
+    Ok(())
+}
+
+/// The geometry and quantization of one [`rms_norm`] call (checked by it).
+struct RmsCall {
+    c: usize,
+    s: usize,
+    zx: i32,
+    sx: f32,
+    eps: f32,
+    so: f32,
+    zo: i32,
+}
+
+/// [`rms_norm_rule`] built for AVX2.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx2")]
+unsafe fn rms_norm_avx2<T: Code, U: Code>(k: &RmsCall, x: &[T], affine: &[u8], out: &mut [U]) {
+    rms_norm_rule(k, x, affine, out)
+}
+
+/// Positions per block of [`rms_norm`]: their sums of squares and scales stay on the stack.
+const RMS_BLOCK: usize = 64;
+
+/// [`rms_norm`]'s rule over whole images (`x` and `out` hold the same images; lengths checked).
+#[inline(always)]
+fn rms_norm_rule<T: Code, U: Code>(k: &RmsCall, x: &[T], affine: &[u8], out: &mut [U]) {
+    let RmsCall {
+        c,
+        s,
+        zx,
+        sx,
+        eps,
+        so,
+        zo,
+    } = *k;
+    let per = (c * s).max(1);
+    let inv = sx * sx / c.max(1) as f32;
+    let (lo, hi) = (U::MIN as f32, U::MAX as f32);
+    for (xi, oi) in x.chunks_exact(per).zip(out.chunks_exact_mut(per)) {
+        for p0 in (0..s).step_by(RMS_BLOCK) {
+            let np = RMS_BLOCK.min(s - p0);
+            let mut ss = [0i64; RMS_BLOCK];
+            for ch in 0..c {
+                for (a, &v) in ss.iter_mut().zip(&xi[ch * s + p0..ch * s + p0 + np]) {
+                    let d = (v.get() - zx) as i64;
+                    *a += d * d;
+                }
+            }
+            let mut r = [0f32; RMS_BLOCK];
+            for (rv, &q) in r.iter_mut().zip(&ss[..np]) {
+                let den = q as f32 * inv + eps;
+                *rv = if den > 0.0 && den.is_finite() {
+                    1.0 / libm::sqrtf(den)
+                } else {
+                    0.0
+                };
+            }
+            for ch in 0..c {
+                let a = le_f32(affine, ch) * sx / so;
+                let b = le_f32(affine, c + ch) / so + zo as f32;
+                let (src, dst) = (&xi[ch * s + p0..][..np], &mut oi[ch * s + p0..][..np]);
+                for ((d, &v), &rv) in dst.iter_mut().zip(src).zip(&r[..np]) {
+                    // `max` then `min` take NaN to `lo`; the result is integral and in i32 range
+                    let y = rint((v.get() - zx) as f32 * (a * rv) + b).max(lo).min(hi);
+                    // SAFETY: finite, integral and within U's range (see above)
+                    *d = U::wrap(unsafe { y.to_int_unchecked::<i32>() } as i64);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The vectorizable `rint` is `libm::rintf`: around every power of two up to 2^25, at halves
