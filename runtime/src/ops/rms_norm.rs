@@ -136,6 +136,41 @@ mod tests {
         }
     }
 
+    /// Hostile records: random shapes either side, eps (negative, NaN, infinite), affine lengths
+    /// and values (NaN, infinite), scales and zero points: the check refuses the record or the
+    /// run succeeds; nothing panics (`--profile hostile` has overflow checks).
+    #[test]
+    fn any_accepted_record_runs_and_none_panics() {
+        let mut rng = Rng::new(17);
+        let odd = [0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e-30, 1e30, 3.0];
+        let (mut accepted, mut refused) = (0, 0);
+        for case in 0..1500 {
+            let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+            let dt = |k: usize| if k % 2 == 0 { DType::I8 } else { DType::I16 };
+            let (din, dout) = (dt(pick(2)), dt(pick(2)));
+            let (c, s) = (1 + pick(9) as u32, 1 + pick(70) as u32);
+            let cy = if pick(8) == 0 { c + 1 } else { c };
+            let rank_x: Vec<u32> = if pick(10) == 0 { vec![c] } else { vec![1, c, s] };
+            let mut b = Bench::new();
+            let zx = if pick(10) == 0 { 70_000 } else { pick(200) as i32 - 100 };
+            let input = b.tensor(din, &rank_x, odd[pick(odd.len())].abs().max(1e-3), zx);
+            let output = b.tensor(dout, &[1, cy, s], odd[pick(odd.len())].abs().max(1e-6), pick(50) as i32 - 25);
+            let n_aff = if pick(6) == 0 { pick(20) } else { 2 * c as usize };
+            let aff: Vec<f32> = (0..n_aff).map(|_| if pick(5) == 0 { odd[pick(odd.len())] } else { uni(&mut Rng::new(case), -2.0, 2.0) }).collect();
+            let affine = b.f32s(&aff);
+            let eps = odd[pick(odd.len())];
+            let x: Vec<i8> = (0..b.bytes().len()).map(|_| pick(256) as i8).collect();
+            b.bytes().copy_from_slice(bytemuck::cast_slice(&x));
+            let rec = Op::RmsNorm(RmsNorm { input, output, eps, affine });
+            match b.try_run(rec) {
+                Ok(()) => accepted += 1,
+                Err(crate::Error::Invalid { .. }) => refused += 1,
+                Err(e) => panic!("case {case}: {e}"),
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted} accepted, {refused} refused");
+    }
+
     fn put_codes(b: &mut Bench, t: &TRef, dtype: DType, x: &[i32]) {
         match dtype {
             DType::I16 => b.put_i16(t, &x.iter().map(|&v| v as i16).collect::<Vec<_>>()),
