@@ -280,6 +280,7 @@ fn import_model(
     let model = crate::deconv::rewrite_deconvs(model)?;
     let model = crate::rewrite::scalar_gathers(model)?;
     let model = crate::rewrite::separable_resizes(model)?;
+    let model = crate::rewrite::time_scaled_kernels(model)?;
     let model = unfuse_scaled_convs(model)?;
     Ok(Imported {
         model,

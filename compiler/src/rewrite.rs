@@ -40,6 +40,77 @@ pub fn scalar_gathers(model: TypedModel) -> Result<TypedModel> {
     })
 }
 
+/// A convolution whose kernel tract multiplied by a per-output-channel value of the timestep path
+/// (it folds `conv(x, W) * s(t)`, as EDM2-style blocks scale by `emb + 1`, into the kernel) is
+/// unfolded back: the convolution with the constant kernel and bias `B / s` is impossible, so the
+/// bias must be constant and is added after the scale: `conv(x, W, 0) * s + B`. A kernel that is
+/// not `W * s` this way stays refused ("conv weights must be constant").
+pub fn time_scaled_kernels(model: TypedModel) -> Result<TypedModel> {
+    use tract_onnx::tract_core::ops::cnn::Conv;
+    use tract_onnx::tract_core::ops::math::{add, mul};
+    patch_each(model, |model, node| {
+        let Some(conv) = node.op_as::<Conv>() else {
+            return Ok(None);
+        };
+        let (Some(&k), Some(&b)) = (node.inputs.get(1), node.inputs.get(2)) else {
+            return Ok(None);
+        };
+        let konst = |o: OutletId| model.outlet_fact(o).ok().and_then(|f| f.konst.clone());
+        let kn = model.node(k.node);
+        if konst(k).is_some() || kn.op.name() != "Mul" || kn.inputs.len() != 2 {
+            return Ok(None);
+        }
+        let kshape = model
+            .outlet_fact(k)?
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec());
+        let Some(kshape) = kshape.filter(|s| s.len() == 4) else {
+            return Ok(None);
+        };
+        let co = kshape[0];
+        // one operand the constant kernel, the other `[co, 1, 1, 1]` from the timestep path
+        let (w, sc) = match (konst(kn.inputs[0]), konst(kn.inputs[1])) {
+            (Some(w), None) => (w, kn.inputs[1]),
+            (None, Some(w)) => (w, kn.inputs[0]),
+            _ => return Ok(None),
+        };
+        let sshape = model
+            .outlet_fact(sc)?
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec());
+        if w.shape() != kshape.as_slice() || sshape.as_deref() != Some(&[co, 1, 1, 1][..]) {
+            return Ok(None);
+        }
+        let Some(bias) = konst(b) else {
+            return Ok(None);
+        };
+        let name = &node.name;
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let s = patch.tap_model(model, sc)?;
+        let w = patch.add_const(format!("{name}.kernel"), w)?;
+        let zero = patch.add_const(format!("{name}.nobias"), tensor1(&vec![0f32; co]))?;
+        let y = patch.wire_node(format!("{name}.unscaled"), conv.clone(), &[x, w, zero])?[0];
+        let s = patch.wire_node(format!("{name}.scale"), AxisOp::Move(0, 1), &[s])?[0];
+        let mut y = patch.wire_node(format!("{name}.scaled"), mul(), &[y, s])?[0];
+        let bias = crate::lower::f32s(&bias)?;
+        if bias.iter().any(|&v| v != 0.0) {
+            let full = if bias.len() == 1 {
+                vec![bias[0]; co]
+            } else {
+                bias
+            };
+            let bt = tensor1(&full).into_shape(&[1, co, 1, 1])?;
+            let bt = patch.add_const(format!("{name}.bias"), bt)?;
+            y = patch.wire_node(format!("{name}.biased"), add(), &[y, bt])?[0];
+        }
+        patch.shunt_outside(model, node.id.into(), y)?;
+        Ok(Some(patch))
+    })
+}
+
 /// `model` with `rewrite`'s patch applied for every node it returns one for: each node of the
 /// graph as it stands is offered once (a patch adds nodes and rewires the replaced one's
 /// successors; ids stay valid until the one compaction at the end).

@@ -1819,3 +1819,16 @@ fn denoising_diffusion_pytorch_unets_lower_with_rms_norms_and_memory_keys() {
         }
     }
 }
+
+#[test]
+fn edm2_blocks_lower_padding_time_scaled_kernels_and_pixel_norms() {
+    // A random-weight denoiser from the EDM2-style blocks of denoising-diffusion-pytorch's
+    // KarrasUnet: a channel of ones padded onto the input (ONNX Pad, as concats with constant
+    // blocks), convolution outputs scaled per channel by emb(t) + 1 (tract folds the scale into
+    // the kernel; a rewrite unfolds it to the convolution and a multiplication), pixel norms over
+    // the channels and over the last axis of per-head queries, keys and values (the RmsNorm op).
+    // All three used to be refused.
+    let time = |t| format!("edm2_t{t}.npy");
+    let bits = [("16", 40.0), ("8", 27.0)];
+    import_fixture_holds("edm2_blocks.onnx", "edm2", time, Some(90.0), &bits);
+}

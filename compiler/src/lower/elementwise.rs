@@ -278,6 +278,74 @@ pub(super) fn lower_softmax(
     Ok(Val::Main(out))
 }
 
+/// Constant padding (ONNX `Pad` in constant mode) as one concat per padded axis with constant
+/// blocks of the pad value either side, which the concat requantizes to the output's parameters:
+/// EDM2-style UNets pad a channel of ones onto their input (denoising-diffusion-pytorch's
+/// `KarrasUnet`), other models zeros around the image. Reflect and edge padding are refused.
+pub(super) fn lower_pad(
+    cx: &mut Ctx,
+    node: &TypedNode,
+    pad: &tract_onnx::tract_core::ops::array::Pad,
+    ins: &[Val],
+) -> Result<Val> {
+    use tract_onnx::tract_core::ops::array::PadMode;
+    let Some(Val::Main(mut cur)) = ins.first().cloned() else {
+        bail!("padding of a constant or timestep value")
+    };
+    let PadMode::Constant(v) = &pad.mode else {
+        bail!("{:?} padding (only constant padding is lowered)", pad.mode)
+    };
+    let value = f32s(v)?.first().copied().unwrap_or(0.0);
+    let mut shape = cx.prog.t(cur).shape.clone();
+    if pad.pads.len() != shape.len() {
+        bail!(
+            "padding of rank {} on a rank-{} tensor",
+            pad.pads.len(),
+            shape.len()
+        );
+    }
+    let padded: Vec<usize> = (0..shape.len())
+        .filter(|&a| pad.pads[a] != (0, 0))
+        .collect();
+    for (i, &axis) in padded.iter().enumerate() {
+        let (before, after) = pad.pads[axis];
+        let mut block = |side: &str, n: usize| -> Result<TensorId> {
+            let mut s = shape.clone();
+            s[axis] = n;
+            let t = Tensor::from_shape(&s, &vec![value; s.iter().product()])?;
+            cx.int8_const(
+                &format!("{}.axis{axis}.{side}", node.name),
+                &t,
+                s.len(),
+                &[value],
+            )
+        };
+        let mut parts = vec![];
+        if before > 0 {
+            parts.push(block("before", before)?);
+        }
+        parts.push(cur);
+        if after > 0 {
+            parts.push(block("after", after)?);
+        }
+        shape[axis] += before + after;
+        // every step's values are among the padded output's (its calibrated range)
+        let name = if i + 1 == padded.len() {
+            node.name.clone()
+        } else {
+            format!("{}.axis{axis}", node.name)
+        };
+        let out = cx.tensor(&name, shape.clone(), DType::I8, Some(node.id));
+        cx.prog.ops.push(IrOp::Concat {
+            inputs: parts,
+            output: out,
+            axis,
+        });
+        cur = out;
+    }
+    Ok(Val::Main(cur))
+}
+
 /// Concat of activations, time-path values (quantized) and constants.
 pub(super) fn lower_concat(
     cx: &mut Ctx,

@@ -336,6 +336,9 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
     if let Some(cat) = node.op_as::<TypedConcat>() {
         return elementwise::lower_concat(cx, node, cat, ins, oshape);
     }
+    if let Some(pad) = node.op_as::<tract_onnx::tract_core::ops::array::Pad>() {
+        return elementwise::lower_pad(cx, node, pad, ins);
+    }
     let opname = node.op.name().to_string();
     if let Some(f) = unary_fn(&opname) {
         let Some(x) = main(&ins[0]) else {

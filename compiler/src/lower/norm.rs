@@ -254,13 +254,13 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
         }
         // (x, the nodes so far, the last one, eps)
         let (x, mut members, mut at, eps_pre) = if let Some(rms) = node.op_as::<RmsNorm>() {
-            if rms.axis != 1 || op_is(node.inputs[0].node, "Sub") {
+            if op_is(node.inputs[0].node, "Sub") {
                 continue;
             }
             let eps = f32s(&rms.eps)?.first().copied().unwrap_or(0.0);
             (node.inputs[0], vec![], node.id, eps)
         } else if let Some(red) = node.op_as::<Reduce>() {
-            if red.axes.as_slice() != [1] {
+            if red.axes.len() != 1 {
                 continue;
             }
             let src = node.inputs[0];
@@ -283,10 +283,18 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
             continue;
         };
         let xshape = shape_of(model, x)?;
-        if xshape.len() < 2 {
+        let axis = match (node.op_as::<RmsNorm>(), node.op_as::<Reduce>()) {
+            (Some(r), _) => r.axis,
+            (_, Some(r)) => r.axes[0],
+            _ => continue,
+        };
+        // the channels (NC...), or the last axis (a per-token norm, as EDM2 attention normalises
+        // its queries, keys and values per head)
+        let rank = xshape.len();
+        if rank < 2 || !(axis == 1 || axis + 1 == rank) {
             continue;
         }
-        let c = xshape[1];
+        let c = xshape[axis];
         // a sum of squares is C mean squares (tract's RmsNorm and a mean are one)
         let sums = node
             .op_as::<Reduce>()
@@ -308,16 +316,12 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
         }
         // gamma: every per-channel Mul that follows (a parameter, then a constant such as
         // sqrt(C)), with the sum's 1/sqrt(C); then beta
-        let rank = xshape.len();
         let mut gamma = vec![1.0 / k.sqrt(); c];
-        while let Some(g) = take_affine(model, &mut at, &mut members, "Mul", |t| {
-            per_channel(t, c, rank)
-        }) {
+        let per = |t: &Tensor| per_axis(t, c, axis, rank);
+        while let Some(g) = take_affine(model, &mut at, &mut members, "Mul", per) {
             gamma.iter_mut().zip(&g).for_each(|(a, b)| *a *= b);
         }
-        let beta = take_affine(model, &mut at, &mut members, "Add", |t| {
-            per_channel(t, c, rank)
-        });
+        let beta = take_affine(model, &mut at, &mut members, "Add", per);
         let m = GroupNormMatch {
             x,
             grouped_shape: None,
@@ -325,7 +329,8 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
             eps,
             gamma: Some(gamma),
             beta,
-            layer_norm: None,
+            // over the last axis: `[tokens, C, 1]`, the channels of one position per token
+            layer_norm: (axis != 1).then_some(axis),
             rms: true,
         };
         claim(model, roles, members, at, m);
@@ -537,7 +542,9 @@ fn emit_layer_norm(cx: &mut Ctx, node: &TypedNode, g: &GroupNormMatch, x0: Tenso
     // one affine for the whole axis (no affine, or GroupNorm(1, C) as exporters spell it: a norm
     // over [N, 1, C·H·W]): the axis as one channel's positions, `[tokens, 1, C]`, the same group
     // and the same integers, without one affine entry and one pass setup per element
-    let uniform = gamma.windows(2).all(|w| w[0] == w[1]) && beta.windows(2).all(|w| w[0] == w[1]);
+    // (an RMS norm normalises the channel axis of the layout: always `[tokens, C, 1]`)
+    let uniform =
+        !g.rms && gamma.windows(2).all(|w| w[0] == w[1]) && beta.windows(2).all(|w| w[0] == w[1]);
     let (gshape, gamma, beta) = if uniform && c > 1 {
         (vec![tokens, 1, c], gamma[..1].to_vec(), beta[..1].to_vec())
     } else {
@@ -558,7 +565,7 @@ fn emit_layer_norm(cx: &mut Ctx, node: &TypedNode, g: &GroupNormMatch, x0: Tenso
         input: xin,
         output: normed,
         groups: 1,
-        rms: false,
+        rms: g.rms,
         eps: g.eps,
         gamma,
         beta,

@@ -146,7 +146,7 @@ mod tests {
         let (mut accepted, mut refused) = (0, 0);
         for case in 0..1500 {
             let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
-            let dt = |k: usize| if k % 2 == 0 { DType::I8 } else { DType::I16 };
+            let dt = |k: usize| if k.is_multiple_of(2) { DType::I8 } else { DType::I16 };
             let (din, dout) = (dt(pick(2)), dt(pick(2)));
             let (c, s) = (1 + pick(9) as u32, 1 + pick(70) as u32);
             let cy = if pick(8) == 0 { c + 1 } else { c };
