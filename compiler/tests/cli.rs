@@ -1832,3 +1832,54 @@ fn edm2_blocks_lower_padding_time_scaled_kernels_and_pixel_norms() {
     let bits = [("16", 40.0), ("8", 27.0)];
     import_fixture_holds("edm2_blocks.onnx", "edm2", time, Some(90.0), &bits);
 }
+
+#[test]
+fn a_diffusion_transformer_lowers_its_unpatchify_einsum_as_a_transpose() {
+    // A tiny random-weight class-conditional DiT (diffusers DiTTransformer2DModel: patchify conv,
+    // adaLN-Zero, self-attention, GELU-tanh MLP). Its unpatchify, the one-operand einsum
+    // `nhwpqc->nchpwq`, used to be refused ("einsum with 1 operands"); it runs as a transpose and
+    // a reshape. The float graph matches ONNX Runtime; the integer one (the floor makes every step
+    // int16 on this toy) keeps >= 32 dB: its mid-t steps lose most in the adaLN modulation vectors
+    // quantized per tensor (DMQ_DEBUG_LAYERS).
+    use dmq_compiler::import::{import, FloatModel};
+    let imp = import(&fixture("dit_tiny.onnx"), None, &[]).unwrap();
+    let float = FloatModel::new(&imp).unwrap();
+    float.set_extras(vec![vec![3.0]]).unwrap();
+    for t in [50, 500, 950] {
+        let (_, x) = read_npy(&fixture(&format!("dit_x_t{t}.npy"))).unwrap();
+        let (_, reference) = read_npy(&fixture(&format!("dit_ref_t{t}.npy"))).unwrap();
+        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
+        assert!(
+            db > 90.0,
+            "float graph at t = {t}: {db:.1} dB against ONNX Runtime"
+        );
+    }
+    let cases = [50, 500, 950].map(|t| {
+        (
+            format!("dit_x_t{t}.npy"),
+            format!("dit_t{t}.npy"),
+            format!("dit_ref_t{t}.npy"),
+        )
+    });
+    let flags = [
+        "--calib",
+        "class_labels=uniform:0,9",
+        "--calib-source",
+        "forward",
+        "--calib-samples",
+        "4",
+        "--eval-samples",
+        "1",
+    ];
+    let dbs = sqnr_against_onnx_runtime(
+        "dit",
+        "dit_tiny.onnx",
+        &flags,
+        ("sample", "timestep"),
+        &[("class_labels", "dit_label3.npy")],
+        &cases,
+    );
+    for db in dbs {
+        assert!(db >= 32.0, "{db:.2} dB against ONNX Runtime");
+    }
+}

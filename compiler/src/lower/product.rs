@@ -296,6 +296,33 @@ pub(super) fn lower_matmul(
     Ok(Val::Main(out))
 }
 
+/// The input axis order of a one-operand einsum that only moves axes (each axis at most once on
+/// either side; an axis on one side only has size 1), as the output orders them (unit axes that
+/// leave, last): a transpose by it then a reshape to the output's shape computes it. Or None.
+fn permutation(ein: &EinSum, ishape: &[usize], oshape: &[usize]) -> Option<Vec<usize>> {
+    let mut order = vec![];
+    for axis in ein.axes.iter_all_axes() {
+        let one = |v: &[usize]| v.len() <= 1;
+        let (Some(i), Some(o)) = (axis.inputs.first(), axis.outputs.first()) else {
+            return None;
+        };
+        if axis.inputs.len() != 1 || !one(i) || !one(o) {
+            return None;
+        }
+        match (i.first(), o.first()) {
+            (Some(&i), Some(&o)) if ishape.get(i) == oshape.get(o) => order.push((o, i)),
+            (Some(&i), None) if ishape.get(i) == Some(&1) => order.push((usize::MAX, i)),
+            (None, Some(&o)) if oshape.get(o) == Some(&1) => {}
+            _ => return None,
+        }
+    }
+    order.sort_unstable();
+    let perm: Vec<usize> = order.iter().map(|&(_, i)| i).collect();
+    let mut seen = perm.clone();
+    seen.sort_unstable();
+    (seen == (0..ishape.len()).collect::<Vec<_>>()).then_some(perm)
+}
+
 /// An einsum: a linear when one operand is constant, otherwise an activation product.
 pub(super) fn lower_einsum(
     cx: &mut Ctx,
@@ -304,6 +331,26 @@ pub(super) fn lower_einsum(
     ins: &[Val],
     oshape: Vec<usize>,
 ) -> Result<Val> {
+    let ishape = shape_of(cx.model, node.inputs[0])?;
+    if let ([Val::Main(x)], Some(perm)) = (ins, permutation(ein, &ishape, &oshape)) {
+        // one operand whose axes only move (`nhwpqc->nchpwq`, a DiT's unpatchify): a transpose,
+        // then a reshape for the unit axes that come or go
+        let moved: Vec<usize> = perm.iter().map(|&i| ishape[i]).collect();
+        let t = cx.alias(&format!("{}.moved", node.name), moved, *x);
+        let perm = perm.iter().map(|&p| p as u8).collect();
+        cx.prog.ops.push(IrOp::Plain(Op::Transpose(wire::Transpose {
+            input: *x,
+            output: t,
+            perm,
+        })));
+        let out = cx.alias(&node.name, oshape, t);
+        cx.prog.t_mut(out).value = Some(node.id);
+        cx.prog.ops.push(IrOp::Plain(Op::Reshape(wire::Reshape {
+            input: t,
+            output: out,
+        })));
+        return Ok(Val::Main(out));
+    }
     if ins.len() != 2 {
         bail!("einsum with {} operands", ins.len());
     }
