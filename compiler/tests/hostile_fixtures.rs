@@ -56,6 +56,11 @@ fn hostile_fixtures_are_current() {
             "runtime/tests/data/class_fold.dmq",
             &class,
         ),
+        (
+            "tests/fixtures/ddp_unet.onnx",
+            "runtime/tests/data/ddp.dmq",
+            &quick,
+        ),
     ] {
         let fresh = compile(&path(onnx), opts).expect("compiles").bytes;
         let committed = std::fs::read(path(dmq)).unwrap();

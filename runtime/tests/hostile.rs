@@ -4,8 +4,8 @@
 //! may take long (work is bounded by construction and by `Limits`), and no file that loads may
 //! fail to run (validation and preparation are one check).
 //!
-//! `DMQ_HOSTILE_CASES=N` sets the cases per kind and fixture (default 2 000: 8 000 in all; CI runs
-//! 25 000, 100 000 in all, with `scripts/test.sh`);
+//! `DMQ_HOSTILE_CASES=N` sets the cases per kind and fixture (default 2 000: 12 000 in all; CI runs
+//! 25 000, 150 000 in all, with `scripts/test.sh`);
 //! `DMQ_HOSTILE_SEED` the first seed. A failing case prints its seed; rerun one case with
 //! `DMQ_HOSTILE_CASES=1 DMQ_HOSTILE_SEED=<seed>` (`DMQ_HOSTILE_DUMP=PREFIX` writes each case's bytes to `PREFIX.<fixture>.<seed>`).
 mod exercise;
@@ -20,12 +20,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The fixtures: the tiny UNet (convs, attention, GroupNorm, time MLP) and the class-conditional
-/// UNet compiled with a folded time path (class-label lookup, invariant ops, time table).
+/// The fixtures: the tiny UNet (convs, attention, GroupNorm, time MLP), the class-conditional
+/// UNet compiled with a folded time path (class-label lookup, invariant ops, time table), and the
+/// denoising-diffusion-pytorch UNet (format 6.2: RmsNorm, linear attention, softmax over an outer
+/// axis, constant operands of activation products).
 /// `scripts/make-hostile-fixtures.sh` writes them; `fixtures_are_current` checks them.
-const FIXTURES: [(&str, &[u8]); 2] = [
+const FIXTURES: [(&str, &[u8]); 3] = [
     ("tiny", include_bytes!("data/tiny.dmq")),
     ("class_fold", include_bytes!("data/class_fold.dmq")),
+    ("ddp", include_bytes!("data/ddp.dmq")),
 ];
 
 /// A decoded file: metadata, the records of every stream, the blob.
