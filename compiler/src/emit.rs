@@ -117,7 +117,15 @@ fn assemble(
     n_ops: u32,
     minor: u16,
 ) -> Result<Vec<u8>> {
-    let meta_b = postcard::to_allocvec(meta)?;
+    // a schedule other than linear follows the metadata (format 6.3, `format::decode_meta`)
+    let mut meta_b = postcard::to_allocvec(meta)?;
+    let schedule = meta.sampler.beta_schedule;
+    if schedule != dmq_runtime::format::BetaSchedule::Linear {
+        meta_b.extend(postcard::to_allocvec(&dmq_runtime::format::MetaExt {
+            beta_schedule: schedule,
+        })?);
+    }
+    let minor = minor.max(dmq_runtime::format::minor_version_of_meta(meta));
     let total = (HEADER_LEN + meta_b.len() + ops_b.len() + 64) as u64 + blob.len() as u64;
     if total > u32::MAX as u64 {
         bail!("the model would take {total} bytes; a .dmq holds at most 4 GiB (32-bit offsets)");
@@ -184,7 +192,8 @@ pub fn with_meta(
             .get(o as usize..o as usize + l as usize)
             .ok_or_else(|| anyhow!("internal error: section outside the file"))
     };
-    let mut meta: ModelMeta = postcard::from_bytes(get(h.meta)?)?;
+    let mut meta: ModelMeta = dmq_runtime::format::decode_meta(get(h.meta)?, h.minor)
+        .ok_or_else(|| anyhow!("internal error: metadata that does not decode"))?;
     let ops_b = get(h.ops)?.to_vec();
     let mut blob = get(h.blob)?.to_vec();
     edit(&mut meta, &mut blob)?;

@@ -78,6 +78,10 @@ pub struct CompileOptions {
     pub uncond_inputs: Vec<(String, CalibSpec)>,
     /// store the timestep path's outputs per scheduled timestep (`--fold-time-path`)
     pub fold_time_path: bool,
+    /// the training beta schedule of the DDPM/DDIM samplers and its `beta_start`, `beta_end`
+    /// (`--beta-schedule`, `--beta-start`, `--beta-end`)
+    pub beta_schedule: dmq_runtime::format::BetaSchedule,
+    pub beta_range: (f32, f32),
     /// the Karras sigma range of the sigma-conditioned samplers
     pub sigma_min: f32,
     pub sigma_max: f32,
@@ -121,6 +125,8 @@ impl Default for CompileOptions {
             guidance: None,
             uncond_inputs: vec![],
             fold_time_path: false,
+            beta_schedule: dmq_runtime::format::BetaSchedule::Linear,
+            beta_range: (1e-4, 0.02),
             sigma_min: 0.002,
             sigma_max: 80.0,
             range_p: 0.0,

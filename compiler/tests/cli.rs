@@ -1883,3 +1883,90 @@ fn a_diffusion_transformer_lowers_its_unpatchify_einsum_as_a_transpose() {
         assert!(db >= 32.0, "{db:.2} dB against ONNX Runtime");
     }
 }
+
+#[test]
+fn a_beta_schedule_other_than_linear_travels_in_the_file_and_drives_the_sampler() {
+    // --beta-schedule cosine: the file states format 6.3, carries the schedule after its metadata
+    // (kept when the time path is folded into the file afterwards), and the device's sampler,
+    // hence its samples, follow it; a linear compile of the same model stays format 6.0.
+    use dmq_compiler::{compile, CalibSource, CompileOptions};
+    use dmq_runtime::format::{BetaSchedule, Header};
+    let base = CompileOptions {
+        steps: 5,
+        calib_samples: 2,
+        eval_samples: 1,
+        baseline: false,
+        progress: false,
+        calib_source: CalibSource::Forward,
+        ..Default::default()
+    };
+    let onnx = fixture("tiny_unet.onnx");
+    let linear = compile(&onnx, &base).unwrap().bytes;
+    let cosine_opts = CompileOptions {
+        beta_schedule: BetaSchedule::Cosine,
+        fold_time_path: true,
+        ..base.clone()
+    };
+    let cosine = compile(&onnx, &cosine_opts).unwrap().bytes;
+    assert_eq!(Header::parse(&linear).unwrap().minor, 0);
+    assert_eq!(Header::parse(&cosine).unwrap().minor, 3);
+    let m = dmq_runtime::Model::load(&cosine).unwrap();
+    assert_eq!(m.meta().sampler.beta_schedule, BetaSchedule::Cosine);
+    assert!(
+        m.meta().time_table.is_some(),
+        "the folded time path is in the file"
+    );
+    assert_eq!(
+        dmq_runtime::Model::load(&linear)
+            .unwrap()
+            .meta()
+            .sampler
+            .beta_schedule,
+        BetaSchedule::Linear
+    );
+    // the same ops with only the schedule changed (and a metadata edit that keeps it): the
+    // device's sampler follows it, so the samples from one seed differ
+    let set = |b: &[u8], k| {
+        dmq_compiler::emit::with_meta(b, |m, _| Ok(m.sampler.beta_schedule = k)).unwrap()
+    };
+    let relabelled = set(&linear, BetaSchedule::Cosine);
+    let kept = dmq_compiler::emit::with_meta(&relabelled, |_, _| Ok(())).unwrap();
+    assert_eq!(
+        dmq_runtime::Model::load(&kept)
+            .unwrap()
+            .meta()
+            .sampler
+            .beta_schedule,
+        BetaSchedule::Cosine
+    );
+    let d = tmp("betas");
+    let (lin, cos, rel) = (d.join("l.dmq"), d.join("c.dmq"), d.join("r.dmq"));
+    std::fs::write(&lin, &linear).unwrap();
+    std::fs::write(&cos, &cosine).unwrap();
+    std::fs::write(&rel, &kept).unwrap();
+    let draw = |m: &std::path::Path, k: &str| {
+        let o = d.join(format!("{k}.npy"));
+        let (ok, _, err) = run(dmqc()
+            .arg("sample")
+            .arg(m)
+            .args(["--seed", "1", "-o"])
+            .arg(&o));
+        assert!(ok, "{err}");
+        read_npy(&o).unwrap().1
+    };
+    let (a, b) = (draw(&lin, "a"), draw(&rel, "b"));
+    assert!(
+        sqnr_db(&a, &b) < 40.0,
+        "the cosine sampler drew the linear one's sample"
+    );
+    let sample = |m: &std::path::Path| {
+        let (ok, out, err) = run(dmqc().arg("inspect").arg(m));
+        assert!(ok, "{err}");
+        out
+    };
+    assert!(
+        sample(&cos).contains("Cosine betas"),
+        "inspect names the schedule"
+    );
+    assert!(sample(&lin).contains("Linear betas 0.0001..0.02"));
+}

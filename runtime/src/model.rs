@@ -2,7 +2,7 @@
 //! and prepares every op record of every stream once (the check `ops::prepare` makes is the one a
 //! session makes before running), so only a model whose every op can run is ever returned.
 use crate::blob::{Blob, BlobSource, Pager, Reader};
-use crate::format::{fnv1a64_more, section, Header, ModelMeta, Op, TRef};
+use crate::format::{decode_meta, fnv1a64_more, section, Header, ModelMeta, Op, TRef};
 use crate::ops::{self, Cx, Prepared};
 use crate::{verify, Error, Result};
 
@@ -113,7 +113,7 @@ impl<'a> Model<'a> {
     ) -> Result<Model<'a>> {
         let meta_b = section(file, header.meta)?;
         let ops = section(file, header.ops)?;
-        let meta: ModelMeta = postcard::from_bytes(meta_b).map_err(|_| Error::Metadata)?;
+        let meta: ModelMeta = decode_meta(meta_b, header.minor).ok_or(Error::Metadata)?;
         let blob_len = header.blob.1 as usize;
         verify::meta(&meta, header.n_ops, blob_len, &mut reader)?;
         if meta.arena_bytes as usize > limits.max_arena_bytes {

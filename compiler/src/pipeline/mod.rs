@@ -32,8 +32,9 @@ pub struct Compiled {
 pub fn sampler_config(opts: &CompileOptions) -> SamplerConfig {
     SamplerConfig {
         num_train_timesteps: 1000,
-        beta_start: 1e-4,
-        beta_end: 0.02,
+        beta_start: opts.beta_range.0,
+        beta_end: opts.beta_range.1,
+        beta_schedule: opts.beta_schedule,
         prediction: opts.prediction,
         default_sampler: match opts.sampler {
             SamplerKind::Ddim => SamplerKindCfg::Ddim,

@@ -22,6 +22,49 @@ pub struct SamplerConfig {
     /// explicit timesteps (DDIM/DDPM) or sigmas (Euler, consistency) in sampling order, used when a
     /// run asks for exactly this many steps (`dmqc compile --timesteps`); empty: computed spacing
     pub schedule: HVec<f32, MAX_SCHEDULE>,
+    /// The training beta schedule behind `alphas_cumprod`. Not part of this struct's encoding: a
+    /// file whose schedule is not linear carries it in a [`MetaExt`] after the metadata (format 6.3;
+    /// [`decode_meta`]).
+    #[serde(skip)]
+    pub beta_schedule: BetaSchedule,
+}
+
+/// The training noise schedules of the DDPM/DDIM samplers (`sampler::alpha_cumprod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BetaSchedule {
+    /// `beta_i` linear from `beta_start` to `beta_end` (diffusers' "linear", DDPM)
+    #[default]
+    Linear,
+    /// `sqrt(beta_i)` linear from `sqrt(beta_start)` to `sqrt(beta_end)` (diffusers'
+    /// "scaled_linear", Stable Diffusion)
+    ScaledLinear,
+    /// `alphas_cumprod` of `cos((u + 0.008) / 1.008 * pi / 2)^2` at `u = t / T`, each beta at most
+    /// 0.999 (improved DDPM; diffusers' "squaredcos_cap_v2", denoising-diffusion-pytorch's "cosine")
+    Cosine,
+    /// `alphas_cumprod` of `(sigmoid(3) - sigmoid(6u - 3)) / (sigmoid(3) - sigmoid(-3))`, each beta
+    /// at most 0.999 (denoising-diffusion-pytorch's default "sigmoid": start -3, end 3, tau 1)
+    Sigmoid,
+}
+
+/// What follows [`ModelMeta`]'s encoding in the metadata section of a format 6.3 file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaExt {
+    pub beta_schedule: BetaSchedule,
+}
+
+/// The metadata section of a file of format minor `minor`: [`ModelMeta`], then (from 6.3 on, only
+/// for a schedule other than linear) its [`MetaExt`]. Bytes after the metadata of an older file,
+/// or an extension that does not decode or states the linear schedule, are refused.
+pub fn decode_meta(b: &[u8], minor: u16) -> Option<ModelMeta> {
+    let (mut meta, rest): (ModelMeta, &[u8]) = postcard::take_from_bytes(b).ok()?;
+    if !rest.is_empty() {
+        let (ext, tail): (MetaExt, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+        if minor < 3 || !tail.is_empty() || ext.beta_schedule == BetaSchedule::Linear {
+            return None;
+        }
+        meta.sampler.beta_schedule = ext.beta_schedule;
+    }
+    Some(meta)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,10 +29,20 @@ pub use tensor::*;
 
 pub const MAGIC: [u8; 8] = *b"DMQMODEL";
 pub const MAJOR_VERSION: u16 = 6;
-/// 1: the `MaxPool` op, 2: the `RmsNorm` op (each appended to the op list; older files read
-/// unchanged). A file states the lowest minor version whose readers know all its ops
-/// ([`minor_version_of`]).
-pub const MINOR_VERSION: u16 = 2;
+/// 1: the `MaxPool` op, 2: the `RmsNorm` op (each appended to the op list), 3: a beta schedule
+/// other than linear ([`MetaExt`] after the metadata); older files read unchanged. A file states
+/// the lowest minor version whose readers know all it holds ([`minor_version_of`],
+/// [`minor_version_of_meta`]).
+pub const MINOR_VERSION: u16 = 3;
+
+/// The minor format version a file's metadata needs: 3 for a beta schedule other than linear.
+pub fn minor_version_of_meta(meta: &ModelMeta) -> u16 {
+    if meta.sampler.beta_schedule == BetaSchedule::Linear {
+        0
+    } else {
+        3
+    }
+}
 
 /// The minor format version that introduced `op`: a file's header states the highest of its ops',
 /// so that a file without the newer ops stays readable by older runtimes.

@@ -3,7 +3,7 @@ use super::{sampler_kind, SamplerArg};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use dmq_compiler::CompileOptions;
-use dmq_runtime::format::Prediction;
+use dmq_runtime::format::{BetaSchedule, Prediction};
 use dmq_runtime::SamplerKind;
 use std::path::PathBuf;
 
@@ -12,6 +12,19 @@ pub enum PredictionArg {
     Epsilon,
     V,
     Sample,
+}
+
+/// The training noise schedule (`dmq_runtime::format::BetaSchedule`).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BetaScheduleArg {
+    /// betas linear in t (DDPM, diffusers' "linear"; 1e-4..0.02 unless --beta-start/--beta-end)
+    Linear,
+    /// sqrt(beta) linear in t (Stable Diffusion, diffusers' "scaled_linear"; 0.00085..0.012 unless given)
+    ScaledLinear,
+    /// improved DDPM's cosine alphas_cumprod (diffusers' "squaredcos_cap_v2", denoising-diffusion-pytorch's "cosine")
+    Cosine,
+    /// denoising-diffusion-pytorch's default "sigmoid" schedule (start -3, end 3, tau 1)
+    Sigmoid,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +76,16 @@ pub struct Args {
     /// sampling order (comma separated), e.g. --sampler consistency --timesteps 80,24.4,5.84
     #[arg(long, value_delimiter = ',')]
     pub timesteps: Option<Vec<f32>>,
+    /// The beta schedule the model was trained with (DDIM/DDPM): it sets alphas_cumprod for
+    /// calibration and for the device's sampler. Anything but linear makes the file format 6.3
+    #[arg(long, value_enum, default_value = "linear")]
+    pub beta_schedule: BetaScheduleArg,
+    /// First beta of a linear or scaled-linear schedule
+    #[arg(long)]
+    pub beta_start: Option<f32>,
+    /// Last beta of a linear or scaled-linear schedule
+    #[arg(long)]
+    pub beta_end: Option<f32>,
     /// Smallest sigma of the Karras schedule (also the consistency models' sigma_min)
     #[arg(long, default_value_t = 0.002)]
     pub sigma_min: f32,
@@ -194,6 +217,9 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         prediction,
         steps,
         timesteps,
+        beta_schedule,
+        beta_start,
+        beta_end,
         sigma_min,
         sigma_max,
         calib,
@@ -240,20 +266,15 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         (None, None) if kind == SamplerKind::Consistency => 1,
         (None, None) => 50,
     };
-    let calib_inputs = calib
-        .iter()
-        .map(|c| dmq_compiler::parse_calib(c))
-        .collect::<Result<Vec<_>>>()?;
+    let calib_inputs = calibs(&calib)?;
     if steps == 0 || steps > 1000 {
         bail!("--steps must be between 1 and 1000");
     }
     if guidance.is_some_and(|g| !g.is_finite()) {
         bail!("--guidance must be a finite number");
     }
-    let uncond_inputs = uncond
-        .iter()
-        .map(|c| dmq_compiler::parse_calib(c))
-        .collect::<Result<Vec<_>>>()?;
+    let uncond_inputs = calibs(&uncond)?;
+    let (beta_schedule, beta_range) = betas(beta_schedule, beta_start, beta_end)?;
     let opts = CompileOptions {
         timestep_input,
         input_shapes: input_shape
@@ -267,6 +288,8 @@ fn options(args: Args) -> Result<(CompileOptions, PathBuf, PathBuf, Option<PathB
         timesteps,
         calib_inputs,
         fold_time_path,
+        beta_schedule,
+        beta_range,
         sigma_min,
         sigma_max,
         prediction: match prediction {
@@ -375,4 +398,34 @@ fn check_timesteps(ts: &[f32], kind: SamplerKind, steps: Option<u32>) -> Result<
         }
     }
     Ok(())
+}
+
+/// The schedule and its (beta_start, beta_end): scaled-linear defaults to Stable Diffusion's
+/// 0.00085..0.012, the others to DDPM's 1e-4..0.02 (cosine and sigmoid do not read them).
+fn betas(
+    s: BetaScheduleArg,
+    start: Option<f32>,
+    end: Option<f32>,
+) -> Result<(BetaSchedule, (f32, f32))> {
+    let (kind, (d0, d1)) = match s {
+        BetaScheduleArg::Linear => (BetaSchedule::Linear, (1e-4, 0.02)),
+        BetaScheduleArg::ScaledLinear => (BetaSchedule::ScaledLinear, (0.00085, 0.012)),
+        BetaScheduleArg::Cosine => (BetaSchedule::Cosine, (1e-4, 0.02)),
+        BetaScheduleArg::Sigmoid => (BetaSchedule::Sigmoid, (1e-4, 0.02)),
+    };
+    if matches!(kind, BetaSchedule::Cosine | BetaSchedule::Sigmoid)
+        && (start.is_some() || end.is_some())
+    {
+        bail!("--beta-start/--beta-end apply to the linear and scaled-linear schedules");
+    }
+    let (b0, b1) = (start.unwrap_or(d0), end.unwrap_or(d1));
+    if !(b0 > 0.0 && b0 <= b1 && b1 < 1.0) {
+        bail!("--beta-start/--beta-end must satisfy 0 < start <= end < 1");
+    }
+    Ok((kind, (b0, b1)))
+}
+
+/// `--calib`/`--uncond` values, parsed.
+fn calibs(v: &[String]) -> Result<Vec<(String, dmq_compiler::CalibSpec)>> {
+    v.iter().map(|c| dmq_compiler::parse_calib(c)).collect()
 }

@@ -4,7 +4,7 @@ use super::outln;
 use super::{emit_stdout, load, open_model};
 use anyhow::{anyhow, Result};
 use clap::ValueEnum;
-use dmq_runtime::format::{self as wire, Op, TRef};
+use dmq_runtime::format::{self as wire, BetaSchedule, Op, TRef};
 use std::path::Path;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -169,13 +169,18 @@ fn inspect_text(path: &Path) -> Result<String> {
     );
     outln!(
         o,
-        "  sampler {:?}, {} steps, {:?} prediction, {} training steps, linear betas {}..{}",
+        "  sampler {:?}, {} steps, {:?} prediction, {} training steps, {}",
         m.sampler.default_sampler,
         m.sampler.default_steps,
         m.sampler.prediction,
         m.sampler.num_train_timesteps,
-        m.sampler.beta_start,
-        m.sampler.beta_end
+        match m.sampler.beta_schedule {
+            BetaSchedule::Linear | BetaSchedule::ScaledLinear => format!(
+                "{:?} betas {}..{}",
+                m.sampler.beta_schedule, m.sampler.beta_start, m.sampler.beta_end
+            ),
+            other => format!("{other:?} betas"),
+        }
     );
     o += &streams_text(&model);
     o += &ops_text(&model)?;
