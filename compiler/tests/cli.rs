@@ -1083,6 +1083,26 @@ fn sdxl_style_text_time_conditions_compile_with_five_inputs() {
     }
 }
 
+/// Tract's float model of `onnx` after dmqc's graph rewrites (extra inputs set to `extras`) is
+/// above `least` dB against the fixture's ONNX Runtime references `{prefix}_ref_t{t}.npy` for
+/// the inputs `{prefix}_x_t{t}.npy` at each of `ts`.
+fn float_graph_holds(onnx: &str, prefix: &str, ts: &[u32], extras: Vec<Vec<f32>>, least: f64) {
+    use dmq_compiler::import::{import, FloatModel};
+    let float = FloatModel::new(&import(&fixture(onnx), None, &[]).unwrap()).unwrap();
+    if !extras.is_empty() {
+        float.set_extras(extras).unwrap();
+    }
+    for &t in ts {
+        let (_, x) = read_npy(&fixture(&format!("{prefix}_x_t{t}.npy"))).unwrap();
+        let (_, reference) = read_npy(&fixture(&format!("{prefix}_ref_t{t}.npy"))).unwrap();
+        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
+        assert!(
+            db > least,
+            "{onnx}: float graph at t = {t}: {db:.1} dB against ONNX Runtime"
+        );
+    }
+}
+
 /// A random-weight import fixture `onnx` against its ONNX Runtime references at t = 50/500/950
 /// (`{prefix}_x_t{t}.npy`, `{prefix}_ref_t{t}.npy`; the timestep from `time(t)`): tract's float
 /// model after dmqc's graph rewrites is above `float_db` when given, and the compile with
@@ -1095,17 +1115,7 @@ fn import_fixture_holds(
     bits_least: &[(&str, f64)],
 ) {
     if let Some(least) = float_db {
-        use dmq_compiler::import::{import, FloatModel};
-        let float = FloatModel::new(&import(&fixture(onnx), None, &[]).unwrap()).unwrap();
-        for t in [50, 500, 950] {
-            let (_, x) = read_npy(&fixture(&format!("{prefix}_x_t{t}.npy"))).unwrap();
-            let (_, reference) = read_npy(&fixture(&format!("{prefix}_ref_t{t}.npy"))).unwrap();
-            let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
-            assert!(
-                db > least,
-                "float graph at t = {t}: {db:.1} dB against ONNX Runtime"
-            );
-        }
+        float_graph_holds(onnx, prefix, &[50, 500, 950], vec![], least);
     }
     let cases = [50, 500, 950].map(|t| {
         (
@@ -1777,18 +1787,8 @@ fn denoising_diffusion_pytorch_unets_lower_with_rms_norms_and_memory_keys() {
     // Both used to be refused. The float graph matches ONNX Runtime; the compile with default
     // flags on the model's own trajectories keeps >= 30 dB but at t = 1, where even int16
     // activations stop at ~26.5 dB (its 8-bit weights: the last 1x1 convs' outputs cancel).
-    use dmq_compiler::import::{import, FloatModel};
-    let float = FloatModel::new(&import(&fixture("ddp_unet.onnx"), None, &[]).unwrap()).unwrap();
     let ts = [1u32, 50, 500, 950];
-    for t in ts {
-        let (_, x) = read_npy(&fixture(&format!("ddp_x_t{t}.npy"))).unwrap();
-        let (_, reference) = read_npy(&fixture(&format!("ddp_ref_t{t}.npy"))).unwrap();
-        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
-        assert!(
-            db > 90.0,
-            "float graph at t = {t}: {db:.1} dB against ONNX Runtime"
-        );
-    }
+    float_graph_holds("ddp_unet.onnx", "ddp", &ts, vec![], 90.0);
     let cases = ts.map(|t| {
         (
             format!("ddp_x_t{t}.npy"),
@@ -1841,19 +1841,13 @@ fn a_diffusion_transformer_lowers_its_unpatchify_einsum_as_a_transpose() {
     // a reshape. The float graph matches ONNX Runtime; the integer one (the floor makes every step
     // int16 on this toy) keeps >= 32 dB: its mid-t steps lose most in the adaLN modulation vectors
     // quantized per tensor (DMQ_DEBUG_LAYERS).
-    use dmq_compiler::import::{import, FloatModel};
-    let imp = import(&fixture("dit_tiny.onnx"), None, &[]).unwrap();
-    let float = FloatModel::new(&imp).unwrap();
-    float.set_extras(vec![vec![3.0]]).unwrap();
-    for t in [50, 500, 950] {
-        let (_, x) = read_npy(&fixture(&format!("dit_x_t{t}.npy"))).unwrap();
-        let (_, reference) = read_npy(&fixture(&format!("dit_ref_t{t}.npy"))).unwrap();
-        let db = sqnr_db(&reference, &float.run(&x, t as f32).unwrap());
-        assert!(
-            db > 90.0,
-            "float graph at t = {t}: {db:.1} dB against ONNX Runtime"
-        );
-    }
+    float_graph_holds(
+        "dit_tiny.onnx",
+        "dit",
+        &[50, 500, 950],
+        vec![vec![3.0]],
+        90.0,
+    );
     let cases = [50, 500, 950].map(|t| {
         (
             format!("dit_x_t{t}.npy"),
