@@ -58,50 +58,10 @@ fn coefficients(cfg: &SamplerConfig, kind: SamplerKind, t: f32) -> (f64, f64) {
 }
 
 /// Whether latents of RMS `rms` at timestep `t` are more than 3x away from the forward process's RMS.
-fn drifted(cfg: &SamplerConfig, kind: SamplerKind, t: f32, rms: f64) -> bool {
+pub(crate) fn drifted(cfg: &SamplerConfig, kind: SamplerKind, t: f32, rms: f64) -> bool {
     let (s, n) = coefficients(cfg, kind, t);
     let expected = (s * s * 0.25 + n * n).sqrt();
     rms > 3.0 * expected || rms < expected / 3.0
-}
-
-/// The drift warning's hint, never acted on: with the model's output read as each other prediction
-/// type, how many steps of one float trajectory drift ([`drifted`]). A v- or x0-prediction model
-/// compiled as epsilon (denoising-diffusion-pytorch trains v by default) drifts at most steps;
-/// read right, it stays at scale. The extra inputs keep the values the float model holds.
-pub fn drift_if_predicting(
-    float: &FloatModel,
-    cfg: &SamplerConfig,
-    kind: SamplerKind,
-    steps: u32,
-) -> Result<Vec<(dmq_runtime::format::Prediction, usize)>> {
-    use dmq_runtime::format::Prediction;
-    let n: usize = float.latent.shape.iter().product();
-    let mut out = vec![];
-    for p in [Prediction::Epsilon, Prediction::V, Prediction::Sample] {
-        if p == cfg.prediction || (kind.sigma_conditioned() && p == Prediction::V) {
-            continue;
-        }
-        let c = SamplerConfig {
-            prediction: p,
-            ..cfg.clone()
-        };
-        let mut rng = Rng::new(0x0d71_f7);
-        let (mut x, mut buf) = (vec![0f32; n], vec![0f32; n]);
-        rng.fill_gaussian(&mut x);
-        let mut count = 0;
-        sampler::sample(&c, kind, steps, &mut x, &mut buf, &mut rng, |xin, t, o| {
-            let ms = xin.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / n.max(1) as f64;
-            count += drifted(&c, kind, t, ms.sqrt()) as usize;
-            let y = float
-                .run(xin, t)
-                .map_err(|_| dmq_runtime::Error::Unsupported("float model evaluation failed"))?;
-            o.copy_from_slice(&y);
-            Ok(())
-        })
-        .map_err(|e| anyhow::anyhow!("drift check as {p:?} prediction: {e}"))?;
-        out.push((p, count));
-    }
-    Ok(out)
 }
 
 /// `sqrt(a)·x0 + sqrt(1-a)·eps` (or `x0 + sigma·eps`) with `x0 ~ N(0, 0.5²)`, `eps ~ N(0, 1)`.

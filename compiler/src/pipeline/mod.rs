@@ -3,6 +3,7 @@
 mod budget;
 mod build;
 mod correct;
+mod drift;
 mod floor;
 pub mod fold_time;
 mod guard;
@@ -171,7 +172,7 @@ fn compile_imported(
         output_correction: correction,
         calib_probed_steps: cal.probed_steps,
         calib_drifted_steps: cal.drifted_steps,
-        drift_hint: drift_hint(&float, opts, cal.drifted_steps)?,
+        drift_hint: drift::hint(&float, opts, cal.drifted_steps)?,
         t_range: (cal.t_min, cal.t_max),
         timestep_groups: opts.timestep_groups,
         weight_bits: opts.weight_bits,
@@ -654,28 +655,4 @@ fn parameters(p: &Program) -> usize {
             _ => 0,
         })
         .sum()
-}
-
-/// With most of the steps drifted on the model's own trajectories (and no guidance): the other
-/// prediction type under which one float trajectory drifts least, if at a quarter of the steps or
-/// fewer ([`calib::drift_if_predicting`]). Said in the warning, never acted on.
-fn drift_hint(
-    float: &FloatModel,
-    opts: &CompileOptions,
-    drifted: usize,
-) -> Result<Option<(String, usize)>> {
-    let steps = opts.steps as usize;
-    if drifted * 2 <= steps
-        || opts.guidance.is_some()
-        || opts.calib_source != crate::CalibSource::Trajectories
-    {
-        return Ok(None);
-    }
-    let cfg = sampler_config(opts);
-    let tries = calib::drift_if_predicting(float, &cfg, opts.sampler, opts.steps)?;
-    let best = tries
-        .into_iter()
-        .min_by_key(|&(_, n)| n)
-        .filter(|&(_, n)| n * 4 <= steps);
-    Ok(best.map(|(p, n)| (format!("{p:?}").to_lowercase(), n)))
 }
