@@ -65,7 +65,8 @@ pub struct Args {
     pub sampler: Option<SamplerArg>,
     /// What the model predicts. Default: sample with --sampler consistency (a consistency model's
     /// output is the denoised sample) or when the timestep input is named sigma/sigmas and --sampler
-    /// is not given either; epsilon otherwise
+    /// is not given either; epsilon otherwise. Models trained with denoising-diffusion-pytorch's
+    /// defaults predict v with its sigmoid schedule: --prediction v --beta-schedule sigmoid
     #[arg(long, value_enum)]
     pub prediction: Option<PredictionArg>,
     /// Sampling steps (default: 50; 1 for consistency; the count of --timesteps when given).
