@@ -10,13 +10,16 @@ use dmq_runtime::format::SamplerConfig;
 use dmq_runtime::sampler::{self, Rng, SamplerKind};
 
 /// With most of the steps drifted on the model's own trajectories (and no guidance): the other
-/// prediction type under which one float trajectory drifts least, if at a quarter of the steps or
-/// fewer ([`drift_if_predicting`]). Said in the warning, never acted on.
+/// prediction type under which one float trajectory drifts least, if at a quarter of its steps or
+/// fewer ([`drift_if_predicting`]), with the count and the trajectory's steps. Said in the
+/// warning, never acted on. The trajectories (two, of `macs` each per evaluation) take at most 5 %
+/// of the calibration budget: fewer steps on a large model, none below 5.
 pub(super) fn hint(
     float: &FloatModel,
     opts: &CompileOptions,
     drifted: usize,
-) -> Result<Option<(String, usize)>> {
+    macs: u64,
+) -> Result<Option<(String, usize, usize)>> {
     let steps = opts.steps as usize;
     if drifted * 2 <= steps
         || opts.guidance.is_some()
@@ -24,13 +27,18 @@ pub(super) fn hint(
     {
         return Ok(None);
     }
+    let affordable = (opts.calib_budget_g * 1e9 * 0.05 / (2.0 * macs.max(1) as f64)) as usize;
+    let n = steps.min(affordable);
+    if n < 5 {
+        return Ok(None);
+    }
     let cfg = sampler_config(opts);
-    let tries = drift_if_predicting(float, &cfg, opts.sampler, opts.steps)?;
+    let tries = drift_if_predicting(float, &cfg, opts.sampler, n as u32)?;
     let best = tries
         .into_iter()
-        .min_by_key(|&(_, n)| n)
-        .filter(|&(_, n)| n * 4 <= steps);
-    Ok(best.map(|(p, n)| (format!("{p:?}").to_lowercase(), n)))
+        .min_by_key(|&(_, d)| d)
+        .filter(|&(_, d)| d * 4 <= n);
+    Ok(best.map(|(p, d)| (format!("{p:?}").to_lowercase(), d, n)))
 }
 
 /// The drift warning's hint, never acted on: with the model's output read as each other prediction

@@ -172,7 +172,7 @@ fn compile_imported(
         output_correction: correction,
         calib_probed_steps: cal.probed_steps,
         calib_drifted_steps: cal.drifted_steps,
-        drift_hint: drift::hint(&float, opts, cal.drifted_steps)?,
+        drift_hint: drift::hint(&float, opts, cal.drifted_steps, macs)?,
         t_range: (cal.t_min, cal.t_max),
         timestep_groups: opts.timestep_groups,
         weight_bits: opts.weight_bits,

@@ -55,8 +55,8 @@ pub struct Report {
     /// default; acted on only with `--calib-source forward`)
     pub calib_drifted_steps: usize,
     /// with most steps drifted: another prediction type under which one float trajectory drifts
-    /// at a quarter of the steps or fewer, and at how many (the warning's hint)
-    pub drift_hint: Option<(String, usize)>,
+    /// at a quarter of its steps or fewer, at how many, and its steps (the warning's hint)
+    pub drift_hint: Option<(String, usize, usize)>,
     pub t_range: (f32, f32),
     pub timestep_groups: usize,
     pub weight_bits: u8,
@@ -408,10 +408,9 @@ pub fn summary(r: &Report) -> String {
             "  WARNING       the model's own trajectories drifted far from the forward process's scale (RMS off by\n                more than 3x) at {} of {} steps; calibrated on them anyway, as the device will see them.\n                A random-weight or untrained model's trajectories say little: --calib-source forward\n",
             r.calib_drifted_steps, r.steps
         );
-        if let Some((p, n)) = &r.drift_hint {
+        if let Some((p, n, of)) = &r.drift_hint {
             s += &format!(
-                "                Read as {p} prediction, its trajectory drifts at {n} of {} steps: if the model predicts\n                {p} (denoising-diffusion-pytorch's default objective is v), compile with --prediction {p}\n",
-                r.steps
+                "                Read as {p} prediction, its trajectory drifts at {n} of {of} steps: if the model predicts\n                {p} (denoising-diffusion-pytorch's default objective is v), compile with --prediction {p}\n"
             );
         }
     }
