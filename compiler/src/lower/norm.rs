@@ -24,7 +24,8 @@ pub(super) struct GroupNormMatch {
     /// group over `[tokens, C, 1]` (after a transpose when the axis is not the last: tract moves
     /// the token transpose of channel-major features past the norm)
     layer_norm: Option<usize>,
-    /// an RMS norm over the channel axis at every position (no mean taken out): [`find_rms_norms`]
+    /// an RMS norm (no mean taken out) over the channel axis at every position, or over the last
+    /// axis per token (with `layer_norm`): [`find_rms_norms`]
     rms: bool,
 }
 
@@ -236,7 +237,7 @@ pub(super) fn find_group_norms(model: &Model) -> Result<HashMap<usize, Role>> {
     Ok(roles)
 }
 
-/// Finds RMS norms over the channel axis 1 (no mean taken out) and their affine:
+/// Finds RMS norms (no mean taken out) over the channel axis 1 or the last axis, and their affine:
 /// - `F.normalize(x, dim=1)` as tract spells ONNX `ReduceL2 -> Clip(min) -> Div`: Square -> Sum
 ///   over axis 1 -> Sqrt -> [Max eps] -> Recip -> Mul x (the denoising-diffusion-pytorch RMSNorm,
 ///   `F.normalize(x, dim=1) * g * sqrt(C)`);
@@ -252,30 +253,28 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
         if roles.contains_key(&node.id) {
             continue;
         }
-        // (x, the nodes so far, the last one, eps)
-        let (x, mut members, mut at, eps_pre) = if let Some(rms) = node.op_as::<RmsNorm>() {
+        // (x, the axis, the nodes so far, how many mean squares the reduction holds, whether the
+        // root still follows, eps): tract's RmsNorm is `x / rms` already; a reduction of the
+        // squares (a sum holds C mean squares) goes on through `rms_tail`
+        let (x, axis, mut members, sums, tail, mut eps) = if let Some(rms) = node.op_as::<RmsNorm>()
+        {
             if op_is(node.inputs[0].node, "Sub") {
                 continue;
             }
             let eps = f32s(&rms.eps)?.first().copied().unwrap_or(0.0);
-            (node.inputs[0], vec![], node.id, eps)
+            (node.inputs[0], rms.axis, vec![node.id], false, false, eps)
         } else if let Some(red) = node.op_as::<Reduce>() {
-            if red.axes.len() != 1 {
+            let (&[axis], src) = (red.axes.as_slice(), node.inputs[0]) else {
                 continue;
-            }
-            let src = node.inputs[0];
+            };
             match red.reducer {
-                Reducer::MeanOfSquares => (src, vec![node.id], node.id, 0.0),
+                Reducer::MeanOfSquares => (src, axis, vec![node.id], false, true, 0.0),
                 Reducer::Sum
                     if op_is(src.node, "Square")
                         && single_succ(model, src.node) == Some(node.id) =>
                 {
-                    (
-                        model.node(src.node).inputs[0],
-                        vec![src.node, node.id],
-                        node.id,
-                        0.0,
-                    )
+                    let x = model.node(src.node).inputs[0];
+                    (x, axis, vec![src.node, node.id], true, true, 0.0)
                 }
                 _ => continue,
             }
@@ -283,11 +282,6 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
             continue;
         };
         let xshape = shape_of(model, x)?;
-        let axis = match (node.op_as::<RmsNorm>(), node.op_as::<Reduce>()) {
-            (Some(r), _) => r.axis,
-            (_, Some(r)) => r.axes[0],
-            _ => continue,
-        };
         // the channels (NC...), or the last axis (a per-token norm, as EDM2 attention normalises
         // its queries, keys and values per head)
         let rank = xshape.len();
@@ -295,13 +289,9 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
             continue;
         }
         let c = xshape[axis];
-        // a sum of squares is C mean squares (tract's RmsNorm and a mean are one)
-        let sums = node
-            .op_as::<Reduce>()
-            .is_some_and(|r| matches!(r.reducer, Reducer::Sum));
         let k = if sums { c as f32 } else { 1.0 };
-        let mut eps = eps_pre;
-        if node.op_as::<RmsNorm>().is_none() {
+        let mut at = node.id;
+        if tail {
             let Some((more, last, e)) = rms_tail(model, at, x, k) else {
                 continue;
             };
@@ -311,8 +301,6 @@ fn find_rms_norms(model: &Model, roles: &mut HashMap<usize, Role>) -> Result<()>
             members.extend(more);
             at = last;
             eps += e;
-        } else {
-            members.push(node.id);
         }
         // gamma: every per-channel Mul that follows (a parameter, then a constant such as
         // sqrt(C)), with the sum's 1/sqrt(C); then beta

@@ -354,7 +354,7 @@ pub(super) fn lower_einsum(
     if ins.len() != 2 {
         bail!("einsum with {} operands", ins.len());
     }
-    let sa = shape_of(cx.model, node.inputs[0])?;
+    let sa = ishape;
     let sb = shape_of(cx.model, node.inputs[1])?;
     let p = plan_einsum(ein, &sa, &sb, &oshape).map_err(|e| anyhow!(e))?;
     match (&ins[0], &ins[1]) {

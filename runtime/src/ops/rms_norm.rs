@@ -71,9 +71,10 @@ impl PreparedOp for Plan<'_> {
 mod tests {
     use crate::ops::testutil::*;
 
-    /// Against the float RMS norm (within one code), on every tier and with two threads (the same
-    /// bytes); int8 and int16 either side; the last case has an all-zero position and `eps = 0`,
-    /// which gives each channel's beta.
+    /// Against the float RMS norm (within one code), the same bytes on every tier and with two
+    /// threads; int8 and int16 either side; the last case has an all-zero position and `eps = 0`,
+    /// which gives each channel's beta. (The kernel's x86 level follows `ops_isa`, not the tier:
+    /// `norm`'s `rms_norm_avx2_build_equals_the_rule` compares the two builds.)
     #[test]
     fn rms_norm_matches_the_float_reference() {
         let mut rng = Rng::new(11);

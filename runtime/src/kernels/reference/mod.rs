@@ -6,6 +6,7 @@ pub mod float;
 pub mod movement;
 pub mod norm;
 pub mod softmax;
+mod softmax_cols;
 mod softmax_div;
 
 use super::MAX_RANK;

@@ -467,6 +467,71 @@ fn rms_norm_rule<T: Code, U: Code>(k: &RmsCall, x: &[T], affine: &[u8], out: &mu
 
 #[cfg(test)]
 mod tests {
+    /// The AVX2 build of the RMS norm's loops equals its rule bit for bit: int8 and int16 either
+    /// side, positions fewer and more than a block, eps 0 with all-zero positions, and affines with
+    /// NaN and infinite entries (which the op's check lets through).
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    #[test]
+    fn rms_norm_avx2_build_equals_the_rule() {
+        use super::{rms_norm_avx2, rms_norm_rule, RmsCall};
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut seed = 21u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 33) as u32
+        };
+        for case in 0..40 {
+            let (c, s) = (1 + next() as usize % 20, 1 + next() as usize % 200);
+            let wide = case % 2 == 1;
+            let zx = if wide {
+                next() as i32 % 2000 - 1000
+            } else {
+                next() as i32 % 40 - 20
+            };
+            let x: Vec<i16> = (0..c * s)
+                .map(|k| match (k % 7 == 0 && case % 4 == 0, wide) {
+                    (true, _) => zx as i16,
+                    (false, true) => next() as u16 as i16,
+                    (false, false) => next() as u8 as i8 as i16,
+                })
+                .collect();
+            let mut aff: Vec<f32> = (0..2 * c)
+                .map(|_| (next() % 3000) as f32 / 1000.0 - 1.5)
+                .collect();
+            if case % 5 == 0 {
+                aff[0] = f32::NAN;
+                aff[2 * c - 1] = f32::INFINITY;
+            }
+            let affine: Vec<u8> = aff.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let k = RmsCall {
+                c,
+                s,
+                zx,
+                sx: 1e-3 + (next() % 1000) as f32 * 1e-4,
+                eps: if case % 4 == 0 { 0.0 } else { 1e-6 },
+                so: 1e-3 + (next() % 1000) as f32 * 1e-4,
+                zo: next() as i32 % 20 - 10,
+            };
+            let (mut a, mut b) = (vec![0i16; c * s], vec![0i16; c * s]);
+            if wide {
+                rms_norm_rule(&k, &x, &affine, &mut a);
+                // SAFETY: AVX2 was just detected
+                unsafe { rms_norm_avx2(&k, &x, &affine, &mut b) };
+            } else {
+                let x8: Vec<i8> = x.iter().map(|&v| v as i8).collect();
+                let (mut a8, mut b8) = (vec![0i8; c * s], vec![0i8; c * s]);
+                rms_norm_rule(&k, &x8, &affine, &mut a8);
+                // SAFETY: AVX2 was just detected
+                unsafe { rms_norm_avx2(&k, &x8, &affine, &mut b8) };
+                a = a8.iter().map(|&v| v as i16).collect();
+                b = b8.iter().map(|&v| v as i16).collect();
+            }
+            assert_eq!(a, b, "case {case}: c {c} s {s}");
+        }
+    }
+
     /// The vectorizable `rint` is `libm::rintf`: around every power of two up to 2^25, at halves
     /// and their neighbours, at the extremes, and on a million random bit patterns.
     #[test]

@@ -177,67 +177,11 @@ pub fn softmax_any<T: Code, U: Code>(
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
     if crate::kernels::ops_isa() >= crate::kernels::OpsIsa::Avx2 {
         // SAFETY: AVX2 was just detected
-        unsafe { columns_avx2(x, (outer, len, inner), &ex, st, out) };
+        unsafe { super::softmax_cols::columns_avx2(x, (outer, len, inner), &ex, st, out) };
         return Ok(());
     }
-    columns(x, (outer, len, inner), &ex, st, out);
+    super::softmax_cols::columns(x, (outer, len, inner), &ex, st, out);
     Ok(())
-}
-
-/// [`columns`] built for AVX2 (the same integers, as [`rows_avx2`]). Safety: the CPU has AVX2.
-#[cfg(all(target_arch = "x86_64", feature = "std"))]
-#[target_feature(enable = "avx2")]
-unsafe fn columns_avx2<T: Code, U: Code>(
-    x: &[T],
-    shape: (usize, usize, usize),
-    ex: &Exps,
-    st: Steps,
-    out: &mut [U],
-) {
-    columns(x, shape, ex, st, out)
-}
-
-/// [`softmax_any`] over the `len` axis of `[outer, len, inner]` with `inner > 1` (its checks done):
-/// columns in blocks of COLS, each block's maxima, sums and quotients on the stack, walking whole
-/// rows of the block; per column the same rule as a contiguous row.
-#[inline(always)]
-fn columns<T: Code, U: Code>(
-    x: &[T],
-    (outer, len, inner): (usize, usize, usize),
-    ex: &Exps,
-    st: Steps,
-    out: &mut [U],
-) {
-    let top = (st.hi - st.zo).max(0) as u64;
-    const COLS: usize = 64;
-    for o in 0..outer {
-        let plane = &x[o * len * inner..(o + 1) * len * inner];
-        let dst = &mut out[o * len * inner..(o + 1) * len * inner];
-        for i0 in (0..inner).step_by(COLS) {
-            let ni = COLS.min(inner - i0);
-            let row = |j: usize| (j * inner + i0)..(j * inner + i0 + ni);
-            let mut mx = [i32::MIN; COLS];
-            for j in 0..len {
-                for (m, v) in mx.iter_mut().zip(&plane[row(j)]) {
-                    *m = (*m).max(v.get());
-                }
-            }
-            let mut sum = [0u64; COLS];
-            for j in 0..len {
-                for ((s, v), &m) in sum.iter_mut().zip(&plane[row(j)]).zip(&mx) {
-                    *s += ex.of(m, v.get());
-                }
-            }
-            let q: [RowQuot; COLS] = core::array::from_fn(|i| RowQuot::new(st.r, sum[i].max(1)));
-            for j in 0..len {
-                for (((d, v), &m), q) in dst[row(j)].iter_mut().zip(&plane[row(j)]).zip(&mx).zip(&q)
-                {
-                    let e = ex.of(m, v.get()) as u32;
-                    *d = U::sat(st.zo as i64 + q.of(e).min(top) as i64);
-                }
-            }
-        }
-    }
 }
 
 /// The exp values of [`softmax_any`]'s table, `lo` then `hi` (every entry at most 2^20; `hi` unused
