@@ -52,6 +52,10 @@ pub struct TensorInfo {
     /// for an alias made by data movement: the tract node whose output is its float value (where
     /// `stat` is `None`), for the products' input statistics (`quant::gptq`)
     pub value: Option<usize>,
+    /// the residual branch of a product split for 16-bit weights ([`crate::split_weights`]): its
+    /// range is `±f` times the largest magnitude of the input tensor's code range (`f` the
+    /// largest L1 norm of the residual weights' rows, so no value can leave it)
+    pub bound_by: Option<(TensorId, f32)>,
 }
 
 impl TensorInfo {

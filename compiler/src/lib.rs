@@ -20,6 +20,7 @@ pub mod protect;
 pub mod quant;
 pub mod rewrite;
 pub mod shapes;
+pub mod split_weights;
 
 pub use import::float_output;
 pub use options::*;

@@ -97,6 +97,9 @@ pub struct CompileOptions {
     /// width) that may be int16, for the protected tensors and the floor's together (0 to 1; 1, the
     /// default, lets the floor make every tensor that can be int16)
     pub a16_budget: f64,
+    /// the most integer MACs and weights that 16-bit weights may add, as a share of the model's
+    /// (`--w16-budget`, [`crate::split_weights::auto`]); 0: none
+    pub w16_budget: f64,
 }
 
 impl Default for CompileOptions {
@@ -133,6 +136,7 @@ impl Default for CompileOptions {
             floor_db: 27.0,
             calib_source: CalibSource::Trajectories,
             a16_budget: 1.0,
+            w16_budget: 0.1,
         }
     }
 }

@@ -101,7 +101,7 @@ pub struct Evals {
     max: usize,
     used: std::cell::Cell<usize>,
     /// set when the budget could not measure every candidate on every probe: what was measured
-    capped: std::cell::RefCell<Option<String>>,
+    pub(crate) capped: std::cell::RefCell<Option<String>>,
 }
 
 impl Evals {

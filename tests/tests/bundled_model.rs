@@ -17,9 +17,10 @@ fn bundled_model_w8a8_quality_size_and_determinism() {
     // size: int8 weights + tables must stay within 30% of the float ONNX (30.04% since format
     // 6.0: the packed layout pads the one-channel input and output convolutions to 4 channels,
     // 1,728 bytes; 30.17% since the floor's streams run int16 attention: their three softmaxes
-    // take two exp tables each, 3,072 bytes)
+    // take two exp tables each, 3,072 bytes; 30.84% since three convs take 16-bit weights, their
+    // W_lo codes and tables 14,944 bytes, `--w16-budget`)
     assert!(
-        r.size_ratio <= 0.302,
+        r.size_ratio <= 0.309,
         "dmq is {:.1}% of the ONNX",
         100.0 * r.size_ratio
     );

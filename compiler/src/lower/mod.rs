@@ -103,6 +103,7 @@ impl<'a> Ctx<'a> {
             fixed: None,
             probs: false,
             value: None,
+            bound_by: None,
         })
     }
     pub(super) fn alias(&mut self, name: &str, shape: Vec<usize>, of: TensorId) -> TensorId {

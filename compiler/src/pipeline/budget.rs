@@ -16,6 +16,8 @@ pub(crate) struct Budget {
     pub probe_trajectories: usize,
     pub ranking: protect::Evals,
     pub floor: protect::Evals,
+    /// the 16-bit weights' ranking ([`crate::split_weights::auto`])
+    pub weights: protect::Evals,
 }
 
 impl Budget {
@@ -32,6 +34,7 @@ impl Budget {
             probe_trajectories,
             ranking: protect::Evals::new(max_evals),
             floor: protect::Evals::new(max_evals),
+            weights: protect::Evals::new(max_evals),
         }
     }
 
@@ -51,6 +54,7 @@ impl Budget {
         vec![
             e("sensitivity ranking", &self.ranking),
             e("quality floor", &self.floor),
+            e("16-bit weights", &self.weights),
         ]
     }
 }

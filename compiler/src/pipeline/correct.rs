@@ -13,6 +13,7 @@ use crate::eval;
 use crate::import::FloatModel;
 use crate::ir::{IrOp, Program, TensorId};
 use anyhow::Result;
+use dmq_runtime::format::BinaryKind;
 use dmq_runtime::Model;
 
 /// Per sampling step: sums over its probes of `y_q²`, `y_q·y` and `y²` (runtime `y_q`, float `y`).
@@ -69,8 +70,20 @@ pub fn output_root(p: &Program) -> Option<TensorId> {
         .iter()
         .filter(|op| p.quant_root(op.output()) == root && !matches!(op, IrOp::Dequantize { .. }))
         .collect();
+    let product = |op: &IrOp| matches!(op, IrOp::Conv { .. } | IrOp::Linear { float: false, .. });
     match writers[..] {
-        [IrOp::Conv { .. }] | [IrOp::Linear { float: false, .. }] => Some(root),
+        [op] if product(op) => Some(root),
+        // a product with 16-bit weights (`split_weights`): the gain goes to its high branch;
+        // the low one (below half a weight step) keeps its scale, an error of its value times
+        // the gain's offset from 1 (under 1e-4 of the output's)
+        [IrOp::Binary {
+            kind: BinaryKind::Add,
+            a,
+            b,
+            ..
+        }] if p.t(*b).bound_by.is_some() && p.producer(*a).is_some_and(|i| product(&p.ops[i])) => {
+            Some(p.quant_root(*a))
+        }
         _ => None,
     }
 }

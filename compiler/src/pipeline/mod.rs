@@ -1,4 +1,5 @@
-//! The compile pipeline as stages: import → lower → calibrate → buckets → protection → quality floor
+//! The compile pipeline as stages: import → lower → calibrate → buckets → 16-bit weights →
+//! protection → quality floor
 //! → measurement → report. Each stage is a function of what the previous ones produced.
 mod budget;
 mod build;
@@ -8,12 +9,13 @@ mod floor;
 pub mod fold_time;
 mod guard;
 pub mod report;
+mod search;
 
 use crate::import::{self, FloatModel};
-use crate::ir::{self, Program, TensorId};
+use crate::ir::{self, Program};
 use crate::options::{extras_for, uncond_extras_for, CompileOptions, Protect, WeightRounding};
 use crate::quant::hessian;
-use crate::{calib, eval, lower, protect};
+use crate::{calib, eval, lower};
 use anyhow::{anyhow, bail, Result};
 use budget::Budget;
 use build::{Bucket, Builder, Programs};
@@ -105,13 +107,16 @@ fn compile_imported(
     let opts = &budget.options(opts);
     let builder = Builder { opts, ..builder };
     let mut buckets = builder.buckets();
-    // int16 protection of the most sensitive tensors, measured through the runtime
-    let mut program = program0.clone();
-    let (chosen, sensitivity) =
-        protection(&builder, &float, &program, &buckets, &unprotected, &budget)?;
-    clock.mark("sensitivity ranking");
-    protect::apply(&mut program, &chosen);
-    program.i16_headroom = matches!(opts.protect, Protect::All);
+    let s = search::run(
+        &builder,
+        &float,
+        program0,
+        &buckets,
+        &unprotected,
+        &budget,
+        &mut clock,
+    )?;
+    let (original, program0, chosen, program) = (program0, &s.program, s.chosen, s.protected);
     let (bytes, mut plan) = builder.build(Programs::main(&program, &chosen), &buckets)?;
     let mut bytes = builder.fold(&program, bytes, &plan)?;
     clock.mark("build");
@@ -135,15 +140,11 @@ fn compile_imported(
         floor: floored.as_ref().map(|(p, k)| (p, &k[..])),
         baseline: Some(program0),
     };
-    let built = Built {
-        buckets,
-        bytes,
-        plan,
-    };
+    let built = Built::from((buckets, bytes, plan));
     let (builder, built, correction) =
         correct::output(builder, &float, programs, built, budget.max_evals)?;
     clock.mark("output correction");
-    let baseline = opts.baseline.then_some(&unprotected[..]);
+    let baseline = opts.baseline.then_some(&s.baseline[..]);
     let (mut sqnr, built, baseline_steps) = measure(&float, &builder, programs, built, baseline)?;
     clock.mark("measurement");
     let (buckets, bytes, plan) = (built.buckets, built.bytes, built.plan);
@@ -157,7 +158,7 @@ fn compile_imported(
         size_ratio: bytes.len() as f64 / onnx_bytes as f64,
         arena_bytes: plan.arena_bytes,
         arena_without_reuse: plan.naive_bytes,
-        parameters: parameters(program0),
+        parameters: parameters(original),
         ops: op_histogram(program0),
         sampler: format!("{:?}", opts.sampler),
         sampler_from_input,
@@ -187,13 +188,14 @@ fn compile_imported(
         baseline_bytes: baseline.map(|b| b.len()),
         protected: chosen.iter().map(|&t| program.t(t).name.clone()).collect(),
         arena_bytes_unprotected: unprotected_plan.arena_bytes,
-        sensitivity,
+        sensitivity: s.sensitivity,
         floor_db: opts.floor_db,
         floor_steps,
         a16_budget: opts.a16_budget,
         baseline_steps,
         streams: buckets.len(),
         int16_per_stream,
+        w16: s.w16,
     };
     Ok(Compiled {
         bytes,
@@ -412,6 +414,12 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
             n as f64 * hessian::macs_per_eval(program) as f64 / 1e9
         ));
     }
+    if opts.w16_budget > 0.0 {
+        then.push(format!(
+            "the 16-bit weights' search (up to {} runtime evaluations with 16-bit activations)",
+            b.max_evals
+        ));
+    }
     if let Protect::Auto(_) = opts.protect {
         then.push(format!(
             "the sensitivity ranking (up to {} runtime evaluations, {:.1} G MACs; its probes: {} \
@@ -462,86 +470,6 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
     )
 }
 
-/// The tensors that get int16 activations, and the sensitivity ranking when it was measured.
-fn protection(
-    b: &Builder<'_>,
-    float: &FloatModel,
-    program: &Program,
-    buckets: &[Bucket],
-    unprotected: &[u8],
-    budget: &Budget,
-) -> Result<(Vec<TensorId>, Vec<protect::Sensitivity>)> {
-    let opts = b.opts;
-    Ok(match &opts.protect {
-        Protect::None => (vec![], vec![]),
-        Protect::Names(names) => (protect::by_names(program, names)?, vec![]),
-        Protect::All => (protect::candidates(program), vec![]),
-        Protect::Auto(k) => {
-            let m0 = Model::load(unprotected).map_err(internal)?;
-            let s = opts.steps as usize;
-            let mut picks = vec![
-                s - 1,
-                s.saturating_sub(2),
-                s.saturating_sub(4),
-                s * 4 / 5,
-                s / 2,
-                0,
-            ];
-            picks.sort();
-            picks.dedup();
-            let mut inputs = vec![];
-            for seed in 0..budget.probe_trajectories as u64 {
-                let traj = eval::measured_inputs(float, &m0, opts, 2_000_000 + seed, seed << 48)?;
-                inputs.extend(picks.iter().filter_map(|&i| traj.get(i).cloned()));
-            }
-            protect::auto(
-                program,
-                *k,
-                opts.a16_budget,
-                &inputs,
-                &budget.ranking,
-                &|c| local_noise(b, program, buckets, &picks, c),
-                |p| Ok(b.build(Programs::main(p, &[]), buckets)?.0),
-            )?
-        }
-    })
-}
-
-/// The share of a tensor's signal its own int8 codes lose (rounding and clipping with its
-/// bucket's parameters) over the calibration samples of `steps`, before any other layer's error:
-/// the prior that picks which candidates a ranking too large for its budget measures.
-fn local_noise(
-    b: &Builder<'_>,
-    program: &Program,
-    buckets: &[Bucket],
-    steps: &[usize],
-    c: TensorId,
-) -> f64 {
-    let Some(stat) = program.t(c).stat else {
-        return 0.0;
-    };
-    let (mut noise, mut signal) = (0f64, 0f64);
-    for &s in steps {
-        let range = buckets
-            .iter()
-            .find(|k| k.steps.contains(&s))
-            .and_then(|k| k.ranges.get(&stat));
-        let (Some(r), Some(vals)) = (range, b.cal.samples.get(s).and_then(|m| m.get(&stat))) else {
-            continue;
-        };
-        let params = if program.t(c).probs {
-            crate::quant::activations::probs_params(dmq_runtime::format::DType::I8, r.max)
-        } else {
-            crate::quant::affine_params(r.min, r.max)
-        };
-        for &x in vals {
-            noise += ((x - crate::quant::int8_roundtrip(x, params)) as f64).powi(2);
-            signal += (x as f64).powi(2);
-        }
-    }
-    noise / signal.max(1e-30)
-}
-
 /// `DMQ_DEBUG_LAYERS=I`: per-layer SQNR at step I of a float trajectory, on stderr.
 fn debug_layers(
     float: &FloatModel,
@@ -568,6 +496,16 @@ struct Built {
     buckets: Vec<Bucket>,
     bytes: Vec<u8>,
     plan: crate::memplan::Plan,
+}
+
+impl From<(Vec<Bucket>, Vec<u8>, crate::memplan::Plan)> for Built {
+    fn from((buckets, bytes, plan): (Vec<Bucket>, Vec<u8>, crate::memplan::Plan)) -> Self {
+        Built {
+            buckets,
+            bytes,
+            plan,
+        }
+    }
 }
 
 /// SQNR per scheduled timestep against the float model, and the baseline's beside it (same inputs).

@@ -95,6 +95,8 @@ pub struct Report {
     pub streams: usize,
     /// what each stream computes at 16 bits
     pub int16_per_stream: Vec<Int16Share>,
+    /// the products given 16-bit weights (two int8 products each) and the ranking that chose them
+    pub w16: crate::split_weights::Chosen,
 }
 
 /// What GPTQ weight rounding covered (see `quant::gptq`).
@@ -370,6 +372,18 @@ fn weights_line(r: &Report) -> String {
             } else {
                 String::new()
             }
+        );
+    }
+    let w = &r.w16;
+    if !w.layers.is_empty() {
+        let db = 10.0 * (w.error_before / w.error_after.max(1e-30)).log10();
+        s += &format!(
+            "  16-bit wts    {} as two int8 products each (W = W_hi + W_lo): {}\n                +{:.1}% MACs, +{:.1}% weights; the probes' output error {db:.1} dB lower ({} measured)\n",
+            w.layers.len(),
+            w.layers.join(", "),
+            100.0 * w.macs_share,
+            100.0 * w.weights_share,
+            w.ranking.len()
         );
     }
     s

@@ -93,6 +93,12 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
             probs_params(t.dtype, range(s)?.max)
         } else if let Some(f) = t.fixed {
             f
+        } else if let Some((x, f)) = t.bound_by {
+            // the input's parameters are set: a split's branches come after every other tensor
+            let (sx, zx) = out[p.quant_root(x).0 as usize];
+            let (cmin, cmax) = p.t(p.quant_root(x)).dtype.code_range();
+            let m = sx * ((cmin - zx).abs().max((cmax - zx).abs())) as f32;
+            affine_params_for(t.dtype, -f * m, f * m)
         } else if let Some(s) = t.stat {
             let r = ranges
                 .get(&s)
