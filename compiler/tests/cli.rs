@@ -448,6 +448,79 @@ fn tiny_compile(
 }
 
 #[test]
+fn sixteen_bit_weights_stay_within_their_budgets() {
+    // The tiny UNet's 16-bit-weight search (`--w16-budget`): what it takes fits the MAC and weight
+    // shares asked for, at the default and at a smaller share, and lowers the probes' error; an
+    // int16 byte budget leaves only the timestep path's linears as candidates; 0 turns the search
+    // off.
+    let d = tmp("w16");
+    let json = |flags: &[&str], name: &str| tiny_compile(&d, "1", flags, name).0;
+    let shares = |r: &serde_json::Value| {
+        let w = &r["w16"];
+        let f = |k: &str| w[k].as_f64().unwrap();
+        (f("macs_share"), f("weights_share"))
+    };
+    let chosen = |r: &serde_json::Value| -> Vec<String> {
+        r["w16"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    };
+    let ranked = |r: &serde_json::Value| -> Vec<(String, f64)> {
+        r["w16"]["ranking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let layer = m["layer"].as_str().unwrap().to_string();
+                (layer, m["error_ratio"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let r = json(&[], "default");
+    let (macs, weights) = shares(&r);
+    assert!(!chosen(&r).is_empty(), "{}", r["w16"]);
+    assert!(
+        macs > 0.0 && macs <= 0.10 && weights <= 0.10,
+        "{}",
+        r["w16"]
+    );
+    assert!(
+        r["w16"]["error_after"].as_f64() < r["w16"]["error_before"].as_f64(),
+        "{}",
+        r["w16"]
+    );
+    // half the chosen products' mean MAC share: what the search takes still fits the share
+    let least = macs / chosen(&r).len() as f64;
+    let pct = format!("{}", 50.0 * least);
+    let r = json(&["--w16-budget", &pct], "small");
+    let (m, w) = shares(&r);
+    assert!(
+        m <= 0.5 * least + 1e-12 && w <= 0.5 * least + 1e-12,
+        "{}",
+        r["w16"]
+    );
+    let r = json(&["--a16-budget", "50"], "a16");
+    let names: Vec<String> = ranked(&r).into_iter().map(|c| c.0).collect();
+    assert_eq!(names, ["timestep-path linears"], "{}", r["w16"]);
+    let r = json(&["--w16-budget", "0"], "off");
+    assert!(
+        ranked(&r).is_empty() && chosen(&r).is_empty(),
+        "{}",
+        r["w16"]
+    );
+    let searches = r["runtime_evals"].as_array().unwrap();
+    assert!(
+        searches
+            .iter()
+            .any(|s| s[0] == "16-bit weights" && s[1] == 0),
+        "{r}"
+    );
+}
+
+#[test]
 fn drifting_trajectories_are_reported_and_only_replaced_when_asked() {
     // The random-weight tiny UNet's DDIM trajectories run far from the forward process's scale. By
     // default the compile calibrates on them anyway (a trained model's trajectories are what the
