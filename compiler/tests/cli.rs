@@ -505,6 +505,12 @@ fn sixteen_bit_weights_stay_within_their_budgets() {
     let r = json(&["--a16-budget", "50"], "a16");
     let names: Vec<String> = ranked(&r).into_iter().map(|c| c.0).collect();
     assert_eq!(names, ["timestep-path linears"], "{}", r["w16"]);
+    // without the sensitivity ranking the search draws its own probes, and the cost line says so
+    let (_, text) = tiny_compile(&d, "1", &["--protect", "none"], "unranked");
+    assert!(
+        text.contains("16-bit activations; its probes: 20 float evaluations)"),
+        "{text}"
+    );
     let r = json(&["--w16-budget", "0"], "off");
     assert!(
         ranked(&r).is_empty() && chosen(&r).is_empty(),

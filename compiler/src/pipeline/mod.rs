@@ -415,8 +415,17 @@ fn plan(program: &Program, opts: &CompileOptions, calib_asked: Option<usize>) ->
         ));
     }
     if opts.w16_budget > 0.0 {
+        // its probes are the ranking's; without a ranking it draws them itself
+        let probes = match opts.protect {
+            Protect::Auto(_) => String::new(),
+            _ => format!(
+                "; its probes: {} float evaluations",
+                b.probe_trajectories * steps * passes
+            ),
+        };
         then.push(format!(
-            "the 16-bit weights' search (up to {} runtime evaluations with 16-bit activations)",
+            "the 16-bit weights' search (up to {} runtime evaluations with 16-bit \
+             activations{probes})",
             b.max_evals
         ));
     }
