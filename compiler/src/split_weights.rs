@@ -11,13 +11,14 @@
 //! The `W_hi` branch writes int16 with the original output's calibration statistics (its values
 //! differ by `x W_lo`): at int8 it would round the output twice, once in the branch and once in
 //! the add, and that second rounding cost as much as the weights gained (the trained consistency
-//! fixture's mean SQNR stayed at 38.7 dB; with an int16 branch it rose to 41.4). The `W_lo` branch has no float node of its own: it writes int8 in a range
-//! bounded by the input's code range times the largest L1 norm of `W_lo`'s rows
-//! ([`crate::ir::TensorInfo::bound_by`]), so it never clips; its codes' step is still far below
-//! the output's (`W_lo` is at most half a step of `W`). A timestep-path linear splits the same
-//! way in f32.
+//! fixture's mean SQNR stayed at 38.7 dB; with an int16 branch it rose to 41.4). The `W_lo` branch
+//! has no float node of its own: it writes int8 in a range bounded by the input's code range times
+//! the largest L1 norm of `W_lo`'s rows ([`crate::ir::TensorInfo::bound_by`]), so it never clips;
+//! its codes' step is still far below the output's (`W_lo` is at most half a step of `W`). A
+//! timestep-path linear splits the same way in f32.
 use crate::eval::Probe;
 use crate::ir::{IrOp, Program, TensorId, TensorInfo};
+use crate::lower::op_macs;
 use crate::protect::{output_error, Evals};
 use anyhow::{bail, Result};
 use dmq_runtime::format::{self as wire, BinaryFn, BinaryKind, DType, Op};
@@ -31,7 +32,7 @@ pub fn split_rows(w: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
         let s = r.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
         if s > 0.0 {
             for (h, v) in h.iter_mut().zip(r) {
-                *h = (v / s).round().clamp(-127.0, 127.0) * s;
+                *h = crate::quant::weights::code(*v, s, 127.0) * s;
             }
         }
     }
@@ -171,23 +172,6 @@ pub struct Chosen {
     pub ranking: Vec<Measured>,
 }
 
-/// The integer MACs per evaluation of a conv or int8 linear (0 for the timestep path's).
-fn macs_of(p: &Program, op: &IrOp) -> u64 {
-    match op {
-        IrOp::Conv { output, w, .. } => {
-            let s = &p.t(*output).shape;
-            (w.len() * s[0] * s[2] * s[3]) as u64
-        }
-        IrOp::Linear {
-            w,
-            geom,
-            float: false,
-            ..
-        } => (w.len() * geom.m as usize) as u64,
-        _ => 0,
-    }
-}
-
 /// The candidates of `p`: the timestep path's linears together first, then the integer products
 /// from both ends of the network inwards (first, last, second, second to last, ...): the order in
 /// which a budget too small for all of them measures them. `main`: whether integer products may
@@ -217,7 +201,7 @@ fn candidates(p: &Program, main: bool) -> Vec<Candidate> {
                     products.push(Candidate {
                         outputs: vec![*output],
                         label: t.name.clone(),
-                        macs: macs_of(p, op),
+                        macs: op_macs(p, op),
                         weights: w.len(),
                     });
                 }
@@ -258,10 +242,11 @@ fn with(p: &Program, cands: &[&Candidate]) -> Result<Program> {
 }
 
 /// 16-bit weights where they measurably help, within `share` more integer MACs and more weights
-/// than the model has: every candidate ([`candidates`]) is measured alone (the output error on `inputs` through the runtime, within `evals`), those that
-/// lower it by 5 % or more are taken in rank order while the costs fit, and the set is checked as
-/// a whole (where together they measure worse than the best alone, the best alone stays).
-/// `main`: integer products may split.
+/// than the model's products have: every candidate ([`candidates`]) is measured alone (the output
+/// error on `inputs` through the runtime, within `evals`), those that lower it by 5 % or more are
+/// taken in rank order while the costs fit, and the set is checked as a whole (where together
+/// they measure worse than the best alone, or no evaluations are left to measure them, the best
+/// alone stays). `main`: integer products may split.
 pub fn auto(
     p: &Program,
     share: f64,
@@ -291,7 +276,7 @@ pub fn auto(
     }
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (all_macs, all_weights) = p.ops.iter().fold((0u64, 0usize), |(m, w), op| match op {
-        IrOp::Conv { w: ww, .. } | IrOp::Linear { w: ww, .. } => (m + macs_of(p, op), w + ww.len()),
+        IrOp::Conv { w: ww, .. } | IrOp::Linear { w: ww, .. } => (m + op_macs(p, op), w + ww.len()),
         _ => (m, w),
     });
     let (mut macs, mut weights) = (0u64, 0usize);
@@ -308,17 +293,17 @@ pub fn auto(
         .iter()
         .find(|r| chosen.first().is_some_and(|c| std::ptr::eq(*c, r.0)))
         .map_or(base, |r| r.2);
-    if chosen.len() > 1 && evals.left() >= n {
-        let e = output_error(&build(&with(p, &chosen)?)?, inputs, evals)?;
-        if e < after {
-            after = e;
+    if chosen.len() > 1 {
+        let together = match evals.left() >= n {
+            true => output_error(&build(&with(p, &chosen)?)?, inputs, evals)?,
+            false => f64::INFINITY,
+        };
+        if together < after {
+            after = together;
         } else {
             chosen.truncate(1);
             (macs, weights) = (chosen[0].macs, chosen[0].weights);
         }
-    } else if chosen.len() > 1 {
-        chosen.truncate(1);
-        (macs, weights) = (chosen[0].macs, chosen[0].weights);
     }
     let q = with(p, &chosen)?;
     let ranking = ranked

@@ -358,30 +358,33 @@ fn lower_main(cx: &mut Ctx, node: &TypedNode, ins: &[Val]) -> Result<Val> {
 /// Multiply-accumulates of one evaluation of the program's integer products (convs, linears and
 /// attention products; not the f32 timestep path), known before calibration.
 pub fn product_macs(p: &Program) -> u64 {
-    p.ops
-        .iter()
-        .map(|op| match op {
-            IrOp::Conv {
-                input,
-                output,
-                kernel,
-                ..
-            } => {
-                let cin = p.t(*input).shape.get(1).copied().unwrap_or(0);
-                (p.t(*output).numel() * cin * kernel[0] * kernel[1]) as u64
-            }
-            IrOp::Linear {
-                geom, float: false, ..
-            } => geom.m as u64 * geom.n as u64 * geom.k as u64,
-            IrOp::MatMul { geom, .. } => {
-                geom.batch.iter().map(|&b| b as u64).product::<u64>()
-                    * geom.m as u64
-                    * geom.n as u64
-                    * geom.k as u64
-            }
-            _ => 0,
-        })
-        .sum()
+    p.ops.iter().map(|op| op_macs(p, op)).sum()
+}
+
+/// The integer multiply-accumulates of one op of `p` per evaluation (0 for all but convs, integer
+/// linears and activation products).
+pub fn op_macs(p: &Program, op: &IrOp) -> u64 {
+    match op {
+        IrOp::Conv {
+            input,
+            output,
+            kernel,
+            ..
+        } => {
+            let cin = p.t(*input).shape.get(1).copied().unwrap_or(0);
+            (p.t(*output).numel() * cin * kernel[0] * kernel[1]) as u64
+        }
+        IrOp::Linear {
+            geom, float: false, ..
+        } => geom.m as u64 * geom.n as u64 * geom.k as u64,
+        IrOp::MatMul { geom, .. } => {
+            geom.batch.iter().map(|&b| b as u64).product::<u64>()
+                * geom.m as u64
+                * geom.n as u64
+                * geom.k as u64
+        }
+        _ => 0,
+    }
 }
 
 /// Number of each IR op kind, for the summary.

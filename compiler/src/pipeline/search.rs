@@ -79,9 +79,9 @@ fn weights16(
         program,
         b.opts.w16_budget,
         // integer products split only with 8-bit weights (a 4-bit layer's high part would lose
-        // its grid) and without an int16 byte budget: a split output's int16 protection takes
-        // twice the bytes, and the bundled model's t = 1 under --a16-budget 10 lost 3 dB (19.6
-        // to 16.6) where its splits took the floor's bytes
+        // its grid) and without an int16 byte budget: their W_hi branches' int16 bytes count in
+        // it, and the bundled model's t = 1 under --a16-budget 10 fell from 19.6 to 17.3 dB where
+        // they took the floor's bytes
         b.opts.weight_bits == 8 && b.opts.a16_budget >= 1.0,
         inputs,
         &budget.weights,

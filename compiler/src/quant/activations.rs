@@ -93,12 +93,9 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
             probs_params(t.dtype, range(s)?.max)
         } else if let Some(f) = t.fixed {
             f
-        } else if let Some((x, f)) = t.bound_by {
-            // the input's parameters are set: a split's branches come after every other tensor
-            let (sx, zx) = out[p.quant_root(x).0 as usize];
-            let (cmin, cmax) = p.t(p.quant_root(x)).dtype.code_range();
-            let m = sx * ((cmin - zx).abs().max((cmax - zx).abs())) as f32;
-            affine_params_for(t.dtype, -f * m, f * m)
+        } else if t.bound_by.is_some() {
+            // after every other tensor: the bound follows its input's parameters
+            continue;
         } else if let Some(s) = t.stat {
             let r = ranges
                 .get(&s)
@@ -115,6 +112,16 @@ pub fn choose_params(p: &Program, ranges: &HashMap<usize, Range>) -> Result<Vec<
         } else {
             return Err(anyhow!("tensor {} has no quantization source", t.name));
         };
+    }
+    for i in 0..p.tensors.len() {
+        let t = p.t(p.quant_root(TensorId(i as u32)));
+        if let (true, Some((x, f))) = (t.dtype.is_int(), t.bound_by) {
+            let x = p.quant_root(x);
+            let (sx, zx) = out[x.0 as usize];
+            let (cmin, cmax) = p.t(x).dtype.code_range();
+            let m = sx * ((cmin - zx).abs().max((cmax - zx).abs())) as f32;
+            out[i] = affine_params_for(t.dtype, -f * m, f * m);
+        }
     }
     Ok(out)
 }

@@ -78,12 +78,14 @@ pub(super) unsafe fn columns_avx2<T: Code, U: Code>(
     out: &mut [U],
 ) {
     let full = inner / 8 * 8;
+    // one buffer for every group of eight columns (its rows are written before they are read)
+    let mut kept = [core::arch::x86_64::_mm256_setzero_si256(); avx2::KEEP];
     for o in 0..outer {
         let plane = &x[o * len * inner..(o + 1) * len * inner];
         let dst = &mut out[o * len * inner..(o + 1) * len * inner];
         for i0 in (0..full).step_by(8) {
             // SAFETY: AVX2 (the caller); columns `i0..i0 + 8` lie inside every row
-            unsafe { avx2::eight(plane, dst, (len, inner), i0, ex, st) };
+            unsafe { avx2::eight(plane, dst, (len, inner), i0, (ex, st), &mut kept) };
         }
         if full < inner {
             block(plane, dst, (len, inner), full..inner, ex, st);

@@ -5,7 +5,8 @@ use super::super::Code;
 use core::arch::x86_64::*;
 
 /// Columns `i0..i0 + 8` of one `[len, inner]` plane: their maxima, then their exp values' sums in
-/// u64 lanes, then each element's quotient ([`Quad::of`]).
+/// u64 lanes (the first [`KEEP`] rows' values kept in `kept`), then each element's quotient
+/// ([`Quad::of`]).
 ///
 /// # Safety
 /// The CPU has AVX2; `plane` and `dst` hold `len * inner` codes and `i0 + 8 <= inner`.
@@ -15,8 +16,8 @@ pub(super) unsafe fn eight<T: Code, U: Code>(
     dst: &mut [U],
     (len, inner): (usize, usize),
     i0: usize,
-    ex: &Exps,
-    st: Steps,
+    (ex, st): (&Exps, Steps),
+    kept: &mut [__m256i; KEEP],
 ) {
     debug_assert!(i0 + 8 <= inner && plane.len() >= len * inner && dst.len() >= len * inner);
     let at = |j: usize| j * inner + i0;
@@ -29,7 +30,6 @@ pub(super) unsafe fn eight<T: Code, U: Code>(
         mx = _mm256_max_epi32(mx, unsafe { load8(x.add(at(j))) });
     }
     let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    let mut kept = [_mm256_setzero_si256(); KEEP];
     for j in 0..len {
         let e = unsafe { exps(mx, load8(x.add(at(j))), ex) };
         if let Some(k) = kept.get_mut(j) {
@@ -69,8 +69,9 @@ pub(super) unsafe fn eight<T: Code, U: Code>(
     }
 }
 
-/// Rows whose exp values [`eight`] keeps on the stack (8 KiB) instead of looking them up twice.
-const KEEP: usize = 256;
+/// Rows whose exp values [`eight`] keeps (8 KiB on the caller's stack) instead of looking them up
+/// twice.
+pub(super) const KEEP: usize = 256;
 
 /// Eight codes at `p` (i8 or i16, the only [`Code`]s), sign-extended to i32 lanes.
 #[inline]
