@@ -5,7 +5,7 @@
 use super::{Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
 use crate::format::{RmsNorm, TRef};
-use crate::kernels::{on_tier, reference::norm, Exec};
+use crate::kernels::{on_tier, reference::rms, Exec};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl PreparedOp for Plan<'_> {
         crate::with_io!(io.ints(i)?, out_ints(o, out.dtype)?, |x, y| {
             ex.par_rows(n, c * s, 2 * x.len(), y, |r0, nr, part| {
                 on_tier(ex.tier, || {
-                    norm::rms_norm(
+                    rms::rms_norm(
                         x,
                         (n, c, s),
                         (i.zero, i.scale),
@@ -74,7 +74,7 @@ mod tests {
     /// Against the float RMS norm (within one code), the same bytes on every tier and with two
     /// threads; int8 and int16 either side; the last case has an all-zero position and `eps = 0`,
     /// which gives each channel's beta. (The kernel's x86 level follows `ops_isa`, not the tier:
-    /// `norm`'s `rms_norm_avx2_build_equals_the_rule` compares the two builds.)
+    /// `rms`'s `rms_norm_avx2_build_equals_the_rule` compares the two builds.)
     #[test]
     fn rms_norm_matches_the_float_reference() {
         let mut rng = Rng::new(11);

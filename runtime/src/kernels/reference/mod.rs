@@ -5,6 +5,7 @@ pub mod eltwise;
 pub mod float;
 pub mod movement;
 pub mod norm;
+pub mod rms;
 pub mod softmax;
 mod softmax_cols;
 mod softmax_div;

@@ -1,7 +1,9 @@
 //! Integer softmax.
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 use super::softmax_div::exps16_avx2;
-use super::softmax_div::{row_by_code, Quotient, RowQuot, CODE_TABLE_ROWS, LIFT};
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+use super::softmax_div::LIFT;
+use super::softmax_div::{row_by_code, Quotient, RowQuot, CODE_TABLE_ROWS};
 use super::Code;
 use crate::kernels::{check_len, le_i32};
 use crate::Result;
@@ -249,6 +251,7 @@ fn rows<T: Code, U: Code, const AVX2: bool>(
             // each exp once: kept for the quotients (`e <= 2^20` fits u32), the sum in four
             // independent parts
             let mut part = [0u64; 4];
+            #[allow(unused_mut)] // set only where the AVX2 gathers are built
             let mut done = 0;
             #[cfg(all(target_arch = "x86_64", feature = "std"))]
             if let (true, Ok(x16)) = (AVX2 && ex.wide, bytemuck::try_cast_slice::<T, i16>(xs)) {
