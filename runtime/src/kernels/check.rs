@@ -58,7 +58,7 @@ fn weights(
 }
 
 /// Random epilogue tables for `n` rows and `pixels` pixels: biases, multipliers in [2^30, 2^31)
-/// with shifts from 20 to 50 (both sides of the SIMD epilogues' 32), a per-pixel term every other
+/// with shifts from 1 to 50 (both sides of the SIMD epilogues' 32), a per-pixel term every other
 /// case, per-row or uniform requantization, int8 or int16 output range.
 struct RandomEpilogue {
     bias: Vec<u8>,
@@ -98,7 +98,7 @@ impl RandomEpilogue {
         // in one case in 3, where some are smaller
         let shift = |rng: &mut Rng| {
             if case % 3 == 0 && u(rng, 4) == 0 {
-                20 + u(rng, 12) as u8
+                1 + u(rng, 31) as u8
             } else {
                 32 + u(rng, 19) as u8
             }

@@ -29,6 +29,8 @@ pub mod x86_avx512_epi;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512_ops;
 #[cfg(target_arch = "x86_64")]
+mod x86_epi;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_vnni;
 
 /// The widest x86 SIMD the non-GEMM ops (GroupNorm, tables, softmax, element-wise) use: what the

@@ -20,7 +20,7 @@
 //! Int8 activations accumulate in wrapping i32, like the specification (wrapping addition is
 //! associative, so the order does not matter). Int16 activations could overflow i32 lanes, so each
 //! lane is sign-extended and added into an exact i64 lane after every [`WIDEN_EVERY`] blocks.
-use super::gemm::{finish_sums, fits_i32, Epilogue, Finish, Pixels, Product, Tile, BLOCK};
+use super::gemm::{finish_sums, fits_i32, Finish, Pixels, Product, Tile, BLOCK};
 use super::reference::Code;
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
@@ -301,6 +301,7 @@ unsafe fn madd_add(a: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_add_epi32(a, _mm256_madd_epi16(w, x))
 }
 
+pub(super) use super::x86_epi::Consts;
 pub use super::x86_vnni::Madd;
 use super::x86_vnni::{dpwssd, dpwssd_evex};
 
@@ -369,88 +370,6 @@ pub(super) unsafe fn finish_tile(
                     finish_sums(t, finish, false);
                 }
             }
-        }
-    }
-}
-
-/// The epilogue constants of 8 rows as vectors (see [`Consts::codes`]).
-pub(super) struct Consts {
-    bias: __m256i,
-    /// multipliers in lanes 0, 2, 4, 6 of each 64-bit pair (the even rows), and of the odd rows
-    mult: __m256i,
-    mult_odd: __m256i,
-    /// 2^(shift - 1) of the even and the odd rows, i64
-    round: __m256i,
-    round_odd: __m256i,
-    /// shift - 32 per row
-    shift: __m256i,
-    zo: __m256i,
-    lo: __m256i,
-    hi: __m256i,
-}
-
-impl Consts {
-    /// Rows `r..r + 8` of `e`, or `None` when a shift is below 32 (then the scalar rule runs).
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn new(e: &Epilogue<'_>, r: usize) -> Option<Consts> {
-        let rows: [_; 8] = core::array::from_fn(|i| e.row(r + i));
-        if rows.iter().any(|c| c.shift < 32) {
-            return None;
-        }
-        // plain arrays (closures behind `dyn Fn` cost an indirect call per value: about 3 % of a
-        // UNet step, as this runs per row group and chunk of pixels)
-        // SAFETY (both): the arrays are 32 bytes
-        let v32 = |a: [i32; 8]| unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) };
-        let v64 = |a: [i64; 4]| unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) };
-        let mult = v32(rows.map(|c| c.mult));
-        Some(Consts {
-            bias: v32(rows.map(|c| c.bias)),
-            mult,
-            mult_odd: _mm256_srli_epi64(mult, 32),
-            round: v64(core::array::from_fn(|k| 1i64 << (rows[2 * k].shift - 1))),
-            round_odd: v64(core::array::from_fn(|k| {
-                1i64 << (rows[2 * k + 1].shift - 1)
-            })),
-            shift: v32(rows.map(|c| c.shift as i32 - 32)),
-            zo: _mm256_set1_epi32(e.zo),
-            lo: _mm256_set1_epi32(e.lo),
-            hi: _mm256_set1_epi32(e.hi),
-        })
-    }
-
-    /// Whether exact sums (`sums[row][pixel]`) and each plus its bias and pixel term fit i32, so
-    /// that the wrapping epilogue computes the exact rule.
-    fn narrow(&self, e: &Epilogue<'_>, sums: &[[i64; NR]; 2 * BLOCK], p0: usize) -> bool {
-        let mut bias = [0i32; 8];
-        // SAFETY: `bias` is 32 bytes (AVX2 was detected for this tier)
-        unsafe { _mm256_storeu_si256(bias.as_mut_ptr() as *mut __m256i, self.bias) };
-        let fits = |v: i64| v as i32 as i64 == v;
-        (0..NR).all(|j| {
-            let col = e.col.get(p0 + j).copied().unwrap_or(0) as i64;
-            (0..2 * BLOCK).all(|i| fits(sums[i][j]) && fits(sums[i][j] + bias[i] as i64 + col))
-        })
-    }
-
-    /// The epilogue of [`Epilogue::code`] on 8 rows' wrapped sums per pixel: `v = sum + bias +
-    /// col` (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
-    /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn codes(&self, e: &Epilogue<'_>, v: &[__m256i], p0: usize, t: &mut Tile) {
-        for (j, &s) in v.iter().enumerate().take(t.cols) {
-            let mut x = _mm256_add_epi32(s, self.bias);
-            if let Some(&c) = e.col.get(p0 + j) {
-                x = _mm256_add_epi32(x, _mm256_set1_epi32(c));
-            }
-            let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.mult), self.round);
-            let odd = _mm256_add_epi64(
-                _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.mult_odd),
-                self.round_odd,
-            );
-            let high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0b1010_1010);
-            let r = _mm256_add_epi32(_mm256_srav_epi32(high, self.shift), self.zo);
-            let r = _mm256_min_epi32(_mm256_max_epi32(r, self.lo), self.hi);
-            // SAFETY: a row of codes is 8 i32
-            unsafe { _mm256_storeu_si256(t.codes[j].as_mut_ptr() as *mut __m256i, r) };
         }
     }
 }

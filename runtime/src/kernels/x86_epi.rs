@@ -1,0 +1,144 @@
+//! The AVX2 epilogue of 8 rows ([`Consts`]): the requantization of [`Epilogue::code`] on a
+//! pixel's row sums as vectors, with the shift as the high half's for shifts of 32 and more and
+//! as a 64-bit arithmetic shift below that ([`LowShifts`]). Every x86 tier's 8-row epilogue.
+use super::gemm::{Epilogue, Tile, BLOCK};
+use super::x86::NR;
+use core::arch::x86_64::*;
+
+/// The epilogue constants of 8 rows as vectors (see [`Consts::codes`]).
+pub(super) struct Consts {
+    bias: __m256i,
+    /// multipliers in lanes 0, 2, 4, 6 of each 64-bit pair (the even rows), and of the odd rows
+    mult: __m256i,
+    mult_odd: __m256i,
+    /// 2^(shift - 1) of the even and the odd rows, i64
+    round: __m256i,
+    round_odd: __m256i,
+    /// shift - 32 per row
+    shift: __m256i,
+    zo: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+    /// where some row's shift is below 32: the shifts as i64 lanes for the 64-bit path
+    low: Option<LowShifts>,
+}
+
+/// The 64-bit epilogue's constants of 8 rows ([`Consts::codes`] where a shift is below 32): the
+/// shifts of the even and the odd rows and 64 minus them, as i64 lanes, and the clamp's bounds
+/// less the zero point (`lo - zo`, `hi - zo`) as i64.
+pub(super) struct LowShifts {
+    shift: [__m256i; 2],
+    fill: [__m256i; 2],
+    lo: __m256i,
+    hi: __m256i,
+}
+
+impl Consts {
+    /// Rows `r..r + 8` of `e` (shifts are 1..=62, [`Epilogue::row`]; where one is below 32 the
+    /// rows take the 64-bit path, [`LowShifts`]). `Option` for the callers' fallback to the rule.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn new(e: &Epilogue<'_>, r: usize) -> Option<Consts> {
+        let rows: [_; 8] = core::array::from_fn(|i| e.row(r + i));
+        // plain arrays (closures behind `dyn Fn` cost an indirect call per value: about 3 % of a
+        // UNet step, as this runs per row group and chunk of pixels)
+        // SAFETY (both): the arrays are 32 bytes
+        let v32 = |a: [i32; 8]| unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) };
+        let v64 = |a: [i64; 4]| unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) };
+        let mult = v32(rows.map(|c| c.mult));
+        Some(Consts {
+            bias: v32(rows.map(|c| c.bias)),
+            mult,
+            mult_odd: _mm256_srli_epi64(mult, 32),
+            round: v64(core::array::from_fn(|k| 1i64 << (rows[2 * k].shift - 1))),
+            round_odd: v64(core::array::from_fn(|k| {
+                1i64 << (rows[2 * k + 1].shift - 1)
+            })),
+            shift: v32(rows.map(|c| c.shift as i32 - 32)),
+            zo: _mm256_set1_epi32(e.zo),
+            lo: _mm256_set1_epi32(e.lo),
+            hi: _mm256_set1_epi32(e.hi),
+            low: rows.iter().any(|c| c.shift < 32).then(|| {
+                let shifts = rows.map(|c| c.shift as i64);
+                let even = [0, 2, 4, 6].map(|i| shifts[i]);
+                let odd = [1, 3, 5, 7].map(|i| shifts[i]);
+                LowShifts {
+                    shift: [v64(even), v64(odd)],
+                    fill: [v64(even.map(|s| 64 - s)), v64(odd.map(|s| 64 - s))],
+                    lo: _mm256_set1_epi64x(e.lo as i64 - e.zo as i64),
+                    hi: _mm256_set1_epi64x(e.hi as i64 - e.zo as i64),
+                }
+            }),
+        })
+    }
+
+    /// Whether exact sums (`sums[row][pixel]`) and each plus its bias and pixel term fit i32, so
+    /// that the wrapping epilogue computes the exact rule.
+    pub(super) fn narrow(
+        &self,
+        e: &Epilogue<'_>,
+        sums: &[[i64; NR]; 2 * BLOCK],
+        p0: usize,
+    ) -> bool {
+        let mut bias = [0i32; 8];
+        // SAFETY: `bias` is 32 bytes (AVX2 was detected for this tier)
+        unsafe { _mm256_storeu_si256(bias.as_mut_ptr() as *mut __m256i, self.bias) };
+        let fits = |v: i64| v as i32 as i64 == v;
+        (0..NR).all(|j| {
+            let col = e.col.get(p0 + j).copied().unwrap_or(0) as i64;
+            (0..2 * BLOCK).all(|i| fits(sums[i][j]) && fits(sums[i][j] + bias[i] as i64 + col))
+        })
+    }
+
+    /// The epilogue of [`Epilogue::code`] on 8 rows' wrapped sums per pixel: `v = sum + bias +
+    /// col` (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
+    /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn codes(&self, e: &Epilogue<'_>, v: &[__m256i], p0: usize, t: &mut Tile) {
+        for (j, &s) in v.iter().enumerate().take(t.cols) {
+            let mut x = _mm256_add_epi32(s, self.bias);
+            if let Some(&c) = e.col.get(p0 + j) {
+                x = _mm256_add_epi32(x, _mm256_set1_epi32(c));
+            }
+            let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.mult), self.round);
+            let odd = _mm256_add_epi64(
+                _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.mult_odd),
+                self.round_odd,
+            );
+            let r = match &self.low {
+                // SAFETY: register arithmetic (AVX2, this function's feature)
+                Some(l) => unsafe { l.codes([even, odd], self.zo) },
+                None => {
+                    let high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0b1010_1010);
+                    let r = _mm256_add_epi32(_mm256_srav_epi32(high, self.shift), self.zo);
+                    _mm256_min_epi32(_mm256_max_epi32(r, self.lo), self.hi)
+                }
+            };
+            // SAFETY: a row of codes is 8 i32
+            unsafe { _mm256_storeu_si256(t.codes[j].as_mut_ptr() as *mut __m256i, r) };
+        }
+    }
+}
+
+impl LowShifts {
+    /// The codes of 8 rows from `v * mult + round` of the even and the odd rows (exact i64
+    /// lanes): each shifted right arithmetically by its shift (a logical shift, with the sign's
+    /// ones filled in above it: AVX2 has no 64-bit arithmetic shift), clamped to `lo - zo ..= hi -
+    /// zo` in i64 (the rule clamps `q + zo` to `lo..=hi`, the same), then narrowed to i32 lanes
+    /// (exact after the clamp) and `zo` added.
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes(&self, halves: [__m256i; 2], zo: __m256i) -> __m256i {
+        let zero = _mm256_setzero_si256();
+        let q: [__m256i; 2] = core::array::from_fn(|h| {
+            let y = halves[h];
+            let neg = _mm256_cmpgt_epi64(zero, y);
+            let q = _mm256_or_si256(
+                _mm256_srlv_epi64(y, self.shift[h]),
+                _mm256_sllv_epi64(neg, self.fill[h]),
+            );
+            let q = _mm256_blendv_epi8(q, self.lo, _mm256_cmpgt_epi64(self.lo, q));
+            _mm256_blendv_epi8(q, self.hi, _mm256_cmpgt_epi64(q, self.hi))
+        });
+        let r = _mm256_blend_epi32(q[0], _mm256_slli_epi64(q[1], 32), 0b1010_1010);
+        _mm256_add_epi32(r, zo)
+    }
+}
