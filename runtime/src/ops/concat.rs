@@ -77,21 +77,29 @@ impl PreparedOp for Joiner {
             let shape = &td[..r];
             // int8 to int8 with nothing before the axis (batch 1): the part is one contiguous run
             // of the output, mapped through a table of its 256 codes
-            if td[..self.axis].iter().product::<usize>() == 1 {
-                if let (Ints::I8(x), IntsMut::I8(y)) = (io.ints(t)?, &mut o) {
-                    let y = y.get_mut(base..base + x.len()).ok_or(Error::BufferLength { expected: base + x.len(), got: 0 })?;
-                    if same {
-                        y.copy_from_slice(x);
-                    } else {
-                        let mut table = [0u8; 256];
-                        for (i, e) in table.iter_mut().enumerate() {
-                            *e = i8::sat(requant(i as i32 - 128)) as u8;
-                        }
-                        eltwise::lut(x, &table, y)?;
+            if let (Ints::I8(x), IntsMut::I8(y)) = (io.ints(t)?, &mut o) {
+                // int8 to int8: the part is one contiguous block of its axis and the ones after
+                // it per index of the axes before it, and so is its place in the output (its row
+                // of `so[axis - 1]` codes): a copy or a table lookup per block
+                let block = (td[self.axis] * st[self.axis]).max(1);
+                let row = if self.axis == 0 { block } else { so[self.axis - 1] };
+                let mut table = [0u8; 256];
+                if !same {
+                    for (i, e) in table.iter_mut().enumerate() {
+                        *e = i8::sat(requant(i as i32 - 128)) as u8;
                     }
-                    at += td[self.axis];
-                    continue;
                 }
+                for (k, xb) in x.chunks_exact(block).enumerate() {
+                    let start = k * row + base;
+                    let yb = y.get_mut(start..start + block).ok_or(Error::BufferLength { expected: start + block, got: 0 })?;
+                    if same {
+                        yb.copy_from_slice(xb);
+                    } else {
+                        eltwise::lut(xb, &table, yb)?;
+                    }
+                }
+                at += td[self.axis];
+                continue;
             }
             crate::with_io!(io.ints(t)?, &mut o, |x, y| on_tier(ex.tier, || if same {
                 movement::strided_map(x, shape, &st, 0, y, &so, base, |v| Code::sat(Code::get(v) as i64))
@@ -148,6 +156,41 @@ mod tests {
         for i in 0..3 {
             for j in 0..3 {
                 assert_eq!(tt[j * 3 + i], co[i * 3 + j]);
+            }
+        }
+    }
+
+    /// Parts with axes before the concat axis (attention's memory keys joined to the tokens, per
+    /// head): each part's blocks land in their rows of the output, copied where the quantization
+    /// is the output's and through the requantization otherwise, int8 and int16.
+    #[test]
+    fn concat_with_outer_axes_places_every_block() {
+        for dt in [DType::I8, DType::I16] {
+            for same in [true, false] {
+                let mut b = Bench::new();
+                let qo = params(dt, -4.0, 2.0);
+                let q0 = if same { qo } else { params(dt, -1.0, 1.0) };
+                let a = b.tensor(dt, &[3, 2, 2], q0.0, q0.1);
+                let c = b.tensor(dt, &[3, 1, 2], qo.0, qo.1);
+                let o = b.tensor(dt, &[3, 3, 2], qo.0, qo.1);
+                let ra: Vec<f32> = (0..12).map(|i| i as f32 / 6.0 - 1.0).collect();
+                let rc: Vec<f32> = (0..6).map(|i| 2.0 - i as f32).collect();
+                put_real(&mut b, &a, &ra);
+                put_real(&mut b, &c, &rc);
+                b.run(Op::Concat(Concat {
+                    inputs: [a.clone(), c.clone()].into_iter().collect(),
+                    output: o.clone(),
+                    axis: 1,
+                    requant: [requant_of((q0.0 / qo.0) as f64), requant_of(1.0)]
+                        .into_iter()
+                        .collect(),
+                }));
+                let real: Vec<f32> = (0..3)
+                    .flat_map(|h| ra[4 * h..4 * h + 4].iter().chain(&rc[2 * h..2 * h + 2]))
+                    .copied()
+                    .collect();
+                let worst = worst(&get_ints(&mut b, &o), &real, qo, dt);
+                assert!(worst <= 1, "{dt:?} same {same}: worst {worst} codes");
             }
         }
     }
