@@ -72,12 +72,56 @@ pub fn binary_i64<A: Code, B: Code, U: Code>(
             "binary zero point outside the code range",
         ));
     }
+    // the rows compiled for AVX2 where the CPU has it, whatever the caller's context (the same
+    // integers: the loops' i64 arithmetic is exact)
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    if crate::kernels::ops_isa() != crate::kernels::OpsIsa::Scalar {
+        // SAFETY: `ops_isa` found AVX2 on this CPU
+        unsafe { kinds_avx2(a, sa, b, sb, shape, so, p, out) };
+        return Ok(());
+    }
+    kinds(a, sa, b, sb, shape, so, p, out);
+    Ok(())
+}
+
+/// [`kinds`] built for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kinds_avx2<A: Code, B: Code, U: Code>(
+    a: &[A],
+    sa: &[usize; MAX_RANK],
+    b: &[B],
+    sb: &[usize; MAX_RANK],
+    shape: &[usize],
+    so: &[usize; MAX_RANK],
+    p: &BinaryParams,
+    out: &mut [U],
+) {
+    kinds(a, sa, b, sb, shape, so, p, out)
+}
+
+/// [`binary_i64`]'s rows of its kind (its checks done).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn kinds<A: Code, B: Code, U: Code>(
+    a: &[A],
+    sa: &[usize; MAX_RANK],
+    b: &[B],
+    sb: &[usize; MAX_RANK],
+    shape: &[usize],
+    so: &[usize; MAX_RANK],
+    p: &BinaryParams,
+    out: &mut [U],
+) {
     match p.kind {
         BinaryKind::Add => rows::<A, B, U, 0>(a, sa, b, sb, shape, so, p, out),
         BinaryKind::Sub => rows::<A, B, U, 1>(a, sa, b, sb, shape, so, p, out),
         BinaryKind::Mul => rows::<A, B, U, 2>(a, sa, b, sb, shape, so, p, out),
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -5,7 +5,11 @@ use crate::arena::{carve, out_ints, View};
 use crate::format::{Binary, BinaryKind, Requant, TRef, MAX_RANK};
 use crate::kernels::eltwise::BinaryParams;
 use crate::kernels::{contiguous_strides, eltwise::binary_i64, on_tier, reference::eltwise, Exec};
-use crate::Result;
+use crate::{Error, Result};
+
+fn bounds() -> Error {
+    Error::BufferLength { expected: 0, got: 0 }
+}
 
 #[derive(Debug, Clone)]
 pub struct Elementwise {
@@ -85,8 +89,19 @@ impl PreparedOp for Elementwise {
                 zo: self.output.zero,
             };
             let yb = io.ints(&self.b)?;
+            // split along the first axis longer than 1 (the output is contiguous): each part is
+            // the same rule on its rows, so the bits do not depend on the thread count
+            let k = shape.iter().position(|&d| d > 1).unwrap_or(0);
+            let (rows, n) = (shape.get(k).copied().unwrap_or(1), self.output.numel());
+            let (sa, sb) = (self.sa[k], self.sb[k]);
             return crate::with_io!(io.ints(&self.a)?, out_ints(o, self.output.dtype)?, |x, y| {
-                crate::with_in!(yb, |z| on_tier(ex.tier, || binary_i64(x, &self.sa, z, &self.sb, shape, &self.so, &p, y)))
+                crate::with_in!(yb, |z| ex.par_rows(rows, self.so[k], n, y, |r0, nr, part| {
+                    let mut sub = [0usize; MAX_RANK];
+                    sub[..shape.len()].copy_from_slice(shape);
+                    sub[k] = nr;
+                    let (xa, zb) = (x.get(r0 * sa..).ok_or_else(bounds)?, z.get(r0 * sb..).ok_or_else(bounds)?);
+                    on_tier(ex.tier, || binary_i64(xa, &self.sa, zb, &self.sb, &sub[..shape.len()], &self.so, &p, part))
+                }))
             });
         }
         let (ma, mb) = (self.mult_a as i128, self.mult_b as i128);
@@ -173,6 +188,38 @@ mod tests {
             }));
             let worst = worst(&get_ints(&mut b, &to), &real, qo, dt);
             assert!(worst <= 1, "case {case} {kind:?} {dt:?}: worst {worst} codes");
+        }
+    }
+
+    /// Large enough to split over threads (along the channels, the first axis longer than 1): the
+    /// same bytes on one thread and on two, on every tier, with `b` per channel (its offset moves
+    /// with the part), per position (it does not) and full, int8 and int16.
+    #[test]
+    fn a_split_binary_gives_the_bytes_of_one_call() {
+        let mut rng = Rng::new(9);
+        let shape = [1u32, 16, 130, 128];
+        let n = 16 * 130 * 128;
+        for (case, bshape) in [[1u32, 16, 1, 1], [1, 1, 130, 128], shape].into_iter().enumerate() {
+            let dt = if case == 1 { DType::I16 } else { DType::I8 };
+            let kind = [BinaryKind::Add, BinaryKind::Mul, BinaryKind::Sub][case];
+            let nb = bshape.iter().product::<u32>() as usize;
+            let mut b = Bench::new();
+            let ta = b.tensor(dt, &shape, 0.02, 3);
+            let tb = b.tensor(dt, &bshape, 0.03, -5);
+            let to = b.tensor(dt, &shape, 0.05, 1);
+            put_real(&mut b, &ta, &(0..n).map(|_| uni(&mut rng, -2.0, 2.0)).collect::<Vec<_>>());
+            put_real(&mut b, &tb, &(0..nb).map(|_| uni(&mut rng, -2.0, 2.0)).collect::<Vec<_>>());
+            let r = requant_of(0.4);
+            let rec = Op::Binary(Binary { kind, a: ta, b: tb, output: to.clone(), mult_a: r.mult, mult_b: r.mult / 2, shift: r.shift });
+            let mut first = None;
+            for tier in tiers() {
+                for threads in [1, 2] {
+                    let mut bt = b.clone();
+                    bt.run_threads(rec.clone(), tier, threads);
+                    let got = get_ints(&mut bt, &to);
+                    assert_eq!(*first.get_or_insert(got.clone()), got, "case {case}: {tier:?} on {threads} threads");
+                }
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ pub struct Bench {
 impl Bench {
     pub fn new() -> Bench {
         Bench {
-            arena: vec![0u128; 1 << 16],
+            arena: vec![0u128; 1 << 17],
             next: 0,
             blob: vec![],
         }
