@@ -110,10 +110,10 @@ pub unsafe fn product_rows<T: Code>(
             } else {
                 w0
             };
-            // the epilogue's constants of these 8 rows, as vectors, when every shift is >= 32
+            // the epilogue's constants of these 8 rows, as vectors
             let consts = match finish {
                 // SAFETY: AVX2 was detected for this tier
-                Finish::Codes(e) => unsafe { Consts::new(e, r) },
+                Finish::Codes(e) => Some(unsafe { Consts::new(e, r) }),
                 _ => None,
             };
             (t.r0, t.rows) = (r, if two { 2 * BLOCK } else { BLOCK });

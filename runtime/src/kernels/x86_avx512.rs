@@ -200,7 +200,7 @@ unsafe fn product_rows_i16<T: super::reference::Code>(
                 core::array::from_fn(|i| &prod.w[(r / BLOCK + i) * BLOCK * k4..]);
             // SAFETY: AVX2 is among the features
             let consts = [0, 1].map(|v| match finish {
-                Finish::Codes(e) => unsafe { super::x86::Consts::new(e, r + 8 * v) },
+                Finish::Codes(e) => Some(unsafe { super::x86::Consts::new(e, r + 8 * v) }),
                 _ => None,
             });
             // exact sums unless both halves' sums provably fit i32 (then i32 lanes and the
@@ -432,7 +432,7 @@ unsafe fn emit(
             let c = half(cv);
             // SAFETY: AVX2 is among the features
             let consts = match finish {
-                Finish::Codes(e) if !prod.exact => unsafe { Consts::new(e, t.r0) },
+                Finish::Codes(e) if !prod.exact => Some(unsafe { Consts::new(e, t.r0) }),
                 _ => None,
             };
             for (i, a) in acc.iter().enumerate() {

@@ -35,9 +35,9 @@ pub(super) struct LowShifts {
 
 impl Consts {
     /// Rows `r..r + 8` of `e` (shifts are 1..=62, [`Epilogue::row`]; where one is below 32 the
-    /// rows take the 64-bit path, [`LowShifts`]). `Option` for the callers' fallback to the rule.
+    /// rows take the 64-bit path, [`LowShifts`]).
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn new(e: &Epilogue<'_>, r: usize) -> Option<Consts> {
+    pub(super) unsafe fn new(e: &Epilogue<'_>, r: usize) -> Consts {
         let rows: [_; 8] = core::array::from_fn(|i| e.row(r + i));
         // plain arrays (closures behind `dyn Fn` cost an indirect call per value: about 3 % of a
         // UNet step, as this runs per row group and chunk of pixels)
@@ -45,7 +45,7 @@ impl Consts {
         let v32 = |a: [i32; 8]| unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) };
         let v64 = |a: [i64; 4]| unsafe { _mm256_loadu_si256(a.as_ptr() as *const __m256i) };
         let mult = v32(rows.map(|c| c.mult));
-        Some(Consts {
+        Consts {
             bias: v32(rows.map(|c| c.bias)),
             mult,
             mult_odd: _mm256_srli_epi64(mult, 32),
@@ -68,7 +68,7 @@ impl Consts {
                     hi: _mm256_set1_epi64x(e.hi as i64 - e.zo as i64),
                 }
             }),
-        })
+        }
     }
 
     /// Whether exact sums (`sums[row][pixel]`) and each plus its bias and pixel term fit i32, so
@@ -91,7 +91,8 @@ impl Consts {
 
     /// The epilogue of [`Epilogue::code`] on 8 rows' wrapped sums per pixel: `v = sum + bias +
     /// col` (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
-    /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped.
+    /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped (rows
+    /// with a smaller shift: [`LowShifts::codes`]).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn codes(&self, e: &Epilogue<'_>, v: &[__m256i], p0: usize, t: &mut Tile) {
         for (j, &s) in v.iter().enumerate().take(t.cols) {

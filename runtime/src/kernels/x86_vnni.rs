@@ -167,7 +167,7 @@ unsafe fn rows_in<T: super::reference::Code, const EVEX: bool>(
                 // SAFETY: the CPU has AVX2; the accumulators of the chunk's tiles were written for
                 // this row group
                 let consts = match finish {
-                    Finish::Codes(e) if !prod.exact => unsafe { Consts::new(e, t.r0) },
+                    Finish::Codes(e) if !prod.exact => Some(unsafe { Consts::new(e, t.r0) }),
                     _ => None,
                 };
                 for (i, a) in acc.iter().enumerate().take(n) {

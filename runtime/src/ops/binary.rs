@@ -4,7 +4,7 @@ use super::{broadcast_strides, Cx, PreparedOp};
 use crate::arena::{carve, out_ints, View};
 use crate::format::{Binary, BinaryKind, Requant, TRef, MAX_RANK};
 use crate::kernels::eltwise::BinaryParams;
-use crate::kernels::{contiguous_strides, eltwise::binary_i64, on_tier, reference::eltwise, Exec};
+use crate::kernels::{contiguous_strides, eltwise::binary_i64, reference::eltwise, Exec};
 use crate::{Error, Result};
 
 fn bounds() -> Error {
@@ -100,7 +100,8 @@ impl PreparedOp for Elementwise {
                     sub[..shape.len()].copy_from_slice(shape);
                     sub[k] = nr;
                     let (xa, zb) = (x.get(r0 * sa..).ok_or_else(bounds)?, z.get(r0 * sb..).ok_or_else(bounds)?);
-                    on_tier(ex.tier, || binary_i64(xa, &self.sa, zb, &self.sb, &sub[..shape.len()], &self.so, &p, part))
+                    // the kernel picks its AVX2 build itself (`ops_isa`)
+                    binary_i64(xa, &self.sa, zb, &self.sb, &sub[..shape.len()], &self.so, &p, part)
                 }))
             });
         }

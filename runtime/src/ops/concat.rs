@@ -75,8 +75,6 @@ impl PreparedOp for Joiner {
             // a part already at the output's parameters is copied
             let same = m == 1i64 << s && z == zo;
             let shape = &td[..r];
-            // int8 to int8 with nothing before the axis (batch 1): the part is one contiguous run
-            // of the output, mapped through a table of its 256 codes
             if let (Ints::I8(x), IntsMut::I8(y)) = (io.ints(t)?, &mut o) {
                 // int8 to int8: the part is one contiguous block of its axis and the ones after
                 // it per index of the axes before it, and so is its place in the output (its row
