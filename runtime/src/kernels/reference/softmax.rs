@@ -273,6 +273,14 @@ fn rows<T: Code, U: Code, const AVX2: bool>(
             }
             let sum = part.iter().sum::<u64>().max(1);
             let q = RowQuot::new(st.r, sum);
+            #[allow(unused_mut)] // set only where the AVX2 quotients are built
+            let (mut es, mut ys) = (&es[..], ys);
+            #[cfg(all(target_arch = "x86_64", feature = "std"))]
+            if AVX2 {
+                // SAFETY: the caller runs on a CPU with AVX2 (`AVX2`)
+                let done = unsafe { super::softmax_cols::avx2::row_codes(es, sum, st, ys) };
+                (es, ys) = (&es[done..], &mut ys[done..]);
+            }
             if plain {
                 for (y, &e) in ys.iter_mut().zip(es.iter()) {
                     *y = U::wrap(st.zo as i64 + q.of(e) as i64);

@@ -61,7 +61,7 @@ fn block<T: Code, U: Code>(
     }
 }
 
-/// [`columns`] by AVX2, eight columns at a time: the exp values by gathers from the table (int16
+/// [`columns`] by AVX2, eight columns to a register and up to 64 columns to a pass over the rows: the exp values by gathers from the table (int16
 /// codes: both tables, the product rounded as [`Exps::of`] does), each column's sum in u64 lanes,
 /// and [`RowQuot::of`]'s operations on four f64 and u64 lanes (the same operations in the same
 /// order, none contracted; so the same integers). The last `inner % 8` columns take the rule.
@@ -83,9 +83,10 @@ pub(super) unsafe fn columns_avx2<T: Code, U: Code>(
     for o in 0..outer {
         let plane = &x[o * len * inner..(o + 1) * len * inner];
         let dst = &mut out[o * len * inner..(o + 1) * len * inner];
-        for i0 in (0..full).step_by(8) {
-            // SAFETY: AVX2 (the caller); columns `i0..i0 + 8` lie inside every row
-            unsafe { avx2::eight(plane, dst, (len, inner), i0, (ex, st), &mut kept) };
+        for i0 in (0..full).step_by(8 * avx2::GROUPS) {
+            let g = ((full - i0) / 8).min(avx2::GROUPS);
+            // SAFETY: AVX2 (the caller); columns `i0..i0 + 8 g` lie inside every row
+            unsafe { avx2::groups(plane, dst, (len, inner), (i0, g), (ex, st), &mut kept) };
         }
         if full < inner {
             block(plane, dst, (len, inner), full..inner, ex, st);
@@ -94,7 +95,7 @@ pub(super) unsafe fn columns_avx2<T: Code, U: Code>(
 }
 
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
-mod avx2;
+pub(super) mod avx2;
 
 #[cfg(test)]
 mod tests {

@@ -1,44 +1,61 @@
-//! [`super::columns_avx2`]'s eight columns at a time: the rule of [`super::block`] in AVX2 lanes.
+//! [`super::columns_avx2`]'s columns in groups of eight: the rule of [`super::block`] in AVX2
+//! lanes.
 use super::super::softmax::{Exps, Steps};
 use super::super::softmax_div::LIFT;
 use super::super::Code;
 use core::arch::x86_64::*;
 
-/// Columns `i0..i0 + 8` of one `[len, inner]` plane: their maxima, then their exp values' sums in
-/// u64 lanes (the first [`KEEP`] rows' values kept in `kept`), then each element's quotient
-/// ([`Quad::of`]).
+/// Groups of eight columns that one call of [`groups`] walks together: 64 int8 codes, a cache line,
+/// from each row.
+pub(super) const GROUPS: usize = 8;
+
+/// Columns `i0..i0 + 8 g` (`g <= GROUPS` groups of eight) of one `[len, inner]` plane: their
+/// maxima, then their exp values' sums in u64 lanes (the values of the first `KEEP / g` rows kept
+/// in `kept`), then each element's quotient ([`Quad::of`]). Each pass walks whole rows of the
+/// block, not one group's column: rows `inner` codes apart fall into the same cache set, and eight
+/// codes of each would cost a line each.
 ///
 /// # Safety
-/// The CPU has AVX2; `plane` and `dst` hold `len * inner` codes and `i0 + 8 <= inner`.
+/// The CPU has AVX2; `plane` and `dst` hold `len * inner` codes, `1 <= g <= GROUPS` and
+/// `i0 + 8 g <= inner`.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn eight<T: Code, U: Code>(
+pub(super) unsafe fn groups<T: Code, U: Code>(
     plane: &[T],
     dst: &mut [U],
     (len, inner): (usize, usize),
-    i0: usize,
+    (i0, g): (usize, usize),
     (ex, st): (&Exps, Steps),
     kept: &mut [__m256i; KEEP],
 ) {
-    debug_assert!(i0 + 8 <= inner && plane.len() >= len * inner && dst.len() >= len * inner);
-    let at = |j: usize| j * inner + i0;
+    debug_assert!((1..=GROUPS).contains(&g) && i0 + 8 * g <= inner);
+    debug_assert!(plane.len() >= len * inner && dst.len() >= len * inner);
+    let g = g.clamp(1, GROUPS);
+    let at = |j: usize, k: usize| j * inner + i0 + 8 * k;
     // SAFETY (every block below): AVX2 (the caller); each load and store covers codes
-    // `at(j)..at(j) + 8` of row `j < len`, inside the plane (the caller's bounds); the gathers'
-    // indices are masked to the tables' 256 entries
+    // `at(j, k)..at(j, k) + 8` of row `j < len`, group `k < g`, inside the plane (the caller's
+    // bounds); the gathers' indices are masked to the tables' 256 entries
     let (x, y) = (plane.as_ptr(), dst.as_mut_ptr());
-    let mut mx = _mm256_set1_epi32(i32::MIN);
+    let mut mx = [_mm256_set1_epi32(i32::MIN); GROUPS];
     for j in 0..len {
-        mx = _mm256_max_epi32(mx, unsafe { load8(x.add(at(j))) });
-    }
-    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    for j in 0..len {
-        let e = unsafe { exps(mx, load8(x.add(at(j))), ex) };
-        if let Some(k) = kept.get_mut(j) {
-            *k = e;
+        for (k, m) in mx[..g].iter_mut().enumerate() {
+            *m = _mm256_max_epi32(*m, unsafe { load8(x.add(at(j, k))) });
         }
-        s0 = _mm256_add_epi64(s0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(e)));
-        s1 = _mm256_add_epi64(s1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(e)));
     }
-    let (q0, q1) = (Quad::new(s0), Quad::new(s1));
+    // the rows whose exp values are kept
+    let rows_kept = KEEP / g;
+    let mut s = [[_mm256_setzero_si256(); 2]; GROUPS];
+    for j in 0..len {
+        for k in 0..g {
+            let e = unsafe { exps(mx[k], load8(x.add(at(j, k))), ex) };
+            if j < rows_kept {
+                kept[j * g + k] = e;
+            }
+            let [s0, s1] = &mut s[k];
+            *s0 = _mm256_add_epi64(*s0, _mm256_cvtepu32_epi64(_mm256_castsi256_si128(e)));
+            *s1 = _mm256_add_epi64(*s1, _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(e)));
+        }
+    }
+    let q: [[Quad; 2]; GROUPS] = core::array::from_fn(|k| [Quad::new(s[k][0]), Quad::new(s[k][1])]);
     // up to 255 steps and sums below 2^39 (exp values at most 2^20), the quotient as the
     // classic int8 softmax takes it, without the corrections ([`Quad::lifted`])
     let lifted = st.r <= 255 && len < 1 << 19;
@@ -48,29 +65,36 @@ pub(super) unsafe fn eight<T: Code, U: Code>(
     let zo = _mm256_set1_epi32(st.zo);
     let (lo, hi) = (_mm256_set1_epi32(U::MIN), _mm256_set1_epi32(U::MAX));
     for j in 0..len {
-        let e = match kept.get(j) {
-            Some(&e) => e,
-            None => unsafe { exps(mx, load8(x.add(at(j))), ex) },
-        };
-        let (a, b) = if lifted {
-            (
-                q0.lifted(_mm256_castsi256_si128(e), nf0),
-                q1.lifted(_mm256_extracti128_si256::<1>(e), nf0),
-            )
-        } else {
-            (
-                q0.of(_mm256_castsi256_si128(e), r2, nf0),
-                q1.of(_mm256_extracti128_si256::<1>(e), r2, nf0),
-            )
-        };
-        let q = _mm256_set_m128i(b, a);
-        let v = _mm256_add_epi32(zo, _mm256_min_epi32(q, top));
-        unsafe { store8(y.add(at(j)), _mm256_min_epi32(_mm256_max_epi32(v, lo), hi)) };
+        for (k, [q0, q1]) in q[..g].iter().enumerate() {
+            let e = match j < rows_kept {
+                true => kept[j * g + k],
+                false => unsafe { exps(mx[k], load8(x.add(at(j, k))), ex) },
+            };
+            let (a, b) = if lifted {
+                (
+                    q0.lifted(_mm256_castsi256_si128(e), nf0),
+                    q1.lifted(_mm256_extracti128_si256::<1>(e), nf0),
+                )
+            } else {
+                (
+                    q0.of(_mm256_castsi256_si128(e), r2, nf0),
+                    q1.of(_mm256_extracti128_si256::<1>(e), r2, nf0),
+                )
+            };
+            let q = _mm256_set_m128i(b, a);
+            let v = _mm256_add_epi32(zo, _mm256_min_epi32(q, top));
+            unsafe {
+                store8(
+                    y.add(at(j, k)),
+                    _mm256_min_epi32(_mm256_max_epi32(v, lo), hi),
+                )
+            };
+        }
     }
 }
 
-/// Rows whose exp values [`eight`] keeps (8 KiB on the caller's stack) instead of looking them up
-/// twice.
+/// Exp values [`groups`] keeps (8 KiB on the caller's stack) instead of looking them up twice:
+/// `KEEP / g` rows of `g` groups.
 pub(super) const KEEP: usize = 256;
 
 /// Eight codes at `p` (i8 or i16, the only [`Code`]s), sign-extended to i32 lanes.
@@ -131,6 +155,53 @@ unsafe fn exps(mx: __m256i, x: __m256i, ex: &Exps) -> __m256i {
         ));
         _mm256_or_si256(pe, _mm256_slli_epi64::<32>(po))
     }
+}
+
+/// The codes of one contiguous row's kept exp values `es` (of sum `sum`, at least 1; `ys` as long
+/// as `es`), eight at a time: [`groups`]' last pass with one sum in every lane, so the integers of
+/// [`super::super::softmax_div::RowQuot::of`] and the row rule's clamps. Returns how many were
+/// done (`es.len()` rounded down to 8); the caller does the rest.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(in crate::kernels::reference) unsafe fn row_codes<U: Code>(
+    es: &[u32],
+    sum: u64,
+    st: Steps,
+    ys: &mut [U],
+) -> usize {
+    let q = Quad::new(_mm256_set1_epi64x(sum as i64));
+    let lifted = st.r <= 255 && sum < 1 << 39;
+    let r2 = _mm256_set1_epi64x(2 * st.r as i64);
+    let nf0 = _mm256_set1_pd((2 * st.r) as f64);
+    let top = _mm256_set1_epi32((st.hi - st.zo).max(0));
+    let zo = _mm256_set1_epi32(st.zo);
+    let (lo, hi) = (_mm256_set1_epi32(U::MIN), _mm256_set1_epi32(U::MAX));
+    let n = es.len().min(ys.len()) / 8 * 8;
+    for (e8, y8) in es[..n].chunks_exact(8).zip(ys[..n].chunks_exact_mut(8)) {
+        // SAFETY: eight values read and eight codes written inside the chunks
+        let e = unsafe { _mm256_loadu_si256(e8.as_ptr() as *const __m256i) };
+        let (a, b) = if lifted {
+            (
+                q.lifted(_mm256_castsi256_si128(e), nf0),
+                q.lifted(_mm256_extracti128_si256::<1>(e), nf0),
+            )
+        } else {
+            (
+                q.of(_mm256_castsi256_si128(e), r2, nf0),
+                q.of(_mm256_extracti128_si256::<1>(e), r2, nf0),
+            )
+        };
+        let v = _mm256_add_epi32(zo, _mm256_min_epi32(_mm256_set_m128i(b, a), top));
+        unsafe {
+            store8(
+                y8.as_mut_ptr(),
+                _mm256_min_epi32(_mm256_max_epi32(v, lo), hi),
+            )
+        };
+    }
+    n
 }
 
 /// [`super::super::softmax_div::RowQuot`] for four columns.
