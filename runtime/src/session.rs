@@ -302,28 +302,57 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         evals: usize,
     ) -> Result<std::vec::Vec<(&'static str, usize, f64)>> {
         extern crate std;
+        use std::vec::Vec;
+        let mut rows: Vec<(&'static str, usize, f64)> = Vec::new();
+        for op in self.profile_ops(latent, t, evals)? {
+            match rows.iter_mut().find(|r| r.0 == op.name) {
+                Some(r) => (r.1, r.2) = (r.1 + 1, r.2 + op.ms),
+                None => rows.push((op.name, 1, op.ms)),
+            }
+        }
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(rows)
+    }
+
+    /// Time per op of timestep `t`'s stream, averaged over `evals` evaluations, in the stream's
+    /// order (std builds): which ops of a kind cost the most, and their output shapes.
+    #[cfg(feature = "std")]
+    pub fn profile_ops(
+        &mut self,
+        latent: &[f32],
+        t: f32,
+        evals: usize,
+    ) -> Result<std::vec::Vec<OpTime>> {
+        extern crate std;
         use std::time::Instant;
         use std::vec::Vec;
         let stream = self.engine.model.stream_for(t);
-        let mut rows: Vec<(&'static str, usize, f64)> = Vec::new();
+        let mut rows: Vec<OpTime> = Vec::new();
         let evals = evals.max(1);
         for _ in 0..evals {
             self.prepare(latent, t)?;
-            let mut last = Instant::now();
-            self.run_ops(stream, |_, op| {
+            let (mut last, mut k) = (Instant::now(), 0);
+            self.run_ops(stream, |index, op| {
                 let now = Instant::now();
                 let ms = (now - last).as_secs_f64() * 1e3;
                 last = now;
-                match rows.iter_mut().find(|r| r.0 == op.name()) {
-                    Some(r) => (r.1, r.2) = (r.1 + 1, r.2 + ms),
-                    None => rows.push((op.name(), 1, ms)),
+                match rows.get_mut(k) {
+                    Some(r) => r.ms += ms,
+                    None => rows.push(OpTime {
+                        index,
+                        name: op.name(),
+                        output: op
+                            .output()
+                            .map(|v| (v.dtype, v.dims[..v.rank as usize].to_vec())),
+                        ms,
+                    }),
                 }
+                k += 1;
             })?;
         }
         for r in rows.iter_mut() {
-            (r.1, r.2) = (r.1 / evals, r.2 / evals as f64);
+            r.ms /= evals as f64;
         }
-        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
         Ok(rows)
     }
 
@@ -654,4 +683,17 @@ fn fill_from_table(
         *d = f32::from_bits(u32::from_le(d.to_bits()));
     }
     Ok(())
+}
+
+/// One op's mean time in [`Session::profile_ops`] (std builds).
+#[cfg(feature = "std")]
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// the op's index in the file's op list
+    pub index: u32,
+    pub name: &'static str,
+    /// the output's code type and shape (ops without an integer output: none)
+    pub output: Option<(crate::format::DType, std::vec::Vec<u32>)>,
+    /// mean milliseconds per evaluation
+    pub ms: f64,
 }

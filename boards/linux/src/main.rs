@@ -5,7 +5,7 @@
 //! ```text
 //! dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR
 //! dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm] -o OUT.npy|OUT.pgm [--checksum]
-//! dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy]
+//! dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--top N]
 //!     sample and bench take --stream-weights BYTES: the weights stay in the file and are read
 //!     through a cache of BYTES (k/M suffixes), for boards with less RAM than the model, and
 //!     --tier NAME: another kernel tier this CPU has (on x86 the non-GEMM ops are capped at it too)
@@ -28,7 +28,7 @@ use tiers::{ops_note, with_tier_arg};
 type Res<T> = Result<T, String>;
 
 fn usage() -> String {
-    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES] [--tier NAME]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--stream-weights BYTES] [--tier scalar|neon|neon-dot|avx2|avx-vnni|avx512-vnni]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
+    "usage:\n  dmq-board run MODEL.dmq --input NAME=FILE.npy ... -o DIR\n  dmq-board sample MODEL.dmq [--seed S] [--steps N] [--sampler ddim|ddpm|euler|consistency] [--input NAME=FILE.npy] [-o OUT.npy|OUT.pgm] [--checksum] [--threads T] [--guidance S --uncond NAME=FILE.npy] [--stream-weights BYTES] [--tier NAME]\n  dmq-board bench MODEL.dmq [--runs N] [--threads T] [--input NAME=FILE.npy] [--profile-t T] [--top N] [--stream-weights BYTES] [--tier scalar|neon|neon-dot|avx2|avx-vnni|avx512-vnni]\n  dmq-board selftest [--cases N]\n  dmq-board info".into()
 }
 
 fn main() {
@@ -594,7 +594,7 @@ fn cmd_bench(args: &[String]) -> Res<()> {
         times[times.len() - 1]
     );
     stream_latencies(&model, &mut sess, &x, &mut out, runs)?;
-    op_profile(&mut sess, &x, t_prof, runs)?;
+    op_profile(&mut sess, &x, t_prof, runs, a.num("top", 8)?)?;
     let int16 = model
         .ops()
         .filter_map(|o| o.ok())
@@ -654,17 +654,47 @@ fn stream_latencies(
     Ok(())
 }
 
-/// Per-op-kind profile of the stream of `t`, averaged over up to 100 evaluations.
-fn op_profile(sess: &mut Session<'_, '_, '_>, x: &[f32], t: f32, runs: usize) -> Res<()> {
+/// Per-op-kind profile of the stream of `t`, averaged over up to 100 evaluations, then its `top`
+/// slowest ops with their output shapes.
+fn op_profile(
+    sess: &mut Session<'_, '_, '_>,
+    x: &[f32],
+    t: f32,
+    runs: usize,
+    top: usize,
+) -> Res<()> {
     let evals = runs.clamp(1, 100);
-    let rows = sess.profile(x, t, evals).map_err(|e| e.to_string())?;
-    let total: f64 = rows.iter().map(|r| r.2).sum();
+    let mut ops = sess.profile_ops(x, t, evals).map_err(|e| e.to_string())?;
+    let total: f64 = ops.iter().map(|r| r.ms).sum();
+    let pct = |ms: f64| 100.0 * ms / total.max(1e-12);
+    let mut kinds: Vec<(&str, usize, f64)> = Vec::new();
+    for op in &ops {
+        match kinds.iter_mut().find(|r| r.0 == op.name) {
+            Some(r) => (r.1, r.2) = (r.1 + 1, r.2 + op.ms),
+            None => kinds.push((op.name, 1, op.ms)),
+        }
+    }
+    kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
     println!("per-op profile (t = {t}, mean of {evals} evaluations):");
-    for (name, count, ms) in rows {
-        println!(
-            "  {name:<15} x{count:<4} {ms:8.3} ms  {:5.1}%",
-            100.0 * ms / total.max(1e-12)
-        );
+    for (name, count, ms) in kinds {
+        println!("  {name:<15} x{count:<4} {ms:8.3} ms  {:5.1}%", pct(ms));
+    }
+    if top > 0 {
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        println!("slowest {} ops (--top N):", top.min(ops.len()));
+        for op in ops.iter().take(top) {
+            let out = match &op.output {
+                Some((dt, dims)) => format!("{dt:?} {dims:?}"),
+                None => "-".into(),
+            };
+            println!(
+                "  op {:<5} {:<15} {out:<24} {:8.3} ms  {:5.1}%",
+                op.index,
+                op.name,
+                op.ms,
+                pct(op.ms)
+            );
+        }
     }
     Ok(())
 }

@@ -174,3 +174,58 @@ fn every_tier_samples_the_same_checksum() {
         assert!(sums.iter().all(|s| s.1 == sums[0].1), "{model:?}: {sums:?}");
     }
 }
+
+/// `bench --top N` lists the N slowest ops of the profiled stream, slowest first, each with its
+/// index, kind (one of the kind table's) and output shape.
+#[test]
+fn bench_lists_the_slowest_ops_with_their_shapes() {
+    let o = board()
+        .args([
+            "bench",
+            tiny_dmq().to_str().unwrap(),
+            "--runs",
+            "3",
+            "--top",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("per-op profile"))
+        .unwrap();
+    let top = lines
+        .iter()
+        .position(|l| l.starts_with("slowest 3 ops"))
+        .unwrap();
+    let kinds: Vec<&str> = lines[at + 1..top]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(!kinds.is_empty());
+    let ops: Vec<Vec<&str>> = lines[top + 1..top + 4]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let ms = |f: &Vec<&str>| f[f.len() - 3].parse::<f64>().unwrap();
+    for f in &ops {
+        assert_eq!(f[0], "op", "{f:?}");
+        assert!(f[1].parse::<u32>().is_ok(), "{f:?}");
+        assert!(kinds.contains(&f[2]), "{f:?} not among {kinds:?}");
+        assert!(
+            f.iter().any(|s| s.starts_with('[')) || f[3] == "-",
+            "{f:?}: no shape"
+        );
+    }
+    assert!(
+        ops.windows(2).all(|w| ms(&w[0]) >= ms(&w[1])),
+        "not slowest first: {ops:?}"
+    );
+}
