@@ -29,7 +29,7 @@ struct Shape {
     stride: usize,
 }
 
-const SHAPES: [Shape; 6] = [
+const SHAPES: [Shape; 8] = [
     Shape {
         name: "conv3x3 32->32 16x16 (bundled model)",
         c: 32,
@@ -81,6 +81,25 @@ const SHAPES: [Shape; 6] = [
         h: 1024,
         w: 1,
         co: 256,
+        k: 0,
+        stride: 1,
+    },
+    // low depth: the output codes, not the products, decide these
+    Shape {
+        name: "linear 1024 tokens 32->1024 (scores)",
+        c: 32,
+        h: 1024,
+        w: 1,
+        co: 1024,
+        k: 0,
+        stride: 1,
+    },
+    Shape {
+        name: "linear 4096 tokens 16->128",
+        c: 16,
+        h: 4096,
+        w: 1,
+        co: 128,
         k: 0,
         stride: 1,
     },

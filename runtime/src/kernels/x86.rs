@@ -193,6 +193,15 @@ unsafe fn emit(
     t: &mut Tile,
     out: &mut impl FnMut(&mut Tile),
 ) {
+    if let (Some(k), Finish::Codes(e), None) = (consts, finish, wide) {
+        if e.lo >= -128 && e.hi <= 127 {
+            // int8 codes of wrapped sums: one packed tile for the chunk
+            // SAFETY: the caller's; `acc.len() * NR <= CHUNK`, a multiple of 8 within a
+            // packed tile
+            unsafe { super::x86_epi::emit_packed::<CHUNK>(acc, k, e, (c0, count), t, out) };
+            return;
+        }
+    }
     for (i, a) in acc.iter().enumerate() {
         let p0 = c0 + i * NR;
         (t.p0, t.cols) = (p0, NR.min(count - p0));
@@ -377,7 +386,7 @@ pub(super) unsafe fn finish_tile(
 /// Row sums of 8 rows (lane pairs added) of the accumulators of one pixel.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn row_sums(a: __m256i, b: __m256i) -> __m256i {
+pub(super) unsafe fn row_sums(a: __m256i, b: __m256i) -> __m256i {
     // [r0 r1 r4 r5 | r2 r3 r6 r7] -> [r0 r1 r2 r3 | r4 r5 r6 r7]
     _mm256_permute4x64_epi64(_mm256_hadd_epi32(a, b), 0b11_01_10_00)
 }

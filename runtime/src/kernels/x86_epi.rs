@@ -89,35 +89,145 @@ impl Consts {
         })
     }
 
-    /// The epilogue of [`Epilogue::code`] on 8 rows' wrapped sums per pixel: `v = sum + bias +
-    /// col` (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
-    /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped (rows
-    /// with a smaller shift: [`LowShifts::codes`]).
+    /// The epilogue of [`Epilogue::code`] on 8 rows' wrapped sums per pixel ([`Consts::code8`]),
+    /// into the tile's codes.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn codes(&self, e: &Epilogue<'_>, v: &[__m256i], p0: usize, t: &mut Tile) {
         for (j, &s) in v.iter().enumerate().take(t.cols) {
-            let mut x = _mm256_add_epi32(s, self.bias);
-            if let Some(&c) = e.col.get(p0 + j) {
-                x = _mm256_add_epi32(x, _mm256_set1_epi32(c));
-            }
-            let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.mult), self.round);
-            let odd = _mm256_add_epi64(
-                _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.mult_odd),
-                self.round_odd,
-            );
-            let r = match &self.low {
-                // SAFETY: register arithmetic (AVX2, this function's feature)
-                Some(l) => unsafe { l.codes([even, odd], self.zo) },
-                None => {
-                    let high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0b1010_1010);
-                    let r = _mm256_add_epi32(_mm256_srav_epi32(high, self.shift), self.zo);
-                    _mm256_min_epi32(_mm256_max_epi32(r, self.lo), self.hi)
-                }
-            };
+            let r = self.code8(e, s, p0 + j);
             // SAFETY: a row of codes is 8 i32
             unsafe { _mm256_storeu_si256(t.codes[j].as_mut_ptr() as *mut __m256i, r) };
         }
     }
+
+    /// The codes of 8 rows of pixel `p` from their wrapped sums `s`: `v = s + bias + col`
+    /// (wrapping i32), `v * mult + round` exact in i64 (`vpmuldq`), the arithmetic shift by
+    /// `shift >= 32` as the high half (`>> 32`) shifted by `shift - 32`, plus `zo`, clamped (rows
+    /// with a smaller shift: [`LowShifts::codes`]).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn code8(&self, e: &Epilogue<'_>, s: __m256i, p: usize) -> __m256i {
+        let mut x = _mm256_add_epi32(s, self.bias);
+        if let Some(&c) = e.col.get(p) {
+            x = _mm256_add_epi32(x, _mm256_set1_epi32(c));
+        }
+        let even = _mm256_add_epi64(_mm256_mul_epi32(x, self.mult), self.round);
+        let odd = _mm256_add_epi64(
+            _mm256_mul_epi32(_mm256_srli_epi64(x, 32), self.mult_odd),
+            self.round_odd,
+        );
+        match &self.low {
+            // SAFETY: register arithmetic (AVX2, this function's feature)
+            Some(l) => unsafe { l.codes([even, odd], self.zo) },
+            None => {
+                let high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0b1010_1010);
+                let r = _mm256_add_epi32(_mm256_srav_epi32(high, self.shift), self.zo);
+                _mm256_min_epi32(_mm256_max_epi32(r, self.lo), self.hi)
+            }
+        }
+    }
+}
+
+/// Hands over the rows `t.r0..t.r0 + t.rows` of a chunk of pixels (`c0..` of `count`, tile `i`'s
+/// wrapped sums in `acc[i]`) as one packed tile of int8 codes ([`Tile::packed`]; `e`'s codes fit
+/// int8): each pixel's 8 codes narrowed to 8 bytes, stored as the pixel's rows for a pixel-major
+/// sink (`Epilogue::by_pixel`), else 8 pixels at a time transposed into rows. One sink call per
+/// chunk instead of one per 6 pixels, and no 32-bit codes stored and read back: the same codes
+/// as [`Consts::codes`] gives the tiles.
+///
+/// # Safety
+/// AVX2; `acc` initialised; `acc.len() * NR <= CHUNK` pixels, `CHUNK` a multiple of 8 and at
+/// most [`super::tile::PACKED_NR`].
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn emit_packed<const CHUNK: usize>(
+    acc: &[core::mem::MaybeUninit<super::x86::Acc>],
+    k: &Consts,
+    e: &Epilogue<'_>,
+    (c0, count): (usize, usize),
+    t: &mut Tile,
+    out: &mut impl FnMut(&mut Tile),
+) {
+    const {
+        assert!(
+            CHUNK.is_multiple_of(8)
+                && CHUNK <= super::tile::PACKED_NR
+                && super::tile::PACKED_MR >= 8
+        )
+    };
+    // pixel-major: pixel `j`'s rows at byte `PACKED_MR j` of the tile's bytes (its by-pixel
+    // layout); by row: 8 bytes per pixel here, transposed below
+    let mut pix = [0u64; CHUNK];
+    let by_pixel = e.by_pixel;
+    let flat = t.bytes.as_mut_ptr() as *mut i8;
+    for (i, a) in acc.iter().enumerate().take(CHUNK / NR) {
+        // SAFETY: the caller's: `acc` initialised
+        let a = unsafe { a.assume_init_ref() };
+        for (j, (&lo, &hi)) in a[0].iter().zip(&a[1]).enumerate() {
+            let p = i * NR + j;
+            // SAFETY: register arithmetic (AVX2)
+            let s = unsafe { super::x86::row_sums(lo, hi) };
+            let r = k.code8(e, s, c0 + p);
+            // codes within int8: the saturating narrowing only packs
+            let w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+            let b = _mm_packs_epi16(w, w);
+            if by_pixel {
+                // SAFETY: `p < CHUNK <= PACKED_NR` pixels of `PACKED_MR >= 8` bytes in `bytes`
+                unsafe {
+                    _mm_storel_epi64(flat.add(super::tile::PACKED_MR * p) as *mut __m128i, b)
+                };
+            } else {
+                pix[p] = _mm_cvtsi128_si64(b) as u64;
+            }
+        }
+    }
+    if !by_pixel {
+        let cols = CHUNK.min(count - c0);
+        for b0 in (0..cols).step_by(8) {
+            // SAFETY: `b0 + 8 <= CHUNK` (a multiple of 8) entries of `pix`; rows 0..8 of
+            // `bytes`, whose rows hold `PACKED_NR >= CHUNK` bytes
+            unsafe {
+                let rows = transpose_bytes8(&*(pix.as_ptr().add(b0) as *const [u64; 8]));
+                for (i, &v) in rows.iter().enumerate() {
+                    let d = t.bytes[i].as_mut_ptr().add(b0) as *mut __m128i;
+                    if i % 2 == 0 {
+                        _mm_storel_epi64(d, v);
+                    } else {
+                        _mm_storel_epi64(d, _mm_unpackhi_epi64(v, v));
+                    }
+                }
+            }
+        }
+    }
+    (t.packed, t.by_pixel) = (true, by_pixel);
+    (t.p0, t.cols) = (c0, CHUNK.min(count - c0));
+    out(t);
+    (t.packed, t.by_pixel) = (false, false);
+}
+
+/// 8 pixels' 8 bytes (row `i` of pixel `j` in byte `i` of `px[j]`) to rows: row `i`'s 8 pixels in
+/// the low half of register `i / 2` for even `i`, the high half for odd `i` (the registers
+/// repeated, so `[i]` indexes them), by byte, word and dword unpacks.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose_bytes8(px: &[u64; 8]) -> [__m128i; 8] {
+    let a = px.map(|v| _mm_cvtsi64_si128(v as i64));
+    // pixels 2 m and 2 m + 1 interleaved by byte: rows 0..8, two bytes each
+    let t = [0, 1, 2, 3].map(|m| _mm_unpacklo_epi8(a[2 * m], a[2 * m + 1]));
+    // pixels 0..4 (4..8) of rows 0..4, then of rows 4..8
+    let u = [
+        _mm_unpacklo_epi16(t[0], t[1]),
+        _mm_unpackhi_epi16(t[0], t[1]),
+        _mm_unpacklo_epi16(t[2], t[3]),
+        _mm_unpackhi_epi16(t[2], t[3]),
+    ];
+    // rows 2 q and 2 q + 1 with pixels 0..8
+    let v = [
+        _mm_unpacklo_epi32(u[0], u[2]),
+        _mm_unpackhi_epi32(u[0], u[2]),
+        _mm_unpacklo_epi32(u[1], u[3]),
+        _mm_unpackhi_epi32(u[1], u[3]),
+    ];
+    [v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3]]
 }
 
 impl LowShifts {
