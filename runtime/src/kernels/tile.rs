@@ -165,6 +165,10 @@ impl Tile {
                         let dst = out.as_mut_ptr().add(base + j * ps) as *mut i8;
                         if rows == PACKED_MR {
                             (dst as *mut [i8; PACKED_MR]).write_unaligned(*px);
+                        } else if rows == 8 {
+                            // the AVX2 tiles' 8 rows (a run-time length is a call per pixel)
+                            (dst as *mut [i8; 8])
+                                .write_unaligned(*px.first_chunk::<8>().unwrap_or(&[0; 8]));
                         } else {
                             core::ptr::copy_nonoverlapping(px.as_ptr(), dst, rows);
                         }

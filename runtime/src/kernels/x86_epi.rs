@@ -156,9 +156,10 @@ pub(super) unsafe fn emit_packed<const CHUNK: usize>(
     };
     // pixel-major: pixel `j`'s rows at byte `PACKED_MR j` of the tile's bytes (its by-pixel
     // layout); by row: 8 bytes per pixel here, transposed below
-    let mut pix = [0u64; CHUNK];
+    let mut pix = [core::mem::MaybeUninit::<u64>::uninit(); CHUNK];
     let by_pixel = e.by_pixel;
     let flat = t.bytes.as_mut_ptr() as *mut i8;
+    let done = (acc.len() * NR).min(CHUNK);
     for (i, a) in acc.iter().enumerate().take(CHUNK / NR) {
         // SAFETY: the caller's: `acc` initialised
         let a = unsafe { a.assume_init_ref() };
@@ -176,17 +177,22 @@ pub(super) unsafe fn emit_packed<const CHUNK: usize>(
                     _mm_storel_epi64(flat.add(super::tile::PACKED_MR * p) as *mut __m128i, b)
                 };
             } else {
-                pix[p] = _mm_cvtsi128_si64(b) as u64;
+                pix[p].write(_mm_cvtsi128_si64(b) as u64);
             }
         }
     }
     if !by_pixel {
         let cols = CHUNK.min(count - c0);
+        // the last block of 8 read whole: pixels past the tiles' as zeros (never written out)
+        for v in pix.iter_mut().take(cols.next_multiple_of(8)).skip(done) {
+            v.write(0);
+        }
         for b0 in (0..cols).step_by(8) {
-            // SAFETY: `b0 + 8 <= CHUNK` (a multiple of 8) entries of `pix`; rows 0..8 of
-            // `bytes`, whose rows hold `PACKED_NR >= CHUNK` bytes
+            // SAFETY: `b0 + 8 <= CHUNK` (a multiple of 8) entries of `pix`, each written above;
+            // rows 0..8 of `bytes`, whose rows hold `PACKED_NR >= CHUNK` bytes
             unsafe {
-                let rows = transpose_bytes8(&*(pix.as_ptr().add(b0) as *const [u64; 8]));
+                let px = (pix.as_ptr().add(b0) as *const [u64; 8]).read();
+                let rows = transpose_bytes8(&px);
                 for (i, &v) in rows.iter().enumerate() {
                     let d = t.bytes[i].as_mut_ptr().add(b0) as *mut __m128i;
                     if i % 2 == 0 {

@@ -399,8 +399,9 @@ fn wide_rule(sums: &[i64], col: &[i64], (row, m, half): (i64, i64, i64), (zo, lo
 }
 
 /// The engine over one batch's staged `A` and packed `B`. With a token-major output (each row of
-/// `A` writes one contiguous run) the rows of `A` are split across threads, each part run exactly
-/// as in one call; otherwise one call.
+/// `A` writes one contiguous run) the rows of `A` are split across threads, with a channel-major
+/// one (each row of `B` does) the rows of `B`, each part run exactly as in one call; otherwise one
+/// call.
 #[allow(clippy::too_many_arguments)]
 fn product<S: Code>(ex: Exec, d: &MatMulDims, w: &[i8], st: &[S], bias: &[u8], sum_a: &[i32], q: (i32, u8, i32), out: &mut [i8]) -> Result<()> {
     let (m, n, k4) = (d.m, d.n, gemm::pad4(d.k));
@@ -421,6 +422,19 @@ fn product<S: Code>(ex: Exec, d: &MatMulDims, w: &[i8], st: &[S], bias: &[u8], s
             gemm::run_rows(ex.tier, &prod, (0, gemm::pad4(n)), Finish::Codes(&epilogue(bias, col, q).by_pixel()), |t| {
                 if res.is_ok() {
                     res = t.write(part, 0, 1, d.o_s[2]);
+                }
+            })?;
+            res
+        })
+    } else if d.o_s[2] == 1 && d.o_s[3] >= m {
+        // a channel-major output (each row of B writes one contiguous run): B's rows split
+        let prod = Product { w, n, stage: st, px: Pixels::rows(m, k4, k4), exact: false, full_range: true, wsum: u64::MAX };
+        let epi = epilogue(bias, sum_a, q);
+        ex.par_rows(n, d.o_s[3], macs, out, |r0, nr, part| {
+            let mut res = Ok(());
+            gemm::run_rows(ex.tier, &prod, (r0, gemm::pad4(r0 + nr)), Finish::Codes(&epi), |t| {
+                if res.is_ok() {
+                    res = t.write(part, r0, d.o_s[3], 1);
                 }
             })?;
             res
@@ -522,8 +536,9 @@ mod tests {
         let mut rng = Rng::new(17);
         let t = [DType::I8, DType::I16];
         let combos: Vec<[DType; 3]> = (0..8).map(|c| [t[c & 1], t[(c >> 1) & 1], t[c >> 2]]).collect();
-        for case in 0..24 {
-            let [da, db, dout] = combos[case % 8];
+        for case in 0..26 {
+            // the last two: int8 throughout, large and channel-major
+            let [da, db, dout] = if case >= 24 { [DType::I8; 3] } else { combos[case % 8] };
             let (b0, m, n, k) = if case >= 16 { (2, 56 + case, 45 + case, 70) } else { (
                 1 + case % 2,
                 1 + (rng.next_u64() % 9) as usize,
@@ -537,8 +552,8 @@ mod tests {
             let a: Vec<i32> = (0..b0 * m * k).map(|_| pick(&mut rng, range_a)).collect();
             let bv: Vec<i32> = (0..b0 * k * n).map(|_| pick(&mut rng, range_b)).collect();
             let b_s = if case % 2 == 0 { [k * n, 0, n, 1] } else { [k * n, 0, 1, k] };
-            // token-major output, or channel-major (one thread)
-            let o_s = if case % 3 == 2 { [m * n, 0, 1, m] } else { [m * n, 0, n, 1] };
+            // token-major output (split by the rows of A), or channel-major (by those of B)
+            let o_s = if case % 3 == 2 || case >= 24 { [m * n, 0, 1, m] } else { [m * n, 0, n, 1] };
             let deq = |c: i32, q: (f32, i32)| (c - q.1) as f64 * q.0 as f64;
             let mut real = vec![0f32; b0 * m * n];
             for bb in 0..b0 {
