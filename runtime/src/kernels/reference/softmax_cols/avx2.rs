@@ -58,37 +58,15 @@ pub(super) unsafe fn groups<T: Code, U: Code>(
     let q: [[Quad; 2]; GROUPS] = core::array::from_fn(|k| [Quad::new(s[k][0]), Quad::new(s[k][1])]);
     // up to 255 steps and sums below 2^39 (exp values at most 2^20), the quotient as the
     // classic int8 softmax takes it, without the corrections ([`Quad::lifted`])
-    let lifted = st.r <= 255 && len < 1 << 19;
-    let r2 = _mm256_set1_epi64x(2 * st.r as i64);
-    let nf0 = _mm256_set1_pd((2 * st.r) as f64);
-    let top = _mm256_set1_epi32((st.hi - st.zo).max(0));
-    let zo = _mm256_set1_epi32(st.zo);
-    let (lo, hi) = (_mm256_set1_epi32(U::MIN), _mm256_set1_epi32(U::MAX));
+    let lanes = Lanes::new::<U>(st, st.r <= 255 && len < 1 << 19);
     for j in 0..len {
         for (k, [q0, q1]) in q[..g].iter().enumerate() {
             let e = match j < rows_kept {
                 true => kept[j * g + k],
                 false => unsafe { exps(mx[k], load8(x.add(at(j, k))), ex) },
             };
-            let (a, b) = if lifted {
-                (
-                    q0.lifted(_mm256_castsi256_si128(e), nf0),
-                    q1.lifted(_mm256_extracti128_si256::<1>(e), nf0),
-                )
-            } else {
-                (
-                    q0.of(_mm256_castsi256_si128(e), r2, nf0),
-                    q1.of(_mm256_extracti128_si256::<1>(e), r2, nf0),
-                )
-            };
-            let q = _mm256_set_m128i(b, a);
-            let v = _mm256_add_epi32(zo, _mm256_min_epi32(q, top));
-            unsafe {
-                store8(
-                    y.add(at(j, k)),
-                    _mm256_min_epi32(_mm256_max_epi32(v, lo), hi),
-                )
-            };
+            let v = lanes.codes([q0, q1], e);
+            unsafe { store8(y.add(at(j, k)), v) };
         }
     }
 }
@@ -172,36 +150,58 @@ pub(in crate::kernels::reference) unsafe fn row_codes<U: Code>(
     ys: &mut [U],
 ) -> usize {
     let q = Quad::new(_mm256_set1_epi64x(sum as i64));
-    let lifted = st.r <= 255 && sum < 1 << 39;
-    let r2 = _mm256_set1_epi64x(2 * st.r as i64);
-    let nf0 = _mm256_set1_pd((2 * st.r) as f64);
-    let top = _mm256_set1_epi32((st.hi - st.zo).max(0));
-    let zo = _mm256_set1_epi32(st.zo);
-    let (lo, hi) = (_mm256_set1_epi32(U::MIN), _mm256_set1_epi32(U::MAX));
+    let lanes = Lanes::new::<U>(st, st.r <= 255 && sum < 1 << 39);
     let n = es.len().min(ys.len()) / 8 * 8;
     for (e8, y8) in es[..n].chunks_exact(8).zip(ys[..n].chunks_exact_mut(8)) {
         // SAFETY: eight values read and eight codes written inside the chunks
         let e = unsafe { _mm256_loadu_si256(e8.as_ptr() as *const __m256i) };
-        let (a, b) = if lifted {
-            (
-                q.lifted(_mm256_castsi256_si128(e), nf0),
-                q.lifted(_mm256_extracti128_si256::<1>(e), nf0),
-            )
-        } else {
-            (
-                q.of(_mm256_castsi256_si128(e), r2, nf0),
-                q.of(_mm256_extracti128_si256::<1>(e), r2, nf0),
-            )
-        };
-        let v = _mm256_add_epi32(zo, _mm256_min_epi32(_mm256_set_m128i(b, a), top));
-        unsafe {
-            store8(
-                y8.as_mut_ptr(),
-                _mm256_min_epi32(_mm256_max_epi32(v, lo), hi),
-            )
-        };
+        let v = lanes.codes([&q, &q], e);
+        unsafe { store8(y8.as_mut_ptr(), v) };
     }
     n
+}
+
+/// The constants of the last pass of [`groups`] and [`row_codes`]: `r` and its f64, the clamps.
+struct Lanes {
+    /// [`Quad::lifted`] applies
+    lifted: bool,
+    r2: __m256i,
+    nf0: __m256d,
+    top: __m256i,
+    zo: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+}
+
+impl Lanes {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn new<U: Code>(st: Steps, lifted: bool) -> Lanes {
+        Lanes {
+            lifted,
+            r2: _mm256_set1_epi64x(2 * st.r as i64),
+            nf0: _mm256_set1_pd((2 * st.r) as f64),
+            top: _mm256_set1_epi32((st.hi - st.zo).max(0)),
+            zo: _mm256_set1_epi32(st.zo),
+            lo: _mm256_set1_epi32(U::MIN),
+            hi: _mm256_set1_epi32(U::MAX),
+        }
+    }
+
+    /// The codes of eight exp values `e` (lanes 0..4 by `q[0]`, 4..8 by `q[1]`): `zo + min(q,
+    /// top)` clamped to the code type.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn codes(&self, q: [&Quad; 2], e: __m256i) -> __m256i {
+        let (l, h) = (_mm256_castsi256_si128(e), _mm256_extracti128_si256::<1>(e));
+        let (a, b) = if self.lifted {
+            (q[0].lifted(l, self.nf0), q[1].lifted(h, self.nf0))
+        } else {
+            (q[0].of(l, self.r2, self.nf0), q[1].of(h, self.r2, self.nf0))
+        };
+        let v = _mm256_add_epi32(self.zo, _mm256_min_epi32(_mm256_set_m128i(b, a), self.top));
+        _mm256_min_epi32(_mm256_max_epi32(v, self.lo), self.hi)
+    }
 }
 
 /// [`super::super::softmax_div::RowQuot`] for four columns.
